@@ -1,0 +1,1 @@
+"""One table of exposed services, rendered to nftables (primary) and UFW (compatibility)."""

@@ -1,0 +1,104 @@
+"""`make demo`: the shipped example config, adapted for a machine without a GPU, running in
+a sandboxed systemd (mushishi.shared.sandbox). `make demo-stop` ends it.
+
+What is adapted, and why, is listed in `adapt()`; everything else is the seed box's layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import tomlkit
+
+from mushishi.shared.sandbox import Sandbox, SandboxError, attach
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "docs" / "examples" / "mushishi.toml"
+BINDIR = str(Path(sys.executable).parent)
+NAME = "demo"
+SIMULATED_GPU = {"total_mib": 32607, "used_mib": 500, "util_percent": 0, "temperature_c": 40,
+                 "power_w": 20, "processes": []}
+
+
+def llama_server() -> str:
+    """The cached llama-server build (scripts/build-llama-server.sh builds it once)."""
+    return subprocess.run([str(REPO / "scripts" / "build-llama-server.sh")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def adapt(text: str) -> str:
+    """The example config with the few changes a GPU-less sandbox needs."""
+    doc = tomlkit.parse(text)
+    doc["gpu"]["probe"] = "simulated"  # no NVIDIA GPU here: gpud reads a JSON file instead
+    floor = doc["cpu_floor"]
+    floor["llama_server"] = llama_server()
+    floor["model"] = "/var/lib/mushishi/models/tiny.gguf"  # a tiny generated model
+    floor["threads"] = 1
+    floor["ctx_size"] = 512
+    floor["mlock"] = False
+    doc["watchdog"]["disk_mounts"] = ["/"]
+    backup = doc["backup"]
+    backup["repository"] = "/var/lib/mushishi/restic-repo"
+    for backup_set in backup["sets"]:
+        if not str(backup_set["path"]).startswith("/etc/mushishi"):
+            backup_set["path"] = "/etc/mushishi"
+    return tomlkit.dumps(doc)
+
+
+def up() -> int:
+    """Boot the sandbox, install mushishi into it, start the always-on units."""
+    try:
+        attach(NAME)
+        print(f"the demo is already running; `make demo-stop` ends it, "
+              f"`python -m mushishi.shared.sandbox shell {NAME}` enters it")
+        return 0
+    except SandboxError:
+        pass
+    Sandbox(NAME).stop()  # clear a stale state directory, if any
+    box = Sandbox(NAME, detached=True).boot()
+    box.write("/run/mushishi/gpu-sim.json", json.dumps(SIMULATED_GPU))
+    print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR), end="")
+    box.systemctl("start", "--no-block", "mushishi.target")
+    box.systemctl("isolate", "mushishi-off.target", check=False)
+    print(box.systemctl("list-units", "--all", "mushishi*", check=False).stdout)
+    print(f"""mushishi demo is running in sandbox {NAME!r} (systemd PID {box.pid} on this host).
+  status:   sudo nsenter -t {box.pid} -a systemctl status 'mushishi*'
+  journal:  sudo nsenter -t {box.pid} -a journalctl -u 'mushishi*' -f
+  shell:    sudo {BINDIR}/python -m mushishi.shared.sandbox shell {NAME}
+            (then: curl -s 127.0.0.1:4000/health, mushishi status, systemctl isolate …)
+  stop:     make demo-stop""")
+    return 0
+
+
+def down() -> int:
+    """Power the sandbox off and remove its state."""
+    Sandbox(NAME, detached=True).stop()
+    print("demo stopped")
+    return 0
+
+
+def status() -> int:
+    """List the mushishi units inside the demo."""
+    try:
+        box = attach(NAME)
+    except SandboxError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(box.systemctl("list-units", "--all", "mushishi*", check=False).stdout)
+    return 0
+
+
+def main() -> int:
+    """up | down | status."""
+    parser = argparse.ArgumentParser(prog="scripts/demo.py")
+    parser.add_argument("action", choices=["up", "down", "status"])
+    action = parser.parse_args().action
+    return {"up": up, "down": down, "status": status}[action]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""mushishi daemons: one package per daemon, each a thin shell around a pure core."""

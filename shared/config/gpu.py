@@ -1,0 +1,126 @@
+"""`[gpu]`, `[modes.*]` and `[tenants.*]`: one GPU mode at a time, and what runs in each."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from mushishi.shared.config._base import AbsolutePath, Issue, Section
+
+if TYPE_CHECKING:
+    from mushishi.shared.config.settings import MushishiSettings
+
+_UNIT_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+DEFAULT_MODES = ("forensic", "agent", "creative", "audio", "off")
+
+
+class GpuSettings(Section):
+    """How gpud reads the GPU."""
+
+    probe: Literal["nvml", "simulated"] = Field(
+        default="nvml",
+        description="`nvml` reads the real GPU through pynvml; `simulated` reads "
+        "simulated_state, for machines without a GPU (CI, the demo).",
+    )
+    simulated_state: AbsolutePath = Field(
+        default="/run/mushishi/gpu-sim.json",
+        description="JSON file read by the simulated probe: total_mib, used_mib, util_percent, "
+        "temperature_c, power_w, processes[{pid, name, used_mib}].",
+    )
+    device_index: int = Field(default=0, ge=0, description="NVML index of the managed GPU.")
+    metrics_listen: str = Field(
+        default="127.0.0.1:9642", description="HOST:PORT of gpud's /metrics."
+    )
+    stop_list: list[str] = Field(
+        default=[],
+        description="Container or process names that may be stopped when a mode needs their "
+        "VRAM. Anything not listed is only reported, never touched.",
+    )
+
+
+class BusyProbeSettings(Section):
+    """How to tell whether a tenant has work in flight."""
+
+    kind: Literal["vllm", "comfyui", "json", "none"] = Field(
+        description="`vllm` reads /metrics (num_requests_running + num_requests_waiting), "
+        "`comfyui` reads /queue, `json` reads a number at json_path, `none` relies on GPU "
+        "utilisation."
+    )
+    url: str | None = Field(default=None, description="URL the probe reads.")
+    json_path: str | None = Field(
+        default=None, description="For kind=json: dotted path to the in-flight count."
+    )
+
+
+class ModeSettings(Section):
+    """One GPU mode, realised as mushishi-<name>.target."""
+
+    tenants: list[str] = Field(default=[], description="Tenants ([tenants.*]) this mode runs.")
+    description: str = Field(default="", description="Shown by `mushishi mode` and the target.")
+    power_limit_w: int | None = Field(
+        default=None, gt=0, description="GPU power limit set before the tenants start."
+    )
+
+
+class TenantSettings(Section):
+    """One GPU workload, run by mushishi-tenant@<name>.service."""
+
+    command: list[str] = Field(
+        min_length=1,
+        description="Command run in the foreground (argv, absolute program path or a program "
+        "the unit's fixed PATH finds, such as docker).",
+    )
+    health_url: str = Field(description="URL that answers 2xx once the tenant can serve.")
+    busy_probe: BusyProbeSettings = Field(
+        default=BusyProbeSettings(kind="none"), description="How to see work in flight."
+    )
+    vram_mib: int = Field(ge=0, description="VRAM the tenant needs; checked before it starts.")
+    port: int | None = Field(
+        default=None, gt=0, lt=65536, description="TCP port it serves on; tenants sharing a "
+        "port conflict with each other."
+    )
+    drain_timeout_s: float = Field(
+        default=300.0, ge=0, description="On stop, how long to wait for in-flight work."
+    )
+    start_timeout_s: float = Field(
+        default=900.0, gt=0, description="How long the tenant may take to become healthy."
+    )
+    stop_command: list[str] | None = Field(
+        default=None,
+        description="Command run to stop it; default for `docker compose … up` is the matching "
+        "`docker compose … down`.",
+    )
+
+
+def _check_unit_name(kind: str, name: str) -> Issue | None:
+    if _UNIT_SAFE_NAME.match(name):
+        return None
+    return Issue(
+        f"{kind}.{name}",
+        "names become systemd unit names: use lowercase letters, digits and '-' (max 63)",
+    )
+
+
+def check(settings: MushishiSettings) -> list[Issue]:
+    """Modes must name defined tenants; names must be valid unit-name parts."""
+    issues: list[Issue] = []
+    for name in settings.modes:
+        if (issue := _check_unit_name("modes", name)) is not None:
+            issues.append(issue)
+    for name in settings.tenants:
+        if (issue := _check_unit_name("tenants", name)) is not None:
+            issues.append(issue)
+    for name, mode in settings.modes.items():
+        for index, tenant in enumerate(mode.tenants):
+            if tenant not in settings.tenants:
+                issues.append(Issue(
+                    f"modes.{name}.tenants[{index}]",
+                    f"unknown tenant {tenant!r} (tenants: "
+                    f"{', '.join(sorted(settings.tenants)) or 'none defined'})",
+                ))
+    return issues
+
+

@@ -1,0 +1,196 @@
+"""`[router]`, `[backends.*]`, `[profiles.*]`, `[egress]` and `[keys]`: what may answer whom."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Network, IPv6Network
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator
+
+from mushishi.shared.config._base import AbsolutePath, CredentialName, Issue, Section
+
+if TYPE_CHECKING:
+    from mushishi.shared.config.settings import MushishiSettings
+
+Tier = Literal["T1", "T1-strict", "T2", "T3"]
+SOVEREIGN_TIERS: frozenset[str] = frozenset({"T1", "T1-strict"})
+
+_LISTEN_TCP = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(?P<port>\d{1,5})$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_listen(address: str) -> tuple[str, str | int]:
+    """Split a listen address into ("unix", path) or (host, port); raise ValueError if malformed."""
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError(f"unix socket path must be absolute in {address!r}")
+        return "unix", path
+    match = _LISTEN_TCP.match(address)
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ValueError(
+            f"{address!r} is not HOST:PORT, [IPV6]:PORT or unix:/ABSOLUTE/PATH"
+        )
+    return match["host"].strip("[]"), int(match["port"])
+
+
+class RouterSettings(Section):
+    """The OpenAI-compatible router (mushishi-router.service)."""
+
+    listen: list[str] = Field(
+        default=["127.0.0.1:4000", "unix:/run/mushishi/router.sock"],
+        description="Addresses to serve on: HOST:PORT, [IPV6]:PORT or unix:/path. "
+        "Under systemd the sockets come from mushishi-router.socket instead.",
+    )
+    local_networks: list[IPv4Network | IPv6Network] = Field(
+        default=[
+            IPv4Network("127.0.0.0/8"),
+            IPv6Network("::1/128"),
+            IPv4Network("100.64.0.0/10"),
+        ],
+        description="Networks that count as local. A backend is local only when every address "
+        "it resolves to lies inside one of these; T1 traffic may reach nothing else.",
+    )
+    local_hosts: list[str] = Field(
+        default=[],
+        description="Hostnames that may be used in local backend URLs; each must resolve only "
+        "to addresses inside local_networks.",
+    )
+    egress_socket: AbsolutePath = Field(
+        default="/run/mushishi/egress.sock",
+        description="Unix socket of mushishi-egress, the only way cloud hops leave the box.",
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        gt=0,
+        description="Largest accepted request body in bytes (multimodal payloads are large).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_parses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            parse_listen(address)
+        return value
+
+
+class BudgetSettings(Section):
+    """Daily limits for one cloud provider; unset means unlimited."""
+
+    requests_per_day: int | None = Field(default=None, ge=0, description="Requests per UTC day.")
+    tokens_per_day: int | None = Field(
+        default=None, ge=0, description="Prompt plus completion tokens per UTC day."
+    )
+    cost_per_day: float | None = Field(
+        default=None, ge=0, description="Spend per UTC day, in the currency of the prices."
+    )
+
+
+class BackendSettings(Section):
+    """One model server the router may send requests to. Locality is decided by its address."""
+
+    url: str = Field(
+        description="Base URL of an OpenAI-compatible API (http://HOST:PORT/v1), "
+        "or unix:/path/to.sock for a unix-socket backend."
+    )
+    model: str = Field(description="Model name sent upstream in the request's `model` field.")
+    modes: list[str] | None = Field(
+        default=None,
+        description="GPU modes in which this backend is up; unset means always up "
+        "(e.g. the CPU floor).",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in flight at once; beyond it requests queue, or overflow to the "
+        "next hop where the tier allows.",
+    )
+    api_key_credential: CredentialName | None = Field(
+        default=None,
+        description="Credential holding the upstream API key (cloud providers; read by "
+        "mushishi-egress only).",
+    )
+    budget: BudgetSettings | None = Field(
+        default=None, description="Daily limits for this provider (cloud backends)."
+    )
+
+
+class ProfileSettings(Section):
+    """A named route: its tier decides which backends may ever see its requests."""
+
+    tier: Tier = Field(description="T1 (local only), T1-strict (listed backends only, no "
+                       "fallback), T2 (local first, then cloud), T3 (cloud allowed first).")
+    chain: list[str] = Field(
+        min_length=1, description="Backends to try, in order (names from [backends.*])."
+    )
+    queue_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="T1: how long a request waits for a local backend when all are down.",
+    )
+    require_mode: str | None = Field(
+        default=None,
+        description="T1-strict: the GPU mode the chain needs; in any other mode the answer is "
+        "503 mode_mismatch (or a switch, see on_mode_mismatch).",
+    )
+    on_mode_mismatch: Literal["error", "switch"] = Field(
+        default="error",
+        description="With require_mode: `error` answers mode_mismatch; `switch` asks gpud for "
+        "the required mode when the GPU is idle, then waits.",
+    )
+
+
+class EgressSettings(Section):
+    """mushishi-egress: the only process allowed to reach cloud APIs."""
+
+    state_dir: AbsolutePath = Field(
+        default="/var/lib/mushishi/egress", description="Budget ledger (SQLite, WAL) lives here."
+    )
+    metrics_listen: str = Field(
+        default="127.0.0.1:9641", description="HOST:PORT of the egress daemon's /metrics."
+    )
+
+
+def check(settings: MushishiSettings) -> list[Issue]:
+    """Cross-references of the routing sections: chains, keys and modes must name real things."""
+    issues: list[Issue] = []
+    backends = settings.backends
+    known_backends = ", ".join(sorted(backends)) or "none defined"
+    known_modes = set(settings.modes)
+    for name, profile in settings.profiles.items():
+        for index, hop in enumerate(profile.chain):
+            if hop not in backends:
+                issues.append(Issue(
+                    f"profiles.{name}.chain[{index}]",
+                    f"unknown backend {hop!r} (backends: {known_backends})",
+                ))
+        if profile.require_mode is not None and profile.require_mode not in known_modes:
+            issues.append(Issue(
+                f"profiles.{name}.require_mode",
+                f"unknown mode {profile.require_mode!r} (modes: {', '.join(sorted(known_modes))})",
+            ))
+        if profile.tier != "T1-strict" and profile.require_mode is not None:
+            issues.append(Issue(
+                f"profiles.{name}.require_mode", "only T1-strict profiles may require a mode"
+            ))
+    for name, backend in backends.items():
+        for index, mode in enumerate(backend.modes or []):
+            if mode not in known_modes:
+                issues.append(Issue(
+                    f"backends.{name}.modes[{index}]",
+                    f"unknown mode {mode!r} (modes: {', '.join(sorted(known_modes))})",
+                ))
+    for key_hash, profiles in settings.keys.items():
+        if not _SHA256_HEX.match(key_hash):
+            issues.append(Issue(
+                f"keys.{key_hash}",
+                "must be the lowercase sha256 hex digest of the API key, never the key itself "
+                "(`printf %s KEY | sha256sum`)",
+            ))
+        for index, profile in enumerate(profiles):
+            if profile not in settings.profiles:
+                issues.append(Issue(
+                    f"keys.{key_hash}[{index}]", f"unknown profile {profile!r}"
+                ))
+    return issues

@@ -1,0 +1,307 @@
+"""`mushishi install`: units, D-Bus policy, user, directories and a config skeleton.
+
+Rendering is a pure function of the settings and the directory holding the console
+scripts (`plan_install`); `apply_plan` writes the result under a root directory and
+touches a file only when its content changes, so running install twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+from mushishi.shared.config import MushishiSettings
+from mushishi.shared.config.router import parse_listen
+
+log = logging.getLogger("mushishi.install")
+
+UNIT_DIR = PurePosixPath("etc/systemd/system")
+DBUS_POLICY_DIR = PurePosixPath("etc/dbus-1/system.d")
+SYSUSERS_FILE = PurePosixPath("etc/sysusers.d/mushishi.conf")
+TMPFILES_FILE = PurePosixPath("etc/tmpfiles.d/mushishi.conf")
+CONFIG_FILE = PurePosixPath("etc/mushishi/mushishi.toml")
+CREDENTIALS_DIR = PurePosixPath("etc/mushishi/credentials")
+
+# Every long-running or oneshot unit gets these; each unit adds its own relaxations.
+_HARDENING = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+CapabilityBoundingSet=
+AmbientCapabilities=
+UMask=0027"""
+
+
+def _without(*prefixes: str) -> str:
+    return "\n".join(
+        line for line in _HARDENING.splitlines() if not line.startswith(prefixes)
+    )
+
+
+HARDENING_BLOCKS = {
+    "@HARDENING@": _HARDENING,
+    # GPU units: device access is granted by DeviceAllow= in the unit itself.
+    "@HARDENING_NO_DEVICES@": _without("PrivateDevices="),
+    # Backup units set their own narrow capability set.
+    "@HARDENING_KEEP_CAPS@": _without("CapabilityBoundingSet=", "AmbientCapabilities="),
+}
+
+# Credentials each unit may load, by the config keys that name them.
+def _unit_credentials(settings: MushishiSettings) -> dict[str, list[str]]:
+    ntfy = [settings.ntfy.topic_credential]
+    if settings.ntfy.token_credential:
+        ntfy.append(settings.ntfy.token_credential)
+    cloud = sorted({b.api_key_credential for b in settings.backends.values()
+                    if b.api_key_credential})
+    backup = [settings.backup.password_credential]
+    return {
+        "mushishi-egress.service": cloud,
+        "mushishi-watchdog.service": ntfy,
+        "mushishi-alert@.service": ntfy,
+        "mushishi-backup.service": backup,
+        "mushishi-backup-check.service": backup,
+    }
+
+
+@dataclass
+class Plan:
+    """What install writes: files (path -> (text, mode)), symlinks and directories."""
+
+    files: dict[PurePosixPath, tuple[str, int]] = field(default_factory=dict)
+    symlinks: dict[PurePosixPath, str] = field(default_factory=dict)
+    directories: dict[PurePosixPath, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def shipped_unit_names() -> list[str]:
+    """Unit files shipped in the package (templates excluded)."""
+    return sorted(
+        entry.name for entry in resources.files("mushishi.units").iterdir()
+        if entry.name.endswith((".service", ".socket", ".timer", ".target"))
+    )
+
+
+def _shipped(name: str) -> str:
+    return resources.files("mushishi.units").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_unit(text: str, bindir: str) -> str:
+    """Fill the @BINDIR@ and hardening placeholders of a shipped unit."""
+    for placeholder, block in HARDENING_BLOCKS.items():
+        text = text.replace(placeholder, block)
+    return text.replace("@BINDIR@", bindir)
+
+
+def render_mode_target(mode: str, all_modes: list[str]) -> str:
+    """mushishi-<mode>.target, conflicting with every other mode."""
+    others = " ".join(f"mushishi-{m}.target" for m in sorted(all_modes) if m != mode)
+    return (
+        _shipped("mode.target.in")
+        .replace("@MODE@", mode)
+        .replace("@CONFLICTS@", others)
+    )
+
+
+def _network_allow_lines(settings: MushishiSettings) -> str:
+    return "\n".join(f"IPAddressAllow={net}" for net in settings.router.local_networks)
+
+
+def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
+                 config_text: str | None) -> Plan:
+    """Everything install writes for `settings`, with console scripts in `bindir`."""
+    plan = Plan()
+    units = UNIT_DIR
+    for name in shipped_unit_names():
+        plan.files[units / name] = (render_unit(_shipped(name), bindir), 0o644)
+    modes = sorted(settings.modes)
+    for mode in modes:
+        plan.files[units / f"mushishi-{mode}.target"] = (render_mode_target(mode, modes), 0o644)
+        for tenant in settings.modes[mode].tenants:
+            link = units / f"mushishi-{mode}.target.wants" / f"mushishi-tenant@{tenant}.service"
+            plan.symlinks[link] = "../mushishi-tenant@.service"
+
+    listen = ["[Socket]", "ListenStream="]
+    for address in settings.router.listen:
+        host, port = parse_listen(address)
+        if host == "unix":
+            listen.append(f"ListenStream={port}")
+        else:
+            listen.append(f"ListenStream={'[' + host + ']' if ':' in host else host}:{port}")
+    header = "# Rendered by `mushishi install` from [router]; edit the config, not this file.\n"
+    plan.files[units / "mushishi-router.socket.d" / "listen.conf"] = (
+        header + "\n".join(listen) + "\n" + _network_allow_lines(settings) + "\n", 0o644)
+    plan.files[units / "mushishi-router.service.d" / "local-networks.conf"] = (
+        header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
+    plan.files[units / "mushishi-egress.socket.d" / "listen.conf"] = (
+        header + f"[Socket]\nListenStream=\nListenStream={settings.router.egress_socket}\n",
+        0o644)
+
+    credentials_dir = root / CREDENTIALS_DIR
+    missing: dict[str, list[str]] = {}
+    for unit, names in _unit_credentials(settings).items():
+        lines = []
+        for name in names:
+            source = PurePosixPath("/") / CREDENTIALS_DIR / name
+            if (credentials_dir / name).is_file():
+                lines.append(f"LoadCredential={name}:{source}")
+            else:
+                missing.setdefault(name, []).append(unit)
+        if lines:
+            plan.files[units / f"{unit}.d" / "credentials.conf"] = (
+                "# Rendered by `mushishi install`: only the credentials this unit needs.\n"
+                "[Service]\n" + "\n".join(lines) + "\n", 0o644)
+
+    for name, units_needing in missing.items():
+        plan.warnings.append(
+            f"credential {name!r} (for {', '.join(units_needing)}) is missing: put it in "
+            f"/{CREDENTIALS_DIR / name} (mode 0600) and run `mushishi install` again"
+        )
+    if bindir.startswith(("/home/", "/root/")):
+        # Relaxation for development trees: the console scripts live under a home dir.
+        for name in shipped_unit_names():
+            if name.endswith(".service"):
+                plan.files[units / f"{name}.d" / "devtree.conf"] = (
+                    "# Rendered by `mushishi install`: mushishi runs from a home directory.\n"
+                    "[Service]\nProtectHome=read-only\n", 0o644)
+
+    uses_docker = any(Path(t.command[0]).name == "docker" for t in settings.tenants.values())
+    if uses_docker and _group_exists(root, "docker"):
+        plan.files[units / "mushishi-tenant@.service.d" / "docker.conf"] = (
+            "# Rendered by `mushishi install`. Relaxation: compose tenants talk to the Docker\n"
+            "# daemon, which makes group docker root-equivalent; only tenants get it.\n"
+            "[Service]\nSupplementaryGroups=docker\n", 0o644)
+    plan.files[DBUS_POLICY_DIR / "io.mushishi.GpuMode1.conf"] = (
+        _shipped("io.mushishi.GpuMode1.conf"), 0o644)
+    plan.files[SYSUSERS_FILE] = (_shipped("mushishi.sysusers.conf"), 0o644)
+    plan.files[TMPFILES_FILE] = (_shipped("mushishi.tmpfiles.conf"), 0o644)
+    if config_text is not None:
+        plan.files[CONFIG_FILE] = (config_text, 0o644)
+    plan.directories[PurePosixPath("etc/mushishi")] = 0o755
+    plan.directories[CREDENTIALS_DIR] = 0o700
+    plan.directories[PurePosixPath("var/lib/mushishi")] = 0o755
+    return plan
+
+
+def _group_exists(root: Path, group: str) -> bool:
+    try:
+        lines = (root / "etc/group").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    return any(line.split(":", 1)[0] == group for line in lines)
+
+
+def skeleton_config() -> str:
+    """The config written when none exists."""
+    return resources.files("mushishi.shared.config").joinpath("skeleton.toml").read_text(
+        encoding="utf-8")
+
+
+def apply_plan(plan: Plan, root: Path) -> list[str]:
+    """Write the plan under `root`; return what changed (empty when already installed)."""
+    changed: list[str] = []
+    for relative, mode in plan.directories.items():
+        path = root / relative
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            changed.append(f"created {path}/")
+        if path.stat().st_mode & 0o7777 != mode:
+            path.chmod(mode)
+    for relative, (text, mode) in plan.files.items():
+        path = root / relative
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.mushishi-new")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.chmod(mode)
+        temporary.replace(path)
+        changed.append(f"wrote {path}")
+    for relative, target in plan.symlinks.items():
+        path = root / relative
+        if path.is_symlink() and str(path.readlink()) == target:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to(target)
+        changed.append(f"linked {path} -> {target}")
+    changed += _prune_stale_tenant_links(plan, root)
+    return changed
+
+
+def _prune_stale_tenant_links(plan: Plan, root: Path) -> list[str]:
+    """Remove tenant links of modes or tenants no longer in the config."""
+    removed = []
+    unit_dir = root / UNIT_DIR
+    wanted = {root / p for p in plan.symlinks}
+    for wants in unit_dir.glob("mushishi-*.target.wants"):
+        for link in wants.glob("mushishi-tenant@*.service"):
+            if link not in wanted and link.is_symlink():
+                link.unlink()
+                removed.append(f"removed {link}")
+    return removed
+
+
+def activate(root: Path, *, enable: bool) -> list[str]:
+    """On a live system (root=/): create the user and directories, reload systemd."""
+    done: list[str] = []
+    if root != Path("/"):
+        return done
+    for argv in (
+        [_tool("systemd-sysusers"), str(Path("/") / SYSUSERS_FILE)],
+        [_tool("systemd-tmpfiles"), "--create", str(Path("/") / TMPFILES_FILE)],
+    ):
+        subprocess.run(argv, check=True)
+        done.append(" ".join(argv))
+    if Path("/run/systemd/system").is_dir():
+        subprocess.run([_tool("systemctl"), "daemon-reload"], check=True)
+        done.append("systemctl daemon-reload")
+        if enable:
+            subprocess.run([_tool("systemctl"), "enable", "mushishi.target"], check=True)
+            done.append("systemctl enable mushishi.target")
+        reload_dbus = [_tool("busctl"), "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                       "org.freedesktop.DBus", "ReloadConfig"]
+        if subprocess.run(reload_dbus, check=False, capture_output=True).returncode == 0:
+            done.append("reloaded the D-Bus policy")
+    return done
+
+
+def _tool(name: str) -> str:
+    """System tools at their Debian/Ubuntu paths; install runs as root with a sane PATH."""
+    for directory in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        candidate = Path(directory) / name
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found; mushishi install needs systemd")
+    return found
+
+
+def default_bindir() -> str:
+    """The directory holding this installation's console scripts."""
+    return str(Path(sys.executable).parent)

@@ -1,0 +1,162 @@
+"""Logging to the systemd journal with structured fields, or to stderr without one.
+
+Fields come from two places: `extra={"MUSHISHI_PROFILE": "private"}` on a single call, and
+`bind_fields(...)` for everything logged in the current task (a request, a mode switch).
+Only upper-case names are sent as journal fields, so `journalctl MUSHISHI_PROFILE=private`
+works; the standard ones (MESSAGE, PRIORITY, CODE_*, SYSLOG_IDENTIFIER) are always set.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import logging
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+STRUCTURED_FIELDS = ("MUSHISHI_PROFILE", "MUSHISHI_BACKEND", "MUSHISHI_TIER", "MUSHISHI_MODE")
+
+_bound: ContextVar[Mapping[str, str]] = ContextVar(
+    "mushishi_log_fields", default=MappingProxyType({})
+)
+
+# Python level -> syslog priority.
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def _priority(levelno: int) -> int:
+    for level, priority in sorted(_PRIORITY.items(), reverse=True):
+        if levelno >= level:
+            return priority
+    return 7
+
+
+@contextlib.contextmanager
+def bind_fields(**fields: str | None) -> Iterator[None]:
+    """Attach journal fields (upper-case names) to every record logged inside the block."""
+    merged = dict(_bound.get())
+    merged.update({k.upper(): str(v) for k, v in fields.items() if v is not None})
+    token = _bound.set(merged)
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The structured fields of a record: bound ones, then per-call `extra` ones."""
+    fields = dict(_bound.get())
+    for key, value in record.__dict__.items():
+        if key.isupper() and value is not None:
+            fields[key] = str(value)
+    return fields
+
+
+def encode_field(name: str, value: str) -> bytes:
+    """One field in the journal's native format (binary-safe form for multi-line values)."""
+    data = value.encode("utf-8", "replace")
+    key = name.encode("ascii")
+    if b"\n" not in data:
+        return key + b"=" + data + b"\n"
+    return key + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+
+
+class JournalHandler(logging.Handler):
+    """Sends records to journald over its native datagram protocol."""
+
+    def __init__(self, identifier: str, socket_path: str = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        self.identifier = identifier
+        self.socket_path = socket_path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            fields = {
+                "MESSAGE": message,
+                "PRIORITY": str(_priority(record.levelno)),
+                "SYSLOG_IDENTIFIER": self.identifier,
+                "LOGGER": record.name,
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": str(record.lineno),
+                "CODE_FUNC": record.funcName,
+            }
+            fields.update(record_fields(record))
+            payload = b"".join(encode_field(k, v) for k, v in fields.items())
+            self._send(payload)
+        except Exception:  # a log line must never take the daemon down
+            self.handleError(record)
+
+    def _send(self, payload: bytes) -> None:
+        try:
+            self._socket.sendto(payload, self.socket_path)
+        except OSError as error:
+            if error.errno not in (90, 105):  # EMSGSIZE, ENOBUFS: too big for a datagram
+                raise
+            # journald accepts large entries as a sealed memfd passed with SCM_RIGHTS.
+            fd = os.memfd_create("journal", os.MFD_ALLOW_SEALING)
+            try:
+                os.write(fd, payload)
+                self._socket.sendmsg(
+                    [], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
+                    0, self.socket_path,
+                )
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self._socket.close()
+        super().close()
+
+
+class StderrFormatter(logging.Formatter):
+    """`LEVEL logger: message KEY=value …` for terminals and containers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.levelname} {record.name}: {record.getMessage()}"
+        fields = record_fields(record)
+        if fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(identifier: str, *, level: int | str = logging.INFO,
+                  socket_path: str = JOURNAL_SOCKET) -> logging.Handler:
+    """Route the root logger to the journal when its socket exists, else to stderr."""
+    handler: logging.Handler
+    if Path(socket_path).exists():
+        handler = JournalHandler(identifier, socket_path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(StderrFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+def log_extra(**fields: Any) -> dict[str, str]:
+    """`extra=` for one call: log_extra(profile="private") -> {"MUSHISHI_PROFILE": "private"}."""
+    return {f"MUSHISHI_{k.upper()}": str(v) for k, v in fields.items() if v is not None}

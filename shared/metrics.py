@@ -1,0 +1,80 @@
+"""Prometheus helpers: one registry per daemon, an aiohttp /metrics route, textfiles.
+
+Names follow `mushishi_<daemon>_<what>_<unit>` with `_total` on counters. Never use the
+implicit global REGISTRY: each daemon (and each test) builds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+REGISTRY_KEY = web.AppKey("mushishi_metrics_registry", CollectorRegistry)
+
+
+def package_version() -> str:
+    """The installed mushishi version."""
+    try:
+        return version("mushishi")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def new_registry(daemon: str) -> CollectorRegistry:
+    """A fresh registry carrying `mushishi_build_info{daemon, version}`."""
+    registry = CollectorRegistry(auto_describe=True)
+    info = Gauge(
+        "mushishi_build_info", "mushishi build information (always 1).",
+        ["daemon", "version"], registry=registry,
+    )
+    info.labels(daemon=daemon, version=package_version()).set(1)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(registry)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """GET /metrics for the registry stored in the app under REGISTRY_KEY."""
+    body = render(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
+    """Serve `registry` on GET /metrics of `app`."""
+    app[REGISTRY_KEY] = registry
+    app.router.add_get("/metrics", metrics_handler)
+
+
+async def start_metrics_server(registry: CollectorRegistry, host: str, port: int
+                               ) -> web.AppRunner:
+    """A standalone /metrics endpoint for daemons without an HTTP API of their own."""
+    app = web.Application()
+    add_metrics_route(app, registry)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def write_textfile(registry: CollectorRegistry, directory: str | os.PathLike[str],
+                   name: str) -> Path:
+    """Atomically write `<directory>/<name>.prom` for node_exporter's textfile collector."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{name}.prom"
+    with tempfile.NamedTemporaryFile(
+        "wb", dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False
+    ) as handle:
+        handle.write(render(registry))
+        temporary = Path(handle.name)
+    temporary.chmod(0o644)
+    temporary.replace(target)
+    return target

@@ -1,0 +1,62 @@
+"""sd_notify for readiness, status and the watchdog, through the `sdnotify` package."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import sdnotify
+
+
+class Notifier:
+    """Talks to systemd's $NOTIFY_SOCKET; every call is a no-op outside a notify unit."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        # sdnotify itself connects to os.environ["NOTIFY_SOCKET"]; `environ` only decides
+        # whether to use it and what the watchdog interval is.
+        environ = os.environ if environ is None else environ
+        self.enabled = bool(environ.get("NOTIFY_SOCKET"))
+        self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        self.watchdog_usec = _watchdog_usec(environ)
+        self.sent: list[str] = []  # what was sent, for `mushishi` self-checks and tests
+
+    def notify(self, message: str) -> None:
+        """Send raw `KEY=value` lines."""
+        self.sent.append(message)
+        if self._notifier is not None:
+            self._notifier.notify(message)
+
+    def ready(self, status: str | None = None) -> None:
+        """READY=1, optionally with a status line."""
+        self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def status(self, text: str) -> None:
+        """STATUS=text, shown by `systemctl status`."""
+        self.notify(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        """WATCHDOG=1: the service is healthy; send at least every watchdog_interval()."""
+        self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str | None = None) -> None:
+        """STOPPING=1 at the start of a graceful stop."""
+        self.notify("STOPPING=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def reloading(self) -> None:
+        """RELOADING=1 while the config is re-read."""
+        self.notify("RELOADING=1")
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between watchdog pings (half of WatchdogSec=), or None when not enabled."""
+        return self.watchdog_usec / 2_000_000 if self.watchdog_usec else None
+
+
+def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
+    usec = environ.get("WATCHDOG_USEC")
+    pid = environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec)
+    except ValueError:
+        return None

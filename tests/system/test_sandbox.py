@@ -1,0 +1,66 @@
+"""The booted-systemd sandbox itself: it boots for real and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mushishi.shared.sandbox import Sandbox
+
+
+def _host_mounts() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
+def test_sandbox_boots_systemd_as_pid1_with_bus_and_journal(sandbox: Sandbox) -> None:
+    assert sandbox.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
+    assert sandbox.systemctl("is-system-running", check=False).stdout.strip() in (
+        "running", "degraded")
+    assert sandbox.is_active("dbus.service") == "active"
+    assert sandbox.is_active("systemd-journald.service") == "active"
+    # Its own network namespace: only loopback.
+    links = sandbox.run(["ip", "-o", "link"]).stdout
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+
+
+def test_sandbox_writes_never_reach_the_host(sandbox: Sandbox) -> None:
+    sandbox.run(["sh", "-c", "echo inside > /etc/mushishi-sandbox-probe"])
+    assert sandbox.path("/etc/mushishi-sandbox-probe").read_text() == "inside\n"
+    assert not Path("/etc/mushishi-sandbox-probe").exists()
+
+
+def test_sandbox_stop_leaves_no_process_mount_or_directory() -> None:
+    box = Sandbox().boot()
+    pid, directory = box.pid, box.dir
+    assert pid is not None and Path(f"/proc/{pid}").exists()
+    box.stop()
+    assert not Path(f"/proc/{pid}").exists()
+    assert not directory.exists()
+    assert str(directory) not in _host_mounts()
+
+
+def test_sandbox_dies_with_the_process_that_booted_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from mushishi.shared.sandbox import Sandbox\n"
+        "box = Sandbox().boot()\n"
+        "print(box.pid, box.dir, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    pid_text, directory = child.stdout.readline().split()
+    init_pid = int(pid_text)
+    assert Path(f"/proc/{init_pid}").exists()
+    os.kill(child.pid, 9)  # no cleanup code runs: the kernel must take the sandbox down
+    child.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{init_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{init_pid}").exists()
+    assert directory not in _host_mounts()
+    Sandbox(Path(directory).name).stop()  # removes the (unmounted) state directory

@@ -1,0 +1,128 @@
+"""The journal handler speaks journald's native protocol to a real datagram socket."""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mushishi.shared.journal import (
+    JournalHandler,
+    StderrFormatter,
+    bind_fields,
+    encode_field,
+    log_extra,
+    setup_logging,
+)
+
+
+def parse_native(payload: bytes) -> dict[str, str]:
+    """Decode journald's native format (the inverse of what journald itself parses)."""
+    fields: dict[str, str] = {}
+    rest = payload
+    while rest:
+        line, _, after = rest.partition(b"\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            fields[key.decode()] = value.decode()
+            rest = after
+        else:
+            size = int.from_bytes(after[:8], "little")
+            fields[line.decode()] = after[8:8 + size].decode()
+            rest = after[8 + size + 1:]
+    return fields
+
+
+@pytest.fixture
+def journal_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "journal.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(2)
+    yield server, path
+    server.close()
+
+
+def receive(server: socket.socket) -> dict[str, str]:
+    data, ancillary, _, _ = server.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+    if not data and ancillary:  # a large entry arrives as a memfd
+        fds = array.array("i")
+        fds.frombytes(ancillary[0][2][:4])
+        with os.fdopen(fds[0], "rb") as handle:
+            handle.seek(0)
+            data = handle.read()
+    return parse_native(data)
+
+
+def make_logger(path: str) -> logging.Logger:
+    logger = logging.getLogger(f"test-journal-{path}")
+    logger.handlers = [JournalHandler("mushishi-test", path)]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger
+
+
+def test_record_carries_standard_and_structured_fields(journal_socket) -> None:
+    server, path = journal_socket
+    logger = make_logger(path)
+    with bind_fields(MUSHISHI_PROFILE="private", MUSHISHI_TIER="T1"):
+        logger.warning("queue full for %s", "private", extra=log_extra(backend="gpu"))
+    fields = receive(server)
+    assert fields["MESSAGE"] == "queue full for private"
+    assert fields["PRIORITY"] == "4"
+    assert fields["SYSLOG_IDENTIFIER"] == "mushishi-test"
+    assert fields["MUSHISHI_PROFILE"] == "private"
+    assert fields["MUSHISHI_TIER"] == "T1"
+    assert fields["MUSHISHI_BACKEND"] == "gpu"
+    assert fields["CODE_FUNC"] == "test_record_carries_standard_and_structured_fields"
+
+
+def test_bound_fields_end_with_their_block(journal_socket) -> None:
+    server, path = journal_socket
+    logger = make_logger(path)
+    with bind_fields(MUSHISHI_MODE="forensic"):
+        pass
+    logger.info("after")
+    assert "MUSHISHI_MODE" not in receive(server)
+
+
+def test_multiline_message_and_traceback_survive(journal_socket) -> None:
+    server, path = journal_socket
+    logger = make_logger(path)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("line one\nline two")
+    message = receive(server)["MESSAGE"]
+    assert message.startswith("line one\nline two\nTraceback")
+    assert "ValueError: boom" in message
+
+
+def test_oversized_entry_is_sent_as_memfd(journal_socket) -> None:
+    server, path = journal_socket
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    logger = make_logger(path)
+    big = "x" * (512 * 1024)
+    logger.info(big)
+    assert receive(server)["MESSAGE"] == big
+
+
+def test_binary_safe_encoding_for_newlines() -> None:
+    assert encode_field("A", "b") == b"A=b\n"
+    assert encode_field("A", "b\nc") == b"A\n" + (3).to_bytes(8, "little") + b"b\nc\n"
+
+
+def test_without_journal_socket_logs_go_to_stderr(tmp_path: Path, capsys) -> None:
+    handler = setup_logging("mushishi-test", socket_path=str(tmp_path / "absent"))
+    try:
+        assert isinstance(handler.formatter, StderrFormatter)
+        with bind_fields(MUSHISHI_PROFILE="private"):
+            logging.getLogger("x").info("hello")
+        assert "INFO x: hello MUSHISHI_PROFILE=private" in capsys.readouterr().err
+    finally:
+        logging.getLogger().removeHandler(handler)

@@ -1,0 +1,37 @@
+"""Metrics helpers: a registry per daemon, /metrics over aiohttp, atomic textfiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import Counter
+
+from mushishi.shared.metrics import add_metrics_route, new_registry, write_textfile
+
+
+async def test_metrics_route_serves_this_daemons_registry_only() -> None:
+    registry = new_registry("router")
+    Counter("mushishi_router_requests", "Requests.", registry=registry).inc(3)
+    other = new_registry("gpud")
+    Counter("mushishi_gpud_switches", "Switches.", registry=other).inc()
+    app = web.Application()
+    add_metrics_route(app, registry)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/metrics")
+        body = await response.text()
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "mushishi_router_requests_total 3.0" in body
+    assert 'mushishi_build_info{daemon="router"' in body
+    assert "gpud" not in body
+
+
+def test_textfile_is_written_atomically_and_readable(tmp_path: Path) -> None:
+    registry = new_registry("backup")
+    target = write_textfile(registry, tmp_path / "textfiles", "mushishi_backup")
+    assert target.name == "mushishi_backup.prom"
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert "mushishi_build_info" in target.read_text()
+    assert [p.name for p in target.parent.iterdir()] == ["mushishi_backup.prom"]

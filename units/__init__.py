@@ -1,0 +1,1 @@
+"""systemd units, D-Bus policy and sysusers/tmpfiles snippets shipped with mushishi."""
