@@ -1,0 +1,22 @@
+"""D-Bus names in one place: mushishi's own interface and the systemd manager it drives."""
+
+from __future__ import annotations
+
+# io.mushishi.GpuMode1 (DESIGN.md §6), owned by mushishi-gpud on the system bus.
+BUS_NAME = "io.mushishi.GpuMode1"
+OBJECT_PATH = "/io/mushishi/GpuMode1"
+INTERFACE = "io.mushishi.GpuMode1"
+
+# Domain errors map to these D-Bus error names (one place: gpud's dbus_api).
+ERROR_PREFIX = "io.mushishi.GpuMode1.Error."
+ERROR_BUSY = ERROR_PREFIX + "Busy"            # the busy probe found work in flight
+ERROR_HELD = ERROR_PREFIX + "Held"            # a hold exists on the current mode
+ERROR_UNKNOWN_MODE = ERROR_PREFIX + "UnknownMode"
+ERROR_SWITCH_FAILED = ERROR_PREFIX + "SwitchFailed"
+ERROR_UNKNOWN_HOLD = ERROR_PREFIX + "UnknownHold"
+
+# systemd's own manager API (org.freedesktop.systemd1(5)).
+SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
+SYSTEMD_OBJECT_PATH = "/org/freedesktop/systemd1"
+SYSTEMD_MANAGER_INTERFACE = "org.freedesktop.systemd1.Manager"
+SYSTEMD_UNIT_INTERFACE = "org.freedesktop.systemd1.Unit"
