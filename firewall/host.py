@@ -16,7 +16,6 @@ from pathlib import Path
 _TCP_LISTEN = "0A"
 _TCP_ESTABLISHED = "01"
 _UDP_UNCONNECTED = "07"
-_IFF_UP = 0x1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +76,13 @@ def established_peers(all_sockets: list[Socket], local_port: int) -> list[str]:
                    and s.local_port == local_port})
 
 
-def interfaces(sys_root: str | os.PathLike[str] = "/sys") -> list[str]:
-    """Network interfaces of the caller's network namespace."""
-    try:
-        return sorted(p.name for p in (Path(sys_root) / "class" / "net").iterdir())
-    except FileNotFoundError:
-        return []
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A network interface: name, administratively up, bridge it is a port of."""
 
-
-def interface_is_up(name: str, sys_root: str | os.PathLike[str] = "/sys") -> bool:
-    """Does `name` exist with IFF_UP set?"""
-    try:
-        flags = (Path(sys_root) / "class" / "net" / name / "flags").read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return bool(int(flags, 16) & _IFF_UP)
+    name: str
+    up: bool
+    master: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +108,18 @@ class Ip:
         routes = self._json(["route", "get", address])
         device = routes[0].get("dev") if routes else None
         return str(device) if device else None
+
+    def links(self) -> list[Link]:
+        """Interfaces of the caller's network namespace (from netlink: /sys may belong to
+        another namespace)."""
+        found = []
+        for link in self._json(["link", "show"]):
+            flags = link.get("flags")
+            master = link.get("master")
+            found.append(Link(str(link["ifname"]),
+                              isinstance(flags, list) and "UP" in flags,
+                              str(master) if master else None))
+        return found
 
     def has_address(self, interface: str) -> bool:
         """Does `interface` carry at least one IP address?"""
