@@ -144,6 +144,28 @@ def render_ufw(table: Table, *, ufw: str, after_rules: str, after6_rules: str,
         "set -eu",
         f"UFW={shlex.quote(ufw)}",
         '[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }',
+        f"begin={shlex.quote(BEGIN_MARKER)}",
+        f"end={shlex.quote(END_MARKER)}",
+        "",
+        "check_markers() {  # $1: rules file",
+        '    if [ "$(grep -cxF "$begin" "$1" || true)" != "$(grep -cxF "$end" "$1" || true)" ]; '
+        "then",
+        '        echo "$1: unbalanced mushishi markers; remove the damaged block by hand" >&2',
+        "        exit 1",
+        "    fi",
+        "}",
+        "",
+        "install_block() {  # $1: rules file; the block arrives on stdin",
+        '    awk -v begin="$begin" -v end="$end" '
+        "'$0 == begin {skip = 1} !skip {print} $0 == end {skip = 0}' \"$1\" > \"$1.mushishi-new\"",
+        '    cat >> "$1.mushishi-new"',
+        '    chmod --reference="$1" "$1.mushishi-new"',
+        '    mv "$1.mushishi-new" "$1"',
+        "}",
+        "",
+        "# Nothing changes if either file holds a damaged block.",
+        f"check_markers {shlex.quote(after_rules)}",
+        f"check_markers {shlex.quote(after6_rules)}",
         "",
         f"keep={shlex.quote(keep)}",
         'added=$("$UFW" show added)',
@@ -159,24 +181,7 @@ def render_ufw(table: Table, *, ufw: str, after_rules: str, after6_rules: str,
         "",
     ]
     out += ['"$UFW" ' + _quoted(argv) for argv in ufw_commands(table)]
-    out += [
-        "",
-        "install_block() {  # $1: rules file; the block arrives on stdin",
-        f'    begin={shlex.quote(BEGIN_MARKER)}',
-        f'    end={shlex.quote(END_MARKER)}',
-        '    if [ "$(grep -cxF "$begin" "$1" || true)" != "$(grep -cxF "$end" "$1" || true)" ]; '
-        "then",
-        '        echo "$1: unbalanced mushishi markers; remove the damaged block by hand" >&2',
-        "        exit 1",
-        "    fi",
-        '    awk -v begin="$begin" -v end="$end" '
-        "'$0 == begin {skip = 1} !skip {print} $0 == end {skip = 0}' \"$1\" > \"$1.mushishi-new\"",
-        '    cat >> "$1.mushishi-new"',
-        '    chmod --reference="$1" "$1.mushishi-new"',
-        '    mv "$1.mushishi-new" "$1"',
-        "}",
-        "",
-    ]
+    out.append("")
     for path, family in ((after_rules, "ipv4"), (after6_rules, "ipv6")):
         out.append(f"install_block {shlex.quote(path)} <<'MUSHISHI_BLOCK'")
         out.append(docker_user_block(table, family).rstrip("\n"))
