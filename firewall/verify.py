@@ -397,6 +397,9 @@ def build_report(table: Table, live: LiveTable | None, others: list[OtherChain],
         forward_chain = live.base_chain("forward")
         if input_chain is None:
             problems.append("table inet mushishi has no input base chain")
+        if forward_chain is None and table.docker_bridges:
+            problems.append("table inet mushishi has no forward base chain: Docker-published "
+                            "ports are not guarded")
         for service in table.services:
             for interface in sources:
                 source = source_of(interface, table)
