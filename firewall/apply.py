@@ -90,6 +90,11 @@ class Firewall:
             now = self.clock()
             pending = self.state.pending()
             if pending is not None:
+                if now >= pending.deadline and not guard_alive(pending.guard_pid,
+                                                               pending.token):
+                    raise FirewallError(
+                        f"the change applied at {iso(pending.applied_at)} was never confirmed "
+                        "and its guard is gone (killed?): run `mushishi firewall rollback`")
                 raise FirewallError(
                     f"a change applied at {iso(pending.applied_at)} is waiting for "
                     f"confirmation until {iso(pending.deadline)}: run `mushishi firewall "

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from mushishi.firewall import host
-from mushishi.firewall.apply import Firewall, FirewallError, lockout_facts
+from mushishi.firewall.apply import Firewall, FirewallError, guard_alive, lockout_facts
 from mushishi.firewall.lockout import check_lockout
 from mushishi.firewall.nft import Nft, NftError
 from mushishi.firewall.render_nft import render_nft
@@ -196,7 +196,12 @@ def _verify(args: argparse.Namespace, settings: FirewallSettings, table: Table,
     pending = firewall.state.pending()
     last = firewall.state.last()
     applied = firewall.state.read(APPLIED)
-    if pending is not None:
+    if pending is not None and time.time() >= pending.deadline and \
+            not guard_alive(pending.guard_pid, pending.token):
+        report.problems.append(f"the change applied at {iso(pending.applied_at)} was never "
+                               "confirmed and its guard is gone: run `mushishi firewall "
+                               "rollback`")
+    elif pending is not None:
         report.notes.insert(0, f"a change is waiting for confirmation until "
                             f"{iso(pending.deadline)}; it rolls back unless confirmed")
     if live is not None and applied is not None and \

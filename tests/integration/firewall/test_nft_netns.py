@@ -234,7 +234,8 @@ def test_ssh_lockout_guard_refuses_rules_that_would_cut_off_a_session(box: Box) 
     # allow SSH from the tailnet only: refused, nothing loaded.
     session = topology.start(topology.lan.namespace, [
         sys.executable, "-c",
-        "import socket, sys, time; s = socket.create_connection(('192.168.50.1', 22)); "
+        "import socket, time; v4 = socket.create_connection(('192.168.50.1', 22)); "
+        "v6 = socket.create_connection(('fd00:50::1', 22)); "
         "print('connected', flush=True); time.sleep(120)"], stdout=subprocess.PIPE)
     assert session.stdout is not None and session.stdout.readline().strip() == "connected"
     refused = box.mushishi("apply", "--no-wait")
@@ -242,6 +243,7 @@ def test_ssh_lockout_guard_refuses_rules_that_would_cut_off_a_session(box: Box) 
     session.wait()
     assert refused.returncode == 1
     assert "from 192.168.50.2 comes in over lan0 (lan)" in refused.stderr
+    assert "from fd00:50::2 comes in over lan0 (lan)" in refused.stderr
     assert "[firewall.ssh].exposure" in refused.stderr
     assert box.live_table() is None
 
@@ -345,3 +347,19 @@ def test_restore_loads_the_confirmed_rules_after_a_reboot(box: Box) -> None:
     assert restored.returncode == 0, restored.stderr
     assert box.live_table() == confirmed
     assert box.last()["action"] == "restored"
+
+
+def test_a_killed_guard_is_reported_and_the_change_can_still_be_undone(box: Box) -> None:
+    assert box.mushishi("apply", "--no-wait", "--timeout", "2").returncode == 0
+    pending = box.pending()
+    assert pending is not None
+    os.kill(pending["guard_pid"], 9)
+    wait_for(lambda: not guard_alive(pending["guard_pid"], pending["token"]), 10, "the kill")
+    time.sleep(2.5)  # past the deadline nobody enforced
+    assert box.live_table() is not None
+    code, report = _verify(box)
+    assert code == 1 and any("its guard is gone" in p for p in report["problems"])
+    again = box.mushishi("apply", "--no-wait")
+    assert again.returncode == 1 and "run `mushishi firewall rollback`" in again.stderr
+    assert box.mushishi("rollback").returncode == 0
+    assert box.live_table() is None and box.last()["action"] == "rolled-back"
