@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
             return EX_OK
         return _verify(args, settings, table, firewall, source)
     except (FirewallError, NftError) as error:
-        print(f"mushishi firewall {args.action}: {error}", file=sys.stderr)
+        hint = " (run as root)" if "Operation not permitted" in str(error) else ""
+        print(f"mushishi firewall {args.action}: {error}{hint}", file=sys.stderr)
         return EX_FAILED
     except PermissionError as error:
         print(f"mushishi firewall {args.action}: {error} (run as root)", file=sys.stderr)
