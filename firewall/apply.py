@@ -31,6 +31,7 @@ from mushishi.firewall.host import (
     ssh_connection_env,
 )
 from mushishi.firewall.lockout import Facts, Session
+from mushishi.firewall.metrics import export
 from mushishi.firewall.nft import Nft, NftError
 from mushishi.firewall.render_nft import restore_text
 from mushishi.firewall.state import Pending, StateDir, iso, sha256
@@ -38,7 +39,7 @@ from mushishi.firewall.table import Table
 
 log = logging.getLogger("mushishi.firewall")
 
-SpawnGuard = Callable[[StateDir, str, float, str], int]
+SpawnGuard = Callable[[StateDir, str, float, str, str | None], int]
 GUARD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 
@@ -46,7 +47,8 @@ class FirewallError(Exception):
     """A refused or failed firewall command; the message says what to do."""
 
 
-def spawn_guard(state: StateDir, token: str, deadline: float, nft: str) -> int:
+def spawn_guard(state: StateDir, token: str, deadline: float, nft: str,
+                textfile_dir: str | None) -> int:
     """Start the rollback guard detached from the caller's session; return its pid."""
     # The guard starts with its stop signals blocked (the mask survives exec), so one sent
     # before it reaches sigtimedwait() is queued, not fatal.
@@ -54,7 +56,8 @@ def spawn_guard(state: StateDir, token: str, deadline: float, nft: str) -> int:
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "mushishi.firewall.guard", "--state-dir", str(state.path),
-             "--token", token, "--deadline", repr(deadline), "--nft", nft],
+             "--token", token, "--deadline", repr(deadline), "--nft", nft,
+             *(["--textfile-dir", textfile_dir] if textfile_dir else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
         )
@@ -78,6 +81,7 @@ class Firewall:
 
     nft: Nft
     state: StateDir
+    textfile_dir: str | None = None
     clock: Callable[[], float] = time.time
     spawn: SpawnGuard = spawn_guard
     signal_guard: Callable[[int, str], None] = field(default=lambda pid, token: _stop(pid, token))
@@ -86,6 +90,12 @@ class Firewall:
 
     def apply(self, ruleset: str, timeout_s: float) -> Pending:
         """Load `ruleset` now; it stays only if confirmed within `timeout_s` seconds."""
+        try:
+            return self._apply(ruleset, timeout_s)
+        finally:
+            export(self.state, self.textfile_dir)
+
+    def _apply(self, ruleset: str, timeout_s: float) -> Pending:
         with self.state.locked():
             now = self.clock()
             pending = self.state.pending()
@@ -119,7 +129,7 @@ class Firewall:
             self.state.write(files.APPLIED, ruleset)
             token = secrets.token_hex(16)
             deadline = now + timeout_s
-            pid = self.spawn(self.state, token, deadline, self.nft.binary)
+            pid = self.spawn(self.state, token, deadline, self.nft.binary, self.textfile_dir)
             pending = Pending(token=token, applied_at=now, deadline=deadline, guard_pid=pid,
                               sha256=digest)
             self.state.set_pending(pending)
@@ -140,6 +150,12 @@ class Firewall:
 
     def confirm(self) -> Pending:
         """Keep the pending ruleset: it becomes the confirmed one restored at boot."""
+        try:
+            return self._confirm()
+        finally:
+            export(self.state, self.textfile_dir)
+
+    def _confirm(self) -> Pending:
         with self.state.locked():
             pending = self._pending_or_explain("confirm")
             now = self.clock()
@@ -158,6 +174,12 @@ class Firewall:
 
     def rollback(self, reason: str, *, token: str | None = None) -> bool:
         """Put the previous table back if a change is pending (for `token`, if given)."""
+        try:
+            return self._rollback(reason, token)
+        finally:
+            export(self.state, self.textfile_dir)
+
+    def _rollback(self, reason: str, token: str | None) -> bool:
         with self.state.locked():
             pending = self.state.pending()
             if pending is None or (token is not None and pending.token != token):
@@ -193,6 +215,12 @@ class Firewall:
 
     def restore(self) -> str:
         """Load the last confirmed ruleset (at boot); return its sha256."""
+        try:
+            return self._restore()
+        finally:
+            export(self.state, self.textfile_dir)
+
+    def _restore(self) -> str:
         with self.state.locked():
             confirmed = self.state.read(files.CONFIRMED)
             if confirmed is None:

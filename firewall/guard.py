@@ -43,10 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", required=True)
     parser.add_argument("--deadline", required=True, type=float)
     parser.add_argument("--nft", required=True)
+    parser.add_argument("--textfile-dir")
     args = parser.parse_args(argv)
     setup_logging("mushishi-firewall")
     received = wait_until(args.deadline)
-    firewall = Firewall(Nft(args.nft), StateDir(args.state_dir))
+    firewall = Firewall(Nft(args.nft), StateDir(args.state_dir), args.textfile_dir)
     if received is None:
         reason = "not confirmed before the deadline"
     else:

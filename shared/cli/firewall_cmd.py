@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                                         after6_rules=settings.ufw_after6_rules,
                                         source=source))
         return EX_OK
-    firewall = Firewall(Nft(settings.nft), StateDir(settings.state_dir))
+    firewall = Firewall(Nft(settings.nft), StateDir(settings.state_dir), settings.textfile_dir)
     try:
         if args.action == "apply":
             return _apply(args, settings, table, firewall, source)
@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         return EX_FAILED
     except PermissionError as error:
         print(f"mushishi firewall {args.action}: {error} (run as root)", file=sys.stderr)
+        return EX_FAILED
+    except OSError as error:
+        print(f"mushishi firewall {args.action}: {error}", file=sys.stderr)
         return EX_FAILED
 
 
@@ -240,7 +243,7 @@ def _restore(args: argparse.Namespace) -> int:
         code = EX_CONFIG
     else:
         settings = found[0]
-    firewall = Firewall(Nft(settings.nft), StateDir(settings.state_dir))
+    firewall = Firewall(Nft(settings.nft), StateDir(settings.state_dir), settings.textfile_dir)
     try:
         digest = firewall.restore()
     except FirewallError as error:

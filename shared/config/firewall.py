@@ -110,6 +110,11 @@ class FirewallSettings(Section):
         description="Previous, applied and confirmed rulesets, the pending confirmation and "
         "the result of the last change (last.json).",
     )
+    textfile_dir: AbsolutePath | None = Field(
+        default="/var/lib/prometheus/node-exporter",
+        description="node_exporter textfile collector directory for mushishi_firewall.prom "
+        "(pending confirmation, last change); unset to write none.",
+    )
     nft: AbsolutePath = Field(default="/usr/sbin/nft", description="The nft binary.")
     ip: AbsolutePath = Field(
         default="/usr/bin/ip",

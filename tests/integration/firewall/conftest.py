@@ -45,7 +45,8 @@ def seed_services() -> list[dict[str, Any]]:
 def write_config(path: Path, state_dir: Path, *, services: list[dict[str, Any]] | None = None,
                  ssh_exposure: str = "tailnet", **firewall: Any) -> Path:
     """A config whose only section is [firewall]."""
-    section: dict[str, Any] = {"state_dir": str(state_dir), **firewall,
+    section: dict[str, Any] = {"state_dir": str(state_dir),
+                               "textfile_dir": str(state_dir.parent / "textfile"), **firewall,
                                "ssh": {"port": 22, "exposure": ssh_exposure}}
     section["services"] = services if services is not None else \
         seed_services() + EXTRA_SERVICES
@@ -100,6 +101,9 @@ class Box:
     def pending(self) -> dict[str, Any] | None:
         path = self.state_dir / "pending.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def metrics(self) -> str:
+        return (self.tmp_path / "textfile" / "mushishi_firewall.prom").read_text()
 
     def last(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "last.json").read_text())

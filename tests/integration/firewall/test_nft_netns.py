@@ -144,6 +144,7 @@ def test_apply_without_confirmation_rolls_back_to_the_previous_rules(box: Box) -
     assert applied.returncode == 0, applied.stderr
     pending = box.pending()
     assert pending is not None and guard_alive(pending["guard_pid"], pending["token"])
+    assert "mushishi_firewall_pending_confirmation 1.0" in box.metrics()
     assert not any(reached(topology, topology.lan, lan_research).values())
 
     wait_for(lambda: box.last()["action"] == "rolled-back", 60, "the guard's rollback")
@@ -151,6 +152,9 @@ def test_apply_without_confirmation_rolls_back_to_the_previous_rules(box: Box) -
     assert box.live_table() == listing_a
     assert all(reached(topology, topology.lan, lan_research).values())
     assert box.pending() is None
+    metrics = box.metrics()  # written by the guard itself
+    assert "mushishi_firewall_pending_confirmation 0.0" in metrics
+    assert 'mushishi_firewall_last_change_action{action="rolled-back"} 1.0' in metrics
     wait_for(lambda: not guard_alive(pending["guard_pid"], pending["token"]), 10,
              "the guard to exit")
 
