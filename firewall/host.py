@@ -127,12 +127,16 @@ class Ip:
         return any(link.get("addr_info") for link in links)
 
 
+PRIVILEGE_TOOLS = frozenset({"sudo", "su", "doas", "pkexec", "run0"})
+
+
 def ssh_connection_env(pid: int | None = None,
                        proc_root: str | os.PathLike[str] = "/proc") -> tuple[str, int] | None:
-    """(client address, server port) from $SSH_CONNECTION of this process or an ancestor.
+    """(client address, server port) from $SSH_CONNECTION: this process's, else the one
+    `sudo` (or su, doas, pkexec, run0) was started with.
 
-    `sudo` drops SSH_CONNECTION from the environment, so the ancestors' environments
-    (readable by root) are searched too.
+    sudo drops SSH_CONNECTION from the command's environment but keeps it in its own,
+    which root can read. Other ancestors are not consulted: their sessions are not ours.
     """
     if pid is None and os.environ.get("SSH_CONNECTION"):
         return _parse_ssh_connection(os.environ["SSH_CONNECTION"])
@@ -142,15 +146,20 @@ def ssh_connection_env(pid: int | None = None,
         seen.add(current)
         base = Path(proc_root) / str(current)
         try:
-            environ = (base / "environ").read_bytes().split(b"\0")
-            status = (base / "status").read_text()
+            status = dict(line.split(":\t", 1) for line in
+                          (base / "status").read_text().splitlines() if ":\t" in line)
         except OSError:
             return None
-        for entry in environ:
-            if entry.startswith(b"SSH_CONNECTION="):
-                return _parse_ssh_connection(entry.split(b"=", 1)[1].decode())
-        parent = [line.split()[1] for line in status.splitlines() if line.startswith("PPid:")]
-        current = int(parent[0]) if parent else 0
+        if status.get("Name", "").strip() in PRIVILEGE_TOOLS:
+            try:
+                environ = (base / "environ").read_bytes().split(b"\0")
+            except OSError:
+                environ = []
+            for entry in environ:
+                if entry.startswith(b"SSH_CONNECTION="):
+                    return _parse_ssh_connection(entry.split(b"=", 1)[1].decode())
+        parent = status.get("PPid", "0").strip()
+        current = int(parent) if parent.isdigit() else 0
     return None
 
 

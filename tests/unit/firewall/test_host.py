@@ -53,16 +53,27 @@ def test_established_peers_of_the_ssh_port_include_mapped_and_native_ipv6(
     assert established_peers(found, 4000) == []
 
 
-def test_ssh_connection_is_found_in_an_ancestor_environment(tmp_path: Path) -> None:
-    # 300 (mushishi, under sudo: no SSH_CONNECTION) <- 200 (sudo) <- 100 (login shell)
-    for pid, parent, environ in (
-            (300, 200, b"PATH=/usr/bin\0"),
-            (200, 100, b"TERM=xterm\0"),
-            (100, 1, b"HOME=/root\0SSH_CONNECTION=192.168.1.7 51000 192.168.1.10 22\0")):
-        directory = tmp_path / str(pid)
-        directory.mkdir()
-        (directory / "environ").write_bytes(environ)
-        (directory / "status").write_text(f"Name:\tx\nPPid:\t{parent}\n")
+def write_process(root: Path, pid: int, name: str, parent: int, environ: bytes) -> None:
+    directory = root / str(pid)
+    directory.mkdir()
+    (directory / "environ").write_bytes(environ)
+    (directory / "status").write_text(f"Name:\t{name}\nState:\tS\nPPid:\t{parent}\n")
+
+
+SESSION = b"HOME=/root\0SSH_CONNECTION=192.168.1.7 51000 192.168.1.10 22\0"
+
+
+def test_ssh_connection_dropped_by_sudo_is_read_from_sudo_itself(tmp_path: Path) -> None:
+    # 300 mushishi (sudo dropped SSH_CONNECTION) <- 200 sudo <- 100 the login shell
+    write_process(tmp_path, 300, "mushishi", 200, b"PATH=/usr/bin\0")
+    write_process(tmp_path, 200, "sudo", 100, SESSION)
+    write_process(tmp_path, 100, "bash", 1, SESSION)
     assert ssh_connection_env(300, tmp_path) == ("192.168.1.7", 22)
-    (tmp_path / "100" / "environ").write_bytes(b"HOME=/root\0")
+
+
+def test_ancestors_that_are_not_privilege_tools_are_not_consulted(tmp_path: Path) -> None:
+    # A root shell's session is not the command's: e.g. a test runner started over SSH.
+    write_process(tmp_path, 300, "mushishi", 200, b"PATH=/usr/bin\0")
+    write_process(tmp_path, 200, "python3", 100, SESSION)
+    write_process(tmp_path, 100, "bash", 1, SESSION)
     assert ssh_connection_env(300, tmp_path) is None
