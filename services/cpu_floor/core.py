@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,7 +25,32 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 
-def llama_server_argv(settings: CpuFloorSettings) -> list[str]:
+@dataclass(frozen=True)
+class Capabilities:
+    """What this llama-server build accepts, read from its --help (flags changed over time:
+    `--mlock` became `--load-mode mmap+mlock`)."""
+
+    mlock_args: tuple[str, ...] | None  # None: this build cannot lock the model in RAM
+    metrics: bool                       # --metrics, for the token counters
+
+
+MODERN = Capabilities(mlock_args=("--load-mode", "mmap+mlock"), metrics=True)
+
+
+def parse_capabilities(help_text: str) -> Capabilities:
+    """Capabilities from `llama-server --help` output."""
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", help_text))
+    if "--mlock" in flags:
+        mlock: tuple[str, ...] | None = ("--mlock",)
+    elif "--load-mode" in flags and "mmap+mlock" in help_text:
+        mlock = ("--load-mode", "mmap+mlock")
+    else:
+        mlock = None
+    return Capabilities(mlock_args=mlock, metrics="--metrics" in flags)
+
+
+def llama_server_argv(settings: CpuFloorSettings, capabilities: Capabilities = MODERN,
+                      ) -> list[str]:
     """The llama-server command line for `settings` (extra_args last, verbatim)."""
     argv = [
         settings.llama_server,
@@ -33,13 +59,26 @@ def llama_server_argv(settings: CpuFloorSettings) -> list[str]:
         "--host", settings.host,
         "--port", str(settings.port),
         "--ctx-size", str(settings.ctx_size),
-        "--metrics",  # token counters tell a busy server from a wedged one
     ]
+    if capabilities.metrics:
+        argv.append("--metrics")  # token counters tell a busy server from a wedged one
     if settings.threads is not None:
         argv += ["--threads", str(settings.threads)]
-    if settings.mlock:
-        argv.append("--mlock")
+    if settings.mlock and capabilities.mlock_args is not None:
+        argv += capabilities.mlock_args
     return argv + list(settings.extra_args)
+
+
+def capability_warnings(settings: CpuFloorSettings, capabilities: Capabilities) -> list[str]:
+    """What the configured settings lose on this llama-server build."""
+    warnings = []
+    if settings.mlock and capabilities.mlock_args is None:
+        warnings.append(f"{settings.llama_server} has neither --mlock nor --load-mode "
+                        "mmap+mlock: cpu_floor.mlock is ignored and the model may be swapped out")
+    if not capabilities.metrics:
+        warnings.append(f"{settings.llama_server} has no --metrics: a smoke completion that "
+                        "times out on a busy server counts as a failure")
+    return warnings
 
 
 def probe_host(host: str) -> str:

@@ -6,20 +6,26 @@ root is a parameter so tests can hand in a fixture tree.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import resource
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from mushishi.services.cpu_floor.core import (
     EXIT_CONFIG,
     EXIT_UNAVAILABLE,
+    MODERN,
+    Capabilities,
     Refusal,
+    capability_warnings,
     hidden_path_hint,
     human_bytes,
     memlock_warning,
+    parse_capabilities,
     parse_meminfo,
     probe_host,
     ram_refusal,
@@ -41,6 +47,32 @@ def check_binary(path: str) -> Refusal | None:
         return Refusal(f"cpu_floor.llama_server: {path} is not executable by this user "
                        f"(uid {os.getuid()})", EXIT_CONFIG)
     return None
+
+
+async def read_help(binary: str, within_s: float = 10.0) -> tuple[str, Refusal | None]:
+    """`llama-server --help`: proves the binary runs and says which flags it has."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            binary, "--help", stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    except OSError as error:
+        return "", Refusal(f"cpu_floor.llama_server: cannot run {binary}: "
+                           f"{error.strerror or error}", EXIT_CONFIG)
+    try:
+        async with asyncio.timeout(within_s):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return "", Refusal(f"cpu_floor.llama_server: `{binary} --help` did not finish within "
+                           f"{within_s:g} s", EXIT_CONFIG)
+    text = output.decode("utf-8", "replace")
+    if "--port" not in text or "--model" not in text:
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        return text, Refusal(f"cpu_floor.llama_server: {binary} does not look like "
+                             f"llama-server (`--help` exited {process.returncode}: {last})",
+                             EXIT_CONFIG)
+    return text, None
 
 
 def check_model(path: str) -> tuple[int, Refusal | None]:
@@ -101,19 +133,35 @@ def memlock_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def run_checks(settings: CpuFloorSettings, proc_root: Path) -> tuple[int, Refusal | None,
-                                                                      list[str]]:
-    """All pre-start checks in order; returns (model size, first refusal, warnings)."""
+@dataclass(frozen=True)
+class Checked:
+    """The outcome of the pre-start checks."""
+
+    refusal: Refusal | None
+    model_size: int = 0
+    capabilities: Capabilities = MODERN
+    warnings: tuple[str, ...] = ()
+
+
+async def run_checks(settings: CpuFloorSettings, proc_root: Path) -> Checked:
+    """All pre-start checks in order, stopping at the first refusal."""
     refusal = check_binary(settings.llama_server)
     if refusal is not None:
-        return 0, refusal, []
+        return Checked(refusal)
+    help_text, refusal = await read_help(settings.llama_server)
+    if refusal is not None:
+        return Checked(refusal)
+    capabilities = parse_capabilities(help_text)
     size, refusal = check_model(settings.model)
     if refusal is not None:
-        return size, refusal, []
+        return Checked(refusal, size, capabilities)
     refusal = check_ram(size, settings.ram_headroom_mib, proc_root) or check_port(
         settings.host, settings.port)
-    warning = memlock_warning(size, settings.mlock, memlock_limit())
-    return size, refusal, [warning] if warning else []
+    warnings = capability_warnings(settings, capabilities)
+    locking = settings.mlock and capabilities.mlock_args is not None
+    warning = memlock_warning(size, locking, memlock_limit())
+    return Checked(refusal, size, capabilities,
+                   tuple(warnings + ([warning] if warning else [])))
 
 
 def describe_model(path: str, size: int) -> str:

@@ -84,20 +84,20 @@ class Supervisor:
         if not await self._backoff(history):
             return 0
         self.notifier.status("checking llama-server, the model, RAM and the port")
-        size, refusal, warnings = run_checks(self.settings, self.proc_root)
-        self.model_size = size
-        for warning in warnings + core.timing_warnings(
-                self.settings, self._watchdog_seconds()):
+        checked = await run_checks(self.settings, self.proc_root)
+        self.model_size = checked.model_size
+        for warning in [*checked.warnings,
+                        *core.timing_warnings(self.settings, self._watchdog_seconds())]:
             log.warning("%s", warning)
-        if refusal is not None:
-            log.error("%s", refusal.message)
-            self.notifier.status(refusal.message)
-            return refusal.exit_status
+        if checked.refusal is not None:
+            log.error("%s", checked.refusal.message)
+            self.notifier.status(checked.refusal.message)
+            return checked.refusal.exit_status
         connector = aiohttp.TCPConnector(limit=8, force_close=True)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             client = LlamaClient(
                 session, core.base_url(self.settings.host, self.settings.port), self.clock)
-            argv = core.llama_server_argv(self.settings)
+            argv = core.llama_server_argv(self.settings, checked.capabilities)
             log.info("starting %s", " ".join(argv))
             process = await child.spawn(argv, self.environ)
             try:

@@ -14,7 +14,7 @@ MANAGED_FLAGS = {
     "--host": "host", "--port": "port",
     "-c": "ctx_size", "--ctx-size": "ctx_size",
     "-t": "threads", "--threads": "threads",
-    "--mlock": "mlock", "--no-mlock": "mlock",
+    "--mlock": "mlock", "--no-mlock": "mlock", "-lm": "mlock", "--load-mode": "mlock",
     "--metrics": "(always on: the supervisor reads llama-server's /metrics)",
 }
 

@@ -49,15 +49,51 @@ def test_argv_uses_every_key_and_appends_extra_args_last() -> None:
     settings = CpuFloorSettings(llama_server="/opt/llama-server", model="/m/x.gguf",
                                 alias="a", host="127.0.0.1", port=8001, ctx_size=4096,
                                 threads=12, mlock=True, extra_args=["--no-webui"])
-    assert core.llama_server_argv(settings) == [
+    assert core.llama_server_argv(settings, core.MODERN) == [
         "/opt/llama-server", "--model", "/m/x.gguf", "--alias", "a", "--host", "127.0.0.1",
-        "--port", "8001", "--ctx-size", "4096", "--metrics", "--threads", "12", "--mlock",
-        "--no-webui"]
+        "--port", "8001", "--ctx-size", "4096", "--metrics", "--threads", "12",
+        "--load-mode", "mmap+mlock", "--no-webui"]
+
+
+def test_argv_for_an_older_build_uses_mlock_and_drops_what_it_lacks() -> None:
+    legacy = core.Capabilities(mlock_args=("--mlock",), metrics=False)
+    argv = core.llama_server_argv(CpuFloorSettings(mlock=True), legacy)
+    assert argv[-1] == "--mlock" and "--metrics" not in argv
 
 
 def test_argv_leaves_threads_to_llama_cpp_when_unset_and_skips_mlock_when_off() -> None:
     argv = core.llama_server_argv(CpuFloorSettings(threads=None, mlock=False))
-    assert "--threads" not in argv and "--mlock" not in argv
+    assert "--threads" not in argv and "--load-mode" not in argv
+
+
+# Excerpts of `llama-server --help` from two generations of llama.cpp.
+HELP_NOW = """-lm,   --load-mode MODE                 model loading mode (default: auto)
+                                        - mmap+mlock: mmap + force system to keep model in RAM
+-a,    --alias STRING                   set model name aliases
+--metrics                               enable prometheus compatible metrics endpoint
+"""
+HELP_OLD = """--mlock                   force system to keep model in RAM rather than swapping
+--no-mmap                 do not memory-map model
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "capabilities"),
+    [
+        (HELP_NOW, core.Capabilities(("--load-mode", "mmap+mlock"), True)),
+        (HELP_OLD, core.Capabilities(("--mlock",), False)),
+        ("--port N\n--model FNAME\n", core.Capabilities(None, False)),
+    ],
+)
+def test_capabilities_are_read_from_help(text, capabilities) -> None:
+    assert core.parse_capabilities(text) == capabilities
+
+
+def test_capability_warnings_name_what_is_lost() -> None:
+    warnings = core.capability_warnings(CpuFloorSettings(mlock=True),
+                                        core.Capabilities(None, False))
+    assert len(warnings) == 2 and "cpu_floor.mlock is ignored" in warnings[0]
+    assert core.capability_warnings(CpuFloorSettings(mlock=False), core.MODERN) == []
 
 
 @pytest.mark.parametrize("flag", ["-a", "--alias", "--port=9", "-m", "--mlock", "--metrics"])

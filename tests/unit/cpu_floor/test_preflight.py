@@ -94,15 +94,21 @@ def test_taken_port_is_refused_with_the_key_and_how_to_find_the_owner() -> None:
     assert preflight.check_port("127.0.0.1", port) is None  # free again
 
 
-def test_run_checks_stops_at_the_first_refusal_in_order(tmp_path: Path) -> None:
-    binary = tmp_path / "llama-server"
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
-    model = gguf(tmp_path / "m.gguf", 8192)
-    settings = CpuFloorSettings(llama_server=str(binary), model=str(model), port=1,
-                                mlock=False, ram_headroom_mib=0)
-    size, refusal, _ = preflight.run_checks(settings, proc_root(tmp_path, available_kib=4))
-    assert size == 8192 and refusal is not None and "not enough RAM" in refusal.message
+async def test_run_checks_reads_the_real_binarys_flags_and_stops_at_the_first_refusal(
+        tmp_path: Path, llama_server_binary: Path, tiny_model: Path) -> None:
+    settings = CpuFloorSettings(llama_server=str(llama_server_binary), model=str(tiny_model),
+                                port=1, mlock=True, ram_headroom_mib=0)
+    checked = await preflight.run_checks(settings, proc_root(tmp_path, available_kib=4))
+    assert checked.capabilities == core.Capabilities(("--load-mode", "mmap+mlock"), True)
+    assert checked.model_size == tiny_model.stat().st_size
+    assert checked.refusal is not None and "not enough RAM" in checked.refusal.message
     missing = settings.model_copy(update={"llama_server": str(tmp_path / "none")})
-    _, refusal, _ = preflight.run_checks(missing, tmp_path)
-    assert refusal is not None and refusal.message.startswith("cpu_floor.llama_server")
+    checked = await preflight.run_checks(missing, tmp_path)
+    assert checked.refusal is not None
+    assert checked.refusal.message.startswith("cpu_floor.llama_server")
+
+
+async def test_a_binary_that_is_not_llama_server_is_refused() -> None:
+    _text, refusal = await preflight.read_help("/bin/true")
+    assert refusal is not None and refusal.exit_status == core.EXIT_CONFIG
+    assert "does not look like llama-server" in refusal.message
