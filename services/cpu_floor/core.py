@@ -287,17 +287,29 @@ def timing_warnings(settings: CpuFloorSettings, watchdog_s: float | None) -> lis
 
 
 def parse_progress(metrics_text: str) -> float | None:
-    """Tokens llama-server has processed in total (prompt + generated), from its /metrics."""
-    total = 0.0
-    found = False
+    """How far llama-server has got, from its /metrics: llama_decode() calls so far (the
+    token totals only move when a request finishes, so they cannot show a long one
+    progressing); the token totals only for builds without n_decode_total."""
+    decodes: float | None = None
+    tokens = 0.0
+    found_tokens = False
     for line in metrics_text.splitlines():
-        if line.startswith(("llamacpp:prompt_tokens_total ", "llamacpp:tokens_predicted_total ")):
-            try:
-                total += float(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-            found = True
-    return total if found else None
+        name, _, value = line.partition(" ")
+        if name not in ("llamacpp:n_decode_total", "llamacpp:prompt_tokens_total",
+                        "llamacpp:tokens_predicted_total"):
+            continue
+        try:
+            number = float(value.split()[0])
+        except (IndexError, ValueError):
+            return None
+        if name == "llamacpp:n_decode_total":
+            decodes = number
+        else:
+            tokens += number
+            found_tokens = True
+    if decodes is not None:
+        return decodes
+    return tokens if found_tokens else None
 
 
 def smoke_tokens_per_second(answer: Any, elapsed_s: float) -> float | None:

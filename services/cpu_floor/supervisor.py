@@ -63,6 +63,7 @@ class Supervisor:
         self.wall = wall
         self._stopping = asyncio.Event()
         self.model_size = 0
+        self.child_pid: int | None = None
         # What the health loop needs to know about the smoke loop.
         self._smoke_alive = False
         self._smoke_finished_at: float | None = None
@@ -100,6 +101,7 @@ class Supervisor:
             argv = core.llama_server_argv(self.settings, checked.capabilities)
             log.info("starting %s", " ".join(argv))
             process = await child.spawn(argv, self.environ)
+            self.child_pid = process.pid
             try:
                 return await self._supervise(process, client)
             finally:

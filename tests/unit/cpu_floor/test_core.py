@@ -199,11 +199,17 @@ def test_timing_warnings_flag_timeouts_longer_than_the_watchdog() -> None:
     assert "never restarted" in core.timing_warnings(settings, None)[0]
 
 
-def test_progress_sums_prompt_and_generated_tokens() -> None:
+def test_progress_counts_decode_calls_which_move_during_a_long_request() -> None:
     text = ("# HELP x\nllamacpp:prompt_tokens_total 57\nllamacpp:prompt_tokens_seconds 9\n"
-            "llamacpp:tokens_predicted_total 201\n")
+            "llamacpp:tokens_predicted_total 201\nllamacpp:n_decode_total 180\n")
+    assert core.parse_progress(text) == 180
+
+
+def test_progress_falls_back_to_token_totals_and_rejects_junk() -> None:
+    text = "llamacpp:prompt_tokens_total 57\nllamacpp:tokens_predicted_total 201\n"
     assert core.parse_progress(text) == 258
     assert core.parse_progress("nothing here\n") is None
+    assert core.parse_progress("llamacpp:n_decode_total many\n") is None
 
 
 @pytest.mark.parametrize(
