@@ -372,10 +372,12 @@ def test_shipped_unit_keeps_sensible_defaults(floor_box: Sandbox) -> None:
     shown = floor_box.run(["systemctl", "show", UNIT, "-p", "Type", "-p", "Restart",
                            "-p", "NotifyAccess", "-p", "KillMode", "-p", "StateDirectory",
                            "-p", "RestartPreventExitStatus", "-p", "LimitMEMLOCK",
-                           "-p", "User", "--no-pager"]).stdout
+                           "-p", "User", "-p", "RequiresMountsFor", "--no-pager"]).stdout
     for expected in ("Type=notify", "Restart=always", "NotifyAccess=main", "KillMode=mixed",
                      "StateDirectory=mushishi/cpu-floor", "RestartPreventExitStatus=78",
-                     "User=mushishi"):
+                     "User=mushishi",
+                     # rendered by `mushishi install` from cpu_floor.model and llama_server
+                     f"RequiresMountsFor={MODELS} /var/cache/mushishi/llama-server-11434.0.0"):
         assert expected in shown
     shipped = floor_box.run(["cat", f"/etc/systemd/system/{UNIT}"]).stdout
     assert "WatchdogSec=30\n" in shipped and "RestartSec=2\n" in shipped
