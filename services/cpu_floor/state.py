@@ -42,15 +42,21 @@ class HistoryStore:
             log.warning("ignoring unreadable restart history %s: %s", self.path, error)
             return History()
 
-    def save(self, history: History) -> None:
-        """Replace the stored history (write, fsync, rename)."""
+    def save(self, history: History) -> bool:
+        """Replace the stored history (write, fsync, rename); False, with a warning, when it
+        cannot be written: losing a restart count must never take the floor down."""
         if self.path is None:
             self._memory = history
-            return
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.path.parent,
-                                         prefix=".restarts.", delete=False) as handle:
-            json.dump(history.to_json(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-            temporary = Path(handle.name)
-        temporary.replace(self.path)
+            return True
+        try:
+            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.path.parent,
+                                             prefix=".restarts.", delete=False) as handle:
+                json.dump(history.to_json(), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+                temporary = Path(handle.name)
+            temporary.replace(self.path)
+        except OSError as error:
+            log.warning("cannot record the restart history in %s: %s", self.path, error)
+            return False
+        return True
