@@ -312,13 +312,17 @@ def assert_refused(floor: Floor, reason: str, *, restarts: bool) -> None:
     never = floor.show("ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"]
     floor.start()
     deadline = time.monotonic() + 60
+    status = ""
     while time.monotonic() < deadline:
-        shown = floor.show("StatusText", "NRestarts", "ActiveState", "Result")
-        if reason in shown["StatusText"] and (
-                int(shown["NRestarts"]) >= 2 if restarts else shown["ActiveState"] == "failed"):
+        # A restarting unit shows its reason between runs (auto-restart), not in the first
+        # milliseconds of the next run: look until both hold at once.
+        status = floor.status()
+        shown = floor.show("NRestarts", "ActiveState")
+        settled = (int(shown["NRestarts"]) >= 2 if restarts
+                   else shown["ActiveState"] == "failed")
+        if f'Status: "{reason}' in status and settled:
             break
         time.sleep(0.1)
-    status = floor.status()
     assert f'Status: "{reason}' in status, status
     assert reason in floor.floor_journal()
     shown = floor.show("ActiveEnterTimestampMonotonic", "NRestarts", "ActiveState")
@@ -355,11 +359,14 @@ def test_not_enough_ram_fails_with_its_reason_and_keeps_retrying(floor: Floor) -
     huge.chmod(0o644)
     try:
         floor.configure(model=f"{MODELS}/huge.gguf")
+        never = floor.show("ActiveEnterTimestampMonotonic")
         assert_refused(floor, "not enough RAM for the CPU floor: the model needs 1025.0 GiB "
                               "(1024.0 GiB + cpu_floor.ram_headroom_mib 1024 MiB)", restarts=True)
         # RAM may come back (a GPU tenant ends), so systemd retries, with the supervisor's
         # growing delay, until StartLimitBurst=; then the floor fails and alerts.
         floor.box.wait_for(UNIT, "failed", timeout=120)
+        assert 'Status: "not enough RAM for the CPU floor' in floor.status()
+        assert floor.show("ActiveEnterTimestampMonotonic") == never  # never READY
         journal = floor.floor_journal()
         assert "Start request repeated too quickly." in journal
         assert "Triggering OnFailure= dependencies." in journal
