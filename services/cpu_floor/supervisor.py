@@ -100,7 +100,14 @@ class Supervisor:
                 session, core.base_url(self.settings.host, self.settings.port), self.clock)
             argv = core.llama_server_argv(self.settings, checked.capabilities)
             log.info("starting %s", " ".join(argv))
-            process = await child.spawn(argv, self.environ)
+            try:
+                process = await child.spawn(argv, self.environ)
+            except OSError as error:  # replaced or removed since the checks
+                message = (f"cpu_floor.llama_server: cannot start {self.settings.llama_server}"
+                           f": {error.strerror or error}")
+                log.error("%s", message)
+                self.notifier.status(message)
+                return core.EXIT_CONFIG
             self.child_pid = process.pid
             try:
                 return await self._supervise(process, client)
