@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "examples" / "mushishi.toml"
 BINDIR = str(Path(sys.executable).parent)
 NAME = "demo"
+TINY_MODEL = "/var/lib/mushishi/models/tiny.gguf"
 SIMULATED_GPU = {"total_mib": 32607, "used_mib": 500, "util_percent": 0, "temperature_c": 40,
                  "power_w": 20, "processes": []}
 
@@ -30,13 +31,23 @@ def llama_server() -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
+def write_tiny_model(box: Sandbox) -> None:
+    """Generate the CPU floor's tiny model inside the sandbox (tests/assets/tiny_model.py):
+    a real llama-server then loads and serves it."""
+    target = box.path(TINY_MODEL)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.chmod(0o755)
+    subprocess.run([sys.executable, "-m", "tests.assets.tiny_model", str(target)], cwd=REPO,
+                   check=True, capture_output=True)
+
+
 def adapt(text: str) -> str:
     """The example config with the few changes a GPU-less sandbox needs."""
     doc = tomlkit.parse(text)
     doc["gpu"]["probe"] = "simulated"  # no NVIDIA GPU here: gpud reads a JSON file instead
     floor = doc["cpu_floor"]
     floor["llama_server"] = llama_server()
-    floor["model"] = "/var/lib/mushishi/models/tiny.gguf"  # a tiny generated model
+    floor["model"] = TINY_MODEL  # a tiny generated model (write_tiny_model)
     floor["threads"] = 1
     floor["ctx_size"] = 512
     floor["mlock"] = False
@@ -61,6 +72,7 @@ def up() -> int:
     Sandbox(NAME).stop()  # clear a stale state directory, if any
     box = Sandbox(NAME, detached=True).boot()
     box.write("/run/mushishi/gpu-sim.json", json.dumps(SIMULATED_GPU))
+    write_tiny_model(box)
     print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR), end="")
     box.systemctl("start", "--no-block", "mushishi.target")
     box.systemctl("isolate", "mushishi-off.target", check=False)

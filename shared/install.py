@@ -160,6 +160,9 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         header + f"[Socket]\nListenStream=\nListenStream={settings.router.egress_socket}\n",
         0o644)
 
+    plan.files[units / "mushishi-cpu-floor.service.d" / "paths.conf"] = (
+        _cpu_floor_paths(settings), 0o644)
+
     credentials_dir = root / CREDENTIALS_DIR
     missing: dict[str, list[str]] = {}
     for unit, names in _unit_credentials(settings).items():
@@ -204,6 +207,23 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
     plan.directories[CREDENTIALS_DIR] = 0o700
     plan.directories[PurePosixPath("var/lib/mushishi")] = 0o755
     return plan
+
+
+def _unit_path(path: PurePosixPath) -> str:
+    """A path as a unit-file word: `%` escaped, quoted when it has spaces."""
+    text = str(path).replace("%", "%%")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def _cpu_floor_paths(settings: MushishiSettings) -> str:
+    """The floor waits for the mounts holding its model and llama-server (a model on a
+    /data disk that mounts late would otherwise read as missing, a config error)."""
+    floor = settings.cpu_floor
+    directories = dict.fromkeys(str(PurePosixPath(p).parent)
+                                for p in (floor.model, floor.llama_server))
+    return ("# Rendered by `mushishi install` from [cpu_floor]; edit the config, not this "
+            "file.\n[Unit]\nRequiresMountsFor="
+            + " ".join(_unit_path(PurePosixPath(d)) for d in directories) + "\n")
 
 
 def _group_exists(root: Path, group: str) -> bool:

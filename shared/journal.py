@@ -160,3 +160,25 @@ def setup_logging(identifier: str, *, level: int | str = logging.INFO,
 def log_extra(**fields: Any) -> dict[str, str]:
     """`extra=` for one call: log_extra(profile="private") -> {"MUSHISHI_PROFILE": "private"}."""
     return {f"MUSHISHI_{k.upper()}": str(v) for k, v in fields.items() if v is not None}
+
+
+JOURNAL_STDOUT_SOCKET = "/run/systemd/journal/stdout"
+
+
+def open_stream(identifier: str, *, priority: int = 6,
+                socket_path: str = JOURNAL_STDOUT_SOCKET) -> int | None:
+    """A file descriptor whose lines journald records under `identifier` (what
+    sd_journal_stream_fd(3) does), for a child's stdout/stderr; None without a journal."""
+    if not Path(socket_path).exists():
+        return None
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        stream.connect(socket_path)
+        stream.shutdown(socket.SHUT_RD)
+        # identifier, unit id (set only by PID 1), priority, level prefix, and forwarding
+        # to syslog, kmsg and console: all off.
+        stream.sendall(f"{identifier}\n\n{priority}\n0\n0\n0\n0\n".encode())
+    except OSError:
+        stream.close()
+        return None
+    return stream.detach()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Mapping
 
 import sdnotify
+
+SENT_KEPT = 256
 
 
 class Notifier:
@@ -18,7 +21,9 @@ class Notifier:
         self.enabled = bool(environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
         self.watchdog_usec = _watchdog_usec(environ)
-        self.sent: list[str] = []  # what was sent, for `mushishi` self-checks and tests
+        # The latest messages sent, for `mushishi` self-checks and tests; bounded, because a
+        # long-running daemon pings the watchdog every few seconds for months.
+        self.sent: deque[str] = deque(maxlen=SENT_KEPT)
 
     def notify(self, message: str) -> None:
         """Send raw `KEY=value` lines."""

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mushishi.shared.daemon import not_implemented
-
-
-def main() -> int:
-    """Run mushishi-cpu-floor."""
-    return not_implemented("cpu-floor", "CPU floor issue")
-
+from mushishi.services.cpu_floor.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,3 +35,11 @@ def test_outside_systemd_notifier_is_silent_and_has_no_watchdog() -> None:
 def test_watchdog_for_another_pid_is_ignored() -> None:
     notifier = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert notifier.watchdog_interval() is None
+
+
+def test_sent_messages_are_bounded_for_long_running_daemons() -> None:
+    notifier = Notifier({})
+    for _ in range(10_000):
+        notifier.watchdog()
+    notifier.status("latest")
+    assert len(notifier.sent) == 256 and notifier.sent[-1] == "STATUS=latest"
