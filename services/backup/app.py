@@ -221,8 +221,16 @@ def access(settings: BackupSettings, *, environ: Mapping[str, str],
     return Access(restic, processes)
 
 
+def _is_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
 async def open_repository(settings: BackupSettings, repo: Access, *, create: bool) -> bool:
     """Make sure the repository exists and the password opens it; True when just created."""
+    local = local_repository_path(settings.repository)
+    if local and not _is_dir(Path(local).parent):
+        raise Fatal(f"the parent of the repository {local} (backup.repository) does not "
+                    f"exist: is its disk mounted?")
     probe = await repo.processes.run(repo.restic.cat_config())
     kind = classify(probe.returncode, probe.stderr)
     if kind is ExitClass.OK:
@@ -231,8 +239,10 @@ async def open_repository(settings: BackupSettings, repo: Access, *, create: boo
         log.info("no restic repository at %s yet: initialising it", settings.repository)
         created = await repo.processes.run(repo.restic.init())
         if created.returncode != 0:
+            hint = (" (`mushishi install` creates the directory and lets the unit write it)"
+                    if local and not _is_dir(Path(local)) else "")
             raise Fatal(f"restic init {settings.repository} failed: "
-                        f"{first_error_line(created.stderr)}")
+                        f"{first_error_line(created.stderr)}{hint}")
         return True
     if kind is ExitClass.REPO_MISSING:
         raise Fatal(f"no restic repository at {settings.repository} (backup.repository); "

@@ -16,6 +16,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from mushishi.shared.config.backup import local_repository_path
+
+__all__ = ["local_repository_path"]  # re-exported: restic's view of a repository
+
 # restic 0.14 has no exit codes for these; its messages say it (0.17 adds codes 10-12).
 _REPO_MISSING = re.compile(
     r"Is there a repository at the following location\?|repository does not exist|"
@@ -25,8 +29,6 @@ _LOCKED = re.compile(r"repository is already locked")
 
 # restic itself calls a lock stale after 30 minutes without a refresh (it refreshes every 5).
 LOCK_STALE_AFTER = timedelta(minutes=30)
-
-_REMOTE_SCHEMES = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
 
 
 class ExitClass(StrEnum):
@@ -56,19 +58,6 @@ def classify(returncode: int, stderr: str = "") -> ExitClass:
     if returncode in (130, 143) or returncode < 0:
         return ExitClass.INTERRUPTED
     return ExitClass.FATAL
-
-
-def is_local_repository(repository: str) -> bool:
-    """A repository on this machine's file system (a path, or `local:PATH`)."""
-    return repository.startswith(("/", "local:")) and not repository.startswith(
-        _REMOTE_SCHEMES)
-
-
-def local_repository_path(repository: str) -> str | None:
-    """The directory of a local repository, or None for a remote one."""
-    if not is_local_repository(repository):
-        return None
-    return repository.removeprefix("local:")
 
 
 @dataclass(frozen=True, slots=True)

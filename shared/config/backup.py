@@ -6,6 +6,15 @@ from pydantic import Field
 
 from mushishi.shared.config._base import AbsolutePath, CredentialName, Section
 
+_REMOTE_SCHEMES = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+
+
+def local_repository_path(repository: str) -> str | None:
+    """The directory of a repository on this machine (a path or `local:PATH`), else None."""
+    if repository.startswith(_REMOTE_SCHEMES) or not repository.startswith(("/", "local:")):
+        return None
+    return repository.removeprefix("local:")
+
 
 class BackupSet(Section):
     """One path to back up, with the reason it is irreplaceable."""

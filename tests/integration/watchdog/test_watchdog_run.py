@@ -11,7 +11,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from tests.standins.openai_models import ModelsStandin
 from tests.standins.router_status import RouterStatusStandin, status_document
 
 PASSWORD = "watchdog test password"
-LOCAL = timezone.utc
+LOCAL = UTC
 WEDNESDAY = datetime(2026, 3, 11, 9, 0, tzinfo=LOCAL)
 
 
