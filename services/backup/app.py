@@ -172,10 +172,15 @@ def share_with_group(root: Path, gid: int) -> bool:
             entry = path.lstat()
             if entry.st_gid != gid:
                 os.chown(path, -1, gid, follow_symlinks=False)
-            wanted = stat.S_IRGRP | ((stat.S_IXGRP | stat.S_ISGID)
-                                     if stat.S_ISDIR(entry.st_mode) else 0)
+            # No setgid bit (RestrictSUIDSGID= forbids setting it): the runner's own group
+            # is the group, and `mushishi install` creates the directory setgid already.
+            wanted = stat.S_IRGRP | (stat.S_IXGRP if stat.S_ISDIR(entry.st_mode) else 0)
             if entry.st_mode & wanted != wanted:
-                path.chmod(stat.S_IMODE(entry.st_mode) | wanted)
+                # A setgid bit inherited from `mushishi install`'s directory is dropped
+                # here: RestrictSUIDSGID= refuses any chmod that keeps it. The runner's
+                # own group (Group=mushishi) owns what restic creates from now on.
+                path.chmod((stat.S_IMODE(entry.st_mode) | wanted)
+                           & ~(stat.S_ISUID | stat.S_ISGID))
     return True
 
 
@@ -443,8 +448,13 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             deps.notifier.status(f"opening repository {config.repository}")
             created = await open_repository(config, repo, create=True)
             path = local_repository_path(config.repository)
-            if path and share_with_group(Path(path), os.getegid()):
-                log.info("made %s readable by group %d for the watchdog", path, os.getegid())
+            try:
+                if path and share_with_group(Path(path), os.getegid()):
+                    log.info("made %s readable by group %d for the watchdog", path,
+                             os.getegid())
+            except OSError as error:
+                warnings.append(f"cannot make {path} readable by the watchdog's group: "
+                                f"{error}; its snapshot-age check will fail")
             if created:
                 log.info("created restic repository %s", config.repository)
             stale = await clear_stale_locks(repo, deps)
