@@ -413,17 +413,17 @@ def check_metrics(record: dict[str, Any]) -> Any:
     return registry
 
 
-def _publish(state_dir: Path, name: str, textfile_dir: str, record: dict[str, Any],
-             registry_of: Callable[[dict[str, Any]], Any]) -> None:
+def _publish(state_dir: Path, result_file: str, textfile: str, textfile_dir: str,
+             record: dict[str, Any], registry_of: Callable[[dict[str, Any]], Any]) -> None:
+    """Metrics textfile, then the result file and a history line (always written)."""
     try:
-        write_textfile(registry_of(record), textfile_dir, name)
+        write_textfile(registry_of(record), textfile_dir, textfile)
     except OSError as error:
         message = (f"cannot write the metrics textfile in {textfile_dir} "
                    f"(backup.textfile_dir): {error.strerror or error}")
         log.warning("%s", message)
         record.setdefault("warnings", []).append(message)
-    write_json_atomic(state_dir / f"{'last' if name == 'mushishi_backup' else 'check'}.json",
-                      record)
+    write_json_atomic(state_dir / result_file, record)
     append_history(state_dir / "history.jsonl", record)
 
 
@@ -515,7 +515,8 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
         started=started, finished=deps.now(), outcome=outcome, repository=config.repository,
         sets=ordered, warnings=warnings, errors=errors, retention=kept, verify=verified,
         stale_locks_cleared=stale, previous=previous, exit_status=status)
-    _publish(state_dir, "mushishi_backup", config.textfile_dir, record, backup_metrics)
+    _publish(state_dir, "last.json", "mushishi_backup", config.textfile_dir, record,
+             backup_metrics)
     summary = (f"backup {outcome.value}: {len(record['snapshot_ids'])} snapshot(s), "
                f"{_human_bytes(record['bytes_added'])} added, verify {verified.outcome}")
     (log.info if status == 0 else log.error)("%s", summary)
@@ -550,7 +551,8 @@ async def run_check(settings: MushishiSettings, deps: Deps) -> int:
     record = core.check_record(started=started, finished=deps.now(), ok=error is None,
                                read_data_subset=config.check_read_data_subset, error=error,
                                stale_locks_cleared=stale, previous=previous)
-    _publish(state_dir, "mushishi_backup_check", config.textfile_dir, record, check_metrics)
+    _publish(state_dir, "check.json", "mushishi_backup_check", config.textfile_dir, record,
+             check_metrics)
     if error:
         log.error("restic check failed: %s", error)
         deps.notifier.status(f"check failed: {error}")

@@ -9,7 +9,7 @@ import logging
 from datetime import timedelta
 
 from mushishi.services.watchdog import gather
-from mushishi.services.watchdog.alerts import plan_unit_failure
+from mushishi.services.watchdog.alerts import AlertState, Message, plan_unit_failure
 from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
 from mushishi.shared.config import MushishiSettings
 
@@ -30,7 +30,7 @@ async def run_alert(settings: MushishiSettings, unit: str, deps: Deps) -> int:
     now = deps.now()
     sent: list[bool] = []
 
-    def plan(state):  # type: ignore[no-untyped-def]
+    def plan(state: AlertState) -> tuple[list[Message], AlertState]:
         message, new_state = plan_unit_failure(
             state, unit, summary=summary, journal=lines, now=now,
             repeat_after=timedelta(hours=config.repeat_after_h), hostname=deps.hostname)

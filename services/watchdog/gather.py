@@ -162,18 +162,18 @@ async def unit_state(bus: MessageBus | Failed, unit: str) -> Source[UnitState]:
     """What systemd's own API says about `unit` (and its .socket, if it has one)."""
     if isinstance(bus, Failed):
         return bus
+    socket_active = None
     try:
         props = await _unit_properties(bus, unit)
+        if isinstance(props, str):
+            return Failed(f"systemd does not answer for {unit}: {props}")
+        if unit.endswith(".service"):
+            socket = unit.removesuffix(".service") + ".socket"
+            socket_props = await _unit_properties(bus, socket)
+            if isinstance(socket_props, dict) and socket_props.get("LoadState") == "loaded":
+                socket_active = socket_props.get("ActiveState") == "active"
     except Exception as error:  # the bus went away mid-call
         return Failed(f"systemd D-Bus call for {unit} failed: {error}")
-    if isinstance(props, str):
-        return Failed(f"systemd does not answer for {unit}: {props}")
-    socket_active = None
-    if unit.endswith(".service"):
-        socket = unit.removesuffix(".service") + ".socket"
-        socket_props = await _unit_properties(bus, socket)
-        if isinstance(socket_props, dict) and socket_props.get("LoadState") == "loaded":
-            socket_active = socket_props.get("ActiveState") == "active"
     return UnitState(str(props.get("LoadState", "")), str(props.get("ActiveState", "")),
                      str(props.get("SubState", "")), str(props.get("Service.Result", "")),
                      socket_active)
