@@ -185,7 +185,7 @@ def test_backup_in_progress_survives_isolating_every_mode_target(box: Box) -> No
     sandbox.run(["dd", "if=/dev/urandom", "of=/srv/precious/reports/large.bin", "bs=64k",
                  "count=96", "status=none"])
     sandbox.write("/etc/systemd/system/mushishi-backup.service.d/zz-slow.conf",
-                  "[Service]\nEnvironment=MUSHISHI_BACKUP__LIMIT_UPLOAD_KIB=192\n")
+                  "[Service]\nEnvironment=MUSHISHI_BACKUP__LIMIT_UPLOAD_KIB=128\n")
     sandbox.systemctl("daemon-reload")
     try:
         sandbox.systemctl("start", "--no-block", "mushishi-backup.service")
