@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -52,12 +53,21 @@ def adapt(text: str) -> str:
     floor["ctx_size"] = 512
     floor["mlock"] = False
     doc["watchdog"]["disk_mounts"] = ["/"]
+    # No ntfy here (no internet in the sandbox): alerts wait in
+    # /var/lib/mushishi/watchdog/outbox and are delivered once ntfy.url is reachable.
+    doc["ntfy"]["url"] = "http://127.0.0.1:9"
     backup = doc["backup"]
-    backup["repository"] = "/var/lib/mushishi/restic-repo"
-    for backup_set in backup["sets"]:
-        if not str(backup_set["path"]).startswith("/etc/mushishi"):
-            backup_set["path"] = "/etc/mushishi"
+    backup["repository"] = "/var/lib/mushishi/restic-repo"  # created by `mushishi install`
+    sets = backup["sets"]
+    for index in reversed(range(len(sets))):  # only /etc/mushishi exists in the sandbox
+        if not str(sets[index]["path"]).startswith("/etc/mushishi"):
+            del sets[index]
     return tomlkit.dumps(doc)
+
+
+def demo_credentials() -> dict[str, str]:
+    """Written before install, so each unit gets its LoadCredential= line."""
+    return {"restic-password": secrets.token_urlsafe(24), "ntfy-topic": "mushishi-demo"}
 
 
 def up() -> int:
@@ -73,15 +83,20 @@ def up() -> int:
     box = Sandbox(NAME, detached=True).boot()
     box.write("/run/mushishi/gpu-sim.json", json.dumps(SIMULATED_GPU))
     write_tiny_model(box)
-    print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR), end="")
+    print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR,
+                      credentials=demo_credentials()), end="")
     box.systemctl("start", "--no-block", "mushishi.target")
     box.systemctl("isolate", "mushishi-off.target", check=False)
+    box.systemctl("start", "--no-block", "mushishi-backup.service")  # a first real backup
     print(box.systemctl("list-units", "--all", "mushishi*", check=False).stdout)
     print(f"""mushishi demo is running in sandbox {NAME!r} (systemd PID {box.pid} on this host).
   status:   sudo nsenter -t {box.pid} -a systemctl status 'mushishi*'
   journal:  sudo nsenter -t {box.pid} -a journalctl -u 'mushishi*' -f
   shell:    sudo {BINDIR}/python -m mushishi.shared.sandbox shell {NAME}
             (then: curl -s 127.0.0.1:4000/health, mushishi status, systemctl isolate …)
+  backup:   systemctl start mushishi-backup; cat /var/lib/mushishi/backup/last.json
+  watchdog: systemctl start mushishi-watchdog; cat /var/lib/mushishi/watchdog/last.json
+            (ntfy is unreachable here: alerts wait in /var/lib/mushishi/watchdog/outbox)
   stop:     make demo-stop""")
     return 0
 

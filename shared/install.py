@@ -11,11 +11,15 @@ import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+import tomlkit
+
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.config.backup import local_repository_path
 from mushishi.shared.config.router import parse_listen
 
 log = logging.getLogger("mushishi.install")
@@ -80,7 +84,8 @@ def _unit_credentials(settings: MushishiSettings) -> dict[str, list[str]]:
     backup = [settings.backup.password_credential]
     return {
         "mushishi-egress.service": cloud,
-        "mushishi-watchdog.service": ntfy,
+        # The watchdog reads the newest snapshot's age from restic itself.
+        "mushishi-watchdog.service": [*ntfy, *backup],
         "mushishi-alert@.service": ntfy,
         "mushishi-backup.service": backup,
         "mushishi-backup-check.service": backup,
@@ -191,6 +196,13 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
                     "# Rendered by `mushishi install`: mushishi runs from a home directory.\n"
                     "[Service]\nProtectHome=read-only\n", 0o644)
 
+    for relative, text in _backup_dropins(settings).items():
+        plan.files[units / relative] = (text, 0o644)
+    if not Path(settings.backup.restic).is_file() and root == Path("/"):
+        plan.warnings.append(
+            f"backup.restic {settings.backup.restic} does not exist: install restic "
+            f"(apt install restic) and run `mushishi install` again")
+
     uses_docker = any(Path(t.command[0]).name == "docker" for t in settings.tenants.values())
     if uses_docker and _group_exists(root, "docker"):
         plan.files[units / "mushishi-tenant@.service.d" / "docker.conf"] = (
@@ -200,12 +212,14 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
     plan.files[DBUS_POLICY_DIR / "io.mushishi.GpuMode1.conf"] = (
         _shipped("io.mushishi.GpuMode1.conf"), 0o644)
     plan.files[SYSUSERS_FILE] = (_shipped("mushishi.sysusers.conf"), 0o644)
-    plan.files[TMPFILES_FILE] = (_shipped("mushishi.tmpfiles.conf"), 0o644)
+    plan.files[TMPFILES_FILE] = (_shipped("mushishi.tmpfiles.conf")
+                                 + _textfile_tmpfiles(settings), 0o644)
     if config_text is not None:
         plan.files[CONFIG_FILE] = (config_text, 0o644)
     plan.directories[PurePosixPath("etc/mushishi")] = 0o755
     plan.directories[CREDENTIALS_DIR] = 0o700
     plan.directories[PurePosixPath("var/lib/mushishi")] = 0o755
+    _plan_repository(settings, root, plan)
     return plan
 
 
@@ -224,6 +238,90 @@ def _cpu_floor_paths(settings: MushishiSettings) -> str:
     return ("# Rendered by `mushishi install` from [cpu_floor]; edit the config, not this "
             "file.\n[Unit]\nRequiresMountsFor="
             + " ".join(_unit_path(PurePosixPath(d)) for d in directories) + "\n")
+def _plan_repository(settings: MushishiSettings, root: Path, plan: Plan) -> None:
+    """Create a local repository's directory once (setgid: its files share one group),
+    unless its parent is missing: then the disk is probably not mounted, and creating it
+    would put backups on the wrong disk."""
+    repository = local_repository_path(settings.backup.repository)
+    if not repository or (root / repository.lstrip("/")).exists():
+        return
+    relative = PurePosixPath(repository.lstrip("/"))
+    if (root / relative.parent).is_dir() or relative.parent in plan.directories:
+        plan.directories[relative] = 0o2750
+    else:
+        plan.warnings.append(
+            f"backup.repository {repository}: its parent directory does not exist (is the "
+            f"disk mounted?); mushishi-backup fails until it does")
+
+
+def _under_home(path: str) -> bool:
+    return PurePosixPath(path).is_relative_to("/home") or PurePosixPath(path).is_relative_to(
+        "/root")
+
+
+def _backup_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
+    """Paths the backup units write (repository, metrics) and may read (sets in /home)."""
+    header = "# Rendered by `mushishi install` from [backup]; edit the config, not this file.\n"
+    backup = settings.backup
+    lines = ["[Service]"]
+    repository = local_repository_path(backup.repository)
+    if repository:
+        # "-": when the repository's disk is not mounted the unit still starts, and
+        # mushishi-backup fails with a message naming the path (not a 226/NAMESPACE).
+        lines.append(f"ReadWritePaths=-{repository}")
+    lines.append(f"ReadWritePaths=-{backup.textfile_dir}")
+    reads_home = [s.path for s in backup.sets if _under_home(s.path)]
+    if reads_home or _under_home(backup.restic):
+        # Relaxation: declared sets (or restic itself) live under /home or /root.
+        lines.append("ProtectHome=read-only")
+    text = header + "\n".join(lines) + "\n"
+    watchdog = [f"ReadWritePaths=-{settings.watchdog.textfile_dir}"]
+    if _under_home(backup.restic) or (repository and _under_home(repository)):
+        watchdog.append("ProtectHome=read-only")
+    watchdog_text = (header.replace("[backup]", "[watchdog] and [backup]") + "[Service]\n"
+                     + "\n".join(watchdog) + "\n")
+    return {
+        PurePosixPath("mushishi-backup.service.d/paths.conf"): text,
+        PurePosixPath("mushishi-backup-check.service.d/paths.conf"): text,
+        PurePosixPath("mushishi-watchdog.service.d/paths.conf"): watchdog_text,
+    }
+
+
+def _textfile_tmpfiles(settings: MushishiSettings) -> str:
+    """node_exporter textfile directories: created root:mushishi 2775 when absent, never
+    re-owned when they exist (the ':' prefixes)."""
+    directories = dict.fromkeys([settings.backup.textfile_dir, settings.watchdog.textfile_dir])
+    lines = "".join(f"d {d} :2775 :root :mushishi -\n" for d in directories)
+    return "# node_exporter textfile collector (rendered from [backup] and [watchdog]).\n" + lines
+
+
+RESTIC_CANDIDATES = ("/usr/bin/restic", "/usr/local/bin/restic", "/bin/restic",
+                     "/opt/restic/restic", "/snap/bin/restic")
+
+
+def find_restic(root: Path, which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """restic's absolute path on the target system: the usual places, then install's $PATH.
+
+    Found once, at install time, and written into the config: units never search $PATH.
+    """
+    for candidate in RESTIC_CANDIDATES:
+        if (root / candidate.lstrip("/")).is_file():
+            return candidate
+    if root == Path("/"):
+        found = which("restic")
+        if found:
+            return str(Path(found).resolve())
+    return None
+
+
+def record_restic_path(config_text: str, restic: str) -> str:
+    """The config with `[backup] restic = <path>`, comments and layout preserved."""
+    document = tomlkit.parse(config_text)
+    if "backup" not in document:
+        document.add(tomlkit.nl())
+        document.add("backup", tomlkit.table())
+    document["backup"]["restic"] = restic  # type: ignore[index]
+    return tomlkit.dumps(document)
 
 
 def _group_exists(root: Path, group: str) -> bool:

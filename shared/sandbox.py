@@ -73,6 +73,10 @@ cd "$base/root"
 pivot_root . oldroot
 umount -l /oldroot
 rmdir /oldroot
+# systemd makes / shared only when it is not in a container; its per-unit credentials
+# (LoadCredential=) are mounted in a child namespace and reach the unit only through
+# shared propagation. The peers live inside this sandbox's mount namespace only.
+mount --make-rshared /
 exec env -i container=mushishi-sandbox PATH=__PATH__ /lib/systemd/systemd --system \
     --unit="$UNIT" --log-target=journal
 """

@@ -13,7 +13,9 @@ from mushishi.shared.install import (
     activate,
     apply_plan,
     default_bindir,
+    find_restic,
     plan_install,
+    record_restic_path,
     skeleton_config,
 )
 
@@ -48,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(error.report(), file=sys.stderr)
         return 1
+    if not (root / settings.backup.restic.lstrip("/")).is_file():
+        found = find_restic(root)
+        if found is not None:
+            config_path.write_text(
+                record_restic_path(config_path.read_text(encoding="utf-8"), found),
+                encoding="utf-8")
+            print(f"backup.restic: {settings.backup.restic} does not exist; found restic at "
+                  f"{found} and wrote it into {config_path}")
+            settings = load_settings(config_path)
     bindir = args.bindir or default_bindir()
     plan = plan_install(settings, bindir, root=root, config_text=None)
     if root != Path("/") and os.geteuid() != 0:

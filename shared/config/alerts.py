@@ -55,3 +55,28 @@ class WatchdogSettings(Section):
                  "mushishi-gpud.service"],
         description="Units that must be active in every mode.",
     )
+    cloud_share_min_requests: int = Field(
+        default=20, ge=0, description="The cloud share is judged only over at least this many "
+        "router requests in the last day, so one cloud answer out of two is not an alert."
+    )
+    gpu_max_temperature_c: float = Field(
+        default=85, gt=0, description="GPU temperature (from gpud) at or above which an alert "
+        "is sent."
+    )
+    bench_results: AbsolutePath = Field(
+        default="/var/lib/mushishi/bench/results.csv",
+        description="`mushishi bench` results; the newest row of each target is checked for "
+        "a regression.",
+    )
+    alert_journal_lines: int = Field(
+        default=30, gt=0, le=500, description="Journal lines of a failed unit sent with its "
+        "immediate alert (mushishi-alert@)."
+    )
+    http_timeout_s: float = Field(
+        default=10, gt=0, description="Timeout of each HTTP request (ntfy, router status, CPU "
+        "floor) and each D-Bus or restic query."
+    )
+    textfile_dir: AbsolutePath = Field(
+        default="/var/lib/prometheus/node-exporter",
+        description="node_exporter textfile collector directory for the watchdog's metrics.",
+    )

@@ -6,6 +6,15 @@ from pydantic import Field
 
 from mushishi.shared.config._base import AbsolutePath, CredentialName, Section
 
+_REMOTE_SCHEMES = ("sftp:", "rest:", "s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+
+
+def local_repository_path(repository: str) -> str | None:
+    """The directory of a repository on this machine (a path or `local:PATH`), else None."""
+    if repository.startswith(_REMOTE_SCHEMES) or not repository.startswith(("/", "local:")):
+        return None
+    return repository.removeprefix("local:")
+
 
 class BackupSet(Section):
     """One path to back up, with the reason it is irreplaceable."""
@@ -46,6 +55,23 @@ class BackupSettings(Section):
     )
     tags: list[str] = Field(default=["mushishi"], description="Tags on every snapshot.")
     verify_sample_files: int = Field(
-        default=20, ge=0, description="Files restored and hash-compared after each backup."
+        default=20, ge=0, description="Files restored and hash-compared after each backup "
+        "(0 turns restore verification off, which the watchdog reports)."
+    )
+    verify_max_bytes: int = Field(
+        default=1 << 30, gt=0, description="Upper bound on the bytes restored by one "
+        "verification; larger files are left out of the sample."
+    )
+    cache_dir: AbsolutePath = Field(
+        default="/var/cache/mushishi/restic",
+        description="restic's local cache (`--cache-dir`); the units' CacheDirectory=.",
+    )
+    limit_upload_kib: int | None = Field(
+        default=None, gt=0, description="`restic --limit-upload` in KiB/s, so a backup to a "
+        "remote repository leaves bandwidth for everything else; unset is unlimited."
+    )
+    lock_wait_s: float = Field(
+        default=3600, ge=0, description="How long `run` or `check` waits for the other one "
+        "to finish before giving up (they never touch the repository at the same time)."
     )
     sets: list[BackupSet] = Field(default=[], description="What to back up, and why.")

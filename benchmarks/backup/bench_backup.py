@@ -1,0 +1,183 @@
+"""mushishi-backup's overhead over bare restic on the same data, in the same run.
+
+Three ways to back up the same source tree, each into its own repository, interleaved
+so machine load hits them alike:
+
+* runner: `mushishi-backup run` (init, lock check, backup, retention, restore verification
+  of a 20-file sample, result files and metrics);
+* bare-same: the same restic commands the runner issues, built by the same argv builders,
+  run back to back from this script (what the runner costs over restic doing the same work);
+* bare-minimal: `restic backup` + `restic forget --prune` only, what a cron line does
+  (what verification and bookkeeping cost in total).
+
+Each is measured on a first (full) backup and on an incremental one after 5% of the files
+changed. Usage: `.venv/bin/python benchmarks/backup/bench_backup.py [--rounds 3]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mushishi.services.backup.restic import Restic
+
+BINDIR = Path(sys.executable).parent
+RESTIC = "/usr/bin/restic"
+PASSWORD = "benchmark password"
+SAMPLE = 20
+
+
+def make_source(root: Path, rng: random.Random) -> list[Path]:
+    files = []
+    for index in range(2000):
+        path = root / f"d{index % 40:02d}" / f"f{index:04d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(512, 8192)))
+        files.append(path)
+    for index in range(20):
+        path = root / "large" / f"blob{index:02d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(1 << 20))
+        files.append(path)
+    return files
+
+
+def touch_some(files: list[Path], rng: random.Random) -> None:
+    for path in rng.sample(files, len(files) // 20):
+        path.write_bytes(rng.randbytes(max(512, path.stat().st_size)))
+
+
+def write_config(work: Path, source: Path, repo: Path) -> Path:
+    config = work / f"{repo.name}.toml"
+    config.write_text(f"""[backup]
+restic = "{RESTIC}"
+repository = "{repo}"
+state_dir = "{work / (repo.name + '-state')}"
+textfile_dir = "{work / (repo.name + '-textfile')}"
+cache_dir = "{work / (repo.name + '-cache')}"
+verify_sample_files = {SAMPLE}
+[[backup.sets]]
+path = "{source}"
+reason = "benchmark"
+""")
+    return config
+
+
+def env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8",
+            "MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
+
+
+def timed(argv: list[str], **kwargs: object) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, env=env(), **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - started
+
+
+def runner(config: Path) -> float:
+    started = time.perf_counter()
+    result = subprocess.run([str(BINDIR / "mushishi-backup"), "--config", str(config), "run"],
+                            capture_output=True, text=True, env=env())
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return elapsed
+
+
+def bare_same(restic: Restic, source: Path, first: bool, work: Path) -> float:
+    """The runner's restic commands, from the same builders, with a same-sized sample."""
+    started = time.perf_counter()
+    if first:
+        subprocess.run(restic.cat_config(), capture_output=True, env=env())
+        subprocess.run(restic.init(), check=True, capture_output=True, env=env())
+    else:
+        subprocess.run(restic.cat_config(), check=True, capture_output=True, env=env())
+    subprocess.run(restic.list_locks(), check=True, capture_output=True, env=env())
+    backup = subprocess.run(restic.backup([str(source)], tags=["mushishi"]), check=True,
+                            capture_output=True, text=True, env=env())
+    snapshot = json.loads(backup.stdout.splitlines()[-1])["snapshot_id"]
+    subprocess.run(restic.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=3,
+                                       tags=["mushishi"]),
+                   check=True, capture_output=True, env=env())
+    listing = subprocess.run(restic.ls(snapshot), check=True, capture_output=True, text=True,
+                             env=env()).stdout
+    files = [json.loads(line)["path"] for line in listing.splitlines()
+             if '"type":"file"' in line]
+    sample = random.Random(1).sample(files, SAMPLE)
+    target = Path(tempfile.mkdtemp(dir=work))
+    subprocess.run(restic.restore(snapshot, str(target), sample), check=True,
+                   capture_output=True, env=env())
+    shutil.rmtree(target)
+    return time.perf_counter() - started
+
+
+def bare_minimal(repo: Path, source: Path, first: bool) -> float:
+    base = [RESTIC, "--repo", str(repo), "--cache-dir", str(repo) + "-cache"]
+    started = time.perf_counter()
+    if first:
+        subprocess.run([*base, "init"], check=True, capture_output=True, env=env())
+    subprocess.run([*base, "backup", "--tag", "mushishi", str(source)], check=True,
+                   capture_output=True, env=env())
+    subprocess.run([*base, "forget", "--prune", "--keep-daily", "7", "--keep-weekly", "4",
+                    "--keep-monthly", "3", "--tag", "mushishi"], check=True,
+                   capture_output=True, env=env())
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, dict[str, list[float]]] = {
+        phase: {"runner": [], "bare-same": [], "bare-minimal": []}
+        for phase in ("full", "incremental")}
+    for round_number in range(args.rounds):
+        work = Path(tempfile.mkdtemp(prefix="mushishi-bench-backup-", dir="/var/tmp"))
+        try:
+            rng = random.Random(round_number)
+            source = work / "source"
+            files = make_source(source, rng)
+            repos = {name: work / name for name in ("runner", "same", "minimal")}
+            config = write_config(work, source, repos["runner"])
+            same = Restic(RESTIC, str(repos["same"]), None, str(work / "same-cache"))
+            order = ["runner", "bare-same", "bare-minimal"]
+            random.Random(round_number).shuffle(order)
+            for phase in ("full", "incremental"):
+                if phase == "incremental":
+                    touch_some(files, rng)
+                for name in order:
+                    if name == "runner":
+                        seconds = runner(config)
+                    elif name == "bare-same":
+                        seconds = bare_same(same, source, phase == "full", work)
+                    else:
+                        seconds = bare_minimal(repos["minimal"], source, phase == "full")
+                    results[phase][name].append(seconds)
+                    print(f"round {round_number} {phase:11s} {name:12s} {seconds:6.2f} s",
+                          flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"{'phase':12s} {'runner':>8s} {'bare-same':>10s} {'bare-min':>9s} "
+          f"{'runner/same':>12s} {'runner/min':>11s}   (medians of {args.rounds}, seconds)")
+    for phase, by_name in results.items():
+        runner_s = statistics.median(by_name["runner"])
+        same_s = statistics.median(by_name["bare-same"])
+        minimal_s = statistics.median(by_name["bare-minimal"])
+        print(f"{phase:12s} {runner_s:8.2f} {same_s:10.2f} {minimal_s:9.2f} "
+              f"{runner_s / same_s:12.2f} {runner_s / minimal_s:11.2f}")
+    print(f"\nsource: 2000 files of 0.5-8 KiB + 20 files of 1 MiB; cpus={os.cpu_count()}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

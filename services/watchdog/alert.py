@@ -1,0 +1,47 @@
+"""mushishi-alert UNIT (mushishi-alert@.service, the OnFailure= of every mushishi unit):
+one immediate alert with the failed unit's journal tail, through the watchdog's outbox and
+dedup, then a flush of everything queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from mushishi.services.watchdog import gather
+from mushishi.services.watchdog.alerts import AlertState, Message, plan_unit_failure
+from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
+from mushishi.shared.config import MushishiSettings
+
+log = logging.getLogger("mushishi.alert")
+
+
+async def run_alert(settings: MushishiSettings, unit: str, deps: Deps) -> int:
+    """Queue the alert for `unit` (unless sent within repeat_after_h) and deliver the outbox."""
+    config = settings.watchdog
+    bus = await gather.connect_system_bus(deps.system_bus_address)
+    try:
+        summary = await gather.unit_failure_summary(bus, unit)
+    finally:
+        if not isinstance(bus, gather.Failed):
+            bus.disconnect()
+    lines = await gather.journal_tail(deps.journalctl, unit, config.alert_journal_lines,
+                                      config.http_timeout_s)
+    now = deps.now()
+    sent: list[bool] = []
+
+    def plan(state: AlertState) -> tuple[list[Message], AlertState]:
+        message, new_state = plan_unit_failure(
+            state, unit, summary=summary, journal=lines, now=now,
+            repeat_after=timedelta(hours=config.repeat_after_h), hostname=deps.hostname)
+        sent.append(message is not None)
+        return ([message] if message else []), new_state
+
+    report = await enqueue_and_deliver(settings, deps, plan)
+    if sent and not sent[0]:
+        log.info("alert for %s already sent within %gh (watchdog.repeat_after_h); not repeated",
+                 unit, config.repeat_after_h)
+    log.info("alert for %s: %s; %d delivered, %d queued", unit, summary, report.delivered,
+             report.remaining)
+    deps.notifier.status(f"{report.delivered} delivered, {report.remaining} queued")
+    return 0

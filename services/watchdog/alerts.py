@@ -1,0 +1,181 @@
+"""What to tell the phone, decided over plain data: problems, dedup, recovery, heartbeat.
+
+* Only problems are sent. The same set of problems (by check name, not by the numbers in
+  the detail) is not repeated within `repeat_after`; a changed set is sent at once.
+* When every problem clears, one recovery message.
+* A heartbeat on the first run on or after each `heartbeat_weekday` (local time), so a
+  silent phone means "all is well", not "the watchdog died".
+* A failed unit (mushishi-alert@) is one message per unit per `repeat_after`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from mushishi.services.watchdog.checks import CheckResult, Status
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MAX_MESSAGE_BYTES = 3900  # ntfy turns a message over 4096 bytes into an attachment
+
+PRIORITY_MIN, PRIORITY_LOW, PRIORITY_DEFAULT, PRIORITY_HIGH, PRIORITY_MAX = 1, 2, 3, 4, 5
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One notification, independent of how it is delivered."""
+
+    kind: str  # problems | reminder | recovery | heartbeat | unit-failed
+    title: str
+    body: str
+    priority: int
+    tags: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the outbox."""
+        return {"kind": self.kind, "title": self.title, "body": self.body,
+                "priority": self.priority, "tags": list(self.tags)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        """From the outbox."""
+        return cls(str(data["kind"]), str(data["title"]), str(data["body"]),
+                   int(data["priority"]), tuple(data.get("tags") or ()))
+
+
+@dataclass
+class AlertState:
+    """What was already said, persisted in <state_dir>/alerts.json."""
+
+    notified: dict[str, str] = field(default_factory=dict)  # problem name -> detail sent
+    problems_sent_at: datetime | None = None
+    last_heartbeat: date | None = None
+    units_sent_at: dict[str, datetime] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialisable form."""
+        return {
+            "notified": dict(self.notified),
+            "problems_sent_at": self.problems_sent_at.isoformat()
+            if self.problems_sent_at else None,
+            "last_heartbeat": self.last_heartbeat.isoformat() if self.last_heartbeat else None,
+            "units_sent_at": {k: v.isoformat() for k, v in self.units_sent_at.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> AlertState:
+        """Tolerant of a missing or older file: unknown means nothing was sent."""
+        data = data or {}
+        sent_at = data.get("problems_sent_at")
+        heartbeat = data.get("last_heartbeat")
+        return cls(
+            notified={str(k): str(v) for k, v in (data.get("notified") or {}).items()},
+            problems_sent_at=datetime.fromisoformat(sent_at) if sent_at else None,
+            last_heartbeat=date.fromisoformat(heartbeat) if heartbeat else None,
+            units_sent_at={str(k): datetime.fromisoformat(v)
+                           for k, v in (data.get("units_sent_at") or {}).items()},
+        )
+
+
+def truncate(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """Cut `text` to `limit` UTF-8 bytes, saying so."""
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    note = "\n… (truncated)"
+    return raw[: limit - len(note.encode())].decode("utf-8", "ignore") + note
+
+
+def heartbeat_due(last: date | None, today: date, weekday: str) -> bool:
+    """True on the first run on or after the latest `weekday` not yet covered."""
+    target = WEEKDAYS.index(weekday)
+    latest = today - timedelta(days=(today.weekday() - target) % 7)
+    return last is None or last < latest
+
+
+def _line(check: CheckResult) -> str:
+    return f"- **{check.name}**: {check.detail}"
+
+
+def plan_watchdog(state: AlertState, checks: Sequence[CheckResult], *, now: datetime,
+                  repeat_after: timedelta, heartbeat_weekday: str, hostname: str
+                  ) -> tuple[list[Message], AlertState]:
+    """Messages for one watchdog run and the state after sending them.
+
+    `now` is timezone-aware local time: the heartbeat weekday is the box owner's weekday.
+    """
+    problems = [c for c in checks if c.status is Status.PROBLEM]
+    missing = [c for c in checks if c.status is Status.MISSING_SOURCE]
+    current = {c.name: c.detail for c in problems}
+    messages: list[Message] = []
+    new = AlertState(dict(state.notified), state.problems_sent_at, state.last_heartbeat,
+                     dict(state.units_sent_at))
+
+    if current:
+        changed = set(current) != set(state.notified)
+        stale = (state.problems_sent_at is None
+                 or now - state.problems_sent_at >= repeat_after)
+        if changed or stale:
+            fresh = [c for c in problems if c.name not in state.notified]
+            cleared = sorted(set(state.notified) - set(current))
+            count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+            title = f"mushishi on {hostname}: {count}" if changed else \
+                f"mushishi on {hostname}: still {count}"
+            lines = []
+            if fresh and state.notified:
+                lines.append("New: " + ", ".join(c.name for c in fresh))
+            lines += [_line(c) for c in problems]
+            if cleared:
+                lines.append("Cleared: " + ", ".join(cleared))
+            if missing:
+                lines.append("Not checked: " + "; ".join(f"{c.name} ({c.detail})"
+                                                         for c in missing))
+            messages.append(Message("problems" if changed else "reminder", title,
+                                    truncate("\n".join(lines)), PRIORITY_HIGH, ("warning",)))
+            new.notified = current
+            new.problems_sent_at = now
+    elif state.notified:
+        lines = [f"- **{name}** cleared" for name in sorted(state.notified)]
+        messages.append(Message("recovery", f"mushishi on {hostname}: all clear",
+                                truncate("\n".join(lines)), PRIORITY_DEFAULT,
+                                ("white_check_mark",)))
+        new.notified = {}
+        new.problems_sent_at = None
+
+    today = now.date()
+    if heartbeat_due(state.last_heartbeat, today, heartbeat_weekday):
+        ok = sum(1 for c in checks if c.status is Status.OK)
+        lines = [f"The watchdog ran at {now.isoformat(timespec='minutes')}: {ok} checks ok, "
+                 f"{len(problems)} problem{'s' if len(problems) != 1 else ''}, "
+                 f"{len(missing)} not checked."]
+        lines += [_line(c) for c in problems]
+        if missing:
+            lines.append("Not checked: " + "; ".join(f"{c.name} ({c.detail})"
+                                                     for c in missing))
+        messages.append(Message("heartbeat", f"mushishi on {hostname}: weekly heartbeat",
+                                truncate("\n".join(lines)), PRIORITY_LOW, ("green_heart",)))
+        new.last_heartbeat = today
+    return messages, new
+
+
+def plan_unit_failure(state: AlertState, unit: str, *, summary: str, journal: Sequence[str],
+                      now: datetime, repeat_after: timedelta, hostname: str
+                      ) -> tuple[Message | None, AlertState]:
+    """The immediate alert for a failed unit, unless one was sent within `repeat_after`."""
+    last = state.units_sent_at.get(unit)
+    if last is not None and now - last < repeat_after:
+        return None, state
+    tail = "\n".join(journal) if journal else "(no journal lines found)"
+    header = f"{summary}\n\nLast journal lines (`journalctl -u {unit}`):\n"
+    # Keep the newest lines when the tail does not fit: they say why it failed.
+    budget = MAX_MESSAGE_BYTES - len(header.encode()) - 16
+    raw = tail.encode("utf-8")
+    if len(raw) > budget:
+        tail = "…\n" + raw[len(raw) - budget:].decode("utf-8", "ignore")
+    body = f"{header}```\n{tail}\n```"
+    new = AlertState(dict(state.notified), state.problems_sent_at, state.last_heartbeat,
+                     {**state.units_sent_at, unit: now})
+    return Message("unit-failed", f"mushishi on {hostname}: {unit} failed", body,
+                   PRIORITY_HIGH, ("rotating_light",)), new

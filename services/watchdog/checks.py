@@ -1,0 +1,326 @@
+"""The watchdog's checks: pure functions from gathered facts to ok / problem / missing-source.
+
+Each fact arrives as its value, `Missing` (the source does not exist on this box, e.g. no
+gpud, no bench results yet) or `Failed` (the source should have answered and did not). A
+missing source is reported as such, never as healthy; a failed one is a problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+
+class Status(StrEnum):
+    """The three answers a check can give."""
+
+    OK = "ok"
+    PROBLEM = "problem"
+    MISSING_SOURCE = "missing-source"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check's answer; `name` is stable (it keys alert dedup)."""
+
+    name: str
+    status: Status
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        """For last.json."""
+        return {"name": self.name, "status": self.status.value, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """The source does not exist here (yet)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The source exists or must exist, and could not be read."""
+
+    reason: str
+
+
+T = TypeVar("T")
+Source = T | Missing | Failed
+
+
+def _unavailable(name: str, source: object) -> CheckResult | None:
+    if isinstance(source, Missing):
+        return CheckResult(name, Status.MISSING_SOURCE, source.reason)
+    if isinstance(source, Failed):
+        return CheckResult(name, Status.PROBLEM, source.reason)
+    return None
+
+
+def _ok(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, Status.OK, detail)
+
+
+def _problem(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, Status.PROBLEM, detail)
+
+
+def _age(now: datetime, then: datetime) -> str:
+    days = (now - then).total_seconds() / 86400
+    return f"{days:.1f} days" if days >= 1 else f"{days * 24:.1f} hours"
+
+
+# -- backups -------------------------------------------------------------------------------
+
+def backup_age(snapshots: Source[Sequence[datetime]], *, now: datetime,
+               max_age_days: float) -> CheckResult:
+    """The newest snapshot in the repository, read from restic itself, is recent enough."""
+    name = "backup-age"
+    unavailable = _unavailable(name, snapshots)
+    if unavailable:
+        return unavailable
+    assert not isinstance(snapshots, Missing | Failed)
+    if not snapshots:
+        return _problem(name, "the repository holds no snapshot at all")
+    newest = max(snapshots)
+    age_days = (now - newest).total_seconds() / 86400
+    if age_days > max_age_days:
+        return _problem(name, f"newest snapshot is {_age(now, newest)} old (from "
+                        f"{newest.isoformat(timespec='minutes')}; limit "
+                        f"{max_age_days:g} days, watchdog.backup_max_age_days)")
+    return _ok(name, f"newest snapshot is {_age(now, newest)} old ({len(snapshots)} in total)")
+
+
+def backup_result(last: Source[Mapping[str, Any]]) -> CheckResult:
+    """The last `mushishi-backup run` ended ok (a warning or a partial backup is a problem)."""
+    name = "backup-result"
+    unavailable = _unavailable(name, last)
+    if unavailable:
+        return unavailable
+    assert isinstance(last, Mapping)
+    outcome = last.get("outcome", "unknown")
+    when = last.get("finished") or last.get("time") or "?"
+    if outcome == "ok":
+        return _ok(name, f"last backup ok at {when}, snapshots "
+                   f"{', '.join(last.get('snapshot_ids') or []) or 'none'}")
+    reasons = list(last.get("errors") or []) + list(last.get("warnings") or [])
+    detail = "; ".join(reasons[:5]) or "no detail recorded"
+    return _problem(name, f"last backup at {when} ended {outcome}: {detail}")
+
+
+def restore_verify(last: Source[Mapping[str, Any]]) -> CheckResult:
+    """The restore sample of the last backup matched its sources."""
+    name = "restore-verify"
+    unavailable = _unavailable(name, last)
+    if unavailable:
+        return unavailable
+    assert isinstance(last, Mapping)
+    verify = last.get("verify") or {}
+    outcome = verify.get("outcome", "skipped")
+    if outcome == "ok":
+        return _ok(name, f"{verify.get('files_matched', 0)} restored files matched their "
+                   f"sources")
+    if outcome == "skipped":
+        return CheckResult(name, Status.MISSING_SOURCE, "the last backup run verified no "
+                           f"restore: {verify.get('error') or 'nothing to verify'}")
+    problems = list(verify.get("mismatches") or [])
+    if verify.get("error"):
+        problems.insert(0, str(verify["error"]))
+    return _problem(name, f"restore verification {outcome}: {'; '.join(problems[:5])}")
+
+
+def backup_check(check: Source[Mapping[str, Any]]) -> CheckResult:
+    """The last monthly `restic check --read-data-subset` found no error."""
+    name = "backup-check"
+    unavailable = _unavailable(name, check)
+    if unavailable:
+        return unavailable
+    assert isinstance(check, Mapping)
+    when = check.get("finished") or "?"
+    if check.get("outcome") == "ok":
+        return _ok(name, f"restic check passed at {when} (read "
+                   f"{check.get('read_data_subset')} of the data)")
+    return _problem(name, f"restic check at {when} failed: {check.get('error')}")
+
+
+# -- disks ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """statvfs, reduced to what `df` shows."""
+
+    total_bytes: int
+    free_bytes: int       # f_bfree: free, including root's reserve
+    available_bytes: int  # f_bavail: free for unprivileged users
+
+    @property
+    def used_percent(self) -> float:
+        """`df`'s Use%: used / (used + available)."""
+        used = self.total_bytes - self.free_bytes
+        denominator = used + self.available_bytes
+        return 100.0 * used / denominator if denominator else 0.0
+
+
+def disk(mount: str, usage: Source[DiskUsage], *, max_percent: float) -> CheckResult:
+    """Disk use on one configured mount is below the limit."""
+    name = f"disk:{mount}"
+    unavailable = _unavailable(name, usage)
+    if unavailable:
+        return unavailable
+    assert isinstance(usage, DiskUsage)
+    percent = usage.used_percent
+    free_gib = usage.available_bytes / (1 << 30)
+    detail = f"{percent:.1f}% used, {free_gib:.1f} GiB free (limit {max_percent:g}%)"
+    return _problem(name, detail) if percent >= max_percent else _ok(name, detail)
+
+
+# -- units and the CPU floor ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class UnitState:
+    """What systemd says about a unit (and its socket, for socket-activated services)."""
+
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str = ""
+    socket_active: bool | None = None  # None: the unit has no socket
+
+
+def unit_active(unit: str, state: Source[UnitState]) -> CheckResult:
+    """An always-on unit is active (or waits on its active socket)."""
+    name = f"unit:{unit}"
+    unavailable = _unavailable(name, state)
+    if unavailable:
+        return unavailable
+    assert isinstance(state, UnitState)
+    if state.load_state != "loaded":
+        return _problem(name, f"{unit} is {state.load_state} (not installed? run "
+                        f"`mushishi install`)")
+    if state.active_state == "active":
+        return _ok(name, f"active ({state.sub_state})")
+    if state.active_state == "inactive" and state.socket_active:
+        return _ok(name, "inactive, its socket is listening (socket activation)")
+    result = f", result {state.result}" if state.result and state.result != "success" else ""
+    return _problem(name, f"{unit} is {state.active_state} ({state.sub_state}{result}); "
+                    f"see `journalctl -u {unit}`")
+
+
+def cpu_floor(unit: str, state: Source[UnitState], models: Source[Sequence[str]], *,
+              alias: str, url: str) -> CheckResult:
+    """The CPU floor answers: its unit is active and /v1/models lists the configured alias."""
+    name = "cpu-floor"
+    unavailable = _unavailable(name, state)
+    if unavailable:
+        return unavailable
+    assert isinstance(state, UnitState)
+    if state.active_state != "active":
+        return _problem(name, f"{unit} is {state.active_state} ({state.sub_state})")
+    unavailable = _unavailable(name, models)
+    if unavailable:
+        return CheckResult(name, Status.PROBLEM, unavailable.detail)
+    assert not isinstance(models, Missing | Failed)
+    if alias not in models:
+        return _problem(name, f"{url} lists {sorted(models)}, not the alias {alias!r} "
+                        f"(cpu_floor.alias) that backend chains use")
+    return _ok(name, f"{alias} answers on {url}")
+
+
+# -- router, GPU, bench --------------------------------------------------------------------
+
+def cloud_share(status: Source[Mapping[str, Any]], *, max_share: float,
+                min_requests: int) -> CheckResult:
+    """The share of router requests answered by cloud backends over the last day."""
+    name = "cloud-share"
+    unavailable = _unavailable(name, status)
+    if unavailable:
+        return unavailable
+    assert isinstance(status, Mapping)
+    shares = status.get("cloud_share")
+    if not isinstance(shares, Mapping):
+        return CheckResult(name, Status.MISSING_SOURCE,
+                           "the router's /status has no cloud_share")
+    total = cloud = 0.0
+    over: list[str] = []
+    for profile, entry in sorted(shares.items()):
+        if not isinstance(entry, Mapping):
+            continue
+        share = float(entry.get("day") or 0.0)
+        requests = float(entry.get("requests_day") or 0.0)
+        total += requests
+        cloud += share * requests
+        if share > max_share and requests:
+            over.append(f"{profile} {share:.0%} of {requests:.0f}")
+    if total < max(min_requests, 1):
+        return _ok(name, f"{total:.0f} requests in the last day, fewer than "
+                   f"{min_requests} (watchdog.cloud_share_min_requests): not judged")
+    overall = cloud / total
+    detail = f"{overall:.1%} of {total:.0f} requests in the last day went to cloud backends"
+    if overall > max_share:
+        return _problem(name, f"{detail} (limit {max_share:.0%}, watchdog.cloud_share_max); "
+                        f"by profile: {', '.join(over) or 'spread out'}")
+    return _ok(name, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """gpud's read-only properties that matter to the watchdog."""
+
+    temperature_c: int | None
+    throttled: bool | None
+    state: str = ""
+    state_reason: str = ""
+
+
+def gpu(reading: Source[GpuReading], *, max_temperature_c: float) -> CheckResult:
+    """GPU temperature below the limit, not throttled, gpud not stuck in `failed`."""
+    name = "gpu"
+    unavailable = _unavailable(name, reading)
+    if unavailable:
+        return unavailable
+    assert isinstance(reading, GpuReading)
+    problems = []
+    if reading.state == "failed":
+        problems.append(f"gpud state failed: {reading.state_reason or 'no reason given'}")
+    if reading.temperature_c is None and reading.throttled is None:
+        if problems:
+            return _problem(name, "; ".join(problems))
+        return CheckResult(name, Status.MISSING_SOURCE,
+                           "gpud exposes no GpuTemperatureC/GpuThrottled")
+    if reading.temperature_c is not None and reading.temperature_c >= max_temperature_c:
+        problems.append(f"GPU at {reading.temperature_c} °C (limit {max_temperature_c:g} °C, "
+                        f"watchdog.gpu_max_temperature_c)")
+    if reading.throttled:
+        problems.append("the GPU is throttling")
+    if problems:
+        return _problem(name, "; ".join(problems))
+    return _ok(name, f"{reading.temperature_c} °C, not throttled")
+
+
+def bench(rows: Source[Sequence[Mapping[str, str]]]) -> CheckResult:
+    """The newest `mushishi bench` result of each target shows no speed regression."""
+    name = "bench"
+    unavailable = _unavailable(name, rows)
+    if unavailable:
+        return unavailable
+    assert not isinstance(rows, Missing | Failed)
+    newest: dict[str, Mapping[str, str]] = {}
+    for row in rows:
+        target = row.get("target", "")
+        if target not in newest or row.get("time", "") >= newest[target].get("time", ""):
+            newest[target] = row
+    if not newest:
+        return CheckResult(name, Status.MISSING_SOURCE, "no bench result yet")
+    regressed = [
+        f"{target} at {row.get('tokens_per_s')} tok/s ({row.get('time')})"
+        for target, row in sorted(newest.items())
+        if str(row.get("regression", "")).strip().lower() == "true"
+    ]
+    if regressed:
+        return _problem(name, "inference speed regression: " + "; ".join(regressed))
+    return _ok(name, ", ".join(f"{t} {r.get('tokens_per_s')} tok/s"
+                               for t, r in sorted(newest.items())))

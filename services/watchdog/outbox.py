@@ -1,0 +1,188 @@
+"""The outbox: every alert is a file under <state_dir>/outbox until ntfy has accepted it.
+
+A message is written (atomically, fsynced) before any attempt to send it and removed only
+after ntfy answers 2xx, so nothing is lost when ntfy is down, rate-limited or the process
+dies: the next watchdog run or alert delivers it. Delivery is at least once (a crash
+between ntfy's answer and the removal sends that message again). The topic and token are
+never written here; they are added at delivery time from the credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mushishi.services.watchdog.alerts import Message
+from mushishi.services.watchdog.ntfy import Attempt, Delivery
+
+log = logging.getLogger("mushishi.watchdog.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One queued message."""
+
+    path: Path
+    created: datetime
+    message: Message
+    attempts: int
+    last_error: str | None
+
+
+@dataclass
+class Report:
+    """What one delivery round did."""
+
+    delivered: int = 0
+    remaining: int = 0
+    last_error: str | None = None
+    delays: list[float] = field(default_factory=list)
+
+
+class Outbox:
+    """A directory of queued messages, oldest first."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def put(self, message: Message, now: datetime) -> Path:
+        """Queue a message durably."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Sorted by name = sent in order: the time, then a per-machine monotonic tiebreak.
+        name = (f"{now.astimezone(UTC).strftime('%Y%m%dT%H%M%S%f')}-"
+                f"{time.monotonic_ns():020d}-{uuid.uuid4().hex[:6]}.json")
+        data = {"created": now.isoformat(), "attempts": 0, "last_error": None,
+                "message": message.as_dict()}
+        path = self.directory / name
+        _write_atomic(path, data)
+        return path
+
+    def pending(self) -> list[Item]:
+        """Queued messages, oldest first (unreadable files are set aside, never deleted)."""
+        items = []
+        if not self.directory.is_dir():
+            return items
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                items.append(Item(path, datetime.fromisoformat(data["created"]),
+                                  Message.from_dict(data["message"]),
+                                  int(data.get("attempts", 0)), data.get("last_error")))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                log.error("outbox file %s is unreadable (%s); moved aside as .bad", path, error)
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".bad"))
+        return items
+
+    def record_attempt(self, item: Item, error: str) -> None:
+        """Count a failed attempt on the file itself."""
+        data = {"created": item.created.isoformat(), "attempts": item.attempts + 1,
+                "last_error": error, "message": item.message.as_dict()}
+        _write_atomic(item.path, data)
+
+    def reload(self, item: Item) -> Item:
+        """The item as it is on disk now (its attempt count)."""
+        for current in self.pending():
+            if current.path == item.path:
+                return current
+        return item
+
+    def remove(self, item: Item) -> None:
+        """Forget a delivered message."""
+        with contextlib.suppress(FileNotFoundError):
+            item.path.unlink()
+
+    def __len__(self) -> int:
+        return len(list(self.directory.glob("*.json"))) if self.directory.is_dir() else 0
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
+                                     prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as handle:
+        json.dump(data, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+        temporary = Path(handle.name)
+    temporary.chmod(0o640)
+    temporary.replace(path)
+
+
+async def deliver(outbox: Outbox, publish: Callable[[Message], Awaitable[Attempt]], *,
+                  sleep: Callable[[float], Awaitable[None]],
+                  retry_delays: Sequence[float] = (5.0, 15.0)) -> Report:
+    """Send every queued message in order.
+
+    A 429 waits `retry_delays` (injected `sleep`) and tries again; after the last delay
+    the rest stays queued for the next run. An unreachable server ends the round at once.
+    A message ntfy rejects (401, 403, 400…) stays queued with the error while the others go.
+    """
+    report = Report()
+    delays = list(retry_delays)
+    items = outbox.pending()
+    index = 0
+    while index < len(items):
+        item = items[index]
+        attempt = await publish(item.message)
+        if attempt.delivery is Delivery.DELIVERED:
+            outbox.remove(item)
+            report.delivered += 1
+            index += 1
+            continue
+        outbox.record_attempt(item, attempt.detail)
+        report.last_error = attempt.detail
+        if attempt.delivery is Delivery.RATE_LIMITED and delays:
+            delay = delays.pop(0)
+            report.delays.append(delay)
+            log.info("ntfy rate limit (%s); retrying in %.0fs", attempt.detail, delay)
+            await sleep(delay)
+            items[index] = outbox.reload(item)
+            continue
+        if attempt.delivery is Delivery.REJECTED:
+            log.error("ntfy rejected %r: %s (kept in %s)", item.message.title, attempt.detail,
+                      outbox.directory)
+            index += 1
+            continue
+        log.warning("ntfy: %s; %d message(s) wait in %s", attempt.detail,
+                    len(items) - index, outbox.directory)
+        break
+    report.remaining = len(outbox)
+    return report
+
+
+def _open_lock(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a")
+
+
+@contextlib.asynccontextmanager
+async def state_lock(state_dir: Path, *, sleep: Callable[[float], Awaitable[None]],
+                     wait_s: float = 120.0) -> AsyncIterator[None]:
+    """One writer of alerts.json and the outbox at a time (watchdog and alerts)."""
+    handle = _open_lock(state_dir / "alerts.lock")
+    try:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited >= wait_s:
+                    raise TimeoutError(f"{state_dir}/alerts.lock held for {wait_s:.0f}s"
+                                       ) from None
+                await sleep(0.2)
+                waited += 0.2
+        yield
+    finally:
+        handle.close()
