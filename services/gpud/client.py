@@ -37,7 +37,12 @@ class GpuModeError(Exception):
 
 
 def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Variant) else value
+    """A property value as plain JSON-like data (structs as lists)."""
+    if isinstance(value, Variant):
+        value = value.value
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 class GpuModeClient:
