@@ -120,6 +120,7 @@ def test_settle_when_the_target_never_started_names_the_job_result() -> None:
     new, events = core.settle(core.begin_switch(state(), "agent", "systemd"), seen, MODES)
     assert new.state == FAILED and new.active_mode == "forensic"
     assert new.reason == "mushishi-agent.target did not start (job canceled)"
+    assert events == [SwitchFailed("agent", new.reason)]
 
 
 def test_settle_with_failed_gpu_preparation_fails() -> None:
