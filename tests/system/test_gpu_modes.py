@@ -412,3 +412,47 @@ async def test_gpu_properties_and_metrics_follow_the_simulated_gpu(settled: GpuB
     assert "mushishi_gpud_gpu_throttled 1.0" in metrics
     assert 'mushishi_gpud_switches_total{origin="api",result="ok"}' in metrics
     assert 'mushishi_gpud_switch_phase_seconds_count{phase="call_to_isolate"}' in metrics
+
+
+def test_mode_cli_on_a_terminal_shows_progress_and_plain_output_does_not(
+        settled: GpuBox) -> None:
+    box = settled.box
+    tty = box.run(["script", "--quiet", "--return", "--command",
+                   f"{BINDIR}/mushishi mode creative", "/dev/null"], timeout=300)
+    lines = [line.strip() for line in tty.stdout.replace("\r", "").splitlines() if line]
+    progress = [line for line in lines if line.startswith("[")]
+    assert progress, lines
+    assert all("switching to creative" in line for line in progress)
+    assert any("mushishi-tenant@comfyui.service" in line for line in progress)
+    assert lines[-1].startswith("mode creative ready (")
+    plain = settled.mushishi("mode", "forensic")
+    assert plain.returncode == 0
+    assert plain.stdout.splitlines() == [plain.stdout.strip()]
+    assert plain.stdout.startswith("mode forensic ready (")
+
+
+async def test_reload_adopts_a_mode_added_to_the_config(settled: GpuBox) -> None:
+    box = settled.box
+    original = box.path("/etc/mushishi/mushishi.toml").read_text()
+    coding = original + '\n[modes.coding]\ndescription = "Qwen3-Coder"\ntenants = ["vllm-agent"]\n'
+    try:
+        box.install(coding)
+        box.systemctl("reload", "mushishi-gpud.service")
+        client = await settled.client()
+        try:
+            deadline = time.monotonic() + 10
+            while "coding" not in await client.get("Modes"):
+                assert time.monotonic() < deadline, "gpud did not reload its modes"
+                await asyncio.sleep(0.1)
+            await client.watch()
+            await client.switch("coding", False)
+            async with asyncio.timeout(120):
+                assert (await client.wait_switch("coding")).ok
+        finally:
+            client.close()
+        assert box.is_active("mushishi-tenant@vllm-agent.service") == "active"
+        assert box.is_active("mushishi-tenant@tts.service") == "inactive"
+    finally:
+        settled.isolate("off")
+        box.install(original)
+        box.systemctl("reload", "mushishi-gpud.service")
