@@ -75,7 +75,6 @@ class GpuModeManager:
         self._owners: set[str] = set()
         self._gpu_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._signals: list[tuple[str, str]] = []  # (old, new) ModeChanged, for tests/bench
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -230,7 +229,6 @@ class GpuModeManager:
             if isinstance(event, core.ModeChanged):
                 if announce and self.interface is not None:
                     self.interface.mode_changed(event.old, event.new)
-                    self._signals.append((event.old, event.new))
                 if was.target is not None:
                     self.metrics.switches.labels(result="ok", origin=origin).inc()
                     if elapsed is not None:

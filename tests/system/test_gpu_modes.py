@@ -456,3 +456,22 @@ async def test_reload_adopts_a_mode_added_to_the_config(settled: GpuBox) -> None
         settled.isolate("off")
         box.install(original)
         box.systemctl("reload", "mushishi-gpud.service")
+
+
+async def test_tenant_crashing_after_the_switch_turns_state_failed(settled: GpuBox) -> None:
+    box = settled.box
+    settled.isolate("creative")
+    client = await settled.client()
+    try:
+        await client.watch()
+        # The stand-in ComfyUI dies on its own (not a stop): its runner exits non-zero.
+        box.run(["pkill", "-KILL", "-f", "tests/standins/comfyui.py"])
+        async with asyncio.timeout(30):
+            while (await client.get("State")) != "failed":
+                await client.events.get()
+        reason = await client.get("StateReason")
+        assert reason.startswith("tenant comfyui failed (exit-code)")
+        assert await client.get("ActiveMode") == "creative"
+    finally:
+        client.close()
+    box.systemctl("reset-failed", "mushishi-tenant@comfyui.service")
