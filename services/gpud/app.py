@@ -442,7 +442,11 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
     manager = GpuModeManager(settings, probe, GpudMetrics(registry, settings.modes),
                              notifier=notifier)
     bus = (bus_factory or (lambda: MessageBus(bus_type=BusType.SYSTEM)))()
-    await bus.connect()
+    try:
+        await bus.connect()
+    except (OSError, ValueError) as error:
+        log.error("mushishi-gpud cannot reach the system bus: %s", error)
+        return EX_UNAVAILABLE
     host, _, port = settings.gpu.metrics_listen.rpartition(":")
     metrics_runner = await start_metrics_server(registry, host.strip("[]"), int(port))
     stop = asyncio.Event()
@@ -460,7 +464,11 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await manager.start(bus)
+        try:
+            await manager.start(bus)
+        except RuntimeError as error:  # the bus name is taken
+            log.error("%s", error)
+            return EX_UNAVAILABLE
         await stop.wait()
         notifier.stopping("stopping")
     finally:

@@ -42,7 +42,8 @@ class GpuSettings(Section):
     docker_host: str = Field(
         default="unix:///var/run/docker.sock",
         description="Docker Engine API the stop-list uses to find and stop containers "
-        "(`unix://` socket or `tcp://`); unreachable means no container is stopped.",
+        "(a `unix://` socket, or `tcp://` on this machine); unreachable means no container "
+        "is stopped.",
     )
     free_wait_s: float = Field(
         default=30.0, ge=0,
