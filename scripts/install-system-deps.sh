@@ -1,9 +1,9 @@
 #!/bin/sh
 # System packages the tests and the demo need; installs only what is missing.
-# restic, prometheus (+promtool), nftables and ufw are exercised for real by the tests;
-# cmake and g++ build llama-server; wrk, nginx and hyperfine drive the benchmarks.
+# restic, prometheus (+promtool), nftables, ufw and iptables are exercised for real by
+# the tests; cmake and g++ build llama-server; wrk, nginx and hyperfine drive the benchmarks.
 set -eu
-packages="restic prometheus nftables ufw iproute2 dbus util-linux systemd cmake g++ make
+packages="restic prometheus nftables ufw iptables iproute2 dbus util-linux systemd cmake g++ make
           curl ca-certificates wrk nginx hyperfine python3-venv python3-dev sqlite3"
 missing=""
 for package in $packages; do

@@ -14,6 +14,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from mushishi.shared.config import firewall as firewall_section
 from mushishi.shared.config import gpu as gpu_section
 from mushishi.shared.config import router as router_section
 from mushishi.shared.config._base import Issue
@@ -111,4 +112,5 @@ class MushishiSettings(BaseSettings):
 CHECKS: tuple[Callable[[MushishiSettings], list[Issue]], ...] = (
     router_section.check,
     gpu_section.check,
+    firewall_section.check,
 )
