@@ -162,7 +162,8 @@ def _why(status: UnitStatus) -> str:
     if status.active_state in ("active", "reloading"):
         return "active"
     if status.active_state == "failed" or status.result != "success":
-        return f"failed ({status.result})" + (f": {text}" if text else "")
+        return f"failed ({status.result})" + (
+            f": {text}" if text else f"; see journalctl -u {status.name}")
     return status.active_state + (f": {text}" if text else "")
 
 

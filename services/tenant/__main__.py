@@ -28,6 +28,16 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
+    try:
+        return _act(args, loaded, notifier)
+    except Exception as error:
+        # Whatever went wrong, the unit's status line (gpud's StateReason) says so.
+        log.exception("mushishi-tenant %s %s failed", args.action, args.name)
+        notifier.status(f"mushishi-tenant {args.action} {args.name} failed: {error!r}")
+        return 1
+
+
+def _act(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     from mushishi.services.gpud.gpu import open_probe
 
     settings = loaded.settings

@@ -85,6 +85,7 @@ def prepare(settings: MushishiSettings, mode: str, probe_factory: Callable[[], G
         return 1 if failed else 0
     except GpuProbeError as error:
         log.error("mode %s: cannot read the GPU: %s", mode, error, extra=extra)
+        notifier.status(f"cannot read the GPU: {error}")
         return 1
     finally:
         probe.close()

@@ -51,8 +51,10 @@ async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
         child = await asyncio.create_subprocess_exec(
             *tenant.command, env=child_environment(dict(os.environ)))
     except OSError as error:
-        log.error("tenant %s: cannot run %s: %s (check tenants.%s.command)", name,
-                  tenant.command[0], error.strerror or error, name, extra=extra)
+        line = (f"tenant {name}: cannot run {tenant.command[0]}: {error.strerror or error} "
+                f"(check tenants.{name}.command)")
+        log.error("%s", line, extra=extra)
+        notifier.status(line)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,9 +75,10 @@ async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
                 notifier.status(f"waiting for {tenant.health_url}: {answer}")
                 last = answer
             if clock() - started > tenant.start_timeout_s:
-                log.error("tenant %s: %s did not answer within start_timeout_s=%.0f s (last: "
-                          "%s)", name, tenant.health_url, tenant.start_timeout_s, answer,
-                          extra=extra)
+                line = (f"tenant {name}: {tenant.health_url} did not answer within "
+                        f"start_timeout_s={tenant.start_timeout_s:.0f} s (last: {answer})")
+                log.error("%s", line, extra=extra)
+                notifier.status(line)
                 await _terminate(child, tenant.stop_timeout_s)
                 return 1
             await asyncio.wait({exited, stopping}, timeout=HEALTH_INTERVAL_S)
@@ -83,7 +86,9 @@ async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
     if exited.done() and not stopping.done():
         status = exited.result()
         stopping.cancel()
-        log.error("tenant %s: its command exited with status %s", name, status, extra=extra)
+        line = f"tenant {name}: its command exited with status {status}"
+        log.error("%s", line, extra=extra)
+        notifier.status(line)
         return status if status and status > 0 else 1
     notifier.stopping(f"stopping {name}")
     status = await _terminate(child, tenant.stop_timeout_s)

@@ -100,7 +100,8 @@ async def mode_changed(box: Sandbox, client: GpuModeClient, new: str, timeout: f
                 if kind == "ModeChanged" and value[1] == new:
                     return value[0], time.monotonic()
     except TimeoutError:
-        journal = box.journal("-u", "mushishi-gpud.service", "-n", "40")
+        journal = box.journal("-u", "mushishi-gpud.service", "-u", "mushishi-tenant@*",
+                              "-u", "mushishi-gpu-prepare@*", "-n", "80")
         raise AssertionError(f"no ModeChanged to {new}; signals: {seen}\n{journal}") from None
 
 

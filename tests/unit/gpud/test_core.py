@@ -221,3 +221,11 @@ def test_watched_units_cover_targets_preparations_and_tenants() -> None:
     assert watched == ["mushishi-agent.target", "mushishi-gpu-prepare@agent.service",
                        "mushishi-gpu-prepare@off.service", "mushishi-off.target",
                        "mushishi-tenant@vllm-agent.service"]
+
+
+def test_settle_without_a_status_line_points_to_the_journal() -> None:
+    crashed = UnitStatus("mushishi-tenant@comfyui.service", "failed", "failed", "exit-code")
+    seen = Observation(units("creative", **{crashed.name: crashed}))
+    new, _ = core.settle(core.begin_switch(state(), "creative", "api"), seen, MODES)
+    assert new.reason == ("tenant comfyui failed (exit-code); see journalctl -u "
+                          "mushishi-tenant@comfyui.service")
