@@ -395,7 +395,10 @@ class GpuModeManager:
     async def _poll_gpu(self) -> None:
         while True:
             await asyncio.sleep(self.settings.gpu.poll_interval_s)
-            await self._read_gpu()
+            try:
+                await self._read_gpu()
+            except Exception:
+                log.exception("reading the GPU failed unexpectedly")
 
     async def _read_gpu(self, *, announce: bool = True) -> None:
         try:
@@ -448,7 +451,13 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
         log.error("mushishi-gpud cannot reach the system bus: %s", error)
         return EX_UNAVAILABLE
     host, _, port = settings.gpu.metrics_listen.rpartition(":")
-    metrics_runner = await start_metrics_server(registry, host.strip("[]"), int(port))
+    try:
+        metrics_runner = await start_metrics_server(registry, host.strip("[]"), int(port))
+    except (OSError, ValueError) as error:
+        log.error("cannot serve /metrics on gpu.metrics_listen=%s: %s",
+                  settings.gpu.metrics_listen, error)
+        bus.disconnect()
+        return EX_UNAVAILABLE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -468,6 +477,9 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
             await manager.start(bus)
         except RuntimeError as error:  # the bus name is taken
             log.error("%s", error)
+            return EX_UNAVAILABLE
+        except DBusError as error:
+            log.error("systemd's D-Bus API refused gpud: %s (%s)", error.text, error.type)
             return EX_UNAVAILABLE
         await stop.wait()
         notifier.stopping("stopping")
