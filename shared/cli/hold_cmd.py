@@ -119,5 +119,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"mushishi hold: {message}", file=sys.stderr)
         return status
     except (OSError, ConnectionError) as error:
-        print(f"mushishi hold: cannot reach the system bus: {error}", file=sys.stderr)
+        print(f"mushishi hold: cannot reach the system bus ({error}); is dbus running?",
+              file=sys.stderr)
         return 69

@@ -98,5 +98,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"mushishi mode: {message}", file=sys.stderr)
         return status
     except (OSError, ConnectionError) as error:
-        print(f"mushishi mode: cannot reach the system bus: {error}", file=sys.stderr)
+        print(f"mushishi mode: cannot reach the system bus ({error}); is dbus running?",
+              file=sys.stderr)
         return 69
