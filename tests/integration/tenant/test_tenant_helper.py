@@ -3,6 +3,7 @@ socket, the vLLM stand-in as the tenant's command."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,12 +70,18 @@ def http(method: str, url: str, body: bytes | None = None) -> bytes:
 @pytest.fixture
 def running(box: dict[str, object], notify_socket: NotifySocket
             ) -> Iterator[subprocess.Popen[str]]:
+    # Its own session, so the teardown can end the runner and the tenant it started.
     runner = subprocess.Popen([TENANT, "--config", str(box["config"]), "run", "vllm"],
-                              env=run_env(notify_socket), text=True, stderr=subprocess.PIPE)
+                              env=run_env(notify_socket), text=True, stderr=subprocess.PIPE,
+                              start_new_session=True)
     yield runner
     if runner.poll() is None:
-        runner.kill()
-        runner.wait()
+        runner.send_signal(signal.SIGTERM)  # the runner stops its tenant, as under systemd
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            runner.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
 
 
 def test_run_reports_ready_only_once_health_answers(box: dict[str, object],
