@@ -24,6 +24,17 @@ NAME = "demo"
 TINY_MODEL = "/var/lib/mushishi/models/tiny.gguf"
 SIMULATED_GPU = {"total_mib": 32607, "used_mib": 500, "util_percent": 0, "temperature_c": 40,
                  "power_w": 20, "processes": []}
+STANDINS = REPO / "tests" / "standins"
+# No GPU, vLLM or ComfyUI here: each tenant runs a stand-in speaking the same wire format on
+# the example's port, so `mushishi mode agent` really starts, probes and drains tenants.
+TENANT_STANDINS = {
+    "vllm-forensic": ["vllm_gpu.py", "--port", "8000", "--model",
+                      "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning"],
+    "vllm-agent": ["vllm_gpu.py", "--port", "8000", "--model",
+                   "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning"],
+    "comfyui": ["comfyui.py", "--port", "8188"],
+    "audio": ["json_queue.py", "--port", "9000"],
+}
 
 
 def llama_server() -> str:
@@ -46,6 +57,8 @@ def adapt(text: str) -> str:
     """The example config with the few changes a GPU-less sandbox needs."""
     doc = tomlkit.parse(text)
     doc["gpu"]["probe"] = "simulated"  # no NVIDIA GPU here: gpud reads a JSON file instead
+    for name, (script, *args) in TENANT_STANDINS.items():
+        doc["tenants"][name]["command"] = [sys.executable, str(STANDINS / script), *args]
     floor = doc["cpu_floor"]
     floor["llama_server"] = llama_server()
     floor["model"] = TINY_MODEL  # a tiny generated model (write_tiny_model)

@@ -14,6 +14,9 @@ ERROR_HELD = ERROR_PREFIX + "Held"            # a hold exists on the current mod
 ERROR_UNKNOWN_MODE = ERROR_PREFIX + "UnknownMode"
 ERROR_SWITCH_FAILED = ERROR_PREFIX + "SwitchFailed"
 ERROR_UNKNOWN_HOLD = ERROR_PREFIX + "UnknownHold"
+ERROR_SWITCHING = ERROR_PREFIX + "Switching"      # a switch is already in progress
+ERROR_NOT_ACTIVE = ERROR_PREFIX + "NotActive"     # HoldMode on a mode that is not active
+ERROR_NOT_HOLDER = ERROR_PREFIX + "NotHolder"     # ReleaseHold by someone else's connection
 
 # systemd's own manager API (org.freedesktop.systemd1(5)).
 SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"

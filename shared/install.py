@@ -20,6 +20,7 @@ import tomlkit
 
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import local_repository_path
+from mushishi.shared.config.gpu import prepare_unit, tenant_unit
 from mushishi.shared.config.router import parse_listen
 
 log = logging.getLogger("mushishi.install")
@@ -135,6 +136,51 @@ def _network_allow_lines(settings: MushishiSettings) -> str:
     return "\n".join(f"IPAddressAllow={net}" for net in settings.router.local_networks)
 
 
+def modes_with_prepare(settings: MushishiSettings) -> list[str]:
+    """Modes whose target pulls in mushishi-gpu-prepare@<mode>: all of them. Even a mode
+    without tenants needs it, as the barrier that keeps its target from becoming active
+    before the old mode's tenants have drained and stopped."""
+    return sorted(settings.modes)
+
+
+def port_conflicts(settings: MushishiSettings) -> dict[str, list[str]]:
+    """Tenant -> the other tenants serving the same port (they conflict)."""
+    by_port: dict[int, list[str]] = {}
+    for name, tenant in sorted(settings.tenants.items()):
+        if tenant.port is not None:
+            by_port.setdefault(tenant.port, []).append(name)
+    return {name: [other for other in names if other != name]
+            for names in by_port.values() if len(names) > 1 for name in names}
+
+
+def render_tenant_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
+    """Drop-ins of mushishi-tenant@.service that depend on the config."""
+    header = "# Rendered by `mushishi install` from [modes] and [tenants]; edit the config.\n"
+    template = UNIT_DIR / "mushishi-tenant@.service.d"
+    prepares = " ".join(prepare_unit(mode) for mode in modes_with_prepare(settings))
+    files = {
+        template / "order.conf": header + (
+            "# In an isolate, a tenant being stopped stops before the new mode's GPU\n"
+            "# preparation runs, and a tenant being started starts after it.\n"
+            "[Unit]\n" + (f"After={prepares}\n" if prepares else "")),
+        template / "local-networks.conf": header + (
+            "# Thin clients on the tailnet may reach a tenant the firewall exposes.\n"
+            "[Service]\n" + _network_allow_lines(settings) + "\n"),
+    }
+    for tenant, others in port_conflicts(settings).items():
+        # One-way ordering between conflicting tenants: systemd orders a stop before a
+        # start whichever way the edge points, and one direction cannot form a cycle.
+        earlier = [other for other in others if other < tenant]
+        lines = [f"Conflicts={' '.join(tenant_unit(o) for o in others)}"]
+        if earlier:
+            lines.append(f"After={' '.join(tenant_unit(o) for o in earlier)}")
+        port = settings.tenants[tenant].port
+        files[UNIT_DIR / f"{tenant_unit(tenant)}.d" / "ports.conf"] = (
+            header + f"# Tenants serving port {port} conflict with each other.\n"
+            "[Unit]\n" + "\n".join(lines) + "\n")
+    return files
+
+
 def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
                  config_text: str | None) -> Plan:
     """Everything install writes for `settings`, with console scripts in `bindir`."""
@@ -148,6 +194,11 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         for tenant in settings.modes[mode].tenants:
             link = units / f"mushishi-{mode}.target.wants" / f"mushishi-tenant@{tenant}.service"
             plan.symlinks[link] = "../mushishi-tenant@.service"
+    for mode in modes_with_prepare(settings):
+        link = units / f"mushishi-{mode}.target.wants" / prepare_unit(mode)
+        plan.symlinks[link] = "../mushishi-gpu-prepare@.service"
+    for path, text in render_tenant_dropins(settings).items():
+        plan.files[path] = (text, 0o644)
 
     listen = ["[Socket]", "ListenStream="]
     for address in settings.router.listen:
@@ -372,15 +423,22 @@ def apply_plan(plan: Plan, root: Path) -> list[str]:
 
 
 def _prune_stale_tenant_links(plan: Plan, root: Path) -> list[str]:
-    """Remove tenant links of modes or tenants no longer in the config."""
+    """Remove tenant and GPU-preparation links, and port drop-ins, of modes or tenants no
+    longer in the config."""
     removed = []
     unit_dir = root / UNIT_DIR
     wanted = {root / p for p in plan.symlinks}
     for wants in unit_dir.glob("mushishi-*.target.wants"):
-        for link in wants.glob("mushishi-tenant@*.service"):
-            if link not in wanted and link.is_symlink():
-                link.unlink()
-                removed.append(f"removed {link}")
+        for pattern in ("mushishi-tenant@*.service", "mushishi-gpu-prepare@*.service"):
+            for link in wants.glob(pattern):
+                if link not in wanted and link.is_symlink():
+                    link.unlink()
+                    removed.append(f"removed {link}")
+    rendered = {root / p for p in plan.files}
+    for dropin in unit_dir.glob("mushishi-tenant@?*.service.d/ports.conf"):
+        if dropin not in rendered:
+            dropin.unlink()
+            removed.append(f"removed {dropin}")
     return removed
 
 

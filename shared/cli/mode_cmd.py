@@ -1,17 +1,103 @@
-"""`mushishi mode` (placeholder until the GPU-mode manager issue lands)."""
+"""`mushishi mode [MODE] [--force]`: show the GPU mode, or switch it (through D-Bus only)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
+import time
+from typing import Any
+
+from mushishi.services.gpud.client import GpuModeClient, GpuModeError, describe_error
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Accept anything: the real arguments arrive with the implementation."""
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    """MODE to switch to (none: show), --force, --no-wait, --timeout, --json."""
+    parser.add_argument("mode", nargs="?", help="mode to switch to; without it, show the mode")
+    parser.add_argument("--force", action="store_true",
+                        help="switch even when work is in flight or the mode is held (the "
+                        "tenants still drain in-flight work before they stop)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="return once the switch has started")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up waiting after SECONDS (the switch goes on)")
+    parser.add_argument("--json", action="store_true", help="show the state as JSON")
+
+
+def render(props: dict[str, Any]) -> str:
+    """The human view of gpud's properties."""
+    lines = [f"mode:   {props['ActiveMode'] or 'none'} ({props['State']})"]
+    if props.get("StateReason"):
+        lines.append(f"reason: {props['StateReason']}")
+    if props.get("Progress"):
+        lines.append(f"now:    {props['Progress']}")
+    lines.append(f"modes:  {', '.join(props['Modes'])}")
+    holds = props.get("Holds") or []
+    if holds:
+        for mode, holder, reason in holds:
+            lines.append(f"hold:   {mode} by {holder}" + (f" ({reason})" if reason else ""))
+    else:
+        lines.append("holds:  none")
+    gpu = (f"gpu:    {props['VramUsedMiB']}/{props['VramTotalMiB']} MiB used, "
+           f"{props['GpuUtilPercent']}% busy, {props['GpuTemperatureC']} °C, "
+           f"{props['GpuPowerW']:.0f} W")
+    if props.get("GpuThrottled"):
+        gpu += ", throttled"
+    lines.append(gpu)
+    return "\n".join(lines)
+
+
+async def _show(args: argparse.Namespace) -> int:
+    client = await GpuModeClient.connect()
+    try:
+        props = await client.properties()
+    finally:
+        client.close()
+    print(json.dumps(props, indent=2, sort_keys=True) if args.json else render(props))
+    return 0
+
+
+async def _switch(args: argparse.Namespace) -> int:
+    client = await GpuModeClient.connect()
+    terminal = sys.stdout.isatty()
+    started = time.monotonic()
+    try:
+        await client.watch()
+        await client.switch(args.mode, args.force)
+        if args.no_wait:
+            print(f"switching to {args.mode}")
+            return 0
+
+        def progress(text: str) -> None:
+            if terminal:
+                print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
+
+        try:
+            async with asyncio.timeout(args.timeout):
+                outcome = await client.wait_switch(args.mode, progress)
+        except TimeoutError:
+            print(f"still switching to {args.mode} after {args.timeout:.0f} s; follow it with "
+                  "`mushishi mode` or `journalctl -u mushishi-gpud -f`", file=sys.stderr)
+            return 75
+    finally:
+        client.close()
+    if outcome.ok:
+        print(f"mode {args.mode} ready ({time.monotonic() - started:.1f} s)")
+        return 0
+    print(f"switch to {args.mode} failed: {outcome.reason}", file=sys.stderr)
+    return 1
 
 
 def run(args: argparse.Namespace) -> int:
-    """Refuse honestly."""
-    print("mushishi mode: not implemented yet (GPU-mode manager issue)", file=sys.stderr)
-    return 69
+    """Show or switch; errors name what to do."""
+    try:
+        return asyncio.run(_switch(args) if args.mode else _show(args))
+    except GpuModeError as error:
+        message, status = describe_error(error)
+        print(f"mushishi mode: {message}", file=sys.stderr)
+        return status
+    except (OSError, ConnectionError) as error:
+        print(f"mushishi mode: cannot reach the system bus ({error}); is dbus running?",
+              file=sys.stderr)
+        return 69

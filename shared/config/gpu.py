@@ -39,6 +39,36 @@ class GpuSettings(Section):
         description="Container or process names that may be stopped when a mode needs their "
         "VRAM. Anything not listed is only reported, never touched.",
     )
+    docker_host: str = Field(
+        default="unix:///var/run/docker.sock",
+        description="Docker Engine API the stop-list uses to find and stop containers "
+        "(a `unix://` socket, or `tcp://` on this machine); unreachable means no container "
+        "is stopped.",
+    )
+    free_wait_s: float = Field(
+        default=30.0, ge=0,
+        description="After stopping stop-list items, how long to wait for the driver to "
+        "release their VRAM before the mode's tenants start anyway (and their guard decides).",
+    )
+    busy_util_percent: int = Field(
+        default=10, ge=1, le=100,
+        description="GPU utilisation (mean over util_sample_s) from which a tenant without a "
+        "busy probe counts as busy; below it a loaded but idle GPU is not busy.",
+    )
+    util_sample_s: float = Field(
+        default=1.0, gt=0, le=30,
+        description="How long the utilisation backstop samples the GPU (one read every 0.2 s).",
+    )
+    probe_timeout_s: float = Field(
+        default=5.0, gt=0,
+        description="HTTP timeout of one busy-probe read; an unreadable probe counts as busy "
+        "for SwitchMode (use force to override).",
+    )
+    poll_interval_s: float = Field(
+        default=5.0, gt=0,
+        description="How often gpud reads VRAM, utilisation, temperature and power for its "
+        "D-Bus properties and /metrics.",
+    )
 
 
 class BusyProbeSettings(Section):
@@ -93,6 +123,11 @@ class TenantSettings(Section):
         description="Command run to stop it; default for `docker compose … up` is the matching "
         "`docker compose … down`.",
     )
+    stop_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="After draining (and stop_command), how long the command may take to exit "
+        "on SIGTERM before it is killed.",
+    )
 
 
 def _check_unit_name(kind: str, name: str) -> Issue | None:
@@ -102,6 +137,36 @@ def _check_unit_name(kind: str, name: str) -> Issue | None:
         f"{kind}.{name}",
         "names become systemd unit names: use lowercase letters, digits and '-' (max 63)",
     )
+
+
+def _check_busy_probe(name: str, probe: BusyProbeSettings) -> list[Issue]:
+    path = f"tenants.{name}.busy_probe"
+    issues = []
+    if probe.kind != "none" and not probe.url:
+        issues.append(Issue(f"{path}.url", f"kind {probe.kind!r} needs the URL it reads"))
+    if probe.kind == "json" and not probe.json_path:
+        issues.append(Issue(f"{path}.json_path",
+                            "kind 'json' needs the dotted path of the in-flight count"))
+    return issues
+
+
+def _check_ports(settings: MushishiSettings) -> list[Issue]:
+    """Tenants that share a port conflict, so one mode cannot run two of them."""
+    issues = []
+    for mode_name, mode in settings.modes.items():
+        by_port: dict[int, str] = {}
+        for tenant in mode.tenants:
+            port = settings.tenants[tenant].port if tenant in settings.tenants else None
+            if port is None:
+                continue
+            if port in by_port and by_port[port] != tenant:
+                issues.append(Issue(
+                    f"modes.{mode_name}.tenants",
+                    f"tenants {by_port[port]!r} and {tenant!r} both serve port {port}: "
+                    "tenants sharing a port conflict and cannot run in the same mode",
+                ))
+            by_port.setdefault(port, tenant)
+    return issues
 
 
 def check(settings: MushishiSettings) -> list[Issue]:
@@ -121,6 +186,24 @@ def check(settings: MushishiSettings) -> list[Issue]:
                     f"unknown tenant {tenant!r} (tenants: "
                     f"{', '.join(sorted(settings.tenants)) or 'none defined'})",
                 ))
+    for name, tenant in settings.tenants.items():
+        issues += _check_busy_probe(name, tenant.busy_probe)
+    issues += _check_ports(settings)
     return issues
 
 
+
+
+def mode_target(mode: str) -> str:
+    """The systemd target that realises a mode."""
+    return f"mushishi-{mode}.target"
+
+
+def tenant_unit(tenant: str) -> str:
+    """The service instance that runs a tenant."""
+    return f"mushishi-tenant@{tenant}.service"
+
+
+def prepare_unit(mode: str) -> str:
+    """The oneshot that readies the GPU for a mode (power limit, stop-list) before its tenants."""
+    return f"mushishi-gpu-prepare@{mode}.service"

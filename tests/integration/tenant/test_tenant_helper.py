@@ -1,0 +1,156 @@
+"""`mushishi-tenant guard|run|drain` as systemd runs them: real processes, a real notify
+socket, the vLLM stand-in as the tenant's command."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.tenant.conftest import NotifySocket
+from tests.paths import BINDIR, REPO
+
+TENANT = f"{BINDIR}/mushishi-tenant"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> dict[str, object]:
+    """A config with one stand-in vLLM tenant and a simulated GPU."""
+    port = free_port()
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({"total_mib": 32607, "used_mib": 500, "processes": []}))
+    command = [sys.executable, str(REPO / "tests/standins/vllm_gpu.py"), "--port", str(port),
+               "--model", "nemotron", "--load-seconds", "1.0", "--tokens", "6"]
+    config = tmp_path / "mushishi.toml"
+    config.write_text(f"""
+[gpu]
+probe = "simulated"
+simulated_state = "{gpu}"
+[modes.forensic]
+tenants = ["vllm"]
+[tenants.vllm]
+command = {json.dumps(command)}
+health_url = "http://127.0.0.1:{port}/v1/models"
+busy_probe = {{ kind = "vllm", url = "http://127.0.0.1:{port}/metrics" }}
+vram_mib = 28000
+drain_timeout_s = 30
+stop_timeout_s = 10
+""")
+    return {"config": config, "gpu": gpu, "port": port}
+
+
+def run_env(notify: NotifySocket) -> dict[str, str]:
+    return {**os.environ, "NOTIFY_SOCKET": str(notify.path), "MUSHISHI_CONFIG": ""}
+
+
+def http(method: str, url: str, body: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
+
+
+@pytest.fixture
+def running(box: dict[str, object], notify_socket: NotifySocket
+            ) -> Iterator[subprocess.Popen[str]]:
+    # Its own session, so the teardown can end the runner and the tenant it started.
+    runner = subprocess.Popen([TENANT, "--config", str(box["config"]), "run", "vllm"],
+                              env=run_env(notify_socket), text=True, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    yield runner
+    if runner.poll() is None:
+        runner.send_signal(signal.SIGTERM)  # the runner stops its tenant, as under systemd
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            runner.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
+
+
+def test_run_reports_ready_only_once_health_answers(box: dict[str, object],
+                                                    notify_socket: NotifySocket,
+                                                    running: subprocess.Popen[str]) -> None:
+    port = box["port"]
+    waiting = notify_socket.wait_for("STATUS=waiting for")
+    assert f"http://127.0.0.1:{port}/v1/models" in waiting
+    notify_socket.wait_for("READY=1", timeout=60)
+    assert json.loads(http("GET", f"http://127.0.0.1:{port}/v1/models"))["data"][0]["id"] == (
+        "nemotron")
+    extend = notify_socket.wait_for("EXTEND_TIMEOUT_USEC=")
+    assert extend == f"EXTEND_TIMEOUT_USEC={(900 + 30) * 1_000_000}"
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(timeout=30) == 0
+    with pytest.raises(urllib.error.URLError):
+        http("GET", f"http://127.0.0.1:{port}/v1/models")
+
+
+def test_drain_waits_for_the_streamed_request_then_returns(box: dict[str, object],
+                                                           notify_socket: NotifySocket,
+                                                           running: subprocess.Popen[str]
+                                                           ) -> None:
+    port = box["port"]
+    notify_socket.wait_for("READY=1", timeout=60)
+    http("POST", f"http://127.0.0.1:{port}/standin/hold")
+    stream = subprocess.Popen(
+        ["curl", "-sN", "-H", "Content-Type: application/json", "-d",
+         json.dumps({"model": "nemotron", "stream": True, "messages": []}),
+         f"http://127.0.0.1:{port}/v1/chat/completions"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while json.loads(http("GET", f"http://127.0.0.1:{port}/standin/state"))["running"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    drain = subprocess.Popen([TENANT, "--config", str(box["config"]), "drain", "vllm"],
+                             env=run_env(notify_socket), text=True, stderr=subprocess.PIPE)
+    try:
+        status = notify_socket.wait_for("STATUS=draining")
+        assert status.startswith("STATUS=draining: 1 request(s) running, 0 waiting (vLLM)")
+        time.sleep(1.0)
+        assert drain.poll() is None, "drain returned with a request in flight"
+        http("POST", f"http://127.0.0.1:{port}/standin/release")
+        assert drain.wait(timeout=20) == 0
+    finally:
+        if drain.poll() is None:
+            drain.kill()
+    out, _ = stream.communicate(timeout=10)
+    assert out.rstrip().endswith("data: [DONE]")
+    assert '"finish_reason": "stop"' in out
+
+
+def test_guard_refuses_a_tenant_that_does_not_fit(box: dict[str, object],
+                                                  notify_socket: NotifySocket) -> None:
+    gpu: Path = box["gpu"]  # type: ignore[assignment]
+    gpu.write_text(json.dumps({"total_mib": 32607, "used_mib": 10000, "processes": []}))
+    result = subprocess.run([TENANT, "--config", str(box["config"]), "guard", "vllm"],
+                            env=run_env(notify_socket), capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 1
+    status = notify_socket.wait_for("STATUS=")
+    assert status == ("STATUS=tenant vllm does not fit: needs 28000 MiB of VRAM, 22607 MiB "
+                      "free of 32607 MiB; held by: 10000 MiB not attributed to a process")
+    gpu.write_text(json.dumps({"total_mib": 32607, "used_mib": 4000, "processes": []}))
+    fits = subprocess.run([TENANT, "--config", str(box["config"]), "guard", "vllm"],
+                          env=run_env(notify_socket), capture_output=True, check=False)
+    assert fits.returncode == 0
+
+
+def test_unknown_tenant_is_a_config_error(box: dict[str, object]) -> None:
+    result = subprocess.run([TENANT, "--config", str(box["config"]), "guard", "nope"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 78

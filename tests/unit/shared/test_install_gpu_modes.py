@@ -1,0 +1,68 @@
+"""`mushishi install` for GPU modes: preparation links, tenant ordering, port conflicts."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from mushishi.shared.config import load_settings
+from mushishi.shared.install import UNIT_DIR, plan_install, port_conflicts, render_tenant_dropins
+from tests.paths import BINDIR, EXAMPLE_CONFIG
+from tests.unit.shared.test_install import install
+
+UNITS = PurePosixPath(UNIT_DIR)
+
+
+def test_every_mode_target_wants_its_gpu_preparation(tmp_path: Path) -> None:
+    plan = plan_install(load_settings(EXAMPLE_CONFIG), BINDIR, root=tmp_path, config_text=None)
+    for mode in ("forensic", "agent", "creative", "audio", "off"):
+        link = UNITS / f"mushishi-{mode}.target.wants" / f"mushishi-gpu-prepare@{mode}.service"
+        assert plan.symlinks[link] == "../mushishi-gpu-prepare@.service"
+
+
+def test_tenants_start_after_every_preparation_and_reach_the_tailnet() -> None:
+    files = render_tenant_dropins(load_settings(EXAMPLE_CONFIG))
+    order = files[UNITS / "mushishi-tenant@.service.d" / "order.conf"]
+    assert order.splitlines()[-1] == (
+        "After=mushishi-gpu-prepare@agent.service mushishi-gpu-prepare@audio.service "
+        "mushishi-gpu-prepare@creative.service mushishi-gpu-prepare@forensic.service "
+        "mushishi-gpu-prepare@off.service")
+    networks = files[UNITS / "mushishi-tenant@.service.d" / "local-networks.conf"]
+    assert "IPAddressAllow=100.64.0.0/10" in networks
+
+
+def test_tenants_sharing_a_port_conflict_with_one_way_ordering() -> None:
+    settings = load_settings(EXAMPLE_CONFIG)
+    assert port_conflicts(settings) == {"vllm-agent": ["vllm-forensic"],
+                                        "vllm-forensic": ["vllm-agent"]}
+    files = render_tenant_dropins(settings)
+    agent = files[UNITS / "mushishi-tenant@vllm-agent.service.d" / "ports.conf"]
+    forensic = files[UNITS / "mushishi-tenant@vllm-forensic.service.d" / "ports.conf"]
+    assert "Conflicts=mushishi-tenant@vllm-forensic.service" in agent
+    assert "Conflicts=mushishi-tenant@vllm-agent.service" in forensic
+    # Only one direction: a cycle would make systemd drop a job.
+    assert "After=" not in agent
+    assert "After=mushishi-tenant@vllm-agent.service" in forensic
+    assert not any("comfyui" in str(path) for path in files)
+
+
+def test_dropping_a_port_sharer_prunes_its_conflict_dropin(tmp_path: Path) -> None:
+    install(tmp_path)
+    dropin = tmp_path / "etc/systemd/system/mushishi-tenant@vllm-agent.service.d/ports.conf"
+    assert dropin.is_file()
+    edited = tmp_path / "edited.toml"
+    edited.write_text(EXAMPLE_CONFIG.read_text().replace(
+        'vram_mib = 24000\nport = 8000', 'vram_mib = 24000\nport = 8002'))
+    result = install(tmp_path, edited)
+    assert f"removed {dropin}" in result.stdout
+    assert not dropin.exists()
+
+
+def test_removed_mode_loses_its_preparation_link(tmp_path: Path) -> None:
+    with_coding = tmp_path / "coding.toml"
+    with_coding.write_text(EXAMPLE_CONFIG.read_text() + '\n[modes.coding]\ntenants = []\n')
+    install(tmp_path, with_coding)
+    link = (tmp_path / "etc/systemd/system/mushishi-coding.target.wants/"
+            "mushishi-gpu-prepare@coding.service")
+    assert link.is_symlink()
+    install(tmp_path)
+    assert not link.is_symlink()
