@@ -113,8 +113,7 @@ class Router:
                     await self.gpu.connected.wait()
         self.prober.start()
         if check_confinement:
-            self.confinement = await check_kernel_confinement(
-                self.settings.router.confinement_probe)
+            self.confinement = check_kernel_confinement(self.settings.router.confinement_probe)
             level = logging.INFO if self.confinement.kernel else logging.WARNING
             log.log(level, "kernel confinement: %s", self.confinement.detail)
 

@@ -1,15 +1,17 @@
 """The router's check of its own kernel confinement, run at start.
 
 `IPAddressDeny=any` silently does nothing on a kernel without cgroup BPF, so the router
-tries a short TCP connect to a reserved non-local address (TEST-NET-1 by default). Under a
-working `IPAddressDeny=` the kernel refuses it at once with EPERM. Any other outcome means a
-packet left (or could leave) the router: the kernel layer is not in force. When the box has
-no route to that address the check cannot tell, and says so (`None`).
+sends one UDP datagram to a reserved non-local address (TEST-NET-1, discard port, by
+default). Under a working `IPAddressDeny=` the kernel's cgroup egress filter drops it and
+`sendto()` fails with EPERM. If the datagram is sent, a packet left the router: the kernel
+layer is not in force. Without a route to that address the check cannot tell, and says so.
+
+UDP, not TCP: a TCP connect() hides the filter's EPERM (the SYN is silently retried until the
+connect times out), which cannot be told apart from a black hole.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 from dataclasses import dataclass
@@ -28,39 +30,23 @@ class Confinement:
     detail: str
 
 
-async def check_kernel_confinement(probe: str, wait_s: float = 1.0) -> Confinement:
-    """Try to reach `probe` (IP:PORT); the kernel must refuse it."""
+def check_kernel_confinement(probe: str) -> Confinement:
+    """Send one datagram to `probe` (IP:PORT); the kernel must refuse it."""
     host, port = parse_listen(probe)
     family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        code = sock.connect_ex((str(host), int(port)))
-        if code in _KERNEL_REFUSED:
-            return Confinement(True, f"the kernel refused a connection to {probe} "
-                                     f"({errno.errorcode[code]}): IPAddressDeny= is in force")
-        if code in _NO_ROUTE_HERE:
-            return Confinement(None, f"no route to {probe} ({errno.errorcode[code]}): the "
-                                     "kernel confinement cannot be shown on this network")
-        if code == 0:
-            return Confinement(False, f"connected to {probe}: the kernel does not confine "
-                                      "the router (is IPAddressDeny= set and cgroup BPF on?)")
-        if code != errno.EINPROGRESS:
-            return Confinement(False, f"connecting to {probe} failed with "
-                                      f"{errno.errorcode.get(code, code)}, not EPERM: the "
-                                      "kernel does not confine the router")
-        loop = asyncio.get_running_loop()
-        writable: asyncio.Future[None] = loop.create_future()
-        loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
         try:
-            await asyncio.wait_for(writable, wait_s)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            outcome = errno.errorcode.get(code, "connected") if code else "connected"
-        except TimeoutError:
-            outcome = f"no answer in {wait_s:g}s"
-        finally:
-            loop.remove_writer(sock.fileno())
-        return Confinement(False, f"a packet to {probe} left the router ({outcome}): the "
-                                  "kernel does not confine it (IPAddressDeny= not in force)")
-    finally:
-        sock.close()
+            sock.sendto(b"mushishi confinement probe", (str(host), int(port)))
+        except OSError as error:
+            name = errno.errorcode.get(error.errno or 0, str(error.errno))
+            if error.errno in _KERNEL_REFUSED:
+                return Confinement(True, f"the kernel refused a datagram to {probe} ({name}): "
+                                         "IPAddressDeny= is in force")
+            if error.errno in _NO_ROUTE_HERE:
+                return Confinement(None, f"no route to {probe} ({name}): the kernel "
+                                         "confinement cannot be shown on this network")
+            return Confinement(False, f"sending to {probe} failed with {name}, not EPERM: the "
+                                      "kernel does not confine the router")
+    return Confinement(False, f"a datagram to {probe} left the router: the kernel does not "
+                              "confine it (is IPAddressDeny= set, and cgroup BPF available?)")

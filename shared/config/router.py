@@ -106,9 +106,9 @@ class RouterSettings(Section):
     )
     confinement_probe: str = Field(
         default="192.0.2.1:9",
-        description="HOST:PORT of a non-local address the router tries to reach at start: the "
-        "attempt must be refused by the kernel (IPAddressDeny=), proving its confinement. "
-        "TEST-NET-1 by default, which no real host uses.",
+        description="IP:PORT of a non-local address the router sends one UDP datagram to at "
+        "start: the kernel must refuse it (IPAddressDeny=), proving the confinement. "
+        "TEST-NET-1's discard port by default, which no real host uses.",
     )
     require_kernel_confinement: bool = Field(
         default=False,
