@@ -284,6 +284,7 @@ class HopFailure:
     kind: Failure
     reason: str
     status: int | None = None
+    cloud: bool = False
 
     def describe(self) -> str:
         """`gpu: connection refused` style."""
@@ -331,8 +332,8 @@ def final_error(profile: RouteProfile, failures: Sequence[HopFailure],
         return ErrorCode.SOVEREIGN_BACKENDS_UNAVAILABLE, (
             f"no local backend of profile {profile.name!r} could answer{suffix} (private work "
             f"never goes to the cloud): {detail}")
-    cloud = [f for f in failures if f.kind is Failure.BUDGET]
-    if cloud and all(f.kind in (Failure.BUDGET, Failure.UNAVAILABLE) for f in failures):
+    cloud = [f for f in failures if f.cloud]
+    if cloud and all(f.kind is Failure.BUDGET for f in cloud):
         return ErrorCode.BUDGET_EXHAUSTED, (
             f"no local backend of profile {profile.name!r} could answer and every cloud budget "
             f"is exhausted: {detail}")

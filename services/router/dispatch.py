@@ -341,7 +341,7 @@ def _describe_status(status: int, body: bytes) -> tuple[Failure, str]:
 def _failed(router: Router, call: Call, hop: Hop, sent: float, kind: Failure, reason: str,
             status: int | None = None) -> None:
     call.excluded += time.perf_counter() - sent
-    failure = HopFailure(hop.name, kind, reason, status)
+    failure = HopFailure(hop.name, kind, reason, status, cloud=not hop.local)
     call.failures.append(failure)
     log.warning("backend %s failed: %s", hop.name, reason,
                 extra={"MUSHISHI_BACKEND": hop.name, "MUSHISHI_FAILURE": kind.value})

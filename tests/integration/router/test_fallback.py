@@ -1,0 +1,173 @@
+"""Fallback semantics against real stand-ins: what moves to the next hop, what is returned as
+is, what ends a stream, and that T1 work never reaches the egress."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiohttp
+import pytest
+
+from tests.integration.router.harness import PERSONAL_KEY, Box, wait_for
+from tests.standins.openai_server import Fault
+
+AUTH = {"Authorization": f"Bearer {PERSONAL_KEY}"}
+CHAT = {"messages": [{"role": "user", "content": "the secret plan"}]}
+
+
+async def post(box: Box, model: str, *, stream: bool = False, **extra: object
+               ) -> tuple[int, dict[str, str], bytes]:
+    body = {"model": model, **CHAT, **extra}
+    if stream:
+        body["stream"] = True
+    async with aiohttp.ClientSession() as session, session.post(
+        box.base_url + "/v1/chat/completions", json=body, headers=AUTH,
+    ) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+@pytest.mark.parametrize("fault", [
+    Fault.status_code(500), Fault.status_code(503), Fault.status_code(429),
+    Fault.status_code(404, "model not loaded"), Fault.close(),
+], ids=["500", "503", "429", "backend-404", "closed"])
+async def test_backend_failure_before_first_byte_moves_to_the_next_hop(
+    box: Box, fault: Fault
+) -> None:
+    box.gpu.fail_next(fault)
+    status, headers, body = await post(box, "private")
+    assert status == 200, body
+    assert headers["X-Mushishi-Backend"] == "cpu"
+    assert headers["X-Mushishi-Fallbacks"] == "1"
+    assert json.loads(body)["choices"][0]["message"]["content"].startswith("cpu-0")
+
+
+async def test_request_caused_4xx_is_returned_as_is_without_fallback(box: Box) -> None:
+    box.gpu.fail_next(Fault.status_code(400, "max_tokens is too large", code="bad_param"))
+    status, headers, body = await post(box, "private")
+    assert status == 400
+    assert headers["X-Mushishi-Backend"] == "gpu"
+    assert json.loads(body)["error"]["message"] == "max_tokens is too large"
+    assert box.cpu.chat_requests() == []
+
+
+async def test_hung_backend_is_abandoned_after_the_first_byte_timeout(box: Box) -> None:
+    box.gpu.fail_next(Fault.hang())
+    status, headers, _ = await post(box, "private")
+    assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
+
+
+async def test_refused_connection_marks_the_backend_down_and_skips_it_at_once(
+    box: Box,
+) -> None:
+    await box.gpu.refuse()
+    status, headers, _ = await post(box, "private")
+    assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
+    assert box.router.board.backends["gpu"].health.value == "down"
+    status, headers, _ = await post(box, "private")
+    # known down: skipped from state, no failed attempt (no round trip) this time
+    assert headers["X-Mushishi-Backend"] == "cpu" and "X-Mushishi-Fallbacks" not in headers
+    await box.gpu.accept()
+    await wait_for(lambda: box.router.board.backends["gpu"].health.value == "up",
+                   what="gpu probed up again")
+    status, headers, _ = await post(box, "private")
+    assert headers["X-Mushishi-Backend"] == "gpu"
+
+
+async def test_stream_failing_after_first_byte_ends_with_error_event_and_no_done(
+    box: Box, caplog: pytest.LogCaptureFixture
+) -> None:
+    box.gpu.fail_next(Fault.die_mid_stream(after_chunks=3))
+    with caplog.at_level(logging.INFO):
+        status, headers, body = await post(box, "private", stream=True)
+    assert status == 200 and headers["X-Mushishi-Backend"] == "gpu"
+    events = [block for block in body.decode().split("\n\n") if block]
+    assert b"[DONE]" not in body
+    assert "gpu-0" in body.decode()
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "backend_failed"
+    assert box.cpu.chat_requests() == []  # never spliced with a second backend
+    assert any("failed after its first byte" in r.getMessage() for r in caplog.records)
+    assert not any("the secret plan" in r.getMessage() for r in caplog.records)
+
+
+async def test_stream_going_silent_is_ended_after_the_idle_timeout(box: Box) -> None:
+    box.gpu.fail_next(Fault.hang_mid_stream(after_chunks=1))
+    status, _, body = await post(box, "private", stream=True)
+    assert status == 200 and b"[DONE]" not in body and b"backend_failed" in body
+
+
+async def test_stream_failing_before_first_byte_falls_back_cleanly(box: Box) -> None:
+    box.gpu.fail_next(Fault.die_mid_stream(after_chunks=0))
+    status, headers, body = await post(box, "private", stream=True)
+    assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
+    assert body.rstrip().endswith(b"data: [DONE]") and b"gpu-0" not in body
+
+
+async def test_t1_strict_never_falls_back_and_names_the_backend_reason(box: Box) -> None:
+    box.cpu.fail_next(Fault.status_code(503, "overloaded"))
+    status, headers, body = await post(box, "strictcpu")
+    error = json.loads(body)["error"]
+    assert (status, error["code"]) == (502, "backend_failed")
+    assert "cpu: answered 503 (overloaded)" in error["message"]
+    assert headers["X-Mushishi-Tier"] == "T1-strict"
+    assert box.egress.requests == [] and box.gpu.chat_requests() == []
+
+
+async def test_t2_falls_through_local_hops_to_the_cloud_over_the_egress_protocol(
+    box: Box,
+) -> None:
+    box.gpu.fail_always(Fault.status_code(500))
+    box.cpu.fail_always(Fault.status_code(500))
+    status, headers, body = await post(box, "personal")
+    assert (status, headers["X-Mushishi-Backend"]) == (200, "kimi")
+    [sent] = box.egress.requests
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["X-Mushishi-Profile"] == "personal"
+    assert sent.headers["X-Mushishi-Tier"] == "T2"
+    assert sent.headers["X-Mushishi-Backend"] == "kimi"
+    assert sent.body["model"] == "moonshotai/kimi-k2.6"
+    assert "Authorization" not in sent.headers and "x-api-key" not in sent.headers
+
+
+async def test_t1_with_every_local_hop_failing_never_reaches_the_egress(box: Box) -> None:
+    box.gpu.fail_always(Fault.status_code(500))
+    box.cpu.fail_always(Fault.status_code(500))
+    status, _, body = await post(box, "private", fallbacks=["kimi"],
+                                 extra_body={"api_base": "https://x"})
+    assert status == 502
+    assert json.loads(body)["error"]["code"] == "all_backends_failed"
+    assert box.egress.requests == []
+
+
+async def test_request_fields_that_widen_routing_are_dropped_never_obeyed(box: Box) -> None:
+    status, headers, _ = await post(box, "private", fallbacks=["kimi", "groq"],
+                                    api_base="https://evil.example.com", metadata={"x": 1})
+    assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
+    sent = box.gpu.chat_requests()[-1].body
+    assert "fallbacks" not in sent and "api_base" not in sent and sent["metadata"] == {"x": 1}
+
+
+async def test_exhausted_cloud_budget_moves_to_the_next_provider(box: Box) -> None:
+    box.gpu.fail_always(Fault.status_code(500))
+    box.cpu.fail_always(Fault.status_code(500))
+    box.egress.exhaust("kimi")
+    status, headers, _ = await post(box, "personal")
+    assert (status, headers["X-Mushishi-Backend"]) == (200, "groq")
+    box.egress.exhaust("groq")
+    box.gpu.fail_always(None)
+    await box.gpu.refuse()
+    await box.cpu.refuse()
+    status, _, body = await post(box, "personal")
+    assert (status, json.loads(body)["error"]["code"]) == (429, "budget_exhausted")
+
+
+async def test_cloud_hop_without_egress_fails_with_a_clear_log_line(
+    box: Box, caplog: pytest.LogCaptureFixture
+) -> None:
+    await box.egress.stop()
+    with caplog.at_level(logging.ERROR):
+        status, _, body = await post(box, "cloudy/moonshotai/kimi-k2.6")
+    assert (status, json.loads(body)["error"]["code"]) == (502, "all_backends_failed")
+    assert "mushishi-egress is not reachable" in json.loads(body)["error"]["message"]
+    assert any("cannot reach mushishi-egress" in r.getMessage() for r in caplog.records)
