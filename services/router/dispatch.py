@@ -140,9 +140,12 @@ async def forward(router: Router, call: Call, request: web.Request) -> web.Strea
             this_pass = call.failures[failures_before:]
             remaining = deadline - router.clock()
             if not t1_should_wait(profile, this_pass) or remaining <= 0:
-                code, message = final_error(profile, this_pass or call.failures,
-                                            waited=queued_at is not None)
-                raise Rejection(code, message)
+                failures = this_pass or call.failures
+                code, message = final_error(profile, failures, waited=queued_at is not None)
+                # Nothing was tried (all down, busy or in another mode): unavailable, not bad.
+                untried = all(f.kind in (Failure.UNAVAILABLE, Failure.FULL) for f in failures)
+                raise Rejection(code, message, status=503 if untried and code in (
+                    ErrorCode.BACKEND_FAILED, ErrorCode.ALL_BACKENDS_FAILED) else None)
             if queued_at is None:
                 waiting = router.board.waiting.get(profile.name, 0)
                 if waiting >= profile.queue_max:

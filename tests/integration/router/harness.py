@@ -34,6 +34,7 @@ def sha(key: str) -> str:
 
 def config_text(*, gpu_url: str, cpu_url: str, egress_socket: str, extra: str = "",
                 router_extra: str = "", gpu_extra: str = "max_concurrency = 2",
+                cpu_extra: str = "", strict_extra: str = "queue_timeout_s = 1",
                 private_extra: str = "queue_timeout_s = 1",
                 client_extra: str = 'queue_timeout_s = 1\non_mode_mismatch = "error"') -> str:
     """The test box: gpu (modes forensic, agent) and cpu local, kimi and groq cloud."""
@@ -59,6 +60,7 @@ modes = ["forensic", "agent"]
 [backends.cpu]
 url = "{cpu_url}"
 model = "cpu-alias"
+{cpu_extra}
 
 [backends.kimi]
 url = "https://integrate.api.nvidia.com/v1"
@@ -92,7 +94,7 @@ chain = ["kimi", "cpu"]
 [profiles.strictcpu]
 tier = "T1-strict"
 chain = ["cpu"]
-queue_timeout_s = 1
+{strict_extra}
 
 [keys]
 "{sha(PERSONAL_KEY)}" = {ALL_PROFILES!r}
@@ -152,7 +154,7 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
     try:
         await asyncio.sleep(0)
         if wait_healthy:
-            await wait_for(lambda: all(router.board.backends[n].health.value == "up"
+            await wait_for(lambda: all(router.board.verdict(n).state in ("up", "mode_inactive")
                                        for n in ("gpu", "cpu")), what="backends up")
         yield box
     finally:
@@ -163,7 +165,7 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
             await server.stop()
 
 
-async def wait_for(condition, *, what: str, within: float = 10.0) -> None:  # noqa: ANN001
+async def wait_for(condition, *, what: str, within: float = 10.0) -> None:
     """Poll `condition` (a real wait for real servers, never for logic under test)."""
     deadline = asyncio.get_running_loop().time() + within
     while not condition():
