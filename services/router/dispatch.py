@@ -357,7 +357,9 @@ def _respond_whole(router: Router, call: Call, hop: Hop, upstream: aiohttp.Clien
     if upstream.status < 300:
         _count_tokens(call, body[-2048:])
     content_type = upstream.headers.get("Content-Type", "application/json")
-    if call.api == "anthropic":
+    if upstream.status >= 400 and call.api == "openai":
+        body, content_type = _client_error(body, upstream.status), "application/json"
+    elif call.api == "anthropic":
         try:
             parsed = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -374,6 +376,26 @@ def _respond_whole(router: Router, call: Call, hop: Hop, upstream: aiohttp.Clien
     call.overhead += time.perf_counter() - (call.first_byte or time.perf_counter())
     headers["X-Mushishi-Overhead-Ms"] = f"{call.overhead * 1000:.3f}"
     return web.Response(body=body, status=upstream.status, headers=headers)
+
+
+def _client_error(body: bytes, status: int) -> bytes:
+    """A 4xx the request caused, as the backend said it, under the stable code invalid_request
+    (the backend's own code is kept as `backend_code`)."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        error = dict(error)
+        error["backend_code"] = error.get("code")
+        error["code"] = ErrorCode.INVALID_REQUEST.value
+        error.setdefault("type", "invalid_request_error")
+        error.setdefault("message", f"backend answered {status}")
+        return json.dumps({**parsed, "error": error}).encode()
+    message = _upstream_message(parsed) or body[:500].decode("utf-8", "replace") or \
+        f"backend answered {status}"
+    return error_body("openai", ErrorCode.INVALID_REQUEST.value, message, status)
 
 
 def _upstream_message(parsed: Any) -> str:

@@ -38,18 +38,20 @@ def config_text(*, gpu_url: str, cpu_url: str, egress_socket: str, extra: str = 
                 private_extra: str = "queue_timeout_s = 1",
                 client_extra: str = 'queue_timeout_s = 1\non_mode_mismatch = "error"') -> str:
     """The test box: gpu (modes forensic, agent) and cpu local, kimi and groq cloud."""
+    timings = {"probe_interval_s": "0.2", "probe_timeout_s": "0.5", "connect_timeout_s": "0.5",
+               "first_byte_timeout_s": "2", "stream_idle_timeout_s": "2",
+               "drain_timeout_s": "2"}
+    for line in router_extra.splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            timings[key.strip()] = value.strip()
+    router_table = "\n".join(f"{key} = {value}" for key, value in timings.items())
     return f"""
 [router]
 listen = ["127.0.0.1:4000"]
 egress_socket = "{egress_socket}"
-probe_interval_s = 0.2
-probe_timeout_s = 0.5
-connect_timeout_s = 0.5
-first_byte_timeout_s = 2
-stream_idle_timeout_s = 2
-drain_timeout_s = 2
 unix_peers = {{ "{os.getuid()}" = ["private"] }}
-{router_extra}
+{router_table}
 
 [backends.gpu]
 url = "{gpu_url}"

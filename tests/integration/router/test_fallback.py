@@ -47,7 +47,9 @@ async def test_request_caused_4xx_is_returned_as_is_without_fallback(box: Box) -
     status, headers, body = await post(box, "private")
     assert status == 400
     assert headers["X-Mushishi-Backend"] == "gpu"
-    assert json.loads(body)["error"]["message"] == "max_tokens is too large"
+    error = json.loads(body)["error"]
+    assert error["message"] == "max_tokens is too large"
+    assert (error["code"], error["backend_code"]) == ("invalid_request", "bad_param")
     assert box.cpu.chat_requests() == []
 
 
