@@ -35,3 +35,15 @@ def test_outside_systemd_notifier_is_silent_and_has_no_watchdog() -> None:
 def test_watchdog_for_another_pid_is_ignored() -> None:
     notifier = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert notifier.watchdog_interval() is None
+
+
+def test_status_with_non_latin1_text_reaches_the_socket(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    try:
+        Notifier().status("sovereignty: config ✓, kernel ✗")
+        assert receiver.recv(1024).decode() == "STATUS=sovereignty: config ✓, kernel ✗"
+    finally:
+        receiver.close()
