@@ -90,17 +90,18 @@ async def test_socket_activated_daemon_notifies_serves_and_drains_a_stream_on_si
         ready = await notify.wait("READY=1")
         assert "STATUS=serving 5 profiles; sovereignty: config ✓, connect-time ✓" in ready
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url, headers={"Authorization": f"Bearer {PERSONAL_KEY}"},
-                                    json={"model": "private", "stream": True, "messages": [
-                                        {"role": "user", "content": "long answer"}]}) as stream:
-                assert stream.status == 200
-                first = await stream.content.readline()
-                assert first.startswith(b"data: ")
-                daemon.send_signal(signal.SIGTERM)
-                stopping = await notify.wait("STOPPING=1")
-                assert "draining 1 request(s)" in stopping
-                rest = await stream.content.read()
+        body = {"model": "private", "stream": True,
+                "messages": [{"role": "user", "content": "long answer"}]}
+        async with aiohttp.ClientSession() as session, session.post(
+            url, headers={"Authorization": f"Bearer {PERSONAL_KEY}"}, json=body,
+        ) as stream:
+            assert stream.status == 200
+            first = await stream.content.readline()
+            assert first.startswith(b"data: ")
+            daemon.send_signal(signal.SIGTERM)
+            stopping = await notify.wait("STOPPING=1")
+            assert "draining 1 request(s)" in stopping
+            rest = await stream.content.read()
         assert rest.rstrip().endswith(b"data: [DONE]")  # the stream in flight finished
         assert daemon.wait(timeout=15) == 0
     finally:

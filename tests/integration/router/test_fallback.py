@@ -121,7 +121,7 @@ async def test_t2_falls_through_local_hops_to_the_cloud_over_the_egress_protocol
 ) -> None:
     box.gpu.fail_always(Fault.status_code(500))
     box.cpu.fail_always(Fault.status_code(500))
-    status, headers, body = await post(box, "personal")
+    status, headers, _ = await post(box, "personal")
     assert (status, headers["X-Mushishi-Backend"]) == (200, "kimi")
     [sent] = box.egress.requests
     assert sent.path == "/v1/chat/completions"
