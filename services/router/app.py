@@ -51,6 +51,7 @@ log = logging.getLogger("mushishi.router")
 
 SD_LISTEN_FDS_START = 3
 STATUS_EVERY_S = 10.0
+DRAIN_GRACE_S = 0.5
 
 
 def _mark(value: bool | None) -> str:
@@ -397,8 +398,9 @@ async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier
     runner = web.AppRunner(build_app(router), access_log=None, handler_cancellation=True,
                            shutdown_timeout=router.settings.router.drain_timeout_s)
     await runner.setup()
-    for sock in sockets:
-        await web.SockSite(runner, sock, backlog=1024).start()
+    sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
+    for site in sites:
+        await site.start()
     log.info("serving on %s; sovereignty: %s", ", ".join(describe_socket(s) for s in sockets),
              router.sovereignty()["summary"])
     notifier.ready(router.status_line())
@@ -414,6 +416,13 @@ async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
+        # Stop accepting first: new connections wait in the listen backlog, which systemd
+        # keeps open for the next instance. Connections accepted a moment ago may not have
+        # sent their request yet; give them a grace period to start one, so that closing idle
+        # connections does not reset them.
+        for site in sites:
+            await site.stop()
+        await asyncio.sleep(min(DRAIN_GRACE_S, router.settings.router.drain_timeout_s))
         await runner.cleanup()
         await router.close()
         log.info("stopped")

@@ -89,6 +89,7 @@ class OpenAIStandin:
         token_delay: float = 0.0,
         accept_any_model: bool = False,
         record_file: str | None = None,
+        close_connections: bool = False,
     ) -> None:
         self.model = model
         self.name = name
@@ -99,6 +100,7 @@ class OpenAIStandin:
         self.token_delay = token_delay
         self.accept_any_model = accept_any_model
         self.record_file = record_file
+        self.close_connections = close_connections  # no keep-alive: every request reconnects
         self.requests: list[Recorded] = []
         self.running = 0
         self.waiting = 0
@@ -141,7 +143,8 @@ class OpenAIStandin:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024,
+                              middlewares=[self._closing] if self.close_connections else [])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -187,6 +190,12 @@ class OpenAIStandin:
             await self.start()
 
     # -- handlers -----------------------------------------------------------------------
+    @web.middleware
+    async def _closing(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.force_close()
+        return response
+
     async def _record(self, request: web.Request) -> Any:
         raw = await request.read()
         try:

@@ -33,10 +33,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--record", default=None, help="append each request as JSON lines")
+    parser.add_argument("--close", action="store_true", help="no keep-alive connections")
     args = parser.parse_args()
     server = VllmStandin(args.model, name=args.name, host=args.host, port=args.port,
                          unix_path=args.unix, tokens=args.tokens, token_delay=args.token_delay,
-                         record_file=args.record)
+                         record_file=args.record, close_connections=args.close)
     asyncio.run(serve_forever(server))
 
 
