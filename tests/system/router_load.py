@@ -28,17 +28,18 @@ async def main(url: str, key: str, count: int, concurrency: int, out: str) -> No
             while not queue.empty():
                 index = queue.get_nowait()
                 started = time.monotonic()
+                began = time.time()  # wall clock, to line failures up with the journal
                 try:
                     async with session.post(url, headers={"Authorization": f"Bearer {key}"},
                                             json={"model": "private", "messages": [
                                                 {"role": "user", "content": f"load {index}"}]}
                                             ) as response:
                         await response.read()
-                        results.append({"status": response.status, "start": time.time() - (time.monotonic() - started),
+                        results.append({"status": response.status, "started": began,
                                         "seconds": time.monotonic() - started})
                 except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                    results.append({"error": f"{error.__class__.__name__}: {error}", "start": time.time() - (time.monotonic() - started),
-                                    "seconds": time.monotonic() - started})
+                    results.append({"error": f"{error.__class__.__name__}: {error}",
+                                    "started": began, "seconds": time.monotonic() - started})
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -183,7 +182,7 @@ def test_unit_reports_all_three_sovereignty_layers_in_force(
     assert "EPERM" in ready["sovereignty"]["detail"]
     status = box.systemctl("show", "-p", "StatusText", "--value", "mushishi-router").stdout
     assert "sovereignty: config ✓, connect-time ✓, kernel ✓" in status
-    code, body = curl(box, "/metrics")
+    _, body = curl(box, "/metrics")
     assert 'mushishi_router_sovereignty_layer{layer="kernel",state="ok"} 1.0' in body
 
 
