@@ -9,8 +9,8 @@ Targets, all on loopback, in the same run, against the same backends:
 
 Measured with wrk: requests/s at concurrency 16, latency p50/p99 at concurrency 1 and 64
 (added latency = target - direct). Streaming tokens/s through each proxy relative to direct,
-against the stand-in vLLM (tests/standins). Router RSS at 500 concurrent streams. Failover:
-a GPU backend known down through the mode signal (gpud stand-in on a private bus), a refused
+against the stand-in vLLM (tests/standins): 400 tokens at up to 200 tokens/s. Router RSS
+at 500 concurrent streams. Failover: a GPU backend known down through the mode signal (gpud stand-in on a private bus), a refused
 connection, and a hung backend.
 
 Usage: .venv/bin/python benchmarks/router/run.py [--quick] [--no-litellm] [--out DIR]
@@ -326,7 +326,7 @@ def main() -> int:
         streamer_port = free_port()
         processes.start([sys.executable, "-m", "tests.standins.vllm", "--port",
                                     str(streamer_port), "--model", "bench-model", "--tokens",
-                                    "400", "--token-delay", "0.002"], cwd=REPO, env=env)
+                                    "400", "--token-delay", "0.005"], cwd=REPO, env=env)
         wait_port(streamer_port)
         slow_port = free_port()
         processes.start([sys.executable, "-m", "tests.standins.vllm", "--port", str(slow_port),
@@ -404,15 +404,18 @@ def main() -> int:
                          "-p", str(work / "sproxy")])
         wait_port(sproxy)
         stream_targets["nginx"] = f"http://127.0.0.1:{sproxy}/v1/chat/completions"
-        rates = {name: asyncio.run(stream_rate(url, headers, 5, model="bench-model"))
-                 for name, url in stream_targets.items()}
         sport = free_port()
         sconfig = mushishi_config(work / "mushishi-stream", sport,
                                   f"http://127.0.0.1:{streamer_port}/v1",
                                   f"http://127.0.0.1:{backend2}/v1")
         with router(processes, sconfig, sport):
-            rates["mushishi"] = asyncio.run(stream_rate(
-                f"http://127.0.0.1:{sport}/v1/chat/completions", headers, 5))
+            stream_targets["mushishi"] = f"http://127.0.0.1:{sport}/v1/chat/completions"
+            samples: dict[str, list[float]] = {name: [] for name in stream_targets}
+            for _ in range(7):  # interleaved, so that load drift hits every target alike
+                for name, url in stream_targets.items():
+                    model = "bench" if name == "mushishi" else "bench-model"
+                    samples[name].append(asyncio.run(stream_rate(url, headers, 1, model)))
+        rates = {name: statistics.median(values) for name, values in samples.items()}
         results["streaming_chunks_per_s"] = rates
         results["streaming_ratio_to_direct"] = {
             name: rate / rates["direct"] for name, rate in rates.items()}

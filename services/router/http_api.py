@@ -386,10 +386,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return response
 
 
+async def _default_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response carries the X-Mushishi-* headers (`none` where they do not apply)."""
+    for name, value in _PLAIN.items():
+        response.headers.setdefault(name, value)
+
+
 def build_app(router: Router) -> web.Application:
     """The aiohttp application of the router."""
     app = web.Application(client_max_size=router.settings.router.max_body_bytes,
                           middlewares=[errors_middleware])
+    app.on_response_prepare.append(_default_headers)
     app[ROUTER_KEY] = router
     app.router.add_post("/v1/chat/completions", _openai("/chat/completions"))
     app.router.add_post("/v1/completions", _openai("/completions"))

@@ -88,6 +88,7 @@ async def test_metrics_count_requests_fallbacks_latency_tokens_and_states(box: B
     status, headers, raw = await get(box, "/metrics")
     text = raw.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert headers["X-Mushishi-Profile"] == "none"  # every response carries the headers
     assert 'mushishi_router_requests_total{backend="cpu",outcome="success",profile="private"}' \
         " 1.0" in text
     assert 'mushishi_router_fallbacks_total{backend="gpu",profile="private",reason="status"}' \
