@@ -10,8 +10,8 @@ Targets, all on loopback, in the same run, against the same backends:
 Measured with wrk: requests/s at concurrency 16, latency p50/p99 at concurrency 1 and 64
 (added latency = target - direct). Streaming tokens/s through each proxy relative to direct,
 against the stand-in vLLM (tests/standins): 400 tokens at up to 200 tokens/s. Router RSS
-at 500 concurrent streams. Failover: a GPU backend known down through the mode signal (gpud stand-in on a private bus), a refused
-connection, and a hung backend.
+at 500 concurrent streams. Failover: a GPU backend known down through the mode signal (gpud
+stand-in on a private bus), a refused connection, and a hung backend.
 
 Usage: .venv/bin/python benchmarks/router/run.py [--quick] [--no-litellm] [--out DIR]
 LiteLLM is expected in benchmarks/.venvs/litellm (see benchmarks/router/README.md).
