@@ -127,14 +127,14 @@ class Box:
 @contextlib.asynccontextmanager
 async def running_box(tmp_path: Path, *, bus_address: str | None = None,
                       follow_gpu: bool = False, wait_healthy: bool = True,
-                      environ: dict[str, str] | None = None, **config: str
-                      ) -> AsyncIterator[Box]:
+                      environ: dict[str, str] | None = None, gpu_url: str | None = None,
+                      **config: str) -> AsyncIterator[Box]:
     """Stand-ins + router; everything is stopped on exit."""
     gpu = await VllmStandin("gpu-model", name="gpu").start()
     cpu = await LlamaCppStandin("cpu-alias", name="cpu").start()
     egress = await EgressStandin(str(tmp_path / "egress.sock")).start()
     path = tmp_path / "mushishi.toml"
-    path.write_text(config_text(gpu_url=gpu.url, cpu_url=cpu.url,
+    path.write_text(config_text(gpu_url=gpu_url or gpu.url, cpu_url=cpu.url,
                                 egress_socket=str(tmp_path / "egress.sock"), **config))
     settings = load_config(path).settings
     router = Router(settings, bus_address=bus_address, follow_gpu=follow_gpu,

@@ -4,6 +4,7 @@ STOPPING, graceful drain of a stream on SIGTERM, standalone listening, refusal o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -156,3 +157,50 @@ def test_invalid_config_is_refused_with_exit_78_naming_the_key(tmp_path: Path) -
     assert "profiles.private.chain[0]: T1 profile 'private' may only use local backends, " \
            "but backend 'gpu' is not local: 10.1.2.3 is outside router.local_networks" \
            in result.stderr
+
+
+async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    _, _, config = servers
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    original = config.read_text().replace('listen = ["127.0.0.1:4000"]',
+                                          f'listen = ["127.0.0.1:{port}"]')
+    config.write_text(original)
+    notify = Notifications(tmp_path / "notify")
+    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
+                              env=environment(notify.path), stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1/models"
+
+    async def models_with(key: str) -> int:
+        async with aiohttp.ClientSession() as session, session.get(
+                url, headers={"Authorization": f"Bearer {key}"}) as response:
+            return response.status
+
+    try:
+        await notify.wait("READY=1")
+        assert await models_with("sk-added-by-reload") == 401
+        added = hashlib.sha256(b"sk-added-by-reload").hexdigest()
+        config.write_text(original.replace("[keys]\n", f'[keys]\n"{added}" = ["private"]\n'))
+        daemon.send_signal(signal.SIGHUP)
+        await notify.wait("RELOADING=1")
+        deadline = time.monotonic() + 10
+        while await models_with("sk-added-by-reload") != 200:
+            assert time.monotonic() < deadline, "the reloaded key never worked"
+            await asyncio.sleep(0.05)
+        notify.messages.clear()
+        config.write_text(original.replace("[router]", "[router]\nbogus = 1"))
+        daemon.send_signal(signal.SIGHUP)
+        await notify.wait("RELOADING=1")
+        await notify.wait("READY=1")
+        assert await models_with("sk-added-by-reload") == 200  # still the last good config
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+        assert daemon.stderr is not None
+        log = daemon.stderr.read().decode()
+        daemon.stderr.close()
+    assert "reload refused, keeping the running config" in log and "router.bogus" in log

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.integration.router.harness import PERSONAL_KEY, Box, wait_for
+from tests.integration.router.harness import PERSONAL_KEY, Box, running_box, wait_for
 from tests.standins.openai_server import Fault
 
 AUTH = {"Authorization": f"Bearer {PERSONAL_KEY}"}
@@ -173,3 +174,38 @@ async def test_cloud_hop_without_egress_fails_with_a_clear_log_line(
     assert (status, json.loads(body)["error"]["code"]) == (502, "all_backends_failed")
     assert "mushishi-egress is not reachable" in json.loads(body)["error"]["message"]
     assert any("cannot reach mushishi-egress" in r.getMessage() for r in caplog.records)
+
+
+async def test_anthropic_stream_failing_after_first_byte_ends_with_an_error_event(
+    box: Box,
+) -> None:
+    box.gpu.fail_next(Fault.die_mid_stream(after_chunks=3))
+    async with aiohttp.ClientSession() as session, session.post(
+        box.base_url + "/v1/messages", headers=AUTH,
+        json={"model": "private", "max_tokens": 16, "stream": True, **CHAT},
+    ) as response:
+        assert response.status == 200
+        body = (await response.read()).decode()
+    names = [line.removeprefix("event: ") for line in body.splitlines()
+             if line.startswith("event: ")]
+    assert names[0] == "message_start" and names[-1] == "error"
+    assert "message_stop" not in names
+    last = json.loads(body.strip().split("\n\n")[-1].split("data: ", 1)[1])
+    assert last["error"]["code"] == "backend_failed"
+
+
+async def test_unix_socket_backend_is_local_probed_and_answers(tmp_path: Path) -> None:
+    from tests.standins.vllm import VllmStandin
+
+    socket_path = str(tmp_path / "vllm.sock")
+    unix_backend = await VllmStandin("gpu-model", name="unix", unix_path=socket_path).start()
+    try:
+        async with running_box(tmp_path, gpu_url=f"unix:{socket_path}") as box:
+            assert box.router.table.backends["gpu"].local
+            status, headers, body = await post(box, "private")
+            assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
+            assert json.loads(body)["choices"][0]["message"]["content"].startswith("unix-0")
+            assert [r.path for r in unix_backend.chat_requests()] == ["/v1/chat/completions"]
+            assert any(r.path == "/health" for r in unix_backend.requests)
+    finally:
+        await unix_backend.stop()
