@@ -313,13 +313,15 @@ async def _attempt(router: Router, call: Call, hop: Hop,
     call.outcome = "success" if upstream.status < 400 else "client_error"
     if call.stream and upstream.status == 200 and upstream.content_type == SSE_CONTENT_TYPE:
         return await _relay_stream(router, call, hop, request, upstream, first)
-    _release(upstream)
+    upstream.release()  # read to the end: the connection goes back to the pool
     return _respond_whole(router, call, hop, upstream, first)
 
 
 def _release(upstream: aiohttp.ClientResponse | None) -> None:
+    """Drop a response that will not be relayed; its connection is not reused (its body may
+    be unread or half read)."""
     if upstream is not None:
-        upstream.release()
+        upstream.close()
 
 
 def _describe_status(status: int, body: bytes) -> tuple[Failure, str]:

@@ -6,6 +6,7 @@ X-Mushishi-Backend ("none" when no backend answered). Errors carry a stable code
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -269,6 +270,13 @@ async def _serve_call(router: Router, request: web.Request, api: str, path: str,
             router.in_flight += 1
             try:
                 response = await forward(router, call, request)
+            except asyncio.CancelledError:
+                # The client went away (or the drain timed out): the backend request was
+                # cancelled with it; the record says so.
+                call.outcome = call.outcome if call.outcome == "client_disconnected" else \
+                    "cancelled"
+                router.finish(call, "the client disconnected or the router stopped")
+                raise
             finally:
                 router.in_flight -= 1
             router.finish(call)

@@ -3,6 +3,7 @@ is, what ends a stream, and that T1 work never reaches the egress."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -209,3 +210,19 @@ async def test_unix_socket_backend_is_local_probed_and_answers(tmp_path: Path) -
             assert any(r.path == "/health" for r in unix_backend.requests)
     finally:
         await unix_backend.stop()
+
+
+async def test_client_disconnect_cancels_the_backend_request_and_frees_its_slot(
+    box: Box, caplog: pytest.LogCaptureFixture
+) -> None:
+    box.gpu.fail_next(Fault.hang())
+    with caplog.at_level(logging.INFO):
+        request = asyncio.create_task(post(box, "private"))
+        await wait_for(lambda: box.router.board.backends["gpu"].slots.in_flight == 1,
+                       what="request at the backend")
+        request.cancel()
+        await wait_for(lambda: box.router.board.backends["gpu"].slots.in_flight == 0,
+                       what="slot freed")
+        await wait_for(lambda: box.router.in_flight == 0, what="request finished")
+    assert any("private -> none: 0 cancelled" in r.getMessage() for r in caplog.records)
+    await wait_for(lambda: not box.gpu._hung, what="backend saw the connection drop")
