@@ -226,3 +226,26 @@ async def test_client_disconnect_cancels_the_backend_request_and_frees_its_slot(
         await wait_for(lambda: box.router.in_flight == 0, what="request finished")
     assert any("private -> none: 0 cancelled" in r.getMessage() for r in caplog.records)
     await wait_for(lambda: not box.gpu._hung, what="backend saw the connection drop")
+
+
+async def test_redirects_are_never_followed_and_proxy_variables_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.standins.vllm import VllmStandin
+
+    elsewhere = await VllmStandin("gpu-model", name="elsewhere", accept_any_model=True).start()
+    try:
+        for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(variable, elsewhere.origin)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with running_box(tmp_path) as box:
+            box.gpu.fail_next(Fault.status_code(
+                307, "moved", headers={"Location": elsewhere.url + "/chat/completions"}))
+            status, headers, _ = await post(box, "private")
+            assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
+            status, headers, _ = await post(box, "private")
+            assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
+        assert elsewhere.requests == []  # neither the redirect target nor the "proxy"
+    finally:
+        await elsewhere.stop()
