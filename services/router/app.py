@@ -162,6 +162,11 @@ class Router:
             raise Rejection(ErrorCode.MODE_MISMATCH, (
                 f"profile {profile.name!r} requires GPU mode {mode!r}; the switch did not "
                 f"finish in {wait_s:g}s")) from None
+        except Exception as error:  # the bus went away mid-call, or any D-Bus failure
+            log.warning("asking gpud for mode %s failed: %s", mode, error)
+            raise Rejection(ErrorCode.MODE_MISMATCH, (
+                f"profile {profile.name!r} requires GPU mode {mode!r}; asking gpud failed: "
+                f"{error}")) from None
 
     async def _switch(self, mode: str, wait_s: float) -> None:
         assert self.gpu is not None

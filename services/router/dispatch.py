@@ -278,6 +278,12 @@ async def _attempt(router: Router, call: Call, hop: Hop,
         return _failed(router, call, hop, sent, Failure.TIMEOUT,
                        f"no first byte in {hop.first_byte_timeout_s:g}s")
     except aiohttp.ClientConnectorError as error:
+        if endpoint.via_egress:  # a unix socket: EACCES here is a file mode, not the kernel
+            log.error("cannot reach mushishi-egress at %s for cloud backend %s (%s): cloud hops "
+                      "fail until it runs", router.settings.router.egress_socket, hop.name,
+                      error.os_error)
+            return _failed(router, call, hop, sent, Failure.EGRESS,
+                           "mushishi-egress is not reachable")
         layer = refused_by_policy(error)
         if layer is not None:
             router.metrics.child(router.metrics.sovereignty_refusals, layer).inc()
@@ -285,12 +291,6 @@ async def _attempt(router: Router, call: Call, hop: Hop,
                         layer, hop.name, error.os_error)
             return _failed(router, call, hop, sent, Failure.REFUSED,
                            f"refused by the {layer} check ({error.os_error})")
-        if endpoint.via_egress:
-            log.error("cannot reach mushishi-egress at %s for cloud backend %s (%s): cloud hops "
-                      "fail until it runs", router.settings.router.egress_socket, hop.name,
-                      error.os_error)
-            return _failed(router, call, hop, sent, Failure.EGRESS,
-                           "mushishi-egress is not reachable")
         health, reason = classify_refusal(hop, router.board, router.clock())
         router.board.set_health(hop.name, health, reason)
         router.prober_kick(hop.name)
