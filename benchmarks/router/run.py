@@ -203,6 +203,7 @@ def mushishi_config(directory: Path, port: int, primary: str, secondary: str,
 [router]
 listen = ["127.0.0.1:{port}"]
 egress_socket = "{directory}/egress.sock"
+state_dir = "{directory}/state"
 probe_interval_s = 0.1
 connect_timeout_s = 1
 first_byte_timeout_s = 1

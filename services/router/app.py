@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mushishi.services.router.cloud_share import CloudShare
+from mushishi.services.router.cloud_share import CloudShare, load_state, save_state
 from mushishi.services.router.confinement import Confinement, check_kernel_confinement
 from mushishi.services.router.core import (
     ERROR_HTTP,
@@ -52,6 +52,7 @@ log = logging.getLogger("mushishi.router")
 SD_LISTEN_FDS_START = 3
 STATUS_EVERY_S = 10.0
 DRAIN_GRACE_S = 0.5
+SAVE_EVERY_S = 60.0
 _FINISH_LINE = 0  # CODE_LINE of the per-request record (set below, after Router is defined)
 
 
@@ -81,6 +82,8 @@ class Router:
         self.registry = new_registry("router")
         self.metrics = RouterMetrics(self.registry)
         self.cloud_share = CloudShare(wall_clock)
+        self.state_path = Path(settings.router.state_dir) / "cloud-share.json"
+        self._save_warned = False
         self.upstreams = Upstreams(
             self.table.backends,
             {name: backend.url for name, backend in settings.backends.items()},
@@ -114,6 +117,14 @@ class Router:
                 async with asyncio.timeout(2.0):
                     await self.gpu.connected.wait()
         self.prober.start()
+        try:
+            restored = load_state(self.cloud_share, self.state_path)
+        except (OSError, ValueError) as error:
+            log.warning("cloud share not restored from %s (%s): counting from zero",
+                        self.state_path, error)
+        else:
+            if restored:
+                log.info("cloud share of the last day restored from %s", self.state_path)
         if check_confinement:
             self.confinement = check_kernel_confinement(self.settings.router.confinement_probe)
             level = logging.INFO if self.confinement.kernel else logging.WARNING
@@ -140,6 +151,16 @@ class Router:
         level = logging.INFO if new.value in ("up", "starting") else logging.WARNING
         log.log(level, "backend %s: %s -> %s (%s)", name, old.value, new.value, reason,
                 extra={"MUSHISHI_BACKEND": name})
+
+    def save_state(self) -> None:
+        """Persist the cloud share (warned about once if the state directory is unwritable)."""
+        try:
+            save_state(self.cloud_share, self.state_path)
+        except OSError as error:
+            if not self._save_warned:
+                log.warning("cannot save the cloud share to %s (%s); check router.state_dir",
+                            self.state_path, error)
+                self._save_warned = True
 
     def prober_kick(self, name: str) -> None:
         """Probe a backend now (after a request saw it fail)."""
@@ -437,17 +458,22 @@ async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier
             await site.stop()
         await asyncio.sleep(min(DRAIN_GRACE_S, router.settings.router.drain_timeout_s))
         await runner.cleanup()
+        router.save_state()
         await router.close()
         log.info("stopped")
 
 
 async def _tick(router: Router, notifier: Notifier) -> None:
-    """WATCHDOG=1 while the loop runs, and a fresh STATUS= line."""
+    """WATCHDOG=1 while the loop runs, a fresh STATUS= line, the cloud share saved."""
     interval = notifier.watchdog_interval()
     period = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
+    saved = time.monotonic()
     while True:
         notifier.watchdog()
         notifier.status(router.status_line())
+        if time.monotonic() - saved >= SAVE_EVERY_S:
+            router.save_state()  # a crash loses at most this much of the cloud share
+            saved = time.monotonic()
         await asyncio.sleep(period)
 
 

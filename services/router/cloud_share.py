@@ -6,8 +6,13 @@ most a day of buckets. The clock is injected: a function returning seconds since
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 MINUTES_PER_DAY = 1440
 
@@ -86,3 +91,65 @@ class CloudShare:
             requests_hour=hour_total, requests_day=day_total,
             cloud_hour=hour_cloud, cloud_day=day_cloud,
         )
+
+    def dump(self) -> dict[str, list[list[int]]]:
+        """The last day's buckets, as JSON-ready [minute, total, cloud] rows per profile."""
+        now = int(self._clock() // 60)
+        out: dict[str, list[list[int]]] = {}
+        for profile, ring in self._rings.items():
+            rows = [[ring.minute[i], ring.total[i], ring.cloud[i]]
+                    for i in range(MINUTES_PER_DAY)
+                    if 0 <= now - ring.minute[i] < MINUTES_PER_DAY and ring.total[i]]
+            if rows:
+                out[profile] = rows
+        return out
+
+    def load(self, data: Any) -> int:
+        """Merge buckets from dump(); rows older than a day, or malformed, are ignored."""
+        now = int(self._clock() // 60)
+        loaded = 0
+        if not isinstance(data, dict):
+            return 0
+        for profile, rows in data.items():
+            if not isinstance(profile, str) or not isinstance(rows, list):
+                continue
+            for row in rows:
+                if not (isinstance(row, list) and len(row) == 3
+                        and all(isinstance(v, int) and v >= 0 for v in row)):
+                    continue
+                minute, total, cloud = row
+                if not 0 <= now - minute < MINUTES_PER_DAY or cloud > total:
+                    continue
+                ring = self._rings.setdefault(profile, _Ring())
+                slot = minute % MINUTES_PER_DAY
+                if ring.minute[slot] != minute:
+                    ring.minute[slot], ring.total[slot], ring.cloud[slot] = minute, 0, 0
+                ring.total[slot] += total
+                ring.cloud[slot] += cloud
+                loaded += 1
+        return loaded
+
+
+def save_state(share: CloudShare, path: Path) -> None:
+    """Write the cloud-share buckets atomically (a crash leaves the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".cloud-share.",
+                                     delete=False) as handle:
+        json.dump({"version": 1, "cloud_share": share.dump()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+        temporary = Path(handle.name)
+    temporary.replace(path)
+
+
+def load_state(share: CloudShare, path: Path) -> int:
+    """Load buckets saved by save_state; a missing file loads nothing. Raises ValueError or
+    OSError for an unreadable one."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return 0
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ValueError(f"{path} is not a cloud-share state file of version 1")
+    return share.load(data.get("cloud_share"))

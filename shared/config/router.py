@@ -110,6 +110,11 @@ class RouterSettings(Section):
         "start: the kernel must refuse it (IPAddressDeny=), proving the confinement. "
         "TEST-NET-1's discard port by default, which no real host uses.",
     )
+    state_dir: AbsolutePath = Field(
+        default="/var/lib/mushishi/router",
+        description="Where the router keeps the per-profile cloud share of the last day, so "
+        "that a restart loses at most a minute of it (StateDirectory= of the unit).",
+    )
     require_kernel_confinement: bool = Field(
         default=False,
         description="Refuse to start unless the kernel confinement self-check passes (set it "

@@ -40,7 +40,8 @@ def config_text(*, gpu_url: str, cpu_url: str, egress_socket: str, extra: str = 
     """The test box: gpu (modes forensic, agent) and cpu local, kimi and groq cloud."""
     timings = {"probe_interval_s": "0.2", "probe_timeout_s": "0.5", "connect_timeout_s": "0.5",
                "first_byte_timeout_s": "2", "stream_idle_timeout_s": "2",
-               "drain_timeout_s": "2"}
+               "drain_timeout_s": "2",
+               "state_dir": f'"{Path(egress_socket).parent}/router-state"'}
     for line in router_extra.splitlines():
         if "=" in line:
             key, _, value = line.partition("=")

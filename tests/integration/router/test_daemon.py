@@ -21,6 +21,7 @@ from tests.integration.router.harness import PERSONAL_KEY, config_text
 from tests.paths import BINDIR
 from tests.standins.egress import EgressStandin
 from tests.standins.llamacpp import LlamaCppStandin
+from tests.standins.openai_server import Fault
 from tests.standins.vllm import VllmStandin
 
 # Stands in for systemd's exec of a socket-activated unit: fd N becomes fd 3, LISTEN_PID is
@@ -204,3 +205,48 @@ async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
         log = daemon.stderr.read().decode()
         daemon.stderr.close()
     assert "reload refused, keeping the running config" in log and "router.bogus" in log
+
+
+async def test_cloud_share_survives_a_restart(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    gpu, cpu, config = servers
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    config.write_text(config.read_text().replace('listen = ["127.0.0.1:4000"]',
+                                                 f'listen = ["127.0.0.1:{port}"]'))
+    base = f"http://127.0.0.1:{port}"
+    gpu.fail_always(Fault.status_code(500))
+    cpu.fail_always(Fault.status_code(500))
+
+    async def run_once(action) -> dict:
+        notify = Notifications(tmp_path / f"notify-{time.monotonic_ns()}")
+        daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
+                                  env=environment(notify.path), stderr=subprocess.DEVNULL)
+        try:
+            await notify.wait("READY=1")
+            async with aiohttp.ClientSession() as session:
+                await action(session)
+                async with session.get(base + "/status") as response:
+                    return (await response.json())["cloud_share"]["personal"]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=15) == 0
+
+    async def two_requests(session: aiohttp.ClientSession) -> None:
+        for _ in range(2):
+            async with session.post(base + "/v1/chat/completions",
+                                    headers={"Authorization": f"Bearer {PERSONAL_KEY}"},
+                                    json={"model": "personal", "messages": [
+                                        {"role": "user", "content": "x"}]}) as response:
+                assert response.headers["X-Mushishi-Backend"] == "kimi"
+
+    async def nothing(session: aiohttp.ClientSession) -> None:
+        return None
+
+    before = await run_once(two_requests)
+    after = await run_once(nothing)
+    assert before["requests_day"] == after["requests_day"] == 2
+    assert after["cloud_requests_day"] == 2 and after["day"] == 1.0

@@ -51,3 +51,37 @@ def test_a_reused_minute_slot_is_reset_a_day_later() -> None:
 def test_profile_without_requests_has_zero_share() -> None:
     result = CloudShare(Clock()).share("never")
     assert (result.hour, result.day, result.requests_day) == (0.0, 0.0, 0)
+
+
+def test_state_survives_a_save_and_load_and_drops_what_is_older_than_a_day(tmp_path) -> None:
+    from mushishi.services.router.cloud_share import load_state, save_state
+
+    clock = Clock()
+    share = CloudShare(clock)
+    share.record("personal", cloud=True)
+    clock.now += 3 * 3600
+    share.record("personal", cloud=False)
+    share.record("private", cloud=False)
+    path = tmp_path / "state" / "cloud-share.json"
+    save_state(share, path)
+    clock.now += 22 * 3600  # the first request is now 25 h old, the others 22 h
+    restored = CloudShare(clock)
+    assert load_state(restored, path) == 2
+    assert restored.share("personal").requests_day == 1
+    assert restored.share("personal").day == 0.0
+    assert restored.share("private").requests_day == 1
+
+
+def test_a_corrupt_state_file_is_refused_and_a_missing_one_is_empty(tmp_path) -> None:
+    import pytest
+
+    from mushishi.services.router.cloud_share import load_state
+
+    share = CloudShare(Clock())
+    assert load_state(share, tmp_path / "absent.json") == 0
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError):
+        load_state(share, tmp_path / "bad.json")
+    (tmp_path / "odd.json").write_text('{"version": 1, "cloud_share": {"p": [[1, 2], "x", '
+                                       '[1800000000, 1, 5]]}}')
+    assert load_state(share, tmp_path / "odd.json") == 0
