@@ -163,13 +163,19 @@ def validate_openai(path: str, body: dict[str, Any]) -> None:
         messages = body.get("messages")
         _require(isinstance(messages, list) and len(messages) > 0,
                  "`messages` must be a non-empty list")
-        _require(all(isinstance(m, dict) for m in messages), "each message must be an object")
+        for index, message in enumerate(messages):
+            _require(isinstance(message, dict) and isinstance(message.get("role"), str),
+                     f"messages[{index}] must be an object with a `role` string")
     elif path == "/completions":
         _require(isinstance(body.get("prompt"), str | list), "`prompt` must be a string or list")
     elif path == "/embeddings":
         _require(isinstance(body.get("input"), str | list), "`input` must be a string or list")
     if "stream" in body:
         _require(isinstance(body["stream"], bool), "`stream` must be true or false")
+    if body.get("tools") is not None:
+        tools = body["tools"]
+        _require(isinstance(tools, list) and all(isinstance(t, dict) for t in tools),
+                 "`tools` must be a list of objects")
 
 
 def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> None:
@@ -192,7 +198,9 @@ def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> Non
     if "system" in body:
         _require(isinstance(body["system"], str | list), "`system` must be a string or list")
     if "tools" in body:
-        _require(isinstance(body["tools"], list), "`tools` must be a list")
+        _require(isinstance(body["tools"], list)
+                 and all(isinstance(t, dict) for t in body["tools"]),
+                 "`tools` must be a list of objects")
     if "tool_choice" in body:
         _require(isinstance(body["tool_choice"], dict), "`tool_choice` must be an object")
 

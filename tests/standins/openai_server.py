@@ -242,11 +242,35 @@ class OpenAIStandin:
             return body, None, web.json_response(
                 {"error": {"message": "body must be a JSON object", "type": "BadRequestError",
                            "code": 400}}, status=400)
+        problem = self._invalid(request.path, body)
+        if problem:  # what vLLM's request validation refuses with a 400
+            return body, None, web.json_response(
+                {"error": {"message": problem, "type": "BadRequestError", "code": 400}},
+                status=400)
         if not self.accept_any_model and body.get("model") != self.model:
             return body, None, web.json_response(
                 {"error": {"message": f"The model `{body.get('model')}` does not exist.",
                            "type": "NotFoundError", "code": 404}}, status=404)
         return body, fault, None
+
+    @staticmethod
+    def _invalid(path: str, body: dict[str, Any]) -> str:
+        if path.endswith("/chat/completions"):
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+                return "messages: each message needs a role"
+            tools = body.get("tools")
+            if tools is not None and not (isinstance(tools, list) and all(
+                    isinstance(t, dict) and isinstance(t.get("function"), dict)
+                    and isinstance(t["function"].get("name"), str) for t in tools)):
+                return "tools: each tool needs a function with a name"
+        if path.endswith("/completions") and not path.endswith("/chat/completions") and \
+                not isinstance(body.get("prompt"), str | list):
+            return "prompt: a string or a list is required"
+        if path.endswith("/embeddings") and not isinstance(body.get("input"), str | list):
+            return "input: a string or a list is required"
+        return ""
 
     def _loading_response(self) -> web.Response:
         return web.json_response({"error": {"code": 503, "message": "Loading model",

@@ -128,7 +128,7 @@ fields = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(
     path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings",
