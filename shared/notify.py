@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -26,10 +27,15 @@ class Notifier:
         self.sent: deque[str] = deque(maxlen=SENT_KEPT)
 
     def notify(self, message: str) -> None:
-        """Send raw `KEY=value` lines."""
+        """Send raw `KEY=value` lines (UTF-8: a STATUS= line may carry ✓)."""
         self.sent.append(message)
         if self._notifier is not None:
-            self._notifier.notify(message)
+            # sdnotify.notify() encodes latin-1 and silently drops anything else.
+            sock = getattr(self._notifier, "socket", None)
+            if sock is None:
+                return
+            with contextlib.suppress(OSError):
+                sock.sendall(message.encode("utf-8"))
 
     def ready(self, status: str | None = None) -> None:
         """READY=1, optionally with a status line."""

@@ -1,17 +1,92 @@
-"""`mushishi route` (placeholder until the router issue lands)."""
+"""`mushishi route --profile P`: which backend would answer a profile now, and why.
+
+It asks the running router (GET /status on its unix socket), so the answer reflects live
+health probes, the GPU mode gpud reports, and concurrency: the same view requests get.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
+
+from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
+from mushishi.shared.config.router import parse_listen
+from mushishi.shared.router_status import DEFAULT_SOCKET, RouterUnavailable, fetch_status
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Accept anything: the real arguments arrive with the implementation."""
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    """--profile, --socket, --config, --json."""
+    parser.add_argument("--profile", "-p", help="profile to explain (default: every profile)")
+    parser.add_argument("--socket", help="router unix socket (default: the unix: address in "
+                        f"[router] listen, else {DEFAULT_SOCKET})")
+    parser.add_argument("--config", help="config file, to find the router's socket")
+    parser.add_argument("--json", action="store_true", help="print the profile's JSON")
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    try:
+        settings = load_settings(resolve_config_path(args.config))
+    except ConfigError:
+        return DEFAULT_SOCKET
+    for address in settings.router.listen:
+        host, port = parse_listen(address)
+        if host == "unix":
+            return str(port)
+    return DEFAULT_SOCKET
+
+
+def _mark(value: bool | None) -> str:
+    return "✓" if value else ("?" if value is None else "✗")
+
+
+def render(status: dict[str, Any], profile: str) -> str:
+    """The explanation of one profile, as printed."""
+    entry = status["profiles"][profile]
+    lines = [f"{profile} ({entry['tier']}): " + (
+        f"{entry['would_use']} would answer" if entry["would_use"] else "no backend would "
+        "answer now")]
+    lines.append(f"  why: {entry['reason']}")
+    for name in entry["chain"]:
+        backend = status["backends"][name]
+        where = "local" if backend["local"] else "cloud via mushishi-egress"
+        load = f", {backend['in_flight']} in flight"
+        if backend.get("max_concurrency"):
+            load += f" of {backend['max_concurrency']}"
+        lines.append(f"  {name:<12} {backend['state']:<13} {where}{load} — {backend['reason']}")
+    gpu = status.get("gpu", {})
+    lines.append("  gpu mode: " + (f"{gpu['active_mode']} ({gpu['state']})" if gpu.get("present")
+                                   else "unknown (mushishi-gpud is not on the bus)"))
+    sovereignty = status["sovereignty"]
+    lines.append(f"  sovereignty: config {_mark(sovereignty['config'])}, connect-time "
+                 f"{_mark(sovereignty['connect_time'])}, kernel {_mark(sovereignty['kernel'])}")
+    share = status.get("cloud_share", {}).get(profile)
+    if share and entry["tier"] in ("T2", "T3"):
+        lines.append(f"  cloud share: {share['hour']:.0%} last hour, {share['day']:.0%} last "
+                     f"day ({share['requests_day']} requests)")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Refuse honestly."""
-    print("mushishi route: not implemented yet (router issue)", file=sys.stderr)
-    return 69
+    """Print the explanation; 0 if a backend would answer, 1 if none would, 69 if no router."""
+    path = _socket_path(args)
+    try:
+        status = fetch_status(path)
+    except RouterUnavailable as error:
+        print(f"mushishi route: {error}", file=sys.stderr)
+        return 69
+    profiles = [args.profile] if args.profile else sorted(status["profiles"])
+    unknown = [p for p in profiles if p not in status["profiles"]]
+    if unknown:
+        print(f"mushishi route: unknown profile {unknown[0]!r} (profiles: "
+              f"{', '.join(sorted(status['profiles']))})", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({p: status["profiles"][p] for p in profiles}, indent=2,
+                         ensure_ascii=False))
+    else:
+        print("\n\n".join(render(status, p) for p in profiles))
+    return 0 if all(status["profiles"][p]["would_use"] for p in profiles) else 1

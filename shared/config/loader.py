@@ -179,14 +179,15 @@ def _describe(entry: Mapping[str, Any], env_data: dict[str, Any],
 def _suggest(loc: tuple[Any, ...]) -> str:
     """Explain a typo'd or misplaced key: a close name here, or where such a key belongs."""
     name = str(loc[-1])
+    # A key that exists verbatim elsewhere was misplaced, not misspelled.
+    homes = sorted({format_path(where) for where in _field_homes(name)})
+    if homes:
+        return f"; {name!r} belongs in {', '.join(homes)}"
     model = _model_at(loc[:-1])
     if model is not None:
         close = difflib.get_close_matches(name, list(model.model_fields), n=1)
         if close:
             return f"; did you mean {close[0]!r}?"
-    homes = sorted({format_path(where) for where in _field_homes(name)})
-    if homes:
-        return f"; {name!r} belongs in {', '.join(homes)}"
     return " (not a mushishi setting)"
 
 

@@ -9,6 +9,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator
 
 from mushishi.shared.config._base import AbsolutePath, CredentialName, Issue, Section
+from mushishi.shared.locality import (
+    AddressError,
+    Resolver,
+    classify,
+    parse_backend_url,
+    parse_ip,
+    system_resolver,
+)
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -66,12 +74,66 @@ class RouterSettings(Section):
         gt=0,
         description="Largest accepted request body in bytes (multimodal payloads are large).",
     )
+    unix_peers: dict[str, list[str]] = Field(
+        default={},
+        description="Callers on the router's unix socket without an API key, by uid or user "
+        "name (SO_PEERCRED), mapped to the profiles they may use.",
+    )
+    connect_timeout_s: float = Field(
+        default=2.0, gt=0,
+        description="Longest wait for a TCP connection to a local backend before the next hop.",
+    )
+    first_byte_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="Longest wait for a backend's first response byte before the next hop "
+        "(a non-streamed answer's first byte comes only when it is complete).",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="Longest silence inside a streamed answer before it is ended with an error.",
+    )
+    probe_interval_s: float = Field(
+        default=2.0, gt=0,
+        description="How often each local backend's health is probed (GET /health).",
+    )
+    probe_timeout_s: float = Field(
+        default=1.0, gt=0, description="Timeout of one health probe."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0,
+        description="On SIGTERM, how long requests in flight may take to finish before they "
+        "are cut (keep it below the unit's TimeoutStopSec=).",
+    )
+    confinement_probe: str = Field(
+        default="192.0.2.1:9",
+        description="IP:PORT of a non-local address the router sends one UDP datagram to at "
+        "start: the kernel must refuse it (IPAddressDeny=), proving the confinement. "
+        "TEST-NET-1's discard port by default, which no real host uses.",
+    )
+    state_dir: AbsolutePath = Field(
+        default="/var/lib/mushishi/router",
+        description="Where the router keeps the per-profile cloud share of the last day, so "
+        "that a restart loses at most a minute of it (StateDirectory= of the unit).",
+    )
+    require_kernel_confinement: bool = Field(
+        default=False,
+        description="Refuse to start unless the kernel confinement self-check passes (set it "
+        "on boxes whose kernel supports cgroup BPF; the result is always in /ready).",
+    )
 
     @field_validator("listen")
     @classmethod
     def _listen_parses(cls, value: list[str]) -> list[str]:
         for address in value:
             parse_listen(address)
+        return value
+
+    @field_validator("confinement_probe")
+    @classmethod
+    def _probe_is_an_ip_literal(cls, value: str) -> str:
+        host, _port = parse_listen(value)
+        if host == "unix" or parse_ip(str(host)) is None:
+            raise ValueError(f"{value!r} must be IP:PORT (an address literal, not a hostname)")
         return value
 
 
@@ -114,6 +176,20 @@ class BackendSettings(Section):
     budget: BudgetSettings | None = Field(
         default=None, description="Daily limits for this provider (cloud backends)."
     )
+    queue_max: int = Field(
+        default=32, ge=0,
+        description="Requests that may wait for a free slot when max_concurrency is reached; "
+        "beyond it they overflow to the next hop or are refused.",
+    )
+    health_url: str | None = Field(
+        default=None,
+        description="Local backends: URL probed for health (default: the URL's origin + "
+        "/health, which vLLM and llama-server both serve). Must be local too.",
+    )
+    first_byte_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="Overrides router.first_byte_timeout_s for this backend.",
+    )
 
 
 class ProfileSettings(Section):
@@ -127,7 +203,13 @@ class ProfileSettings(Section):
     queue_timeout_s: float = Field(
         default=120.0,
         gt=0,
-        description="T1: how long a request waits for a local backend when all are down.",
+        description="T1: how long a request waits for a local backend when all are down "
+        "(also bounds waits for a busy backend or a GPU mode switch).",
+    )
+    queue_max: int = Field(
+        default=64, ge=0,
+        description="T1: requests that may wait at once when every local hop is down; a "
+        "request beyond it is answered 503 at once.",
     )
     require_mode: str | None = Field(
         default=None,
@@ -152,10 +234,13 @@ class EgressSettings(Section):
     )
 
 
-def check(settings: MushishiSettings) -> list[Issue]:
-    """Cross-references of the routing sections: chains, keys and modes must name real things."""
+def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
+          ) -> list[Issue]:
+    """Cross-references of the routing sections: chains, keys and modes must name real things,
+    and a sovereign chain may name only local backends (locality decided by address)."""
     issues: list[Issue] = []
     backends = settings.backends
+    issues += _locality_issues(settings, resolve)
     known_backends = ", ".join(sorted(backends)) or "none defined"
     known_modes = set(settings.modes)
     for name, profile in settings.profiles.items():
@@ -181,6 +266,15 @@ def check(settings: MushishiSettings) -> list[Issue]:
                     f"backends.{name}.modes[{index}]",
                     f"unknown mode {mode!r} (modes: {', '.join(sorted(known_modes))})",
                 ))
+    for peer, profiles in settings.router.unix_peers.items():
+        if not peer.isdigit() and _uid_of(peer) is None:
+            issues.append(Issue(f"router.unix_peers.{peer}",
+                                f"no such user {peer!r} (give a user name or a numeric uid)"))
+        for index, profile in enumerate(profiles):
+            if profile not in settings.profiles:
+                issues.append(Issue(
+                    f"router.unix_peers.{peer}[{index}]", f"unknown profile {profile!r}"
+                ))
     for key_hash, profiles in settings.keys.items():
         if not _SHA256_HEX.match(key_hash):
             issues.append(Issue(
@@ -193,4 +287,68 @@ def check(settings: MushishiSettings) -> list[Issue]:
                 issues.append(Issue(
                     f"keys.{key_hash}[{index}]", f"unknown profile {profile!r}"
                 ))
+    return issues
+
+
+def _uid_of(user: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def resolve_peer_uid(peer: str) -> int | None:
+    """A `router.unix_peers` key as a uid: digits are a uid, anything else a user name."""
+    return int(peer) if peer.isdigit() else _uid_of(peer)
+
+
+def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> list[Issue]:
+    router = settings.router
+    networks = router.local_networks
+    issues: list[Issue] = []
+    local: dict[str, bool] = {}
+    reasons: dict[str, str] = {}
+    for name, backend in settings.backends.items():
+        try:
+            address = parse_backend_url(backend.url)
+        except AddressError as error:
+            issues.append(Issue(f"backends.{name}.url", str(error)))
+            local[name], reasons[name] = False, str(error)
+            continue
+        # Only hostnames listed as local are resolved: cloud hostnames are the egress's business.
+        verdict = classify(address, networks, router.local_hosts, resolve)
+        local[name], reasons[name] = verdict.local, verdict.reason
+        if backend.health_url is not None:
+            try:
+                health = classify(parse_backend_url(backend.health_url), networks,
+                                  router.local_hosts, resolve)
+            except AddressError as error:
+                issues.append(Issue(f"backends.{name}.health_url", str(error)))
+            else:
+                if not health.local:
+                    issues.append(Issue(f"backends.{name}.health_url",
+                                        f"must be local: {health.reason}"))
+        if verdict.local and backend.api_key_credential is not None:
+            issues.append(Issue(
+                f"backends.{name}.api_key_credential",
+                f"backend {name!r} is local ({verdict.reason}); API keys are only for cloud "
+                "backends, which mushishi-egress reaches",
+            ))
+    for name, profile in settings.profiles.items():
+        for index, hop in enumerate(profile.chain):
+            if hop not in local:
+                continue
+            key = f"profiles.{name}.chain[{index}]"
+            if profile.tier in SOVEREIGN_TIERS and not local[hop]:
+                issues.append(Issue(
+                    key, f"{profile.tier} profile {name!r} may only use local backends, but "
+                         f"backend {hop!r} is not local: {reasons[hop]}"))
+            if profile.tier == "T2" and index == 0 and not local[hop]:
+                issues.append(Issue(
+                    key, f"T2 profile {name!r} must start with a local backend, but backend "
+                         f"{hop!r} is cloud ({reasons[hop]}); use T3 for cloud-first"))
+        if len(set(profile.chain)) != len(profile.chain):
+            issues.append(Issue(f"profiles.{name}.chain", "names a backend twice"))
     return issues

@@ -1,0 +1,9 @@
+"""Stand-ins for peers that cannot run on a test machine, speaking their real wire formats.
+
+* `vllm.VllmStandin`: OpenAI API + vLLM's /metrics, scriptable faults (openai_server.Fault).
+* `llamacpp.LlamaCppStandin`: 503 "Loading model" on /health while loading.
+* `egress.EgressStandin`: the router -> egress protocol on a unix socket (docs/router.md);
+  records every request: the cloud canary.
+* `gpumode.GpuModeStandin`: io.mushishi.GpuMode1 on a real (private) D-Bus.
+* `bus.PrivateBus`: a real dbus-daemon on a temporary socket.
+"""

@@ -1,0 +1,144 @@
+"""Active health probes of local backends: up, starting, or down — never a long cooldown.
+
+`GET <origin>/health` (vLLM and llama-server both serve it): 200 is up (then `/v1/models` is
+read once to check the configured model is really served, by its alias), 503 "Loading
+model" is starting, a refused connection while the GPU mode is (re)starting is starting,
+anything else is down. A backend whose GPU mode is not active is not probed at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from mushishi.services.router.core import Health, Hop
+from mushishi.services.router.state import Board
+from mushishi.services.router.upstream import Upstreams, refused_by_policy
+
+log = logging.getLogger("mushishi.router.health")
+
+# After gpud reports a mode change, a backend of that mode refusing connections is taken to
+# be starting (vLLM listens only once its engine is up), not down, for this long.
+STARTING_GRACE_S = 180.0
+
+
+def classify_refusal(hop: Hop, board: Board, now: float) -> tuple[Health, str]:
+    """A refused connection: 'starting' while the backend's GPU mode is (re)starting."""
+    gpu = board.gpu
+    if hop.modes is not None and gpu.present and (
+        gpu.state == "switching" or now - board.gpu_changed_at < STARTING_GRACE_S
+    ):
+        return Health.STARTING, "refusing connections while its GPU mode starts"
+    return Health.DOWN, "connection refused"
+
+
+class HealthProber:
+    """One probe loop per local backend; `kick(name)` probes at once."""
+
+    def __init__(self, board: Board, upstreams: Upstreams, interval: float, timeout: float,
+                 clock: Callable[[], float]) -> None:
+        self._board = board
+        self._upstreams = upstreams
+        self._interval = interval
+        self._timeout = timeout
+        self._clock = clock
+        self._kicks: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start probing every local backend."""
+        for name, state in self._board.backends.items():
+            if state.hop.local:
+                self._kicks[name] = asyncio.Event()
+                self._tasks.append(asyncio.create_task(self._loop(name), name=f"probe-{name}"))
+
+    async def close(self) -> None:
+        """Stop probing."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def kick(self, name: str | None = None) -> None:
+        """Probe `name` (or every backend) now."""
+        for key, event in self._kicks.items():
+            if name is None or key == name:
+                event.set()
+
+    async def _loop(self, name: str) -> None:
+        kick = self._kicks[name]
+        while True:
+            kick.clear()
+            try:
+                await self.probe(name)
+            except Exception:  # a probe bug must not stop probing
+                log.exception("probing backend %s failed", name, extra={"MUSHISHI_BACKEND": name})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await kick.wait()
+
+    def _mode_inactive(self, hop: Hop) -> bool:
+        gpu = self._board.gpu
+        return (hop.modes is not None and gpu.present and gpu.state != "switching"
+                and gpu.active_mode not in hop.modes)
+
+    async def probe(self, name: str) -> Health:
+        """Probe backend `name` once and record the result."""
+        state = self._board.backends[name]
+        hop = state.hop
+        if self._mode_inactive(hop):
+            return state.health  # another GPU mode: no round trip, judged by mode alone
+        endpoint = self._upstreams.endpoint(name)
+        assert endpoint.health_url is not None
+        health, reason = Health.DOWN, "unknown"
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with endpoint.session.get(endpoint.health_url,
+                                                allow_redirects=False) as response:
+                    body = await response.read()
+            if response.status == 200:
+                health, reason = Health.UP, "healthy"
+                if state.health is not Health.UP:
+                    health, reason = await self._check_model(hop, endpoint.models_url)
+            elif response.status == 503 and b"loading" in body.lower():
+                health, reason = Health.STARTING, "loading model"
+            else:
+                health, reason = Health.DOWN, f"/health answered {response.status}"
+        except TimeoutError:
+            health, reason = Health.DOWN, f"no answer to /health in {self._timeout:g}s (hung?)"
+        except aiohttp.ClientConnectorError as error:
+            layer = refused_by_policy(error)
+            if layer is not None:
+                health, reason = Health.DOWN, f"refused by the {layer} sovereignty check"
+            else:
+                health, reason = classify_refusal(hop, self._board, self._clock())
+        except (aiohttp.ClientError, OSError) as error:
+            health, reason = Health.DOWN, f"probe failed: {error.__class__.__name__}"
+        self._board.set_health(name, health, reason)
+        return health
+
+    async def _check_model(self, hop: Hop, models_url: str | None) -> tuple[Health, str]:
+        """A healthy backend must serve the configured model name (its alias, not a path)."""
+        endpoint = self._upstreams.endpoint(hop.name)
+        if models_url is None:
+            return Health.UP, "healthy"
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with endpoint.session.get(models_url, allow_redirects=False) as response:
+                    if response.status != 200:
+                        return Health.UP, "healthy (model list unavailable)"
+                    listing = json.loads(await response.read())
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return Health.UP, "healthy (model list unavailable)"
+        served = [str(entry.get("id")) for entry in listing.get("data", [])
+                  if isinstance(entry, dict)] if isinstance(listing, dict) else []
+        if served and hop.model not in served:
+            return Health.DOWN, (f"serves {', '.join(served)}, not {hop.model!r} "
+                                 f"(backends.{hop.name}.model)")
+        return Health.UP, "healthy"

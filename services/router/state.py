@@ -1,0 +1,150 @@
+"""Live routing state: backend health, concurrency slots with bounded FIFO queues, and a
+change signal that queued T1 requests wait on. Decisions about it live in `core`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mushishi.services.router.core import GPU_ABSENT, GpuView, Health, Hop, Verdict, judge_hop
+
+
+class QueueFull(Exception):
+    """A bounded queue had no room."""
+
+
+class Slots:
+    """`limit` requests in flight at once (None: unlimited) and a FIFO of at most `queue_max`
+    waiters. A released slot goes straight to the oldest waiter."""
+
+    def __init__(self, limit: int | None, queue_max: int) -> None:
+        self.limit = limit
+        self.queue_max = queue_max
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    @property
+    def full(self) -> bool:
+        """True when a new request would have to wait."""
+        return self.limit is not None and self.in_flight >= self.limit
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is queued ahead."""
+        if self.full or self.queued:
+            return False
+        self.in_flight += 1
+        return True
+
+    async def acquire(self, wait_s: float) -> bool:
+        """Wait (FIFO) up to `wait_s` for a slot; False on timeout; QueueFull if no room."""
+        if self.try_acquire():
+            return True
+        if self.queued >= self.queue_max:
+            raise QueueFull
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(wait_s):
+                await waiter
+        except TimeoutError:
+            # True when handed a slot at the very moment the timer fired.
+            return waiter.done() and not waiter.cancelled()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # pass on the slot we were handed
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            self._prune()
+        return True
+
+    def release(self) -> None:
+        """Give the slot to the oldest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+    def _prune(self) -> None:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+
+
+@dataclass(slots=True)
+class BackendState:
+    """What the router knows about one backend now."""
+
+    hop: Hop
+    slots: Slots
+    health: Health = Health.UNKNOWN
+    reason: str = ""
+    changed_at: float = 0.0
+
+
+class Board:
+    """Backend states, the GPU view, and a signal that fires on every change."""
+
+    def __init__(self, hops: dict[str, Hop], clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.backends: dict[str, BackendState] = {
+            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max),
+                               Health.UP if not hop.local else Health.UNKNOWN)
+            for name, hop in hops.items()
+        }
+        self.gpu: GpuView = GPU_ABSENT
+        self.gpu_changed_at = 0.0
+        self._changed = asyncio.Event()
+        self.waiting: dict[str, int] = {}  # T1 queue: profile -> requests waiting
+        self.on_change: list[Callable[[str, Health, Health, str], None]] = []
+
+    def verdict(self, name: str) -> Verdict:
+        """Judge backend `name` now."""
+        state = self.backends[name]
+        return judge_hop(state.hop, state.health, state.reason, self.gpu)
+
+    def set_health(self, name: str, health: Health, reason: str) -> None:
+        """Record a backend's health; wake waiters when it changes."""
+        state = self.backends[name]
+        old = state.health
+        state.reason = reason
+        if old is health:
+            return
+        state.health = health
+        state.changed_at = self._clock()
+        for callback in self.on_change:
+            callback(name, old, health, reason)
+        self.notify()
+
+    def set_gpu(self, view: GpuView) -> None:
+        """Record what gpud says; wake waiters when it changes."""
+        if view == self.gpu:
+            return
+        if view.active_mode != self.gpu.active_mode or view.state != self.gpu.state:
+            self.gpu_changed_at = self._clock()
+        self.gpu = view
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake everything waiting for a change."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, wait_s: float) -> bool:
+        """Wait up to `wait_s` for any change; True if one came."""
+        event = self._changed
+        try:
+            async with asyncio.timeout(max(wait_s, 0.0)):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,128 @@
+"""A minimal io.mushishi.GpuMode1 service (DESIGN.md §6) for tests of its clients.
+
+It exports the §6 interface on a real bus: the properties, SwitchMode/Busy/HoldMode/
+ReleaseHold, ModeChanged and PropertiesChanged. Tests drive it with `set_mode()`, and
+script SwitchMode with `busy_reasons`, `refuse_switch` and `switch_delay`.
+"""
+
+# No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from the
+# evaluated annotations.
+import asyncio
+from typing import Annotated
+
+from dbus_fast import BusType, DBusError
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.service import (
+    PropertyAccess,
+    ServiceInterface,
+    dbus_method,
+    dbus_property,
+    dbus_signal,
+)
+
+from mushishi.shared import dbus_names
+
+StrList = Annotated[list[str], DBusSignature("as")]
+Holds = Annotated[list[list[str]], DBusSignature("a(sss)")]
+OldNew = Annotated[list[str], DBusSignature("ss")]
+
+
+class GpuModeStandin(ServiceInterface):
+    """The stand-in service object; `connect(address)` exports it and takes the bus name."""
+
+    def __init__(self, modes: list[str], active: str, state: str = "ready") -> None:
+        super().__init__(dbus_names.INTERFACE)
+        self.modes = list(modes)
+        self.active = active
+        self.state = state
+        self.holds: list[list[str]] = []
+        self.busy_reasons: list[str] = []
+        self.refuse_switch: str | None = None  # a D-Bus error name to answer SwitchMode with
+        self.switch_delay = 0.05
+        self.switch_calls: list[tuple[str, bool]] = []
+        self.bus: MessageBus | None = None
+        self._cookie = 0
+
+    async def connect(self, address: str) -> "GpuModeStandin":
+        """Export on the bus at `address`, then own io.mushishi.GpuMode1."""
+        self.bus = await MessageBus(bus_address=address, bus_type=BusType.SESSION).connect()
+        self.bus.export(dbus_names.OBJECT_PATH, self)
+        await self.bus.request_name(dbus_names.BUS_NAME)
+        return self
+
+    def disconnect(self) -> None:
+        """Leave the bus (the name's owner disappears)."""
+        if self.bus is not None:
+            self.bus.disconnect()
+            self.bus = None
+
+    def set_mode(self, mode: str, state: str = "ready") -> None:
+        """Become `mode` in `state`, emitting PropertiesChanged and (on a change) ModeChanged."""
+        old = self.active
+        self.active = mode
+        self.state = state
+        self.emit_properties_changed({"ActiveMode": mode, "State": state})
+        if old != mode:
+            self.ModeChanged(old, mode)
+
+    def set_state(self, state: str) -> None:
+        """Change only State (e.g. "switching")."""
+        self.state = state
+        self.emit_properties_changed({"State": state})
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ActiveMode(self) -> DBusStr:
+        return self.active
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return self.state
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Modes(self) -> StrList:
+        return self.modes
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Holds(self) -> Holds:
+        return self.holds
+
+    @dbus_property(access=PropertyAccess.READ)
+    def VramTotalMiB(self) -> DBusUInt32:
+        return 32607
+
+    @dbus_property(access=PropertyAccess.READ)
+    def VramUsedMiB(self) -> DBusUInt32:
+        return 500
+
+    @dbus_method()
+    async def SwitchMode(self, mode: DBusStr, force: DBusBool) -> None:
+        self.switch_calls.append((mode, force))
+        if self.refuse_switch:
+            raise DBusError(self.refuse_switch, "stand-in refuses the switch")
+        if mode not in self.modes:
+            raise DBusError(dbus_names.ERROR_UNKNOWN_MODE, f"unknown mode {mode}")
+        self.set_state("switching")
+        await asyncio.sleep(self.switch_delay)
+        self.set_mode(mode, "ready")
+
+    @dbus_method()
+    def Busy(self) -> StrList:
+        return list(self.busy_reasons)
+
+    @dbus_method()
+    def HoldMode(self, mode: DBusStr, holder: DBusStr, reason: DBusStr) -> DBusUInt32:
+        self._cookie += 1
+        self.holds.append([mode, holder, reason])
+        self.emit_properties_changed({"Holds": self.holds})
+        return self._cookie
+
+    @dbus_method()
+    def ReleaseHold(self, cookie: DBusUInt32) -> None:
+        if self.holds:
+            self.holds.pop()
+            self.emit_properties_changed({"Holds": self.holds})
+
+    @dbus_signal()
+    def ModeChanged(self, old: DBusStr, new: DBusStr) -> OldNew:
+        return [old, new]

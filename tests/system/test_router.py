@@ -1,0 +1,314 @@
+"""mushishi-router as a real unit in a booted systemd: kernel confinement proven, connect-time
+refusal of a rebound hostname, the journal record, `mushishi route`, and a restart under load
+that drops nothing.
+
+The sandbox's network namespace gets a "cloud" address, 203.0.113.1 (on lo: reachable from
+inside, outside router.local_networks), a default route (so the self-check's datagram has
+somewhere to go), and stand-in backends run as host processes inside that namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from mushishi.shared.sandbox import Sandbox
+from tests.paths import BINDIR, REPO
+
+KEY = "sk-system-test"
+SOCKET = "/run/mushishi/router.sock"
+CONFIG = f"""
+[router]
+listen = ["127.0.0.1:4000", "unix:{SOCKET}"]
+local_hosts = ["llm.internal"]
+connect_timeout_s = 1
+probe_interval_s = 0.5
+drain_timeout_s = 20
+
+[backends.gpu]
+url = "http://llm.internal:8000/v1"
+model = "gpu-model"
+
+[backends.cpu]
+url = "http://127.0.0.1:8001/v1"
+model = "cpu-alias"
+
+[profiles.private]
+tier = "T1"
+chain = ["gpu"]
+queue_timeout_s = 2
+
+[profiles.personal]
+tier = "T2"
+chain = ["cpu"]
+
+[keys]
+"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "personal"]
+"""
+NETWORK = ("ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up && "
+           "ip addr add 203.0.113.1/32 dev lo && ip route add default dev v0")
+HOSTS_LOCAL = "127.0.0.1 localhost\n127.0.0.1 llm.internal\n"
+HOSTS_REBOUND = "127.0.0.1 localhost\n203.0.113.1 llm.internal\n"
+CONNECT_CHECK_OFF = ("[Service]\n# Test only: prove the kernel layer alone.\n"
+                     "Environment=MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1\n")
+
+
+class Standins:
+    """Stand-in backends as host processes inside the sandbox's network namespace."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self.box = box
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.rebound_log = box.shared / "rebound.jsonl"
+
+    def start(self, host: str, port: int, model: str, name: str, *extra: str) -> None:
+        argv = self.box.net_command([sys.executable, "-m", "tests.standins.vllm", "--host", host,
+                                     "--port", str(port), "--model", model, "--name", name,
+                                     *extra])
+        process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line.startswith("listening"), line
+        self.processes.append(process)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+
+    def rebound_requests(self) -> list[dict]:
+        if not self.rebound_log.exists():
+            return []
+        return [json.loads(line) for line in self.rebound_log.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def routed() -> Iterator[tuple[Sandbox, Standins]]:
+    box = Sandbox()
+    box.boot()
+    standins = Standins(box)
+    try:
+        box.run(NETWORK)
+        box.write("/etc/hosts", HOSTS_LOCAL)
+        # No keep-alive: each request connects, so a rebound name is resolved (and checked) anew.
+        standins.start("127.0.0.1", 8000, "gpu-model", "gpu", "--token-delay", "0.05", "--close")
+        standins.start("127.0.0.1", 8001, "cpu-alias", "cpu")
+        standins.start("203.0.113.1", 8000, "gpu-model", "rebound", "--record",
+                       str(standins.rebound_log))
+        box.install(CONFIG)
+        isolate(box)
+        box.systemctl("start", "mushishi-router.socket")
+        yield box, standins
+    finally:
+        standins.stop()
+        box.stop()
+
+
+def isolate(box: Sandbox) -> None:
+    """Run the router's units in a slice of this sandbox's own.
+
+    Every sandbox shares the host's cgroup tree, so `system.slice/mushishi-router.service` is
+    one cgroup for all concurrent sandboxes (and keeps BPF programs attached by earlier ones):
+    without this, another sandbox's IPAddressDeny= could confine our router, or its stop kill
+    our processes. A slice name without dashes gives a path no other sandbox uses.
+    """
+    slice_name = "routertest" + box.name.replace("-", "").replace("sbx", "") + ".slice"
+    for unit, section in (("mushishi-router.service", "Service"),
+                          ("mushishi-router.socket", "Socket")):
+        box.write(f"/etc/systemd/system/{unit}.d/zz-isolate.conf",
+                  f"[{section}]\nSlice={slice_name}\n")
+    box.systemctl("daemon-reload")
+
+
+def curl(box: Sandbox, path: str, *args: str, check: bool = True) -> tuple[int, str]:
+    result = box.run(["curl", "-s", "--max-time", "30", "--unix-socket", SOCKET,
+                      "-w", "\n%{http_code}", *args, f"http://router{path}"], check=check)
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def chat(box: Sandbox, profile: str, content: str = "a private question") -> tuple[int, dict]:
+    code, body = curl(box, "/v1/chat/completions", "-H", f"Authorization: Bearer {KEY}",
+                      "-H", "Content-Type: application/json", "-d", json.dumps(
+                          {"model": profile, "messages": [{"role": "user", "content": content}]}))
+    return code, json.loads(body)
+
+
+def restart_router(box: Sandbox, dropin: str | None) -> None:
+    path = "/etc/systemd/system/mushishi-router.service.d/zz-test.conf"
+    if dropin is None:
+        box.run(["rm", "-f", path])
+    else:
+        box.write(path, dropin)
+    box.systemctl("daemon-reload")
+    box.systemctl("restart", "mushishi-router.service")
+    box.wait_for("mushishi-router.service", "active", timeout=60)
+
+
+def wait_ready(box: Sandbox) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, body = curl(box, "/ready", check=False)
+        if code == 200:
+            return json.loads(body)
+        time.sleep(0.2)
+    raise AssertionError(f"router never ready: {code} {body}")
+
+
+def test_unit_reports_all_three_sovereignty_layers_in_force(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    box, _ = routed
+    box.write("/etc/hosts", HOSTS_LOCAL)
+    restart_router(box, None)
+    ready = wait_ready(box)
+    assert ready["sovereignty"]["summary"] == "config ✓, connect-time ✓, kernel ✓", ready
+    assert "EPERM" in ready["sovereignty"]["detail"]
+    status = box.systemctl("show", "-p", "StatusText", "--value", "mushishi-router").stdout
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓" in status
+    _, body = curl(box, "/metrics")
+    assert 'mushishi_router_sovereignty_layer{layer="kernel",state="ok"} 1.0' in body
+
+
+def test_request_record_is_in_the_journal_by_profile_without_prompt_text(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    box, _ = routed
+    box.write("/etc/hosts", HOSTS_LOCAL)
+    wait_ready(box)
+    marker = "prompt-" + os.urandom(4).hex()
+    code, answer = chat(box, "private", marker)
+    assert code == 200, answer
+    records = [json.loads(line) for line in box.journal(
+        "-u", "mushishi-router", "MUSHISHI_PROFILE=private", "-o", "json").splitlines()]
+    served = [r for r in records if r.get("MUSHISHI_OUTCOME") == "success"]
+    assert served, records
+    record = served[-1]
+    assert record["MUSHISHI_TIER"] == "T1" and record["MUSHISHI_BACKEND"] == "gpu"
+    assert record["MESSAGE"].startswith("chat/completions private -> gpu: 200 success")
+    assert record["_SYSTEMD_UNIT"] == "mushishi-router.service"
+    everything = box.journal("-u", "mushishi-router", "-o", "json")
+    assert marker not in everything and "gpu-3" not in everything
+
+
+def test_route_command_explains_the_live_routing(routed: tuple[Sandbox, Standins]) -> None:
+    box, _ = routed
+    wait_ready(box)
+    result = box.run([f"{BINDIR}/mushishi", "route", "--profile", "private"])
+    assert result.stdout.splitlines()[0] == "private (T1): gpu would answer"
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓" in result.stdout
+
+
+def test_connect_time_check_refuses_a_local_hostname_rebound_to_a_public_address(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    box, standins = routed
+    restart_router(box, None)
+    wait_ready(box)
+    box.write("/etc/hosts", HOSTS_REBOUND)
+    try:
+        code, answer = chat(box, "private")
+        assert (code, answer["error"]["code"]) == (503, "sovereign_backends_unavailable")
+        assert standins.rebound_requests() == []
+        log = box.journal("-u", "mushishi-router")
+        assert "connect-time check refused 203.0.113.1" in log
+        _, metrics = curl(box, "/metrics")
+        assert 'mushishi_router_sovereignty_refusals_total{layer="connect-time"}' in metrics
+    finally:
+        box.write("/etc/hosts", HOSTS_LOCAL)
+
+
+def test_kernel_alone_stops_the_router_from_reaching_a_non_local_address(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    box, standins = routed
+    restart_router(box, CONNECT_CHECK_OFF)
+    try:
+        ready = wait_ready(box)
+        assert ready["sovereignty"]["connect_time"] is False
+        assert ready["sovereignty"]["kernel"] is True
+        box.write("/etc/hosts", HOSTS_REBOUND)
+        code, answer = chat(box, "private")
+        assert (code, answer["error"]["code"]) == (503, "sovereign_backends_unavailable")
+        assert standins.rebound_requests() == []  # nothing got through: the kernel said no
+        # Control: the address is reachable from the same box by an unconfined process.
+        box.run(["curl", "-sf", "--max-time", "5", "http://203.0.113.1:8000/health"])
+        control = box.run(["systemd-run", "--wait", "--pipe", "-p", "User=mushishi",
+                           "/usr/bin/curl", "-sf", "--max-time", "5", "-o", "/dev/null",
+                           "-X", "POST", "-H", "Content-Type: application/json", "-d",
+                           '{"model":"gpu-model","messages":[{"role":"user","content":"c"}]}',
+                           "http://203.0.113.1:8000/v1/chat/completions"], check=False)
+        assert control.returncode == 0, control.stderr
+        assert [r["path"] for r in standins.rebound_requests()] == ["/v1/chat/completions"]
+    finally:
+        box.write("/etc/hosts", HOSTS_LOCAL)
+        restart_router(box, None)
+
+
+def test_self_check_reports_a_unit_without_ip_address_deny(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    box, _ = routed
+    restart_router(box, "[Service]\nIPAddressDeny=\nIPAddressAllow=\n")
+    try:
+        ready = wait_ready(box)
+        assert ready["sovereignty"]["kernel"] is False
+        assert "left the router" in ready["sovereignty"]["detail"]
+        log = box.journal("-u", "mushishi-router")
+        assert "the kernel does not confine it" in log
+    finally:
+        restart_router(box, None)
+
+
+def test_restart_under_load_drops_no_request_and_finishes_the_stream_in_flight(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    box, _ = routed
+    box.write("/etc/hosts", HOSTS_LOCAL)
+    wait_ready(box)
+    out = box.shared / "load.json"
+    load = subprocess.Popen(box.net_command([
+        sys.executable, "-m", "tests.system.router_load",
+        "http://127.0.0.1:4000/v1/chat/completions", KEY, "400", "8", str(out)]),
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    stream = subprocess.Popen(box.net_command([
+        "curl", "-sN", "--max-time", "60", "-H", f"Authorization: Bearer {KEY}",
+        "-H", "Content-Type: application/json", "-d",
+        json.dumps({"model": "private", "stream": True,
+                    "messages": [{"role": "user", "content": "stream"}]}),
+        "http://127.0.0.1:4000/v1/chat/completions"]), stdout=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        for _ in range(2):
+            box.systemctl("restart", "mushishi-router.service", timeout=60)
+            time.sleep(0.5)
+        assert load.wait(timeout=240) == 0
+        streamed, _ = stream.communicate(timeout=60)
+    finally:
+        for process in (load, stream):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = json.loads(out.read_text())
+    assert len(results) == 400
+    failures = [r for r in results if r.get("status") != 200]
+    assert failures == [], failures[:5]
+    assert streamed.rstrip().endswith(b"data: [DONE]"), streamed[-300:]
+    restarts = box.journal("-u", "mushishi-router", "-o", "cat")
+    assert restarts.count("stopping: draining") >= 2

@@ -1,0 +1,168 @@
+"""The pure routing core: hop judgement, pins, mode gates, fallback classes, final errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from mushishi.services.router.core import (
+    GPU_ABSENT,
+    STABLE_CODES,
+    ErrorCode,
+    Failure,
+    GpuView,
+    Health,
+    Hop,
+    HopFailure,
+    ModeGate,
+    RouteProfile,
+    final_error,
+    judge_hop,
+    mode_gate,
+    pin_hops,
+    preview,
+    split_model,
+    status_is_retryable,
+    t1_should_wait,
+)
+
+GPU = Hop("gpu", "gpu-model", True, "127.0.0.1", modes=frozenset({"forensic", "agent"}),
+          max_concurrency=4)
+CPU = Hop("cpu", "cpu-alias", True, "127.0.0.1")
+KIMI = Hop("kimi", "moonshotai/kimi-k2.6", False, "cloud")
+PERSONAL = RouteProfile("personal", "T2", (GPU, CPU, KIMI))
+PRIVATE = RouteProfile("private", "T1", (GPU, CPU), queue_timeout_s=120)
+CLIENT = RouteProfile("client", "T1-strict", (GPU,), require_mode="forensic")
+FORENSIC = GpuView(True, "forensic", "ready")
+
+
+@pytest.mark.parametrize(("hop", "health", "gpu", "usable", "state"), [
+    (GPU, Health.UP, FORENSIC, True, "up"),
+    (GPU, Health.UP, GpuView(True, "creative", "ready"), False, "mode_inactive"),
+    (GPU, Health.UP, GpuView(True, "forensic", "switching"), False, "switching"),
+    (GPU, Health.UP, GpuView(True, "forensic", "failed"), False, "mode_inactive"),
+    (GPU, Health.UP, GPU_ABSENT, True, "up"),  # no gpud: health alone decides
+    (GPU, Health.DOWN, GPU_ABSENT, False, "down"),
+    (GPU, Health.STARTING, FORENSIC, False, "starting"),
+    (GPU, Health.UNKNOWN, FORENSIC, True, "unknown"),
+    (CPU, Health.UP, GpuView(True, "creative", "ready"), True, "up"),  # no modes: always up
+    (KIMI, Health.UP, FORENSIC, True, "cloud"),
+])
+def test_judge_hop_table(hop: Hop, health: Health, gpu: GpuView, usable: bool,
+                         state: str) -> None:
+    verdict = judge_hop(hop, health, "", gpu)
+    assert (verdict.usable, verdict.state) == (usable, state)
+
+
+def test_mode_inactive_reason_names_the_mode_and_the_backend_modes() -> None:
+    verdict = judge_hop(GPU, Health.UP, "", GpuView(True, "creative", "ready"))
+    assert verdict.reason == "GPU mode is creative (ready); gpu runs in agent, forensic"
+
+
+@pytest.mark.parametrize(("pin", "expected"), [
+    (None, ("gpu", "cpu", "kimi")),
+    ("cpu", ("cpu",)),
+    ("cpu-alias", ("cpu",)),
+    ("moonshotai/kimi-k2.6", ("kimi",)),
+    ("groq", None),  # not in the chain: a pin never widens it
+])
+def test_pin_only_narrows_the_chain(pin: str | None, expected: tuple[str, ...] | None) -> None:
+    hops = pin_hops(PERSONAL, pin)
+    assert (None if hops is None else tuple(h.name for h in hops)) == expected
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("private", ("private", None)),
+    ("private/cpu-alias", ("private", "cpu-alias")),
+    ("personal/moonshotai/kimi-k2.6", ("personal", "moonshotai/kimi-k2.6")),
+    ("gpt-4o", ("gpt-4o", None)),
+    ("private/", ("private/", None)),
+])
+def test_split_model(model: str, expected: tuple[str, str | None]) -> None:
+    assert split_model(model, ["private", "personal"]) == expected
+
+
+@pytest.mark.parametrize(("gpu", "gate"), [
+    (FORENSIC, ModeGate.OPEN),
+    (GpuView(True, "agent", "ready"), ModeGate.MISMATCH),
+    (GpuView(True, "forensic", "switching"), ModeGate.WAIT),
+    (GpuView(True, "forensic", "failed"), ModeGate.MISMATCH),
+    (GPU_ABSENT, ModeGate.MISMATCH),  # unknown mode fails closed
+])
+def test_mode_gate_of_a_profile_requiring_forensic(gpu: GpuView, gate: ModeGate) -> None:
+    assert mode_gate(CLIENT, gpu)[0] is gate
+    assert mode_gate(PRIVATE, gpu)[0] is ModeGate.OPEN
+
+
+@pytest.mark.parametrize(("status", "retry"), [
+    (200, False), (201, False), (400, False), (413, False), (422, False),
+    (401, True), (403, True), (404, True), (408, True), (429, True), (500, True), (502, True),
+    (503, True), (504, True), (301, True), (307, True),
+])
+def test_status_is_retryable(status: int, retry: bool) -> None:
+    assert status_is_retryable(status) is retry
+
+
+def failure(kind: Failure, backend: str = "gpu") -> HopFailure:
+    return HopFailure(backend, kind, kind.value, cloud=kind in (Failure.BUDGET, Failure.EGRESS))
+
+
+@pytest.mark.parametrize(("profile", "kinds", "waits"), [
+    (PRIVATE, [Failure.UNAVAILABLE, Failure.CONNECT], True),
+    (PRIVATE, [Failure.STATUS, Failure.TIMEOUT], True),
+    (PRIVATE, [Failure.STATUS, Failure.STATUS], False),  # both answered: no point waiting
+    (PRIVATE, [Failure.FULL], True),
+    (PERSONAL, [Failure.UNAVAILABLE, Failure.CONNECT], False),  # only T1 queues
+    (CLIENT, [Failure.UNAVAILABLE], False),
+])
+def test_t1_should_wait(profile: RouteProfile, kinds: list[Failure], waits: bool) -> None:
+    assert t1_should_wait(profile, [failure(k) for k in kinds]) is waits
+
+
+@pytest.mark.parametrize(("profile", "kinds", "code"), [
+    (CLIENT, [Failure.CONNECT], ErrorCode.BACKEND_FAILED),
+    (PRIVATE, [Failure.UNAVAILABLE, Failure.CONNECT], ErrorCode.SOVEREIGN_BACKENDS_UNAVAILABLE),
+    (PRIVATE, [Failure.STATUS, Failure.STATUS], ErrorCode.ALL_BACKENDS_FAILED),
+    (PERSONAL, [Failure.UNAVAILABLE, Failure.CONNECT, Failure.BUDGET],
+     ErrorCode.BUDGET_EXHAUSTED),
+    (PERSONAL, [Failure.STATUS, Failure.BUDGET, Failure.EGRESS], ErrorCode.ALL_BACKENDS_FAILED),
+    (PERSONAL, [Failure.UNAVAILABLE, Failure.UNAVAILABLE, Failure.BUDGET],
+     ErrorCode.BUDGET_EXHAUSTED),
+    (PERSONAL, [Failure.STATUS, Failure.STATUS, Failure.EGRESS], ErrorCode.ALL_BACKENDS_FAILED),
+])
+def test_final_error_table(profile: RouteProfile, kinds: list[Failure],
+                           code: ErrorCode) -> None:
+    found, message = final_error(profile, [failure(k, f"hop{i}") for i, k in enumerate(kinds)])
+    assert found is code
+    assert found.value in STABLE_CODES
+    assert "hop0" in message
+
+
+def test_t1_final_error_says_private_work_never_goes_to_the_cloud() -> None:
+    _, message = final_error(PRIVATE, [failure(Failure.CONNECT)], waited=True)
+    assert "after waiting 120s" in message and "never goes to the cloud" in message
+
+
+def test_preview_names_skipped_hops_and_the_hop_that_would_answer() -> None:
+    verdicts = {
+        "gpu": judge_hop(GPU, Health.UP, "", GpuView(True, "creative", "ready")),
+        "cpu": judge_hop(CPU, Health.UP, "healthy", GpuView(True, "creative", "ready")),
+        "kimi": judge_hop(KIMI, Health.UP, "", GPU_ABSENT),
+    }
+    view = preview(PRIVATE, verdicts, GpuView(True, "creative", "ready"))
+    assert view.would_use == "cpu"
+    assert view.reason == ("cpu (healthy); skipped gpu: GPU mode is creative (ready); gpu runs "
+                           "in agent, forensic")
+    view = preview(CLIENT, verdicts, GpuView(True, "creative", "ready"))
+    assert view.would_use is None and "would answer mode_mismatch" in view.reason
+
+
+def test_preview_of_t1_with_every_hop_down_says_it_would_queue() -> None:
+    verdicts = {"gpu": judge_hop(GPU, Health.DOWN, "connection refused", GPU_ABSENT),
+                "cpu": judge_hop(CPU, Health.STARTING, "loading model", GPU_ABSENT),
+                "kimi": judge_hop(KIMI, Health.UP, "", GPU_ABSENT)}
+    view = preview(PRIVATE, verdicts, GPU_ABSENT)
+    assert view.would_use is None
+    assert view.reason.startswith("would queue up to 120s, then answer "
+                                  "sovereign_backends_unavailable: gpu: connection refused; "
+                                  "cpu: loading model")
+    assert preview(PERSONAL, verdicts, GPU_ABSENT).would_use == "kimi"

@@ -1,0 +1,63 @@
+"""The connect-time check: the socket factory sees the resolved address before connect()."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from ipaddress import ip_network
+
+import aiohttp
+import pytest
+from aiohttp.client_reqrep import ConnectionKey
+
+from mushishi.services.router.upstream import (
+    SovereigntyRefusal,
+    guarded_socket_factory,
+    refused_by_policy,
+)
+
+NETWORKS = [ip_network("127.0.0.0/8"), ip_network("::1/128"), ip_network("100.64.0.0/10")]
+
+
+@pytest.mark.parametrize("address", [
+    (socket.AF_INET, ("203.0.113.5", 80)),
+    (socket.AF_INET, ("10.0.0.1", 80)),
+    (socket.AF_INET6, ("::ffff:8.8.8.8", 80, 0, 0)),
+    (socket.AF_INET6, ("2001:db8::1", 80, 0, 0)),
+])
+def test_factory_refuses_non_local_addresses_before_any_socket_exists(
+    address: tuple[int, tuple]
+) -> None:
+    refused: list[str] = []
+    factory = guarded_socket_factory(NETWORKS, refused.append)
+    family, sockaddr = address
+    with pytest.raises(SovereigntyRefusal) as caught:
+        factory((family, socket.SOCK_STREAM, 6, "", sockaddr))
+    assert caught.value.errno == errno.EPERM
+    assert refused == [sockaddr[0]]
+
+
+@pytest.mark.parametrize("address", [
+    (socket.AF_INET, ("127.0.0.1", 80)),
+    (socket.AF_INET, ("100.100.0.1", 80)),
+    (socket.AF_INET6, ("::1", 80, 0, 0)),
+])
+def test_factory_creates_sockets_for_local_addresses(address: tuple[int, tuple]) -> None:
+    factory = guarded_socket_factory(NETWORKS, lambda host: pytest.fail(f"refused {host}"))
+    family, sockaddr = address
+    sock = factory((family, socket.SOCK_STREAM, 6, "", sockaddr))
+    try:
+        assert sock.family == family
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()
+
+
+def test_refusals_are_told_apart_from_ordinary_connection_errors() -> None:
+    key = ConnectionKey("h", 80, False, True, None, None, None)
+    ours = aiohttp.ClientConnectorError(key, SovereigntyRefusal("203.0.113.5"))
+    kernel = aiohttp.ClientConnectorError(key, OSError(errno.EPERM, "Operation not permitted"))
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(errno.ECONNREFUSED, "x"))
+    assert refused_by_policy(ours) == "connect-time"
+    assert refused_by_policy(kernel) == "kernel"
+    assert refused_by_policy(refused) is None

@@ -1,0 +1,143 @@
+"""Config-time sovereignty: a sovereign chain may name only local backends, by address."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mushishi.shared.config import ConfigError, load_config
+from mushishi.shared.config.router import check
+
+BASE = """
+[router]
+local_hosts = ["llm.tailnet.example"]
+
+[backends.cpu]
+url = "http://127.0.0.1:8001/v1"
+model = "cpu"
+
+[backends.cloud]
+url = "https://api.example.com/v1"
+model = "big"
+api_key_credential = "cloud-key"
+
+[backends.other]
+url = "{url}"
+model = "m"
+
+[profiles.private]
+tier = "{tier}"
+chain = {chain}
+"""
+
+
+def issues_for(tmp_path: Path, *, url: str = "http://127.0.0.1:8000/v1", tier: str = "T1",
+               chain: str = '["cpu", "other"]', extra: str = "") -> list[str]:
+    path = tmp_path / "mushishi.toml"
+    path.write_text(BASE.format(url=url, tier=tier, chain=chain) + extra)
+    try:
+        load_config(path)
+    except ConfigError as error:
+        return [str(issue) for issue in error.issues]
+    return []
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:8000/v1",
+    "http://192.168.1.20:8000/v1",
+    "http://[::ffff:8.8.8.8]:8000/v1",
+    "http://localhost:8000/v1",
+    "http://2130706433:8000/v1",
+    "https://api.example.com/v1",
+])
+@pytest.mark.parametrize("tier", ["T1", "T1-strict"])
+def test_sovereign_chain_with_non_local_backend_is_rejected_naming_profile_and_backend(
+    tmp_path: Path, url: str, tier: str
+) -> None:
+    found = issues_for(tmp_path, url=url, tier=tier)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"profiles.private.chain[1]: {tier} profile 'private' may only "
+                               "use local backends, but backend 'other' is not local")
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1@evil.example.com/v1",
+    "http://evil.example.com#@127.0.0.1/v1",
+])
+def test_userinfo_and_fragment_tricks_are_rejected_at_the_url_and_in_the_chain(
+    tmp_path: Path, url: str
+) -> None:
+    found = issues_for(tmp_path, url=url)
+    assert any(issue.startswith("backends.other.url:") for issue in found), found
+    assert any(issue.startswith("profiles.private.chain[1]:") for issue in found), found
+
+
+def test_sovereign_chain_of_local_backends_is_accepted(tmp_path: Path) -> None:
+    assert issues_for(tmp_path, url="http://[::1]:8000/v1") == []
+    assert issues_for(tmp_path, url="http://100.101.102.103:8000/v1") == []
+    assert issues_for(tmp_path, url="unix:/run/vllm.sock") == []
+
+
+def test_t2_chain_starting_with_cloud_is_rejected(tmp_path: Path) -> None:
+    found = issues_for(tmp_path, tier="T2", chain='["cloud", "cpu"]')
+    assert found == ["profiles.private.chain[0]: T2 profile 'private' must start with a local "
+                     "backend, but backend 'cloud' is cloud (hostname 'api.example.com' is not "
+                     "listed in router.local_hosts); use T3 for cloud-first"]
+
+
+def test_t2_local_first_then_cloud_and_t3_cloud_first_are_accepted(tmp_path: Path) -> None:
+    assert issues_for(tmp_path, tier="T2", chain='["cpu", "cloud"]') == []
+    assert issues_for(tmp_path, tier="T3", chain='["cloud", "cpu"]') == []
+
+
+def test_chain_naming_an_unknown_backend_is_rejected(tmp_path: Path) -> None:
+    found = issues_for(tmp_path, chain='["cpu", "gpuu"]')
+    assert found == ["profiles.private.chain[1]: unknown backend 'gpuu' "
+                     "(backends: cloud, cpu, other)"]
+
+
+def test_api_key_on_a_local_backend_is_rejected(tmp_path: Path) -> None:
+    found = issues_for(tmp_path, extra='\n[backends.bad]\nurl = "http://127.0.0.1:9/v1"\n'
+                                       'model = "x"\napi_key_credential = "k"\n')
+    assert any(issue.startswith("backends.bad.api_key_credential:") for issue in found), found
+
+
+def test_unix_peers_must_name_real_users_and_profiles(tmp_path: Path) -> None:
+    text = BASE.format(url="http://127.0.0.1:8000/v1", tier="T1", chain='["cpu"]')
+    text = text.replace('local_hosts = ["llm.tailnet.example"]',
+                        'local_hosts = ["llm.tailnet.example"]\nunix_peers = '
+                        '{ "no-such-user-xyz" = ["private"], "0" = ["nope"], '
+                        '"root" = ["private"] }')
+    path = tmp_path / "mushishi.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    found = [str(issue) for issue in caught.value.issues]
+    assert found == [
+        "router.unix_peers.no-such-user-xyz: no such user 'no-such-user-xyz' (give a user "
+        "name or a numeric uid)",
+        "router.unix_peers.0[0]: unknown profile 'nope'",
+    ]
+
+
+def test_listed_hostname_resolving_to_a_public_address_is_rejected_for_t1(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mushishi.toml"
+    path.write_text(BASE.format(url="http://llm.tailnet.example:8000/v1", tier="T1",
+                                chain='["cpu", "other"]'))
+    settings = load_config(path).settings  # resolution fails here: listed, checked later
+    found = [str(i) for i in check(settings, resolve=lambda host: ["100.64.0.9",
+                                                                   "198.51.100.7"])]
+    assert found == ["profiles.private.chain[1]: T1 profile 'private' may only use local "
+                     "backends, but backend 'other' is not local: hostname "
+                     "'llm.tailnet.example' resolves to 198.51.100.7, outside "
+                     "router.local_networks"]
+    assert check(settings, resolve=lambda host: ["100.64.0.9"]) == []
+
+
+def test_example_config_passes_every_locality_check() -> None:
+    from tests.paths import EXAMPLE_CONFIG
+
+    load_config(EXAMPLE_CONFIG)
