@@ -43,6 +43,8 @@ def test_sent_messages_are_bounded_for_long_running_daemons() -> None:
         notifier.watchdog()
     notifier.status("latest")
     assert len(notifier.sent) == 256 and notifier.sent[-1] == "STATUS=latest"
+
+
 def test_status_with_non_latin1_text_reaches_the_socket(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "notify"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
