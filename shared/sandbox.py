@@ -4,7 +4,9 @@ The machine image is the lower layer, a tmpfs the upper one, so nothing inside c
 the host: not /etc, not /tmp (systemd-tmpfiles cleans /tmp at boot), not the network
 (a fresh network namespace with only `lo`). The tmpfs and every mount live only in the
 sandbox's private mount namespace, and PID 1 of its PID namespace is systemd itself, so
-when systemd exits, everything inside goes with it.
+when systemd exits, everything inside goes with it. Each sandbox also has a cgroup namespace
+rooted at `<cgroup2>/mushishi-sandbox/<name>` with its own cgroup2 mount, so concurrent
+sandboxes never share a unit's cgroup (or its IPAddressDeny= BPF programs).
 
 Teardown is guaranteed three ways: `stop()` asks systemd to power off (SIGRTMIN+4; SIGTERM
 only makes PID 1 re-execute), then SIGKILLs it; `unshare --kill-child` kills systemd if
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import shlex
@@ -58,6 +61,10 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work"
 mount --rbind /dev "$base/root/dev"
 mount -t proc proc "$base/root/proc"
 mount --rbind /sys "$base/root/sys"
+# Our own cgroup2 tree: this process sits in a cgroup namespace rooted at the sandbox's
+# cgroup, so the sandbox's systemd runs in unified mode on a hierarchy no other sandbox (and
+# not the host) shares: its system.slice, BPF filters and kills stay its own.
+mount -t cgroup2 -o nsdelegate cgroup2 "$base/root/sys/fs/cgroup"
 for shared in "$@"; do
     mkdir -p "$base/root$shared"
     mount --bind "$shared" "$base/root$shared"
@@ -89,6 +96,35 @@ class SandboxError(RuntimeError):
 def _pdeathsig_kill() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def cgroup2_root() -> Path:
+    """The host's cgroup2 mount: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified (hybrid)."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    points = {line.split()[1] for line in mounts if line.split()[2] == "cgroup2"}
+    for candidate in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if candidate in points:
+            return Path(candidate)
+    raise SandboxError("no cgroup2 hierarchy is mounted (/sys/fs/cgroup or "
+                       "/sys/fs/cgroup/unified); the sandbox needs one for its own systemd")
+
+
+def _remove_cgroup_tree(path: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (a cgroup still in use stays)."""
+    if not path.is_dir():
+        return
+    for child in sorted((p for p in path.rglob("*") if p.is_dir()),
+                        key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            child.rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _enter_cgroup_and_pdeathsig(cgroup: Path, pdeathsig: bool) -> None:
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    if pdeathsig:
+        _pdeathsig_kill()
 
 
 def check_host() -> None:
@@ -123,6 +159,7 @@ class Sandbox:
         self.unit = unit
         self.detached = detached
         self.pid: int | None = None
+        self.cgroup = _cgroup_root_or_none() / "mushishi-sandbox" / self.name
         self._unshare: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -133,6 +170,11 @@ class Sandbox:
             raise SandboxError(f"{self.dir} exists: a sandbox named {self.name} may be running "
                                f"(python -m mushishi.shared.sandbox stop {self.name})")
         (self.dir / "base").mkdir(parents=True)
+        parent = cgroup2_root() / "mushishi-sandbox"
+        for stale in (parent.iterdir() if parent.is_dir() else ()):
+            if stale.is_dir() and not (self.dir.parent / stale.name).exists():
+                _remove_cgroup_tree(stale)  # left by a sandbox whose runner was killed
+        self.cgroup.mkdir(parents=True, exist_ok=True)
         for shared in self.shared_dirs:
             shared.mkdir(parents=True, exist_ok=True)
         inner = (
@@ -142,7 +184,7 @@ class Sandbox:
         )
         argv = [
             "/usr/bin/unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--uts",
-            "--ipc", "--net", "--propagation", "private",
+            "--ipc", "--net", "--cgroup", "--propagation", "private",
             "/bin/sh", "-c", inner, "mushishi-sandbox", str(self.dir / "base"),
             *(str(d) for d in self.shared_dirs),
         ]
@@ -151,7 +193,8 @@ class Sandbox:
             argv,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env={"PATH": SANDBOX_PATH, "UNIT": self.unit},
-            preexec_fn=None if self.detached else _pdeathsig_kill,
+            preexec_fn=functools.partial(
+                _enter_cgroup_and_pdeathsig, self.cgroup, not self.detached),
             start_new_session=self.detached,
         )
         log.close()
@@ -213,6 +256,7 @@ class Sandbox:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._unshare.wait(timeout=5)
         self.pid = None
+        _remove_cgroup_tree(self.cgroup)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
@@ -315,6 +359,13 @@ class Sandbox:
         except OSError:
             return "(no console log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _cgroup_root_or_none() -> Path:
+    try:
+        return cgroup2_root()
+    except (SandboxError, OSError):
+        return Path("/nonexistent-cgroup2")
 
 
 def _read_pid(path: Path) -> int | None:

@@ -64,3 +64,18 @@ def test_sandbox_dies_with_the_process_that_booted_it(tmp_path: Path) -> None:
     assert not Path(f"/proc/{init_pid}").exists()
     assert directory not in _host_mounts()
     Sandbox(Path(directory).name).stop()  # removes the (unmounted) state directory
+
+
+def test_concurrent_sandboxes_have_their_own_cgroup_trees(sandbox: Sandbox) -> None:
+    unit = "mushishi-cgroup-probe.service"
+    with Sandbox() as other:
+        for box in (sandbox, other):
+            box.run(["systemd-run", "--unit", unit, "/bin/sleep", "300"])
+        ours = sandbox.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip()
+        other.systemctl("stop", unit)  # must not touch the first sandbox's process
+        assert sandbox.is_active(unit) == "active"
+        assert sandbox.systemctl("show", "-p", "MainPID", "--value", unit).stdout.strip() == ours
+        assert other.run(["stat", "-fc", "%T", "/sys/fs/cgroup"]).stdout.strip() == "cgroup2fs"
+        host_view = Path(f"/proc/{other.pid}/cgroup").read_text()
+        assert f"/mushishi-sandbox/{other.name}/" in host_view
+    sandbox.systemctl("stop", unit)
