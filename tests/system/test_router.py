@@ -112,28 +112,11 @@ def routed() -> Iterator[tuple[Sandbox, Standins]]:
         standins.start("203.0.113.1", 8000, "gpu-model", "rebound", "--record",
                        str(standins.rebound_log))
         box.install(CONFIG)
-        isolate(box)
         box.systemctl("start", "mushishi-router.socket")
         yield box, standins
     finally:
         standins.stop()
         box.stop()
-
-
-def isolate(box: Sandbox) -> None:
-    """Run the router's units in a slice of this sandbox's own.
-
-    Every sandbox shares the host's cgroup tree, so `system.slice/mushishi-router.service` is
-    one cgroup for all concurrent sandboxes (and keeps BPF programs attached by earlier ones):
-    without this, another sandbox's IPAddressDeny= could confine our router, or its stop kill
-    our processes. A slice name without dashes gives a path no other sandbox uses.
-    """
-    slice_name = "routertest" + box.name.replace("-", "").replace("sbx", "") + ".slice"
-    for unit, section in (("mushishi-router.service", "Service"),
-                          ("mushishi-router.socket", "Socket")):
-        box.write(f"/etc/systemd/system/{unit}.d/zz-isolate.conf",
-                  f"[{section}]\nSlice={slice_name}\n")
-    box.systemctl("daemon-reload")
 
 
 def curl(box: Sandbox, path: str, *args: str, check: bool = True) -> tuple[int, str]:
