@@ -179,3 +179,17 @@ def test_client_profile_is_served_once_gpud_reaches_its_mode(stack: GpuBox) -> N
     answer = ask(stack, "client")
     assert answer["status"] == 200 and answer["backend"] == "gpu", answer
     assert answer["tier"] == "T1-strict"
+
+
+def test_watchdog_reads_the_real_router_gpud_and_floor(stack: GpuBox) -> None:
+    """The watchdog's sources are the live daemons, not stand-ins: each check has its source."""
+    box = stack.box
+    box.systemctl("start", "mushishi-watchdog.service", timeout=300)
+    result = json.loads(box.path("/var/lib/mushishi/watchdog/last.json").read_text())
+    checks = {check["name"]: check for check in result["checks"]}
+    for name in ("cpu-floor", "cloud-share", "gpu", "unit:mushishi-router.service",
+                 "unit:mushishi-cpu-floor.service", "unit:mushishi-gpud.service"):
+        assert checks[name]["status"] == "ok", checks[name]
+    # No backup has run in this sandbox: reported as a problem or missing, never as healthy.
+    assert checks["backup-result"]["status"] == "missing-source"
+    assert checks["backup-age"]["status"] == "problem"
