@@ -93,12 +93,12 @@ def ago(seconds: float | None) -> str:
 
 
 def count(value: float | int | None) -> str:
-    """1234567 -> 1.2M; None -> ?"""
+    """1234567 -> 1.2M, 950000 -> 950k, 1000 -> 1000; None -> ?"""
     if value is None:
         return "?"
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            return f"{value / size:.1f}{suffix}"
+        if abs(value) >= max(size, 1e4):
+            return f"{value / size:.1f}".removesuffix(".0") + suffix
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
