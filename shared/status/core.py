@@ -427,9 +427,12 @@ def render(report: Report, *, colour: bool = False) -> str:
     _budget_row(data["budgets"], paint, row)
     floor = data["cpu_floor"]
     if floor:
-        text = paint("ok" if floor["serving"] else "bad", floor["detail"])
-        if floor["status_text"] and floor["status_text"] not in floor["detail"]:
-            text += paint("dim", f" — {floor['status_text']}")
+        if floor["serving"] and floor["status_text"].startswith(floor["detail"]):
+            text = paint("ok", floor["status_text"])
+        else:
+            text = paint("ok" if floor["serving"] else "bad", floor["detail"])
+            if floor["status_text"]:
+                text += paint("dim", f" — {floor['status_text']}")
         row("cpu floor", text)
     _backup_row(data["backup"], paint, row, unavailable)
     _watchdog_rows(data["watchdog"], paint, row, unavailable)
