@@ -69,10 +69,9 @@ def reads(path: Path, known: dict[str, str]) -> Iterator[tuple[str | None, str, 
         argument: ast.expr | None = None
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             func = node.func
-            if func.attr in ("get", "pop", "setdefault") and _is_environment(func.value) \
-                    and node.args:
-                argument = node.args[0]
-            elif func.attr == "getenv" and node.args:
+            reads_environment = func.attr in ("get", "pop", "setdefault") and \
+                _is_environment(func.value)
+            if node.args and (reads_environment or func.attr == "getenv"):
                 argument = node.args[0]
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and \
                 _is_environment(node.value):
