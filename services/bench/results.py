@@ -31,6 +31,10 @@ def locked(path: Path) -> Iterator[IO[str]]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+", newline="", encoding="utf-8")  # noqa: SIM115
+    except PermissionError as error:
+        raise ResultsError(f"cannot open {path}: {error.strerror} (bench.results): it belongs "
+                           "to user mushishi; run `systemctl start mushishi-bench` or "
+                           "`sudo -u mushishi mushishi bench`") from None
     except OSError as error:
         raise ResultsError(f"cannot open {path}: {error.strerror or error} (bench.results)"
                            ) from None
