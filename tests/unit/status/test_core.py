@@ -226,3 +226,15 @@ def test_human_duration_picks_the_largest_unit(seconds: float, text: str) -> Non
 
 def test_ago_says_past_future_and_never() -> None:
     assert ago(90) == "90 s ago" and ago(-7200) == "in 2 h" and ago(None) == "never"
+
+
+def test_every_json_key_is_documented() -> None:
+    from tests.paths import REPO
+
+    text = (REPO / "docs" / "observability.md").read_text()
+    section = text.split("### `--json`", 1)[1].split("\n## ", 1)[0]
+    report = build_report(everything(), NOW, "box")
+    undocumented = [key for key in report.data if f"`{key}`" not in section]
+    assert undocumented == [], f"add to docs/observability.md's --json table: {undocumented}"
+    for source in report.data["sources"]:
+        assert f"`{source}`" in section, source
