@@ -190,9 +190,7 @@ def test_status_json_with_one_daemon_stopped_names_it_and_shows_the_rest(
     assert healthy["gpu"]["active_mode"] == "off"
     stack.systemctl("stop", "mushishi-gpud.service")
     try:
-        started = time.monotonic()
         code, report = status_json(stack)
-        took = time.monotonic() - started
         assert code == 1
         assert report["unavailable"] == ["gpud"]
         gpud = report["sources"]["gpud"]
@@ -211,7 +209,6 @@ def test_status_json_with_one_daemon_stopped_names_it_and_shows_the_rest(
         screen = stack.run([MUSHISHI, "status"], check=False).stdout
         assert "not answering: gpud" in screen
         assert "serving nemotron-cpu-prism" in screen
-        assert took < 10, took  # generous for a loaded machine; the benchmark measures it
     finally:
         stack.systemctl("start", "mushishi-gpud.service")
         stack.wait_for("mushishi-gpud.service", "active", timeout=60)
