@@ -21,6 +21,7 @@ import tomlkit
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import local_repository_path
 from mushishi.shared.config.gpu import prepare_unit, tenant_unit
+from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
 
 log = logging.getLogger("mushishi.install")
@@ -348,7 +349,7 @@ def _bench_paths(settings: MushishiSettings) -> str:
     """Where mushishi-bench writes: its results (StateDirectory= covers the default) and
     its textfile."""
     lines = ["[Service]", f"ReadWritePaths=-{settings.bench.textfile_dir}"]
-    results = PurePosixPath(settings.bench.results).parent
+    results = PurePosixPath(bench_results(settings)).parent
     if not results.is_relative_to("/var/lib/mushishi/bench"):
         lines.append(f"ReadWritePaths=-{results}")
     return ("# Rendered by `mushishi install` from [bench]; edit the config, not this file.\n"

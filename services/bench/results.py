@@ -32,11 +32,11 @@ def locked(path: Path) -> Iterator[IO[str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+", newline="", encoding="utf-8")  # noqa: SIM115
     except PermissionError as error:
-        raise ResultsError(f"cannot open {path}: {error.strerror} (bench.results): it belongs "
-                           "to user mushishi; run `systemctl start mushishi-bench` or "
-                           "`sudo -u mushishi mushishi bench`") from None
+        raise ResultsError(f"cannot open {path}: {error.strerror} (watchdog.bench_results): "
+                           "it belongs to user mushishi; run `systemctl start mushishi-bench` "
+                           "or `sudo -u mushishi mushishi bench`") from None
     except OSError as error:
-        raise ResultsError(f"cannot open {path}: {error.strerror or error} (bench.results)"
+        raise ResultsError(f"cannot open {path}: {error.strerror or error} (watchdog.bench_results)"
                            ) from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -48,8 +48,8 @@ def locked(path: Path) -> Iterator[IO[str]]:
         elif next(csv.reader([first])) != list(COLUMNS):
             raise ResultsError(
                 f"{path} has columns {first.strip()!r}, not those of `mushishi bench` "
-                f"({','.join(COLUMNS)}): move it aside, or point bench.results (and "
-                "watchdog.bench_results) elsewhere")
+                f"({','.join(COLUMNS)}): move it aside, or point watchdog.bench_results "
+                "elsewhere")
         yield handle
 
 

@@ -23,7 +23,7 @@ from mushishi.services.bench.app import run_bench
 from mushishi.services.bench.core import Target, describe
 from mushishi.services.bench.results import ResultsError
 from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
-from mushishi.shared.config.observability import parse_target
+from mushishi.shared.config.observability import bench_results, parse_target
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.notify import Notifier
 
@@ -41,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, metavar="N",
                         help="times the prompt set is sent (default: bench.repeats)")
     parser.add_argument("--results", metavar="CSV",
-                        help="results file (default: bench.results); the textfile is only "
+                        help="results file (default: bench.results, else watchdog.bench_results); "
+                        "the textfile is only "
                         "written for the default file")
     parser.add_argument("--config", metavar="PATH", help="config file")
     parser.add_argument("--json", action="store_true", help="print the new rows as JSON")
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if terminal:
             print(f"… {text}", file=sys.stderr, flush=True)
 
-    results_path = Path(args.results) if args.results else Path(bench.results)
+    results_path = Path(args.results) if args.results else Path(bench_results(settings))
     try:
         outcome = asyncio.run(run_bench(
             settings, requested, results_path=results_path,

@@ -27,11 +27,12 @@ def parse_target(text: str) -> tuple[str, str]:
 class BenchSettings(Section):
     """`mushishi bench` and mushishi-bench.timer: a fixed prompt set, timed, logged to a CSV."""
 
-    results: AbsolutePath = Field(
-        default="/var/lib/mushishi/bench/results.csv",
+    results: AbsolutePath | None = Field(
+        default=None,
         description="CSV the results are appended to (time, target, prompt_tokens, "
         "completion_tokens, seconds, tokens_per_s, gpu_power_w, gpu_temperature_c, "
-        "regression, backend, gpu_mode); the watchdog reads it (watchdog.bench_results).",
+        "regression, backend, gpu_mode). Unset: watchdog.bench_results, the file the "
+        "watchdog checks; when set, it must be that file.",
     )
     targets: list[str] = Field(
         default=[],
@@ -111,6 +112,11 @@ class TracesSettings(Section):
     )
 
 
+def bench_results(settings: MushishiSettings) -> str:
+    """The bench's CSV: bench.results, else the file the watchdog checks."""
+    return settings.bench.results or settings.watchdog.bench_results
+
+
 def check(settings: MushishiSettings) -> list[Issue]:
     """Bench targets name real, local things; traces stay on the box; the watchdog reads the
     bench's CSV."""
@@ -138,11 +144,12 @@ def check(settings: MushishiSettings) -> list[Issue]:
                 issues.append(Issue(key, f"backend {name!r} is not local ({locality.reason}): "
                                          "bench a cloud backend through a T2/T3 profile, so "
                                          "the egress and its budgets apply"))
-    if settings.bench.results != settings.watchdog.bench_results:
-        issues.append(Issue("watchdog.bench_results",
-                            f"{settings.watchdog.bench_results} is not bench.results "
-                            f"({settings.bench.results}): the watchdog would never see a "
-                            "regression"))
+    if settings.bench.results is not None and \
+            settings.bench.results != settings.watchdog.bench_results:
+        issues.append(Issue("bench.results",
+                            f"{settings.bench.results} is not watchdog.bench_results "
+                            f"({settings.watchdog.bench_results}): the watchdog would never "
+                            "see a regression (leave bench.results unset to use that file)"))
     endpoint = settings.traces.endpoint
     if endpoint is not None:
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mushishi.shared import dbus_names
+from mushishi.shared.config.observability import bench_results
 from mushishi.shared.status.core import (
     ALWAYS_ON,
     TIMERS,
@@ -487,8 +488,8 @@ async def collect(settings: Any, *, now: datetime, limit_s: float,
               f"is {settings.watchdog.state_dir} on a hung disk?"),
         timed("firewall", read_firewall(settings.firewall.state_dir), limit_s,
               f"is {settings.firewall.state_dir} on a hung disk?"),
-        timed("bench", read_bench(settings.bench.results), limit_s,
-              f"is {settings.bench.results} on a hung disk?"),
+        timed("bench", read_bench(bench_results(settings)), limit_s,
+              f"is {bench_results(settings)} on a hung disk?"),
     ]
     try:
         return dict(await asyncio.gather(*jobs))

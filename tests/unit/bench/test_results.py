@@ -34,8 +34,8 @@ def test_a_new_file_gets_the_contract_header_and_rows_append(tmp_path: Path) -> 
 def test_a_file_with_other_columns_is_refused_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     path.write_text("when,speed\n1,2\n")
-    with pytest.raises(results.ResultsError, match=r"results\.csv has columns.*bench\.results"), \
-            results.locked(path):
+    refused = r"results\.csv has columns.*watchdog\.bench_results"
+    with pytest.raises(results.ResultsError, match=refused), results.locked(path):
         pass
     assert path.read_text() == "when,speed\n1,2\n"
 

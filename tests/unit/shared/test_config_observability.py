@@ -55,8 +55,8 @@ endpoint = "http://127.0.0.1:6006/v1/traces"
      "bench.targets[0]: backend 'cloud' is not local (hostname 'api.example.com' is not "
      "listed in router.local_hosts): bench a cloud backend through a T2/T3 profile"),
     ('[bench]\nresults = "/srv/bench.csv"',
-     "watchdog.bench_results: /var/lib/mushishi/bench/results.csv is not bench.results "
-     "(/srv/bench.csv): the watchdog would never see a regression"),
+     "bench.results: /srv/bench.csv is not watchdog.bench_results "
+     "(/var/lib/mushishi/bench/results.csv): the watchdog would never see a regression"),
     ('[traces]\nendpoint = "https://phoenix.example.com/v1/traces"',
      "traces.endpoint: hostname 'phoenix.example.com' is not listed in router.local_hosts: "
      "traces must stay on the box or the tailnet"),
