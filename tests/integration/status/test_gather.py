@@ -201,3 +201,39 @@ async def test_budgets_come_from_the_egress_ledger_when_it_is_installed(
     if status == "ok":
         report = build_report({"budgets": reading}, NOW, "box")
         assert "kimi 3/1000 requests" in render(report)
+
+
+async def test_http_get_reads_chunked_and_length_delimited_answers(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for part in (b'{"data": [', b'{"id": "a"}', b", ", b'{"id": "b"}]}'):
+            await response.write(part)
+        await response.write_eof()
+        return response
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "c"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", chunked)
+    app.router.add_get("/status", whole)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    unix = web.UnixSite(runner, str(tmp_path / "s.sock"))
+    await unix.start()
+    try:
+        status, body = await gather.http_get("/v1/models", host="127.0.0.1", port=port)
+        assert status == 200 and json.loads(body) == {"data": [{"id": "a"}, {"id": "b"}]}
+        reading = await gather.read_cpu_floor("127.0.0.1", port, "b")
+        assert reading.data == {"alias": "b", "models": ["a", "b"]}
+        status, body = await gather.http_get("/status", unix_socket=str(tmp_path / "s.sock"))
+        assert status == 200 and json.loads(body) == {"data": [{"id": "c"}]}
+    finally:
+        await runner.cleanup()
