@@ -101,12 +101,15 @@ def up() -> int:
     box.systemctl("start", "--no-block", "mushishi.target")
     box.systemctl("isolate", "mushishi-off.target", check=False)
     box.systemctl("start", "--no-block", "mushishi-backup.service")  # a first real backup
+    box.systemctl("start", "--no-block", "mushishi-bench.service")  # a first speed baseline
     print(box.systemctl("list-units", "--all", "mushishi*", check=False).stdout)
     print(f"""mushishi demo is running in sandbox {NAME!r} (systemd PID {box.pid} on this host).
-  status:   sudo nsenter -t {box.pid} -a systemctl status 'mushishi*'
+  units:    sudo nsenter -t {box.pid} -a systemctl status 'mushishi*'
   journal:  sudo nsenter -t {box.pid} -a journalctl -u 'mushishi*' -f
   shell:    sudo {BINDIR}/python -m mushishi.shared.sandbox shell {NAME}
-            (then: curl -s 127.0.0.1:4000/health, mushishi status, systemctl isolate …)
+            (then: mushishi status, curl -s 127.0.0.1:4000/health, systemctl isolate …)
+  status:   sudo nsenter -t {box.pid} -a {BINDIR}/mushishi status   (one screen of everything)
+  bench:    systemctl start mushishi-bench; tail /var/lib/mushishi/bench/results.csv
   backup:   systemctl start mushishi-backup; cat /var/lib/mushishi/backup/last.json
   watchdog: systemctl start mushishi-watchdog; cat /var/lib/mushishi/watchdog/last.json
             (ntfy is unreachable here: alerts wait in /var/lib/mushishi/watchdog/outbox)

@@ -21,6 +21,7 @@ import tomlkit
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import local_repository_path
 from mushishi.shared.config.gpu import prepare_unit, tenant_unit
+from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
 
 log = logging.getLogger("mushishi.install")
@@ -90,6 +91,8 @@ def _unit_credentials(settings: MushishiSettings) -> dict[str, list[str]]:
         "mushishi-alert@.service": ntfy,
         "mushishi-backup.service": backup,
         "mushishi-backup-check.service": backup,
+        "mushishi-bench.service": [settings.bench.api_key_credential]
+        if settings.bench.api_key_credential else [],
     }
 
 
@@ -212,6 +215,10 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         header + "\n".join(listen) + "\n" + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-router.service.d" / "local-networks.conf"] = (
         header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
+    plan.files[units / "mushishi-bench.service.d" / "local-networks.conf"] = (
+        header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
+    plan.files[units / "mushishi-bench.service.d" / "paths.conf"] = (_bench_paths(settings),
+                                                                      0o644)
     plan.files[units / "mushishi-egress.socket.d" / "listen.conf"] = (
         header + f"[Socket]\nListenStream=\nListenStream={settings.router.egress_socket}\n",
         0o644)
@@ -338,12 +345,25 @@ def _backup_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     }
 
 
+def _bench_paths(settings: MushishiSettings) -> str:
+    """Where mushishi-bench writes: its results (StateDirectory= covers the default) and
+    its textfile."""
+    lines = ["[Service]", f"ReadWritePaths=-{settings.bench.textfile_dir}"]
+    results = PurePosixPath(bench_results(settings)).parent
+    if not results.is_relative_to("/var/lib/mushishi/bench"):
+        lines.append(f"ReadWritePaths=-{results}")
+    return ("# Rendered by `mushishi install` from [bench]; edit the config, not this file.\n"
+            + "\n".join(lines) + "\n")
+
+
 def _textfile_tmpfiles(settings: MushishiSettings) -> str:
     """node_exporter textfile directories: created root:mushishi 2775 when absent, never
     re-owned when they exist (the ':' prefixes)."""
-    directories = dict.fromkeys([settings.backup.textfile_dir, settings.watchdog.textfile_dir])
+    directories = dict.fromkeys([settings.backup.textfile_dir, settings.watchdog.textfile_dir,
+                                 settings.bench.textfile_dir])
     lines = "".join(f"d {d} :2775 :root :mushishi -\n" for d in directories)
-    return "# node_exporter textfile collector (rendered from [backup] and [watchdog]).\n" + lines
+    return ("# node_exporter textfile collector (rendered from [backup], [watchdog] and "
+            "[bench]).\n" + lines)
 
 
 RESTIC_CANDIDATES = ("/usr/bin/restic", "/usr/local/bin/restic", "/bin/restic",

@@ -12,7 +12,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 
 REGISTRY_KEY = web.AppKey("mushishi_metrics_registry", CollectorRegistry)
 
@@ -27,6 +33,10 @@ def package_version() -> str:
 
 def new_registry(daemon: str) -> CollectorRegistry:
     """A fresh registry carrying `mushishi_build_info{daemon, version}`."""
+    # No `<counter>_created` gauges: they double every counter's and histogram's series,
+    # carry a time without the `_timestamp_seconds` suffix, and Prometheus 2 ignores them.
+    # (prometheus_client only offers this process-wide switch; every daemon wants it.)
+    disable_created_metrics()
     registry = CollectorRegistry(auto_describe=True)
     info = Gauge(
         "mushishi_build_info", "mushishi build information (always 1).",

@@ -145,7 +145,9 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
+    sent = re.search(r"(\d+) requests in", out)
     return {"rps": rps, "p50_ms": latency("50%"), "p99_ms": latency("99%"),
+            "requests": float(sent[1]) if sent else 0.0,
             "non_2xx": float(errors[1]) if errors else 0.0,
             "socket_errors": socket_errors[1] if socket_errors else ""}  # type: ignore[dict-item]
 
@@ -364,6 +366,29 @@ def main() -> int:
         with router(processes, config, port) as process:
             measure("mushishi", f"http://127.0.0.1:{port}/v1/chat/completions")
             results["mushishi_rss_idle_mb"] = rss_mb(process.pid)
+        # The same router with [traces] on, exporting every request to a stand-in OTLP/HTTP
+        # collector (tests/standins): the cost of tracing, measured against the line above.
+        collector_port = free_port()
+        spans = work / "spans.jsonl"
+        processes.start([sys.executable, "-m", "tests.standins.otlp_collector", "--port",
+                         str(collector_port), "--record", str(spans)], cwd=REPO, env=env)
+        wait_port(collector_port)
+        tport = free_port()
+        tconfig = mushishi_config(
+            work / "mushishi-traced", tport, f"http://127.0.0.1:{backend}/v1",
+            f"http://127.0.0.1:{backend2}/v1",
+            extra=f'\n[traces]\nendpoint = "http://127.0.0.1:{collector_port}/v1/traces"\n')
+        with router(processes, tconfig, tport):
+            measure("mushishi-traced", f"http://127.0.0.1:{tport}/v1/chat/completions")
+            time.sleep(3)  # the last batch is exported
+        traced, plain = table["mushishi-traced"], table["mushishi"]
+        results["traces_overhead"] = {
+            "rps_c16_ratio_traced_to_untraced": traced["c16"]["rps"] / plain["c16"]["rps"],
+            "added_p50_c1_ms": traced["c1"]["p50_ms"] - plain["c1"]["p50_ms"],
+            "spans_received": sum(1 for _ in spans.open()) if spans.exists() else 0,
+            "requests_sent_traced": sum(traced[c].get("requests", 0) for c in ("c1", "c16",
+                                                                                "c64")),
+        }
         if with_litellm:
             for production in (False, True):
                 name = "litellm-production" if production else "litellm-defaults"

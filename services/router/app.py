@@ -40,6 +40,7 @@ from mushishi.services.router.health import HealthProber
 from mushishi.services.router.http_api import build_app
 from mushishi.services.router.metrics import RouterMetrics, RouterStateCollector
 from mushishi.services.router.state import Board
+from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
 from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
@@ -103,6 +104,7 @@ class Router:
         self._headers: dict[tuple[str, str], dict[str, str]] = {}
         self.board.on_change.append(self._health_changed)
         self.registry.register(RouterStateCollector(lambda: self))
+        self.tracer = RequestTracer.from_settings(settings.traces, package_version())
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, *, check_confinement: bool = True) -> None:
@@ -138,6 +140,9 @@ class Router:
         if self.gpu is not None:
             await self.gpu.close()
         await self.upstreams.close()
+        if self.tracer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
+            self.tracer = None
 
     # -- callbacks ----------------------------------------------------------------------
     def _refused(self, address: str) -> None:
@@ -260,6 +265,8 @@ class Router:
             text += f" after {call.fallbacks} fallback(s)"
         if message:
             text += f" ({message})"
+        if self.tracer is not None:
+            self.tracer.record(call, elapsed_s=elapsed, gpu_mode=self.board.gpu.active_mode)
         level = logging.INFO if outcome in ("success", "client_error") else logging.WARNING
         if log.isEnabledFor(level):
             # One record per request: built directly, skipping logging's stack walk for the

@@ -16,6 +16,7 @@ from pydantic_settings import (
 
 from mushishi.shared.config import firewall as firewall_section
 from mushishi.shared.config import gpu as gpu_section
+from mushishi.shared.config import observability as observability_section
 from mushishi.shared.config import router as router_section
 from mushishi.shared.config._base import Issue
 from mushishi.shared.config.alerts import NtfySettings, WatchdogSettings
@@ -23,6 +24,7 @@ from mushishi.shared.config.backup import BackupSettings
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
 from mushishi.shared.config.firewall import FirewallSettings
 from mushishi.shared.config.gpu import GpuSettings, ModeSettings, TenantSettings
+from mushishi.shared.config.observability import BenchSettings, TracesSettings
 from mushishi.shared.config.router import (
     BackendSettings,
     EgressSettings,
@@ -87,6 +89,12 @@ class MushishiSettings(BaseSettings):
     firewall: FirewallSettings = Field(
         default_factory=FirewallSettings, description="Exposed services."
     )
+    bench: BenchSettings = Field(
+        default_factory=BenchSettings, description="Inference speed benchmarks."
+    )
+    traces: TracesSettings = Field(
+        default_factory=TracesSettings, description="OTLP traces of routed requests."
+    )
 
     @model_validator(mode="after")
     def _default_modes_exist(self) -> MushishiSettings:
@@ -113,4 +121,5 @@ CHECKS: tuple[Callable[[MushishiSettings], list[Issue]], ...] = (
     router_section.check,
     gpu_section.check,
     firewall_section.check,
+    observability_section.check,
 )

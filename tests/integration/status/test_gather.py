@@ -1,0 +1,239 @@
+"""`mushishi status`'s adapters against real peers: the real router in-process, a gpud
+stand-in on a real private dbus-daemon, a llama.cpp stand-in, result files; a stopped or
+hung source is named and costs at most its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import types
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from dbus_fast.aio import MessageBus
+
+from mushishi.shared import dbus_names
+from mushishi.shared.config import MushishiSettings, load_settings
+from mushishi.shared.status import gather
+from mushishi.shared.status.core import build_report, render
+from tests.integration.router.harness import running_box
+from tests.standins.bus import PrivateBus
+from tests.standins.gpud_properties import GpuMode1Properties, serve
+from tests.standins.llamacpp import LlamaCppStandin
+
+NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
+
+
+def settings_for(tmp_path: Path, router_socket: str, floor_port: int) -> MushishiSettings:
+    for name in ("backup", "watchdog", "firewall", "bench"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    config = tmp_path / "status.toml"
+    config.write_text(f"""
+[router]
+listen = ["127.0.0.1:4000", "unix:{router_socket}"]
+[cpu_floor]
+host = "127.0.0.1"
+port = {floor_port}
+alias = "nemotron-cpu-prism"
+[backup]
+state_dir = "{tmp_path}/backup"
+[watchdog]
+state_dir = "{tmp_path}/watchdog"
+bench_results = "{tmp_path}/bench/results.csv"
+[firewall]
+state_dir = "{tmp_path}/firewall"
+[bench]
+results = "{tmp_path}/bench/results.csv"
+""")
+    return load_settings(config)
+
+
+@pytest.fixture
+async def floor() -> AsyncIterator[LlamaCppStandin]:
+    server = await LlamaCppStandin("nemotron-cpu-prism").start()
+    yield server
+    await server.stop()
+
+
+async def test_collect_reads_every_source_that_answers(tmp_path: Path,
+                                                       floor: LlamaCppStandin) -> None:
+    (tmp_path / "router").mkdir()
+    async with running_box(tmp_path / "router") as box:
+        settings = settings_for(tmp_path, box.unix_socket, floor.port)
+        (tmp_path / "backup" / "last.json").write_text(json.dumps(
+            {"finished": "2026-03-10T09:00:00+00:00", "outcome": "ok",
+             "verify": {"outcome": "ok", "files_checked": 20}}))
+        (tmp_path / "watchdog" / "last.json").write_text(json.dumps(
+            {"time": "2026-03-11T06:00:00+00:00", "problems": [], "checks": [
+                {"name": "gpu", "status": "ok", "detail": "55 °C"}]}))
+        with PrivateBus() as private:
+            gpud = await serve(private.address, GpuMode1Properties(temperature_c=58))
+            try:
+                readings = await gather.collect(settings, now=NOW, limit_s=2.0,
+                                                bus_address=private.address)
+            finally:
+                gpud.disconnect()
+    status = {name: reading.status for name, reading in readings.items()}
+    assert status == {"systemd": "down", "gpud": "ok", "router": "ok", "cpu-floor": "ok",
+                      "budgets": "missing", "backup": "ok", "watchdog": "ok",
+                      "firewall": "ok", "bench": "missing"}, readings
+    assert readings["gpud"].data["GpuTemperatureC"] == 58
+    assert readings["router"].data["profiles"]["private"]["tier"] == "T1"
+    assert readings["cpu-floor"].data["models"] == ["nemotron-cpu-prism"]
+    assert readings["budgets"].detail == "egress not installed (no budget ledger to read)"
+    # A private session bus has no systemd: said, not hidden.
+    assert "systemd did not list the units" in readings["systemd"].detail
+    report = build_report(readings, NOW, "box")
+    screen = render(report)
+    assert "sovereignty: config ✓, connect-time ✓" in screen
+    assert "58 °C" in screen and "serving nemotron-cpu-prism" in screen
+    assert report.data["unavailable"] == ["systemd"]
+
+
+class HungGpud:
+    """Owns io.mushishi.GpuMode1 and never answers a call (a wedged daemon)."""
+
+    def __init__(self) -> None:
+        self.bus: MessageBus | None = None
+        self.calls = 0
+
+    async def start(self, address: str) -> None:
+        self.bus = await MessageBus(bus_address=address).connect()
+
+        def swallow(message: object) -> bool:
+            if getattr(message, "destination", None) == dbus_names.BUS_NAME:
+                self.calls += 1
+                return True  # handled: no reply, ever
+            return False
+
+        self.bus.add_message_handler(swallow)
+        await self.bus.request_name(dbus_names.BUS_NAME)
+
+
+async def test_a_hung_router_and_a_hung_gpud_cost_only_the_timeout(
+        tmp_path: Path, floor: LlamaCppStandin) -> None:
+    socket_path = str(tmp_path / "router.sock")
+    connections: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_unix_server(never_answer, socket_path)
+    settings = settings_for(tmp_path, socket_path, floor.port)
+    with PrivateBus() as private:
+        hung = HungGpud()
+        await hung.start(private.address)
+        started = time.monotonic()
+        readings = await gather.collect(settings, now=NOW, limit_s=0.3,
+                                        bus_address=private.address)
+        elapsed = time.monotonic() - started
+        assert hung.bus is not None
+        hung.bus.disconnect()
+    server.close()
+    assert connections, "the router stand-in was never asked"
+    assert hung.calls >= 1, "the hung gpud was never asked"
+    # Without the per-source timeout a hung socket waits forever and a D-Bus call 25 s; the
+    # bound here leaves room for a loaded machine.
+    assert elapsed < 3.0, elapsed
+    for name, what in (("router", "mushishi-router"), ("gpud", "mushishi-gpud")):
+        reading = readings[name]
+        assert reading.status == "down"
+        assert reading.detail.startswith("did not answer within 0.3 s")
+        assert what in reading.detail
+    assert readings["cpu-floor"].status == "ok"  # the rest is still there
+
+
+async def test_stopped_daemons_are_named_with_what_to_check(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, str(tmp_path / "absent.sock"), 9)
+    with PrivateBus() as private:
+        readings = await gather.collect(settings, now=NOW, limit_s=2.0,
+                                        bus_address=private.address)
+    assert readings["router"].status == "down"
+    assert readings["router"].detail == (
+        f"no router socket at {tmp_path}/absent.sock (`systemctl status "
+        "mushishi-router.socket`)")
+    assert readings["gpud"].status == "down"
+    assert "mushishi-gpud is not on the system bus" in readings["gpud"].detail
+    assert readings["cpu-floor"].status == "down"
+    assert "connection refused" in readings["cpu-floor"].detail
+
+
+async def test_no_bus_at_all_is_one_clear_line(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, str(tmp_path / "absent.sock"), 9)
+    readings = await gather.collect(settings, now=NOW, limit_s=1.0,
+                                    bus_address=f"unix:path={tmp_path}/no-bus")
+    for name in ("systemd", "gpud"):
+        assert readings[name].status == "down"
+        assert readings[name].detail.startswith("cannot connect to the system bus")
+
+
+@pytest.mark.parametrize(("behaviour", "status", "detail"), [
+    ("answer", "ok", ""),
+    ("no-ledger", "missing", "no budget ledger yet"),
+    ("denied", "error", "permission denied on the budget ledger"),
+])
+async def test_budgets_come_from_the_egress_ledger_when_it_is_installed(
+        monkeypatch: pytest.MonkeyPatch, behaviour: str, status: str, detail: str) -> None:
+    # The egress daemon is built in parallel; this is the contract its ledger module offers.
+    ledger = types.ModuleType(gather.LEDGER_MODULE)
+    seen: list[datetime] = []
+
+    def read_budgets(settings: MushishiSettings, now: datetime) -> dict[str, object]:
+        seen.append(now)
+        if behaviour == "no-ledger":
+            raise FileNotFoundError("ledger.sqlite")
+        if behaviour == "denied":
+            raise PermissionError("ledger.sqlite")
+        return {"kimi": {"requests_used": 3, "requests_limit": 1000, "tokens_used": 10,
+                         "tokens_limit": None, "cost_used": None, "cost_limit": None,
+                         "day": "2026-03-11", "cooldown_until": None}}
+
+    ledger.read_budgets = read_budgets  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, gather.LEDGER_MODULE, ledger)
+    reading = await gather.read_budgets(MushishiSettings(), NOW)
+    assert reading.status == status and detail in reading.detail
+    assert seen == [NOW]
+    if status == "ok":
+        report = build_report({"budgets": reading}, NOW, "box")
+        assert "kimi 3/1000 requests" in render(report)
+
+
+async def test_http_get_reads_chunked_and_length_delimited_answers(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for part in (b'{"data": [', b'{"id": "a"}', b", ", b'{"id": "b"}]}'):
+            await response.write(part)
+        await response.write_eof()
+        return response
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "c"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", chunked)
+    app.router.add_get("/status", whole)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    unix = web.UnixSite(runner, str(tmp_path / "s.sock"))
+    await unix.start()
+    try:
+        status, body = await gather.http_get("/v1/models", host="127.0.0.1", port=port)
+        assert status == 200 and json.loads(body) == {"data": [{"id": "a"}, {"id": "b"}]}
+        reading = await gather.read_cpu_floor("127.0.0.1", port, "b")
+        assert reading.data == {"alias": "b", "models": ["a", "b"]}
+        status, body = await gather.http_get("/status", unix_socket=str(tmp_path / "s.sock"))
+        assert status == 200 and json.loads(body) == {"data": [{"id": "c"}]}
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,110 @@
+"""The whole always-on stack in a booted systemd, as `make demo` runs it: the shipped example
+config adapted for a machine without a GPU (a simulated GPU for gpud, stand-ins speaking
+vLLM's, ComfyUI's and the audio gateway's wire formats for the tenants, a real llama-server
+with the tiny model for the CPU floor, ntfy unreachable, a local restic repository).
+
+Every daemon is the real one, run by its real unit from this worktree's virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from mushishi.shared.sandbox import Sandbox
+from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
+
+MODEL = "/var/lib/mushishi/models/tiny.gguf"
+GPU_STATE = "/run/mushishi/gpu-sim.json"
+SIMULATED_GPU = {"total_mib": 32607, "used_mib": 500, "util_percent": 0, "temperature_c": 40,
+                 "power_w": 20, "processes": []}
+STANDINS = REPO / "tests" / "standins"
+TENANTS = {
+    "vllm-forensic": ["vllm_gpu.py", "--port", "8000", "--model",
+                      "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning"],
+    "vllm-agent": ["vllm_gpu.py", "--port", "8000", "--model",
+                   "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning"],
+    "comfyui": ["comfyui.py", "--port", "8188"],
+    "audio": ["json_queue.py", "--port", "9000"],
+}
+CREDENTIALS = {"restic-password": "a-long-restic-password-for-the-stack-tests",
+               "ntfy-topic": "mushishi-stack-test"}
+ALWAYS_ON = ("mushishi-router.service", "mushishi-gpud.service", "mushishi-cpu-floor.service")
+MUSHISHI = f"{BINDIR}/mushishi"
+
+
+def stack_config(llama_server: str) -> str:
+    """The example config with what a GPU-less sandbox needs (as scripts/demo.py adapts it)."""
+    doc: Any = tomlkit.parse(EXAMPLE_CONFIG.read_text())
+    doc["gpu"]["probe"] = "simulated"
+    doc["gpu"]["poll_interval_s"] = 1.0
+    for name, (script, *args) in TENANTS.items():
+        doc["tenants"][name]["command"] = [sys.executable, str(STANDINS / script), *args]
+    floor = doc["cpu_floor"]
+    floor.update({"llama_server": llama_server, "model": MODEL, "threads": 1,
+                  "ctx_size": 512, "mlock": False})
+    doc["router"]["probe_interval_s"] = 0.5
+    doc["watchdog"]["disk_mounts"] = ["/"]
+    doc["ntfy"]["url"] = "http://127.0.0.1:9"
+    backup = doc["backup"]
+    backup["repository"] = "/var/lib/mushishi/restic-repo"
+    sets = backup["sets"]
+    for index in reversed(range(len(sets))):
+        if not str(sets[index]["path"]).startswith("/etc/mushishi"):
+            del sets[index]
+    doc["bench"] = {"max_tokens": 16}
+    return tomlkit.dumps(doc)
+
+
+def boot_stack(llama_server: Path, tiny_model: Path) -> Sandbox:
+    """A booted sandbox with the stack installed and mushishi.target started in mode off."""
+    box = Sandbox()
+    box.boot()
+    try:
+        box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
+        models = box.path(Path(MODEL).parent)
+        models.mkdir(parents=True, exist_ok=True)
+        models.chmod(0o755)
+        shutil.copyfile(tiny_model, models / "tiny.gguf")
+        (models / "tiny.gguf").chmod(0o644)
+        box.install(stack_config(str(llama_server)), credentials=CREDENTIALS)
+        box.systemctl("start", "--no-block", "mushishi.target")
+        box.systemctl("isolate", "mushishi-off.target")
+        for unit in ALWAYS_ON:
+            box.wait_for(unit, "active", timeout=120)
+        wait_serving(box)
+    except BaseException:
+        box.stop()
+        raise
+    return box
+
+
+def wait_serving(box: Sandbox, timeout: float = 60.0) -> None:
+    """Until the router says the private profile would be answered (the floor is up)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        result = box.run(["curl", "-sS", "--max-time", "2", "--unix-socket",
+                          "/run/mushishi/router.sock", "http://localhost/status"], check=False)
+        last = result.stdout + result.stderr
+        if result.returncode == 0 and json.loads(result.stdout)["profiles"]["private"][
+                "would_use"] == "cpu":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the router never routed private to the CPU floor: {last[-2000:]}")
+
+
+def status_json(box: Sandbox) -> tuple[int, dict[str, Any]]:
+    """`mushishi status --json` inside the sandbox, as root: (exit status, report)."""
+    result = box.run([MUSHISHI, "status", "--json"], check=False, timeout=30)
+    try:
+        return result.returncode, json.loads(result.stdout)
+    except ValueError:
+        raise AssertionError(f"not JSON ({result.returncode}): {result.stdout}"
+                             f"{result.stderr}") from None
