@@ -112,11 +112,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_credentials(directory: Path) -> Path:
+def write_credentials(directory: Path, names: tuple[str, ...] = tuple(KEYS)) -> Path:
     """The keys as systemd would place them ($CREDENTIALS_DIRECTORY/<name>)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, value in KEYS.items():
-        (directory / name).write_text(value + "\n")
+    for name in names:
+        (directory / name).write_text(KEYS[name] + "\n")
     return directory
 
 
@@ -179,6 +179,7 @@ async def start_providers(**kwargs: Any) -> tuple[CloudStandin, CloudStandin]:
 @contextlib.asynccontextmanager
 async def running_egress(tmp_path: Path, *, kimi: CloudStandin | None = None,
                          groq: CloudStandin | None = None, clock: Any = None,
+                         credentials: tuple[str, ...] = tuple(KEYS),
                          **config: str) -> AsyncIterator[EgressBox]:
     """Providers (unless given) and the egress serving on tmp_path/egress.sock."""
     own = kimi is None or groq is None
@@ -190,10 +191,10 @@ async def running_egress(tmp_path: Path, *, kimi: CloudStandin | None = None,
         path.write_text(config_text(tmp_path, kimi_port=kimi.port, groq_port=groq.port,
                                     **config))
     settings = load_config(path).settings
-    credentials = write_credentials(tmp_path / "credentials")
+    directory = write_credentials(tmp_path / f"credentials-{len(credentials)}", credentials)
     egress = Egress(settings, clock=clock, resolver=providers_resolver(kimi, groq),
                     credential_reader=lambda name: read_credential(
-                        name, environ={"CREDENTIALS_DIRECTORY": str(credentials)}))
+                        name, environ={"CREDENTIALS_DIRECTORY": str(directory)}))
     await egress.start()
     socket_path = settings.router.egress_socket
     sock = bind_unix(socket_path)
