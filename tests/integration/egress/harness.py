@@ -52,7 +52,8 @@ class StaticResolver(AbstractResolver):
 
 
 def config_text(tmp: Path, *, kimi_port: int, groq_port: int, kimi_extra: str = "",
-                groq_extra: str = "", egress_extra: str = "", extra: str = "") -> str:
+                groq_extra: str = "", egress_extra: str = "", extra: str = "",
+                allowed_peers: str | None = None) -> str:
     """A box with a local gpu, kimi and groq in the cloud, and T1/T2/T3 profiles."""
     return f"""
 [router]
@@ -95,7 +96,7 @@ chain = ["kimi"]
 
 [egress]
 state_dir = "{tmp}/egress-state"
-allowed_peers = ["{os.getuid()}"]
+allowed_peers = ["{allowed_peers or os.getuid()}"]
 metrics_listen = "127.0.0.1:{free_port()}"
 cooldown_after_failures = 2
 cooldown_s = 30

@@ -202,7 +202,7 @@ async def test_read_budgets_works_for_a_reader_who_cannot_write_the_directory() 
     try:
         base.chmod(0o755)
         state = base / "egress"
-        settings = settings_for(state)
+        settings_for(state)  # writes base/mushishi.toml, which the reader loads
         ledger = Ledger(state, PRICES, lambda: NOW)
         ledger.open()
         await ledger.settle(await ledger.reserve("kimi", "a", 10), Usage(20, 5))[1]
@@ -215,7 +215,8 @@ async def test_read_budgets_works_for_a_reader_who_cannot_write_the_directory() 
                   "from mushishi.shared.config import load_config\n"
                   "from mushishi.services.egress.ledger import read_budgets\n"
                   "settings = load_config(sys.argv[1]).settings\n"
-                  "print(json.dumps(read_budgets(settings, datetime.fromisoformat(sys.argv[2]))))\n")
+                  "now = datetime.fromisoformat(sys.argv[2])\n"
+                  "print(json.dumps(read_budgets(settings, now)))\n")
         result = subprocess.run([sys.executable, "-c", script, str(base / "mushishi.toml"),
                                  NOW.isoformat()], user=65534, capture_output=True, text=True,
                                 cwd="/", check=False)
