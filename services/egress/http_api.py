@@ -9,6 +9,7 @@ provider. Errors are OpenAI-shaped with a stable code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -249,10 +250,15 @@ class _Relay:
         self.closed = False  # settled or released
         self.tally = StreamTally()
         self.upstream_started = 0.0
+        self.write: asyncio.Future[Any] | None = None
 
     async def run(self) -> web.StreamResponse:
         try:
-            return await self._run()
+            response = await self._run()
+            if self.write is not None:  # the ledger agrees with the answer before it leaves
+                with contextlib.suppress(LedgerError):
+                    await asyncio.shield(self.write)
+            return response
         finally:
             if not self.closed:
                 # Cancelled (the router went away, or the drain timed out) or an unexpected
@@ -264,10 +270,12 @@ class _Relay:
         """Settle with `usage`, or release when None; exactly once."""
         self.closed = True
         if usage is None:
-            return self.egress.ledger.release(self.reservation)
+            self.write = self.egress.ledger.release(self.reservation)
+            return self.write
         cost, write = self.egress.ledger.settle(self.reservation, usage)
         self.outcome.usage, self.outcome.cost = usage, cost
         self.egress.count_usage(self.backend.name, usage, cost)
+        self.write = write
         return write
 
     async def _settle(self, usage: Usage) -> None:
