@@ -95,7 +95,7 @@ class Processes:
 
 
 def nginx_conf(directory: Path, listen: int, body: str | None = None,
-               upstream: int | None = None) -> Path:
+               upstream: int | None = None, host: str = "127.0.0.1") -> Path:
     """An nginx that returns `body`, or proxies to `upstream` (keep-alive, no buffering)."""
     directory.mkdir(parents=True, exist_ok=True)
     if upstream is not None:
@@ -122,7 +122,7 @@ http {{
   scgi_temp_path {directory}/scgi;
   keepalive_requests 1000000;
   {upstream_block}
-  server {{ listen 127.0.0.1:{listen}; location / {{ {location} }} }}
+  server {{ listen {host}:{listen}; location / {{ {location} }} }}
 }}
 """)
     return conf
@@ -145,7 +145,9 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, flo
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
+    total = re.search(r"(\d+) requests in", out)
     return {"rps": rps, "p50_ms": latency("50%"), "p99_ms": latency("99%"),
+            "requests": float(total[1]) if total else 0.0,
             "non_2xx": float(errors[1]) if errors else 0.0,
             "socket_errors": socket_errors[1] if socket_errors else ""}  # type: ignore[dict-item]
 
