@@ -269,7 +269,7 @@ _FINISH_LINE = Egress.finish.__code__.co_firstlineno
 
 
 async def serve(egress: Egress, sockets: list[socket.socket], notifier: Notifier,
-                stop: asyncio.Event) -> None:
+                stop: asyncio.Event, origin: str = "bound here") -> None:
     """Serve on `sockets` until `stop` is set, then drain and close."""
     drain = egress.settings.egress.drain_timeout_s
     runner = web.AppRunner(build_app(egress), access_log=None, handler_cancellation=True,
@@ -278,8 +278,8 @@ async def serve(egress: Egress, sockets: list[socket.socket], notifier: Notifier
     sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
     for site in sites:
         await site.start()
-    log.info("serving %d cloud backend(s) on %s", len(egress.policy.cloud),
-             ", ".join(str(s.getsockname()) for s in sockets))
+    log.info("serving %d cloud backend(s) on %s (%s)", len(egress.policy.cloud),
+             ", ".join(str(s.getsockname()) for s in sockets), origin)
     notifier.ready(egress.status_line())
     ticker = asyncio.create_task(_tick(egress, notifier))
     try:
@@ -338,6 +338,7 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
         await egress.close()
         return 1
     sockets = systemd_sockets()
+    origin = "socket from systemd" if sockets is not None else "bound here"
     if sockets is None:
         try:
             sockets = [bind_unix(settings.router.egress_socket, what="router.egress_socket")]
@@ -370,7 +371,7 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await serve(egress, sockets, notifier, stop)
+        await serve(egress, sockets, notifier, stop, origin)
     finally:
         await metrics.cleanup()
     return 0

@@ -177,6 +177,8 @@ def test_a_cloud_hop_reaches_the_provider_through_the_egress_unit_with_its_crede
     assert "a question for cloudy" not in box.journal("-u", "mushishi-egress", "-o", "json")
     status = box.systemctl("show", "-p", "StatusText", "--value", "mushishi-egress").stdout
     assert "serving 2 cloud backend(s)" in status
+    assert "on /run/mushishi/egress.sock (socket from systemd)" in \
+        box.journal("-u", "mushishi-egress")
 
 
 def test_the_egress_socket_refuses_t1_work_and_every_uid_but_the_routers(
