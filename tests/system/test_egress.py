@@ -320,3 +320,10 @@ def test_restarts_of_router_and_egress_under_load_fail_nothing_and_count_each_on
     assert budgets(box)["kimi"]["requests_used"] == before + 1200
     log = box.journal("-u", "mushishi-egress", "-o", "cat")
     assert log.count("stopping: draining") >= 2
+
+
+def test_the_egress_unit_is_hardened(world: World) -> None:
+    exposure = world.box.run(["systemd-analyze", "security", "mushishi-egress.service"],
+                             check=False).stdout
+    level = float(exposure.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
+    assert level <= 1.5, exposure[-1500:]  # 1.2 when written, without IPAddressDeny=
