@@ -246,7 +246,6 @@ class _Relay:
         self.reservation = reservation
         self.outcome = outcome
         self.sent = False  # the request may have reached the provider
-        self.answered = False  # a 2xx answer began
         self.closed = False  # settled or released
         self.tally = StreamTally()
         self.upstream_started = 0.0
@@ -350,7 +349,6 @@ class _Relay:
         if status >= 300:
             _close(upstream)
             return self._provider_error(upstream, first)
-        self.answered = True
         self.provider.breaker.success()
         self.egress.recovered(backend.name)
         if self._is_stream(upstream):
