@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from mushishi.shared.activation import bind_unix
 from mushishi.shared.config import MushishiSettings, load_config
 from mushishi.shared.credentials import read_credential
 from mushishi.shared.notify import Notifier
+from tests.paths import REPO
 from tests.standins.cloud import CloudStandin
 
 KEYS = {"ngc-api-key": "nvapi-test-kimi", "groq-api-key": "gsk-test-groq"}
@@ -212,3 +217,49 @@ async def running_egress(tmp_path: Path, *, kimi: CloudStandin | None = None,
         if own:
             await kimi.stop()
             await groq.stop()
+
+
+class EgressProcess:
+    """mushishi-egress as a real process (tests/integration/egress/run_egress.py)."""
+
+    def __init__(self, config: Path, hosts: dict[str, str], credentials: Path,
+                 log: Path) -> None:
+        self.config = config
+        self.hosts = hosts
+        self.credentials = credentials
+        self.log = log
+        self.socket = load_config(config).settings.router.egress_socket
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSHISHI_", "LISTEN_"))}
+        env.update({"PYTHONPATH": str(REPO), "CREDENTIALS_DIRECTORY": str(self.credentials)})
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.integration.egress.run_egress", "--config",
+                 str(self.config), "--hosts", json.dumps(self.hosts)],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                async with self.session() as session, session.get(
+                        "http://egress/health") as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError):
+                pass
+            assert asyncio.get_running_loop().time() < deadline, self.log.read_text()
+            await asyncio.sleep(0.05)
+
+    def session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.socket))
+
+    def kill(self, signum: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill(signal.SIGTERM)

@@ -5,83 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import aiohttp
-import pytest
 
 from mushishi.services.egress.ledger import read_budgets
 from mushishi.shared.config import load_config
 from tests.integration.egress.harness import (
     CHAT,
     HEADERS_T2,
+    EgressProcess,
     config_text,
     running_egress,
     start_providers,
     write_credentials,
 )
-from tests.paths import REPO
 from tests.standins.cloud import CloudStandin
-
-
-class EgressProcess:
-    """mushishi-egress as a real process (tests/integration/egress/run_egress.py)."""
-
-    def __init__(self, config: Path, hosts: dict[str, str], credentials: Path,
-                 log: Path) -> None:
-        self.config = config
-        self.hosts = hosts
-        self.credentials = credentials
-        self.log = log
-        self.socket = load_config(config).settings.router.egress_socket
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSHISHI_", "LISTEN_"))}
-        env.update({"PYTHONPATH": str(REPO), "CREDENTIALS_DIRECTORY": str(self.credentials)})
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.egress.run_egress", "--config",
-                 str(self.config), "--hosts", json.dumps(self.hosts)],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = asyncio.get_running_loop().time() + 30
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                async with self.session() as session, session.get(
-                        "http://egress/health") as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, OSError):
-                pass
-            assert asyncio.get_running_loop().time() < deadline, self.log.read_text()
-            await asyncio.sleep(0.05)
-
-    def session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.socket))
-
-    def kill(self, signum: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill(signal.SIGTERM)
-
-
-@pytest.fixture
-async def providers() -> AsyncIterator[tuple[CloudStandin, CloudStandin]]:
-    kimi, groq = await start_providers()
-    yield kimi, groq
-    await kimi.stop()
-    await groq.stop()
 
 
 async def post(egress: EgressProcess, body: dict) -> dict | None:
