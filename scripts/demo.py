@@ -37,6 +37,22 @@ TENANT_STANDINS = {
 }
 
 
+# No internet in the sandbox: Kimi is a stand-in cloud provider on a non-local address
+# (203.0.113.10, TEST-NET-3, on the sandbox's lo), so the egress really reaches "the cloud";
+# Groq and OpenRouter keep their real URLs and are unreachable here (their budgets show).
+DEMO_CLOUD = "203.0.113.10"
+DEMO_CLOUD_KEY = "nvapi-demo"
+DEMO_CLOUD_UNIT = f"""[Unit]
+Description=demo: a stand-in cloud provider (Kimi's OpenAI-compatible API) at {DEMO_CLOUD}
+IgnoreOnIsolate=yes
+[Service]
+Environment=PYTHONPATH={REPO}
+WorkingDirectory={REPO}
+ExecStart={sys.executable} -m tests.standins.cloud --host {DEMO_CLOUD} --port 8443 \
+  --model moonshotai/kimi-k2.6 --key {DEMO_CLOUD_KEY} --name kimi --token-delay 0.05
+"""
+
+
 def llama_server() -> str:
     """The cached llama-server build (scripts/build-llama-server.sh builds it once)."""
     return subprocess.run([str(REPO / "scripts" / "build-llama-server.sh")], check=True,
@@ -66,6 +82,7 @@ def adapt(text: str) -> str:
     floor["ctx_size"] = 512
     floor["mlock"] = False
     doc["watchdog"]["disk_mounts"] = ["/"]
+    doc["backends"]["kimi"]["url"] = f"http://{DEMO_CLOUD}:8443/v1"  # the stand-in cloud
     # No ntfy here (no internet in the sandbox): alerts wait in
     # /var/lib/mushishi/watchdog/outbox and are delivered once ntfy.url is reachable.
     doc["ntfy"]["url"] = "http://127.0.0.1:9"
@@ -80,7 +97,9 @@ def adapt(text: str) -> str:
 
 def demo_credentials() -> dict[str, str]:
     """Written before install, so each unit gets its LoadCredential= line."""
-    return {"restic-password": secrets.token_urlsafe(24), "ntfy-topic": "mushishi-demo"}
+    return {"restic-password": secrets.token_urlsafe(24), "ntfy-topic": "mushishi-demo",
+            "ngc-api-key": DEMO_CLOUD_KEY, "groq-api-key": "gsk-demo-unreachable",
+            "openrouter-api-key": "sk-or-demo-unreachable"}
 
 
 def up() -> int:
@@ -95,9 +114,16 @@ def up() -> int:
     Sandbox(NAME).stop()  # clear a stale state directory, if any
     box = Sandbox(NAME, detached=True).boot()
     box.write("/run/mushishi/gpu-sim.json", json.dumps(SIMULATED_GPU))
+    box.run(["ip", "addr", "add", f"{DEMO_CLOUD}/32", "dev", "lo"])
+    # A default route (to a veth going nowhere), as a real box has one: the router's start-up
+    # probe of its own kernel confinement then gets EPERM and shows "kernel ✓", not "?".
+    box.run("ip link add wan0 type veth peer name wan1 && ip link set wan0 up && "
+            "ip link set wan1 up && ip route add default dev wan0")
+    box.write("/etc/systemd/system/demo-cloud.service", DEMO_CLOUD_UNIT)
     write_tiny_model(box)
     print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR,
                       credentials=demo_credentials()), end="")
+    box.systemctl("start", "demo-cloud.service")
     box.systemctl("start", "--no-block", "mushishi.target")
     box.systemctl("isolate", "mushishi-off.target", check=False)
     box.systemctl("start", "--no-block", "mushishi-backup.service")  # a first real backup
@@ -110,6 +136,8 @@ def up() -> int:
             (then: mushishi status, curl -s 127.0.0.1:4000/health, systemctl isolate …)
   status:   sudo nsenter -t {box.pid} -a {BINDIR}/mushishi status   (one screen of everything)
   bench:    systemctl start mushishi-bench; tail /var/lib/mushishi/bench/results.csv
+  cloud:    systemctl stop mushishi-cpu-floor, then ask profile personal: the egress sends
+            it to the stand-in Kimi at {DEMO_CLOUD} (mushishi status shows every budget)
   backup:   systemctl start mushishi-backup; cat /var/lib/mushishi/backup/last.json
   watchdog: systemctl start mushishi-watchdog; cat /var/lib/mushishi/watchdog/last.json
             (ntfy is unreachable here: alerts wait in /var/lib/mushishi/watchdog/outbox)

@@ -23,6 +23,7 @@ from mushishi.shared.config.backup import local_repository_path
 from mushishi.shared.config.gpu import prepare_unit, tenant_unit
 from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
+from mushishi.shared.locality import backend_locality
 
 log = logging.getLogger("mushishi.install")
 
@@ -225,6 +226,13 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
 
     plan.files[units / "mushishi-cpu-floor.service.d" / "paths.conf"] = (
         _cpu_floor_paths(settings), 0o644)
+    for path, text in _network_dropins(settings).items():
+        plan.files[units / path] = (text, 0o644)
+    if settings.egress.state_dir != DEFAULT_EGRESS_STATE:
+        plan.files[units / "mushishi-egress.service.d" / "state.conf"] = (
+            "# Rendered by `mushishi install` from [egress] state_dir: the budget ledger.\n"
+            f"[Service]\nReadWritePaths={_unit_path(PurePosixPath(settings.egress.state_dir))}\n",
+            0o644)
 
     credentials_dir = root / CREDENTIALS_DIR
     missing: dict[str, list[str]] = {}
@@ -271,7 +279,8 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         _shipped("io.mushishi.GpuMode1.conf"), 0o644)
     plan.files[SYSUSERS_FILE] = (_shipped("mushishi.sysusers.conf"), 0o644)
     plan.files[TMPFILES_FILE] = (_shipped("mushishi.tmpfiles.conf")
-                                 + _textfile_tmpfiles(settings), 0o644)
+                                 + _textfile_tmpfiles(settings) + _egress_tmpfiles(settings),
+                                 0o644)
     if config_text is not None:
         plan.files[CONFIG_FILE] = (config_text, 0o644)
     plan.directories[PurePosixPath("etc/mushishi")] = 0o755
@@ -296,6 +305,36 @@ def _cpu_floor_paths(settings: MushishiSettings) -> str:
     return ("# Rendered by `mushishi install` from [cpu_floor]; edit the config, not this "
             "file.\n[Unit]\nRequiresMountsFor="
             + " ".join(_unit_path(PurePosixPath(d)) for d in directories) + "\n")
+DEFAULT_EGRESS_STATE = "/var/lib/mushishi/egress"
+
+
+def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
+    """IPAddressDeny=any for the units that talk to the network only when their peer is
+    local: the watchdog and alerts (ntfy.url) and the backups (the repository). Only
+    mushishi-egress is never confined: its job is reaching cloud APIs."""
+    router = settings.router
+    allow = _network_allow_lines(settings)
+    ntfy = backend_locality(settings.ntfy.url, router.local_networks, router.local_hosts)
+    repository = local_repository_path(settings.backup.repository)
+    header = "# Rendered by `mushishi install`; edit the config, not this file.\n"
+    confined = "[Service]\nIPAddressDeny=any\n" + allow + "\n"
+    alerts = (header + f"# ntfy.url is local ({ntfy.reason}): no other address is needed.\n"
+              + confined) if ntfy.local else (
+        header + f"# Relaxation: ntfy.url is not local ({ntfy.reason}),\n# so this unit "
+                 "may reach it; it carries alerts and outcomes, never prompts.\n# A self-hosted "
+                 "ntfy on the tailnet confines it (IPAddressDeny=any).\n")
+    backups = (header + "# backup.repository is a local path: no network at all.\n"
+               "[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n") if repository \
+        else (header + "# Relaxation: backup.repository is remote, so this unit may reach it; "
+                       "restic encrypts\n# everything before it leaves.\n")
+    return {
+        PurePosixPath("mushishi-watchdog.service.d/network.conf"): alerts,
+        PurePosixPath("mushishi-alert@.service.d/network.conf"): alerts,
+        PurePosixPath("mushishi-backup.service.d/network.conf"): backups,
+        PurePosixPath("mushishi-backup-check.service.d/network.conf"): backups,
+    }
+
+
 def _plan_repository(settings: MushishiSettings, root: Path, plan: Plan) -> None:
     """Create a local repository's directory once (setgid: its files share one group),
     unless its parent is missing: then the disk is probably not mounted, and creating it
@@ -364,6 +403,16 @@ def _textfile_tmpfiles(settings: MushishiSettings) -> str:
     lines = "".join(f"d {d} :2775 :root :mushishi -\n" for d in directories)
     return ("# node_exporter textfile collector (rendered from [backup], [watchdog] and "
             "[bench]).\n" + lines)
+
+
+def _egress_tmpfiles(settings: MushishiSettings) -> str:
+    """A non-default egress.state_dir is created for user mushishi (the default one is the
+    unit's StateDirectory=)."""
+    state_dir = settings.egress.state_dir
+    if state_dir == DEFAULT_EGRESS_STATE:
+        return ""
+    return f"# The egress budget ledger ([egress] state_dir).\nd {state_dir} 0700 mushishi " \
+           "mushishi -\n"
 
 
 RESTIC_CANDIDATES = ("/usr/bin/restic", "/usr/local/bin/restic", "/bin/restic",

@@ -95,7 +95,7 @@ class Processes:
 
 
 def nginx_conf(directory: Path, listen: int, body: str | None = None,
-               upstream: int | None = None) -> Path:
+               upstream: int | None = None, host: str = "127.0.0.1") -> Path:
     """An nginx that returns `body`, or proxies to `upstream` (keep-alive, no buffering)."""
     directory.mkdir(parents=True, exist_ok=True)
     if upstream is not None:
@@ -122,7 +122,7 @@ http {{
   scgi_temp_path {directory}/scgi;
   keepalive_requests 1000000;
   {upstream_block}
-  server {{ listen 127.0.0.1:{listen}; location / {{ {location} }} }}
+  server {{ listen {host}:{listen}; location / {{ {location} }} }}
 }}
 """)
     return conf

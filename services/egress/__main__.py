@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from mushishi.shared.daemon import not_implemented
+from mushishi.services.egress.app import main_body
+from mushishi.shared.daemon import run_daemon
 
 
 def main() -> int:
     """Run mushishi-egress."""
-    return not_implemented("egress", "egress issue")
+    return run_daemon("egress", "mushishi-egress: the only way cloud hops leave the box",
+                      main_body)
 
 
 if __name__ == "__main__":

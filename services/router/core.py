@@ -56,6 +56,11 @@ ERROR_HTTP: Mapping[ErrorCode, tuple[int, str]] = MappingProxyType({
     ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
 })
 
+# mushishi-egress applies a cloud backend's first_byte_timeout_s to the provider and answers
+# 504 when it expires; the router waits this much longer, so that the egress (which counts
+# the failure towards the provider's cooldown) always answers first.
+EGRESS_TIMEOUT_HEADROOM_S = 2.0
+
 # Request fields other routers obey to widen routing; here they are dropped, never obeyed.
 ROUTING_FIELDS: frozenset[str] = frozenset({
     "fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "api_base",
@@ -132,7 +137,8 @@ def compile_table(
             modes=frozenset(backend.modes) if backend.modes is not None else None,
             max_concurrency=backend.max_concurrency,
             queue_max=backend.queue_max,
-            first_byte_timeout_s=backend.first_byte_timeout_s or router.first_byte_timeout_s,
+            first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
+            + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
         )
     profiles = {}
     for name, profile in settings.profiles.items():

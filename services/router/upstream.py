@@ -119,8 +119,12 @@ class Upstreams:
         self._endpoints: dict[str, Endpoint] = {}
         factory = (guarded_socket_factory(list(router.local_networks), on_refusal)
                    if connect_check else None)
+        # A new connection per cloud hop (a unix connect costs microseconds): an idle pooled
+        # connection closed by a restarting egress would fail a request, while a new one
+        # waits in mushishi-egress.socket's backlog for the next instance.
         self.egress = _session(
-            aiohttp.UnixConnector(path=router.egress_socket, limit=0), router.connect_timeout_s)
+            aiohttp.UnixConnector(path=router.egress_socket, limit=0, force_close=True),
+            router.connect_timeout_s)
         for name, hop in hops.items():
             if not hop.local:
                 self._endpoints[name] = Endpoint(self.egress, EGRESS_ORIGIN + "/v1", None, None,

@@ -51,6 +51,8 @@ def type_name(annotation: Any) -> str:
         return type_name(args[0])
     if annotation is type(None):
         return "unset"
+    if annotation is typing.Any:
+        return "any value"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "table"
     return {"str": "string", "int": "integer", "float": "number", "bool": "boolean",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Network, IPv6Network
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -149,6 +149,22 @@ class BudgetSettings(Section):
     )
 
 
+class PriceSettings(Section):
+    """What one cloud provider charges, so that mushishi-egress can count spend."""
+
+    prompt_per_million: float = Field(
+        ge=0, description="Price of one million prompt (input) tokens."
+    )
+    completion_per_million: float = Field(
+        ge=0, description="Price of one million completion (output) tokens."
+    )
+
+
+# Headers mushishi-egress sets itself; a backend's extra_headers may not replace them.
+RESERVED_HEADERS = frozenset({"authorization", "host", "content-length", "content-type",
+                              "transfer-encoding", "connection", "accept-encoding"})
+
+
 class BackendSettings(Section):
     """One model server the router may send requests to. Locality is decided by its address."""
 
@@ -188,8 +204,75 @@ class BackendSettings(Section):
     )
     first_byte_timeout_s: float | None = Field(
         default=None, gt=0,
-        description="Overrides router.first_byte_timeout_s for this backend.",
+        description="Overrides router.first_byte_timeout_s for this backend. For a cloud "
+        "backend mushishi-egress applies it to the provider (answering 504 when it expires), "
+        "and the router waits 2 s longer for the egress's answer.",
     )
+    connect_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="Cloud backends: longest wait for the connection (TCP and TLS) to the "
+        "provider; unset means egress.connect_timeout_s.",
+    )
+    cooldown_after_failures: int | None = Field(
+        default=None, ge=1,
+        description="Cloud backends: consecutive failures (connection errors, timeouts, 5xx, "
+        "401/403, 429 without Retry-After) after which mushishi-egress stops sending to this "
+        "provider for cooldown_s; unset means egress.cooldown_after_failures. Never for local "
+        "backends: they are probed, not cooled down.",
+    )
+    cooldown_s: float | None = Field(
+        default=None, gt=0,
+        description="Cloud backends: how long a provider is skipped after cooldown_after_failures "
+        "failures; unset means egress.cooldown_s.",
+    )
+    price: PriceSettings | None = Field(
+        default=None,
+        description="Cloud backends: prices per million tokens; spend is counted (and "
+        "budget.cost_per_day enforced) only when set.",
+    )
+    extra_body: dict[str, Any] = Field(
+        default={},
+        description="Cloud backends: JSON fields merged into every request body sent to the "
+        "provider, overriding the caller's (e.g. OpenRouter's provider = { data_collection = "
+        "\"deny\" }). Other provider-specific fields in a request pass through unchanged.",
+    )
+    extra_headers: dict[str, str] = Field(
+        default={},
+        description="Cloud backends: HTTP headers sent to the provider (e.g. OpenRouter's "
+        "X-Title); never Authorization, which comes from api_key_credential.",
+    )
+    stream_usage: bool = Field(
+        default=True,
+        description="Cloud backends: ask for token usage in streamed answers "
+        "(stream_options.include_usage; the extra usage chunk is removed when the caller did "
+        "not ask for it). Turn off only for a provider that rejects stream_options: its "
+        "streamed answers are then counted from estimates.",
+    )
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _headers_not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by mushishi-egress itself")
+            if any(c in name + text for c in "\r\n\x00") or not name.strip():
+                raise ValueError(f"header {name!r} has an empty name or a line break")
+        return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _body_does_not_touch_routing(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in ("model", "stream", "messages", "prompt", "input"):
+            if name in value:
+                raise ValueError(f"{name!r} comes from the request and the backend's model, "
+                                 "not from extra_body")
+        return value
+
+
+# Keys of [backends.<name>] that only a cloud backend may set (mushishi-egress reads them).
+CLOUD_ONLY_KEYS = ("api_key_credential", "budget", "connect_timeout_s",
+                   "cooldown_after_failures", "cooldown_s", "price", "extra_body",
+                   "extra_headers")
 
 
 class ProfileSettings(Section):
@@ -232,6 +315,45 @@ class EgressSettings(Section):
     metrics_listen: str = Field(
         default="127.0.0.1:9641", description="HOST:PORT of the egress daemon's /metrics."
     )
+    allowed_peers: list[str] = Field(
+        default=["mushishi"],
+        description="Who may use the egress socket, by user name or numeric uid, checked on "
+        "every connection (SO_PEERCRED): the router's user. The socket's mode (0660, group "
+        "mushishi) lets the group connect; this narrows it to these uids.",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Longest wait for a connection (TCP and TLS) to a cloud provider; "
+        "backends.<name>.connect_timeout_s overrides it.",
+    )
+    cooldown_after_failures: int = Field(
+        default=3, ge=1,
+        description="Consecutive failures of a cloud provider after which it is skipped for "
+        "cooldown_s (per backend: backends.<name>.cooldown_after_failures).",
+    )
+    cooldown_s: float = Field(
+        default=60.0, gt=0,
+        description="How long a failing cloud provider is skipped (per backend: "
+        "backends.<name>.cooldown_s). A 429 with Retry-After skips it for that long instead.",
+    )
+    max_retry_after_s: float = Field(
+        default=3600.0, gt=0,
+        description="Longest Retry-After (from a provider's 429) that is honoured; a longer one "
+        "is cut to this.",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0,
+        description="On SIGTERM, how long requests in flight (streams included) may take to "
+        "finish before they are cut and counted (keep it below the unit's TimeoutStopSec=).",
+    )
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen_parses(cls, value: str) -> str:
+        host, _port = parse_listen(value)
+        if host == "unix":
+            raise ValueError(f"{value!r} must be HOST:PORT")
+        return value
 
 
 def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
@@ -266,6 +388,7 @@ def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
                     f"backends.{name}.modes[{index}]",
                     f"unknown mode {mode!r} (modes: {', '.join(sorted(known_modes))})",
                 ))
+    issues += _egress_issues(settings)
     for peer, profiles in settings.router.unix_peers.items():
         if not peer.isdigit() and _uid_of(peer) is None:
             issues.append(Issue(f"router.unix_peers.{peer}",
@@ -287,6 +410,27 @@ def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
                 issues.append(Issue(
                     f"keys.{key_hash}[{index}]", f"unknown profile {profile!r}"
                 ))
+    return issues
+
+
+def _egress_issues(settings: MushishiSettings) -> list[Issue]:
+    """Budgets and prices must be usable; the allowed peers must exist when set."""
+    issues: list[Issue] = []
+    for name, backend in settings.backends.items():
+        budget = backend.budget
+        if budget is not None and budget.cost_per_day is not None and backend.price is None:
+            issues.append(Issue(f"backends.{name}.budget.cost_per_day",
+                                f"needs backends.{name}.price to count spend"))
+    # The default user exists once `mushishi install` ran; mushishi-egress checks it at start.
+    if "allowed_peers" in settings.egress.model_fields_set:
+        if not settings.egress.allowed_peers:
+            issues.append(Issue("egress.allowed_peers",
+                                "must name at least the router's user (mushishi)"))
+        for index, peer in enumerate(settings.egress.allowed_peers):
+            if resolve_peer_uid(peer) is None:
+                issues.append(Issue(f"egress.allowed_peers[{index}]",
+                                    f"no such user {peer!r} (give a user name or a numeric "
+                                    "uid)"))
     return issues
 
 
@@ -336,6 +480,14 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
                 f"backend {name!r} is local ({verdict.reason}); API keys are only for cloud "
                 "backends, which mushishi-egress reaches",
             ))
+        if verdict.local:
+            for key in CLOUD_ONLY_KEYS[1:]:
+                if key in backend.model_fields_set:
+                    issues.append(Issue(
+                        f"backends.{name}.{key}",
+                        f"backend {name!r} is local ({verdict.reason}); {key} is for cloud "
+                        "backends only (local backends are probed, never cooled down or "
+                        "budgeted)"))
     for name, profile in settings.profiles.items():
         for index, hop in enumerate(profile.chain):
             if hop not in local:

@@ -3,7 +3,9 @@
 * `vllm.VllmStandin`: OpenAI API + vLLM's /metrics, scriptable faults (openai_server.Fault).
 * `llamacpp.LlamaCppStandin`: 503 "Loading model" on /health while loading.
 * `egress.EgressStandin`: the router -> egress protocol on a unix socket (docs/router.md);
-  records every request: the cloud canary.
+  records every request: the cloud canary (router tests that script the egress itself).
+* `cloud.CloudStandin`: a cloud provider (bearer key, streamed usage, 429 + Retry-After,
+  5xx); records every request: the cloud canary behind the real mushishi-egress.
 * `gpumode.GpuModeStandin`: io.mushishi.GpuMode1 on a real (private) D-Bus.
 * `bus.PrivateBus`: a real dbus-daemon on a temporary socket.
 """

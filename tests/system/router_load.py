@@ -1,8 +1,9 @@
 """A bounded load generator for the router (run inside the sandbox's network namespace).
 
-`python -m tests.system.router_load URL KEY COUNT CONCURRENCY OUT.json` sends COUNT chat
-requests, CONCURRENCY at a time, each on a new connection (a closed keep-alive connection is
-the one race no server can hide), and writes every status and error to OUT.json.
+`python -m tests.system.router_load URL KEY COUNT CONCURRENCY OUT.json [PROFILE]` sends COUNT
+chat requests for PROFILE (default private), CONCURRENCY at a time, each on a new connection
+(a closed keep-alive connection is the one race no server can hide), and writes every status
+and error to OUT.json.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 import time
 
 
-async def main(url: str, key: str, count: int, concurrency: int, out: str) -> None:
+async def main(url: str, key: str, count: int, concurrency: int, out: str,
+               profile: str = "private") -> None:
     import aiohttp
 
     results: list[dict[str, object]] = []
@@ -31,7 +33,7 @@ async def main(url: str, key: str, count: int, concurrency: int, out: str) -> No
                 began = time.time()  # wall clock, to line failures up with the journal
                 try:
                     async with session.post(url, headers={"Authorization": f"Bearer {key}"},
-                                            json={"model": "private", "messages": [
+                                            json={"model": profile, "messages": [
                                                 {"role": "user", "content": f"load {index}"}]}
                                             ) as response:
                         await response.read()
@@ -49,4 +51,4 @@ async def main(url: str, key: str, count: int, concurrency: int, out: str) -> No
 
 if __name__ == "__main__":
     url, key, count, concurrency, out = sys.argv[1:6]
-    asyncio.run(main(url, key, int(count), int(concurrency), out))
+    asyncio.run(main(url, key, int(count), int(concurrency), out, *sys.argv[6:7]))

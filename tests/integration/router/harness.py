@@ -12,12 +12,22 @@ import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from mushishi.services.egress.app import Egress
+from mushishi.services.egress.app import serve as serve_egress
 from mushishi.services.router.app import Router, serve
+from mushishi.shared.activation import bind_unix
 from mushishi.shared.config import load_config
+from mushishi.shared.credentials import read_credential
 from mushishi.shared.notify import Notifier
+from tests.integration.egress.harness import (
+    providers_resolver,
+    start_providers,
+    write_credentials,
+)
+from tests.standins.cloud import CloudStandin
 from tests.standins.egress import EgressStandin
 from tests.standins.llamacpp import LlamaCppStandin
 from tests.standins.vllm import VllmStandin
@@ -33,6 +43,8 @@ def sha(key: str) -> str:
 
 
 def config_text(*, gpu_url: str, cpu_url: str, egress_socket: str, extra: str = "",
+                kimi_url: str = "https://integrate.api.nvidia.com/v1",
+                groq_url: str = "https://api.groq.com/openai/v1", kimi_extra: str = "",
                 router_extra: str = "", gpu_extra: str = "max_concurrency = 2",
                 cpu_extra: str = "", strict_extra: str = "queue_timeout_s = 1",
                 private_extra: str = "queue_timeout_s = 1",
@@ -66,12 +78,13 @@ model = "cpu-alias"
 {cpu_extra}
 
 [backends.kimi]
-url = "https://integrate.api.nvidia.com/v1"
+url = "{kimi_url}"
 model = "moonshotai/kimi-k2.6"
 api_key_credential = "ngc-api-key"
+{kimi_extra}
 
 [backends.groq]
-url = "https://api.groq.com/openai/v1"
+url = "{groq_url}"
 model = "groq-model"
 api_key_credential = "groq-api-key"
 
@@ -108,7 +121,8 @@ chain = ["cpu"]
 
 @dataclass
 class Box:
-    """A running router and its stand-ins."""
+    """A running router and its stand-ins; with `real_egress`, the real mushishi-egress in
+    front of stand-in cloud providers (`cloud`, the canaries) instead of `egress`."""
 
     router: Router
     base_url: str  # http://127.0.0.1:PORT
@@ -118,6 +132,8 @@ class Box:
     egress: EgressStandin
     stop: asyncio.Event
     task: asyncio.Task[None]
+    cloud: dict[str, CloudStandin] = field(default_factory=dict)
+    egress_daemon: Egress | None = None
 
     @property
     def openai_base(self) -> str:
@@ -129,15 +145,44 @@ class Box:
 async def running_box(tmp_path: Path, *, bus_address: str | None = None,
                       follow_gpu: bool = False, wait_healthy: bool = True,
                       environ: dict[str, str] | None = None, gpu_url: str | None = None,
+                      real_egress: bool = False, egress_extra: str = "",
                       **config: str) -> AsyncIterator[Box]:
-    """Stand-ins + router; everything is stopped on exit."""
+    """Stand-ins + router; everything is stopped on exit. With `real_egress`, cloud hops go
+    through the real mushishi-egress to stand-in providers (kimi.test, groq.test)."""
     gpu = await VllmStandin("gpu-model", name="gpu").start()
     cpu = await LlamaCppStandin("cpu-alias", name="cpu").start()
-    egress = await EgressStandin(str(tmp_path / "egress.sock")).start()
+    socket_path = str(tmp_path / "egress.sock")
+    cloud: dict[str, CloudStandin] = {}
+    if real_egress:
+        kimi, groq = await start_providers()
+        cloud = {"kimi": kimi, "groq": groq}
+        config.setdefault("kimi_url", f"http://kimi.test:{kimi.port}/v1")
+        config.setdefault("groq_url", f"http://groq.test:{groq.port}/v1")
+        config["extra"] = config.get("extra", "") + f"""
+[egress]
+state_dir = "{tmp_path}/egress-state"
+allowed_peers = ["{os.getuid()}"]
+{egress_extra}
+"""
+    egress = EgressStandin(socket_path)
+    if not real_egress:
+        await egress.start()
     path = tmp_path / "mushishi.toml"
     path.write_text(config_text(gpu_url=gpu_url or gpu.url, cpu_url=cpu.url,
-                                egress_socket=str(tmp_path / "egress.sock"), **config))
+                                egress_socket=socket_path, **config))
     settings = load_config(path).settings
+    egress_daemon: Egress | None = None
+    egress_task: asyncio.Task[None] | None = None
+    egress_stop = asyncio.Event()
+    if real_egress:
+        directory = write_credentials(tmp_path / "credentials")
+        egress_daemon = Egress(settings, resolver=providers_resolver(cloud["kimi"],
+                                                                     cloud["groq"]),
+                               credential_reader=lambda name: read_credential(
+                                   name, environ={"CREDENTIALS_DIRECTORY": str(directory)}))
+        await egress_daemon.start()
+        egress_task = asyncio.create_task(serve_egress(
+            egress_daemon, [bind_unix(socket_path)], Notifier({}), egress_stop))
     router = Router(settings, bus_address=bus_address, follow_gpu=follow_gpu,
                     environ=environ or {})
     await router.start(check_confinement=False)
@@ -153,7 +198,7 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
     stop = asyncio.Event()
     task = asyncio.create_task(serve(router, [tcp, unix], Notifier({}), stop))
     box = Box(router, f"http://127.0.0.1:{tcp.getsockname()[1]}", unix_path, gpu, cpu, egress,
-              stop, task)
+              stop, task, cloud, egress_daemon)
     try:
         await asyncio.sleep(0)
         if wait_healthy:
@@ -164,7 +209,11 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
-        for server in (gpu, cpu, egress):
+        if egress_task is not None:
+            egress_stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(egress_task, 10)
+        for server in (gpu, cpu, egress, *cloud.values()):
             await server.stop()
 
 

@@ -1,0 +1,274 @@
+"""The cloud hop: client -> mushishi-router -> mushishi-egress -> provider, against LiteLLM
+doing the same hop (client -> LiteLLM proxy -> provider), in one run on one machine.
+
+Targets, measured with wrk (requests/s at concurrency 16, latency p50/p99 at concurrency 1
+and 64; added latency = target - direct):
+  direct          the "provider" itself: nginx `return 200` with a chat completion (usage
+                  included) on 203.0.113.10, a non-local address
+  mushishi-local  the router alone, to a local backend (the same nginx body on 127.0.0.1):
+                  what the router costs without the egress
+  mushishi-cloud  router -> egress (unix socket, peer check, sovereignty re-check, budget
+                  check, reservation and settlement in the SQLite ledger on disk, fsync'd)
+                  -> provider, with a requests and a tokens budget configured
+  litellm         LiteLLM proxy 1.108.7 (one worker) to the same provider with its key, with
+                  and without provider_budget_config (its per-provider budget)
+
+Everything runs in a private network namespace (the script re-executes itself under
+`unshare --net`, so it needs root) where 203.0.113.10 is on lo: a real non-local address,
+which the egress classifies as cloud exactly like api.groq.com; nothing leaves the machine.
+
+Usage: .venv/bin/python benchmarks/router/cloud_hop.py [--quick] [--no-litellm] [--out DIR]
+LiteLLM is expected in benchmarks/.venvs/litellm (see benchmarks/router/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.router.run import (  # noqa: E402  (the repository is put on the path first)
+    BINDIR,
+    COMPLETION,
+    KEY,
+    LITELLM,
+    Processes,
+    free_port,
+    machine,
+    nginx_conf,
+    rss_mb,
+    wrk,
+)
+
+CLOUD = "203.0.113.10"
+PROVIDER_KEY = "sk-provider-bench"
+INSIDE = "MUSHISHI_BENCH_NETNS"
+
+
+def wait_listening(host: str, port: int, within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {within:g}s")
+
+
+def wait_unix(path: Path, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX) as sock:
+            if sock.connect_ex(str(path)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {path} after {within:g}s")
+
+
+def mushishi_config(directory: Path, port: int, cloud_port: int, local_port: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "mushishi.toml"
+    config.write_text(f"""
+[router]
+listen = ["127.0.0.1:{port}"]
+egress_socket = "{directory}/egress.sock"
+state_dir = "{directory}/router-state"
+probe_interval_s = 1
+
+[backends.local]
+url = "http://127.0.0.1:{local_port}/v1"
+model = "bench-model"
+
+[backends.cloud]
+url = "http://{CLOUD}:{cloud_port}/v1"
+model = "bench-model"
+api_key_credential = "bench-provider-key"
+budget = {{ requests_per_day = 100000000, tokens_per_day = 100000000000 }}
+
+[profiles.local]
+tier = "T2"
+chain = ["local"]
+
+[profiles.cloudy]
+tier = "T3"
+chain = ["cloud"]
+
+[egress]
+state_dir = "{directory}/egress-state"
+allowed_peers = ["{os.getuid()}"]
+metrics_listen = "127.0.0.1:{free_port()}"
+
+[keys]
+"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["local", "cloudy"]
+""")
+    return config
+
+
+def litellm_config(directory: Path, cloud_port: int, budget: bool) -> Path:
+    config = directory / ("litellm-budget.yaml" if budget else "litellm.yaml")
+    router_settings = ""
+    if budget:  # docs.litellm.ai/docs/proxy/provider_budget_routing
+        router_settings = ("router_settings:\n  provider_budget_config:\n"
+                           "    openai:\n      budget_limit: 1000000\n      time_period: 1d\n")
+    config.write_text(f"""
+model_list:
+  - model_name: cloudy
+    litellm_params:
+      model: openai/bench-model
+      api_base: http://{CLOUD}:{cloud_port}/v1
+      api_key: {PROVIDER_KEY}
+      input_cost_per_token: 0.0000006
+      output_cost_per_token: 0.0000025
+{router_settings}general_settings:
+  master_key: {KEY}
+""")
+    return config
+
+
+def script_for(work: Path, model: str) -> Path:
+    script = work / f"post-{model}.lua"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    script.write_text('wrk.method = "POST"\n'
+                      f"wrk.body = '{body}'\n"
+                      'wrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    return script
+
+
+def ledger_requests(directory: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{directory}/egress-state/ledger.sqlite3?mode=ro",
+                        uri=True) as connection:
+        row = connection.execute("SELECT sum(requests) FROM usage").fetchone()
+    return int(row[0] or 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{CLOUD}/32", "dev", "lo"], check=True)
+    seconds = 3 if args.quick else 10
+    with_litellm = not args.no_litellm
+    if with_litellm and not LITELLM.exists():
+        print(f"{LITELLM} is missing; see benchmarks/router/README.md", file=sys.stderr)
+        return 1
+    results: dict[str, object] = {"machine": machine(), "seconds_per_run": seconds}
+    processes = Processes()
+    work = Path(tempfile.mkdtemp(prefix="mushishi-cloud-bench-", dir="/var/tmp"))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MUSHISHI_", "LISTEN_", "NOTIFY_"))}
+    try:
+        cloud_port, local_port = free_port(), free_port()
+        for host, port, name in ((CLOUD, cloud_port, "cloud"), ("127.0.0.1", local_port,
+                                                                 "local")):
+            conf = nginx_conf(work / name, port, body=COMPLETION, host=host)
+            processes.start(["nginx", "-c", str(conf), "-p", str(work / name)])
+            wait_listening(host, port)
+        table: dict[str, dict[str, object]] = {}
+
+        def measure(name: str, url: str, model: str) -> None:
+            print(f"measuring {name} …", flush=True)
+            script = script_for(work, model)
+            table[name] = {"c1": wrk(url, 1, seconds, script),
+                           "c16": wrk(url, 16, seconds, script),
+                           "c64": wrk(url, 64, seconds, script)}
+
+        measure("direct", f"http://{CLOUD}:{cloud_port}/v1/chat/completions", "bench-model")
+        port = free_port()
+        directory = work / "mushishi"
+        config = mushishi_config(directory, port, cloud_port, local_port)
+        menv = {**env, "MUSHISHI_CREDENTIAL_BENCH_PROVIDER_KEY": PROVIDER_KEY}
+        egress = processes.start([str(BINDIR / "mushishi-egress"), "--config", str(config)],
+                                 env=menv)
+        wait_unix(directory / "egress.sock")
+        router = processes.start([str(BINDIR / "mushishi-router"), "--config", str(config)],
+                                 env=menv)
+        wait_listening("127.0.0.1", port)
+        time.sleep(1.5)  # first probes of the local backend
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        measure("mushishi-local", url, "local")
+        measure("mushishi-cloud", url, "cloudy")
+        results["mushishi_rss_mb"] = {"router": rss_mb(router.pid), "egress": rss_mb(egress.pid)}
+        processes.stop(router)
+        processes.stop(egress)
+        counted = ledger_requests(directory)
+        answered = sum(int(row["requests"]) for row in  # type: ignore[index]
+                       (table["mushishi-cloud"][c] for c in ("c1", "c16", "c64")))
+        # wrk counts answers it read; requests in flight when each run stops (at most
+        # 1 + 16 + 64) were answered by the egress, and counted, but not read by wrk.
+        results["egress_ledger"] = {"requests_counted": counted, "requests_answered_by_wrk":
+                                    answered, "cut_by_wrk_at_most": 1 + 16 + 64}
+        if with_litellm:
+            for budget in (False, True):
+                name = "litellm-budget" if budget else "litellm"
+                lport = free_port()
+                lconf = litellm_config(work, cloud_port, budget)
+                lenv = {**env, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+                lproc = processes.start([str(LITELLM), "--config", str(lconf), "--port",
+                                         str(lport), "--host", "127.0.0.1", "--num_workers",
+                                         "1"], env=lenv, cwd=work)
+                wait_listening("127.0.0.1", lport, within=240)
+                time.sleep(2)
+                measure(name, f"http://127.0.0.1:{lport}/v1/chat/completions", "cloudy")
+                table[name]["rss_mb"] = rss_mb(lproc.pid)
+                processes.stop(lproc)
+        results["wrk"] = table
+
+        def get(name: str, level: str, key: str) -> float:
+            return float(table[name][level][key])  # type: ignore[index]
+
+        results["added_latency_ms"] = {
+            name: {"c1_p50": get(name, "c1", "p50_ms") - get("direct", "c1", "p50_ms"),
+                   "c1_p99": get(name, "c1", "p99_ms") - get("direct", "c1", "p99_ms"),
+                   "c64_p50": get(name, "c64", "p50_ms") - get("direct", "c64", "p50_ms")}
+            for name in table if name != "direct"}
+        results["egress_added_c1_p50_ms"] = (get("mushishi-cloud", "c1", "p50_ms")
+                                             - get("mushishi-local", "c1", "p50_ms"))
+        if with_litellm:
+            results["mushishi_cloud_over_litellm_rps_c16"] = {
+                name: get("mushishi-cloud", "c16", "rps") / get(name, "c16", "rps")
+                for name in ("litellm", "litellm-budget")}
+    finally:
+        processes.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
+    results["machine"]["load_after"] = f"{load[0]:.2f}"  # type: ignore[index]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    suffix = ("-quick" if args.quick else "") + ("-no-litellm" if args.no_litellm else "")
+    path = args.out / f"cloud-hop-{stamp}{suffix}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"written {path}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="3 s per wrk run (default 10 s)")
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        print("wrk and nginx are needed: scripts/install-system-deps.sh", file=sys.stderr)
+        return 1
+    if os.environ.get(INSIDE) != "1":  # a private network namespace with a "cloud" address
+        return subprocess.run(["unshare", "--net", "--", sys.executable, *sys.argv],
+                              env={**os.environ, INSIDE: "1"}, check=False).returncode
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Wiring of mushishi-egress: the Egress object, its socket, metrics and lifecycle.
+
+Start: open the budget ledger (settling what a crash left behind), read the cloud API keys,
+then serve on the socket systemd passed (LISTEN_FDS, from mushishi-egress.socket) or on
+`router.egress_socket`, and send READY=1. SIGTERM drains requests in flight (up to
+`egress.drain_timeout_s`) and settles every one of them; SIGHUP reloads keys, budgets,
+prices, cooldown settings and profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractResolver
+
+from mushishi.services.egress.core import Admission, Policy, Usage, compile_policy, utc_day
+from mushishi.services.egress.http_api import Outcome, build_app
+from mushishi.services.egress.ledger import Ledger, LedgerError, budget_view
+from mushishi.services.egress.metrics import EgressMetrics, EgressStateCollector
+from mushishi.services.egress.providers import (
+    Provider,
+    build_providers,
+    close_providers,
+    read_key,
+)
+from mushishi.shared.activation import bind_unix, systemd_sockets
+from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
+from mushishi.shared.config.router import parse_listen, resolve_peer_uid
+from mushishi.shared.credentials import read_credential
+from mushishi.shared.daemon import EX_CONFIG
+from mushishi.shared.metrics import new_registry, package_version, start_metrics_server
+from mushishi.shared.notify import Notifier
+
+log = logging.getLogger("mushishi.egress")
+
+STATUS_EVERY_S = 10.0
+DRAIN_GRACE_S = 0.5
+_FINISH_LINE = 0
+
+
+class PeerError(ValueError):
+    """egress.allowed_peers names a user that does not exist."""
+
+
+def allowed_uids(settings: MushishiSettings) -> frozenset[int]:
+    """The uids of egress.allowed_peers; PeerError names a user that does not exist."""
+    uids = set()
+    for index, peer in enumerate(settings.egress.allowed_peers):
+        uid = resolve_peer_uid(peer)
+        if uid is None:
+            raise PeerError(f"egress.allowed_peers[{index}]: no such user {peer!r} (run "
+                            "`mushishi install`, which creates the mushishi user, or name the "
+                            "router's user or uid)")
+        uids.add(uid)
+    return frozenset(uids)
+
+
+class Egress:
+    """Everything a request needs, built once from the settings."""
+
+    def __init__(
+        self,
+        settings: MushishiSettings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        resolver: AbstractResolver | None = None,
+        credential_reader: Callable[[str], str] = read_credential,
+    ) -> None:
+        self.settings = settings
+        self.now = clock or (lambda: datetime.now(UTC))
+        self.resolver = resolver
+        self.credential_reader = credential_reader
+        self.policy: Policy = compile_policy(settings)
+        self.allowed_uids = allowed_uids(settings)
+        self.registry = new_registry("egress")
+        self.metrics = EgressMetrics(self.registry)
+        self.ledger = Ledger(settings.egress.state_dir, self._prices(), self.now)
+        self.providers: dict[str, Provider] = {}
+        self.draining = False
+        self.in_flight = 0
+        self._day = utc_day(self.now())
+        self.registry.register(EgressStateCollector(lambda: self))
+
+    def _prices(self) -> dict[str, Any]:
+        return {name: backend.price for name, backend in self.policy.cloud.items()}
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the ledger (settling a crashed run's reservations) and the providers."""
+        reconciled = await asyncio.to_thread(self.ledger.open)
+        for item in reconciled:
+            log.warning("request %s to %s was in flight when mushishi-egress stopped without "
+                        "settling it: counted as 1 request, %d+%d tokens (estimated) on %s",
+                        item.request_id, item.backend, item.usage.prompt_tokens,
+                        item.usage.completion_tokens, item.day,
+                        extra={"MUSHISHI_BACKEND": item.backend})
+            self.count_usage(item.backend, item.usage, None)
+        self.providers = build_providers(self.policy.cloud, self.resolver,
+                                         self.credential_reader)
+        for name, provider in self.providers.items():
+            stored = self.ledger.cooldown(name)
+            if stored is not None:
+                provider.breaker.restore(*stored)
+                log.info("cloud backend %s is cooling down until %s (%s), as before the "
+                         "restart", name, stored[0].isoformat(timespec="seconds"), stored[1],
+                         extra={"MUSHISHI_BACKEND": name})
+
+    async def close(self) -> None:
+        """Flush the ledger and close every session."""
+        await close_providers(self.providers)
+        await self.ledger.close()
+
+    # -- per request --------------------------------------------------------------------
+    def count_usage(self, backend: str, usage: Usage, cost: float | None) -> None:
+        """Metrics of a settled request."""
+        metrics = self.metrics
+        if usage.prompt_tokens:
+            metrics.child(metrics.tokens, backend, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            metrics.child(metrics.tokens, backend, "completion").inc(usage.completion_tokens)
+        if cost:
+            metrics.child(metrics.cost, backend).inc(cost)
+        if usage.estimated:
+            metrics.child(metrics.estimated, backend).inc()
+
+    def cooled(self, backend: str, until: datetime, reason: str, kind: str) -> None:
+        """A provider starts cooling down: stored (a restart keeps it), counted, logged."""
+        self.ledger.set_cooldown(backend, until, reason)
+        self.metrics.child(self.metrics.cooldowns, backend, kind).inc()
+        log.warning("cloud backend %s is cooling down until %s: %s", backend,
+                    until.isoformat(timespec="seconds"), reason,
+                    extra={"MUSHISHI_BACKEND": backend})
+
+    def recovered(self, backend: str) -> None:
+        """A provider answered: forget a stored cooldown."""
+        if self.ledger.cooldown(backend) is not None:
+            self.ledger.clear_cooldown(backend)
+            log.info("cloud backend %s answers again", backend,
+                     extra={"MUSHISHI_BACKEND": backend})
+
+    def finish(self, request: web.Request, admission: Admission, outcome: Outcome,
+               elapsed: float) -> None:
+        """Metrics and the journal record of a finished request (never any prompt text)."""
+        backend = admission.backend.name
+        self.metrics.child(self.metrics.requests, admission.profile, backend,
+                           outcome.outcome).inc()
+        usage = outcome.usage
+        fields = {
+            "MUSHISHI_OUTCOME": outcome.outcome,
+            "MUSHISHI_STATUS": str(outcome.status),
+            "MUSHISHI_STREAM": "1" if outcome.stream else "0",
+            "MUSHISHI_DURATION_MS": f"{elapsed * 1000:.1f}",
+        }
+        text = (f"{request.path.removeprefix('/v1/')} {admission.profile} -> {backend}: "
+                f"{outcome.status} {outcome.outcome} in {elapsed * 1000:.1f} ms")
+        if usage is not None:
+            fields["MUSHISHI_PROMPT_TOKENS"] = str(usage.prompt_tokens)
+            fields["MUSHISHI_COMPLETION_TOKENS"] = str(usage.completion_tokens)
+            text += (f", {usage.prompt_tokens}+{usage.completion_tokens} tokens"
+                     + (" (estimated)" if usage.estimated else ""))
+            if admission.backend.price is not None:
+                fields["MUSHISHI_COST"] = f"{outcome.cost:.6f}"
+                text += f", cost {outcome.cost:.6f}"
+        if outcome.message:
+            text += f" ({outcome.message})"
+        level = logging.INFO if outcome.outcome in ("success", "client_error") \
+            else logging.WARNING
+        if log.isEnabledFor(level):
+            log.handle(log.makeRecord(log.name, level, __file__, _FINISH_LINE, text, None, None,
+                                      "finish", fields))
+
+    # -- what the egress says about itself ----------------------------------------------
+    def budgets(self, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+        """Per cloud backend: today's budget, as read_budgets() shows it."""
+        now = now or self.now()
+        day = utc_day(now)
+        return {name: budget_view(backend, self.ledger.totals(name, day),
+                                  self.ledger.in_flight(name), day,
+                                  self._cooldown(name), now)
+                for name, backend in sorted(self.policy.cloud.items())}
+
+    def _cooldown(self, name: str) -> tuple[datetime, str] | None:
+        provider = self.providers.get(name)
+        if provider is None or provider.breaker.until is None:
+            return None
+        return provider.breaker.until, provider.breaker.reason
+
+    def status(self) -> dict[str, Any]:
+        """GET /status on the egress socket."""
+        budgets = self.budgets()
+        for name, view in budgets.items():
+            provider = self.providers.get(name)
+            view["credential"] = provider is not None and provider.key is not None
+            view["consecutive_failures"] = provider.breaker.failures if provider else 0
+            view["url"] = self.policy.cloud[name].url
+            view["model"] = self.policy.cloud[name].model
+        return {"version": package_version(), "draining": self.draining,
+                "in_flight": self.in_flight, "backends": budgets}
+
+    def status_line(self) -> str:
+        """The STATUS= line shown by `systemctl status`."""
+        now = self.now()
+        parts = []
+        for name, view in self.budgets(now).items():
+            provider = self.providers.get(name)
+            if provider is not None and provider.key is None:
+                parts.append(f"{name} no key")
+            elif view["cooldown_until"]:
+                parts.append(f"{name} cooling down")
+            elif view["requests_limit"] is not None:
+                parts.append(f"{name} {view['requests_used']}/{view['requests_limit']} req")
+            else:
+                parts.append(f"{name} {view['requests_used']} req")
+        state = "draining" if self.draining else "serving"
+        return (f"{state} {len(self.policy.cloud)} cloud backend(s): "
+                f"{', '.join(parts) or 'none configured'}; {self.in_flight} in flight")
+
+    def tick(self) -> None:
+        """Periodic upkeep: drop yesterday's in-memory totals after midnight UTC."""
+        day = utc_day(self.now())
+        if day != self._day:
+            self._day = day
+            self.ledger.forget_day(day)
+            log.info("a new UTC day (%s): cloud budgets start again", day)
+
+    def reload(self, settings: MushishiSettings) -> list[str]:
+        """Apply a new config: profiles, budgets, prices, cooldowns and keys now; name what
+        needs a restart (a backend's URL, model or timeouts, the peers, the state dir)."""
+        fresh = compile_policy(settings)
+        pending = []
+        if settings.egress.state_dir != self.settings.egress.state_dir:
+            pending.append("egress.state_dir")
+        if settings.egress.allowed_peers != self.settings.egress.allowed_peers:
+            pending.append("egress.allowed_peers")
+        for name, backend in fresh.cloud.items():
+            provider = self.providers.get(name)
+            if provider is None:
+                pending.append(f"backends.{name} (new)")
+                continue
+            old = provider.backend
+            if (old.base, old.connect_timeout_s) != (backend.base, backend.connect_timeout_s):
+                pending.append(f"backends.{name}.url/connect_timeout_s")
+                continue
+            provider.backend = backend
+            provider.breaker.after = backend.cooldown_after_failures
+            provider.breaker.cooldown_s = backend.cooldown_s
+            provider.key, provider.key_problem = read_key(backend, self.credential_reader)
+            if provider.key is None:
+                log.error("cloud backend %s is disabled: %s", name, provider.key_problem,
+                          extra={"MUSHISHI_BACKEND": name})
+        cloud = {name: backend for name, backend in fresh.cloud.items()
+                 if name in self.providers}
+        self.policy = Policy(fresh.profiles, cloud, fresh.local)
+        self.ledger.prices = self._prices()
+        self.settings = settings
+        return pending
+
+
+_FINISH_LINE = Egress.finish.__code__.co_firstlineno
+
+
+async def serve(egress: Egress, sockets: list[socket.socket], notifier: Notifier,
+                stop: asyncio.Event, origin: str = "bound here") -> None:
+    """Serve on `sockets` until `stop` is set, then drain and close."""
+    drain = egress.settings.egress.drain_timeout_s
+    runner = web.AppRunner(build_app(egress), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=drain)
+    await runner.setup()
+    sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
+    for site in sites:
+        await site.start()
+    log.info("serving %d cloud backend(s) on %s (%s)", len(egress.policy.cloud),
+             ", ".join(str(s.getsockname()) for s in sockets), origin)
+    notifier.ready(egress.status_line())
+    ticker = asyncio.create_task(_tick(egress, notifier))
+    try:
+        await stop.wait()
+    finally:
+        egress.draining = True
+        notifier.stopping(f"draining {egress.in_flight} request(s), up to {drain:g}s")
+        log.info("stopping: draining %d request(s) in flight (up to %gs)", egress.in_flight,
+                 drain)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        # New connections wait in the socket's backlog for the next instance.
+        for site in sites:
+            await site.stop()
+        await asyncio.sleep(min(DRAIN_GRACE_S, drain))
+        await runner.cleanup()
+        await egress.close()
+        log.info("stopped")
+
+
+async def _tick(egress: Egress, notifier: Notifier) -> None:
+    interval = notifier.watchdog_interval()
+    period = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
+    while True:
+        egress.tick()
+        notifier.watchdog()
+        notifier.status(egress.status_line())
+        await asyncio.sleep(period)
+
+
+async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
+                     resolver: AbstractResolver | None = None) -> int:
+    """The daemon: open the ledger, read the keys, serve, drain. `resolver` replaces the
+    system's DNS (tests, with a fixed table of names)."""
+    settings = loaded.settings
+    try:
+        egress = Egress(settings, resolver=resolver)
+    except PeerError as error:
+        log.error("invalid config %s: %s", loaded.path, error)
+        notifier.status(str(error))
+        return EX_CONFIG
+    try:
+        await egress.start()
+    except LedgerError as error:
+        log.error("%s", error)
+        notifier.status(f"cannot start: {error}")
+        await egress.close()
+        return 1
+    host, port = parse_listen(settings.egress.metrics_listen)
+    try:
+        metrics = await start_metrics_server(egress.registry, str(host), int(port))
+    except OSError as error:
+        log.error("cannot serve metrics on %s (%s): check egress.metrics_listen",
+                  settings.egress.metrics_listen, error.strerror or error)
+        await egress.close()
+        return 1
+    sockets = systemd_sockets()
+    origin = "socket from systemd" if sockets is not None else "bound here"
+    if sockets is None:
+        try:
+            sockets = [bind_unix(settings.router.egress_socket, what="router.egress_socket")]
+        except OSError as error:
+            log.error("%s", error.strerror or error)
+            await metrics.cleanup()
+            await egress.close()
+            return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    def reload() -> None:
+        notifier.reloading()
+        try:
+            fresh = load_config(loaded.path, env_file=loaded.env_file).settings
+        except ConfigError as error:
+            for issue in error.issues:
+                log.error("reload refused, keeping the running config: %s: %s", error.source,
+                          issue)
+        else:
+            pending = egress.reload(fresh)
+            log.info("reloaded profiles, budgets, prices, cooldowns and API keys from %s",
+                     loaded.path)
+            if pending:
+                log.warning("changes to %s take effect on `systemctl restart mushishi-egress` "
+                            "(socket-activated: no request is refused)", ", ".join(pending))
+        notifier.ready(egress.status_line())
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await serve(egress, sockets, notifier, stop, origin)
+    finally:
+        await metrics.cleanup()
+    return 0
+
+
+def main_body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
+    """run_daemon's body: the event loop (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_egress(loaded, notifier))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run_egress(loaded, notifier))

@@ -1,0 +1,519 @@
+"""The budget ledger: what each cloud provider used per UTC day, in SQLite (WAL) on disk.
+
+What "counted" means (docs/egress.md):
+
+* `reserve` writes a reservation row and commits it **before** the request is sent, so a
+  request that may reach the provider is never lost, whatever happens next.
+* `settle` deletes the reservation and adds the request to the day's totals in one
+  transaction, with the provider's `usage` (or an estimate when it gave none). Once the
+  router has the end of an answer, it is counted.
+* `release` deletes the reservation without counting: the provider refused or never
+  answered (connection error, timeout before the first byte, 4xx, 5xx, 429).
+* After a crash, reservations left by the dead process are settled at the next start
+  (`reconcile`) as one request each, with their estimated prompt tokens and the completion
+  tokens seen so far (checkpointed about once a second while a stream runs), marked
+  estimated. A reservation is settled exactly once, so nothing is counted twice.
+
+Writes go to one writer thread that commits whatever is queued in one transaction (group
+commit, `synchronous=FULL`), so the event loop never blocks on the disk. The in-memory
+totals are exact for the one process that writes; `read_budgets` reads the file read-only
+for `mushishi status`, whether the daemon runs or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mushishi.services.egress.core import (
+    CloudBackend,
+    DayTotals,
+    InFlight,
+    Price,
+    Usage,
+    compile_policy,
+    cost_of,
+    parse_iso,
+    utc_day,
+)
+
+if TYPE_CHECKING:
+    from mushishi.shared.config.settings import MushishiSettings
+
+log = logging.getLogger("mushishi.egress.ledger")
+
+LEDGER_FILE = "ledger.sqlite3"
+LOCK_FILE = "ledger.lock"
+SCHEMA_VERSION = 1
+BATCH_MAX = 512
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, backend)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    day TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    started TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    prompt_estimate INTEGER NOT NULL,
+    completion_estimate INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cooldowns (
+    backend TEXT PRIMARY KEY,
+    until TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+_ADD_USAGE = """
+INSERT INTO usage (day, backend, requests, prompt_tokens, completion_tokens, cost, estimated)
+VALUES (?, ?, 1, ?, ?, ?, ?)
+ON CONFLICT (day, backend) DO UPDATE SET
+    requests = requests + 1,
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    cost = cost + excluded.cost,
+    estimated = estimated + excluded.estimated
+"""
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used; the message names the path and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One request that may reach a provider, until it is settled or released."""
+
+    id: str
+    backend: str
+    day: str
+    prompt_estimate: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """Reservations of a dead process, settled from their estimates at start."""
+
+    backend: str
+    day: str
+    request_id: str
+    usage: Usage
+
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class _Writer(threading.Thread):
+    """Runs every write on one connection; whatever is queued commits together."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        super().__init__(name="mushishi-egress-ledger", daemon=True)
+        self.connection = connection
+        self.jobs: queue.SimpleQueue[tuple[Op, asyncio.Future[Any] | None,
+                                           asyncio.AbstractEventLoop | None] | None] = \
+            queue.SimpleQueue()
+        self.failed: BaseException | None = None
+
+    def submit(self, op: Op, future: asyncio.Future[Any] | None,
+               loop: asyncio.AbstractEventLoop | None) -> None:
+        self.jobs.put((op, future, loop))
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._commit(batch)
+        self.connection.close()
+
+    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any] | None,
+                                        asyncio.AbstractEventLoop | None]]) -> None:
+        results: list[tuple[bool, Any]] = []
+        connection = self.connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for op, _, _ in batch:
+                connection.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op(connection)))
+                    connection.execute("RELEASE op")
+                except sqlite3.Error as error:
+                    connection.execute("ROLLBACK TO op")
+                    connection.execute("RELEASE op")
+                    results.append((False, error))
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            self.failed = error
+            log.error("the budget ledger could not commit (%s); usage of %d request(s) is "
+                      "not on disk", error, len(batch))
+            results = [(False, error)] * len(batch)
+        for (_, future, loop), (ok, value) in zip(batch, results, strict=True):
+            if future is None or loop is None:
+                continue
+            if ok:
+                loop.call_soon_threadsafe(_resolve, future, value)
+            else:
+                loop.call_soon_threadsafe(_fail, future, LedgerError(f"ledger write failed: "
+                                                                     f"{value}"))
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def ledger_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where the ledger of `egress.state_dir` lives."""
+    return Path(state_dir) / LEDGER_FILE
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                 timeout=10.0)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    return connection
+
+
+class Ledger:
+    """The egress's budget ledger; `open()` before use, `close()` (awaited) at the end."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], prices: dict[str, Price | None],
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.directory = Path(state_dir)
+        self.path = ledger_path(state_dir)
+        self.prices = prices
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.owner = uuid.uuid4().hex
+        self._totals: dict[tuple[str, str], DayTotals] = {}
+        self._in_flight: dict[str, dict[str, Reservation]] = {}
+        self._cooldowns: dict[str, tuple[datetime, str]] = {}
+        self._writer: _Writer | None = None
+        self._lock_fd: int | None = None
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open(self) -> list[Reconciled]:
+        """Create or open the ledger, take the single-writer lock, load today's totals and
+        the cooldowns, and settle reservations a crashed process left behind."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.directory / LOCK_FILE,
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise LedgerError(f"cannot use egress.state_dir {self.directory}: "
+                              f"{error.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise LedgerError(f"another mushishi-egress is using {self.path} (its lock "
+                              f"{self.directory / LOCK_FILE} is held)") from None
+        try:
+            connection = _connect(self.path)
+            connection.executescript(_SCHEMA)
+            row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                connection.execute("INSERT INTO meta VALUES ('schema', ?)",
+                                   (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise LedgerError(f"{self.path} has schema {row[0]}, newer than this "
+                                  f"mushishi-egress ({SCHEMA_VERSION}): upgrade mushishi")
+            reconciled = self._reconcile(connection)
+            self._load(connection)
+        except sqlite3.Error as error:
+            self._unlock()
+            raise LedgerError(f"cannot open the budget ledger {self.path}: {error}") from None
+        except LedgerError:
+            self._unlock()
+            raise
+        self._writer = _Writer(connection)
+        self._writer.start()
+        return reconciled
+
+    def _reconcile(self, connection: sqlite3.Connection) -> list[Reconciled]:
+        rows = connection.execute(
+            "SELECT id, day, backend, request_id, prompt_estimate, completion_estimate "
+            "FROM reservations").fetchall()
+        done = []
+        connection.execute("BEGIN IMMEDIATE")
+        for ident, day, backend, request_id, prompt, completion in rows:
+            usage = Usage(prompt, completion, estimated=True)
+            cost = cost_of(usage, self.prices.get(backend))
+            connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
+            connection.execute(_ADD_USAGE, (day, backend, usage.prompt_tokens,
+                                            usage.completion_tokens, cost, 1))
+            done.append(Reconciled(backend, day, request_id, usage))
+        connection.execute("COMMIT")
+        return done
+
+    def _load(self, connection: sqlite3.Connection) -> None:
+        today = utc_day(self.clock())
+        for backend, requests, prompt, completion, cost, estimated in connection.execute(
+                "SELECT backend, requests, prompt_tokens, completion_tokens, cost, estimated "
+                "FROM usage WHERE day = ?", (today,)):
+            self._totals[(today, backend)] = DayTotals(requests, prompt, completion, cost,
+                                                       estimated)
+        now = self.clock()
+        for backend, until, reason in connection.execute(
+                "SELECT backend, until, reason FROM cooldowns"):
+            when = parse_iso(until)
+            if when > now:
+                self._cooldowns[backend] = (when, reason)
+
+    async def close(self) -> None:
+        """Wait for every queued write, then close the file and release the lock."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.jobs.put(None)
+            await asyncio.to_thread(writer.join)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- reading (memory: this process is the only writer) ------------------------------
+    def totals(self, backend: str, day: str | None = None) -> DayTotals:
+        """Settled usage of `backend` on `day` (today by default)."""
+        return self._totals.get((day or utc_day(self.clock()), backend), DayTotals())
+
+    def in_flight(self, backend: str) -> InFlight:
+        """Reservations of `backend` not settled yet."""
+        open_ = self._in_flight.get(backend)
+        if not open_:
+            return InFlight()
+        return InFlight(len(open_), sum(r.prompt_estimate for r in open_.values()))
+
+    def cooldown(self, backend: str) -> tuple[datetime, str] | None:
+        """The stored cooldown of `backend` (its end and reason), if any."""
+        return self._cooldowns.get(backend)
+
+    # -- writing ------------------------------------------------------------------------
+    def _submit(self, op: Op, *, wait: bool) -> asyncio.Future[Any]:
+        writer = self._writer
+        if writer is None:
+            raise LedgerError("the budget ledger is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        if not wait:
+            future.add_done_callback(_log_failure)
+        writer.submit(op, future, loop)
+        return future
+
+    async def reserve(self, backend: str, request_id: str, prompt_estimate: int
+                      ) -> Reservation:
+        """Record a request about to be sent; returns once it is on disk."""
+        now = self.clock()
+        reservation = Reservation(uuid.uuid4().hex, backend, utc_day(now), prompt_estimate)
+        self._in_flight.setdefault(backend, {})[reservation.id] = reservation
+        started = now.astimezone(UTC).isoformat()
+
+        def op(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO reservations (id, day, backend, owner, started, request_id, "
+                "prompt_estimate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (reservation.id, reservation.day, backend, self.owner, started, request_id,
+                 prompt_estimate))
+        try:
+            await asyncio.shield(self._submit(op, wait=True))
+        except BaseException:
+            # Not on disk (or the wait was cancelled): the request is not sent; drop it.
+            self._in_flight.get(backend, {}).pop(reservation.id, None)
+            self._submit(_delete(reservation.id), wait=False)
+            raise
+        return reservation
+
+    def checkpoint(self, reservation: Reservation, completion_estimate: int) -> None:
+        """Remember how much of a stream arrived, for a crash before it is settled."""
+        def op(connection: sqlite3.Connection) -> None:
+            connection.execute("UPDATE reservations SET completion_estimate = ? WHERE id = ?",
+                               (completion_estimate, reservation.id))
+        self._submit(op, wait=False)
+
+    def release(self, reservation: Reservation) -> asyncio.Future[Any]:
+        """The provider did not answer: forget the reservation, count nothing."""
+        if self._in_flight.get(reservation.backend, {}).pop(reservation.id, None) is None:
+            return _done()
+        return self._submit(_delete(reservation.id), wait=False)
+
+    def settle(self, reservation: Reservation, usage: Usage) -> tuple[float, asyncio.Future[Any]]:
+        """Count the request with its usage (exactly once); returns its cost and the write."""
+        if self._in_flight.get(reservation.backend, {}).pop(reservation.id, None) is None:
+            return 0.0, _done()
+        cost = cost_of(usage, self.prices.get(reservation.backend))
+        key = (reservation.day, reservation.backend)
+        self._totals[key] = self._totals.get(key, DayTotals()).plus(usage, cost)
+
+        def op(connection: sqlite3.Connection) -> None:
+            deleted = connection.execute("DELETE FROM reservations WHERE id = ?",
+                                         (reservation.id,)).rowcount
+            if deleted:
+                connection.execute(_ADD_USAGE, (
+                    reservation.day, reservation.backend, usage.prompt_tokens,
+                    usage.completion_tokens, cost, 1 if usage.estimated else 0))
+        return cost, self._submit(op, wait=False)
+
+    def set_cooldown(self, backend: str, until: datetime, reason: str) -> None:
+        """Persist a provider's cooldown, so a restart does not forget a Retry-After."""
+        self._cooldowns[backend] = (until, reason)
+        stamp = until.astimezone(UTC).isoformat()
+
+        def op(connection: sqlite3.Connection) -> None:
+            connection.execute("INSERT INTO cooldowns VALUES (?, ?, ?) ON CONFLICT (backend) "
+                               "DO UPDATE SET until = excluded.until, reason = excluded.reason",
+                               (backend, stamp, reason))
+        self._submit(op, wait=False)
+
+    def clear_cooldown(self, backend: str) -> None:
+        """The provider answered again."""
+        if self._cooldowns.pop(backend, None) is None:
+            return
+
+        def op(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM cooldowns WHERE backend = ?", (backend,))
+        self._submit(op, wait=False)
+
+    def forget_day(self, day: str) -> None:
+        """Drop in-memory totals of days before `day` (the file keeps them)."""
+        for key in [k for k in self._totals if k[0] < day]:
+            del self._totals[key]
+
+
+def _delete(ident: str) -> Op:
+    def op(connection: sqlite3.Connection) -> None:
+        connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
+    return op
+
+
+def _done() -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s", future.exception())
+
+
+# -- read-only access for `mushishi status` ----------------------------------------------
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The ledger, never written: read-only through the WAL while the daemon runs; as an
+    immutable file when no WAL exists and the directory cannot be written."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no budget ledger at {path} yet (mushishi-egress creates it "
+                                "at its first start)")
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        connection.execute("SELECT count(*) FROM meta").fetchone()
+        return connection
+    except sqlite3.OperationalError:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise
+        connection = sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)
+        connection.execute("SELECT count(*) FROM meta").fetchone()
+        return connection
+
+
+def budget_view(backend: CloudBackend, totals: DayTotals, in_flight: InFlight, day: str,
+                cooldown: tuple[datetime, str] | None, now: datetime) -> dict[str, Any]:
+    """One provider's budget as `read_budgets`, the egress's GET /status and metrics show it."""
+    limits = backend.limits
+    until = cooldown[0] if cooldown is not None and cooldown[0] > now else None
+    return {
+        "day": day,
+        "requests_used": totals.requests + in_flight.requests,
+        "requests_limit": limits.requests,
+        "requests_in_flight": in_flight.requests,
+        "tokens_used": totals.tokens,
+        "tokens_limit": limits.tokens,
+        "cost_used": round(totals.cost, 6) if backend.price is not None else None,
+        "cost_limit": limits.cost,
+        "estimated_requests": totals.estimated,
+        "cooldown_until": until.astimezone(UTC).isoformat() if until is not None else None,
+        "cooldown_reason": cooldown[1] if until is not None and cooldown is not None else None,
+    }
+
+
+def read_budgets(settings: MushishiSettings, now: datetime | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """Per cloud backend: requests/tokens/cost used and limits today (UTC), and any cooldown.
+
+    Opens the ledger read-only (works while mushishi-egress runs or is stopped); raises
+    FileNotFoundError when it does not exist yet. `requests_used` includes requests in
+    flight (they will be counted); `*_limit` and `cost_used` (no price) are None when
+    unlimited or not counted.
+    """
+    now = now or datetime.now(UTC)
+    day = utc_day(now)
+    policy = compile_policy(settings)
+    connection = _open_read_only(ledger_path(settings.egress.state_dir))
+    try:
+        totals = {backend: DayTotals(requests, prompt, completion, cost, estimated)
+                  for backend, requests, prompt, completion, cost, estimated in
+                  connection.execute(
+                      "SELECT backend, requests, prompt_tokens, completion_tokens, cost, "
+                      "estimated FROM usage WHERE day = ?", (day,))}
+        in_flight = {backend: InFlight(count, prompt or 0) for backend, count, prompt in
+                     connection.execute(
+                         "SELECT backend, count(*), sum(prompt_estimate) FROM reservations "
+                         "WHERE day = ? GROUP BY backend", (day,))}
+        cooldowns = {backend: (parse_iso(until), reason) for backend, until, reason in
+                     connection.execute("SELECT backend, until, reason FROM cooldowns")}
+    finally:
+        connection.close()
+    return {name: budget_view(backend, totals.get(name, DayTotals()),
+                              in_flight.get(name, InFlight()), day, cooldowns.get(name), now)
+            for name, backend in sorted(policy.cloud.items())}

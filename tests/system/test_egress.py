@@ -1,0 +1,329 @@
+"""mushishi-egress as a real unit in a booted systemd, behind the real router, in front of
+stand-in cloud providers on a non-local address: the credential, the peer and sovereignty
+checks at its socket, kernel confinement of every other unit, a SIGKILL mid-stream counted
+once, and restarts of the router and the egress under load that fail no request.
+
+The sandbox's network namespace gets the "cloud" address 203.0.113.10 on lo (reachable from
+inside, outside router.local_networks); the providers are host processes inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mushishi.shared.install import shipped_unit_names
+from mushishi.shared.sandbox import Sandbox
+from tests.paths import BINDIR, REPO
+
+KEY = "sk-egress-system-test"
+PROVIDER_KEY = "nvapi-system-test"
+CLOUD = "203.0.113.10"
+EGRESS_SOCKET = "/run/mushishi/egress.sock"
+CONFIG = f"""
+[router]
+listen = ["127.0.0.1:4000", "unix:/run/mushishi/router.sock"]
+connect_timeout_s = 1
+probe_interval_s = 0.5
+drain_timeout_s = 20
+
+[backends.cpu]
+url = "http://127.0.0.1:8001/v1"
+model = "cpu-alias"
+
+[backends.kimi]
+url = "http://{CLOUD}:8443/v1"
+model = "moonshotai/kimi-k2.6"
+api_key_credential = "ngc-api-key"
+budget = {{ requests_per_day = 100000 }}
+
+[backends.slow]
+url = "http://{CLOUD}:8444/v1"
+model = "slow-model"
+api_key_credential = "ngc-api-key"
+
+[profiles.private]
+tier = "T1"
+chain = ["cpu"]
+queue_timeout_s = 1
+
+[profiles.cloudy]
+tier = "T3"
+chain = ["kimi"]
+
+[profiles.slow]
+tier = "T3"
+chain = ["slow"]
+
+[egress]
+cooldown_after_failures = 1000
+drain_timeout_s = 20
+
+[ntfy]
+url = "http://127.0.0.1:9"
+
+[keys]
+"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "cloudy", "slow"]
+"""
+BUDGETS = ("import json; from mushishi.shared.config import load_settings; "
+           "from mushishi.services.egress.ledger import read_budgets; "
+           "print(json.dumps(read_budgets(load_settings('/etc/mushishi/mushishi.toml'))))")
+
+
+@dataclass
+class World:
+    box: Sandbox
+    records: Path
+    providers: list[subprocess.Popen[bytes]]
+
+
+def start_provider(box: Sandbox, port: int, model: str, record: Path,
+                   *extra: str) -> subprocess.Popen[bytes]:
+    argv = box.net_command([sys.executable, "-m", "tests.standins.cloud", "--host", CLOUD,
+                            "--port", str(port), "--model", model, "--key", PROVIDER_KEY,
+                            "--record", str(record), *extra])
+    process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    assert line.startswith("listening"), line
+    return process
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    box = Sandbox()
+    box.boot()
+    providers: list[subprocess.Popen[bytes]] = []
+    try:
+        box.run(f"ip addr add {CLOUD}/32 dev lo")
+        records = box.shared / "cloud.jsonl"
+        providers.append(start_provider(box, 8443, "moonshotai/kimi-k2.6", records))
+        providers.append(start_provider(box, 8444, "slow-model", records, "--tokens", "300",
+                                        "--token-delay", "0.05"))
+        box.install(CONFIG, credentials={"ngc-api-key": PROVIDER_KEY})
+        box.systemctl("start", "mushishi-router.socket", "mushishi-egress.socket")
+        yield World(box, records, providers)
+    finally:
+        for process in providers:
+            process.send_signal(signal.SIGTERM)
+        for process in providers:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        box.stop()
+
+
+def cloud_requests(world: World) -> list[dict]:
+    if not world.records.exists():
+        return []
+    return [json.loads(line) for line in world.records.read_text().splitlines()]
+
+
+def chat(box: Sandbox, profile: str, *extra: str) -> tuple[int, str]:
+    result = box.run(["curl", "-s", "--max-time", "60", "-w", "\n%{http_code}",
+                      "-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: application/json",
+                      "-d", json.dumps({"model": profile, "messages": [
+                          {"role": "user", "content": f"a question for {profile}"}]}),
+                      *extra, "http://127.0.0.1:4000/v1/chat/completions"])
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code), body
+
+
+def egress_direct(box: Sandbox, user: str | None, profile: str, tier: str
+                  ) -> subprocess.CompletedProcess[str]:
+    return box.run(["curl", "-s", "--max-time", "20", "--unix-socket", EGRESS_SOCKET,
+                    "-w", "\n%{http_code}", "-H", "Content-Type: application/json",
+                    "-H", f"X-Mushishi-Profile: {profile}", "-H", f"X-Mushishi-Tier: {tier}",
+                    "-H", "X-Mushishi-Backend: kimi", "-d", json.dumps({
+                        "messages": [{"role": "user", "content": f"straight from {profile}"}]}),
+                    "http://egress/v1/chat/completions"], user=user, check=False)
+
+
+def budgets(box: Sandbox) -> dict:
+    return json.loads(box.run([f"{BINDIR}/python", "-c", BUDGETS]).stdout)
+
+
+def test_a_cloud_hop_reaches_the_provider_through_the_egress_unit_with_its_credential(
+    world: World,
+) -> None:
+    box = world.box
+    code, body = chat(box, "cloudy", "-D", "/dev/stderr")
+    assert code == 200, body
+    assert json.loads(body)["choices"][0]["message"]["content"].startswith("cloud-0")
+    sent = [r for r in cloud_requests(world) if "a question for cloudy" in json.dumps(r["body"])]
+    assert len(sent) == 1
+    assert sent[0]["headers"]["Authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert KEY not in json.dumps(sent[0]["headers"])
+    records = [json.loads(line) for line in box.journal(
+        "-u", "mushishi-egress", "MUSHISHI_PROFILE=cloudy", "-o", "json").splitlines()]
+    served = [r for r in records if r.get("MUSHISHI_OUTCOME") == "success"]
+    assert served and served[-1]["MUSHISHI_BACKEND"] == "kimi"
+    assert served[-1]["_SYSTEMD_UNIT"] == "mushishi-egress.service"
+    assert "a question for cloudy" not in box.journal("-u", "mushishi-egress", "-o", "json")
+    status = box.systemctl("show", "-p", "StatusText", "--value", "mushishi-egress").stdout
+    assert "serving 2 cloud backend(s)" in status
+    assert "on /run/mushishi/egress.sock (socket from systemd)" in \
+        box.journal("-u", "mushishi-egress")
+
+
+def test_the_egress_socket_refuses_t1_work_and_every_uid_but_the_routers(
+    world: World,
+) -> None:
+    box = world.box
+    box.systemctl("start", "mushishi-egress.service")
+    before = len(cloud_requests(world))
+    refused = egress_direct(box, "mushishi", "private", "T1")
+    body, _, code = refused.stdout.rpartition("\n")
+    assert (code, json.loads(body)["error"]["code"]) == ("403", "sovereignty_refused")
+    lying = egress_direct(box, "mushishi", "private", "T2")  # a router claiming T2
+    body, _, code = lying.stdout.rpartition("\n")
+    assert (code, json.loads(body)["error"]["code"]) == ("403", "sovereignty_refused")
+    as_root = egress_direct(box, None, "cloudy", "T3")  # root may open the socket: refused
+    body, _, code = as_root.stdout.rpartition("\n")
+    assert (code, json.loads(body)["error"]["code"]) == ("403", "peer_forbidden")
+    as_nobody = egress_direct(box, "65534", "cloudy", "T3")  # the file mode keeps it out
+    assert as_nobody.returncode == 7, as_nobody  # curl: could not connect
+    allowed = egress_direct(box, "mushishi", "cloudy", "T3")
+    assert allowed.stdout.rpartition("\n")[2] == "200"
+    assert len(cloud_requests(world)) == before + 1
+    assert not [r for r in cloud_requests(world)
+                if "straight from private" in json.dumps(r["body"])]
+    metrics = box.run(["curl", "-s", "http://127.0.0.1:9641/metrics"]).stdout
+    assert 'mushishi_egress_sovereignty_refusals_total{reason="sovereign_tier"} 2.0' in metrics
+    assert "mushishi_egress_peer_refusals_total 1.0" in metrics
+
+
+def confinement(box: Sandbox, unit: str) -> tuple[str, str]:
+    shown = box.systemctl("show", "-p", "IPAddressDeny", "-p", "RestrictAddressFamilies",
+                          unit).stdout
+    values = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    return values.get("IPAddressDeny", ""), values.get("RestrictAddressFamilies", "")
+
+
+def test_the_egress_is_the_only_mushishi_unit_without_ip_address_deny(world: World) -> None:
+    box = world.box
+    units = []
+    for name in shipped_unit_names():
+        if name.endswith(".service"):
+            units.append(name.replace("@.service", "@probe.service"))
+    unconfined = []
+    for unit in units:
+        deny, families = confinement(box, unit)
+        denied_everything = "0.0.0.0/0" in deny.split() and "::/0" in deny.split()
+        no_ip_sockets = bool(families) and "AF_INET" not in families.split() \
+            and "AF_INET6" not in families.split() and not families.startswith("~")
+        if not (denied_everything or no_ip_sockets):
+            unconfined.append(unit)
+    assert unconfined == ["mushishi-egress.service"], unconfined
+    assert len(units) >= 10
+    # The control: the egress unit really has none, and the router really has it.
+    assert confinement(box, "mushishi-egress.service")[0] == ""
+    assert "0.0.0.0/0" in confinement(box, "mushishi-router.service")[0]
+
+
+def test_sigkill_mid_stream_is_counted_once_and_the_unit_comes_back(world: World) -> None:
+    box = world.box
+    box.systemctl("start", "mushishi-egress.service")
+    code, _ = chat(box, "slow")  # 300 tokens at 20/s: a whole answer, counted exactly
+    assert code == 200
+    exact = budgets(box)["slow"]
+    assert (exact["requests_used"], exact["estimated_requests"]) == (1, 0)
+    stream = subprocess.Popen(box.net_command([
+        "curl", "-sN", "--max-time", "60", "-H", f"Authorization: Bearer {KEY}",
+        "-H", "Content-Type: application/json", "-d",
+        json.dumps({"model": "slow", "stream": True,
+                    "messages": [{"role": "user", "content": "a long one"}]}),
+        "http://127.0.0.1:4000/v1/chat/completions"]), stdout=subprocess.PIPE)
+    try:
+        assert stream.stdout is not None
+        seen = 0
+        while seen < 40:  # 2 s of the stream: checkpointed at least once
+            seen += stream.stdout.readline().startswith(b"data: {")
+        pid = box.systemctl("show", "-p", "MainPID", "--value", "mushishi-egress").stdout.strip()
+        box.systemctl("kill", "-s", "SIGKILL", "mushishi-egress.service")
+        rest, _ = stream.communicate(timeout=60)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+            stream.wait()
+    assert b"[DONE]" not in rest and b"backend_failed" in rest  # ended with an error event
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = box.systemctl("show", "-p", "MainPID", "--value", "mushishi-egress").stdout.strip()
+        if box.is_active("mushishi-egress.service") == "active" and now not in ("0", pid):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("systemd did not restart mushishi-egress after SIGKILL")
+    after = budgets(box)["slow"]
+    assert (after["requests_used"], after["estimated_requests"]) == (2, 1), after
+    assert after["requests_in_flight"] == 0
+    assert after["tokens_used"] > exact["tokens_used"]
+    assert "was in flight when mushishi-egress stopped without settling it" in \
+        box.journal("-u", "mushishi-egress")
+    box.systemctl("restart", "mushishi-egress.service")  # a clean restart counts nothing more
+    assert budgets(box)["slow"] == after
+
+
+def test_restarts_of_router_and_egress_under_load_fail_nothing_and_count_each_once(
+    world: World,
+) -> None:
+    box = world.box
+    box.systemctl("start", "mushishi-egress.service")
+    before = budgets(box)["kimi"]["requests_used"]
+    out = box.shared / "egress-load.json"
+    load = subprocess.Popen(box.net_command([
+        sys.executable, "-m", "tests.system.router_load",
+        "http://127.0.0.1:4000/v1/chat/completions", KEY, "1200", "8", str(out), "cloudy"]),
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    stream = subprocess.Popen(box.net_command([
+        "curl", "-sN", "--max-time", "90", "-H", f"Authorization: Bearer {KEY}",
+        "-H", "Content-Type: application/json", "-d",
+        json.dumps({"model": "slow", "stream": True,
+                    "messages": [{"role": "user", "content": "stream"}]}),
+        "http://127.0.0.1:4000/v1/chat/completions"]), stdout=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        for unit in ("mushishi-egress.service", "mushishi-router.service",
+                     "mushishi-egress.service", "mushishi-router.service"):
+            box.systemctl("restart", unit, timeout=90)
+            time.sleep(0.5)
+        restarted = time.time()
+        assert load.wait(timeout=300) == 0
+        streamed, _ = stream.communicate(timeout=90)
+    finally:
+        for process in (load, stream):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = json.loads(out.read_text())
+    assert len(results) == 1200
+    failures = [r for r in results if r.get("status") != 200]
+    assert failures == [], failures[:5]
+    assert max(r["started"] for r in results) > restarted  # the load outlasted the restarts
+    assert streamed.rstrip().endswith(b"data: [DONE]"), streamed[-300:]
+    assert budgets(box)["kimi"]["requests_used"] == before + 1200
+    log = box.journal("-u", "mushishi-egress", "-o", "cat")
+    assert log.count("stopping: draining") >= 2
+
+
+def test_the_egress_unit_is_hardened(world: World) -> None:
+    exposure = world.box.run(["systemd-analyze", "security", "mushishi-egress.service"],
+                             check=False).stdout
+    level = float(exposure.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
+    assert level <= 1.5, exposure[-1500:]  # 1.2 when written, without IPAddressDeny=

@@ -1,0 +1,83 @@
+"""`mushishi install` for the egress: its socket, state directory, credentials, and the
+network confinement of every other unit that talks to the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+from mushishi.shared.config import load_settings
+from mushishi.shared.install import plan_install
+from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
+
+UNITS = Path("etc/systemd/system")
+
+
+def plan_for(tmp_path: Path, **changes: dict) -> dict[str, str]:
+    document = tomlkit.parse(EXAMPLE_CONFIG.read_text())
+    for section, values in changes.items():
+        for key, value in values.items():
+            document[section][key] = value  # type: ignore[index]
+    path = tmp_path / "mushishi.toml"
+    path.write_text(tomlkit.dumps(document))
+    plan = plan_install(load_settings(path), BINDIR, root=tmp_path, config_text=None)
+    return {str(relative): text for relative, (text, _) in plan.files.items()}
+
+
+def test_the_egress_socket_survives_a_restart_of_the_service() -> None:
+    socket = (REPO / "units" / "mushishi-egress.socket").read_text()
+    assert "PartOf=" not in socket.replace("No PartOf=", "")
+    assert "SocketMode=0660" in socket and "SocketGroup=mushishi" in socket
+    service = (REPO / "units" / "mushishi-egress.service").read_text()
+    assert "IPAddressDeny" not in service.replace("no IPAddressDeny=", "")
+
+
+def test_egress_socket_follows_the_config_and_a_custom_state_dir_is_writable(
+    tmp_path: Path,
+) -> None:
+    files = plan_for(tmp_path, router={"egress_socket": "/run/mushishi/e.sock"},
+                     egress={"state_dir": "/srv/mushishi/ledger"})
+    assert "ListenStream=\nListenStream=/run/mushishi/e.sock\n" in \
+        files[str(UNITS / "mushishi-egress.socket.d/listen.conf")]
+    assert "ReadWritePaths=/srv/mushishi/ledger" in \
+        files[str(UNITS / "mushishi-egress.service.d/state.conf")]
+    assert "d /srv/mushishi/ledger 0700 mushishi mushishi -" in \
+        files["etc/tmpfiles.d/mushishi.conf"]
+    default = plan_for(tmp_path)
+    assert str(UNITS / "mushishi-egress.service.d/state.conf") not in default
+
+
+@pytest.mark.parametrize(("url", "confined"), [
+    ("https://ntfy.sh", False),
+    ("http://127.0.0.1:2586", True),
+    ("http://100.64.0.9", True),
+    ("http://10.0.0.9", False),
+])
+def test_alert_units_are_kernel_confined_when_ntfy_is_local(
+    tmp_path: Path, url: str, confined: bool,
+) -> None:
+    files = plan_for(tmp_path, ntfy={"url": url})
+    for unit in ("mushishi-watchdog.service", "mushishi-alert@.service"):
+        text = files[str(UNITS / f"{unit}.d/network.conf")]
+        assert ("\nIPAddressDeny=any\n" in text) is confined, text
+        if confined:
+            assert "IPAddressAllow=100.64.0.0/10" in text
+        else:
+            assert "Relaxation: ntfy.url is not local" in text
+
+
+@pytest.mark.parametrize(("repository", "confined"), [
+    ("/data/ai/09-restic-repo", True),
+    ("local:/srv/restic", True),
+    ("sftp:backup@nas:/srv/restic", False),
+    ("s3:s3.amazonaws.com/bucket", False),
+])
+def test_backup_units_are_kernel_confined_with_a_local_repository(
+    tmp_path: Path, repository: str, confined: bool,
+) -> None:
+    files = plan_for(tmp_path, backup={"repository": repository})
+    for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
+        text = files[str(UNITS / f"{unit}.d/network.conf")]
+        assert ("IPAddressDeny=any\nIPAddressAllow=localhost" in text) is confined, text
