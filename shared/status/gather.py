@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import importlib
 import io
 import json
 import threading
@@ -417,15 +416,10 @@ async def read_bench(path: str) -> Reading:
 
 # -- the egress ledger ---------------------------------------------------------------------
 
-LEDGER_MODULE = "mushishi.services.egress.ledger"
-
-
 def _budgets(settings: Any, now: datetime) -> Reading:
-    try:
-        ledger = importlib.import_module(LEDGER_MODULE)
-        read_budgets = ledger.read_budgets
-    except (ImportError, AttributeError):
-        return missing("egress not installed (no budget ledger to read)")
+    # Imported here, not at the top: `mushishi status` stays fast when the screen is cut short.
+    from mushishi.services.egress.ledger import read_budgets
+
     try:
         budgets = read_budgets(settings, now)
     except FileNotFoundError:
@@ -439,7 +433,7 @@ def _budgets(settings: Any, now: datetime) -> Reading:
 
 
 async def read_budgets(settings: Any, now: datetime) -> Reading:
-    """Cloud budgets from the egress ledger, when the egress is installed."""
+    """Cloud budgets from the egress ledger (read-only; works while the egress is down)."""
     return await in_thread(_budgets, settings, now)
 
 

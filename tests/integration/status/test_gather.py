@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
-import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from dbus_fast.aio import MessageBus
 
+from mushishi.services.egress.core import Usage
+from mushishi.services.egress.ledger import Ledger
 from mushishi.shared import dbus_names
 from mushishi.shared.config import MushishiSettings, load_settings
 from mushishi.shared.status import gather
@@ -84,7 +88,8 @@ async def test_collect_reads_every_source_that_answers(tmp_path: Path,
     assert readings["gpud"].data["GpuTemperatureC"] == 58
     assert readings["router"].data["profiles"]["private"]["tier"] == "T1"
     assert readings["cpu-floor"].data["models"] == ["nemotron-cpu-prism"]
-    assert readings["budgets"].detail == "egress not installed (no budget ledger to read)"
+    assert readings["budgets"].detail == (
+        "no budget ledger yet (no cloud request has gone through the egress)")
     # A private session bus has no systemd: said, not hidden.
     assert "systemd did not list the units" in readings["systemd"].detail
     report = build_report(readings, NOW, "box")
@@ -172,35 +177,71 @@ async def test_no_bus_at_all_is_one_clear_line(tmp_path: Path) -> None:
         assert readings[name].detail.startswith("cannot connect to the system bus")
 
 
-@pytest.mark.parametrize(("behaviour", "status", "detail"), [
-    ("answer", "ok", ""),
-    ("no-ledger", "missing", "no budget ledger yet"),
-    ("denied", "error", "permission denied on the budget ledger"),
-])
-async def test_budgets_come_from_the_egress_ledger_when_it_is_installed(
-        monkeypatch: pytest.MonkeyPatch, behaviour: str, status: str, detail: str) -> None:
-    # The egress daemon is built in parallel; this is the contract its ledger module offers.
-    ledger = types.ModuleType(gather.LEDGER_MODULE)
-    seen: list[datetime] = []
+KIMI = """
+[backends.kimi]
+url = "https://integrate.api.nvidia.com/v1"
+model = "moonshotai/kimi-k2.6"
+api_key_credential = "ngc-api-key"
+budget = { requests_per_day = 1000, tokens_per_day = 1000000 }
+"""
 
-    def read_budgets(settings: MushishiSettings, now: datetime) -> dict[str, object]:
-        seen.append(now)
-        if behaviour == "no-ledger":
-            raise FileNotFoundError("ledger.sqlite")
-        if behaviour == "denied":
-            raise PermissionError("ledger.sqlite")
-        return {"kimi": {"requests_used": 3, "requests_limit": 1000, "tokens_used": 10,
-                         "tokens_limit": None, "cost_used": None, "cost_limit": None,
-                         "day": "2026-03-11", "cooldown_until": None}}
 
-    ledger.read_budgets = read_budgets  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, gather.LEDGER_MODULE, ledger)
-    reading = await gather.read_budgets(MushishiSettings(), NOW)
-    assert reading.status == status and detail in reading.detail
-    assert seen == [NOW]
-    if status == "ok":
-        report = build_report({"budgets": reading}, NOW, "box")
-        assert "kimi 3/1000 requests" in render(report)
+def ledger_settings(tmp_path: Path) -> MushishiSettings:
+    config = tmp_path / "mushishi.toml"
+    config.write_text(KIMI + f'[egress]\nstate_dir = "{tmp_path}/egress"\n')
+    return load_settings(config)
+
+
+async def test_budgets_are_read_from_the_real_egress_ledger(tmp_path: Path) -> None:
+    settings = ledger_settings(tmp_path)
+    missing_ledger = await gather.read_budgets(settings, NOW)
+    assert missing_ledger.status == "missing"
+    assert missing_ledger.detail.startswith("no budget ledger yet")
+    # The egress's own ledger, written as the daemon writes it: three answered requests.
+    ledger = Ledger(settings.egress.state_dir, {"kimi": None}, clock=lambda: NOW)
+    ledger.open()
+    for number in range(3):
+        reservation = await ledger.reserve("kimi", f"request-{number}", 40)
+        _, written = ledger.settle(reservation, Usage(prompt_tokens=40, completion_tokens=60))
+        await written
+    await ledger.close()
+    reading = await gather.read_budgets(settings, NOW)
+    assert reading.status == "ok", reading
+    assert reading.data["kimi"]["requests_used"] == 3
+    assert reading.data["kimi"]["tokens_used"] == 300
+    assert "kimi 3/1000 requests" in render(build_report({"budgets": reading}, NOW, "box"))
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory another user can traverse (pytest's tmp_path lives under a 0700 one)."""
+    directory = Path(tempfile.mkdtemp(prefix="mushishi-status-", dir="/var/tmp"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def test_budgets_unreadable_by_the_caller_is_an_error_naming_the_directory(
+        public_dir: Path) -> None:
+    tmp_path = public_dir
+    settings = ledger_settings(tmp_path)
+    (tmp_path / "mushishi.toml").chmod(0o644)
+    ledger = Ledger(settings.egress.state_dir, {"kimi": None})
+    ledger.open()
+    asyncio.run(ledger.close())
+    Path(settings.egress.state_dir).chmod(0o700)  # as the egress unit leaves it
+    script = ("import sys, datetime\n"
+              "from mushishi.shared.config import load_settings\n"
+              "from mushishi.shared.status import gather\n"
+              "reading = gather._budgets(load_settings(sys.argv[1]), "
+              "datetime.datetime.now(datetime.UTC))\n"
+              "print(reading.status, reading.detail)\n")
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             sys.executable, "-c", script, str(tmp_path / "mushishi.toml")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("error permission denied on the budget ledger in "
+                                    f"{settings.egress.state_dir}"), result.stdout
 
 
 async def test_http_get_reads_chunked_and_length_delimited_answers(tmp_path: Path) -> None:

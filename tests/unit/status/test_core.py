@@ -186,13 +186,14 @@ def test_nothing_yet_is_not_a_problem() -> None:
     readings = everything()
     readings["watchdog"] = missing("the watchdog has not run yet")
     readings["bench"] = missing("no bench results yet")
-    readings["budgets"] = missing("egress not installed (no budget ledger to read)")
+    readings["budgets"] = missing("no budget ledger yet (no cloud request has gone through "
+                                  "the egress)")
     readings["backup"] = ok({"last": None, "check": None})
     readings["firewall"] = ok({"last": None, "pending": None})
     report = build_report(readings, NOW, "box")
     assert report.problems == [] and exit_status(report) == 0
     screen = render(report)
-    assert "budgets   egress not installed" in screen
+    assert "budgets   no budget ledger yet" in screen
     assert "backup    no backup has run yet" in screen
     assert "watchdog  the watchdog has not run yet" in screen
     assert "firewall  never applied" in screen
