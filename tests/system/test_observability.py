@@ -23,7 +23,7 @@ PROMETHEUS_CONFIG = "/etc/mushishi-test/prometheus.yml"
 PROMETHEUS = "http://127.0.0.1:9090"
 TEXTFILES = "/var/lib/prometheus/node-exporter"
 EXPORTERS = {"mushishi-router": "127.0.0.1:4000", "mushishi-gpud": "127.0.0.1:9642",
-             "mushishi-cpu-floor": "127.0.0.1:9643"}
+             "mushishi-cpu-floor": "127.0.0.1:9643", "mushishi-egress": "127.0.0.1:9641"}
 KEY = "change-me"  # the example config's key (its sha256 is in [keys])
 
 
@@ -121,7 +121,7 @@ def test_prometheus_scrapes_every_daemon_and_answers_for_their_series(
         for job in EXPORTERS:
             [sample] = wait_query(stack, f'up{{job="{job}"}} == 1')
             assert sample["metric"]["job"] == job
-        for daemon in ("router", "gpud", "cpu_floor"):
+        for daemon in ("router", "gpud", "cpu_floor", "egress"):
             wait_query(stack, f'mushishi_build_info{{daemon="{daemon}"}} == 1')
         [requests] = wait_query(stack, 'mushishi_router_requests_total{profile="private",'
                                        'backend="cpu",outcome="success"} >= 1')
@@ -138,9 +138,9 @@ def test_prometheus_scrapes_every_daemon_and_answers_for_their_series(
                           'backend="cpu"} >= 1')
         wait_query(stack, 'mushishi_router_request_duration_seconds_bucket{profile="private",'
                           'le="+Inf"} >= 1')
-        # The egress daemon's job is configured; until it serves /metrics it is down.
-        [egress] = wait_query(stack, 'up{job="mushishi-egress"}')
-        assert egress["value"][1] in ("0", "1")
+        # The egress holds no key in this stack: its budgets and missing credentials show.
+        wait_query(stack, 'mushishi_egress_budget_limit_requests{backend="kimi"} == 1000')
+        wait_query(stack, 'mushishi_egress_credential_present{backend="kimi"} == 0')
     finally:
         stack.systemctl("stop", "test-prometheus.service", check=False)
 
@@ -188,6 +188,9 @@ def test_status_json_with_one_daemon_stopped_names_it_and_shows_the_rest(
     code, healthy = status_json(stack)
     assert healthy["unavailable"] == [], healthy["sources"]
     assert healthy["gpu"]["active_mode"] == "off"
+    # Cloud budgets come from the real egress ledger (created when the egress started).
+    assert healthy["sources"]["budgets"]["status"] == "ok"
+    assert healthy["budgets"]["backends"]["kimi"]["requests_limit"] == 1000
     stack.systemctl("stop", "mushishi-gpud.service")
     try:
         code, report = status_json(stack)
