@@ -117,11 +117,15 @@ class BackupBox:
         return self.restic("--no-lock", "list", "locks").stdout.split()
 
     def wait_for_lock(self, timeout: float = 60) -> str:
-        """The first lock file that appears in the repository."""
+        """The first lock file that appears in the repository.
+
+        restic's local backend writes `<id>-tmp-<n>` and then renames it to `<id>`; the
+        temporary name is not a lock (it vanished under a CI run once), so it is skipped.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            names = [p.name for p in (self.repo / "locks").glob("*")] if (
-                self.repo / "locks").is_dir() else []
+            names = [p.name for p in (self.repo / "locks").glob("*")
+                     if "-tmp-" not in p.name] if (self.repo / "locks").is_dir() else []
             if names:
                 return names[0]
             time.sleep(0.05)
