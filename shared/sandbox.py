@@ -34,6 +34,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from mushishi.shared.processes import pid_alive
+
 # Not /tmp: systemd-tmpfiles cleans /tmp when the sandbox boots.
 DEFAULT_STATE_DIR = Path("/var/tmp/mushishi-sandbox")  # noqa: S108
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -376,9 +378,7 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
     # A zombie is not alive; reap it if it is ours.
     try:

@@ -29,7 +29,7 @@ from prometheus_client import Gauge
 
 from mushishi.services.backup import core
 from mushishi.services.backup.core import Outcome, RetentionResult, SetResult, VerifyResult
-from mushishi.services.backup.process import Processes, pid_alive
+from mushishi.services.backup.process import Processes
 from mushishi.services.backup.restic import (
     ExitClass,
     Restic,
@@ -48,6 +48,7 @@ from mushishi.shared.config.backup import BackupSet, BackupSettings
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.metrics import new_registry, write_textfile
 from mushishi.shared.notify import Notifier
+from mushishi.shared.processes import pid_alive
 
 log = logging.getLogger("mushishi.backup")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mushishi.shared.config.gpu import GpuSettings
+from mushishi.shared.processes import pid_alive
 
 MIB = 1024 * 1024
 
@@ -95,19 +96,6 @@ def throttle_names(mask: int) -> tuple[str, ...]:
     if unknown:
         names.append(f"unknown-0x{unknown:x}")
     return tuple(names)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists (also when it belongs to another user)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SimulatedProbe:
