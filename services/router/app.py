@@ -42,6 +42,7 @@ from mushishi.services.router.metrics import RouterMetrics, RouterStateCollector
 from mushishi.services.router.state import Board
 from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
+from mushishi.shared.activation import systemd_sockets
 from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG
@@ -50,7 +51,6 @@ from mushishi.shared.notify import Notifier
 
 log = logging.getLogger("mushishi.router")
 
-SD_LISTEN_FDS_START = 3
 STATUS_EVERY_S = 10.0
 DRAIN_GRACE_S = 0.5
 SAVE_EVERY_S = 60.0
@@ -372,24 +372,6 @@ _FINISH_LINE = Router.finish.__code__.co_firstlineno
 
 
 # -- listeners ---------------------------------------------------------------------------
-
-def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket] | None:
-    """The listening sockets systemd passed (LISTEN_FDS for this PID), or None."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    assert environ is not None
-    count = environ.get("LISTEN_FDS")
-    if not count or environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
-    sockets = []
-    for index in range(int(count)):
-        sock = socket.socket(fileno=SD_LISTEN_FDS_START + index)
-        sock.set_inheritable(False)
-        sock.setblocking(False)
-        sockets.append(sock)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        environ.pop(name, None)  # not for children
-    return sockets
-
 
 def bind_listen(addresses: list[str]) -> list[socket.socket]:
     """Listening sockets for `router.listen` when not socket-activated."""
