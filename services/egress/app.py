@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,10 +32,10 @@ from mushishi.services.egress.providers import (
     read_key,
 )
 from mushishi.shared.activation import bind_unix, systemd_sockets
-from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
+from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.credentials import read_credential
-from mushishi.shared.daemon import EX_CONFIG
+from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version, start_metrics_server
 from mushishi.shared.notify import Notifier
 
@@ -347,29 +346,17 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
             await metrics.cleanup()
             await egress.close()
             return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
 
-    def reload() -> None:
-        notifier.reloading()
-        try:
-            fresh = load_config(loaded.path, env_file=loaded.env_file).settings
-        except ConfigError as error:
-            for issue in error.issues:
-                log.error("reload refused, keeping the running config: %s: %s", error.source,
-                          issue)
-        else:
-            pending = egress.reload(fresh)
-            log.info("reloaded profiles, budgets, prices, cooldowns and API keys from %s",
-                     loaded.path)
-            if pending:
-                log.warning("changes to %s take effect on `systemctl restart mushishi-egress` "
-                            "(socket-activated: no request is refused)", ", ".join(pending))
-        notifier.ready(egress.status_line())
+    def apply(fresh: MushishiSettings) -> None:
+        pending = egress.reload(fresh)
+        log.info("reloaded profiles, budgets, prices, cooldowns and API keys from %s",
+                 loaded.path)
+        if pending:
+            log.warning("changes to %s take effect on `systemctl restart mushishi-egress` "
+                        "(socket-activated: no request is refused)", ", ".join(pending))
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    reload_on_sighup(loaded, notifier, log, apply, egress.status_line)
     try:
         await serve(egress, sockets, notifier, stop, origin)
     finally:
@@ -379,9 +366,4 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
 
 def main_body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     """run_daemon's body: the event loop (uvloop when installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run_egress(loaded, notifier))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_egress(loaded, notifier))
+    return run_fast(run_egress(loaded, notifier))

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import stat
 import time
@@ -43,9 +42,9 @@ from mushishi.services.router.state import Board
 from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
 from mushishi.shared.activation import systemd_sockets
-from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
+from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
-from mushishi.shared.daemon import EX_CONFIG
+from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
 
@@ -489,40 +488,23 @@ async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
             log.error("%s", error.strerror or error)
             await router.close()
             return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
 
-    def reload() -> None:
-        notifier.reloading()
-        try:
-            fresh = load_config(loaded.path, env_file=loaded.env_file).settings
-        except ConfigError as error:
-            for issue in error.issues:
-                log.error("reload refused, keeping the running config: %s: %s", error.source,
-                          issue)
-        else:
-            pending = router.reload_access(fresh)
-            log.info("reloaded API keys and unix peers from %s", loaded.path)
-            if pending:
-                log.warning("changes in [%s] take effect on `systemctl restart mushishi-router`"
-                            " (socket-activated: no connection is dropped)", ", ".join(pending))
-        notifier.ready(router.status_line())
+    def apply(fresh: MushishiSettings) -> None:
+        pending = router.reload_access(fresh)
+        log.info("reloaded API keys and unix peers from %s", loaded.path)
+        if pending:
+            log.warning("changes in [%s] take effect on `systemctl restart mushishi-router`"
+                        " (socket-activated: no connection is dropped)", ", ".join(pending))
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    reload_on_sighup(loaded, notifier, log, apply, router.status_line)
     await serve(router, sockets, notifier, stop)
     return 0
 
 
 def main_body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     """run_daemon's body: the event loop (uvloop when installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run_router(loaded, notifier))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_router(loaded, notifier))
+    return run_fast(run_router(loaded, notifier))
 
 
 def error_status(code: ErrorCode) -> int:
