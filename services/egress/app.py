@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -38,11 +37,10 @@ from mushishi.shared.credentials import read_credential
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version, start_metrics_server
 from mushishi.shared.notify import Notifier
+from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.egress")
 
-STATUS_EVERY_S = 10.0
-DRAIN_GRACE_S = 0.5
 _FINISH_LINE = 0
 
 
@@ -270,44 +268,14 @@ _FINISH_LINE = Egress.finish.__code__.co_firstlineno
 async def serve(egress: Egress, sockets: list[socket.socket], notifier: Notifier,
                 stop: asyncio.Event, origin: str = "bound here") -> None:
     """Serve on `sockets` until `stop` is set, then drain and close."""
-    drain = egress.settings.egress.drain_timeout_s
-    runner = web.AppRunner(build_app(egress), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=drain)
-    await runner.setup()
-    sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
-    for site in sites:
-        await site.start()
-    log.info("serving %d cloud backend(s) on %s (%s)", len(egress.policy.cloud),
-             ", ".join(str(s.getsockname()) for s in sockets), origin)
-    notifier.ready(egress.status_line())
-    ticker = asyncio.create_task(_tick(egress, notifier))
-    try:
-        await stop.wait()
-    finally:
-        egress.draining = True
-        notifier.stopping(f"draining {egress.in_flight} request(s), up to {drain:g}s")
-        log.info("stopping: draining %d request(s) in flight (up to %gs)", egress.in_flight,
-                 drain)
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        # New connections wait in the socket's backlog for the next instance.
-        for site in sites:
-            await site.stop()
-        await asyncio.sleep(min(DRAIN_GRACE_S, drain))
-        await runner.cleanup()
-        await egress.close()
-        log.info("stopped")
 
+    def serving() -> None:
+        log.info("serving %d cloud backend(s) on %s (%s)", len(egress.policy.cloud),
+                 ", ".join(str(s.getsockname()) for s in sockets), origin)
 
-async def _tick(egress: Egress, notifier: Notifier) -> None:
-    interval = notifier.watchdog_interval()
-    period = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
-    while True:
-        egress.tick()
-        notifier.watchdog()
-        notifier.status(egress.status_line())
-        await asyncio.sleep(period)
+    await serve_until_stopped(egress, build_app(egress), sockets, notifier, stop,
+                              drain_s=egress.settings.egress.drain_timeout_s, logger=log,
+                              serving=serving, tick=egress.tick)
 
 
 async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,

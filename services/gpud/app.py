@@ -32,6 +32,7 @@ from mushishi.shared.daemon import EX_UNAVAILABLE, load_or_explain, stop_on_sign
 from mushishi.shared.journal import log_extra
 from mushishi.shared.metrics import new_registry, start_metrics_server
 from mushishi.shared.notify import Notifier
+from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.gpud")
 
@@ -106,11 +107,7 @@ class GpuModeManager:
 
     async def close(self) -> None:
         """Stop background work and release what was opened."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self.session is not None:
             await self.session.close()
         await asyncio.to_thread(self.probe.close)

@@ -47,11 +47,10 @@ from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
+from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.router")
 
-STATUS_EVERY_S = 10.0
-DRAIN_GRACE_S = 0.5
 SAVE_EVERY_S = 60.0
 _FINISH_LINE = 0  # CODE_LINE of the per-request record (set below, after Router is defined)
 
@@ -415,54 +414,23 @@ def describe_socket(sock: socket.socket) -> str:
 
 
 async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier,
-                stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
-    """Serve on `sockets` until `stop` is set, then drain and close."""
-    runner = web.AppRunner(build_app(router), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=router.settings.router.drain_timeout_s)
-    await runner.setup()
-    sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
-    for site in sites:
-        await site.start()
-    log.info("serving on %s; sovereignty: %s", ", ".join(describe_socket(s) for s in sockets),
-             router.sovereignty()["summary"])
-    notifier.ready(router.status_line())
-    ticker = asyncio.create_task(_tick(router, notifier))
-    try:
-        await stop.wait()
-    finally:
-        router.draining = True
-        notifier.stopping(f"draining {router.in_flight} request(s), up to "
-                          f"{router.settings.router.drain_timeout_s:g}s")
-        log.info("stopping: draining %d request(s) in flight (up to %gs)", router.in_flight,
-                 router.settings.router.drain_timeout_s)
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        # Stop accepting first: new connections wait in the listen backlog, which systemd
-        # keeps open for the next instance. Connections accepted a moment ago may not have
-        # sent their request yet; give them a grace period to start one, so that closing idle
-        # connections does not reset them.
-        for site in sites:
-            await site.stop()
-        await asyncio.sleep(min(DRAIN_GRACE_S, router.settings.router.drain_timeout_s))
-        await runner.cleanup()
-        router.save_state()
-        await router.close()
-        log.info("stopped")
-
-
-async def _tick(router: Router, notifier: Notifier) -> None:
-    """WATCHDOG=1 while the loop runs, a fresh STATUS= line, the cloud share saved."""
-    interval = notifier.watchdog_interval()
-    period = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
+                stop: asyncio.Event) -> None:
+    """Serve on `sockets` until `stop` is set, then drain, save the cloud share and close."""
     saved = time.monotonic()
-    while True:
-        notifier.watchdog()
-        notifier.status(router.status_line())
+
+    def serving() -> None:
+        log.info("serving on %s; sovereignty: %s",
+                 ", ".join(describe_socket(s) for s in sockets), router.sovereignty()["summary"])
+
+    def tick() -> None:
+        nonlocal saved
         if time.monotonic() - saved >= SAVE_EVERY_S:
             router.save_state()  # a crash loses at most this much of the cloud share
             saved = time.monotonic()
-        await asyncio.sleep(period)
+
+    await serve_until_stopped(router, build_app(router), sockets, notifier, stop,
+                              drain_s=router.settings.router.drain_timeout_s, logger=log,
+                              serving=serving, tick=tick, closing=router.save_state)
 
 
 async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
