@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mushishi.shared.config import ConfigError, load_config
-from mushishi.shared.config.router import check
+from mushishi.shared.config.router import check, unix_listen_path
 
 BASE = """
 [router]
@@ -141,3 +141,14 @@ def test_example_config_passes_every_locality_check() -> None:
     from tests.paths import EXAMPLE_CONFIG
 
     load_config(EXAMPLE_CONFIG)
+
+
+@pytest.mark.parametrize(("listen", "path"), [
+    (["127.0.0.1:4000", "unix:/run/mushishi/router.sock"], "/run/mushishi/router.sock"),
+    (["unix:/a.sock", "unix:/b.sock"], "/a.sock"),
+    (["127.0.0.1:4000", "[::1]:4000"], None),
+    ([], None),
+])
+def test_unix_listen_path_first_unix_address_or_none(listen: list[str], path: str | None
+                                                     ) -> None:
+    assert unix_listen_path(listen) == path
