@@ -110,14 +110,3 @@ def reload_on_sighup(loaded: LoadedConfig, notifier: Notifier, logger: logging.L
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
-
-def not_implemented(name: str, issue: str, argv: Sequence[str] | None = None) -> int:
-    """An honest placeholder: validate the config, then refuse to pretend to work."""
-
-    def body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
-        message = f"mushishi-{name}: not implemented yet ({issue})"
-        log.error(message)
-        notifier.status(message)
-        return EX_UNAVAILABLE
-
-    return run_daemon(name, f"mushishi-{name} (not implemented yet)", body, argv)

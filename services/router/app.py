@@ -25,7 +25,6 @@ from aiohttp import web
 from mushishi.services.router.cloud_share import CloudShare, load_state, save_state
 from mushishi.services.router.confinement import Confinement, check_kernel_confinement
 from mushishi.services.router.core import (
-    ERROR_HTTP,
     ErrorCode,
     GpuView,
     Hop,
@@ -473,8 +472,3 @@ async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
 def main_body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     """run_daemon's body: the event loop (uvloop when installed)."""
     return run_fast(run_router(loaded, notifier))
-
-
-def error_status(code: ErrorCode) -> int:
-    """HTTP status of a stable code (for tools and tests)."""
-    return ERROR_HTTP[code][0]
