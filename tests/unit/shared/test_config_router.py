@@ -8,6 +8,7 @@ import pytest
 
 from mushishi.shared.config import ConfigError, load_config
 from mushishi.shared.config.router import check, unix_listen_path
+from tests.unit.shared.config_issues import config_issues
 
 BASE = """
 [router]
@@ -34,13 +35,7 @@ chain = {chain}
 
 def issues_for(tmp_path: Path, *, url: str = "http://127.0.0.1:8000/v1", tier: str = "T1",
                chain: str = '["cpu", "other"]', extra: str = "") -> list[str]:
-    path = tmp_path / "mushishi.toml"
-    path.write_text(BASE.format(url=url, tier=tier, chain=chain) + extra)
-    try:
-        load_config(path)
-    except ConfigError as error:
-        return [str(issue) for issue in error.issues]
-    return []
+    return config_issues(tmp_path, BASE.format(url=url, tier=tier, chain=chain) + extra)
 
 
 @pytest.mark.parametrize("url", [
