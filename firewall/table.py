@@ -66,11 +66,6 @@ class Table:
         return sorted(s.port for s in self.services
                       if s.exposure == exposure and s.proto == proto)
 
-    def container_ports(self, proto: Proto) -> list[int]:
-        """Ports of non-`lan` services that containers may also reach on the host."""
-        return sorted(s.port for s in self.services
-                      if s.from_containers and s.exposure != "lan" and s.proto == proto)
-
 
 def build_table(settings: FirewallSettings) -> Table:
     """The table from `[firewall]`: SSH first, then the services in config order."""

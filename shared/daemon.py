@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
-from mushishi.shared.config import ConfigError, LoadedConfig, load_config, resolve_config_path
+from mushishi.shared.config import (
+    ConfigError,
+    LoadedConfig,
+    MushishiSettings,
+    load_config,
+    resolve_config_path,
+)
 from mushishi.shared.config.loader import default_env_file
 from mushishi.shared.journal import setup_logging
 from mushishi.shared.notify import Notifier
@@ -61,13 +70,43 @@ def run_daemon(
     return body(args, loaded, notifier)
 
 
-def not_implemented(name: str, issue: str, argv: Sequence[str] | None = None) -> int:
-    """An honest placeholder: validate the config, then refuse to pretend to work."""
+def run_fast(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` to completion on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
-    def body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
-        message = f"mushishi-{name}: not implemented yet ({issue})"
-        log.error(message)
-        notifier.status(message)
-        return EX_UNAVAILABLE
 
-    return run_daemon(name, f"mushishi-{name} (not implemented yet)", body, argv)
+def stop_on_signals() -> asyncio.Event:
+    """An event the running loop sets on SIGTERM (systemd's stop) or SIGINT (Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def reload_on_sighup(loaded: LoadedConfig, notifier: Notifier, logger: logging.Logger,
+                     apply: Callable[[MushishiSettings], None],
+                     status_line: Callable[[], str]) -> None:
+    """On SIGHUP: RELOADING=1, read `loaded`'s file again and hand valid settings to `apply`
+    (an invalid config is refused, each problem logged to `logger`, and the running one kept),
+    then READY=1 with `status_line()`."""
+
+    def reload() -> None:
+        notifier.reloading()
+        try:
+            fresh = load_config(loaded.path, env_file=loaded.env_file).settings
+        except ConfigError as error:
+            for issue in error.issues:
+                logger.error("reload refused, keeping the running config: %s: %s",
+                             error.source, issue)
+        else:
+            apply(fresh)
+        notifier.ready(status_line())
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+

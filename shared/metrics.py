@@ -10,6 +10,7 @@ import os
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -44,6 +45,22 @@ def new_registry(daemon: str) -> CollectorRegistry:
     )
     info.labels(daemon=daemon, version=package_version()).set(1)
     return registry
+
+
+class LabelChildren:
+    """Per-request metrics: label children cached in a dict (a lookup instead of
+    prometheus_client's lock and lookup on every request)."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """The label child of `metric` for `labels`, made once."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 def render(registry: CollectorRegistry) -> bytes:

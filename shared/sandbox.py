@@ -31,8 +31,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from mushishi.shared.processes import pid_alive
 
 # Not /tmp: systemd-tmpfiles cleans /tmp when the sandbox boots.
 DEFAULT_STATE_DIR = Path("/var/tmp/mushishi-sandbox")  # noqa: S108
@@ -376,9 +378,7 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
     # A zombie is not alive; reap it if it is ours.
     try:
@@ -408,16 +408,6 @@ def attach(name: str, state_dir: Path = DEFAULT_STATE_DIR) -> Sandbox:
     if sandbox.pid is None or not _alive(sandbox.pid):
         raise SandboxError(f"no running sandbox named {name} (in {state_dir})")
     return sandbox
-
-
-@contextlib.contextmanager
-def booted(**kwargs: object) -> Iterator[Sandbox]:
-    """Context manager: a booted sandbox that is always torn down."""
-    sandbox = Sandbox(**kwargs)  # type: ignore[arg-type]
-    try:
-        yield sandbox.boot()
-    finally:
-        sandbox.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

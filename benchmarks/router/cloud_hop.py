@@ -49,22 +49,13 @@ from benchmarks.router.run import (  # noqa: E402  (the repository is put on the
     machine,
     nginx_conf,
     rss_mb,
+    wait_port,
     wrk,
 )
 
 CLOUD = "203.0.113.10"
 PROVIDER_KEY = "sk-provider-bench"
 INSIDE = "MUSHISHI_BENCH_NETNS"
-
-
-def wait_listening(host: str, port: int, within: float = 120.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {within:g}s")
 
 
 def wait_unix(path: Path, within: float = 60.0) -> None:
@@ -175,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                                                                  "local")):
             conf = nginx_conf(work / name, port, body=COMPLETION, host=host)
             processes.start(["nginx", "-c", str(conf), "-p", str(work / name)])
-            wait_listening(host, port)
+            wait_port(port, 120, host)
         table: dict[str, dict[str, object]] = {}
 
         def measure(name: str, url: str, model: str) -> None:
@@ -195,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         wait_unix(directory / "egress.sock")
         router = processes.start([str(BINDIR / "mushishi-router"), "--config", str(config)],
                                  env=menv)
-        wait_listening("127.0.0.1", port)
+        wait_port(port, 120)
         time.sleep(1.5)  # first probes of the local backend
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         measure("mushishi-local", url, "local")
@@ -219,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 lproc = processes.start([str(LITELLM), "--config", str(lconf), "--port",
                                          str(lport), "--host", "127.0.0.1", "--num_workers",
                                          "1"], env=lenv, cwd=work)
-                wait_listening("127.0.0.1", lport, within=240)
+                wait_port(lport, within=240)
                 time.sleep(2)
                 measure(name, f"http://127.0.0.1:{lport}/v1/chat/completions", "cloudy")
                 table[name]["rss_mb"] = rss_mb(lproc.pid)

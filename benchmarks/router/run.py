@@ -57,14 +57,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_port(port: int, within: float = 60.0) -> None:
+def wait_port(port: int, within: float = 60.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {within:g}s")
+    raise RuntimeError(f"nothing listens on {host}:{port} after {within:g}s")
 
 
 class Processes:

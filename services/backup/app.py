@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import stat
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from prometheus_client import Gauge
 
 from mushishi.services.backup import core
 from mushishi.services.backup.core import Outcome, RetentionResult, SetResult, VerifyResult
-from mushishi.services.backup.process import Processes, pid_alive
+from mushishi.services.backup.process import Processes
 from mushishi.services.backup.restic import (
     ExitClass,
     Restic,
@@ -46,8 +45,10 @@ from mushishi.services.backup.verify import verify_snapshots
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import BackupSet, BackupSettings
 from mushishi.shared.credentials import find_credential
+from mushishi.shared.files import replace_atomically
 from mushishi.shared.metrics import new_registry, write_textfile
 from mushishi.shared.notify import Notifier
+from mushishi.shared.processes import pid_alive
 
 log = logging.getLogger("mushishi.backup")
 
@@ -96,15 +97,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON so a reader sees the old or the new file, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
-                                     prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-        temporary = Path(handle.name)
-    temporary.chmod(0o640)
-    temporary.replace(path)
+    replace_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o640)
 
 
 def append_history(path: Path, record: dict[str, Any], keep: int = HISTORY_LINES) -> None:

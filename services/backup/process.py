@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -144,15 +143,3 @@ class Processes:
                 child.kill()
             await waiter
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (in our PID namespace)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

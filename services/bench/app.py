@@ -4,7 +4,6 @@ the textfile. Used by `mushishi bench` (and so by mushishi-bench.service)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from mushishi.services.bench.runner import (
 )
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.locality import backend_locality
+from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.bench")
 
@@ -95,9 +95,7 @@ async def run_bench(settings: MushishiSettings, requested: Sequence[Target], *,
                 outcome.failed.append((target, str(error)))
                 continue
             finally:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
+                await cancel_and_wait(sampler)
             power, temperature = gpu.take()
             with results.locked(results_path) as handle:
                 history = results.read_rows(handle)

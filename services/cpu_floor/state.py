@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from mushishi.services.cpu_floor.core import History
+from mushishi.shared.files import replace_atomically
 
 log = logging.getLogger("mushishi.cpu_floor")
 
@@ -49,13 +48,7 @@ class HistoryStore:
             self._memory = history
             return True
         try:
-            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.path.parent,
-                                             prefix=".restarts.", delete=False) as handle:
-                json.dump(history.to_json(), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-                temporary = Path(handle.name)
-            temporary.replace(self.path)
+            replace_atomically(self.path, json.dumps(history.to_json()))
         except OSError as error:
             log.warning("cannot record the restart history in %s: %s", self.path, error)
             return False

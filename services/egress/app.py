@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,17 +31,16 @@ from mushishi.services.egress.providers import (
     read_key,
 )
 from mushishi.shared.activation import bind_unix, systemd_sockets
-from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
+from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.credentials import read_credential
-from mushishi.shared.daemon import EX_CONFIG
+from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version, start_metrics_server
 from mushishi.shared.notify import Notifier
+from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.egress")
 
-STATUS_EVERY_S = 10.0
-DRAIN_GRACE_S = 0.5
 _FINISH_LINE = 0
 
 
@@ -271,44 +268,14 @@ _FINISH_LINE = Egress.finish.__code__.co_firstlineno
 async def serve(egress: Egress, sockets: list[socket.socket], notifier: Notifier,
                 stop: asyncio.Event, origin: str = "bound here") -> None:
     """Serve on `sockets` until `stop` is set, then drain and close."""
-    drain = egress.settings.egress.drain_timeout_s
-    runner = web.AppRunner(build_app(egress), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=drain)
-    await runner.setup()
-    sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
-    for site in sites:
-        await site.start()
-    log.info("serving %d cloud backend(s) on %s (%s)", len(egress.policy.cloud),
-             ", ".join(str(s.getsockname()) for s in sockets), origin)
-    notifier.ready(egress.status_line())
-    ticker = asyncio.create_task(_tick(egress, notifier))
-    try:
-        await stop.wait()
-    finally:
-        egress.draining = True
-        notifier.stopping(f"draining {egress.in_flight} request(s), up to {drain:g}s")
-        log.info("stopping: draining %d request(s) in flight (up to %gs)", egress.in_flight,
-                 drain)
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        # New connections wait in the socket's backlog for the next instance.
-        for site in sites:
-            await site.stop()
-        await asyncio.sleep(min(DRAIN_GRACE_S, drain))
-        await runner.cleanup()
-        await egress.close()
-        log.info("stopped")
 
+    def serving() -> None:
+        log.info("serving %d cloud backend(s) on %s (%s)", len(egress.policy.cloud),
+                 ", ".join(str(s.getsockname()) for s in sockets), origin)
 
-async def _tick(egress: Egress, notifier: Notifier) -> None:
-    interval = notifier.watchdog_interval()
-    period = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
-    while True:
-        egress.tick()
-        notifier.watchdog()
-        notifier.status(egress.status_line())
-        await asyncio.sleep(period)
+    await serve_until_stopped(egress, build_app(egress), sockets, notifier, stop,
+                              drain_s=egress.settings.egress.drain_timeout_s, logger=log,
+                              serving=serving, tick=egress.tick)
 
 
 async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
@@ -347,29 +314,17 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
             await metrics.cleanup()
             await egress.close()
             return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
 
-    def reload() -> None:
-        notifier.reloading()
-        try:
-            fresh = load_config(loaded.path, env_file=loaded.env_file).settings
-        except ConfigError as error:
-            for issue in error.issues:
-                log.error("reload refused, keeping the running config: %s: %s", error.source,
-                          issue)
-        else:
-            pending = egress.reload(fresh)
-            log.info("reloaded profiles, budgets, prices, cooldowns and API keys from %s",
-                     loaded.path)
-            if pending:
-                log.warning("changes to %s take effect on `systemctl restart mushishi-egress` "
-                            "(socket-activated: no request is refused)", ", ".join(pending))
-        notifier.ready(egress.status_line())
+    def apply(fresh: MushishiSettings) -> None:
+        pending = egress.reload(fresh)
+        log.info("reloaded profiles, budgets, prices, cooldowns and API keys from %s",
+                 loaded.path)
+        if pending:
+            log.warning("changes to %s take effect on `systemctl restart mushishi-egress` "
+                        "(socket-activated: no request is refused)", ", ".join(pending))
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    reload_on_sighup(loaded, notifier, log, apply, egress.status_line)
     try:
         await serve(egress, sockets, notifier, stop, origin)
     finally:
@@ -379,9 +334,4 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
 
 def main_body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     """run_daemon's body: the event loop (uvloop when installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run_egress(loaded, notifier))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_egress(loaded, notifier))
+    return run_fast(run_egress(loaded, notifier))

@@ -12,10 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import re
-import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +38,7 @@ from mushishi.services.egress.core import (
     usage_from,
 )
 from mushishi.services.egress.ledger import LedgerError, Reservation
+from mushishi.shared.http_request import peer_uid, request_id_for
 from mushishi.shared.journal import bind_fields
 
 if TYPE_CHECKING:
@@ -52,8 +49,6 @@ log = logging.getLogger("mushishi.egress.request")
 
 EGRESS_KEY = web.AppKey("mushishi_egress", object)
 SSE = "text/event-stream"
-_PEERCRED = struct.Struct("3i")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 CHECKPOINT_EVERY_S = 1.0
 # 4xx answers that say the provider (its key, its model name) is at fault, not the request.
 PROVIDER_FAULT_4XX = frozenset({401, 403, 404, 405, 408, 409, 425})
@@ -74,20 +69,6 @@ def error_response(status: int, code: str, message: str,
     return web.Response(status=status, headers=headers, content_type="application/json",
                         body=json.dumps({"error": {"message": message, "type": kind,
                                                    "code": code}}).encode())
-
-
-def peer_uid(request: web.Request) -> int | None:
-    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    try:
-        _, uid, _ = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    except OSError:
-        return None
-    return uid
 
 
 @web.middleware
@@ -127,13 +108,6 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(_egress(request).status())
 
 
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    if given and _REQUEST_ID.match(given):
-        return given
-    return os.urandom(8).hex()
-
-
 @dataclass
 class Outcome:
     """What happened to one request, for its metrics and journal record."""
@@ -152,7 +126,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     headers = request.headers
     verdict = admit(egress.policy, headers.get("X-Mushishi-Profile"),
                     headers.get("X-Mushishi-Tier"), headers.get("X-Mushishi-Backend"))
-    request_id = _request_id(request)
+    request_id = request_id_for(request)
     if isinstance(verdict, Refused):
         egress.metrics.child(egress.metrics.sovereignty_refusals, verdict.reason.value).inc()
         log.error("refused %s: %s (the router sent profile=%s tier=%s backend=%s)",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from mushishi.shared.metrics import LabelChildren
 
 if TYPE_CHECKING:
     from mushishi.services.egress.app import Egress
@@ -20,10 +22,11 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-class EgressMetrics:
+class EgressMetrics(LabelChildren):
     """Every metric the egress updates per request."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
         self.requests = Counter(
             "mushishi_egress_requests_total",
             "Requests handled, by profile, cloud backend and outcome (success, client_error, "
@@ -60,15 +63,6 @@ class EgressMetrics:
             "mushishi_egress_upstream_duration_seconds",
             "From sending a request to a provider to the end of its answer.",
             ["backend"], buckets=LATENCY_BUCKETS, registry=registry)
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """A cached label child."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
 
 class EgressStateCollector(Collector):

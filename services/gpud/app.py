@@ -28,10 +28,11 @@ from mushishi.services.gpud.probes import busy_lines, mean_utilisation, read_pro
 from mushishi.services.gpud.systemd import JobEvent, SystemdClient, UnitChange
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.gpu import mode_target, tenant_unit
-from mushishi.shared.daemon import EX_UNAVAILABLE, load_or_explain
+from mushishi.shared.daemon import EX_UNAVAILABLE, load_or_explain, stop_on_signals
 from mushishi.shared.journal import log_extra
 from mushishi.shared.metrics import new_registry, start_metrics_server
 from mushishi.shared.notify import Notifier
+from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.gpud")
 
@@ -106,11 +107,7 @@ class GpuModeManager:
 
     async def close(self) -> None:
         """Stop background work and release what was opened."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self.session is not None:
             await self.session.close()
         await asyncio.to_thread(self.probe.close)
@@ -458,10 +455,7 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
                   settings.gpu.metrics_listen, error)
         bus.disconnect()
         return EX_UNAVAILABLE
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop = stop_on_signals()
 
     def reload() -> None:
         again = load_or_explain(str(loaded.path))
@@ -471,7 +465,7 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
             return
         manager.reload(again.settings)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     try:
         try:
             await manager.start(bus)

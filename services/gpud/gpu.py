@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from mushishi.shared.config.gpu import GpuSettings
+from mushishi.shared.files import replace_atomically
+from mushishi.shared.processes import pid_alive
 
 MIB = 1024 * 1024
 
@@ -97,19 +98,6 @@ def throttle_names(mask: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists (also when it belongs to another user)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SimulatedProbe:
     """Reads a JSON file shaped like DESIGN.md §4's example; for CI and the demo.
 
@@ -163,12 +151,7 @@ class SimulatedProbe:
     def set_power_limit(self, watts: int) -> None:
         data = self._load()
         data["power_limit_w"] = watts
-        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False,
-                                         prefix=f".{self.path.name}.") as handle:
-            json.dump(data, handle)
-            temporary = Path(handle.name)
-        temporary.chmod(0o644)
-        temporary.replace(self.path)
+        replace_atomically(self.path, json.dumps(data), 0o644)
 
     def close(self) -> None:
         return None

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import stat
 import time
@@ -26,7 +25,6 @@ from aiohttp import web
 from mushishi.services.router.cloud_share import CloudShare, load_state, save_state
 from mushishi.services.router.confinement import Confinement, check_kernel_confinement
 from mushishi.services.router.core import (
-    ERROR_HTTP,
     ErrorCode,
     GpuView,
     Hop,
@@ -42,17 +40,16 @@ from mushishi.services.router.metrics import RouterMetrics, RouterStateCollector
 from mushishi.services.router.state import Board
 from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
-from mushishi.shared.config import ConfigError, LoadedConfig, MushishiSettings, load_config
+from mushishi.shared.activation import systemd_sockets
+from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
-from mushishi.shared.daemon import EX_CONFIG
+from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
+from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.router")
 
-SD_LISTEN_FDS_START = 3
-STATUS_EVERY_S = 10.0
-DRAIN_GRACE_S = 0.5
 SAVE_EVERY_S = 60.0
 _FINISH_LINE = 0  # CODE_LINE of the per-request record (set below, after Router is defined)
 
@@ -373,24 +370,6 @@ _FINISH_LINE = Router.finish.__code__.co_firstlineno
 
 # -- listeners ---------------------------------------------------------------------------
 
-def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket] | None:
-    """The listening sockets systemd passed (LISTEN_FDS for this PID), or None."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    assert environ is not None
-    count = environ.get("LISTEN_FDS")
-    if not count or environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
-    sockets = []
-    for index in range(int(count)):
-        sock = socket.socket(fileno=SD_LISTEN_FDS_START + index)
-        sock.set_inheritable(False)
-        sock.setblocking(False)
-        sockets.append(sock)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        environ.pop(name, None)  # not for children
-    return sockets
-
-
 def bind_listen(addresses: list[str]) -> list[socket.socket]:
     """Listening sockets for `router.listen` when not socket-activated."""
     sockets = []
@@ -434,54 +413,23 @@ def describe_socket(sock: socket.socket) -> str:
 
 
 async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier,
-                stop: asyncio.Event, reload: Callable[[], None] | None = None) -> None:
-    """Serve on `sockets` until `stop` is set, then drain and close."""
-    runner = web.AppRunner(build_app(router), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=router.settings.router.drain_timeout_s)
-    await runner.setup()
-    sites = [web.SockSite(runner, sock, backlog=1024) for sock in sockets]
-    for site in sites:
-        await site.start()
-    log.info("serving on %s; sovereignty: %s", ", ".join(describe_socket(s) for s in sockets),
-             router.sovereignty()["summary"])
-    notifier.ready(router.status_line())
-    ticker = asyncio.create_task(_tick(router, notifier))
-    try:
-        await stop.wait()
-    finally:
-        router.draining = True
-        notifier.stopping(f"draining {router.in_flight} request(s), up to "
-                          f"{router.settings.router.drain_timeout_s:g}s")
-        log.info("stopping: draining %d request(s) in flight (up to %gs)", router.in_flight,
-                 router.settings.router.drain_timeout_s)
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        # Stop accepting first: new connections wait in the listen backlog, which systemd
-        # keeps open for the next instance. Connections accepted a moment ago may not have
-        # sent their request yet; give them a grace period to start one, so that closing idle
-        # connections does not reset them.
-        for site in sites:
-            await site.stop()
-        await asyncio.sleep(min(DRAIN_GRACE_S, router.settings.router.drain_timeout_s))
-        await runner.cleanup()
-        router.save_state()
-        await router.close()
-        log.info("stopped")
-
-
-async def _tick(router: Router, notifier: Notifier) -> None:
-    """WATCHDOG=1 while the loop runs, a fresh STATUS= line, the cloud share saved."""
-    interval = notifier.watchdog_interval()
-    period = min(interval, STATUS_EVERY_S) if interval else STATUS_EVERY_S
+                stop: asyncio.Event) -> None:
+    """Serve on `sockets` until `stop` is set, then drain, save the cloud share and close."""
     saved = time.monotonic()
-    while True:
-        notifier.watchdog()
-        notifier.status(router.status_line())
+
+    def serving() -> None:
+        log.info("serving on %s; sovereignty: %s",
+                 ", ".join(describe_socket(s) for s in sockets), router.sovereignty()["summary"])
+
+    def tick() -> None:
+        nonlocal saved
         if time.monotonic() - saved >= SAVE_EVERY_S:
             router.save_state()  # a crash loses at most this much of the cloud share
             saved = time.monotonic()
-        await asyncio.sleep(period)
+
+    await serve_until_stopped(router, build_app(router), sockets, notifier, stop,
+                              drain_s=router.settings.router.drain_timeout_s, logger=log,
+                              serving=serving, tick=tick, closing=router.save_state)
 
 
 async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
@@ -507,42 +455,20 @@ async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
             log.error("%s", error.strerror or error)
             await router.close()
             return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
 
-    def reload() -> None:
-        notifier.reloading()
-        try:
-            fresh = load_config(loaded.path, env_file=loaded.env_file).settings
-        except ConfigError as error:
-            for issue in error.issues:
-                log.error("reload refused, keeping the running config: %s: %s", error.source,
-                          issue)
-        else:
-            pending = router.reload_access(fresh)
-            log.info("reloaded API keys and unix peers from %s", loaded.path)
-            if pending:
-                log.warning("changes in [%s] take effect on `systemctl restart mushishi-router`"
-                            " (socket-activated: no connection is dropped)", ", ".join(pending))
-        notifier.ready(router.status_line())
+    def apply(fresh: MushishiSettings) -> None:
+        pending = router.reload_access(fresh)
+        log.info("reloaded API keys and unix peers from %s", loaded.path)
+        if pending:
+            log.warning("changes in [%s] take effect on `systemctl restart mushishi-router`"
+                        " (socket-activated: no connection is dropped)", ", ".join(pending))
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    reload_on_sighup(loaded, notifier, log, apply, router.status_line)
     await serve(router, sockets, notifier, stop)
     return 0
 
 
 def main_body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     """run_daemon's body: the event loop (uvloop when installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run_router(loaded, notifier))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_router(loaded, notifier))
-
-
-def error_status(code: ErrorCode) -> int:
-    """HTTP status of a stable code (for tools and tests)."""
-    return ERROR_HTTP[code][0]
+    return run_fast(run_router(loaded, notifier))

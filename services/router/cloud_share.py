@@ -7,12 +7,12 @@ most a day of buckets. The clock is injected: a function returning seconds since
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mushishi.shared.files import replace_atomically
 
 MINUTES_PER_DAY = 1440
 
@@ -133,13 +133,7 @@ class CloudShare:
 def save_state(share: CloudShare, path: Path) -> None:
     """Write the cloud-share buckets atomically (a crash leaves the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".cloud-share.",
-                                     delete=False) as handle:
-        json.dump({"version": 1, "cloud_share": share.dump()}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-        temporary = Path(handle.name)
-    temporary.replace(path)
+    replace_atomically(path, json.dumps({"version": 1, "cloud_share": share.dump()}))
 
 
 def load_state(share: CloudShare, path: Path) -> int:

@@ -18,6 +18,7 @@ from dbus_fast.aio import MessageBus
 
 from mushishi.services.router.core import GPU_ABSENT, GpuView
 from mushishi.shared import dbus_names
+from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.router.gpu_mode")
 
@@ -57,9 +58,7 @@ class GpuModeClient:
     async def close(self) -> None:
         """Stop following and disconnect."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._bus is not None:
             self._bus.disconnect()
 

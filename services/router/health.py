@@ -19,6 +19,7 @@ import aiohttp
 from mushishi.services.router.core import Health, Hop
 from mushishi.services.router.state import Board
 from mushishi.services.router.upstream import Upstreams, refused_by_policy
+from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.router.health")
 
@@ -59,11 +60,7 @@ class HealthProber:
 
     async def close(self) -> None:
         """Stop probing."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     def kick(self, name: str | None = None) -> None:
         """Probe `name` (or every backend) now."""

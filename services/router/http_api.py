@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import re
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
@@ -28,6 +25,7 @@ from mushishi.services.router.core import (
     split_model,
 )
 from mushishi.services.router.dispatch import Call, Rejection, error_body, forward
+from mushishi.shared.http_request import peer_uid, request_id_for
 from mushishi.shared.journal import bind_fields
 from mushishi.shared.metrics import add_metrics_route
 
@@ -37,8 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mushishi.router.request")
 
 ROUTER_KEY = web.AppKey("mushishi_router", object)
-_PEERCRED = struct.Struct("3i")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,20 +45,6 @@ def _router(request: web.Request) -> Router:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _peer_uid(request: web.Request) -> int | None:
-    """The uid of a caller on a unix socket (SO_PEERCRED), else None."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    try:
-        _, uid, _ = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    except OSError:
-        return None
-    return uid
 
 
 def _is_loopback_or_unix(request: web.Request) -> bool:
@@ -77,13 +59,6 @@ def _is_loopback_or_unix(request: web.Request) -> bool:
         return bool(peer) and ip_address(str(peer[0]).split("%", 1)[0]).is_loopback
     except ValueError:
         return False
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    if given and _REQUEST_ID.match(given):
-        return given
-    return os.urandom(8).hex()
 
 
 class Caller:
@@ -114,7 +89,7 @@ def authenticate(router: Router, request: web.Request) -> Caller:
             return Caller(profiles, "key")
     if presented:
         raise Rejection(ErrorCode.INVALID_API_KEY, "invalid API key")
-    uid = _peer_uid(request)
+    uid = peer_uid(request)
     if uid is not None:
         profiles = table.peers.get(uid)
         if profiles is not None:
@@ -261,7 +236,7 @@ async def _serve_call(router: Router, request: web.Request, api: str, path: str,
                       translate: Callable[[dict[str, Any]], dict[str, Any]] | None,
                       validate: Callable[[dict[str, Any]], None]) -> web.StreamResponse:
     started = time.perf_counter()
-    request_id = _request_id(request)
+    request_id = request_id_for(request)
     call: Call | None = None
     try:
         caller = authenticate(router, request)
@@ -320,7 +295,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages/count_tokens: a local estimate, no backend round trip."""
     router = _router(request)
-    request_id = _request_id(request)
+    request_id = request_id_for(request)
     try:
         caller = authenticate(router, request)
         body = await read_json(router, request)

@@ -8,11 +8,13 @@ collector, so nothing is recomputed per request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from mushishi.shared.metrics import LabelChildren
 
 if TYPE_CHECKING:
     from mushishi.services.router.app import Router
@@ -23,10 +25,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
-class RouterMetrics:
+class RouterMetrics(LabelChildren):
     """Every metric the router updates per request."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
         self.requests = Counter(
             "mushishi_router_requests_total",
             "Requests answered, by profile, backend that answered (none) and outcome "
@@ -59,15 +62,6 @@ class RouterMetrics:
             "Tokens reported by backends' usage, by profile, backend and kind "
             "(prompt, completion).",
             ["profile", "backend", "kind"], registry=registry)
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """A cached label child (a dict lookup instead of prometheus_client's lock + lookup)."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
 
 class RouterStateCollector(Collector):

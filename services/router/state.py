@@ -88,7 +88,6 @@ class BackendState:
     slots: Slots
     health: Health = Health.UNKNOWN
     reason: str = ""
-    changed_at: float = 0.0
 
 
 class Board:
@@ -120,7 +119,6 @@ class Board:
         if old is health:
             return
         state.health = health
-        state.changed_at = self._clock()
         for callback in self.on_change:
             callback(name, old, health, reason)
         self.notify()

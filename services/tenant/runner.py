@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 
 import aiohttp
 
 from mushishi.shared.config.gpu import TenantSettings
+from mushishi.shared.daemon import stop_on_signals
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
 
@@ -56,10 +56,7 @@ async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
         log.error("%s", line, extra=extra)
         notifier.status(line)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop = stop_on_signals()
     exited = asyncio.create_task(child.wait())
     stopping = asyncio.create_task(stop.wait())
     started = clock()

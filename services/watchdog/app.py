@@ -27,7 +27,7 @@ from mushishi.services.watchdog.checks import CheckResult, Status
 from mushishi.services.watchdog.ntfy import Publisher
 from mushishi.services.watchdog.outbox import Outbox, Report, deliver, state_lock
 from mushishi.shared.config import MushishiSettings
-from mushishi.shared.config.router import parse_listen
+from mushishi.shared.config.router import unix_listen_path
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.metrics import new_registry, write_textfile
 from mushishi.shared.notify import Notifier
@@ -59,15 +59,6 @@ class Deps:
     monotonic: Callable[[], float] = time.monotonic
 
 
-def router_socket(settings: MushishiSettings) -> str | None:
-    """The router's unix socket, where /status is free of API keys."""
-    for address in settings.router.listen:
-        host, path = parse_listen(address)
-        if host == "unix":
-            return str(path)
-    return None
-
-
 async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult]:
     """Gather every source concurrently, then evaluate every check."""
     config = settings.watchdog
@@ -84,7 +75,8 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
             units = {unit: group.create_task(gather.unit_state(bus, unit))
                      for unit in dict.fromkeys([*config.always_on_units, floor_unit])}
             models = group.create_task(gather.served_models(session, models_url, limit))
-            status = group.create_task(gather.router_status(router_socket(settings), limit))
+            status = group.create_task(gather.router_status(
+                unix_listen_path(settings.router.listen), limit))
             reading = group.create_task(gather.gpu_reading(bus))
     finally:
         if not isinstance(bus, gather.Failed):

@@ -13,8 +13,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,6 +23,7 @@ from typing import Any
 
 from mushishi.services.watchdog.alerts import Message
 from mushishi.services.watchdog.ntfy import Attempt, Delivery
+from mushishi.shared.files import replace_atomically
 
 log = logging.getLogger("mushishi.watchdog.outbox")
 
@@ -108,15 +107,7 @@ class Outbox:
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
-                                     prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as handle:
-        json.dump(data, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-        temporary = Path(handle.name)
-    temporary.chmod(0o640)
-    temporary.replace(path)
+    replace_atomically(path, json.dumps(data, sort_keys=True), 0o640)
 
 
 async def deliver(outbox: Outbox, publish: Callable[[Message], Awaitable[Attempt]], *,

@@ -14,8 +14,9 @@ import shlex
 import signal
 import sys
 
-from mushishi.services.gpud.client import GpuModeClient, GpuModeError, describe_error
+from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
+from mushishi.shared.cli.gpud_errors import run_command
 
 USAGE = "mushishi hold MODE [--then MODE] [--reason TEXT] -- COMMAND [ARG…]"
 
@@ -112,13 +113,4 @@ def run(args: argparse.Namespace) -> int:
     split = arguments.index("--")
     options = _options().parse_args(arguments[:split])
     argv = arguments[split + 1:]
-    try:
-        return asyncio.run(_hold(options, argv))
-    except GpuModeError as error:
-        message, status = describe_error(error)
-        print(f"mushishi hold: {message}", file=sys.stderr)
-        return status
-    except (OSError, ConnectionError) as error:
-        print(f"mushishi hold: cannot reach the system bus ({error}); is dbus running?",
-              file=sys.stderr)
-        return 69
+    return run_command("hold", _hold(options, argv))

@@ -9,7 +9,8 @@ import sys
 import time
 from typing import Any
 
-from mushishi.services.gpud.client import GpuModeClient, GpuModeError, describe_error
+from mushishi.services.gpud.client import GpuModeClient
+from mushishi.shared.cli.gpud_errors import run_command
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -91,13 +92,4 @@ async def _switch(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Show or switch; errors name what to do."""
-    try:
-        return asyncio.run(_switch(args) if args.mode else _show(args))
-    except GpuModeError as error:
-        message, status = describe_error(error)
-        print(f"mushishi mode: {message}", file=sys.stderr)
-        return status
-    except (OSError, ConnectionError) as error:
-        print(f"mushishi mode: cannot reach the system bus ({error}); is dbus running?",
-              file=sys.stderr)
-        return 69
+    return run_command("mode", _switch(args) if args.mode else _show(args))

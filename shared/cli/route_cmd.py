@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
-from mushishi.shared.config.router import parse_listen
+from mushishi.shared.config.router import unix_listen_path
 from mushishi.shared.router_status import DEFAULT_SOCKET, RouterUnavailable, fetch_status
 
 
@@ -32,11 +32,7 @@ def _socket_path(args: argparse.Namespace) -> str:
         settings = load_settings(resolve_config_path(args.config))
     except ConfigError:
         return DEFAULT_SOCKET
-    for address in settings.router.listen:
-        host, port = parse_listen(address)
-        if host == "unix":
-            return str(port)
-    return DEFAULT_SOCKET
+    return unix_listen_path(settings.router.listen) or DEFAULT_SOCKET
 
 
 def _mark(value: bool | None) -> str:

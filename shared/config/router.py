@@ -43,6 +43,15 @@ def parse_listen(address: str) -> tuple[str, str | int]:
     return match["host"].strip("[]"), int(match["port"])
 
 
+def unix_listen_path(listen: list[str]) -> str | None:
+    """The path of the first unix: address in `listen` (router.listen), or None."""
+    for address in listen:
+        host, path = parse_listen(address)
+        if host == "unix":
+            return str(path)
+    return None
+
+
 class RouterSettings(Section):
     """The OpenAI-compatible router (mushishi-router.service)."""
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from mushishi.shared import dbus_names
 from mushishi.shared.config.observability import bench_results
+from mushishi.shared.config.router import unix_listen_path
 from mushishi.shared.status.core import (
     ALWAYS_ON,
     TIMERS,
@@ -439,17 +440,6 @@ async def read_budgets(settings: Any, now: datetime) -> Reading:
 
 # -- all of it -------------------------------------------------------------------------------
 
-def router_socket(settings: Any) -> str | None:
-    """The unix: address in router.listen (where /status needs no API key)."""
-    from mushishi.shared.config.router import parse_listen
-
-    for address in settings.router.listen:
-        host, path = parse_listen(address)
-        if host == "unix":
-            return str(path)
-    return None
-
-
 async def collect(settings: Any, *, now: datetime, limit_s: float,
                   bus_address: str | None = None) -> dict[str, Reading]:
     """Read every source concurrently; each gets `limit_s` seconds, bus connection included."""
@@ -470,7 +460,7 @@ async def collect(settings: Any, *, now: datetime, limit_s: float,
         timed("systemd", on_bus(read_systemd), limit_s, "is systemd or dbus overloaded?"),
         timed("gpud", on_bus(read_gpud), limit_s,
               "hung? `systemctl status mushishi-gpud`"),
-        timed("router", read_router(router_socket(settings)), limit_s,
+        timed("router", read_router(unix_listen_path(settings.router.listen)), limit_s,
               "hung? `systemctl status mushishi-router`"),
         timed("cpu-floor", read_cpu_floor(floor.host, floor.port, floor.alias), limit_s,
               "hung or loading? `systemctl status mushishi-cpu-floor`"),

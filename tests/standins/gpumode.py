@@ -1,8 +1,10 @@
 """A minimal io.mushishi.GpuMode1 service (DESIGN.md §6) for tests of its clients.
 
-It exports the §6 interface on a real bus: the properties, SwitchMode/Busy/HoldMode/
-ReleaseHold, ModeChanged and PropertiesChanged. Tests drive it with `set_mode()`, and
-script SwitchMode with `busy_reasons`, `refuse_switch` and `switch_delay`.
+It exports the §6 interface on a real bus: the properties (with gpud's read-only GPU ones:
+GpuTemperatureC, GpuPowerW, GpuUtilPercent, GpuThrottled, StateReason), SwitchMode/Busy/
+HoldMode/ReleaseHold, ModeChanged and PropertiesChanged. Tests drive it with `set_mode()`,
+script SwitchMode with `busy_reasons`, `refuse_switch` and `switch_delay`, and set the GPU
+readings in the constructor.
 """
 
 # No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from the
@@ -12,7 +14,7 @@ from typing import Annotated
 
 from dbus_fast import BusType, DBusError
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import DBusBool, DBusDouble, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import (
     PropertyAccess,
     ServiceInterface,
@@ -26,16 +28,24 @@ from mushishi.shared import dbus_names
 StrList = Annotated[list[str], DBusSignature("as")]
 Holds = Annotated[list[list[str]], DBusSignature("a(sss)")]
 OldNew = Annotated[list[str], DBusSignature("ss")]
+MODES = ["agent", "audio", "creative", "forensic", "off"]
 
 
 class GpuModeStandin(ServiceInterface):
     """The stand-in service object; `connect(address)` exports it and takes the bus name."""
 
-    def __init__(self, modes: list[str], active: str, state: str = "ready") -> None:
+    def __init__(self, modes: list[str] = MODES, active: str = "off", state: str = "ready", *,
+                 temperature_c: int = 55, power_w: float = 20.0, util_percent: int = 0,
+                 throttled: bool = False, state_reason: str = "") -> None:
         super().__init__(dbus_names.INTERFACE)
         self.modes = list(modes)
         self.active = active
         self.state = state
+        self.temperature_c = temperature_c
+        self.power_w = power_w
+        self.util_percent = util_percent
+        self.throttled = throttled
+        self.state_reason = state_reason
         self.holds: list[list[str]] = []
         self.busy_reasons: list[str] = []
         self.refuse_switch: str | None = None  # a D-Bus error name to answer SwitchMode with
@@ -94,6 +104,26 @@ class GpuModeStandin(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def VramUsedMiB(self) -> DBusUInt32:
         return 500
+
+    @dbus_property(access=PropertyAccess.READ)
+    def GpuTemperatureC(self) -> DBusUInt32:
+        return self.temperature_c
+
+    @dbus_property(access=PropertyAccess.READ)
+    def GpuPowerW(self) -> DBusDouble:
+        return self.power_w
+
+    @dbus_property(access=PropertyAccess.READ)
+    def GpuUtilPercent(self) -> DBusUInt32:
+        return self.util_percent
+
+    @dbus_property(access=PropertyAccess.READ)
+    def GpuThrottled(self) -> DBusBool:
+        return self.throttled
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StateReason(self) -> DBusStr:
+        return self.state_reason
 
     @dbus_method()
     async def SwitchMode(self, mode: DBusStr, force: DBusBool) -> None:

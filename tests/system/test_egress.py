@@ -25,6 +25,7 @@ import pytest
 from mushishi.shared.install import shipped_unit_names
 from mushishi.shared.sandbox import Sandbox
 from tests.paths import BINDIR, REPO
+from tests.system import router_load
 
 KEY = "sk-egress-system-test"
 PROVIDER_KEY = "nvapi-system-test"
@@ -243,12 +244,7 @@ def test_sigkill_mid_stream_is_counted_once_and_the_unit_comes_back(world: World
     assert code == 200
     exact = budgets(box)["slow"]
     assert (exact["requests_used"], exact["estimated_requests"]) == (1, 0)
-    stream = subprocess.Popen(box.net_command([
-        "curl", "-sN", "--max-time", "60", "-H", f"Authorization: Bearer {KEY}",
-        "-H", "Content-Type: application/json", "-d",
-        json.dumps({"model": "slow", "stream": True,
-                    "messages": [{"role": "user", "content": "a long one"}]}),
-        "http://127.0.0.1:4000/v1/chat/completions"]), stdout=subprocess.PIPE)
+    stream = router_load.stream(box, KEY, "slow", "a long one", 60)
     try:
         assert stream.stdout is not None
         seen = 0
@@ -258,9 +254,7 @@ def test_sigkill_mid_stream_is_counted_once_and_the_unit_comes_back(world: World
         box.systemctl("kill", "-s", "SIGKILL", "mushishi-egress.service")
         rest, _ = stream.communicate(timeout=60)
     finally:
-        if stream.poll() is None:
-            stream.kill()
-            stream.wait()
+        router_load.reap(stream)
     assert b"[DONE]" not in rest and b"backend_failed" in rest  # ended with an error event
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -287,16 +281,8 @@ def test_restarts_of_router_and_egress_under_load_fail_nothing_and_count_each_on
     box.systemctl("start", "mushishi-egress.service")
     before = budgets(box)["kimi"]["requests_used"]
     out = box.shared / "egress-load.json"
-    load = subprocess.Popen(box.net_command([
-        sys.executable, "-m", "tests.system.router_load",
-        "http://127.0.0.1:4000/v1/chat/completions", KEY, "1200", "8", str(out), "cloudy"]),
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    stream = subprocess.Popen(box.net_command([
-        "curl", "-sN", "--max-time", "90", "-H", f"Authorization: Bearer {KEY}",
-        "-H", "Content-Type: application/json", "-d",
-        json.dumps({"model": "slow", "stream": True,
-                    "messages": [{"role": "user", "content": "stream"}]}),
-        "http://127.0.0.1:4000/v1/chat/completions"]), stdout=subprocess.PIPE)
+    load = router_load.start(box, KEY, 1200, 8, out, "cloudy")
+    stream = router_load.stream(box, KEY, "slow", "stream", 90)
     try:
         time.sleep(0.5)
         for unit in ("mushishi-egress.service", "mushishi-router.service",
@@ -307,10 +293,7 @@ def test_restarts_of_router_and_egress_under_load_fail_nothing_and_count_each_on
         assert load.wait(timeout=300) == 0
         streamed, _ = stream.communicate(timeout=90)
     finally:
-        for process in (load, stream):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        router_load.reap(load, stream)
     results = json.loads(out.read_text())
     assert len(results) == 1200
     failures = [r for r in results if r.get("status") != 200]

@@ -22,6 +22,7 @@ import pytest
 
 from mushishi.shared.sandbox import Sandbox
 from tests.paths import BINDIR, REPO
+from tests.system import router_load
 
 KEY = "sk-system-test"
 SOCKET = "/run/mushishi/router.sock"
@@ -266,16 +267,8 @@ def test_restart_under_load_drops_no_request_and_finishes_the_stream_in_flight(
     box.write("/etc/hosts", HOSTS_LOCAL)
     wait_ready(box)
     out = box.shared / "load.json"
-    load = subprocess.Popen(box.net_command([
-        sys.executable, "-m", "tests.system.router_load",
-        "http://127.0.0.1:4000/v1/chat/completions", KEY, "400", "8", str(out)]),
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    stream = subprocess.Popen(box.net_command([
-        "curl", "-sN", "--max-time", "60", "-H", f"Authorization: Bearer {KEY}",
-        "-H", "Content-Type: application/json", "-d",
-        json.dumps({"model": "private", "stream": True,
-                    "messages": [{"role": "user", "content": "stream"}]}),
-        "http://127.0.0.1:4000/v1/chat/completions"]), stdout=subprocess.PIPE)
+    load = router_load.start(box, KEY, 400, 8, out)
+    stream = router_load.stream(box, KEY, "private", "stream", 60)
     try:
         time.sleep(0.3)
         for _ in range(2):
@@ -284,10 +277,7 @@ def test_restart_under_load_drops_no_request_and_finishes_the_stream_in_flight(
         assert load.wait(timeout=240) == 0
         streamed, _ = stream.communicate(timeout=60)
     finally:
-        for process in (load, stream):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        router_load.reap(load, stream)
     results = json.loads(out.read_text())
     assert len(results) == 400
     failures = [r for r in results if r.get("status") != 200]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 ALIAS = "tiny-floor"
 
@@ -27,12 +28,6 @@ class LlamaServer:
     def url(self) -> str:
         """Its OpenAI base URL."""
         return f"http://127.0.0.1:{self.port}/v1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_alias(port: int, alias: str, process: subprocess.Popen[bytes],

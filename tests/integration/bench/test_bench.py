@@ -17,10 +17,11 @@ from mushishi.services.watchdog.checks import Status, bench
 from mushishi.services.watchdog.gather import bench_rows
 from mushishi.shared.config import load_settings
 from mushishi.shared.status.core import build_report, ok
-from tests.integration.bench.conftest import LlamaServer, free_port
+from tests.integration.bench.conftest import LlamaServer
 from tests.paths import BINDIR
+from tests.ports import free_port
 from tests.standins.bus import PrivateBus
-from tests.standins.gpud_properties import GpuMode1Properties, serve
+from tests.standins.gpumode import GpuModeStandin
 
 MUSHISHI = str(Path(BINDIR) / "mushishi")
 
@@ -156,7 +157,7 @@ async def test_gpu_readings_come_from_gpud_and_backends_of_other_modes_are_skipp
         tmp_path: Path, llama: LlamaServer) -> None:
     settings = load_settings(write_config(tmp_path, llama))
     with PrivateBus() as private:
-        gpud = await serve(private.address, GpuMode1Properties(temperature_c=66))
+        gpud = await GpuModeStandin(temperature_c=66).connect(private.address)
         try:
             outcome = await run_bench(
                 settings, [], results_path=tmp_path / "bench" / "results.csv",

@@ -27,14 +27,9 @@ from mushishi.services.cpu_floor.state import HistoryStore
 from mushishi.services.cpu_floor.supervisor import Supervisor
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
 from mushishi.shared.notify import Notifier
+from tests.ports import free_port
 
 WATCHDOG_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

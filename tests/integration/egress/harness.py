@@ -31,6 +31,7 @@ from mushishi.shared.config import MushishiSettings, load_config
 from mushishi.shared.credentials import read_credential
 from mushishi.shared.notify import Notifier
 from tests.paths import REPO
+from tests.ports import free_port
 from tests.standins.cloud import CloudStandin
 
 KEYS = {"ngc-api-key": "nvapi-test-kimi", "groq-api-key": "gsk-test-groq"}
@@ -109,13 +110,6 @@ drain_timeout_s = 5
 {egress_extra}
 {extra}
 """
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_credentials(directory: Path, names: tuple[str, ...] = tuple(KEYS)) -> Path:

@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
+from tests.standins.bus import PrivateBus
 
 
 @pytest.fixture
-def private_bus(tmp_path: Path) -> Iterator[str]:
+def private_bus() -> Iterator[str]:
     """The address of a dbus-daemon of this test's own."""
-    socket = tmp_path / "bus.sock"
-    config = tmp_path / "bus.conf"
-    config.write_text(BUS_CONFIG.format(socket=socket))
-    daemon = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork",
-                               "--print-address"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert daemon.stdout is not None
-        address = daemon.stdout.readline().strip()
-        assert address.startswith("unix:"), "dbus-daemon did not start"
-        yield address
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+    with PrivateBus() as bus:
+        yield bus.address
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiohttp
 
 from mushishi.services.egress.app import Egress
 from mushishi.services.egress.app import serve as serve_egress
@@ -224,3 +227,13 @@ async def wait_for(condition, *, what: str, within: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def post_chat(box: Box, model: str) -> tuple[int, dict[str, str], dict]:
+    """One chat completion with the personal key: (status, headers, JSON body)."""
+    async with aiohttp.ClientSession() as session, session.post(
+        box.base_url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {PERSONAL_KEY}"},
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+    ) as response:
+        return response.status, dict(response.headers), json.loads(await response.read())

@@ -19,6 +19,7 @@ import pytest
 
 from tests.integration.router.harness import PERSONAL_KEY, config_text
 from tests.paths import BINDIR
+from tests.ports import free_port
 from tests.standins.egress import EgressStandin
 from tests.standins.llamacpp import LlamaCppStandin
 from tests.standins.openai_server import Fault
@@ -121,10 +122,7 @@ async def test_standalone_daemon_listens_on_router_listen(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
     _, _, config = servers
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     unix = tmp_path / "router.sock"
     config.write_text(config.read_text().replace(
         'listen = ["127.0.0.1:4000"]', f'listen = ["127.0.0.1:{port}", "unix:{unix}"]'))
@@ -164,10 +162,7 @@ async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
     _, _, config = servers
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     original = config.read_text().replace('listen = ["127.0.0.1:4000"]',
                                           f'listen = ["127.0.0.1:{port}"]')
     config.write_text(original)
@@ -211,10 +206,7 @@ async def test_cloud_share_survives_a_restart(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
     gpu, cpu, config = servers
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     config.write_text(config.read_text().replace('listen = ["127.0.0.1:4000"]',
                                                  f'listen = ["127.0.0.1:{port}"]'))
     base = f"http://127.0.0.1:{port}"

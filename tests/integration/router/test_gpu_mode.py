@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from mushishi.shared import dbus_names
-from tests.integration.router.harness import PERSONAL_KEY, Box, running_box, wait_for
+from tests.integration.router.harness import Box, post_chat, running_box, wait_for
 from tests.standins.bus import PrivateBus
 from tests.standins.gpumode import GpuModeStandin
-
-AUTH = {"Authorization": f"Bearer {PERSONAL_KEY}"}
-
-
-async def post(box: Box, model: str) -> tuple[int, dict[str, str], dict]:
-    async with aiohttp.ClientSession() as session, session.post(
-        box.base_url + "/v1/chat/completions", headers=AUTH,
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-    ) as response:
-        return response.status, dict(response.headers), json.loads(await response.read())
 
 
 @contextlib.asynccontextmanager
@@ -48,7 +36,7 @@ async def test_backend_of_another_mode_is_skipped_with_no_round_trip(
         await asyncio.sleep(0.5)  # give a wrongful probe every chance to happen
         seen = len(box.gpu.requests)
         for _ in range(3):
-            status, headers, _ = await post(box, "private")
+            status, headers, _ = await post_chat(box, "private")
             assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
             assert "X-Mushishi-Fallbacks" not in headers
         await asyncio.sleep(0.5)
@@ -58,7 +46,7 @@ async def test_backend_of_another_mode_is_skipped_with_no_round_trip(
         assert status["profiles"]["private"]["would_use"] == "cpu"
         gpud.set_mode("agent")
         await wait_for(lambda: box.router.board.verdict("gpu").usable, what="gpu usable")
-        _, headers, _ = await post(box, "private")
+        _, headers, _ = await post_chat(box, "private")
         assert headers["X-Mushishi-Backend"] == "gpu"
 
 
@@ -69,10 +57,10 @@ async def test_while_switching_t1_takes_the_next_local_hop_or_waits_for_the_new_
         await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
         gpud.set_state("switching")
         await wait_for(lambda: mode_is(box, "forensic", "switching"), what="switching followed")
-        _, headers, _ = await post(box, "private")
+        _, headers, _ = await post_chat(box, "private")
         assert headers["X-Mushishi-Backend"] == "cpu"
         await box.cpu.refuse()
-        waiting = asyncio.create_task(post(box, "private"))
+        waiting = asyncio.create_task(post_chat(box, "private"))
         await wait_for(lambda: box.router.board.waiting.get("private") == 1, what="queued")
         gpud.set_mode("agent", "ready")
         status, headers, _ = await waiting
@@ -84,11 +72,11 @@ async def test_client_profile_in_the_wrong_mode_answers_mode_mismatch(
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
         await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
-        status, headers, _ = await post(box, "client")
+        status, headers, _ = await post_chat(box, "client")
         assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
         gpud.set_mode("agent")
         await wait_for(lambda: mode_is(box, "agent"), what="agent followed")
-        status, headers, body = await post(box, "client")
+        status, headers, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "requires GPU mode 'forensic'" in body["error"]["message"]
         assert gpud.switch_calls == [] and box.egress.requests == []
@@ -102,7 +90,7 @@ async def test_client_profile_with_switch_asks_gpud_then_is_served(
                         client_extra='queue_timeout_s = 10\non_mode_mismatch = "switch"') as box:
         await wait_for(lambda: mode_is(box, "off"), what="off followed")
         gpud.switch_delay = 0.3
-        results = await asyncio.gather(post(box, "client"), post(box, "client"))
+        results = await asyncio.gather(post_chat(box, "client"), post_chat(box, "client"))
         assert [(s, h["X-Mushishi-Backend"]) for s, h, _ in results] == [(200, "gpu")] * 2
         assert gpud.switch_calls == [("forensic", False)]  # one switch for both requests
 
@@ -115,13 +103,13 @@ async def test_client_profile_with_switch_refuses_when_the_gpu_is_busy(
     async with followed(tmp_path, private_bus,
                         client_extra='queue_timeout_s = 5\non_mode_mismatch = "switch"') as box:
         await wait_for(lambda: mode_is(box, "creative"), what="creative followed")
-        status, _, body = await post(box, "client")
+        status, _, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "comfyui: 2 jobs queued" in body["error"]["message"]
         assert gpud.switch_calls == []
         gpud.busy_reasons = []
         gpud.refuse_switch = dbus_names.ERROR_HELD
-        status, _, body = await post(box, "client")
+        status, _, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "gpud refused to switch" in body["error"]["message"]
 
@@ -136,9 +124,9 @@ async def test_without_gpud_on_the_bus_routing_falls_back_to_health_probes(
         gpud.disconnect()
         await wait_for(lambda: not box.router.board.gpu.present, what="gpud gone")
         await wait_for(lambda: box.router.board.verdict("gpu").usable, what="gpu probed")
-        _, headers, _ = await post(box, "private")
+        _, headers, _ = await post_chat(box, "private")
         assert headers["X-Mushishi-Backend"] == "gpu"
-        status, _, body = await post(box, "client")
+        status, _, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "mushishi-gpud is not on the bus" in body["error"]["message"]
         await gpud.connect(private_bus.address)  # back: followed again

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
-import aiohttp
-
-from tests.integration.router.harness import PERSONAL_KEY, Box, running_box, wait_for
-
-AUTH = {"Authorization": f"Bearer {PERSONAL_KEY}"}
-
-
-async def post(box: Box, model: str) -> tuple[int, dict[str, str], dict]:
-    async with aiohttp.ClientSession() as session, session.post(
-        box.base_url + "/v1/chat/completions", headers=AUTH,
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-    ) as response:
-        return response.status, dict(response.headers), json.loads(await response.read())
+from tests.integration.router.harness import Box, post_chat, running_box, wait_for
 
 
 async def test_requests_beyond_max_concurrency_overflow_to_the_next_hop(box: Box) -> None:
     box.gpu.token_delay = 0.05  # each answer takes 0.4 s: three overlap
-    results = await asyncio.gather(*(post(box, "personal") for _ in range(3)))
+    results = await asyncio.gather(*(post_chat(box, "personal") for _ in range(3)))
     backends = sorted(headers["X-Mushishi-Backend"] for _, headers, _ in results)
     assert backends == ["cpu", "gpu", "gpu"]
     assert box.router.board.backends["gpu"].slots.in_flight == 0
@@ -36,13 +23,13 @@ async def test_t1_strict_waits_in_the_backend_fifo_and_refuses_when_it_is_full(
     async with running_box(tmp_path, cpu_extra="max_concurrency = 1\nqueue_max = 1",
                            strict_extra="queue_timeout_s = 5") as box:
         box.cpu.token_delay = 0.05
-        first = asyncio.create_task(post(box, "strictcpu"))
+        first = asyncio.create_task(post_chat(box, "strictcpu"))
         await wait_for(lambda: box.router.board.backends["cpu"].slots.in_flight == 1,
                        what="first request in flight")
-        second = asyncio.create_task(post(box, "strictcpu"))
+        second = asyncio.create_task(post_chat(box, "strictcpu"))
         await wait_for(lambda: box.router.board.backends["cpu"].slots.queued == 1,
                        what="second request queued")
-        status, headers, body = await post(box, "strictcpu")
+        status, headers, body = await post_chat(box, "strictcpu")
         assert (status, body["error"]["code"]) == (503, "backend_failed")
         assert "full queue" in body["error"]["message"]
         assert headers["X-Mushishi-Tier"] == "T1-strict"
@@ -53,7 +40,7 @@ async def test_t1_request_waits_for_a_local_backend_to_come_back(tmp_path: Path)
     async with running_box(tmp_path, private_extra="queue_timeout_s = 10") as box:
         await box.gpu.refuse()
         await box.cpu.refuse()
-        waiting = asyncio.create_task(post(box, "private"))
+        waiting = asyncio.create_task(post_chat(box, "private"))
         await wait_for(lambda: box.router.board.waiting.get("private") == 1,
                        what="request in the T1 queue")
         started = time.monotonic()
@@ -69,11 +56,11 @@ async def test_full_t1_queue_answers_503_at_once(tmp_path: Path) -> None:
     async with running_box(tmp_path, private_extra="queue_timeout_s = 10\nqueue_max = 1") as box:
         await box.gpu.refuse()
         await box.cpu.refuse()
-        waiting = asyncio.create_task(post(box, "private"))
+        waiting = asyncio.create_task(post_chat(box, "private"))
         await wait_for(lambda: box.router.board.waiting.get("private") == 1,
                        what="request in the T1 queue")
         started = time.monotonic()
-        status, _, body = await post(box, "private")
+        status, _, body = await post_chat(box, "private")
         assert time.monotonic() - started < 1
         assert (status, body["error"]["code"]) == (503, "sovereign_backends_unavailable")
         assert "queue is full" in body["error"]["message"]
@@ -84,7 +71,7 @@ async def test_t1_queue_times_out_with_sovereign_backends_unavailable(box: Box) 
     await box.gpu.refuse()
     await box.cpu.refuse()
     started = time.monotonic()
-    status, headers, body = await post(box, "private")  # queue_timeout_s = 1
+    status, headers, body = await post_chat(box, "private")  # queue_timeout_s = 1
     elapsed = time.monotonic() - started
     assert (status, body["error"]["code"]) == (503, "sovereign_backends_unavailable")
     assert "after waiting 1s" in body["error"]["message"]
@@ -100,7 +87,7 @@ async def test_loading_model_is_starting_not_down_and_t1_waits_for_it(tmp_path: 
         await wait_for(lambda: box.router.board.backends["cpu"].health.value == "starting",
                        what="cpu starting")
         assert box.router.status()["backends"]["cpu"]["reason"] == "loading model"
-        waiting = asyncio.create_task(post(box, "private"))
+        waiting = asyncio.create_task(post_chat(box, "private"))
         await wait_for(lambda: box.router.board.waiting.get("private") == 1, what="queued")
         box.cpu.set_loading(False)
         status, headers, _ = await waiting

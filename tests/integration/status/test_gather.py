@@ -26,7 +26,7 @@ from mushishi.shared.status import gather
 from mushishi.shared.status.core import build_report, render
 from tests.integration.router.harness import running_box
 from tests.standins.bus import PrivateBus
-from tests.standins.gpud_properties import GpuMode1Properties, serve
+from tests.standins.gpumode import GpuModeStandin
 from tests.standins.llamacpp import LlamaCppStandin
 
 NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
@@ -75,7 +75,7 @@ async def test_collect_reads_every_source_that_answers(tmp_path: Path,
             {"time": "2026-03-11T06:00:00+00:00", "problems": [], "checks": [
                 {"name": "gpu", "status": "ok", "detail": "55 °C"}]}))
         with PrivateBus() as private:
-            gpud = await serve(private.address, GpuMode1Properties(temperature_c=58))
+            gpud = await GpuModeStandin(temperature_c=58).connect(private.address)
             try:
                 readings = await gather.collect(settings, now=NOW, limit_s=2.0,
                                                 bus_address=private.address)

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,9 @@ import pytest
 
 from tests.integration.tenant.conftest import NotifySocket
 from tests.paths import BINDIR, REPO
+from tests.ports import free_port
 
 TENANT = f"{BINDIR}/mushishi-tenant"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from mushishi.services.watchdog.app import Deps, run_watchdog
 from mushishi.services.watchdog.checks import Status, UnitState
 from mushishi.shared.config.loader import load_settings
 from tests.paths import BINDIR
-from tests.standins.gpud_properties import GpuMode1Properties, private_bus, serve
+from tests.standins.bus import PrivateBus
+from tests.standins.gpumode import GpuModeStandin
 from tests.standins.ntfy import NtfyStandin
 from tests.standins.openai_models import ModelsStandin
 from tests.standins.router_status import RouterStatusStandin, status_document
@@ -32,9 +33,9 @@ WEDNESDAY = datetime(2026, 3, 11, 9, 0, tzinfo=LOCAL)
 
 
 @pytest.fixture
-def bus(tmp_path: Path) -> Iterator[str]:
-    with private_bus(tmp_path) as address:
-        yield address
+def bus() -> Iterator[str]:
+    with PrivateBus() as private:
+        yield private.address
 
 
 @pytest.fixture
@@ -124,8 +125,7 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
     models = ModelsStandin(["model.gguf"])
     port = await models.start()
     world = make_world(tmp_path, ntfy.url, port)
-    gpud = GpuMode1Properties(temperature_c=91, throttled=True)
-    gpud_bus = await serve(bus, gpud)
+    gpud = await GpuModeStandin(temperature_c=91, throttled=True).connect(bus)
     router = RouterStatusStandin(status_document({
         "personal": {"hour": 0.5, "day": 0.4, "requests_hour": 10, "requests_day": 100},
         "private": {"hour": 0.0, "day": 0.0, "requests_hour": 10, "requests_day": 100}}))
@@ -138,7 +138,7 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
     try:
         assert await run_watchdog(settings, deps) == 0
     finally:
-        gpud_bus.disconnect()
+        gpud.disconnect()
         await router.stop()
         await models.stop()
     last = json.loads((world.state / "last.json").read_text())

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.shared.config import ConfigError, load_config
+from mushishi.shared.config import load_config
+from tests.unit.shared.config_issues import config_issues
 
 BASE = """
 [backends.cpu]
@@ -21,13 +22,7 @@ api_key_credential = "cloud-key"
 
 
 def issues_for(tmp_path: Path, extra: str) -> list[str]:
-    path = tmp_path / "mushishi.toml"
-    path.write_text(BASE + extra)
-    try:
-        load_config(path)
-    except ConfigError as error:
-        return [str(issue) for issue in error.issues]
-    return []
+    return config_issues(tmp_path, BASE + extra)
 
 
 @pytest.mark.parametrize("line", [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.shared.config import ConfigError, load_config
+from tests.unit.shared.config_issues import config_issues
 
 BASE = """
 [backends.cpu]
@@ -26,13 +26,7 @@ chain = ["cpu"]
 
 
 def issues(tmp_path: Path, extra: str) -> list[str]:
-    path = tmp_path / "mushishi.toml"
-    path.write_text(BASE + extra)
-    try:
-        load_config(path)
-    except ConfigError as error:
-        return [str(issue) for issue in error.issues]
-    return []
+    return config_issues(tmp_path, BASE + extra)
 
 
 def test_valid_bench_and_traces_pass(tmp_path: Path) -> None:

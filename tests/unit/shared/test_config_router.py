@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mushishi.shared.config import ConfigError, load_config
-from mushishi.shared.config.router import check
+from mushishi.shared.config.router import check, unix_listen_path
+from tests.unit.shared.config_issues import config_issues
 
 BASE = """
 [router]
@@ -34,13 +35,7 @@ chain = {chain}
 
 def issues_for(tmp_path: Path, *, url: str = "http://127.0.0.1:8000/v1", tier: str = "T1",
                chain: str = '["cpu", "other"]', extra: str = "") -> list[str]:
-    path = tmp_path / "mushishi.toml"
-    path.write_text(BASE.format(url=url, tier=tier, chain=chain) + extra)
-    try:
-        load_config(path)
-    except ConfigError as error:
-        return [str(issue) for issue in error.issues]
-    return []
+    return config_issues(tmp_path, BASE.format(url=url, tier=tier, chain=chain) + extra)
 
 
 @pytest.mark.parametrize("url", [
@@ -141,3 +136,14 @@ def test_example_config_passes_every_locality_check() -> None:
     from tests.paths import EXAMPLE_CONFIG
 
     load_config(EXAMPLE_CONFIG)
+
+
+@pytest.mark.parametrize(("listen", "path"), [
+    (["127.0.0.1:4000", "unix:/run/mushishi/router.sock"], "/run/mushishi/router.sock"),
+    (["unix:/a.sock", "unix:/b.sock"], "/a.sock"),
+    (["127.0.0.1:4000", "[::1]:4000"], None),
+    ([], None),
+])
+def test_unix_listen_path_first_unix_address_or_none(listen: list[str], path: str | None
+                                                     ) -> None:
+    assert unix_listen_path(listen) == path

@@ -8,7 +8,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import Counter
 
-from mushishi.shared.metrics import add_metrics_route, new_registry, write_textfile
+from mushishi.shared.metrics import (
+    LabelChildren,
+    add_metrics_route,
+    new_registry,
+    write_textfile,
+)
 
 
 async def test_metrics_route_serves_this_daemons_registry_only() -> None:
@@ -35,3 +40,20 @@ def test_textfile_is_written_atomically_and_readable(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o644
     assert "mushishi_build_info" in target.read_text()
     assert [p.name for p in target.parent.iterdir()] == ["mushishi_backup.prom"]
+
+
+def test_label_children_child_is_made_once_per_metric_and_labels() -> None:
+    registry = new_registry("router")
+    requests = Counter("mushishi_router_requests", "Requests.", ["profile", "outcome"],
+                       registry=registry)
+    tokens = Counter("mushishi_router_tokens", "Tokens.", ["profile", "outcome"],
+                     registry=registry)
+    children = LabelChildren()
+    first = children.child(requests, "private", "success")
+    assert children.child(requests, "private", "success") is first
+    assert children.child(tokens, "private", "success") is not first
+    assert children.child(requests, "private", "timeout") is not first
+    first.inc()
+    children.child(requests, "private", "success").inc(2)
+    assert registry.get_sample_value(
+        "mushishi_router_requests_total", {"profile": "private", "outcome": "success"}) == 3

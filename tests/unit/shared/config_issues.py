@@ -1,0 +1,18 @@
+"""The config tests' common step: load a config text, collect what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mushishi.shared.config import ConfigError, load_config
+
+
+def config_issues(tmp_path: Path, text: str) -> list[str]:
+    """Every problem load_config reports for `text` (as tmp_path/mushishi.toml); [] if valid."""
+    path = tmp_path / "mushishi.toml"
+    path.write_text(text)
+    try:
+        load_config(path)
+    except ConfigError as error:
+        return [str(issue) for issue in error.issues]
+    return []
