@@ -6,9 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-stop demo-status lint system-deps llama-server venv clean
+.PHONY: test demo demo-stop demo-status lint checkout system-deps llama-server venv clean
 
-system-deps:
+checkout:
+	@scripts/check-checkout.sh
+
+system-deps: checkout
 	@scripts/install-system-deps.sh
 
 $(STAMP): pyproject.toml
