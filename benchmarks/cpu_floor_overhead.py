@@ -162,9 +162,9 @@ def report(results: dict[str, list[float]], rounds: int, seconds: float) -> str:
         "# CPU floor overhead (benchmarks/cpu_floor_overhead.py)",
         "",
         f"Taken {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
-        f"({os.cpu_count()} CPUs), **taken under load** (load average "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} while other engineers ran test "
-        "suites): trust the ratios, not the absolute numbers.",
+        f"({os.cpu_count()} CPUs; load average at the end, this run included: "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}): the peers share the cores, so "
+        "trust the ratios more than the absolute numbers.",
         f"{rounds} interleaved rounds, {seconds:g} s of sequential 64-token chat completions "
         "per peer per round; medians.",
         "",

@@ -158,8 +158,8 @@ def report(results: dict[str, dict[str, list[float]]], rounds: int, seconds: flo
     load = os.getloadavg()
     return f"""# GPU-mode switch orchestration overhead
 
-Taken under load: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, \
-{os.cpu_count()} CPUs shared with other engineers' test runs (load average \
+Taken {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, \
+{os.cpu_count()} CPUs (load average at the end, this run included: \
 {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}); {rounds} switches through gpud and {rounds} \
 direct isolates, forensic ⇄ creative, stand-in tenants, simulated GPU, booted systemd 252 \
 in the test sandbox; {seconds:.0f} s in all. Command: \

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def main() -> int:
     binary = subprocess.run([str(REPO / "scripts" / "build-llama-server.sh")], check=True,
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
     model = write_tiny_model(Path("/var/cache/mushishi/test-assets/bench-status-tiny.gguf"))
+    load_before = os.getloadavg()[0]
     box = boot_stack(Path(binary), model)
     cases: dict[str, dict[str, dict[str, float]]] = {}
     try:
@@ -85,7 +87,8 @@ def main() -> int:
     finally:
         box.stop()
     results = {"time": datetime.now(UTC).isoformat(timespec="seconds"),
-               "machine": {"cpus": str(len(__import__("os").sched_getaffinity(0))),
+               "machine": {"cpus": str(len(os.sched_getaffinity(0))),
+                           "load_before": f"{load_before:.2f}",
                            "python": platform.python_version(),
                            "kernel": platform.release()},
                "runs": args.runs, "per_source_timeout_s": 0.5, "cases": cases}
@@ -94,8 +97,8 @@ def main() -> int:
     lines = [
         "# `mushishi status` wall time",
         "",
-        f"Taken under load ({results['time']}, {results['machine']['cpus']} shared cores, "
-        "other engineers' test suites running); the lead reruns it on a quiet machine. "
+        f"Taken {results['time']}, {results['machine']['cpus']} cores, load average "
+        f"{results['machine']['load_before']} before the run. "
         f"hyperfine, {args.runs} runs after 2 warm-ups, inside the booted stack; per-source "
         "timeout 0.5 s (the default).",
         "",
