@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from mushishi.services.router.core import ROUTING_FIELDS
@@ -35,21 +36,31 @@ class TranslationError(ValueError):
     """The Messages request cannot be expressed as an OpenAI chat request; names the field."""
 
 
+def _blocks(content: list[Any], where: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """Each content block as (where it is, for errors; the block; its type), thinking blocks
+    left out; a block that is not an object is an error."""
+    for index, block in enumerate(content):
+        here = f"{where}[{index}]"
+        if not isinstance(block, dict):
+            raise TranslationError(f"{here} must be an object")
+        kind = block.get("type")
+        if kind not in ("thinking", "redacted_thinking"):
+            yield here, block, kind
+
+
 def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise TranslationError(f"{where} must be a string or a list of content blocks")
     texts = []
-    for index, block in enumerate(content):
-        if not isinstance(block, dict):
-            raise TranslationError(f"{where}[{index}] must be an object")
-        if block.get("type") == "text":
+    for here, block, kind in _blocks(content, where):
+        if kind == "text":
             if not isinstance(block.get("text"), str):
-                raise TranslationError(f"{where}[{index}].text must be a string")
+                raise TranslationError(f"{here}.text must be a string")
             texts.append(block["text"])
-        elif block.get("type") in ("image", "document"):
-            texts.append(f"[{block['type']} omitted]")
+        elif kind in ("image", "document"):
+            texts.append(f"[{kind} omitted]")
     return "\n\n".join(texts)
 
 
@@ -71,11 +82,7 @@ def _user_blocks(content: list[Any], where: str) -> list[dict[str, Any]]:
     """A user turn: tool results become `tool` messages (first), the rest one user message."""
     tool_messages: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
-    for index, block in enumerate(content):
-        here = f"{where}[{index}]"
-        if not isinstance(block, dict):
-            raise TranslationError(f"{here} must be an object")
-        kind = block.get("type")
+    for here, block, kind in _blocks(content, where):
         if kind == "text":
             if not isinstance(block.get("text"), str):
                 raise TranslationError(f"{here}.text must be a string")
@@ -90,8 +97,6 @@ def _user_blocks(content: list[Any], where: str) -> list[dict[str, Any]]:
                 text = f"Error: {text}"
             tool_messages.append(
                 {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
-        elif kind in ("thinking", "redacted_thinking"):
-            continue
         elif kind == "document":
             parts.append({"type": "text", "text": _text_of([block], here)})
         else:
@@ -108,11 +113,7 @@ def _user_blocks(content: list[Any], where: str) -> list[dict[str, Any]]:
 def _assistant_blocks(content: list[Any], where: str) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for index, block in enumerate(content):
-        here = f"{where}[{index}]"
-        if not isinstance(block, dict):
-            raise TranslationError(f"{here} must be an object")
-        kind = block.get("type")
+    for here, block, kind in _blocks(content, where):
         if kind == "text":
             texts.append(str(block.get("text", "")))
         elif kind == "tool_use":
@@ -120,8 +121,6 @@ def _assistant_blocks(content: list[Any], where: str) -> dict[str, Any]:
                 raise TranslationError(f"{here} needs id and name strings")
             calls.append({"id": block["id"], "type": "function", "function": {
                 "name": block["name"], "arguments": json.dumps(block.get("input", {}))}})
-        elif kind in ("thinking", "redacted_thinking"):
-            continue
         else:
             raise TranslationError(f"{here}.type {kind!r} is not supported in assistant turns")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
