@@ -6,6 +6,18 @@ from pathlib import Path
 
 from mushishi.shared.config import ConfigError, load_config
 
+# A local and a cloud backend, the start of most config tests' texts.
+BACKENDS = """
+[backends.cpu]
+url = "http://127.0.0.1:8001/v1"
+model = "cpu"
+
+[backends.cloud]
+url = "https://api.example.com/v1"
+model = "big"
+api_key_credential = "cloud-key"
+"""
+
 
 def config_issues(tmp_path: Path, text: str) -> list[str]:
     """Every problem load_config reports for `text` (as tmp_path/mushishi.toml); [] if valid."""

@@ -7,22 +7,11 @@ from pathlib import Path
 import pytest
 
 from mushishi.shared.config import load_config
-from tests.unit.shared.config_issues import config_issues
-
-BASE = """
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "cpu"
-
-[backends.cloud]
-url = "https://api.example.com/v1"
-model = "big"
-api_key_credential = "cloud-key"
-"""
+from tests.unit.shared.config_issues import BACKENDS, config_issues
 
 
 def issues_for(tmp_path: Path, extra: str) -> list[str]:
-    return config_issues(tmp_path, BASE + extra)
+    return config_issues(tmp_path, BACKENDS + extra)
 
 
 @pytest.mark.parametrize("line", [
@@ -52,7 +41,7 @@ def test_the_same_keys_on_a_cloud_backend_are_accepted(tmp_path: Path) -> None:
              'extra_body = { provider = { zdr = true } }\nextra_headers = { "X-Title" = "t" }\n'
              "stream_usage = false\n")
     path = tmp_path / "mushishi.toml"
-    path.write_text(BASE + extra)
+    path.write_text(BACKENDS + extra)
     backend = load_config(path).settings.backends["cloud"]
     assert backend.price is not None and backend.price.completion_per_million == 2
     assert backend.extra_body == {"provider": {"zdr": True}}
@@ -81,7 +70,7 @@ def test_allowed_peers_must_exist_when_set_and_default_to_the_mushishi_user(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "mushishi.toml"
-    path.write_text(BASE)
+    path.write_text(BACKENDS)
     assert load_config(path).settings.egress.allowed_peers == ["mushishi"]
     found = issues_for(tmp_path, '\n[egress]\nallowed_peers = ["no-such-user-xyz", "0"]\n')
     assert found == ["egress.allowed_peers[0]: no such user 'no-such-user-xyz' (give a user "

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.shared.config_issues import config_issues
+from tests.unit.shared.config_issues import BACKENDS, config_issues
 
-BASE = """
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "cpu"
-
-[backends.cloud]
-url = "https://api.example.com/v1"
-model = "big"
-api_key_credential = "cloud-key"
-
+BASE = BACKENDS + """
 [profiles.private]
 tier = "T1"
 chain = ["cpu"]

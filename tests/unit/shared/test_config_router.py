@@ -8,21 +8,12 @@ import pytest
 
 from mushishi.shared.config import ConfigError, load_config
 from mushishi.shared.config.router import check, unix_listen_path
-from tests.unit.shared.config_issues import config_issues
+from tests.unit.shared.config_issues import BACKENDS, config_issues
 
 BASE = """
 [router]
 local_hosts = ["llm.tailnet.example"]
-
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "cpu"
-
-[backends.cloud]
-url = "https://api.example.com/v1"
-model = "big"
-api_key_credential = "cloud-key"
-
+""" + BACKENDS + """
 [backends.other]
 url = "{url}"
 model = "m"
