@@ -26,13 +26,18 @@ def mode_is(box: Box, mode: str, state: str = "ready") -> bool:
     return gpu.present and gpu.active_mode == mode and gpu.state == state
 
 
+async def until_mode(box: Box, mode: str, state: str = "ready") -> None:
+    """Until the router has followed gpud into `mode` (`state`)."""
+    await wait_for(lambda: mode_is(box, mode, state), what=f"{mode} ({state}) followed")
+
+
 async def test_backend_of_another_mode_is_skipped_with_no_round_trip(
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
-        await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
+        await until_mode(box, "forensic")
         gpud.set_mode("creative")
-        await wait_for(lambda: mode_is(box, "creative"), what="creative followed")
+        await until_mode(box, "creative")
         await asyncio.sleep(0.5)  # give a wrongful probe every chance to happen
         seen = len(box.gpu.requests)
         for _ in range(3):
@@ -54,9 +59,9 @@ async def test_while_switching_t1_takes_the_next_local_hop_or_waits_for_the_new_
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
     async with followed(tmp_path, private_bus, private_extra="queue_timeout_s = 10") as box:
-        await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
+        await until_mode(box, "forensic")
         gpud.set_state("switching")
-        await wait_for(lambda: mode_is(box, "forensic", "switching"), what="switching followed")
+        await until_mode(box, "forensic", "switching")
         _, headers, _ = await post_chat(box, "private")
         assert headers["X-Mushishi-Backend"] == "cpu"
         await box.cpu.refuse()
@@ -71,11 +76,11 @@ async def test_client_profile_in_the_wrong_mode_answers_mode_mismatch(
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
-        await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
+        await until_mode(box, "forensic")
         status, headers, _ = await post_chat(box, "client")
         assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
         gpud.set_mode("agent")
-        await wait_for(lambda: mode_is(box, "agent"), what="agent followed")
+        await until_mode(box, "agent")
         status, headers, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "requires GPU mode 'forensic'" in body["error"]["message"]
@@ -88,7 +93,7 @@ async def test_client_profile_with_switch_asks_gpud_then_is_served(
     gpud.set_mode("off")
     async with followed(tmp_path, private_bus,
                         client_extra='queue_timeout_s = 10\non_mode_mismatch = "switch"') as box:
-        await wait_for(lambda: mode_is(box, "off"), what="off followed")
+        await until_mode(box, "off")
         gpud.switch_delay = 0.3
         results = await asyncio.gather(post_chat(box, "client"), post_chat(box, "client"))
         assert [(s, h["X-Mushishi-Backend"]) for s, h, _ in results] == [(200, "gpu")] * 2
@@ -102,7 +107,7 @@ async def test_client_profile_with_switch_refuses_when_the_gpu_is_busy(
     gpud.busy_reasons = ["comfyui: 2 jobs queued"]
     async with followed(tmp_path, private_bus,
                         client_extra='queue_timeout_s = 5\non_mode_mismatch = "switch"') as box:
-        await wait_for(lambda: mode_is(box, "creative"), what="creative followed")
+        await until_mode(box, "creative")
         status, _, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "comfyui: 2 jobs queued" in body["error"]["message"]
@@ -118,9 +123,9 @@ async def test_without_gpud_on_the_bus_routing_falls_back_to_health_probes(
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
-        await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
+        await until_mode(box, "forensic")
         gpud.set_mode("creative")
-        await wait_for(lambda: mode_is(box, "creative"), what="creative followed")
+        await until_mode(box, "creative")
         gpud.disconnect()
         await wait_for(lambda: not box.router.board.gpu.present, what="gpud gone")
         await wait_for(lambda: box.router.board.verdict("gpu").usable, what="gpu probed")
@@ -130,7 +135,7 @@ async def test_without_gpud_on_the_bus_routing_falls_back_to_health_probes(
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "mushishi-gpud is not on the bus" in body["error"]["message"]
         await gpud.connect(private_bus.address)  # back: followed again
-        await wait_for(lambda: mode_is(box, "creative"), what="gpud followed again")
+        await until_mode(box, "creative")
 
 
 @pytest.mark.parametrize("refusing", [True])
@@ -138,7 +143,7 @@ async def test_refused_connection_right_after_a_mode_change_is_starting_not_down
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin, refusing: bool
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
-        await wait_for(lambda: mode_is(box, "forensic"), what="forensic followed")
+        await until_mode(box, "forensic")
         await box.gpu.refuse()
         gpud.set_mode("agent")  # vLLM of the new mode is still loading: refuses connections
         await wait_for(lambda: box.router.board.backends["gpu"].health.value == "starting",

@@ -9,6 +9,17 @@ from pathlib import Path
 from tests.integration.router.harness import Box, post_chat, running_box, wait_for
 
 
+async def one_in_the_t1_queue(box: Box) -> asyncio.Task[tuple[int, dict[str, str], dict]]:
+    """Both local backends refuse; one private request then waits in the T1 queue."""
+    await box.gpu.refuse()
+    await box.cpu.refuse()
+    waiting = asyncio.create_task(post_chat(box, "private"))
+    await wait_for(lambda: box.router.board.waiting.get("private") == 1,
+                   what="request in the T1 queue")
+    return waiting
+
+
+
 async def test_requests_beyond_max_concurrency_overflow_to_the_next_hop(box: Box) -> None:
     box.gpu.token_delay = 0.05  # each answer takes 0.4 s: three overlap
     results = await asyncio.gather(*(post_chat(box, "personal") for _ in range(3)))
@@ -38,11 +49,7 @@ async def test_t1_strict_waits_in_the_backend_fifo_and_refuses_when_it_is_full(
 
 async def test_t1_request_waits_for_a_local_backend_to_come_back(tmp_path: Path) -> None:
     async with running_box(tmp_path, private_extra="queue_timeout_s = 10") as box:
-        await box.gpu.refuse()
-        await box.cpu.refuse()
-        waiting = asyncio.create_task(post_chat(box, "private"))
-        await wait_for(lambda: box.router.board.waiting.get("private") == 1,
-                       what="request in the T1 queue")
+        waiting = await one_in_the_t1_queue(box)
         started = time.monotonic()
         await box.cpu.accept()
         status, headers, _ = await waiting
@@ -54,11 +61,7 @@ async def test_t1_request_waits_for_a_local_backend_to_come_back(tmp_path: Path)
 
 async def test_full_t1_queue_answers_503_at_once(tmp_path: Path) -> None:
     async with running_box(tmp_path, private_extra="queue_timeout_s = 10\nqueue_max = 1") as box:
-        await box.gpu.refuse()
-        await box.cpu.refuse()
-        waiting = asyncio.create_task(post_chat(box, "private"))
-        await wait_for(lambda: box.router.board.waiting.get("private") == 1,
-                       what="request in the T1 queue")
+        waiting = await one_in_the_t1_queue(box)
         started = time.monotonic()
         status, _, body = await post_chat(box, "private")
         assert time.monotonic() - started < 1
