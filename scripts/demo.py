@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 
@@ -22,6 +23,7 @@ EXAMPLE = REPO / "docs" / "examples" / "mushishi.toml"
 BINDIR = str(Path(sys.executable).parent)
 NAME = "demo"
 TINY_MODEL = "/var/lib/mushishi/models/tiny.gguf"
+GPU_STATE = "/run/mushishi/gpu-sim.json"  # gpu.simulated_state's default
 SIMULATED_GPU = {"total_mib": 32607, "used_mib": 500, "util_percent": 0, "temperature_c": 40,
                  "power_w": 20, "processes": []}
 STANDINS = REPO / "tests" / "standins"
@@ -69,20 +71,19 @@ def write_tiny_model(box: Sandbox) -> None:
                    check=True, capture_output=True)
 
 
-def adapt(text: str) -> str:
-    """The example config with the few changes a GPU-less sandbox needs."""
-    doc = tomlkit.parse(text)
+def adapt_for_sandbox(doc: Any, llama_server: str) -> None:
+    """The changes to the example config (a tomlkit document) that any GPU-less sandbox
+    needs: the demo's and tests/system/stack.py's."""
     doc["gpu"]["probe"] = "simulated"  # no NVIDIA GPU here: gpud reads a JSON file instead
     for name, (script, *args) in TENANT_STANDINS.items():
         doc["tenants"][name]["command"] = [sys.executable, str(STANDINS / script), *args]
     floor = doc["cpu_floor"]
-    floor["llama_server"] = llama_server()
+    floor["llama_server"] = llama_server
     floor["model"] = TINY_MODEL  # a tiny generated model (write_tiny_model)
     floor["threads"] = 1
     floor["ctx_size"] = 512
     floor["mlock"] = False
     doc["watchdog"]["disk_mounts"] = ["/"]
-    doc["backends"]["kimi"]["url"] = f"http://{DEMO_CLOUD}:8443/v1"  # the stand-in cloud
     # No ntfy here (no internet in the sandbox): alerts wait in
     # /var/lib/mushishi/watchdog/outbox and are delivered once ntfy.url is reachable.
     doc["ntfy"]["url"] = "http://127.0.0.1:9"
@@ -92,6 +93,13 @@ def adapt(text: str) -> str:
     for index in reversed(range(len(sets))):  # only /etc/mushishi exists in the sandbox
         if not str(sets[index]["path"]).startswith("/etc/mushishi"):
             del sets[index]
+
+
+def adapt(text: str) -> str:
+    """The example config with the few changes a GPU-less sandbox needs."""
+    doc = tomlkit.parse(text)
+    adapt_for_sandbox(doc, llama_server())
+    doc["backends"]["kimi"]["url"] = f"http://{DEMO_CLOUD}:8443/v1"  # the stand-in cloud
     return tomlkit.dumps(doc)
 
 
@@ -113,7 +121,7 @@ def up() -> int:
         pass
     Sandbox(NAME).stop()  # clear a stale state directory, if any
     box = Sandbox(NAME, detached=True).boot()
-    box.write("/run/mushishi/gpu-sim.json", json.dumps(SIMULATED_GPU))
+    box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
     box.run(["ip", "addr", "add", f"{DEMO_CLOUD}/32", "dev", "lo"])
     # A default route (to a veth going nowhere), as a real box has one: the router's start-up
     # probe of its own kernel confinement then gets EPERM and shows "kernel ✓", not "?".

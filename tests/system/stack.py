@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,21 +17,9 @@ from typing import Any
 import tomlkit
 
 from mushishi.shared.sandbox import Sandbox
-from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
+from scripts.demo import GPU_STATE, SIMULATED_GPU, TINY_MODEL, adapt_for_sandbox
+from tests.paths import BINDIR, EXAMPLE_CONFIG
 
-MODEL = "/var/lib/mushishi/models/tiny.gguf"
-GPU_STATE = "/run/mushishi/gpu-sim.json"
-SIMULATED_GPU = {"total_mib": 32607, "used_mib": 500, "util_percent": 0, "temperature_c": 40,
-                 "power_w": 20, "processes": []}
-STANDINS = REPO / "tests" / "standins"
-TENANTS = {
-    "vllm-forensic": ["vllm_gpu.py", "--port", "8000", "--model",
-                      "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning"],
-    "vllm-agent": ["vllm_gpu.py", "--port", "8000", "--model",
-                   "nvidia/nemotron-3-nano-omni-30b-a3b-reasoning"],
-    "comfyui": ["comfyui.py", "--port", "8188"],
-    "audio": ["json_queue.py", "--port", "9000"],
-}
 CREDENTIALS = {"restic-password": "a-long-restic-password-for-the-stack-tests",
                "ntfy-topic": "mushishi-stack-test"}
 ALWAYS_ON = ("mushishi-router.service", "mushishi-gpud.service", "mushishi-cpu-floor.service")
@@ -40,24 +27,12 @@ MUSHISHI = f"{BINDIR}/mushishi"
 
 
 def stack_config(llama_server: str) -> str:
-    """The example config with what a GPU-less sandbox needs (as scripts/demo.py adapts it)."""
+    """The example config with what a GPU-less sandbox needs (as scripts/demo.py adapts it),
+    gpud and the router polling faster, and short bench answers."""
     doc: Any = tomlkit.parse(EXAMPLE_CONFIG.read_text())
-    doc["gpu"]["probe"] = "simulated"
+    adapt_for_sandbox(doc, llama_server)
     doc["gpu"]["poll_interval_s"] = 1.0
-    for name, (script, *args) in TENANTS.items():
-        doc["tenants"][name]["command"] = [sys.executable, str(STANDINS / script), *args]
-    floor = doc["cpu_floor"]
-    floor.update({"llama_server": llama_server, "model": MODEL, "threads": 1,
-                  "ctx_size": 512, "mlock": False})
     doc["router"]["probe_interval_s"] = 0.5
-    doc["watchdog"]["disk_mounts"] = ["/"]
-    doc["ntfy"]["url"] = "http://127.0.0.1:9"
-    backup = doc["backup"]
-    backup["repository"] = "/var/lib/mushishi/restic-repo"
-    sets = backup["sets"]
-    for index in reversed(range(len(sets))):
-        if not str(sets[index]["path"]).startswith("/etc/mushishi"):
-            del sets[index]
     doc["bench"] = {"max_tokens": 16}
     return tomlkit.dumps(doc)
 
@@ -68,7 +43,7 @@ def boot_stack(llama_server: Path, tiny_model: Path) -> Sandbox:
     box.boot()
     try:
         box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
-        models = box.path(Path(MODEL).parent)
+        models = box.path(Path(TINY_MODEL).parent)
         models.mkdir(parents=True, exist_ok=True)
         models.chmod(0o755)
         shutil.copyfile(tiny_model, models / "tiny.gguf")
