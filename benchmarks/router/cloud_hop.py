@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,27 +42,22 @@ from benchmarks.router.run import (  # noqa: E402  (the repository is put on the
     KEY,
     LITELLM,
     Processes,
+    arguments,
     free_port,
     machine,
+    missing_tool,
     nginx_conf,
+    post_script,
     rss_mb,
     wait_port,
-    wrk,
+    wait_unix,
+    write_results,
+    wrk_levels,
 )
 
 CLOUD = "203.0.113.10"
 PROVIDER_KEY = "sk-provider-bench"
 INSIDE = "MUSHISHI_BENCH_NETNS"
-
-
-def wait_unix(path: Path, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_UNIX) as sock:
-            if sock.connect_ex(str(path)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {path} after {within:g}s")
 
 
 def mushishi_config(directory: Path, port: int, cloud_port: int, local_port: int) -> Path:
@@ -128,16 +120,6 @@ model_list:
     return config
 
 
-def script_for(work: Path, model: str) -> Path:
-    script = work / f"post-{model}.lua"
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-    script.write_text('wrk.method = "POST"\n'
-                      f"wrk.body = '{body}'\n"
-                      'wrk.headers["Content-Type"] = "application/json"\n'
-                      f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
-    return script
-
-
 def ledger_requests(directory: Path) -> int:
     import sqlite3
 
@@ -152,9 +134,6 @@ def run(args: argparse.Namespace) -> int:
     subprocess.run(["ip", "addr", "add", f"{CLOUD}/32", "dev", "lo"], check=True)
     seconds = 3 if args.quick else 10
     with_litellm = not args.no_litellm
-    if with_litellm and not LITELLM.exists():
-        print(f"{LITELLM} is missing; see benchmarks/router/README.md", file=sys.stderr)
-        return 1
     results: dict[str, object] = {"machine": machine(), "seconds_per_run": seconds}
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="mushishi-cloud-bench-", dir="/var/tmp"))
@@ -170,11 +149,7 @@ def run(args: argparse.Namespace) -> int:
         table: dict[str, dict[str, object]] = {}
 
         def measure(name: str, url: str, model: str) -> None:
-            print(f"measuring {name} …", flush=True)
-            script = script_for(work, model)
-            table[name] = {"c1": wrk(url, 1, seconds, script),
-                           "c16": wrk(url, 16, seconds, script),
-                           "c64": wrk(url, 64, seconds, script)}
+            table[name] = wrk_levels(name, url, seconds, post_script(work, model))
 
         measure("direct", f"http://{CLOUD}:{cloud_port}/v1/chat/completions", "bench-model")
         port = free_port()
@@ -234,26 +209,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         processes.stop_all()
         shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()
-    results["machine"]["load_after"] = f"{load[0]:.2f}"  # type: ignore[index]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     suffix = ("-quick" if args.quick else "") + ("-no-litellm" if args.no_litellm else "")
-    path = args.out / f"cloud-hop-{stamp}{suffix}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"written {path}")
+    write_results(results, args.out, "cloud-hop", suffix)
     return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="3 s per wrk run (default 10 s)")
-    parser.add_argument("--no-litellm", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None or shutil.which("nginx") is None:
-        print("wrk and nginx are needed: scripts/install-system-deps.sh", file=sys.stderr)
+    args = arguments()
+    if (missing := missing_tool(not args.no_litellm)) is not None:
+        print(missing, file=sys.stderr)
         return 1
     if os.environ.get(INSIDE) != "1":  # a private network namespace with a "cloud" address
         return subprocess.run(["unshare", "--net", "--", sys.executable, *sys.argv],

@@ -57,14 +57,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_port(port: int, within: float = 60.0, host: str = "127.0.0.1") -> None:
+def _wait_accepting(family: socket.AddressFamily, address: tuple[str, int] | str, where: str,
+                    within: float) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) == 0:
+        with socket.socket(family) as sock:
+            if sock.connect_ex(address) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {within:g}s")
+    raise RuntimeError(f"nothing listens on {where} after {within:g}s")
+
+
+def wait_port(port: int, within: float = 60.0, host: str = "127.0.0.1") -> None:
+    _wait_accepting(socket.AF_INET, (host, port), f"{host}:{port}", within)
+
+
+def wait_unix(path: Path, within: float = 60.0) -> None:
+    _wait_accepting(socket.AF_UNIX, str(path), str(path), within)
 
 
 class Processes:
@@ -126,6 +135,23 @@ http {{
 }}
 """)
     return conf
+
+
+def post_script(work: Path, model: str = "bench") -> Path:
+    """A wrk script POSTing a one-line chat for `model` with the benchmark's key."""
+    script = work / f"post-{model}.lua"
+    script.write_text('wrk.method = "POST"\n'
+                      f"wrk.body = '{json.dumps({**CHAT_BODY, 'model': model})}'\n"
+                      'wrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    return script
+
+
+def wrk_levels(name: str, url: str, seconds: int, script: Path) -> dict[str, dict[str, float]]:
+    """wrk against `url` at concurrency 1, 16 and 64 (c1, c16, c64), announced as `name`."""
+    print(f"measuring {name} …", flush=True)
+    return {f"c{connections}": wrk(url, connections, seconds, script)
+            for connections in (1, 16, 64)}
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
@@ -292,29 +318,48 @@ def machine() -> dict[str, str]:
             "time": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def main() -> int:
+def arguments() -> argparse.Namespace:
+    """The options of the router benchmarks (this one and cloud_hop.py)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 s per wrk run (default 10 s)")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    args = parser.parse_args()
-    seconds = 3 if args.quick else 10
+    return parser.parse_args()
+
+
+def missing_tool(with_litellm: bool) -> str | None:
+    """What this machine lacks to run the benchmark (wrk, nginx, LiteLLM), or None."""
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
-        print("wrk and nginx are needed: scripts/install-system-deps.sh", file=sys.stderr)
-        return 1
-    with_litellm = not args.no_litellm
+        return "wrk and nginx are needed: scripts/install-system-deps.sh"
     if with_litellm and not LITELLM.exists():
-        print(f"{LITELLM} is missing; see benchmarks/router/README.md", file=sys.stderr)
+        return f"{LITELLM} is missing; see benchmarks/router/README.md"
+    return None
+
+
+def write_results(results: dict[str, object], out: Path, name: str, suffix: str = "") -> Path:
+    """`results`, with the load after the run, as OUT/NAME-<UTC time>SUFFIX.json; printed too."""
+    load = os.getloadavg()
+    results["machine"]["load_after"] = f"{load[0]:.2f}"  # type: ignore[index]
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out / f"{name}-{stamp}{suffix}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"written {path}")
+    return path
+
+
+def main() -> int:
+    args = arguments()
+    seconds = 3 if args.quick else 10
+    with_litellm = not args.no_litellm
+    if (missing := missing_tool(with_litellm)) is not None:
+        print(missing, file=sys.stderr)
         return 1
     results: dict[str, object] = {"machine": machine(), "seconds_per_run": seconds}
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="mushishi-bench-"))
-    script = work / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = '{json.dumps(CHAT_BODY)}'\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    script = post_script(work)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         backend, backend2 = free_port(), free_port()
@@ -344,12 +389,7 @@ def main() -> int:
         table: dict[str, dict[str, dict[str, float]]] = {}
 
         def measure(name: str, url: str) -> None:
-            print(f"measuring {name} …", flush=True)
-            table[name] = {
-                "c1": wrk(url, 1, seconds, script),
-                "c16": wrk(url, 16, seconds, script),
-                "c64": wrk(url, 64, seconds, script),
-            }
+            table[name] = wrk_levels(name, url, seconds, script)
 
         for name, url in targets.items():
             measure(name, url)
@@ -475,14 +515,7 @@ def main() -> int:
     finally:
         processes.stop_all()
         shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()
-    results["machine"]["load_after"] = f"{load[0]:.2f}"  # type: ignore[index]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"router-{stamp}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"written {path}")
+    write_results(results, args.out, "router")
     return 0
 
 
