@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +21,9 @@ import pytest
 
 from mushishi.shared.install import shipped_unit_names
 from mushishi.shared.sandbox import Sandbox
-from tests.paths import BINDIR, REPO
+from tests.paths import BINDIR
 from tests.system import router_load
+from tests.system.host_standins import HostStandins, recorded
 
 KEY = "sk-egress-system-test"
 PROVIDER_KEY = "nvapi-system-test"
@@ -85,54 +83,34 @@ BUDGETS = ("import json; from mushishi.shared.config import load_settings; "
 class World:
     box: Sandbox
     records: Path
-    providers: list[subprocess.Popen[bytes]]
-
-
-def start_provider(box: Sandbox, port: int, model: str, record: Path,
-                   *extra: str) -> subprocess.Popen[bytes]:
-    argv = box.net_command([sys.executable, "-m", "tests.standins.cloud", "--host", CLOUD,
-                            "--port", str(port), "--model", model, "--key", PROVIDER_KEY,
-                            "--record", str(record), *extra])
-    process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert process.stdout is not None
-    line = process.stdout.readline().decode()
-    assert line.startswith("listening"), line
-    return process
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     box = Sandbox()
     box.boot()
-    providers: list[subprocess.Popen[bytes]] = []
+    providers = HostStandins(box)
     try:
         box.run(f"ip addr add {CLOUD}/32 dev lo")
         records = box.shared / "cloud.jsonl"
-        providers.append(start_provider(box, 8443, "moonshotai/kimi-k2.6", records))
-        providers.append(start_provider(box, 8444, "slow-model", records, "--tokens", "300",
-                                        "--token-delay", "0.05"))
+
+        def provider(port: int, model: str, *extra: str) -> None:
+            providers.start("tests.standins.cloud", "--host", CLOUD, "--port", str(port),
+                            "--model", model, "--key", PROVIDER_KEY, "--record", str(records),
+                            *extra)
+
+        provider(8443, "moonshotai/kimi-k2.6")
+        provider(8444, "slow-model", "--tokens", "300", "--token-delay", "0.05")
         box.install(CONFIG, credentials={"ngc-api-key": PROVIDER_KEY})
         box.systemctl("start", "mushishi-router.socket", "mushishi-egress.socket")
-        yield World(box, records, providers)
+        yield World(box, records)
     finally:
-        for process in providers:
-            process.send_signal(signal.SIGTERM)
-        for process in providers:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+        providers.stop()
         box.stop()
 
 
 def cloud_requests(world: World) -> list[dict]:
-    if not world.records.exists():
-        return []
-    return [json.loads(line) for line in world.records.read_text().splitlines()]
+    return recorded(world.records)
 
 
 def chat(box: Sandbox, profile: str, *extra: str) -> tuple[int, str]:

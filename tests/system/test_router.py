@@ -12,17 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from mushishi.shared.sandbox import Sandbox
-from tests.paths import BINDIR, REPO
+from tests.paths import BINDIR
 from tests.system import router_load
+from tests.system.host_standins import HostStandins, recorded
 
 KEY = "sk-system-test"
 SOCKET = "/run/mushishi/router.sock"
@@ -62,41 +60,19 @@ CONNECT_CHECK_OFF = ("[Service]\n# Test only: prove the kernel layer alone.\n"
                      "Environment=MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1\n")
 
 
-class Standins:
-    """Stand-in backends as host processes inside the sandbox's network namespace."""
+class Standins(HostStandins):
+    """Stand-in vLLM backends as host processes inside the sandbox's network namespace."""
 
     def __init__(self, box: Sandbox) -> None:
-        self.box = box
-        self.processes: list[subprocess.Popen[bytes]] = []
+        super().__init__(box)
         self.rebound_log = box.shared / "rebound.jsonl"
 
-    def start(self, host: str, port: int, model: str, name: str, *extra: str) -> None:
-        argv = self.box.net_command([sys.executable, "-m", "tests.standins.vllm", "--host", host,
-                                     "--port", str(port), "--model", model, "--name", name,
-                                     *extra])
-        process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert process.stdout is not None
-        line = process.stdout.readline().decode()
-        assert line.startswith("listening"), line
-        self.processes.append(process)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+    def vllm(self, host: str, port: int, model: str, name: str, *extra: str) -> None:
+        self.start("tests.standins.vllm", "--host", host, "--port", str(port), "--model", model,
+                   "--name", name, *extra)
 
     def rebound_requests(self) -> list[dict]:
-        if not self.rebound_log.exists():
-            return []
-        return [json.loads(line) for line in self.rebound_log.read_text().splitlines()]
+        return recorded(self.rebound_log)
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +84,10 @@ def routed() -> Iterator[tuple[Sandbox, Standins]]:
         box.run(NETWORK)
         box.write("/etc/hosts", HOSTS_LOCAL)
         # No keep-alive: each request connects, so a rebound name is resolved (and checked) anew.
-        standins.start("127.0.0.1", 8000, "gpu-model", "gpu", "--token-delay", "0.05", "--close")
-        standins.start("127.0.0.1", 8001, "cpu-alias", "cpu")
-        standins.start("203.0.113.1", 8000, "gpu-model", "rebound", "--record",
-                       str(standins.rebound_log))
+        standins.vllm("127.0.0.1", 8000, "gpu-model", "gpu", "--token-delay", "0.05", "--close")
+        standins.vllm("127.0.0.1", 8001, "cpu-alias", "cpu")
+        standins.vllm("203.0.113.1", 8000, "gpu-model", "rebound", "--record",
+                      str(standins.rebound_log))
         box.install(CONFIG)
         box.systemctl("start", "mushishi-router.socket")
         yield box, standins

@@ -1,0 +1,53 @@
+"""Stand-in servers (tests/standins) run as host processes inside a sandbox's network
+namespace: started with `python -m <module>`, ready once they print their "listening" line,
+and stopped together (SIGTERM, then SIGKILL after 10 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mushishi.shared.sandbox import Sandbox
+from tests.paths import REPO
+
+
+class HostStandins:
+    """The stand-ins a test module started in `box`'s network namespace."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self.box = box
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, module: str, *args: str) -> subprocess.Popen[bytes]:
+        """`python -m module *args` in the sandbox's network namespace, once it listens."""
+        argv = self.box.net_command([sys.executable, "-m", module, *args])
+        process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line.startswith("listening"), line
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def recorded(path: Path) -> list[dict]:
+    """The requests a stand-in wrote to its --record file (JSON lines); [] before any."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
