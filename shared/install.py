@@ -228,11 +228,8 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         _cpu_floor_paths(settings), 0o644)
     for path, text in _network_dropins(settings).items():
         plan.files[units / path] = (text, 0o644)
-    if settings.egress.state_dir != DEFAULT_EGRESS_STATE:
-        plan.files[units / "mushishi-egress.service.d" / "state.conf"] = (
-            "# Rendered by `mushishi install` from [egress] state_dir: the budget ledger.\n"
-            f"[Service]\nReadWritePaths={_unit_path(PurePosixPath(settings.egress.state_dir))}\n",
-            0o644)
+    for unit, text in _state_dropins(settings).items():
+        plan.files[units / f"{unit}.d" / "state.conf"] = (text, 0o644)
 
     credentials_dir = root / CREDENTIALS_DIR
     missing: dict[str, list[str]] = {}
@@ -279,7 +276,7 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         _shipped("io.mushishi.GpuMode1.conf"), 0o644)
     plan.files[SYSUSERS_FILE] = (_shipped("mushishi.sysusers.conf"), 0o644)
     plan.files[TMPFILES_FILE] = (_shipped("mushishi.tmpfiles.conf")
-                                 + _textfile_tmpfiles(settings) + _egress_tmpfiles(settings),
+                                 + _textfile_tmpfiles(settings) + _state_tmpfiles(settings),
                                  0o644)
     if config_text is not None:
         plan.files[CONFIG_FILE] = (config_text, 0o644)
@@ -405,14 +402,72 @@ def _textfile_tmpfiles(settings: MushishiSettings) -> str:
             "[bench]).\n" + lines)
 
 
-def _egress_tmpfiles(settings: MushishiSettings) -> str:
-    """A non-default egress.state_dir is created for user mushishi (the default one is the
-    unit's StateDirectory=)."""
-    state_dir = settings.egress.state_dir
-    if state_dir == DEFAULT_EGRESS_STATE:
-        return ""
-    return f"# The egress budget ledger ([egress] state_dir).\nd {state_dir} 0700 mushishi " \
-           "mushishi -\n"
+@dataclass(frozen=True)
+class StateDir:
+    """A directory a unit writes that the config may move away from the unit's own
+    StateDirectory=/CacheDirectory= (under ProtectSystem=strict it would be read-only)."""
+
+    key: str  # the config key, for the comments
+    path: str
+    default: str
+    units: tuple[str, ...]
+    tmpfiles: str  # "MODE USER GROUP" of the directory when install creates it
+
+
+def state_dirs(settings: MushishiSettings) -> list[StateDir]:
+    """Every configurable directory a unit writes, with the unit's own default."""
+    firewall_textfile = settings.firewall.textfile_dir
+    dirs = [
+        StateDir("router.state_dir", settings.router.state_dir, "/var/lib/mushishi/router",
+                 ("mushishi-router.service",), "0700 mushishi mushishi"),
+        StateDir("egress.state_dir", settings.egress.state_dir, DEFAULT_EGRESS_STATE,
+                 ("mushishi-egress.service",), "0700 mushishi mushishi"),
+        StateDir("watchdog.state_dir", settings.watchdog.state_dir,
+                 "/var/lib/mushishi/watchdog",
+                 ("mushishi-watchdog.service", "mushishi-alert@.service"),
+                 "0755 mushishi mushishi"),
+        StateDir("backup.state_dir", settings.backup.state_dir, "/var/lib/mushishi/backup",
+                 ("mushishi-backup.service", "mushishi-backup-check.service"),
+                 "0755 root mushishi"),
+        StateDir("backup.cache_dir", settings.backup.cache_dir, "/var/cache/mushishi/restic",
+                 ("mushishi-backup.service", "mushishi-backup-check.service"),
+                 "0700 root root"),
+        StateDir("firewall.state_dir", settings.firewall.state_dir,
+                 "/var/lib/mushishi/firewall", ("mushishi-firewall.service",),
+                 "0750 root root"),
+    ]
+    if firewall_textfile is not None:
+        # The unit allows the default (ReadWritePaths=-/var/lib/prometheus/node-exporter);
+        # the directory itself belongs to node_exporter's package, so it is not created.
+        dirs.append(StateDir("firewall.textfile_dir", firewall_textfile,
+                             "/var/lib/prometheus/node-exporter",
+                             ("mushishi-firewall.service",), ""))
+    return [d for d in dirs if str(d.path) != d.default]
+
+
+def _state_dropins(settings: MushishiSettings) -> dict[str, str]:
+    """ReadWritePaths= for each unit whose directories the config moved."""
+    lines: dict[str, list[str]] = {}
+    for moved in state_dirs(settings):
+        for unit in moved.units:
+            lines.setdefault(unit, []).append(
+                f"# {moved.key} (the unit's default is {moved.default})\n"
+                # "-" where install does not create the directory: a missing one is then
+                # the daemon's error naming the key, not the unit's 226/NAMESPACE.
+                f"ReadWritePaths={'' if moved.tmpfiles else '-'}"
+                f"{_unit_path(PurePosixPath(moved.path))}")
+    return {unit: "# Rendered by `mushishi install`; edit the config, not this file.\n"
+                  "[Service]\n" + "\n".join(entries) + "\n"
+            for unit, entries in lines.items()}
+
+
+def _state_tmpfiles(settings: MushishiSettings) -> str:
+    """Moved state directories are created at install (the defaults are the units'
+    StateDirectory=/CacheDirectory=)."""
+    lines = "".join(f"# {d.key}\nd {d.path} {d.tmpfiles} -\n"
+                    for d in state_dirs(settings) if d.tmpfiles)
+    return ("# Directories moved away from the units' defaults in the config.\n" + lines) \
+        if lines else ""
 
 
 RESTIC_CANDIDATES = ("/usr/bin/restic", "/usr/local/bin/restic", "/bin/restic",

@@ -81,3 +81,33 @@ def test_backup_units_are_kernel_confined_with_a_local_repository(
     for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
         text = files[str(UNITS / f"{unit}.d/network.conf")]
         assert ("IPAddressDeny=any\nIPAddressAllow=localhost" in text) is confined, text
+
+
+def test_every_moved_state_directory_is_writable_by_its_units(tmp_path: Path) -> None:
+    """ProtectSystem=strict leaves only the units' own StateDirectory= writable: a state
+    directory the config moves elsewhere gets ReadWritePaths= in each unit that writes it,
+    and install creates it (except node_exporter's textfile directory, not ours)."""
+    files = plan_for(tmp_path, router={"state_dir": "/srv/m/router"},
+                     watchdog={"state_dir": "/srv/m/watchdog"},
+                     backup={"state_dir": "/srv/m/backup", "cache_dir": "/srv/m/cache"},
+                     firewall={"state_dir": "/srv/m/firewall", "textfile_dir": "/srv/m/prom"})
+    def state(unit: str) -> str:
+        return files[str(UNITS / f"{unit}.d/state.conf")]
+    assert "ReadWritePaths=/srv/m/router" in state("mushishi-router.service")
+    for unit in ("mushishi-watchdog.service", "mushishi-alert@.service"):
+        assert "ReadWritePaths=/srv/m/watchdog" in state(unit)
+    for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
+        assert "ReadWritePaths=/srv/m/backup" in state(unit)
+        assert "ReadWritePaths=/srv/m/cache" in state(unit)
+    firewall = state("mushishi-firewall.service")
+    assert "ReadWritePaths=/srv/m/firewall" in firewall
+    assert "ReadWritePaths=-/srv/m/prom" in firewall
+    tmpfiles = files["etc/tmpfiles.d/mushishi.conf"]
+    for line in ("d /srv/m/router 0700 mushishi mushishi -",
+                 "d /srv/m/watchdog 0755 mushishi mushishi -",
+                 "d /srv/m/backup 0755 root mushishi -", "d /srv/m/cache 0700 root root -",
+                 "d /srv/m/firewall 0750 root root -"):
+        assert line in tmpfiles
+    assert "/srv/m/prom" not in tmpfiles
+    default = plan_for(tmp_path)
+    assert not [name for name in default if name.endswith("/state.conf")]
