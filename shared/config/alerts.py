@@ -51,9 +51,10 @@ class WatchdogSettings(Section):
         default=24, gt=0, description="The same set of problems is not re-sent sooner."
     )
     always_on_units: list[str] = Field(
-        default=["mushishi-router.service", "mushishi-cpu-floor.service",
-                 "mushishi-gpud.service"],
-        description="Units that must be active in every mode.",
+        default=["mushishi-router.service", "mushishi-egress.service",
+                 "mushishi-cpu-floor.service", "mushishi-gpud.service"],
+        description="Units that must be active in every mode (a socket-activated service "
+        "waiting on its active socket counts as active).",
     )
     cloud_share_min_requests: int = Field(
         default=20, ge=0, description="The cloud share is judged only over at least this many "

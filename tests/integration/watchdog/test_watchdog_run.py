@@ -152,6 +152,7 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
         f"disk:{tmp_path / 'not-mounted'}": "problem",
         # This private bus has no systemd: that is a problem, never "healthy".
         "unit:mushishi-router.service": "problem",
+        "unit:mushishi-egress.service": "problem",
         "unit:mushishi-cpu-floor.service": "problem",
         "unit:mushishi-gpud.service": "problem",
         "cpu-floor": "problem",
@@ -169,11 +170,11 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
     assert sorted(last["problems"]) == sorted(n for n, s in expected.items() if s == "problem")
     assert last["delivery"] == {"delivered": 2, "queued": 0, "last_error": None}
     titles = [m.title for m in ntfy.messages]
-    assert titles == ["mushishi on box: 11 problems", "mushishi on box: weekly heartbeat"]
+    assert titles == ["mushishi on box: 12 problems", "mushishi on box: weekly heartbeat"]
     assert "Not checked: backup-check" in ntfy.messages[0].message
     metrics = (tmp_path / "textfile" / "mushishi_watchdog.prom").read_text()
     assert 'mushishi_watchdog_check_status{check="gpu",status="problem"} 1.0' in metrics
-    assert "mushishi_watchdog_problems 11.0" in metrics
+    assert "mushishi_watchdog_problems 12.0" in metrics
 
 
 async def test_absent_gpud_router_and_bench_are_missing_sources_never_healthy(
