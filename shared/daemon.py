@@ -64,10 +64,16 @@ def run_daemon(
     args = parser.parse_args(argv)
     setup_logging(f"mushishi-{name}")
     notifier = Notifier()
-    loaded = load_or_explain(args.config, notifier)
-    if loaded is None:
-        return EX_CONFIG
-    return body(args, loaded, notifier)
+    try:
+        loaded = load_or_explain(args.config, notifier)
+        if loaded is None:
+            return EX_CONFIG
+        return body(args, loaded, notifier)
+    finally:
+        if notifier.sent:
+            # The last STATUS= line (a oneshot's result, a config error) must reach systemd
+            # before this process exits, or systemd drops it as from an unknown sender.
+            notifier.barrier()
 
 
 def run_fast(main: Coroutine[Any, Any, int]) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
+import select
+import socket
 from collections import deque
 from collections.abc import Mapping
 
@@ -36,6 +39,35 @@ class Notifier:
                 return
             with contextlib.suppress(OSError):
                 sock.sendall(message.encode("utf-8"))
+
+    def barrier(self, timeout: float = 2.0) -> bool:
+        """Wait until systemd has read every message sent so far (sd_notify_barrier(3)).
+
+        A process that exits right after a STATUS= line races systemd: once the sender is
+        gone systemd cannot tell whose message it was and drops it. A oneshot's last
+        status therefore goes through here before it exits. True when systemd confirmed.
+        """
+        sock = getattr(self._notifier, "socket", None) if self._notifier else None
+        if sock is None:
+            return False
+        read_end, write_end = os.pipe()
+        try:
+            try:
+                sock.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               array.array("i", [write_end]).tobytes())])
+            except OSError:
+                return False
+            os.close(write_end)
+            write_end = -1
+            # systemd closes its copy of the write end once it has processed the messages
+            # before it: the read end then sees end-of-file (POLLHUP).
+            poller = select.poll()
+            poller.register(read_end, select.POLLHUP)
+            return bool(poller.poll(timeout * 1000))
+        finally:
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
 
     def ready(self, status: str | None = None) -> None:
         """READY=1, optionally with a status line."""
@@ -71,3 +103,4 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
         return int(usec)
     except ValueError:
         return None
+

@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         print("mushishi bench: nothing to measure (every target was skipped)", file=sys.stderr)
     notifier.status(f"{len(outcome.results)} measured, {len(outcome.failed)} failed, "
                     f"{sum(r.regression for r in outcome.results)} regression(s)")
+    notifier.barrier()  # the unit's last STATUS= line must reach systemd before we exit
     if outcome.failed:
         return 1
     if args.fail_on_regression and any(r.regression for r in outcome.results):

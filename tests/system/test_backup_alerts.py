@@ -223,6 +223,13 @@ def test_failing_unit_triggers_an_alert_with_its_journal_tail(box: Box, unit: st
         sandbox.wait_for(unit, "failed", timeout=60)
         title = f"mushishi on mushishi-sandbox: {unit} failed"
         message = box.wait_for_message(title)
+        # Its STATUS= line reached systemd (a oneshot needs NotifyAccess= and a barrier
+        # before it exits). Read while the failed unit is still loaded: once it is reset,
+        # systemd may unload both, and an unloaded unit shows an empty StatusText.
+        alert_unit = f"mushishi-alert@{unit}.service"
+        sandbox.wait_for(alert_unit, "inactive", timeout=60)
+        assert sandbox.systemctl("show", alert_unit, "-p", "StatusText", "--value"
+                                 ).stdout.strip() == "1 delivered, 0 queued"
     finally:
         sandbox.run(["rm", "-f", dropin])
         sandbox.systemctl("daemon-reload")
@@ -233,7 +240,6 @@ def test_failing_unit_triggers_an_alert_with_its_journal_tail(box: Box, unit: st
     assert f"loading model: {marker} file not found" in body
     assert "result exit-code" in body and "main process exited with status 3" in body
     assert f"journalctl -u {unit}" in body
-    alert_unit = f"mushishi-alert@{unit}.service"
     assert sandbox.is_active(alert_unit) in ("inactive", "active")
     assert sandbox.systemctl("show", alert_unit, "-p", "Result", "--value"
                              ).stdout.strip() == "success"

@@ -55,3 +55,49 @@ def test_status_with_non_latin1_text_reaches_the_socket(tmp_path: Path, monkeypa
         assert receiver.recv(1024).decode() == "STATUS=sovereignty: config ✓, kernel ✗"
     finally:
         receiver.close()
+
+
+def test_barrier_passes_a_pipe_and_waits_until_the_receiver_closes_it(
+    tmp_path: Path, monkeypatch,
+) -> None:
+    """The receiver plays systemd: it reads BARRIER=1 with its fd, then closes the fd."""
+    import array
+    import threading
+
+    path = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(5)
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    received: list[bytes] = []
+
+    def systemd() -> None:
+        received.append(server.recv(4096))
+        message, ancillary, _, _ = server.recvmsg(4096, socket.CMSG_SPACE(4))
+        received.append(message)
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+            fds.frombytes(data[:4])
+        for fd in fds:
+            os.close(fd)
+
+    thread = threading.Thread(target=systemd)
+    thread.start()
+    notifier.status("3 delivered, 0 queued")
+    assert notifier.barrier(timeout=5) is True
+    thread.join()
+    assert received == [b"STATUS=3 delivered, 0 queued", b"BARRIER=1"]
+    server.close()
+
+
+def test_barrier_times_out_when_nobody_reads(tmp_path: Path, monkeypatch) -> None:
+    path = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    assert notifier.barrier(timeout=0.2) is False  # the fd waits, unread, in the queue
+    assert Notifier({}).barrier() is False
+    server.close()
