@@ -216,6 +216,10 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         header + "\n".join(listen) + "\n" + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-router.service.d" / "local-networks.conf"] = (
         header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
+    plan.files[units / "mushishi-gpud.service.d" / "local-networks.conf"] = (
+        header.replace("[router]", "[router] local_networks") + "# Busy probes may point at "
+        "a tenant on the tailnet ([tenants.*] busy_probe.url).\n[Service]\n"
+        + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-bench.service.d" / "local-networks.conf"] = (
         header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-bench.service.d" / "paths.conf"] = (_bench_paths(settings),

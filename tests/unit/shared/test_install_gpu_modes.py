@@ -66,3 +66,14 @@ def test_removed_mode_loses_its_preparation_link(tmp_path: Path) -> None:
     assert link.is_symlink()
     install(tmp_path)
     assert not link.is_symlink()
+
+
+def test_gpud_may_probe_tenants_anywhere_in_the_local_networks(tmp_path: Path) -> None:
+    """A busy probe on a tailnet address must not be dropped by gpud's IPAddressDeny=any
+    (an unreadable probe counts as busy: every switch would be refused)."""
+    plan = plan_install(load_settings(EXAMPLE_CONFIG), "/opt/mushishi/bin", root=tmp_path,
+                        config_text=None)
+    text, _ = plan.files[UNITS / "mushishi-gpud.service.d" / "local-networks.conf"]
+    assert "[Service]" in text
+    for network in load_settings(EXAMPLE_CONFIG).router.local_networks:
+        assert f"IPAddressAllow={network}" in text
