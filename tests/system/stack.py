@@ -20,6 +20,17 @@ from mushishi.shared.sandbox import Sandbox
 from scripts.demo import GPU_STATE, SIMULATED_GPU, TINY_MODEL, adapt_for_sandbox
 from tests.paths import BINDIR, EXAMPLE_CONFIG
 
+# A mushishi unit replaced by a sleeper (a drop-in), where a test needs the unit active
+# but not the daemon: everything the real one would run before, beside or after is cleared.
+STANDIN = """[Service]
+Type=simple
+ExecStartPre=
+ExecStart=
+ExecStart=/bin/sleep infinity
+ExecStop=
+ExecReload=
+WatchdogSec=0
+"""
 CREDENTIALS = {"restic-password": "a-long-restic-password-for-the-stack-tests",
                "ntfy-topic": "mushishi-stack-test"}
 ALWAYS_ON = ("mushishi-router.service", "mushishi-gpud.service", "mushishi-cpu-floor.service")

@@ -21,19 +21,11 @@ import tomlkit
 
 from mushishi.shared.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG, REPO
+from tests.system.stack import STANDIN
 
 MODES = ["forensic", "agent", "creative", "audio", "off"]
 TOPIC = "mushishi-sandbox-topic"
 PASSWORD = "sandbox restic password"
-STANDIN = """[Service]
-Type=simple
-ExecStartPre=
-ExecStart=
-ExecStart=/bin/sleep infinity
-ExecStop=
-ExecReload=
-WatchdogSec=0
-"""
 
 
 class Box:

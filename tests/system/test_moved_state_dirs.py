@@ -13,16 +13,7 @@ import tomlkit
 
 from mushishi.shared.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG
-
-STANDIN = """[Service]
-Type=simple
-ExecStartPre=
-ExecStart=
-ExecStart=/bin/sleep infinity
-ExecStop=
-ExecReload=
-WatchdogSec=0
-"""
+from tests.system.stack import STANDIN
 
 
 def test_moved_watchdog_backup_and_router_state_dirs_are_written(

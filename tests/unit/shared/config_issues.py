@@ -6,6 +6,17 @@ from pathlib import Path
 
 from mushishi.shared.config import ConfigError, load_config
 
+# The smallest valid config: one local backend, one T1 profile.
+MINIMAL = """
+[backends.cpu]
+url = "http://127.0.0.1:8001/v1"
+model = "nemotron-cpu-prism"
+
+[profiles.private]
+tier = "T1"
+chain = ["cpu"]
+"""
+
 # A local and a cloud backend, the start of most config tests' texts.
 BACKENDS = """
 [backends.cpu]

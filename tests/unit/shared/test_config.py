@@ -8,16 +8,7 @@ import pytest
 
 from mushishi.shared.config import ConfigError, load_config, resolve_config_path
 from tests.paths import EXAMPLE_CONFIG
-
-MINIMAL = """
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "nemotron-cpu-prism"
-
-[profiles.private]
-tier = "T1"
-chain = ["cpu"]
-"""
+from tests.unit.shared.config_issues import MINIMAL
 
 
 def write(tmp_path: Path, text: str) -> Path:

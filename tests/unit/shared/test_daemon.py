@@ -13,16 +13,7 @@ import pytest
 from mushishi.shared.config import MushishiSettings, load_config
 from mushishi.shared.daemon import reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.notify import Notifier
-
-CONFIG = """
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "nemotron-cpu-prism"
-
-[profiles.private]
-tier = "T1"
-chain = ["cpu"]
-"""
+from tests.unit.shared.config_issues import MINIMAL as CONFIG
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
