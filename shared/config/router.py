@@ -52,6 +52,15 @@ def unix_listen_path(listen: list[str]) -> str | None:
     return None
 
 
+# Where a local network may lie: nothing here is routable on the public internet.
+NON_PUBLIC_SPACE: tuple[IPv4Network | IPv6Network, ...] = (
+    IPv4Network("127.0.0.0/8"), IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
+    IPv4Network("192.168.0.0/16"), IPv4Network("100.64.0.0/10"),
+    IPv4Network("169.254.0.0/16"),
+    IPv6Network("::1/128"), IPv6Network("fc00::/7"), IPv6Network("fe80::/10"),
+)
+
+
 class RouterSettings(Section):
     """The OpenAI-compatible router (mushishi-router.service)."""
 
@@ -67,7 +76,8 @@ class RouterSettings(Section):
             IPv4Network("100.64.0.0/10"),
         ],
         description="Networks that count as local. A backend is local only when every address "
-        "it resolves to lies inside one of these; T1 traffic may reach nothing else.",
+        "it resolves to lies inside one of these; T1 traffic may reach nothing else. Each must "
+        "lie inside loopback, RFC 1918, IPv6 ULA, link-local or 100.64.0.0/10 (the tailnet).",
     )
     local_hosts: list[str] = Field(
         default=[],
@@ -135,6 +145,23 @@ class RouterSettings(Section):
     def _listen_parses(cls, value: list[str]) -> list[str]:
         for address in value:
             parse_listen(address)
+        return value
+
+    @field_validator("local_networks")
+    @classmethod
+    def _networks_are_not_public(
+        cls, value: list[IPv4Network | IPv6Network],
+    ) -> list[IPv4Network | IPv6Network]:
+        # The kernel layer allows exactly these networks (IPAddressAllow=), and T1 work may
+        # reach anything in them: one public range here would quietly void the guarantee.
+        for network in value:
+            if not any(network.version == space.version and network.subnet_of(space)  # type: ignore[arg-type]
+                       for space in NON_PUBLIC_SPACE):
+                raise ValueError(
+                    f"{network} is not inside loopback, private (RFC 1918, IPv6 ULA), "
+                    "link-local or the tailnet's shared address space (100.64.0.0/10): "
+                    "router.local_networks may list only networks that cannot be a cloud "
+                    "provider's")
         return value
 
     @field_validator("confinement_probe")

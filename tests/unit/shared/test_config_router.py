@@ -138,3 +138,32 @@ def test_example_config_passes_every_locality_check() -> None:
 def test_unix_listen_path_first_unix_address_or_none(listen: list[str], path: str | None
                                                      ) -> None:
     assert unix_listen_path(listen) == path
+
+
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0", "8.8.8.0/24", "64:ff9b::/96",
+                                     "100.0.0.0/8", "2001:db8::/32"])
+def test_local_networks_may_not_include_public_space(tmp_path: Path, network: str) -> None:
+    """IPAddressAllow= is rendered from the same list: one public range would open the
+    kernel layer and the connect-time check alike."""
+    text = f'[router]\nlocal_networks = ["127.0.0.0/8", "{network}"]\n' + BACKENDS
+    found = config_issues(tmp_path, text)
+    assert len(found) == 1, found
+    assert found[0].startswith("router.local_networks"), found
+    assert f"{network} is not inside loopback, private" in found[0]
+
+
+def test_local_networks_may_be_any_private_loopback_link_local_or_tailnet_range(
+    tmp_path: Path,
+) -> None:
+    networks = ["127.0.0.0/8", "::1/128", "100.64.0.0/10", "10.20.0.0/16", "192.168.1.0/24",
+                "172.16.0.0/12", "fd7a:115c:a1e0::/48", "fe80::/64", "169.254.0.0/16"]
+    text = f"[router]\nlocal_networks = {networks!r}\n".replace("'", '"') + BACKENDS
+    assert config_issues(tmp_path, text) == []
+
+
+def test_local_networks_from_the_environment_are_checked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MUSHISHI_ROUTER__LOCAL_NETWORKS", '["127.0.0.0/8", "0.0.0.0/0"]')
+    found = config_issues(tmp_path, BACKENDS)
+    assert any("0.0.0.0/0 is not inside loopback" in issue for issue in found), found
