@@ -125,7 +125,14 @@ def chat(box: Sandbox, profile: str, *extra: str) -> tuple[int, str]:
 
 def egress_direct(box: Sandbox, user: str | None, profile: str, tier: str
                   ) -> subprocess.CompletedProcess[str]:
-    return box.run(["curl", "-s", "--max-time", "20", "--unix-socket", EGRESS_SOCKET,
+    """curl the egress socket as root (None), `user` with its own groups, or "router": user
+    mushishi with the router unit's supplementary group mushishi-egress."""
+    prefix: list[str] = []
+    if user == "router":
+        prefix = ["/usr/bin/setpriv", "--reuid=mushishi", "--regid=mushishi",
+                  "--groups=mushishi-egress", "--"]
+        user = None
+    return box.run([*prefix, "curl", "-s", "--max-time", "20", "--unix-socket", EGRESS_SOCKET,
                     "-w", "\n%{http_code}", "-H", "Content-Type: application/json",
                     "-H", f"X-Mushishi-Profile: {profile}", "-H", f"X-Mushishi-Tier: {tier}",
                     "-H", "X-Mushishi-Backend: kimi", "-d", json.dumps({
@@ -166,10 +173,10 @@ def test_the_egress_socket_refuses_t1_work_and_every_uid_but_the_routers(
     box = world.box
     box.systemctl("start", "mushishi-egress.service")
     before = len(cloud_requests(world))
-    refused = egress_direct(box, "mushishi", "private", "T1")
+    refused = egress_direct(box, "router", "private", "T1")
     body, _, code = refused.stdout.rpartition("\n")
     assert (code, json.loads(body)["error"]["code"]) == ("403", "sovereignty_refused")
-    lying = egress_direct(box, "mushishi", "private", "T2")  # a router claiming T2
+    lying = egress_direct(box, "router", "private", "T2")  # a router claiming T2
     body, _, code = lying.stdout.rpartition("\n")
     assert (code, json.loads(body)["error"]["code"]) == ("403", "sovereignty_refused")
     as_root = egress_direct(box, None, "cloudy", "T3")  # root may open the socket: refused
@@ -177,7 +184,14 @@ def test_the_egress_socket_refuses_t1_work_and_every_uid_but_the_routers(
     assert (code, json.loads(body)["error"]["code"]) == ("403", "peer_forbidden")
     as_nobody = egress_direct(box, "65534", "cloudy", "T3")  # the file mode keeps it out
     assert as_nobody.returncode == 7, as_nobody  # curl: could not connect
-    allowed = egress_direct(box, "mushishi", "cloudy", "T3")
+    # The router's uid without its group, as the CPU floor and the tenants run (they see T1
+    # prompts): the file mode keeps them out too.
+    as_floor = egress_direct(box, "mushishi", "cloudy", "T3")
+    assert as_floor.returncode == 7, as_floor
+    floor_groups = box.systemctl("show", "-p", "SupplementaryGroups", "--value",
+                                 "mushishi-cpu-floor.service").stdout.split()
+    assert "mushishi-egress" not in floor_groups
+    allowed = egress_direct(box, "router", "cloudy", "T3")
     assert allowed.stdout.rpartition("\n")[2] == "200"
     assert len(cloud_requests(world)) == before + 1
     assert not [r for r in cloud_requests(world)

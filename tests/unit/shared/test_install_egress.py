@@ -29,7 +29,12 @@ def plan_for(tmp_path: Path, **changes: dict) -> dict[str, str]:
 def test_the_egress_socket_survives_a_restart_of_the_service() -> None:
     socket = (REPO / "units" / "mushishi-egress.socket").read_text()
     assert "PartOf=" not in socket.replace("No PartOf=", "")
-    assert "SocketMode=0660" in socket and "SocketGroup=mushishi" in socket
+    assert "SocketMode=0660" in socket and "SocketGroup=mushishi-egress\n" in socket
+    assert "SocketUser=root\n" in socket
+    router = (REPO / "units" / "mushishi-router.service").read_text()
+    assert "SupplementaryGroups=mushishi-egress\n" in router
+    for unit in ("mushishi-cpu-floor.service", "mushishi-tenant@.service"):
+        assert "mushishi-egress" not in (REPO / "units" / unit).read_text()
     service = (REPO / "units" / "mushishi-egress.service").read_text()
     assert "IPAddressDeny" not in service.replace("no IPAddressDeny=", "")
 
