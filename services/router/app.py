@@ -101,7 +101,8 @@ class Router:
         self._headers: dict[tuple[str, str], dict[str, str]] = {}
         self.board.on_change.append(self._health_changed)
         self.registry.register(RouterStateCollector(lambda: self))
-        self.tracer = RequestTracer.from_settings(settings.traces, package_version())
+        self.tracer = RequestTracer.from_settings(settings.traces, package_version(),
+                                                  settings.router.local_networks)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, *, check_confinement: bool = True) -> None:

@@ -19,11 +19,14 @@ HTTP conventions for the status; the rest are `mushishi.*`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mushishi.shared.config.observability import TracesSettings
+from mushishi.shared.locality import IPNetwork, address_is_local
 
 if TYPE_CHECKING:
     from mushishi.services.router.dispatch import Call
@@ -45,12 +48,13 @@ class RequestTracer:
         self._error = status_code.ERROR
 
     @classmethod
-    def from_settings(cls, traces: TracesSettings, version: str) -> RequestTracer | None:
-        """A tracer when `traces.endpoint` is set and the `traces` extra is installed."""
+    def from_settings(cls, traces: TracesSettings, version: str,
+                      networks: Sequence[IPNetwork]) -> RequestTracer | None:
+        """A tracer when `traces.endpoint` is set and the `traces` extra is installed; its
+        exporter connects only to addresses inside `networks` (router.local_networks)."""
         if traces.endpoint is None:
             return None
         try:
-            import requests
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                 OTLPSpanExporter,
             )
@@ -64,8 +68,7 @@ class RequestTracer:
                         "traces are sent; install it with `pip install 'mushishi[traces]'`",
                         error)
             return None
-        session = requests.Session()
-        session.trust_env = False  # never a proxy from the environment, never .netrc
+        session = guarded_session(networks)
         exporter = OTLPSpanExporter(endpoint=traces.endpoint, timeout=traces.export_timeout_s,
                                     session=session)
         provider = TracerProvider(
@@ -134,3 +137,54 @@ class RequestTracer:
     def shutdown(self) -> None:
         """Flush what is queued (bounded by the export timeout) and stop the exporter."""
         self._provider.shutdown()
+
+
+def guarded_session(networks: Sequence[IPNetwork]) -> Any:
+    """A requests session for the OTLP exporter with the router's connect-time check.
+
+    The config check keeps traces.endpoint local, but a listed hostname may resolve
+    elsewhere later: every connection's peer address is checked right after connect() and
+    before a byte is sent (spans of T1 requests carry their metadata). Proxy variables and
+    .netrc are ignored, as on every other hop.
+    """
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    allowed = list(networks)
+
+    def checked(sock: Any) -> Any:
+        peer = str(sock.getpeername()[0])
+        if not address_is_local(peer, allowed):
+            sock.close()
+            log.error("refused to send traces to %s: outside router.local_networks "
+                      "(traces.endpoint must stay local)", peer)
+            raise OSError(errno.EPERM, f"connect-time check refused {peer}: outside "
+                                       "router.local_networks")
+        return sock
+
+    class Connection(HTTPConnection):
+        def _new_conn(self) -> Any:
+            return checked(super()._new_conn())
+
+    class TlsConnection(HTTPSConnection):
+        def _new_conn(self) -> Any:
+            return checked(super()._new_conn())
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Connection
+
+    class TlsPool(HTTPSConnectionPool):
+        ConnectionCls = TlsConnection
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+
+    session = requests.Session()
+    session.trust_env = False  # never a proxy from the environment, never .netrc
+    session.mount("http://", Adapter())
+    session.mount("https://", Adapter())
+    return session

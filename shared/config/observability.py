@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from mushishi.shared.config._base import AbsolutePath, CredentialName, Issue, Section
-from mushishi.shared.locality import AddressError, classify, parse_backend_url
+from mushishi.shared.locality import (
+    AddressError,
+    Resolver,
+    classify,
+    parse_backend_url,
+    system_resolver,
+)
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -117,7 +123,8 @@ def bench_results(settings: MushishiSettings) -> str:
     return settings.bench.results or settings.watchdog.bench_results
 
 
-def check(settings: MushishiSettings) -> list[Issue]:
+def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
+          ) -> list[Issue]:
     """Bench targets name real, local things; traces stay on the box; the watchdog reads the
     bench's CSV."""
     issues: list[Issue] = []
@@ -160,7 +167,10 @@ def check(settings: MushishiSettings) -> list[Issue]:
             if address.unix_path is not None:
                 issues.append(Issue("traces.endpoint", "must be an http:// or https:// URL"))
             else:
-                locality = classify(address, router.local_networks, router.local_hosts)
+                # Resolved now, like a local backend's hostname; the exporter also checks
+                # the address of every connection it opens (services/router/traces.py).
+                locality = classify(address, router.local_networks, router.local_hosts,
+                                    resolve)
                 if not locality.local:
                     issues.append(Issue("traces.endpoint", (
                         f"{locality.reason}: traces must stay on the box or the tailnet (the "

@@ -54,3 +54,13 @@ endpoint = "http://127.0.0.1:6006/v1/traces"
 def test_bad_bench_and_traces_keys_are_named(tmp_path: Path, extra: str, expected: str) -> None:
     found = issues(tmp_path, extra)
     assert any(expected in issue for issue in found), found
+
+
+def test_a_listed_traces_hostname_is_resolved_like_a_local_backend(tmp_path: Path) -> None:
+    """Listed in local_hosts is not enough: `localhost` resolves to 127.0.0.1, outside
+    these local_networks, so the spans (T1 metadata) would leave them."""
+    text = ('[router]\nlocal_networks = ["100.64.0.0/10"]\nlocal_hosts = ["localhost"]\n'
+            + BACKENDS + '\n[traces]\nendpoint = "http://localhost:6006/v1/traces"\n')
+    found = config_issues(tmp_path, text)
+    assert any(issue.startswith("traces.endpoint:") and "resolves to" in issue
+               and "outside router.local_networks" in issue for issue in found), found
