@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from mushishi.shared.config.router import parse_listen
 
-_KERNEL_REFUSED = (errno.EPERM, errno.EACCES)
+# cgroup BPF's verdict on a datagram is EPERM. EACCES is not counted: it is what a
+# broadcast address without SO_BROADCAST gets, confinement or not.
+_KERNEL_REFUSED = (errno.EPERM,)
 _NO_ROUTE_HERE = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL)
 
 

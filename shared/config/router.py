@@ -6,7 +6,7 @@ import re
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from mushishi.shared.config._base import AbsolutePath, CredentialName, Issue, Section
 from mushishi.shared.locality import (
@@ -166,10 +166,21 @@ class RouterSettings(Section):
 
     @field_validator("confinement_probe")
     @classmethod
-    def _probe_is_an_ip_literal(cls, value: str) -> str:
+    def _probe_is_an_ip_literal(cls, value: str, info: ValidationInfo) -> str:
         host, _port = parse_listen(value)
-        if host == "unix" or parse_ip(str(host)) is None:
+        ip = None if host == "unix" else parse_ip(str(host))
+        if ip is None:
             raise ValueError(f"{value!r} must be IP:PORT (an address literal, not a hostname)")
+        # The check proves something only for an address the router's unit must not reach:
+        # a local, loopback, multicast or broadcast one would "pass" (or fail) for another
+        # reason than IPAddressDeny=.
+        networks = info.data.get("local_networks") or []
+        if (ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.is_link_local
+                or str(ip) == "255.255.255.255"
+                or any(ip.version == n.version and ip in n for n in networks)):
+            raise ValueError(f"{value!r} must be a unicast address outside "
+                             "router.local_networks (the default 192.0.2.1:9, TEST-NET-1's "
+                             "discard port, is)")
         return value
 
 

@@ -167,3 +167,23 @@ def test_local_networks_from_the_environment_are_checked_too(
     monkeypatch.setenv("MUSHISHI_ROUTER__LOCAL_NETWORKS", '["127.0.0.0/8", "0.0.0.0/0"]')
     found = config_issues(tmp_path, BACKENDS)
     assert any("0.0.0.0/0 is not inside loopback" in issue for issue in found), found
+
+
+@pytest.mark.parametrize("probe", ["255.255.255.255:9", "224.0.0.1:9", "127.0.0.1:9",
+                                   "100.64.0.1:9", "0.0.0.0:9", "[::1]:9", "[ff02::1]:9"])
+def test_confinement_probe_must_be_a_unicast_address_the_router_may_not_reach(
+    tmp_path: Path, probe: str,
+) -> None:
+    """A broadcast probe failed with EACCES and a local one is reachable by design: neither
+    says anything about IPAddressDeny=."""
+    found = config_issues(tmp_path, f'[router]\nconfinement_probe = "{probe}"\n' + BACKENDS)
+    assert len(found) == 1 and found[0].startswith("router.confinement_probe"), found
+    assert "must be a unicast address outside router.local_networks" in found[0]
+
+
+def test_the_default_confinement_probe_and_another_non_local_one_are_accepted(
+    tmp_path: Path,
+) -> None:
+    assert config_issues(tmp_path, BACKENDS) == []
+    assert config_issues(tmp_path, '[router]\nconfinement_probe = "[2001:db8::1]:9"\n'
+                         + BACKENDS) == []
