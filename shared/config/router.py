@@ -508,6 +508,14 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
             issues.append(Issue(f"backends.{name}.url", str(error)))
             local[name], reasons[name] = False, str(error)
             continue
+        if address.unix_path is not None and str(address.unix_path) == str(router.egress_socket):
+            # The egress's socket is the way out, not a local backend: as a "local" hop it
+            # would carry T1 work to the one process that reaches the internet.
+            issues.append(Issue(f"backends.{name}.url", (
+                f"{backend.url} is router.egress_socket, the way to cloud backends; a cloud "
+                "backend's url is the provider's own (the router reaches it through the egress)")))
+            local[name], reasons[name] = False, "the egress socket"
+            continue
         # Only hostnames listed as local are resolved: cloud hostnames are the egress's business.
         verdict = classify(address, networks, router.local_hosts, resolve)
         local[name], reasons[name] = verdict.local, verdict.reason

@@ -187,3 +187,10 @@ def test_the_default_confinement_probe_and_another_non_local_one_are_accepted(
     assert config_issues(tmp_path, BACKENDS) == []
     assert config_issues(tmp_path, '[router]\nconfinement_probe = "[2001:db8::1]:9"\n'
                          + BACKENDS) == []
+
+
+def test_a_backend_at_the_egress_socket_is_refused(tmp_path: Path) -> None:
+    found = issues_for(tmp_path, url="unix:/run/mushishi/egress.sock")
+    assert any(issue.startswith("backends.other.url: unix:/run/mushishi/egress.sock is "
+                                "router.egress_socket") for issue in found), found
+    assert any(issue.startswith("profiles.private.chain[1]:") for issue in found), found
