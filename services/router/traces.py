@@ -19,12 +19,12 @@ HTTP conventions for the status; the rest are `mushishi.*`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from mushishi.services.router.upstream import SovereigntyRefusal
 from mushishi.shared.config.observability import TracesSettings
 from mushishi.shared.locality import IPNetwork, address_is_local
 
@@ -160,8 +160,7 @@ def guarded_session(networks: Sequence[IPNetwork]) -> Any:
             sock.close()
             log.error("refused to send traces to %s: outside router.local_networks "
                       "(traces.endpoint must stay local)", peer)
-            raise OSError(errno.EPERM, f"connect-time check refused {peer}: outside "
-                                       "router.local_networks")
+            raise SovereigntyRefusal(peer)
         return sock
 
     class Connection(HTTPConnection):
