@@ -107,11 +107,7 @@ def append_history(path: Path, record: dict[str, Any], keep: int = HISTORY_LINES
     except FileNotFoundError:
         lines = []
     lines.append(json.dumps(record, sort_keys=True))
-    text = "\n".join(lines[-keep:]) + "\n"
-    temporary = path.with_name(f".{path.name}.new")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.chmod(0o640)
-    temporary.replace(path)
+    replace_atomically(path, "\n".join(lines[-keep:]) + "\n", 0o640)
 
 
 def _open_lock_file(path: Path) -> Any:

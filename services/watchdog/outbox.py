@@ -10,13 +10,14 @@ never written here; they are added at delivery time from the credentials.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ class Report:
     delivered: int = 0
     remaining: int = 0
     last_error: str | None = None
-    delays: list[float] = field(default_factory=list)
 
 
 class Outbox:
@@ -84,18 +84,13 @@ class Outbox:
                     path.rename(path.with_suffix(".bad"))
         return items
 
-    def record_attempt(self, item: Item, error: str) -> None:
-        """Count a failed attempt on the file itself."""
-        data = {"created": item.created.isoformat(), "attempts": item.attempts + 1,
+    def record_attempt(self, item: Item, error: str) -> Item:
+        """Count a failed attempt on the file itself; the item as it now is on disk."""
+        updated = dataclasses.replace(item, attempts=item.attempts + 1, last_error=error)
+        data = {"created": item.created.isoformat(), "attempts": updated.attempts,
                 "last_error": error, "message": item.message.as_dict()}
         _write_atomic(item.path, data)
-
-    def reload(self, item: Item) -> Item:
-        """The item as it is on disk now (its attempt count)."""
-        for current in self.pending():
-            if current.path == item.path:
-                return current
-        return item
+        return updated
 
     def remove(self, item: Item) -> None:
         """Forget a delivered message."""
@@ -131,14 +126,12 @@ async def deliver(outbox: Outbox, publish: Callable[[Message], Awaitable[Attempt
             report.delivered += 1
             index += 1
             continue
-        outbox.record_attempt(item, attempt.detail)
+        items[index] = outbox.record_attempt(item, attempt.detail)
         report.last_error = attempt.detail
         if attempt.delivery is Delivery.RATE_LIMITED and delays:
             delay = delays.pop(0)
-            report.delays.append(delay)
             log.info("ntfy rate limit (%s); retrying in %.0fs", attempt.detail, delay)
             await sleep(delay)
-            items[index] = outbox.reload(item)
             continue
         if attempt.delivery is Delivery.REJECTED:
             log.error("ntfy rejected %r: %s (kept in %s)", item.message.title, attempt.detail,
