@@ -147,9 +147,16 @@ def classify(
     networks: Sequence[IPNetwork],
     local_hosts: Iterable[str],
     resolve: Resolver | None = None,
+    egress_socket: str | None = None,
 ) -> Locality:
-    """Decide locality of a parsed backend address; `resolve` checks listed hostnames now."""
+    """Decide locality of a parsed backend address; `resolve` checks listed hostnames now.
+
+    A unix socket is local, except `egress_socket` (router.egress_socket): that one is the
+    way out to the cloud, never a local backend."""
     if address.unix_path is not None:
+        if egress_socket is not None and str(address.unix_path) == str(egress_socket):
+            return Locality(False, f"unix socket {address.unix_path} is router.egress_socket, "
+                                   "the way to cloud backends")
         return Locality(True, f"unix socket {address.unix_path}")
     if address.ip is not None:
         if address_is_local(address.ip, networks):
@@ -181,10 +188,11 @@ def backend_locality(
     networks: Sequence[IPNetwork],
     local_hosts: Iterable[str],
     resolve: Resolver | None = None,
+    egress_socket: str | None = None,
 ) -> Locality:
     """Locality of a backend URL; an unparsable URL is never local."""
     try:
         address = parse_backend_url(url)
     except AddressError as error:
         return Locality(False, str(error))
-    return classify(address, networks, local_hosts, resolve)
+    return classify(address, networks, local_hosts, resolve, egress_socket)

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,7 +39,7 @@ from mushishi.services.router.metrics import RouterMetrics, RouterStateCollector
 from mushishi.services.router.state import Board
 from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
-from mushishi.shared.activation import systemd_sockets
+from mushishi.shared.activation import bind_unix, systemd_sockets
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
@@ -377,27 +376,17 @@ def bind_listen(addresses: list[str]) -> list[socket.socket]:
     for address in addresses:
         host, port = parse_listen(address)
         if host == "unix":
-            path = Path(str(port))
-            if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
-                path.unlink()  # a stale socket of an earlier run
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(str(path))
-            except OSError as error:
-                sock.close()
-                raise OSError(error.errno, f"cannot listen on {address} ({error.strerror}); "
-                                           "check router.listen") from None
-            path.chmod(0o660)
-        else:
-            family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((str(host), int(port)))
-            except OSError as error:
-                sock.close()
-                raise OSError(error.errno, f"cannot listen on {address} ({error.strerror}); "
-                                           "check router.listen") from None
+            sockets.append(bind_unix(str(port), what="router.listen"))
+            continue
+        family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((str(host), int(port)))
+        except OSError as error:
+            sock.close()
+            raise OSError(error.errno, f"cannot listen on {address} ({error.strerror}); "
+                                       "check router.listen") from None
         sock.listen(1024)
         sock.setblocking(False)
         sockets.append(sock)

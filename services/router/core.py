@@ -128,7 +128,8 @@ def compile_table(
     backends: dict[str, Hop] = {}
     for name, backend in settings.backends.items():
         # Locality by listing and literal only: resolution happens at every connection.
-        verdict = backend_locality(backend.url, router.local_networks, router.local_hosts)
+        verdict = backend_locality(backend.url, router.local_networks, router.local_hosts,
+                                   egress_socket=router.egress_socket)
         backends[name] = Hop(
             name=name,
             model=backend.model,

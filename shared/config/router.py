@@ -508,17 +508,16 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
             issues.append(Issue(f"backends.{name}.url", str(error)))
             local[name], reasons[name] = False, str(error)
             continue
-        if address.unix_path is not None and str(address.unix_path) == str(router.egress_socket):
-            # The egress's socket is the way out, not a local backend: as a "local" hop it
-            # would carry T1 work to the one process that reaches the internet.
+        # Only hostnames listed as local are resolved: cloud hostnames are the egress's business.
+        verdict = classify(address, networks, router.local_hosts, resolve,
+                           egress_socket=router.egress_socket)
+        local[name], reasons[name] = verdict.local, verdict.reason
+        if address.unix_path is not None and not verdict.local:
+            # The egress's socket is the way out, not a backend (classify says why).
             issues.append(Issue(f"backends.{name}.url", (
                 f"{backend.url} is router.egress_socket, the way to cloud backends; a cloud "
                 "backend's url is the provider's own (the router reaches it through the egress)")))
-            local[name], reasons[name] = False, "the egress socket"
             continue
-        # Only hostnames listed as local are resolved: cloud hostnames are the egress's business.
-        verdict = classify(address, networks, router.local_hosts, resolve)
-        local[name], reasons[name] = verdict.local, verdict.reason
         if backend.health_url is not None:
             try:
                 health = classify(parse_backend_url(backend.health_url), networks,

@@ -166,3 +166,16 @@ def test_preview_of_t1_with_every_hop_down_says_it_would_queue() -> None:
                                   "sovereign_backends_unavailable: gpu: connection refused; "
                                   "cpu: loading model")
     assert preview(PERSONAL, verdicts, GPU_ABSENT).would_use == "kimi"
+
+
+def test_compile_table_never_counts_the_egress_socket_as_a_local_hop(tmp_path) -> None:
+    """The config check refuses it; compile_table must not trust that it ran."""
+    from mushishi.services.router.core import compile_table as compile_routes
+    from mushishi.shared.config import MushishiSettings
+
+    settings = MushishiSettings.model_validate({
+        "backends": {"out": {"url": "unix:/run/mushishi/egress.sock", "model": "m"}},
+        "profiles": {"private": {"tier": "T1", "chain": ["out"]}},
+    })
+    with pytest.raises(ValueError, match="names a non-local backend"):
+        compile_routes(settings, lambda _peer: None)
