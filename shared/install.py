@@ -306,7 +306,6 @@ def _cpu_floor_paths(settings: MushishiSettings) -> str:
     return ("# Rendered by `mushishi install` from [cpu_floor]; edit the config, not this "
             "file.\n[Unit]\nRequiresMountsFor="
             + " ".join(_unit_path(PurePosixPath(d)) for d in directories) + "\n")
-DEFAULT_EGRESS_STATE = "/var/lib/mushishi/egress"
 
 
 def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
@@ -418,35 +417,35 @@ class StateDir:
     tmpfiles: str  # "MODE USER GROUP" of the directory when install creates it
 
 
+# Directories units write that the config may move: (key, units, tmpfiles "MODE USER
+# GROUP" or "" when install must not create it). Each key's default in the config models is
+# the unit's own StateDirectory=/CacheDirectory=/ReadWritePaths= entry.
+_MOVABLE_DIRS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("router.state_dir", ("mushishi-router.service",), "0700 mushishi mushishi"),
+    ("egress.state_dir", ("mushishi-egress.service",), "0700 mushishi mushishi"),
+    ("watchdog.state_dir", ("mushishi-watchdog.service", "mushishi-alert@.service"),
+     "0755 mushishi mushishi"),
+    ("backup.state_dir", ("mushishi-backup.service", "mushishi-backup-check.service"),
+     "0755 root mushishi"),
+    ("backup.cache_dir", ("mushishi-backup.service", "mushishi-backup-check.service"),
+     "0700 root root"),
+    ("firewall.state_dir", ("mushishi-firewall.service",), "0750 root root"),
+    # node_exporter's package owns this directory: never created here.
+    ("firewall.textfile_dir", ("mushishi-firewall.service",), ""),
+)
+
+
 def state_dirs(settings: MushishiSettings) -> list[StateDir]:
-    """Every configurable directory a unit writes, with the unit's own default."""
-    firewall_textfile = settings.firewall.textfile_dir
-    dirs = [
-        StateDir("router.state_dir", settings.router.state_dir, "/var/lib/mushishi/router",
-                 ("mushishi-router.service",), "0700 mushishi mushishi"),
-        StateDir("egress.state_dir", settings.egress.state_dir, DEFAULT_EGRESS_STATE,
-                 ("mushishi-egress.service",), "0700 mushishi mushishi"),
-        StateDir("watchdog.state_dir", settings.watchdog.state_dir,
-                 "/var/lib/mushishi/watchdog",
-                 ("mushishi-watchdog.service", "mushishi-alert@.service"),
-                 "0755 mushishi mushishi"),
-        StateDir("backup.state_dir", settings.backup.state_dir, "/var/lib/mushishi/backup",
-                 ("mushishi-backup.service", "mushishi-backup-check.service"),
-                 "0755 root mushishi"),
-        StateDir("backup.cache_dir", settings.backup.cache_dir, "/var/cache/mushishi/restic",
-                 ("mushishi-backup.service", "mushishi-backup-check.service"),
-                 "0700 root root"),
-        StateDir("firewall.state_dir", settings.firewall.state_dir,
-                 "/var/lib/mushishi/firewall", ("mushishi-firewall.service",),
-                 "0750 root root"),
-    ]
-    if firewall_textfile is not None:
-        # The unit allows the default (ReadWritePaths=-/var/lib/prometheus/node-exporter);
-        # the directory itself belongs to node_exporter's package, so it is not created.
-        dirs.append(StateDir("firewall.textfile_dir", firewall_textfile,
-                             "/var/lib/prometheus/node-exporter",
-                             ("mushishi-firewall.service",), ""))
-    return [d for d in dirs if str(d.path) != d.default]
+    """Every configurable directory a unit writes that the config moved from its default."""
+    moved = []
+    for key, units, tmpfiles in _MOVABLE_DIRS:
+        section_name, field = key.split(".")
+        section = getattr(settings, section_name)
+        path = getattr(section, field)
+        default = type(section).model_fields[field].default
+        if path is not None and str(path) != str(default):
+            moved.append(StateDir(key, str(path), str(default), units, tmpfiles))
+    return moved
 
 
 def _state_dropins(settings: MushishiSettings) -> dict[str, str]:
