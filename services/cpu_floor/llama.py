@@ -57,7 +57,6 @@ class SmokeResult:
     answered: bool
     timed_out: bool
     seconds: float
-    completion_tokens: int = 0
     tokens_per_second: float | None = None
     error: str = ""
 
@@ -127,8 +126,8 @@ class LlamaClient:
         if not isinstance(tokens, int) or tokens < 1 or not choices:
             return SmokeResult(False, False, elapsed,
                                error=f"no completion in the answer: {str(answer)[:200]}")
-        return SmokeResult(True, False, elapsed, tokens,
-                           smoke_tokens_per_second(answer, elapsed))
+        return SmokeResult(True, False, elapsed,
+                           tokens_per_second=smoke_tokens_per_second(answer, elapsed))
 
     async def progress(self, within_s: float) -> float | None:
         """Tokens processed so far (llama-server's /metrics), or None without an answer."""

@@ -41,8 +41,6 @@ from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.egress")
 
-_FINISH_LINE = 0
-
 
 class PeerError(ValueError):
     """egress.allowed_peers names a user that does not exist."""

@@ -197,11 +197,6 @@ class Usage:
     completion_tokens: int = 0
     estimated: bool = False
 
-    @property
-    def total(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
 
 @dataclass(frozen=True, slots=True)
 class DayTotals:

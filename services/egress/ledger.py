@@ -136,7 +136,6 @@ class _Writer(threading.Thread):
         self.jobs: queue.SimpleQueue[tuple[Op, asyncio.Future[Any] | None,
                                            asyncio.AbstractEventLoop | None] | None] = \
             queue.SimpleQueue()
-        self.failed: BaseException | None = None
 
     def submit(self, op: Op, future: asyncio.Future[Any] | None,
                loop: asyncio.AbstractEventLoop | None) -> None:
@@ -180,7 +179,6 @@ class _Writer(threading.Thread):
         except sqlite3.Error as error:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
-            self.failed = error
             log.error("the budget ledger could not commit (%s); usage of %d request(s) is "
                       "not on disk", error, len(batch))
             results = [(False, error)] * len(batch)

@@ -66,10 +66,6 @@ class CloudShare:
         if cloud:
             ring.cloud[slot] += 1
 
-    def profiles(self) -> list[str]:
-        """Profiles with at least one recorded request."""
-        return sorted(self._rings)
-
     def share(self, profile: str) -> Share:
         """The profile's cloud share now (0.0 when it answered nothing)."""
         ring = self._rings.get(profile)

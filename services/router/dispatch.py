@@ -275,37 +275,37 @@ async def _attempt(router: Router, call: Call, hop: Hop,
                 first = await upstream.read()
     except TimeoutError:
         _release(upstream)
-        return _failed(router, call, hop, sent, Failure.TIMEOUT,
+        return _failed(call, hop, sent, Failure.TIMEOUT,
                        f"no first byte in {hop.first_byte_timeout_s:g}s")
     except aiohttp.ClientConnectorError as error:
         if endpoint.via_egress:  # a unix socket: EACCES here is a file mode, not the kernel
             log.error("cannot reach mushishi-egress at %s for cloud backend %s (%s): cloud hops "
                       "fail until it runs", router.settings.router.egress_socket, hop.name,
                       error.os_error)
-            return _failed(router, call, hop, sent, Failure.EGRESS,
+            return _failed(call, hop, sent, Failure.EGRESS,
                            "mushishi-egress is not reachable")
         layer = refused_by_policy(error)
         if layer is not None:
             router.metrics.child(router.metrics.sovereignty_refusals, layer).inc()
             log.warning("the %s sovereignty check refused a connection for backend %s: %s",
                         layer, hop.name, error.os_error)
-            return _failed(router, call, hop, sent, Failure.REFUSED,
+            return _failed(call, hop, sent, Failure.REFUSED,
                            f"refused by the {layer} check ({error.os_error})")
         health, reason = classify_refusal(hop, router.board, router.clock())
         router.board.set_health(hop.name, health, reason)
         router.prober_kick(hop.name)
-        return _failed(router, call, hop, sent, Failure.CONNECT, reason)
+        return _failed(call, hop, sent, Failure.CONNECT, reason)
     except (aiohttp.ClientError, OSError) as error:
         _release(upstream)
         router.prober_kick(hop.name)
-        return _failed(router, call, hop, sent, Failure.BROKEN,
+        return _failed(call, hop, sent, Failure.BROKEN,
                        f"failed before the first byte ({error.__class__.__name__})")
     assert upstream is not None
     call.first_byte = time.perf_counter()
     if status_is_retryable(upstream.status):
         _release(upstream)
         kind, reason = _describe_status(upstream.status, first)
-        return _failed(router, call, hop, sent, kind, reason, upstream.status)
+        return _failed(call, hop, sent, kind, reason, upstream.status)
     if hop.local and router.board.backends[hop.name].health is not Health.UP:
         router.board.set_health(hop.name, Health.UP, "healthy")
     call.backend = hop.name
@@ -343,7 +343,7 @@ def _describe_status(status: int, body: bytes) -> tuple[Failure, str]:
     return Failure.STATUS, detail
 
 
-def _failed(router: Router, call: Call, hop: Hop, sent: float, kind: Failure, reason: str,
+def _failed(call: Call, hop: Hop, sent: float, kind: Failure, reason: str,
             status: int | None = None) -> None:
     call.excluded += time.perf_counter() - sent
     failure = HopFailure(hop.name, kind, reason, status, cloud=not hop.local)
