@@ -37,22 +37,13 @@ from mushishi.services.cpu_floor.state import HistoryStore
 from mushishi.services.cpu_floor.supervisor import Supervisor
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
 from mushishi.shared.notify import Notifier
+from scripts.demo import llama_server
 from tests.assets.tiny_model import write_tiny_model
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = {"messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 64,
         "ignore_eos": True}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def llama_server() -> str:
-    return subprocess.run([str(REPO / "scripts" / "build-llama-server.sh")], check=True,
-                          capture_output=True, text=True).stdout.strip()
 
 
 def settings(binary: str, model: Path, **overrides: object) -> CpuFloorSettings:

@@ -7,7 +7,6 @@ implicit global REGISTRY: each daemon (and each test) builds its own.
 from __future__ import annotations
 
 import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+
+from mushishi.shared.files import replace_atomically
 
 REGISTRY_KEY = web.AppKey("mushishi_metrics_registry", CollectorRegistry)
 
@@ -97,11 +98,5 @@ def write_textfile(registry: CollectorRegistry, directory: str | os.PathLike[str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.prom"
-    with tempfile.NamedTemporaryFile(
-        "wb", dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False
-    ) as handle:
-        handle.write(render(registry))
-        temporary = Path(handle.name)
-    temporary.chmod(0o644)
-    temporary.replace(target)
+    replace_atomically(target, render(registry).decode(), 0o644)
     return target
