@@ -17,7 +17,7 @@ from mushishi.services.watchdog.checks import Status, bench
 from mushishi.services.watchdog.gather import bench_rows
 from mushishi.shared.config import load_settings
 from mushishi.shared.status.core import build_report, ok
-from tests.integration.bench.conftest import LlamaServer
+from tests.llama import LlamaServer
 from tests.paths import BINDIR
 from tests.ports import free_port
 from tests.standins.bus import PrivateBus

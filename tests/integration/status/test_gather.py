@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,9 +25,9 @@ from mushishi.shared.config import MushishiSettings, load_settings
 from mushishi.shared.status import gather
 from mushishi.shared.status.core import build_report, render
 from tests.integration.router.harness import running_box
+from tests.llama import LlamaServer, running_llama
 from tests.standins.bus import PrivateBus
 from tests.standins.gpumode import GpuModeStandin
-from tests.standins.llamacpp import LlamaCppStandin
 
 NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
 
@@ -56,15 +56,15 @@ results = "{tmp_path}/bench/results.csv"
     return load_settings(config)
 
 
-@pytest.fixture
-async def floor() -> AsyncIterator[LlamaCppStandin]:
-    server = await LlamaCppStandin("nemotron-cpu-prism").start()
-    yield server
-    await server.stop()
+@pytest.fixture(scope="module")
+def floor(llama_server_binary: Path, tiny_model: Path) -> Iterator[LlamaServer]:
+    """A real llama-server serving the tiny model under the floor's alias."""
+    with running_llama(llama_server_binary, tiny_model, "nemotron-cpu-prism") as server:
+        yield server
 
 
 async def test_collect_reads_every_source_that_answers(tmp_path: Path,
-                                                       floor: LlamaCppStandin) -> None:
+                                                       floor: LlamaServer) -> None:
     (tmp_path / "router").mkdir()
     async with running_box(tmp_path / "router") as box:
         settings = settings_for(tmp_path, box.unix_socket, floor.port)
@@ -120,7 +120,7 @@ class HungGpud:
 
 
 async def test_a_hung_router_and_a_hung_gpud_cost_only_the_timeout(
-        tmp_path: Path, floor: LlamaCppStandin) -> None:
+        tmp_path: Path, floor: LlamaServer) -> None:
     socket_path = str(tmp_path / "router.sock")
     connections: list[asyncio.StreamWriter] = []
 
