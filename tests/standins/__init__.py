@@ -1,4 +1,7 @@
-"""Stand-ins for peers that cannot run on a test machine, speaking their real wire formats.
+"""Stand-ins speaking real wire formats, for peers that cannot run on a test machine (a GPU
+tenant, a cloud provider) or for behaviour a real one cannot be made to show on demand
+(llama.cpp's "Loading model" 503, a backend failing on cue). Where only a working
+OpenAI-compatible server is needed, tests use a real llama-server (tests/llama.py).
 
 * `vllm.VllmStandin`: OpenAI API + vLLM's /metrics, scriptable faults (openai_server.Fault).
 * `llamacpp.LlamaCppStandin`: 503 "Loading model" on /health while loading.

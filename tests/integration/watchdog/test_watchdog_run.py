@@ -1,6 +1,6 @@
 """A whole watchdog run against real peers: restic (a real repository), a real private
 dbus-daemon carrying a GpuMode1 stand-in, the router's /status stand-in on a unix socket,
-an OpenAI /v1/models stand-in, the bench CSV, and the ntfy stand-in. Time and statvfs are
+a real llama-server (its /v1/models), the bench CSV, and the ntfy stand-in. Time and statvfs are
 injected.
 """
 
@@ -20,11 +20,11 @@ from mushishi.services.watchdog import checks, gather
 from mushishi.services.watchdog.app import Deps, run_watchdog
 from mushishi.services.watchdog.checks import Status, UnitState
 from mushishi.shared.config.loader import load_settings
+from tests.llama import LlamaServer, running_llama
 from tests.paths import BINDIR
 from tests.standins.bus import PrivateBus
 from tests.standins.gpumode import GpuModeStandin
 from tests.standins.ntfy import NtfyStandin
-from tests.standins.openai_models import ModelsStandin
 from tests.standins.router_status import RouterStatusStandin, status_document
 
 PASSWORD = "watchdog test password"
@@ -120,11 +120,16 @@ def full_disk(path: str) -> os.statvfs_result:
     return os.statvfs_result((4096, 4096, 1000, 40, 30, 100, 50, 50, 0, 255))
 
 
+@pytest.fixture
+def misnamed_floor(llama_server_binary: Path, tiny_model: Path) -> Iterator[LlamaServer]:
+    """A real llama-server serving the model under another name than the floor's alias."""
+    with running_llama(llama_server_binary, tiny_model, "model.gguf") as server:
+        yield server
+
+
 async def test_a_run_reports_every_check_and_alerts_only_the_problems(
-        tmp_path: Path, bus: str, ntfy: NtfyStandin) -> None:
-    models = ModelsStandin(["model.gguf"])
-    port = await models.start()
-    world = make_world(tmp_path, ntfy.url, port)
+        tmp_path: Path, bus: str, ntfy: NtfyStandin, misnamed_floor: LlamaServer) -> None:
+    world = make_world(tmp_path, ntfy.url, misnamed_floor.port)
     gpud = await GpuModeStandin(temperature_c=91, throttled=True).connect(bus)
     router = RouterStatusStandin(status_document({
         "personal": {"hour": 0.5, "day": 0.4, "requests_hour": 10, "requests_day": 100},
@@ -140,7 +145,6 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
     finally:
         gpud.disconnect()
         await router.stop()
-        await models.stop()
     last = json.loads((world.state / "last.json").read_text())
     by_name = {c["name"]: c for c in last["checks"]}
     expected = {
@@ -211,27 +215,27 @@ async def test_wrong_restic_password_is_a_problem_not_a_missing_source(
     assert age["status"] == "problem" and "wrong password" in age["detail"]
 
 
-async def test_cpu_floor_readiness_reads_the_alias_from_v1_models() -> None:
-    server = ModelsStandin(["nemotron-cpu-prism"])
-    port = await server.start()
-    url = f"http://127.0.0.1:{port}/v1/models"
-    active = UnitState("loaded", "active", "running")
-    try:
-        import aiohttp
+async def test_cpu_floor_readiness_reads_the_alias_from_v1_models(
+        llama_server_binary: Path, tiny_model: Path) -> None:
+    """Real llama-servers: one serving the floor's alias, then one serving another name."""
+    import aiohttp
 
+    active = UnitState("loaded", "active", "running")
+    with running_llama(llama_server_binary, tiny_model, "nemotron-cpu-prism") as server:
+        url = f"{server.url}/models"
         async with aiohttp.ClientSession() as session:
             models = await gather.served_models(session, url, 5)
             assert models == ["nemotron-cpu-prism"]
             result = checks.cpu_floor("mushishi-cpu-floor.service", active, models,
                                       alias="nemotron-cpu-prism", url=url)
             assert result.status is Status.OK
-            server.names[:] = ["model.gguf"]
-            models = await gather.served_models(session, url, 5)
+    with running_llama(llama_server_binary, tiny_model, "model.gguf") as other:
+        other_url = f"{other.url}/models"
+        async with aiohttp.ClientSession() as session:
+            models = await gather.served_models(session, other_url, 5)
             result = checks.cpu_floor("mushishi-cpu-floor.service", active, models,
-                                      alias="nemotron-cpu-prism", url=url)
+                                      alias="nemotron-cpu-prism", url=other_url)
             assert result.status is Status.PROBLEM and "'nemotron-cpu-prism'" in result.detail
-    finally:
-        await server.stop()
     async with aiohttp.ClientSession() as session:
         refused = await gather.served_models(session, url, 5)
     assert isinstance(refused, checks.Failed)
