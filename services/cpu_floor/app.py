@@ -23,6 +23,7 @@ from mushishi.services.cpu_floor.state import HistoryStore, state_directory
 from mushishi.services.cpu_floor.supervisor import Supervisor
 from mushishi.shared.config import LoadedConfig
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
+from mushishi.shared.config.router import parse_tcp_listen
 from mushishi.shared.daemon import run_daemon
 from mushishi.shared.metrics import start_metrics_server
 from mushishi.shared.notify import Notifier
@@ -40,9 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def start_metrics(metrics: FloorMetrics, listen: str) -> web.AppRunner | None:
     """Serve /metrics on HOST:PORT; a taken port is logged, never fatal to the floor."""
-    host, _, port = listen.rpartition(":")
+    host, port = parse_tcp_listen(listen)  # validated with the config
     try:
-        return await start_metrics_server(metrics.registry, host.strip("[]"), int(port))
+        return await start_metrics_server(metrics.registry, host, port)
     except OSError as error:
         log.error("cannot serve metrics on %s (cpu_floor.metrics_listen): %s", listen,
                   error.strerror or error)

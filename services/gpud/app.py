@@ -28,6 +28,7 @@ from mushishi.services.gpud.probes import busy_lines, mean_utilisation, read_pro
 from mushishi.services.gpud.systemd import JobEvent, SystemdClient, UnitChange
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.gpu import mode_target, tenant_unit
+from mushishi.shared.config.router import parse_tcp_listen
 from mushishi.shared.daemon import EX_UNAVAILABLE, load_or_explain, stop_on_signals
 from mushishi.shared.journal import log_extra
 from mushishi.shared.metrics import new_registry, start_metrics_server
@@ -447,9 +448,9 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
     except (OSError, ValueError) as error:
         log.error("mushishi-gpud cannot reach the system bus: %s", error)
         return EX_UNAVAILABLE
-    host, _, port = settings.gpu.metrics_listen.rpartition(":")
+    host, port = parse_tcp_listen(settings.gpu.metrics_listen)  # validated with the config
     try:
-        metrics_runner = await start_metrics_server(registry, host.strip("[]"), int(port))
+        metrics_runner = await start_metrics_server(registry, host, port)
     except (OSError, ValueError) as error:
         log.error("cannot serve /metrics on gpu.metrics_listen=%s: %s",
                   settings.gpu.metrics_listen, error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from mushishi.shared.config._base import AbsolutePath, Section
+from mushishi.shared.config.router import parse_tcp_listen
 
 # llama-server flags the supervisor sets from their own keys; repeating one in extra_args
 # would be ignored or fight the key (llama-server keeps the FIRST --alias it is given).
@@ -111,9 +112,7 @@ class CpuFloorSettings(Section):
     @field_validator("metrics_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"must be HOST:PORT (got {value!r})")
+        parse_tcp_listen(value)
         return value
 
     @model_validator(mode="after")

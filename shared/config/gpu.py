@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mushishi.shared.config._base import AbsolutePath, Issue, Section
+from mushishi.shared.config.router import parse_tcp_listen
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -34,6 +35,12 @@ class GpuSettings(Section):
     metrics_listen: str = Field(
         default="127.0.0.1:9642", description="HOST:PORT of gpud's /metrics."
     )
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen_parses(cls, value: str) -> str:
+        parse_tcp_listen(value)
+        return value
     stop_list: list[str] = Field(
         default=[],
         description="Container or process names that may be stopped when a mode needs their "

@@ -43,6 +43,14 @@ def parse_listen(address: str) -> tuple[str, str | int]:
     return match["host"].strip("[]"), int(match["port"])
 
 
+def parse_tcp_listen(address: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT or [IPV6]:PORT address; ValueError for anything else."""
+    host, port = parse_listen(address)
+    if host == "unix":
+        raise ValueError(f"{address!r} must be HOST:PORT")
+    return host, int(port)
+
+
 def unix_listen_path(listen: list[str]) -> str | None:
     """The path of the first unix: address in `listen` (router.listen), or None."""
     for address in listen:
@@ -397,9 +405,7 @@ class EgressSettings(Section):
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen_parses(cls, value: str) -> str:
-        host, _port = parse_listen(value)
-        if host == "unix":
-            raise ValueError(f"{value!r} must be HOST:PORT")
+        parse_tcp_listen(value)
         return value
 
 

@@ -194,3 +194,13 @@ def test_a_backend_at_the_egress_socket_is_refused(tmp_path: Path) -> None:
     assert any(issue.startswith("backends.other.url: unix:/run/mushishi/egress.sock is "
                                 "router.egress_socket") for issue in found), found
     assert any(issue.startswith("profiles.private.chain[1]:") for issue in found), found
+
+
+@pytest.mark.parametrize("section", ["cpu_floor", "gpu", "router"])
+@pytest.mark.parametrize("value", ["9642", "localhost:", "unix:/run/m.sock", "[::1]:70000"])
+def test_every_metrics_listen_is_checked_as_host_port(
+    tmp_path: Path, section: str, value: str,
+) -> None:
+    """One parser (parse_tcp_listen) for every daemon's metrics_listen; gpud's had none."""
+    found = config_issues(tmp_path, f'[{section}]\nmetrics_listen = "{value}"\n' + BACKENDS)
+    assert any(issue.startswith(f"{section}.metrics_listen") for issue in found), found
