@@ -1,8 +1,16 @@
-"""Questions about other processes, asked by PID."""
+"""Other processes: asked about by PID, and the children a daemon supervises."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
+from collections.abc import Mapping
+
+# A supervisor's sd_notify and socket-activation variables are not its child's business.
+SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                       "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID")
 
 
 def pid_alive(pid: int) -> bool:
@@ -16,3 +24,24 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """A supervisor's environment minus what belongs to it alone (readiness is ours)."""
+    return {k: v for k, v in environ.items() if k not in SUPERVISOR_ONLY_ENV}
+
+
+async def terminate(process: asyncio.subprocess.Process, grace_s: float) -> int:
+    """SIGTERM (and SIGCONT, in case it was stopped), then SIGKILL after `grace_s`."""
+    if process.returncode is not None:
+        return process.returncode
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+        process.send_signal(signal.SIGCONT)
+    try:
+        async with asyncio.timeout(grace_s):
+            return await process.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        return await process.wait()

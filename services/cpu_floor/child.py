@@ -7,7 +7,6 @@ down when the supervisor dies outside systemd (a developer running it by hand).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import os
 import signal
@@ -15,14 +14,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 from mushishi.shared.journal import open_stream
+from mushishi.shared.processes import child_environment
 
 PR_SET_PDEATHSIG = 1
 # Looked up once here: after fork, the child must only call an already resolved function.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-# The supervisor's sd_notify and socket-activation variables are not the child's business.
-_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                "LISTEN_FDNAMES", "INVOCATION_ID")
 
 
 def _die_with_parent() -> None:
@@ -38,11 +34,6 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"was killed by {name}"
     return f"exited with status {returncode}"
-
-
-def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The supervisor's environment minus what belongs to it alone."""
-    return {k: v for k, v in environ.items() if k not in _PRIVATE_ENV}
 
 
 async def spawn(argv: Sequence[str], environ: Mapping[str, str],
@@ -61,19 +52,3 @@ async def spawn(argv: Sequence[str], environ: Mapping[str, str],
     finally:
         if stream is not None:
             os.close(stream)
-
-
-async def terminate(process: asyncio.subprocess.Process, grace_s: float) -> int:
-    """SIGTERM (and SIGCONT, in case it was stopped), then SIGKILL after `grace_s`."""
-    if process.returncode is not None:
-        return process.returncode
-    with contextlib.suppress(ProcessLookupError):
-        process.terminate()
-        process.send_signal(signal.SIGCONT)
-    try:
-        async with asyncio.timeout(grace_s):
-            return await process.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        return await process.wait()

@@ -25,6 +25,7 @@ from mushishi.services.cpu_floor.preflight import describe_model, run_checks
 from mushishi.services.cpu_floor.state import HistoryStore
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
 from mushishi.shared.notify import Notifier
+from mushishi.shared.processes import terminate
 
 log = logging.getLogger("mushishi.cpu_floor")
 
@@ -113,7 +114,7 @@ class Supervisor:
                 return await self._supervise(process, client)
             finally:
                 self.metrics.up.set(0)
-                returncode = await child.terminate(process, CHILD_STOP_GRACE_S)
+                returncode = await terminate(process, CHILD_STOP_GRACE_S)
                 log.info("llama-server %s", child.describe_exit(returncode))
 
     # -- phases -------------------------------------------------------------------------

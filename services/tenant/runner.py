@@ -4,7 +4,6 @@ foreground, READY=1 only once its health URL answers 2xx, SIGTERM passed on at s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ from mushishi.shared.config.gpu import TenantSettings
 from mushishi.shared.daemon import stop_on_signals
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
+from mushishi.shared.processes import child_environment, terminate
 
 log = logging.getLogger("mushishi.tenant")
 
@@ -33,12 +33,6 @@ async def health_answer(session: aiohttp.ClientSession, url: str) -> str | None:
             return f"HTTP {response.status}"
     except (aiohttp.ClientError, TimeoutError) as error:
         return str(error) or type(error).__name__
-
-
-def child_environment(environ: dict[str, str]) -> dict[str, str]:
-    """The tenant's environment: ours, minus systemd's notify socket (readiness is ours)."""
-    return {k: v for k, v in environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
-                                                        "WATCHDOG_PID")}
 
 
 async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
@@ -76,7 +70,7 @@ async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
                         f"start_timeout_s={tenant.start_timeout_s:.0f} s (last: {answer})")
                 log.error("%s", line, extra=extra)
                 notifier.status(line)
-                await _terminate(child, tenant.stop_timeout_s)
+                await terminate(child, tenant.stop_timeout_s)
                 return 1
             await asyncio.wait({exited, stopping}, timeout=HEALTH_INTERVAL_S)
     await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -88,19 +82,8 @@ async def run_tenant(name: str, tenant: TenantSettings, notifier: Notifier, *,
         notifier.status(line)
         return status if status and status > 0 else 1
     notifier.stopping(f"stopping {name}")
-    status = await _terminate(child, tenant.stop_timeout_s)
+    status = await terminate(child, tenant.stop_timeout_s)
     log.info("tenant %s stopped (status %s)", name, status, extra=extra)
     return 0
 
 
-async def _terminate(child: asyncio.subprocess.Process, grace: float) -> int | None:
-    if child.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            child.terminate()
-        try:
-            await asyncio.wait_for(child.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
-    return child.returncode
