@@ -30,13 +30,13 @@ test: system-deps venv llama-server
 	$(BIN)/pytest
 
 demo: system-deps venv llama-server
-	$(BIN)/python scripts/demo.py up
+	$(BIN)/python -m scripts.demo up
 
 demo-stop: venv
-	$(BIN)/python scripts/demo.py down
+	$(BIN)/python -m scripts.demo down
 
 demo-status: venv
-	$(BIN)/python scripts/demo.py status
+	$(BIN)/python -m scripts.demo status
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,5 +1,5 @@
 """`make demo`: the shipped example config, adapted for a machine without a GPU, running in
-a sandboxed systemd (mushishi.shared.sandbox). `make demo-stop` ends it.
+a sandboxed systemd (devtools.sandbox). `make demo-stop` ends it.
 
 What is adapted, and why, is listed in `adapt()`; everything else is the seed box's layout.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import tomlkit
 
-from mushishi.shared.sandbox import Sandbox, SandboxError, attach
+from devtools.sandbox import Sandbox, SandboxError, attach
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "examples" / "mushishi.toml"
@@ -115,7 +115,7 @@ def up() -> int:
     try:
         attach(NAME)
         print(f"the demo is already running; `make demo-stop` ends it, "
-              f"`python -m mushishi.shared.sandbox shell {NAME}` enters it")
+              f"`python -m devtools.sandbox shell {NAME}` (from the checkout) enters it")
         return 0
     except SandboxError:
         pass
@@ -140,7 +140,7 @@ def up() -> int:
     print(f"""mushishi demo is running in sandbox {NAME!r} (systemd PID {box.pid} on this host).
   units:    sudo nsenter -t {box.pid} -a systemctl status 'mushishi*'
   journal:  sudo nsenter -t {box.pid} -a journalctl -u 'mushishi*' -f
-  shell:    sudo {BINDIR}/python -m mushishi.shared.sandbox shell {NAME}
+  shell:    cd {REPO} && sudo {BINDIR}/python -m devtools.sandbox shell {NAME}
             (then: mushishi status, curl -s 127.0.0.1:4000/health, systemctl isolate …)
   status:   sudo nsenter -t {box.pid} -a {BINDIR}/mushishi status   (one screen of everything)
   bench:    systemctl start mushishi-bench; tail /var/lib/mushishi/bench/results.csv

@@ -35,10 +35,10 @@ from typing import Any
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from devtools.sandbox import Sandbox
 from mushishi.services.gpud.client import GpuModeClient
 from mushishi.services.gpud.systemd import unit_path
 from mushishi.shared import dbus_names
-from mushishi.shared.sandbox import Sandbox
 from tests.system.gpu_box import GpuBox
 
 MODES = {"forensic": "vllm-forensic", "creative": "comfyui"}

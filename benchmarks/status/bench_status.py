@@ -6,7 +6,7 @@ the sandbox, interleaved with its peers in the same run:
 
 * `systemctl status` of the three always-on services (systemd's own status: one D-Bus
   round trip per unit, no daemon asked anything) — the native peer;
-* `python -c "import mushishi.shared.cli.status_cmd"` — the interpreter and imports, the
+* `python -c "import mushishi.ctl.status_cmd"` — the interpreter and imports, the
   floor of any Python command.
 
 Cases: all up; the router hung (SIGSTOP: its socket still accepts, nothing answers);
@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from mushishi.shared.sandbox import Sandbox  # noqa: E402
+from devtools.sandbox import Sandbox  # noqa: E402
 from tests.assets.tiny_model import write_tiny_model  # noqa: E402
 from tests.system.stack import MUSHISHI, boot_stack  # noqa: E402
 
@@ -40,7 +40,7 @@ PEERS = {
     "mushishi status": f"{MUSHISHI} status --json --color never",
     "systemctl status (3 units)": "systemctl status --no-pager --lines=0 mushishi-router "
                                   "mushishi-gpud mushishi-cpu-floor",
-    "python + imports": f"{BINDIR}/python -c 'import mushishi.shared.cli.status_cmd'",
+    "python + imports": f"{BINDIR}/python -c 'import mushishi.ctl.status_cmd'",
 }
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests in a real, booted systemd (see mushishi.shared.sandbox).
+"""Fixtures for tests in a real, booted systemd (see devtools.sandbox).
 
 These tests never skip: a machine that cannot boot the sandbox fails them with the reason.
 """
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG
 
 

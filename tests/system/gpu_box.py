@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from devtools.sandbox import Sandbox
 from mushishi.services.gpud.client import GpuModeClient
-from mushishi.shared.sandbox import Sandbox
 from tests.paths import BINDIR, REPO
 
 PYTHON = str(Path(sys.executable))

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import REPO
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mushishi.shared.sandbox import Sandbox
+    from devtools.sandbox import Sandbox
 
 ROUTER_URL = "http://127.0.0.1:4000/v1/chat/completions"
 

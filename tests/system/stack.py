@@ -16,7 +16,7 @@ from typing import Any
 
 import tomlkit
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from scripts.demo import GPU_STATE, SIMULATED_GPU, TINY_MODEL, adapt_for_sandbox
 from tests.paths import BINDIR, EXAMPLE_CONFIG
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import tomlkit
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG, REPO
 from tests.system.stack import STANDIN
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG
 
 UNIT = "mushishi-cpu-floor.service"

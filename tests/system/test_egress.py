@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.shared.install import shipped_unit_names
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
+from mushishi.ctl.install import shipped_unit_names
 from tests.paths import BINDIR
 from tests.system import router_load
 from tests.system.host_standins import HostStandins, recorded

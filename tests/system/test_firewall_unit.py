@@ -5,7 +5,7 @@ The sandbox has its own network namespace, so nft here never touches the host's 
 
 from __future__ import annotations
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import BINDIR, EXAMPLE_CONFIG
 
 UNIT = "mushishi-firewall.service"

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from devtools.sandbox import Sandbox
 from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
-from mushishi.shared.sandbox import Sandbox
 from tests.paths import BINDIR
 from tests.system.gpu_box import (
     GPU_STATE,

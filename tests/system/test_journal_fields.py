@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import BINDIR
 
 LOGGING_SCRIPT = """

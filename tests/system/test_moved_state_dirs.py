@@ -11,7 +11,7 @@ import json
 
 import tomlkit
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG
 from tests.system.stack import STANDIN
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import REPO
 from tests.system.stack import MUSHISHI, boot_stack, status_json
 

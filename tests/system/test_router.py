@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import BINDIR
 from tests.system import router_load
 from tests.system.host_standins import HostStandins, recorded

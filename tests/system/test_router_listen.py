@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomlkit
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG
 
 TAILNET_IP = "100.101.102.103"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 
 
 def _host_mounts() -> str:
@@ -46,7 +46,7 @@ def test_sandbox_dies_with_the_process_that_booted_it(tmp_path: Path) -> None:
 
     script = (
         "import sys, time\n"
-        "from mushishi.shared.sandbox import Sandbox\n"
+        "from devtools.sandbox import Sandbox\n"
         "box = Sandbox().boot()\n"
         "print(box.pid, box.dir, flush=True)\n"
         "time.sleep(600)\n"

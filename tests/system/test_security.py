@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-from mushishi.shared.install import shipped_unit_names
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
+from mushishi.ctl.install import shipped_unit_names
 from tests.paths import REPO
 
 # Template units are measured through one instance each.

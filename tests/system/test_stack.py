@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.shared.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.paths import REPO
 from tests.system.gpu_box import GpuBox, gpu_modes_config
 

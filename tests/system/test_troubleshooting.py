@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from mushishi.shared.sandbox import SANDBOX_PATH, Sandbox
+from devtools.sandbox import SANDBOX_PATH, Sandbox
 from tests.paths import BINDIR, REPO
 from tests.system.test_observability import oneshots_ran, stack  # noqa: F401 (fixtures)
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from devtools.sandbox import Sandbox
+from mushishi.ctl.install import shipped_unit_names
 from mushishi.shared.config import load_settings
-from mushishi.shared.install import shipped_unit_names
-from mushishi.shared.sandbox import Sandbox
 from tests.paths import EXAMPLE_CONFIG
 
 MODES = ["forensic", "agent", "creative", "audio", "off"]

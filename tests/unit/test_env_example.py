@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.paths import REPO
 
-PACKAGE_DIRS = ("services", "shared", "firewall")
+PACKAGE_DIRS = ("services", "shared", "ctl", "firewall")
 ENV_NAMES = re.compile(r"^(env|environment)$|environ$")
 # Reads whose name is computed: (file, variable) -> the prefix .env.example must document.
 DYNAMIC = {

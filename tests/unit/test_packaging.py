@@ -15,7 +15,7 @@ DAEMONS = ["router", "egress", "gpud", "cpu-floor", "tenant", "watchdog", "alert
 def test_only_the_mushishi_namespace_is_importable_from_the_distribution() -> None:
     entry_modules = {ep.value.split(":")[0] for ep in distribution("mushishi").entry_points}
     assert all(module.startswith("mushishi.") for module in entry_modules)
-    for forbidden in ("services", "shared", "firewall", "units"):
+    for forbidden in ("services", "shared", "ctl", "firewall", "units", "devtools"):
         result = subprocess.run([f"{BINDIR}/python", "-c", f"import {forbidden}"],
                                 capture_output=True, text=True, cwd="/")
         assert result.returncode != 0, f"a top-level {forbidden!r} module is installed"

@@ -11,12 +11,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mushishi.ctl.status.core import build_report, ok
 from mushishi.services.bench.app import run_bench
 from mushishi.services.bench.core import COLUMNS
 from mushishi.services.watchdog.checks import Status, bench
 from mushishi.services.watchdog.gather import bench_rows
 from mushishi.shared.config import load_settings
-from mushishi.shared.status.core import build_report, ok
 from tests.llama import LlamaServer
 from tests.paths import BINDIR
 from tests.ports import free_port

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.shared.cli import main
+from mushishi.ctl import main
 from tests.paths import EXAMPLE_CONFIG
 
 

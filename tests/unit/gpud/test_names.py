@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mushishi.ctl.mode_cmd import render
 from mushishi.services.gpud.client import GpuModeError, describe_error
 from mushishi.services.gpud.systemd import unit_path
 from mushishi.shared import dbus_names
-from mushishi.shared.cli.mode_cmd import render
 
 
 @pytest.mark.parametrize(("unit", "path"), [

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
+from mushishi.ctl.gpud_errors import run_command
 from mushishi.services.gpud.client import GpuModeClient
-from mushishi.shared.cli.gpud_errors import run_command
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from mushishi.ctl.install import UNIT_DIR, plan_install
 from mushishi.shared.config import load_settings
-from mushishi.shared.install import UNIT_DIR, plan_install
 
 CONFIG = """
 [router]

@@ -16,14 +16,14 @@ import socket
 import sys
 from datetime import UTC, datetime
 
+from mushishi.ctl.status.core import Reading, build_report, exit_status, render
+from mushishi.ctl.status.gather import collect
 from mushishi.shared.config import (
     ConfigError,
     MushishiSettings,
     load_settings,
     resolve_config_path,
 )
-from mushishi.shared.status.core import Reading, build_report, exit_status, render
-from mushishi.shared.status.gather import collect
 
 DEFAULT_TIMEOUT_S = 0.5
 

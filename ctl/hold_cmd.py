@@ -14,9 +14,9 @@ import shlex
 import signal
 import sys
 
+from mushishi.ctl.gpud_errors import run_command
 from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
-from mushishi.shared.cli.gpud_errors import run_command
 
 USAGE = "mushishi hold MODE [--then MODE] [--reason TEXT] -- COMMAND [ARG…]"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from mushishi.ctl.install import render_mode_target, shipped_unit_names
 from mushishi.shared.config import load_settings
 from mushishi.shared.config.gpu import DEFAULT_MODES
-from mushishi.shared.install import render_mode_target, shipped_unit_names
 from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
 
 DESIGN_UNITS = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from mushishi.shared.install import find_restic, record_restic_path
+from mushishi.ctl.install import find_restic, record_restic_path
 from tests.paths import BINDIR
 
 CONFIG = """# my box — keep this comment

@@ -20,10 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mushishi.shared import dbus_names
-from mushishi.shared.config.observability import bench_results
-from mushishi.shared.config.router import unix_listen_path
-from mushishi.shared.status.core import (
+from mushishi.ctl.status.core import (
     ALWAYS_ON,
     TIMERS,
     Reading,
@@ -32,6 +29,9 @@ from mushishi.shared.status.core import (
     missing,
     ok,
 )
+from mushishi.shared import dbus_names
+from mushishi.shared.config.observability import bench_results
+from mushishi.shared.config.router import unix_listen_path
 
 T = TypeVar("T")
 

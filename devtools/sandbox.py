@@ -13,7 +13,7 @@ only makes PID 1 re-execute), then SIGKILLs it; `unshare --kill-child` kills sys
 unshare dies; and unshare itself gets SIGKILL when the process that booted it dies
 (PR_SET_PDEATHSIG), unless the sandbox is `detached` (the demo).
 
-Usage: `python -m mushishi.shared.sandbox boot|stop|status|shell NAME`.
+Usage: `python -m devtools.sandbox boot|stop|status|shell NAME`.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Sandbox:
         check_host()
         if self.dir.exists():
             raise SandboxError(f"{self.dir} exists: a sandbox named {self.name} may be running "
-                               f"(python -m mushishi.shared.sandbox stop {self.name})")
+                               f"(python -m devtools.sandbox stop {self.name})")
         (self.dir / "base").mkdir(parents=True)
         parent = cgroup2_root() / "mushishi-sandbox"
         for stale in (parent.iterdir() if parent.is_dir() else ()):
@@ -412,7 +412,7 @@ def attach(name: str, state_dir: Path = DEFAULT_STATE_DIR) -> Sandbox:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Boot, stop, inspect or enter a detached sandbox."""
-    parser = argparse.ArgumentParser(prog="python -m mushishi.shared.sandbox")
+    parser = argparse.ArgumentParser(prog="python -m devtools.sandbox")
     parser.add_argument("action", choices=["boot", "stop", "status", "shell", "pid"])
     parser.add_argument("name", nargs="?", default="demo")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 
 # name -> (module providing configure(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "status": ("mushishi.shared.cli.status_cmd", "one screen: mode, VRAM, backends, budgets, "
+    "status": ("mushishi.ctl.status_cmd", "one screen: mode, VRAM, backends, budgets, "
                "backups, watchdog"),
-    "mode": ("mushishi.shared.cli.mode_cmd", "show or switch the GPU mode"),
-    "hold": ("mushishi.shared.cli.hold_cmd", "run a command holding a GPU mode"),
-    "route": ("mushishi.shared.cli.route_cmd", "which backend would answer a profile now, and why"),
-    "config": ("mushishi.shared.cli.config_cmd", "check a config file and show effective values"),
-    "firewall": ("mushishi.shared.cli.firewall_cmd", "render, apply or verify the firewall"),
-    "install": ("mushishi.shared.cli.install_cmd", "install units, D-Bus policy, user, dirs"),
-    "bench": ("mushishi.shared.cli.bench_cmd", "tokens/s regression benchmark"),
+    "mode": ("mushishi.ctl.mode_cmd", "show or switch the GPU mode"),
+    "hold": ("mushishi.ctl.hold_cmd", "run a command holding a GPU mode"),
+    "route": ("mushishi.ctl.route_cmd", "which backend would answer a profile now, and why"),
+    "config": ("mushishi.ctl.config_cmd", "check a config file and show effective values"),
+    "firewall": ("mushishi.ctl.firewall_cmd", "render, apply or verify the firewall"),
+    "install": ("mushishi.ctl.install_cmd", "install units, D-Bus policy, user, dirs"),
+    "bench": ("mushishi.ctl.bench_cmd", "tokens/s regression benchmark"),
 }
 
 

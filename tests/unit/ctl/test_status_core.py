@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mushishi.shared.cli.status_cmd import use_colour
-from mushishi.shared.status.core import (
+from mushishi.ctl.status.core import (
     Reading,
     ago,
     build_report,
@@ -21,6 +20,7 @@ from mushishi.shared.status.core import (
     ok,
     render,
 )
+from mushishi.ctl.status_cmd import use_colour
 
 NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from mushishi.ctl.install import UNIT_DIR, plan_install, port_conflicts, render_tenant_dropins
 from mushishi.shared.config import load_settings
-from mushishi.shared.install import UNIT_DIR, plan_install, port_conflicts, render_tenant_dropins
 from tests.paths import BINDIR, EXAMPLE_CONFIG
-from tests.unit.shared.test_install import install
+from tests.unit.ctl.test_install import install
 
 UNITS = PurePosixPath(UNIT_DIR)
 

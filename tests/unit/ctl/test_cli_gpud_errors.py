@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from mushishi.ctl.gpud_errors import run_command
 from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
-from mushishi.shared.cli.gpud_errors import run_command
 
 
 async def _refused() -> int:

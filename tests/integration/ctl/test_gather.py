@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from dbus_fast.aio import MessageBus
 
+from mushishi.ctl.status import gather
+from mushishi.ctl.status.core import build_report, render
 from mushishi.services.egress.core import Usage
 from mushishi.services.egress.ledger import Ledger
 from mushishi.shared import dbus_names
 from mushishi.shared.config import MushishiSettings, load_settings
-from mushishi.shared.status import gather
-from mushishi.shared.status.core import build_report, render
 from tests.integration.router.harness import running_box
 from tests.llama import LlamaServer, running_llama
 from tests.standins.bus import PrivateBus
@@ -232,7 +232,7 @@ def test_budgets_unreadable_by_the_caller_is_an_error_naming_the_directory(
     Path(settings.egress.state_dir).chmod(0o700)  # as the egress unit leaves it
     script = ("import sys, datetime\n"
               "from mushishi.shared.config import load_settings\n"
-              "from mushishi.shared.status import gather\n"
+              "from mushishi.ctl.status import gather\n"
               "reading = gather._budgets(load_settings(sys.argv[1]), "
               "datetime.datetime.now(datetime.UTC))\n"
               "print(reading.status, reading.detail)\n")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
+from mushishi.ctl.install import plan_install
 from mushishi.shared.config import load_settings
-from mushishi.shared.install import plan_install
 from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
 
 UNITS = Path("etc/systemd/system")

@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mushishi.shared.config import ConfigError, load_settings
-from mushishi.shared.install import (
+from mushishi.ctl.install import (
     CONFIG_FILE,
     activate,
     apply_plan,
@@ -18,6 +17,7 @@ from mushishi.shared.install import (
     record_restic_path,
     skeleton_config,
 )
+from mushishi.shared.config import ConfigError, load_settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

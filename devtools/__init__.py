@@ -1,0 +1,1 @@
+"""Test and demo tooling: never installed, run from a checkout."""
