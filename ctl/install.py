@@ -396,11 +396,14 @@ def _bench_paths(settings: MushishiSettings) -> str:
 
 
 def _textfile_tmpfiles(settings: MushishiSettings) -> str:
-    """node_exporter textfile directories: created root:mushishi 2775 when absent, never
-    re-owned when they exist (the ':' prefixes)."""
+    """node_exporter textfile directories: group mushishi and mode 2775 always, so the
+    watchdog and the bench (user mushishi) can write there even when the directory already
+    exists (Debian's prometheus-node-exporter creates /var/lib/prometheus/node-exporter
+    root:root 0755); the owner is set only when tmpfiles creates it (the ':' prefix), and
+    node_exporter (user prometheus) reads through the world-readable bits."""
     directories = dict.fromkeys([settings.backup.textfile_dir, settings.watchdog.textfile_dir,
                                  settings.bench.textfile_dir])
-    lines = "".join(f"d {d} :2775 :root :mushishi -\n" for d in directories)
+    lines = "".join(f"d {d} 2775 :root mushishi -\n" for d in directories)
     return ("# node_exporter textfile collector (rendered from [backup], [watchdog] and "
             "[bench]).\n" + lines)
 

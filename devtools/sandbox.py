@@ -51,6 +51,7 @@ _MASKED = (
     "systemd-networkd.service", "systemd-resolved.service", "apt-daily.timer",
     "apt-daily-upgrade.timer", "e2scrub_reap.service", "systemd-pstore.service",
     "postgresql.service", "nginx.service", "prometheus.service", "ufw.service",
+    "prometheus-node-exporter.service",
 )
 
 # Runs as PID 1 of the new PID namespace, in the new mount and network namespaces.

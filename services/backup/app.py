@@ -391,8 +391,9 @@ def backup_metrics(record: dict[str, Any]) -> Any:
 
 
 def check_metrics(record: dict[str, Any]) -> Any:
-    """The check's facts as a registry."""
-    registry = new_registry("backup")
+    """The check's facts as a registry (its own `daemon` label: node_exporter serves this
+    file beside the backup's, and one series in two textfiles is a gathering error)."""
+    registry = new_registry("backup_check")
     Gauge("mushishi_backup_check_last_run_timestamp_seconds", "End of the last restic check.",
           registry=registry).set(datetime.fromisoformat(record["finished"]).timestamp())
     Gauge("mushishi_backup_check_ok", "1 when the last restic check found no error.",

@@ -1,8 +1,10 @@
 """Observability of the whole stack in a booted systemd: a real Prometheus scrapes the real
-daemons and answers for their series through its HTTP API; `promtool check metrics` passes
-on every exporter's output and every oneshot's textfile; docs/observability.md lists exactly
-the metrics that exist; `mushishi status --json` names a stopped daemon and still shows the
-rest; the bench unit runs hardened and the watchdog reads what it wrote."""
+daemons and answers for their series through its HTTP API; Debian's node_exporter, set up as
+docs/observability.md says, serves every oneshot's textfile (and reports a broken one), and
+Prometheus scrapes them through it and evaluates the shipped rules on them; `promtool check
+metrics` passes on every exporter's output and every oneshot's textfile; docs/observability.md
+lists exactly the metrics that exist; `mushishi status --json` names a stopped daemon and
+still shows the rest; the bench unit runs hardened and the watchdog reads what it wrote."""
 
 from __future__ import annotations
 
@@ -14,16 +16,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.sandbox import Sandbox
-from tests.paths import REPO
+from tests.observability_docs import (
+    OBSERVABILITY,
+    PROMETHEUS_CONFIG,
+    RULES,
+    node_exporter_defaults,
+    node_exporter_flags,
+)
 from tests.system.stack import MUSHISHI, boot_stack, status_json
 
-PROMETHEUS_CONFIG = "/etc/mushishi-test/prometheus.yml"
+CONFIG_INSIDE = "/etc/mushishi-test/prometheus.yml"
 PROMETHEUS = "http://127.0.0.1:9090"
 TEXTFILES = "/var/lib/prometheus/node-exporter"
+TEXTFILE_NAMES = ["mushishi_backup.prom", "mushishi_backup_check.prom", "mushishi_bench.prom",
+                  "mushishi_firewall.prom", "mushishi_watchdog.prom"]
 EXPORTERS = {"mushishi-router": "127.0.0.1:4000", "mushishi-gpud": "127.0.0.1:9642",
              "mushishi-cpu-floor": "127.0.0.1:9643", "mushishi-egress": "127.0.0.1:9641"}
+NODE_EXPORTER_BINARY = Path("/usr/bin/prometheus-node-exporter")
+NODE_EXPORTER_UNIT = "prometheus-node-exporter.service"  # Debian's own
+NODE_EXPORTER = "http://127.0.0.1:9100/metrics"
 KEY = "change-me"  # the example config's key (its sha256 is in [keys])
 
 
@@ -91,6 +105,51 @@ def families(text: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def node_exporter(stack: Sandbox) -> Sandbox:
+    """Debian's prometheus-node-exporter.service with docs/observability.md's
+    /etc/default/prometheus-node-exporter (the sandbox masks the unit for every other test)."""
+    if not NODE_EXPORTER_BINARY.exists():
+        raise AssertionError(f"{NODE_EXPORTER_BINARY} is missing: `make test` installs it "
+                             f"(scripts/install-system-deps.sh: apt install "
+                             f"prometheus-node-exporter)")
+    assert stack.systemctl("is-enabled", NODE_EXPORTER_UNIT, check=False
+                           ).stdout.strip() == "masked"
+    stack.write("/etc/default/prometheus-node-exporter", node_exporter_defaults())
+    stack.systemctl("unmask", NODE_EXPORTER_UNIT)
+    stack.systemctl("start", NODE_EXPORTER_UNIT)
+    deadline = time.monotonic() + 30
+    while stack.run(["curl", "-sS", "--fail", "--max-time", "2", NODE_EXPORTER],
+                    check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            journal = stack.journal("-u", NODE_EXPORTER_UNIT, "-o", "cat")
+            raise AssertionError(f"node_exporter never answered:\n{journal[-3000:]}")
+        time.sleep(0.2)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack: Sandbox, node_exporter: Sandbox) -> Iterator[Sandbox]:
+    """Debian's prometheus with docs/examples/prometheus.yml and its rules, every 1 s."""
+    config = PROMETHEUS_CONFIG.read_text()
+    for setting in ("scrape_interval", "evaluation_interval"):
+        config = config.replace(f"{setting}: 15s", f"{setting}: 1s")
+    stack.write(CONFIG_INSIDE, config)
+    stack.write(str(Path(CONFIG_INSIDE).parent / RULES.name), RULES.read_text())
+    checked = stack.run(["/usr/bin/promtool", "check", "config", CONFIG_INSIDE],
+                        check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 1 rule files found" in checked.stdout, checked.stdout
+    stack.run(["systemd-run", "--unit=test-prometheus", "--property=StateDirectory=test-prom",
+               "/usr/bin/prometheus", f"--config.file={CONFIG_INSIDE}",
+               "--storage.tsdb.path=/var/lib/test-prom", "--web.listen-address=127.0.0.1:9090"])
+    try:
+        wait_ready(stack)
+        yield stack
+    finally:
+        stack.systemctl("stop", "test-prometheus.service", check=False)
+
+
+@pytest.fixture(scope="module")
 def oneshots_ran(stack: Sandbox) -> Sandbox:
     """Every oneshot has run once, so each has written its textfile."""
     stack.systemctl("start", "mushishi-backup.service", timeout=300)
@@ -105,44 +164,36 @@ def oneshots_ran(stack: Sandbox) -> Sandbox:
 
 
 def test_prometheus_scrapes_every_daemon_and_answers_for_their_series(
-        stack: Sandbox) -> None:
+        prometheus: Sandbox) -> None:
+    stack = prometheus
     answer = chat(stack, "private")
     assert answer["choices"][0]["message"]["content"] is not None
-    config = (REPO / "docs" / "examples" / "prometheus.yml").read_text()
-    stack.write(PROMETHEUS_CONFIG, config.replace("scrape_interval: 15s", "scrape_interval: 1s"))
-    checked = stack.run(["/usr/bin/promtool", "check", "config", PROMETHEUS_CONFIG],
-                        check=False)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    stack.run(["systemd-run", "--unit=test-prometheus", "--property=StateDirectory=test-prom",
-               "/usr/bin/prometheus", f"--config.file={PROMETHEUS_CONFIG}",
-               "--storage.tsdb.path=/var/lib/test-prom", "--web.listen-address=127.0.0.1:9090"])
-    try:
-        wait_ready(stack)
-        for job in EXPORTERS:
-            [sample] = wait_query(stack, f'up{{job="{job}"}} == 1')
-            assert sample["metric"]["job"] == job
-        for daemon in ("router", "gpud", "cpu_floor", "egress"):
-            wait_query(stack, f'mushishi_build_info{{daemon="{daemon}"}} == 1')
-        [requests] = wait_query(stack, 'mushishi_router_requests_total{profile="private",'
-                                       'backend="cpu",outcome="success"} >= 1')
-        assert requests["metric"]["job"] == "mushishi-router"
-        wait_query(stack, 'mushishi_router_sovereignty_layer{layer="config",state="ok"} == 1')
-        wait_query(stack, 'mushishi_router_backend_state{backend="cpu",state="up"} == 1')
-        wait_query(stack, 'mushishi_router_backend_state{backend="gpu",'
-                          'state="mode_inactive"} == 1')
-        wait_query(stack, 'mushishi_gpud_mode_active{mode="off"} == 1')
-        [vram] = wait_query(stack, "mushishi_gpud_vram_total_bytes")
-        assert float(vram["value"][1]) == 32607 * 1024 * 1024
-        wait_query(stack, "mushishi_cpu_floor_up == 1")
-        wait_query(stack, 'mushishi_router_request_duration_seconds_count{profile="private",'
-                          'backend="cpu"} >= 1')
-        wait_query(stack, 'mushishi_router_request_duration_seconds_bucket{profile="private",'
-                          'le="+Inf"} >= 1')
-        # The egress holds no key in this stack: its budgets and missing credentials show.
-        wait_query(stack, 'mushishi_egress_budget_limit_requests{backend="kimi"} == 1000')
-        wait_query(stack, 'mushishi_egress_credential_present{backend="kimi"} == 0')
-    finally:
-        stack.systemctl("stop", "test-prometheus.service", check=False)
+    for job in [*EXPORTERS, "node"]:
+        [sample] = wait_query(stack, f'up{{job="{job}"}} == 1')
+        assert sample["metric"]["job"] == job
+    for daemon in ("router", "gpud", "cpu_floor", "egress"):
+        wait_query(stack, f'mushishi_build_info{{daemon="{daemon}"}} == 1')
+    [requests] = wait_query(stack, 'mushishi_router_requests_total{profile="private",'
+                                   'backend="cpu",outcome="success"} >= 1')
+    assert requests["metric"]["job"] == "mushishi-router"
+    wait_query(stack, 'mushishi_router_sovereignty_layer{layer="config",state="ok"} == 1')
+    wait_query(stack, 'mushishi_router_backend_state{backend="cpu",state="up"} == 1')
+    wait_query(stack, 'mushishi_router_backend_state{backend="gpu",'
+                      'state="mode_inactive"} == 1')
+    wait_query(stack, 'mushishi_gpud_mode_active{mode="off"} == 1')
+    [vram] = wait_query(stack, "mushishi_gpud_vram_total_bytes")
+    assert float(vram["value"][1]) == 32607 * 1024 * 1024
+    wait_query(stack, "mushishi_cpu_floor_up == 1")
+    wait_query(stack, 'mushishi_router_request_duration_seconds_count{profile="private",'
+                      'backend="cpu"} >= 1')
+    wait_query(stack, 'mushishi_router_request_duration_seconds_bucket{profile="private",'
+                      'le="+Inf"} >= 1')
+    # The egress holds no key in this stack: its budgets and missing credentials show.
+    wait_query(stack, 'mushishi_egress_budget_limit_requests{backend="kimi"} == 1000')
+    wait_query(stack, 'mushishi_egress_credential_present{backend="kimi"} == 0')
+    # The shipped recording rules are evaluated on what was scraped.
+    wait_query(stack, 'profile_outcome:mushishi_router_requests:rate5m{profile="private",'
+                      'outcome="success"}')
 
 
 def test_promtool_passes_every_exporter_and_textfile_and_the_docs_list_them_all(
@@ -152,9 +203,7 @@ def test_promtool_passes_every_exporter_and_textfile_and_the_docs_list_them_all(
     for job, address in EXPORTERS.items():
         outputs[job] = curl(box, f"http://{address}/metrics")
     names = box.run(["ls", TEXTFILES]).stdout.split()
-    assert sorted(names) == ["mushishi_backup.prom", "mushishi_backup_check.prom",
-                             "mushishi_bench.prom", "mushishi_firewall.prom",
-                             "mushishi_watchdog.prom"]
+    assert sorted(names) == TEXTFILE_NAMES
     for name in names:
         outputs[name] = box.run(["cat", f"{TEXTFILES}/{name}"]).stdout
     found: dict[str, str] = {}
@@ -177,10 +226,95 @@ def test_promtool_passes_every_exporter_and_textfile_and_the_docs_list_them_all(
 
 def documented_metrics() -> dict[str, str]:
     """`| \\`name\\` | type | …` rows of docs/observability.md's metric tables."""
-    text = (REPO / "docs" / "observability.md").read_text()
+    text = OBSERVABILITY.read_text()
     return {match[1]: match[2] for match in
             re.finditer(r"^\| `(mushishi_[a-z0-9_]+)` \| (gauge|counter|histogram) \|", text,
                         re.MULTILINE)}
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(name, labels) -> value of every `mushishi_` sample in a text exposition."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name.startswith("mushishi_")}
+
+
+def test_node_exporter_serves_every_textfile_and_prometheus_scrapes_them_through_it(
+        oneshots_ran: Sandbox, node_exporter: Sandbox, prometheus: Sandbox) -> None:
+    box = oneshots_ran
+    # The textfile directory of Debian's package (root:root 0755 in the image) keeps its
+    # owner, gets group mushishi and 2775 from `mushishi install`: the watchdog and the bench
+    # (user mushishi) wrote their files; node_exporter (user prometheus) reads them.
+    assert node_exporter_flags()["collector.textfile.directory"] == TEXTFILES
+    assert box.run(["stat", "-c", "%U %G %a", TEXTFILES]).stdout.split() == [
+        "root", "mushishi", "2775"]
+    assert "User=prometheus" in box.systemctl("show", NODE_EXPORTER_UNIT, "-p", "User").stdout
+    owners = box.run(["stat", "-c", "%n %U %a", *(f"{TEXTFILES}/{name}"
+                                                   for name in TEXTFILE_NAMES)]).stdout
+    assert f"{TEXTFILES}/mushishi_watchdog.prom mushishi 644" in owners, owners
+    assert f"{TEXTFILES}/mushishi_bench.prom mushishi 644" in owners, owners
+
+    expected: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for name in TEXTFILE_NAMES:
+        written = samples(box.run(["cat", f"{TEXTFILES}/{name}"]).stdout)
+        assert written, f"{name} holds no sample"
+        assert not set(written) & set(expected), f"{name} repeats a series of another file"
+        expected.update(written)
+    metrics = curl(box, NODE_EXPORTER)
+    served = samples(metrics)
+    missing = {series: value for series, value in expected.items()
+               if served.get(series) != value}
+    assert not missing, f"not served as written: {sorted(missing)[:10]}"
+    assert re.search(r"^node_textfile_scrape_error 0$", metrics, re.MULTILINE), metrics[-2000:]
+    for name in TEXTFILE_NAMES:
+        assert f'node_textfile_mtime_seconds{{file="{TEXTFILES}/{name}"}}' in metrics
+    # No series collected twice (node_exporter would log it and drop one on every scrape).
+    assert re.search(r'^promhttp_metric_handler_errors_total\{cause="gathering"\} 0$', metrics,
+                     re.MULTILINE), [line for line in metrics.splitlines() if "errors" in line]
+    daemons = {dict(labels)["daemon"] for name, labels in served if name == "mushishi_build_info"}
+    assert daemons == {"backup", "backup_check", "bench", "firewall", "watchdog"}
+
+    # Prometheus holds exactly those series under job="node", and the rules ran on them.
+    wait_query(box, 'up{job="node"} == 1')
+    wait_query(box, 'node_textfile_scrape_error{job="node"} == 0')
+    wait_query(box, f'count({{job="node",__name__=~"mushishi_.+"}}) == {len(expected)}')
+    wait_query(box, 'mushishi_backup_outcome{job="node",outcome="ok"} == 1')
+    wait_query(box, 'mushishi_backup_check_ok{job="node"} == 1')
+    wait_query(box, 'mushishi_watchdog_check_status{job="node",check="bench",status="ok"} == 1')
+    [speed] = wait_query(box, 'mushishi_bench_tokens_per_second{job="node",'
+                              'target="backend:cpu",backend="cpu"} > 0')
+    assert float(speed["value"][1]) == expected[(
+        "mushishi_bench_tokens_per_second",
+        frozenset({("target", "backend:cpu"), ("backend", "cpu")}))]
+    wait_query(box, 'mushishi_firewall_last_change_action{job="node",action="confirmed"} == 1')
+    wait_query(box, 'mushishi:backup_last_success:age_seconds{job="node"} < 3600')
+    wait_query(box, 'mushishi:watchdog_last_run:age_seconds{job="node"} < 3600')
+
+
+def test_a_malformed_textfile_is_reported_not_ignored(oneshots_ran: Sandbox,
+                                                      prometheus: Sandbox) -> None:
+    box = oneshots_ran
+    broken = f"{TEXTFILES}/zz-half-written.prom"
+    # What a writer that did not rename into place could leave: a line cut in the middle.
+    box.write(broken, '# TYPE mushishi_backup_outcome gauge\nmushishi_backup_outcome{outc')
+    try:
+        metrics = curl(box, NODE_EXPORTER)
+        assert re.search(r"^node_textfile_scrape_error 1$", metrics, re.MULTILINE)
+        # The good files are still served.
+        assert ("mushishi_backup_outcome", frozenset({("outcome", "ok")})) in samples(metrics)
+        deadline = time.monotonic() + 10
+        while True:  # node_exporter names the file in its journal (on every scrape)
+            journal = box.journal("-u", NODE_EXPORTER_UNIT, "-o", "cat")
+            if re.search(r"failed to collect textfile data.*zz-half-written\.prom", journal):
+                break
+            assert time.monotonic() < deadline, journal[-3000:]
+            time.sleep(0.5)
+        wait_query(box, 'node_textfile_scrape_error{job="node"} == 1')
+        # The shipped alert sees it (pending: it fires after 10 minutes, promtool proves that).
+        wait_query(box, 'ALERTS{alertname="MushishiTextfileUnreadable",alertstate="pending"}')
+    finally:
+        box.run(["rm", "-f", broken])
+    wait_query(box, 'node_textfile_scrape_error{job="node"} == 0')
 
 
 def test_status_json_with_one_daemon_stopped_names_it_and_shows_the_rest(

@@ -23,6 +23,17 @@ def test_sandbox_boots_systemd_as_pid1_with_bus_and_journal(sandbox: Sandbox) ->
     assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
 
 
+def test_image_services_stay_off_unless_a_test_starts_them(sandbox: Sandbox) -> None:
+    # Installing a Debian package enables its unit in the machine image (make test installs
+    # prometheus and prometheus-node-exporter): the sandbox masks them, so no test gets a
+    # Prometheus or a node_exporter it did not start itself.
+    for unit in ("prometheus.service", "prometheus-node-exporter.service"):
+        assert sandbox.systemctl("is-enabled", unit, check=False).stdout.strip() == "masked"
+        assert sandbox.is_active(unit) == "inactive"
+    assert sandbox.run(["curl", "-sS", "--max-time", "2", "http://127.0.0.1:9100/metrics"],
+                       check=False).returncode != 0
+
+
 def test_sandbox_writes_never_reach_the_host(sandbox: Sandbox) -> None:
     sandbox.run(["sh", "-c", "echo inside > /etc/mushishi-sandbox-probe"])
     assert sandbox.path("/etc/mushishi-sandbox-probe").read_text() == "inside\n"

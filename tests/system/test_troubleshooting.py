@@ -1,6 +1,7 @@
 """Every command of docs/troubleshooting.md runs in the booted stack (after every oneshot
-ran once), so the recipes are tried, not imagined: each `sh` block line is run there and
-must exit 0 (or the status its tool documents for "something needs a look")."""
+ran once, with node_exporter serving their textfiles), so the recipes are tried, not
+imagined: each `sh` block line is run there and must exit 0 (or the status its tool
+documents for "something needs a look")."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import re
 
 from devtools.sandbox import SANDBOX_PATH, Sandbox
 from tests.paths import BINDIR, REPO
-from tests.system.test_observability import oneshots_ran, stack  # noqa: F401 (fixtures)
+from tests.system.test_observability import (  # noqa: F401 (fixtures)
+    node_exporter,
+    oneshots_ran,
+    stack,
+)
 
 # Tools whose non-zero exit is an answer, not a failure.
 ALLOWED = {"mushishi status": {0, 1}, "systemctl status": {0, 3}}
@@ -23,7 +28,8 @@ def commands() -> list[str]:
     return lines
 
 
-def test_every_recipe_command_runs_in_the_booted_stack(oneshots_ran: Sandbox) -> None:  # noqa: F811
+def test_every_recipe_command_runs_in_the_booted_stack(
+        oneshots_ran: Sandbox, node_exporter: Sandbox) -> None:  # noqa: F811
     found = commands()
     assert len(found) >= 40, found
     failures = []

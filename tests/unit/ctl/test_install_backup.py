@@ -100,7 +100,7 @@ def test_backup_units_may_write_only_the_repository_and_textfiles(tmp_path: Path
     # The repository directory is created once, setgid so its files share one group.
     assert (tmp_path / "data/repo").stat().st_mode & 0o7777 == 0o2750
     tmpfiles = (tmp_path / "etc/tmpfiles.d/mushishi.conf").read_text()
-    assert "d /var/lib/node-exporter :2775 :root :mushishi -\n" in tmpfiles
+    assert "d /var/lib/node-exporter 2775 :root mushishi -\n" in tmpfiles
     assert tmpfiles.count("/var/lib/node-exporter") == 1
 
 

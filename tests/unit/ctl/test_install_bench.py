@@ -67,4 +67,4 @@ def test_textfile_directory_of_the_bench_is_created_by_tmpfiles(tmp_path: Path) 
     files = plan(tmp_path)
     [tmpfiles] = [text for path, (text, _) in files.items() if path.name.endswith(".conf")
                   and "tmpfiles" in str(path)]
-    assert "d /var/lib/node-exporter :2775 :root :mushishi -" in tmpfiles
+    assert "d /var/lib/node-exporter 2775 :root mushishi -" in tmpfiles
