@@ -66,7 +66,7 @@ _INTERRUPTED = ("UPDATE audit SET outcome = ?, reason = ?, prompt_tokens = ?, "
 _PRUNE = "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < ? LIMIT ?)"
 _SELECT = ("SELECT id, time, request_id, profile, tier, backend, model, endpoint, bytes_out, "
            "bytes_in, prompt_tokens, completion_tokens, estimated, outcome, reason, status "
-           "FROM audit WHERE time >= ? AND (? IS NULL OR profile = ?) ORDER BY time, id")
+           "FROM audit WHERE time >= ? AND (? IS NULL OR profile = ?) ORDER BY time, rowid")
 
 
 @dataclass(frozen=True, slots=True)
