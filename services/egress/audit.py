@@ -36,7 +36,7 @@ UNREADABLE = "?"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    id TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
     time TEXT NOT NULL,
     request_id TEXT NOT NULL,
     profile TEXT NOT NULL,
@@ -56,17 +56,18 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """
 
-_INSERT = ("INSERT INTO audit (id, time, request_id, profile, tier, backend, model, endpoint, "
+_INSERT = ("INSERT INTO audit (time, request_id, profile, tier, backend, model, endpoint, "
            "bytes_out, bytes_in, prompt_tokens, completion_tokens, estimated, outcome, reason, "
-           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _FINISH = ("UPDATE audit SET outcome = ?, reason = ?, status = ?, bytes_out = ?, bytes_in = ?, "
            "prompt_tokens = ?, completion_tokens = ?, estimated = ? WHERE id = ?")
 _INTERRUPTED = ("UPDATE audit SET outcome = ?, reason = ?, prompt_tokens = ?, "
                 "completion_tokens = ?, estimated = 1 WHERE id = ? AND outcome IS NULL")
-_PRUNE = "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE time < ? LIMIT ?)"
+_PRUNE = ("DELETE FROM audit WHERE id IN "
+          "(SELECT id FROM audit WHERE time < ? ORDER BY time LIMIT ?)")
 _SELECT = ("SELECT id, time, request_id, profile, tier, backend, model, endpoint, bytes_out, "
            "bytes_in, prompt_tokens, completion_tokens, estimated, outcome, reason, status "
-           "FROM audit WHERE time >= ? AND (? IS NULL OR profile = ?) ORDER BY time, rowid")
+           "FROM audit WHERE time >= ? AND (? IS NULL OR profile = ?) ORDER BY time, id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +86,9 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One request the egress handled. `finish` is None while it is in flight."""
+    """One request the egress handled. `finish` is None while it is in flight; `id` is the
+    row's, once written."""
 
-    id: str
     time: datetime
     request_id: str
     profile: str
@@ -97,6 +98,7 @@ class AuditEntry:
     endpoint: str
     bytes_out: int = 0
     finish: Finish | None = field(default=None)
+    id: int | None = None
 
     @property
     def outcome(self) -> str | None:
@@ -163,11 +165,11 @@ def stamp(when: datetime) -> str:
 
 # -- statements (run by the ledger's writer thread, or read-only by `mushishi audit`) -----
 
-def insert(connection: sqlite3.Connection, entry: AuditEntry) -> None:
-    """Write a new row (finished, or in flight when `entry.finish` is None)."""
+def insert(connection: sqlite3.Connection, entry: AuditEntry) -> int:
+    """Write a new row (finished, or in flight when `entry.finish` is None); its id."""
     finish = entry.finish
-    connection.execute(_INSERT, (
-        entry.id, stamp(entry.time), entry.request_id, entry.profile, entry.tier,
+    cursor = connection.execute(_INSERT, (
+        stamp(entry.time), entry.request_id, entry.profile, entry.tier,
         entry.backend, entry.model, entry.endpoint,
         finish.bytes_out if finish is not None else entry.bytes_out,
         finish.bytes_in if finish is not None else 0,
@@ -177,16 +179,18 @@ def insert(connection: sqlite3.Connection, entry: AuditEntry) -> None:
         finish.outcome if finish is not None else None,
         finish.reason if finish is not None else "",
         finish.status if finish is not None else 0))
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
-def finish_row(connection: sqlite3.Connection, ident: str, finish: Finish) -> None:
+def finish_row(connection: sqlite3.Connection, ident: int, finish: Finish) -> None:
     """Complete the row of a request that was in flight."""
     connection.execute(_FINISH, (finish.outcome, finish.reason, finish.status,
                                  finish.bytes_out, finish.bytes_in, finish.prompt_tokens,
                                  finish.completion_tokens, int(finish.estimated), ident))
 
 
-def interrupt_row(connection: sqlite3.Connection, ident: str, prompt_tokens: int,
+def interrupt_row(connection: sqlite3.Connection, ident: int, prompt_tokens: int,
                   completion_tokens: int) -> None:
     """A request in flight when the egress died: failed, interrupted, tokens estimated."""
     connection.execute(_INTERRUPTED, (FAILED, INTERRUPTED, prompt_tokens, completion_tokens,
@@ -211,8 +215,8 @@ def _entry(row: tuple[Any, ...]) -> AuditEntry:
     when = datetime.fromisoformat(time)
     finish = None if outcome is None else Finish(outcome, reason, status, bytes_out, bytes_in,
                                                  prompt, completion, bool(estimated))
-    return AuditEntry(ident, when if when.tzinfo else when.replace(tzinfo=UTC), request_id,
-                      profile, tier, backend, model, endpoint, bytes_out, finish)
+    return AuditEntry(when if when.tzinfo else when.replace(tzinfo=UTC), request_id, profile,
+                      tier, backend, model, endpoint, bytes_out, finish, ident)
 
 
 # -- the per-profile summary --------------------------------------------------------------

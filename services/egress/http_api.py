@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -140,7 +139,7 @@ def audit_entry(egress: Egress, request: web.Request, request_id: str,
     backend = plain(headers.get("X-Mushishi-Backend"))
     cloud = egress.policy.cloud.get(backend)
     return AuditEntry(
-        id=uuid.uuid4().hex, time=received, request_id=request_id, profile=profile,
+        time=received, request_id=request_id, profile=profile,
         tier=configured.tier if configured is not None else plain(headers.get("X-Mushishi-Tier")),
         backend=backend, model=cloud.model if cloud is not None else None,
         endpoint=request.path.removeprefix("/v1/"))

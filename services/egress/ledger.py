@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     started TEXT NOT NULL,
     request_id TEXT NOT NULL,
     prompt_estimate INTEGER NOT NULL,
-    completion_estimate INTEGER NOT NULL DEFAULT 0
+    completion_estimate INTEGER NOT NULL DEFAULT 0,
+    audit_row INTEGER
 );
 CREATE TABLE IF NOT EXISTS cooldowns (
     backend TEXT PRIMARY KEY,
@@ -269,7 +270,10 @@ class Ledger:
             if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise LedgerError(f"{self.path} has schema {row[0]}, newer than this "
                                   f"mushishi-egress ({SCHEMA_VERSION}): upgrade mushishi")
-            if row is None or int(row[0]) < SCHEMA_VERSION:  # the script added what is new
+            columns = {c[1] for c in connection.execute("PRAGMA table_info(reservations)")}
+            if "audit_row" not in columns:  # schema 1; the script added the audit table
+                connection.execute("ALTER TABLE reservations ADD COLUMN audit_row INTEGER")
+            if row is None or int(row[0]) < SCHEMA_VERSION:
                 connection.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (key) "
                                    "DO UPDATE SET value = excluded.value",
                                    (str(SCHEMA_VERSION),))
@@ -287,18 +291,19 @@ class Ledger:
 
     def _reconcile(self, connection: sqlite3.Connection) -> list[Reconciled]:
         rows = connection.execute(
-            "SELECT id, day, backend, request_id, prompt_estimate, completion_estimate "
-            "FROM reservations").fetchall()
+            "SELECT id, day, backend, request_id, prompt_estimate, completion_estimate, "
+            "audit_row FROM reservations").fetchall()
         done = []
         connection.execute("BEGIN IMMEDIATE")
-        for ident, day, backend, request_id, prompt, completion in rows:
+        for ident, day, backend, request_id, prompt, completion, audit_row in rows:
             usage = Usage(prompt, completion, estimated=True)
             cost = cost_of(usage, self.prices.get(backend))
             connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
             connection.execute(_ADD_USAGE, (day, backend, usage.prompt_tokens,
                                             usage.completion_tokens, cost, 1))
-            audit.interrupt_row(connection, ident, usage.prompt_tokens,
-                                usage.completion_tokens)
+            if audit_row is not None:
+                audit.interrupt_row(connection, audit_row, usage.prompt_tokens,
+                                    usage.completion_tokens)
             done.append(Reconciled(backend, day, request_id, usage))
         connection.execute("COMMIT")
         return done
@@ -369,23 +374,21 @@ class Ledger:
 
     async def reserve(self, backend: str, request_id: str, prompt_estimate: int,
                       entry: AuditEntry | None = None) -> Reservation:
-        """Record a request about to be sent (and its audit row, in flight, under the
-        reservation's id); returns once it is on disk."""
+        """Record a request about to be sent (and its audit row, in flight, which the
+        reservation points to); returns once it is on disk."""
         now = self.clock()
         reservation = Reservation(uuid.uuid4().hex, backend, utc_day(now), prompt_estimate)
         self._in_flight.setdefault(backend, {})[reservation.id] = reservation
         started = now.astimezone(UTC).isoformat()
-        row = dataclasses.replace(entry, id=reservation.id, finish=None) \
-            if entry is not None else None
+        row = dataclasses.replace(entry, finish=None) if entry is not None else None
 
         def op(connection: sqlite3.Connection) -> None:
+            audit_row = audit.insert(connection, row) if row is not None else None
             connection.execute(
                 "INSERT INTO reservations (id, day, backend, owner, started, request_id, "
-                "prompt_estimate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "prompt_estimate, audit_row) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (reservation.id, reservation.day, backend, self.owner, started, request_id,
-                 prompt_estimate))
-            if row is not None:
-                audit.insert(connection, row)
+                 prompt_estimate, audit_row))
         try:
             await asyncio.shield(self._submit(op, wait=True))
         except BaseException:
@@ -422,14 +425,11 @@ class Ledger:
         self._totals[key] = self._totals.get(key, DayTotals()).plus(usage, cost)
 
         def op(connection: sqlite3.Connection) -> None:
-            deleted = connection.execute("DELETE FROM reservations WHERE id = ?",
-                                         (reservation.id,)).rowcount
+            deleted = _delete_reservation(connection, reservation.id, finish)
             if deleted:
                 connection.execute(_ADD_USAGE, (
                     reservation.day, reservation.backend, usage.prompt_tokens,
                     usage.completion_tokens, cost, 1 if usage.estimated else 0))
-            if finish is not None:
-                audit.finish_row(connection, reservation.id, finish)
         return cost, self._submit(op, wait=False)
 
     def record(self, entry: AuditEntry) -> asyncio.Future[Any]:
@@ -468,11 +468,20 @@ class Ledger:
             del self._totals[key]
 
 
+def _delete_reservation(connection: sqlite3.Connection, ident: str,
+                        finish: Finish | None) -> bool:
+    """Delete a reservation and complete its audit row with `finish`; False when it was
+    not there (settled already)."""
+    deleted = connection.execute("DELETE FROM reservations WHERE id = ? RETURNING audit_row",
+                                 (ident,)).fetchall()
+    if deleted and finish is not None and deleted[0][0] is not None:
+        audit.finish_row(connection, deleted[0][0], finish)
+    return bool(deleted)
+
+
 def _delete(ident: str, finish: Finish | None = None) -> Op:
     def op(connection: sqlite3.Connection) -> None:
-        connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
-        if finish is not None:
-            audit.finish_row(connection, ident, finish)
+        _delete_reservation(connection, ident, finish)
     return op
 
 

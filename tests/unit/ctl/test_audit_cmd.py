@@ -72,12 +72,12 @@ def test_the_window_starts_at_since_or_from_or_never(
 
 
 def test_render_lists_finished_requests_and_summarizes_every_profile() -> None:
-    served = AuditEntry("a", NOW, "req-7", "personal", "T2", "kimi", "moonshotai/kimi-k2.6",
+    served = AuditEntry(NOW, "req-7", "personal", "T2", "kimi", "moonshotai/kimi-k2.6",
                         "chat/completions", 2100,
                         Finish("served", "", 200, 2100, 1_200_000, 4000, 1000))
-    refused = AuditEntry("b", NOW + timedelta(seconds=1), "req-8", "private", "T1", "kimi",
+    refused = AuditEntry(NOW + timedelta(seconds=1), "req-8", "private", "T1", "kimi",
                          None, "chat/completions", 0, Finish("refused", "sovereign_tier", 403))
-    in_flight = AuditEntry("c", NOW + timedelta(seconds=2), "req-9", "personal", "T2", "groq",
+    in_flight = AuditEntry(NOW + timedelta(seconds=2), "req-9", "personal", "T2", "groq",
                            "g", "chat/completions", 300)
     text = render([served, refused, in_flight], {"private": "T1", "personal": "T2",
                                                  "cloudy": "T3"},

@@ -4,7 +4,6 @@ the read-only reader)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,9 +36,9 @@ PRICES = {"kimi": Price(1.0, 2.0)}
 
 
 def entry(profile: str = "personal", *, time: datetime = NOW, finish: Finish | None = None,
-          bytes_out: int = 0, ident: str = "") -> AuditEntry:
-    return AuditEntry(ident or f"id-{profile}-{time.timestamp()}-{bytes_out}", time, "req-1",
-                      profile, "T2", "kimi", "k", "chat/completions", bytes_out, finish)
+          bytes_out: int = 0) -> AuditEntry:
+    return AuditEntry(time, "req-1", profile, "T2", "kimi", "k", "chat/completions", bytes_out,
+                      finish)
 
 
 @pytest.mark.parametrize(("kind", "expected"), [
@@ -140,15 +139,15 @@ async def test_the_audit_row_rides_on_the_reservation_and_settle_commits(
     ledger = Ledger(tmp_path, PRICES, lambda: NOW)
     ledger.open()
     reservation = await ledger.reserve("kimi", "req-1", 5, entry(bytes_out=321))
-    in_flight = read_audit(tmp_path)
-    assert [(e.id, e.finish, e.bytes_sent) for e in in_flight] == [(reservation.id, None, 321)]
+    (in_flight,) = read_audit(tmp_path)
+    assert (in_flight.finish, in_flight.bytes_sent) == (None, 321)
     finish = Finish("served", "", 200, 321, 654, 5, 7)
     await ledger.settle(reservation, Usage(5, 7), finish)[1]
     # One commit for the reservation (and its row), one for the settlement (and its row):
     # the audit costs no fsync of its own.
     assert ledger.commits == 2
     await ledger.close()
-    assert [(e.id, e.finish) for e in read_audit(tmp_path)] == [(reservation.id, finish)]
+    assert [(e.id, e.finish) for e in read_audit(tmp_path)] == [(in_flight.id, finish)]
 
 
 async def test_a_release_completes_the_row_and_a_refusal_is_one_row(tmp_path: Path) -> None:
@@ -158,7 +157,7 @@ async def test_a_release_completes_the_row_and_a_refusal_is_one_row(tmp_path: Pa
     failed = Finish("failed", "provider_error", 500, 10, 40)
     await ledger.release(reservation, failed)
     refused = Finish("refused", "sovereign_tier", 403)
-    await ledger.record(entry("private", finish=refused, ident="refused-1"))
+    await ledger.record(entry("private", finish=refused))
     assert ledger.commits == 3
     await ledger.close()
     assert [(e.profile, e.finish) for e in read_audit(tmp_path)] == [
@@ -185,18 +184,16 @@ async def test_prune_deletes_old_rows_in_batches_and_keeps_the_rest(tmp_path: Pa
     ledger = Ledger(tmp_path, PRICES, lambda: NOW)
     ledger.open()
     old = NOW - timedelta(days=100)
-    kept = entry("recent", time=NOW - timedelta(days=89), finish=SERVED, ident="recent")
     with sqlite3.connect(tmp_path / LEDGER_FILE) as connection:
-        for index in range(PRUNE_BATCH + 5):
-            audit.insert(connection, dataclasses.replace(
-                entry(time=old + timedelta(seconds=index), finish=SERVED), id=f"old-{index}"))
-        audit.insert(connection, kept)
+        audit.insert(connection, entry("recent", time=NOW - timedelta(days=89), finish=SERVED))
+        for index in range(PRUNE_BATCH + 5):  # older rows written later: pruned by time
+            audit.insert(connection, entry(time=old + timedelta(seconds=index), finish=SERVED))
     cutoff = retention_cutoff(NOW, 90)
     assert await ledger.prune_audit(cutoff) == PRUNE_BATCH  # full: there may be more
     assert await ledger.prune_audit(cutoff) == 5
     assert await ledger.prune_audit(cutoff) == 0
     await ledger.close()
-    assert [e.id for e in read_audit(tmp_path)] == ["recent"]
+    assert [e.profile for e in read_audit(tmp_path)] == ["recent"]
 
 
 async def test_read_audit_filters_by_time_and_profile(tmp_path: Path) -> None:
@@ -218,18 +215,35 @@ async def test_read_audit_names_the_state_dir_when_there_is_no_ledger(tmp_path: 
     assert not (tmp_path / "nowhere").exists()
 
 
-async def test_read_audit_of_a_ledger_from_before_the_audit_says_restart(
-    tmp_path: Path,
-) -> None:
+async def test_a_ledger_from_before_the_audit_is_upgraded_at_start(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / LEDGER_FILE) as connection:
-        connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.executescript(SCHEMA_1)  # as the first release wrote it, one in flight
         connection.execute("INSERT INTO meta VALUES ('schema', '1')")
+        connection.execute("INSERT INTO reservations VALUES ('r', '2026-11-28', 'kimi', 'old', "
+                           "'2026-11-28T11:00:00+00:00', 'req-0', 7, 0)")
     with pytest.raises(AuditUnavailable, match="restart mushishi-egress once"):
         read_audit(tmp_path)
     ledger = Ledger(tmp_path, PRICES, lambda: NOW)
-    ledger.open()  # schema 1 -> 2: the table is added
+    assert [r.request_id for r in ledger.open()] == ["req-0"]  # settled, with no audit row
+    await ledger.settle(await ledger.reserve("kimi", "req-1", 5, entry(bytes_out=9)),
+                        Usage(5, 1), SERVED)[1]
     await ledger.close()
-    assert read_audit(tmp_path) == []
+    assert [(e.request_id, e.finish) for e in read_audit(tmp_path)] == [("req-1", SERVED)]
     with sqlite3.connect(tmp_path / LEDGER_FILE) as connection:
         assert connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() \
             == ("2",)
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE usage (
+    day TEXT NOT NULL, backend TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0, estimated INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, backend));
+CREATE TABLE reservations (
+    id TEXT PRIMARY KEY, day TEXT NOT NULL, backend TEXT NOT NULL, owner TEXT NOT NULL,
+    started TEXT NOT NULL, request_id TEXT NOT NULL, prompt_estimate INTEGER NOT NULL,
+    completion_estimate INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE cooldowns (backend TEXT PRIMARY KEY, until TEXT NOT NULL, reason TEXT NOT NULL);
+"""
