@@ -10,10 +10,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -287,15 +285,6 @@ async def test_the_record_survives_sigkill_right_after_the_answer(
         egress.stop()
 
 
-@pytest.fixture
-def group_dir() -> Iterator[Path]:
-    """A directory other users can reach (pytest's tmp_path is 0700, root's)."""
-    directory = Path(tempfile.mkdtemp(prefix="mushishi-audit-", dir="/tmp"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
-
-
 @contextlib.contextmanager
 def umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)
@@ -306,16 +295,16 @@ def umask(mask: int) -> Iterator[None]:
 
 
 async def test_a_member_of_the_owning_group_reads_it_while_the_egress_runs_and_after(
-    group_dir: Path,
+    open_dir: Path,
 ) -> None:
     """As the unit runs it (UMask=0027, StateDirectoryMode=0750): the group may read, and a
     read-only reader disturbs nothing."""
-    state = group_dir / "egress-state"
+    state = open_dir / "egress-state"
     state.mkdir(mode=0o750)
     os.chown(state, 0, AUDIT_GROUP)
     with umask(0o027):
-        async with running_egress(group_dir) as box:
-            (group_dir / "mushishi.toml").chmod(0o644)
+        async with running_egress(open_dir) as box:
+            (open_dir / "mushishi.toml").chmod(0o644)
             assert (await box.post("kimi"))[0] == 200
             for path in state.iterdir():
                 os.chown(path, 0, AUDIT_GROUP)
@@ -330,6 +319,6 @@ async def test_a_member_of_the_owning_group_reads_it_while_the_egress_runs_and_a
                 outsider.stderr, outsider.stderr
             assert (await box.post("groq"))[0] == 200  # the egress never noticed
             assert sorted((p.name, p.stat().st_uid) for p in state.iterdir()) == before
-    stopped = audit_cli(group_dir / "mushishi.toml", "--json", user=NOBODY,
+    stopped = audit_cli(open_dir / "mushishi.toml", "--json", user=NOBODY,
                         groups=[AUDIT_GROUP])
     assert [r["backend"] for r in json_rows(stopped)] == ["kimi", "groq"]
