@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mode": ("mushishi.ctl.mode_cmd", "show or switch the GPU mode"),
     "hold": ("mushishi.ctl.hold_cmd", "run a command holding a GPU mode"),
     "route": ("mushishi.ctl.route_cmd", "which backend would answer a profile now, and why"),
+    "audit": ("mushishi.ctl.audit_cmd", "what left the box: every request the egress handled"),
     "config": ("mushishi.ctl.config_cmd", "check a config file and show effective values"),
     "firewall": ("mushishi.ctl.firewall_cmd", "render, apply or verify the firewall"),
     "install": ("mushishi.ctl.install_cmd", "install units, D-Bus policy, user, dirs"),

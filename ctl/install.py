@@ -425,7 +425,7 @@ class StateDir:
 # the unit's own StateDirectory=/CacheDirectory=/ReadWritePaths= entry.
 _MOVABLE_DIRS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("router.state_dir", ("mushishi-router.service",), "0700 mushishi mushishi"),
-    ("egress.state_dir", ("mushishi-egress.service",), "0700 mushishi mushishi"),
+    ("egress.state_dir", ("mushishi-egress.service",), "0750 mushishi mushishi"),
     ("watchdog.state_dir", ("mushishi-watchdog.service", "mushishi-alert@.service"),
      "0755 mushishi mushishi"),
     ("backup.state_dir", ("mushishi-backup.service", "mushishi-backup-check.service"),

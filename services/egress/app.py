@@ -4,25 +4,28 @@ Start: open the budget ledger (settling what a crash left behind), read the clou
 then serve on the socket systemd passed (LISTEN_FDS, from mushishi-egress.socket) or on
 `router.egress_socket`, and send READY=1. SIGTERM drains requests in flight (up to
 `egress.drain_timeout_s`) and settles every one of them; SIGHUP reloads keys, budgets,
-prices, cooldown settings and profiles.
+prices, cooldown settings, profiles and the audit's retention. The ticker prunes audit rows
+older than `egress.audit_retention_days`, a batch at a time, in the ledger's writer thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
+from mushishi.services.egress.audit import AuditEntry, Finish, retention_cutoff
 from mushishi.services.egress.core import Admission, Policy, Usage, compile_policy, utc_day
 from mushishi.services.egress.http_api import Outcome, build_app
-from mushishi.services.egress.ledger import Ledger, LedgerError, budget_view
+from mushishi.services.egress.ledger import PRUNE_BATCH, Ledger, LedgerError, budget_view
 from mushishi.services.egress.metrics import EgressMetrics, EgressStateCollector
 from mushishi.services.egress.providers import (
     Provider,
@@ -40,6 +43,8 @@ from mushishi.shared.notify import Notifier
 from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.egress")
+
+PRUNE_EVERY = timedelta(hours=1)  # between prunes of the audit, unless a batch was full
 
 
 class PeerError(ValueError):
@@ -83,6 +88,8 @@ class Egress:
         self.draining = False
         self.in_flight = 0
         self._day = utc_day(self.now())
+        self._next_prune: datetime | None = None  # None: at the first tick
+        self._pruning = False
         self.registry.register(EgressStateCollector(lambda: self))
 
     def _prices(self) -> dict[str, Any]:
@@ -173,6 +180,41 @@ class Egress:
             log.handle(log.makeRecord(log.name, level, __file__, _FINISH_LINE, text, None, None,
                                       "finish", fields))
 
+    async def record_refused(self, entry: AuditEntry, finish: Finish) -> None:
+        """The audit row of a request refused before anything was sent, on disk before the
+        refusal is answered (a ledger that cannot write is logged, never fatal)."""
+        try:
+            await asyncio.shield(self.ledger.record(dataclasses.replace(entry, finish=finish)))
+        except LedgerError as error:
+            log.error("the audit row of refused request %s is not on disk: %s",
+                      entry.request_id, error)
+
+    def prune_audit(self) -> asyncio.Future[int] | None:
+        """Queue one batch of deletions of audit rows past egress.audit_retention_days (the
+        writer thread runs it between requests' commits); None when one is running."""
+        if self._pruning:
+            return None
+        now = self.now()
+        cutoff = retention_cutoff(now, self.settings.egress.audit_retention_days)
+        try:
+            future: asyncio.Future[int] = self.ledger.prune_audit(cutoff)
+        except LedgerError:
+            return None
+        self._pruning = True
+
+        def pruned(done: asyncio.Future[int]) -> None:
+            self._pruning = False
+            deleted = done.result() if not done.cancelled() and done.exception() is None \
+                else 0
+            if deleted:
+                log.info("pruned %d audit row(s) older than %s (egress.audit_retention_days "
+                         "= %d)", deleted, cutoff.isoformat(timespec="seconds"),
+                         self.settings.egress.audit_retention_days)
+            # A full batch: more are due, at the next tick; else in an hour.
+            self._next_prune = now if deleted >= PRUNE_BATCH else now + PRUNE_EVERY
+        future.add_done_callback(pruned)
+        return future
+
     # -- what the egress says about itself ----------------------------------------------
     def budgets(self, now: datetime | None = None) -> dict[str, dict[str, Any]]:
         """Per cloud backend: today's budget, as read_budgets() shows it."""
@@ -220,16 +262,21 @@ class Egress:
                 f"{', '.join(parts) or 'none configured'}; {self.in_flight} in flight")
 
     def tick(self) -> None:
-        """Periodic upkeep: drop yesterday's in-memory totals after midnight UTC."""
-        day = utc_day(self.now())
+        """Periodic upkeep: drop yesterday's in-memory totals after midnight UTC; prune the
+        audit when due."""
+        now = self.now()
+        day = utc_day(now)
         if day != self._day:
             self._day = day
             self.ledger.forget_day(day)
             log.info("a new UTC day (%s): cloud budgets start again", day)
+        if self._next_prune is None or now >= self._next_prune:
+            self.prune_audit()
 
     def reload(self, settings: MushishiSettings) -> list[str]:
-        """Apply a new config: profiles, budgets, prices, cooldowns and keys now; name what
-        needs a restart (a backend's URL, model or timeouts, the peers, the state dir)."""
+        """Apply a new config: profiles, budgets, prices, cooldowns, keys and the audit's
+        retention now; name what needs a restart (a backend's URL, model or timeouts, the
+        peers, the state dir)."""
         fresh = compile_policy(settings)
         pending = []
         if settings.egress.state_dir != self.settings.egress.state_dir:
@@ -316,7 +363,8 @@ async def run_egress(loaded: LoadedConfig, notifier: Notifier, *,
 
     def apply(fresh: MushishiSettings) -> None:
         pending = egress.reload(fresh)
-        log.info("reloaded profiles, budgets, prices, cooldowns and API keys from %s",
+        log.info("reloaded profiles, budgets, prices, cooldowns, API keys and the audit's "
+                 "retention from %s",
                  loaded.path)
         if pending:
             log.warning("changes to %s take effect on `systemctl restart mushishi-egress` "

@@ -3,7 +3,8 @@
 Every request passes, in order: the peer check (SO_PEERCRED uid in egress.allowed_peers),
 the sovereignty re-check (`core.admit`, from the egress's own config), the body, the
 provider's key and cooldown, the day's budget, a reservation on disk, and only then the
-provider. Errors are OpenAI-shaped with a stable code.
+provider. Errors are OpenAI-shaped with a stable code. Every API request leaves one audit
+row (audit.py), on disk before its answer ends: refused ones with the refusal's code.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+from mushishi.services.egress.audit import REFUSED, AuditEntry, Finish, plain, sent_outcome
 from mushishi.services.egress.core import (
     API_PATHS,
     Admission,
@@ -81,8 +84,12 @@ async def peer_check(request: web.Request, handler: Handler) -> web.StreamRespon
         who = "a peer that is not on a unix socket" if uid is None else f"uid {uid}"
         log.warning("refused %s %s from %s: not in egress.allowed_peers", request.method,
                     request.path, who)
-        return error_response(403, "peer_forbidden", f"{who} may not use mushishi-egress "
-                                                     "(egress.allowed_peers)")
+        response = error_response(403, "peer_forbidden", f"{who} may not use "
+                                                         "mushishi-egress (egress.allowed_peers)")
+        if request.method == "POST" and request.path in API_PATHS:
+            entry = audit_entry(egress, request, request_id_for(request), egress.now())
+            await egress.record_refused(entry, Finish(REFUSED, "peer_forbidden", 403))
+        return response
     return await handler(request)
 
 
@@ -110,7 +117,7 @@ async def status(request: web.Request) -> web.Response:
 
 @dataclass
 class Outcome:
-    """What happened to one request, for its metrics and journal record."""
+    """What happened to one request, for its metrics, journal record and audit row."""
 
     outcome: str = "cancelled"
     status: int = 0
@@ -118,15 +125,35 @@ class Outcome:
     cost: float = 0.0
     message: str = ""
     stream: bool = False
+    bytes_out: int = 0  # of the request, sent to the provider
+    bytes_in: int = 0  # of the provider's answer (or error)
+
+
+def audit_entry(egress: Egress, request: web.Request, request_id: str,
+                received: datetime) -> AuditEntry:
+    """The audit row of a request, from the egress's config where the headers name a
+    configured profile or cloud backend, else from the headers' plain names (never text)."""
+    headers = request.headers
+    profile = plain(headers.get("X-Mushishi-Profile"))
+    configured = egress.policy.profiles.get(profile)
+    backend = plain(headers.get("X-Mushishi-Backend"))
+    cloud = egress.policy.cloud.get(backend)
+    return AuditEntry(
+        time=received, request_id=request_id, profile=profile,
+        tier=configured.tier if configured is not None else plain(headers.get("X-Mushishi-Tier")),
+        backend=backend, model=cloud.model if cloud is not None else None,
+        endpoint=request.path.removeprefix("/v1/"))
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """POST /v1/...: re-check, budget, reserve, send to the provider, relay, settle."""
     egress = _egress(request)
+    received = egress.now()
     headers = request.headers
     verdict = admit(egress.policy, headers.get("X-Mushishi-Profile"),
                     headers.get("X-Mushishi-Tier"), headers.get("X-Mushishi-Backend"))
     request_id = request_id_for(request)
+    entry = audit_entry(egress, request, request_id, received)
     if isinstance(verdict, Refused):
         egress.metrics.child(egress.metrics.sovereignty_refusals, verdict.reason.value).inc()
         log.error("refused %s: %s (the router sent profile=%s tier=%s backend=%s)",
@@ -135,6 +162,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                   extra={"MUSHISHI_OUTCOME": "sovereignty_refused",
                          "MUSHISHI_REFUSAL": verdict.reason.value,
                          "MUSHISHI_REQUEST_ID": request_id})
+        await egress.record_refused(entry, Finish(REFUSED, verdict.reason.value, 403))
         return error_response(403, "sovereignty_refused", verdict.message)
     outcome = Outcome()
     started = time.perf_counter()
@@ -142,7 +170,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     with bind_fields(MUSHISHI_PROFILE=verdict.profile, MUSHISHI_TIER=verdict.tier,
                      MUSHISHI_BACKEND=verdict.backend.name, MUSHISHI_REQUEST_ID=request_id):
         try:
-            return await _serve(egress, request, verdict, request_id, outcome)
+            return await _serve(egress, request, verdict, entry, outcome)
         finally:
             egress.in_flight -= 1
             egress.finish(request, verdict, outcome, time.perf_counter() - started)
@@ -166,43 +194,57 @@ async def _read_body(request: web.Request, limit: int) -> dict[str, Any] | web.R
     return body
 
 
-async def _serve(egress: Egress, request: web.Request, admission: Admission, request_id: str,
-                 outcome: Outcome) -> web.StreamResponse:
+async def _refuse(egress: Egress, entry: AuditEntry, outcome: Outcome, kind: str,
+                  reason: str, response: web.Response) -> web.Response:
+    """A request refused before anything was sent: its outcome, and its audit row on disk."""
+    outcome.outcome, outcome.status = kind, response.status
+    await egress.record_refused(entry, Finish(REFUSED, reason, response.status))
+    return response
+
+
+async def _serve(egress: Egress, request: web.Request, admission: Admission,
+                 entry: AuditEntry, outcome: Outcome) -> web.StreamResponse:
     backend = admission.backend
     name = backend.name
     body = await _read_body(request, egress.settings.router.max_body_bytes)
     if isinstance(body, web.Response):
-        outcome.outcome, outcome.status = "client_error", body.status
-        return body
+        reason = "request_too_large" if body.status == 413 else "invalid_request"
+        return await _refuse(egress, entry, outcome, "client_error", reason, body)
     provider = egress.providers[name]
     if provider.key is None:
-        outcome.outcome, outcome.status = "no_credential", 503
-        return error_response(503, "backend_unavailable", f"cloud backend {name} has no API "
-                                                          f"key: {provider.key_problem}")
+        return await _refuse(egress, entry, outcome, "no_credential", "no_credential",
+                             error_response(503, "backend_unavailable",
+                                            f"cloud backend {name} has no API key: "
+                                            f"{provider.key_problem}"))
     now = egress.now()
     until = provider.breaker.blocked(now)
     if until is not None:
-        outcome.outcome, outcome.status = "cooling_down", 503
         wait = max(int((until - now).total_seconds() + 0.999), 1)
-        return error_response(503, "backend_cooling_down",
-                              f"cloud backend {name} is cooling down until "
-                              f"{until.isoformat(timespec='seconds')} "
-                              f"({provider.breaker.reason})", {"Retry-After": str(wait)})
+        return await _refuse(egress, entry, outcome, "cooling_down", "cooling_down",
+                             error_response(503, "backend_cooling_down",
+                                            f"cloud backend {name} is cooling down until "
+                                            f"{until.isoformat(timespec='seconds')} "
+                                            f"({provider.breaker.reason})",
+                                            {"Retry-After": str(wait)}))
     refusal = budget_refusal(backend.limits, egress.ledger.totals(name),
                              egress.ledger.in_flight(name))
     if refusal is not None:
-        outcome.outcome, outcome.status = "budget_exhausted", 429
-        return error_response(429, "budget_exhausted",
-                              f"daily budget of cloud backend {name} is exhausted: {refusal}")
+        return await _refuse(egress, entry, outcome, "budget_exhausted", "budget_exhausted",
+                             error_response(429, "budget_exhausted",
+                                            f"daily budget of cloud backend {name} is "
+                                            f"exhausted: {refusal}"))
     prepared = prepare_body(request.path, body, backend)
     outcome.stream = prepared.stream
     try:
-        reservation = await egress.ledger.reserve(name, request_id, prepared.prompt_estimate)
+        reservation = await egress.ledger.reserve(
+            name, entry.request_id, prepared.prompt_estimate,
+            replace(entry, bytes_out=len(prepared.body)))
     except LedgerError as error:
         log.error("not sending to %s: %s", name, error)
-        outcome.outcome, outcome.status = "ledger_error", 503
-        return error_response(503, "backend_unavailable", f"the budget ledger cannot record "
-                                                          f"the request ({error})")
+        return await _refuse(egress, entry, outcome, "ledger_error", "ledger_error",
+                             error_response(503, "backend_unavailable",
+                                            f"the budget ledger cannot record the request "
+                                            f"({error})"))
     relay = _Relay(egress, provider, request, prepared, reservation, outcome)
     return await relay.run()
 
@@ -240,12 +282,19 @@ class _Relay:
                                     if self.sent else None)
 
     def _finish_ledger(self, usage: Usage | None) -> asyncio.Future[Any]:
-        """Settle with `usage`, or release when None; exactly once."""
+        """Settle with `usage`, or release when None; exactly once. The audit row is
+        completed from the outcome (set before) in the same transaction."""
         self.closed = True
+        outcome = self.outcome
+        audit_outcome, reason = sent_outcome(outcome.outcome)
+        finish = Finish(audit_outcome, reason, outcome.status, outcome.bytes_out,
+                        outcome.bytes_in, usage.prompt_tokens if usage is not None else 0,
+                        usage.completion_tokens if usage is not None else 0,
+                        usage is not None and usage.estimated)
         if usage is None:
-            self.write = self.egress.ledger.release(self.reservation)
+            self.write = self.egress.ledger.release(self.reservation, finish)
             return self.write
-        cost, write = self.egress.ledger.settle(self.reservation, usage)
+        cost, write = self.egress.ledger.settle(self.reservation, usage, finish)
         self.outcome.usage, self.outcome.cost = usage, cost
         self.egress.count_usage(self.backend.name, usage, cost)
         self.write = write
@@ -274,11 +323,11 @@ class _Relay:
         """A provider failure: the breaker learns of it; the ledger releases or counts."""
         self._count_failure(message, rate_limited=kind == "rate_limited",
                             retry_after=retry_after)
+        self.outcome.outcome, self.outcome.status, self.outcome.message = kind, status, message
         # Never reached it, or it answered with an error: not counted. Outcome unknown
         # (timeout, cut connection): counted, estimated.
         self._finish_ledger(Usage(self.prepared.prompt_estimate, 0, estimated=True)
                             if sent else None)
-        self.outcome.outcome, self.outcome.status, self.outcome.message = kind, status, message
         log.warning("cloud backend %s failed: %s", self.backend.name, message,
                     extra={"MUSHISHI_FAILURE": kind})
 
@@ -291,6 +340,7 @@ class _Relay:
         try:
             async with asyncio.timeout(backend.first_byte_timeout_s):
                 self.sent = True
+                self.outcome.bytes_out = len(self.prepared.body)
                 upstream = await self.provider.session.post(
                     url, data=self.prepared.body, headers=self.provider.headers(),
                     allow_redirects=False)
@@ -300,6 +350,7 @@ class _Relay:
                         raise aiohttp.ServerDisconnectedError("closed before the first byte")
                 else:
                     first = await upstream.read()
+                self.outcome.bytes_in = len(first)
         except TimeoutError:
             _close(upstream)
             message = f"no answer in {backend.first_byte_timeout_s:g}s " \
@@ -307,6 +358,7 @@ class _Relay:
             self._failed("timeout", 504, message, sent=True)
             return error_response(504, "backend_timeout", f"{backend.name}: {message}")
         except aiohttp.ClientConnectorError as error:
+            self.outcome.bytes_out = 0  # no connection: nothing of it left
             message = f"cannot connect to {backend.base} ({error.os_error or error})"
             self._failed("unreachable", 502, message, sent=False)
             return error_response(502, "backend_unreachable", f"{backend.name}: {message}")
@@ -354,8 +406,8 @@ class _Relay:
             return _relay_error(status if status >= 400 else 502, body,
                                 f"{name} {what}: {detail}")
         # The request's own fault (400, 413, 422 …): the router returns it to the caller.
-        self._finish_ledger(None)
         self.outcome.outcome, self.outcome.status = "client_error", status
+        self._finish_ledger(None)
         return _relay_error(status, body, f"{name} answered {status}: {detail}")
 
     async def _answer_whole(self, upstream: aiohttp.ClientResponse,
@@ -369,9 +421,9 @@ class _Relay:
             usage = Usage(self.prepared.prompt_estimate,
                           estimate_tokens(completion_text_bytes(parsed)) if parsed else 0,
                           estimated=True)
+        self.outcome.outcome, self.outcome.status = "success", upstream.status
         await self._settle(usage)
         self._observe()
-        self.outcome.outcome, self.outcome.status = "success", upstream.status
         return web.Response(status=upstream.status, body=body, headers={
             "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
@@ -404,6 +456,7 @@ class _Relay:
                 try:
                     async with asyncio.timeout(idle):
                         data = await upstream.content.readany()
+                    self.outcome.bytes_in += len(data)
                 except TimeoutError:
                     raise _Broken(f"sent nothing for {idle:g}s") from None
                 except (aiohttp.ClientError, OSError) as error:
@@ -418,8 +471,8 @@ class _Relay:
             self._count_failure(message)
             log.warning("stream from cloud backend %s failed after its first byte: %s; "
                         "cutting the stream to the router", self.backend.name, broken)
-            await self._settle(tally.settled_usage(self.prepared.prompt_estimate))
             self.outcome.outcome, self.outcome.message = "broken_stream", message
+            await self._settle(tally.settled_usage(self.prepared.prompt_estimate))
             _close(upstream)
             if self.request.transport is not None:
                 self.request.transport.abort()  # the router ends its stream with an error
@@ -433,9 +486,9 @@ class _Relay:
             if not complete:
                 _close(upstream)
         upstream.release()
+        self.outcome.outcome = "success"
         await self._settle(tally.settled_usage(self.prepared.prompt_estimate))
         self._observe()
-        self.outcome.outcome = "success"
         try:
             await response.write_eof()
         except (ConnectionError, RuntimeError):

@@ -14,6 +14,11 @@ What "counted" means (docs/egress.md):
   tokens seen so far (checkpointed about once a second while a stream runs), marked
   estimated. A reservation is settled exactly once, so nothing is counted twice.
 
+The audit of what left the box (audit.py) lives in the same file: a request's row is written
+with its reservation, completed in the transaction that settles or releases it, or written
+whole for a request refused before any reservation; a crash leaves it in flight until
+`reconcile` marks it failed (`interrupted`). Old rows are pruned in small batches.
+
 Writes go to one writer thread that commits whatever is queued in one transaction (group
 commit, `synchronous=FULL`), so the event loop never blocks on the disk. The in-memory
 totals are exact for the one process that writes; `read_budgets` reads the file read-only
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -37,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mushishi.services.egress import audit
+from mushishi.services.egress.audit import AuditEntry, Finish
 from mushishi.services.egress.core import (
     CloudBackend,
     DayTotals,
@@ -56,8 +64,9 @@ log = logging.getLogger("mushishi.egress.ledger")
 
 LEDGER_FILE = "ledger.sqlite3"
 LOCK_FILE = "ledger.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the audit table
 BATCH_MAX = 512
+PRUNE_BATCH = 1000  # audit rows deleted per transaction: a prune never holds requests long
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,14 +88,15 @@ CREATE TABLE IF NOT EXISTS reservations (
     started TEXT NOT NULL,
     request_id TEXT NOT NULL,
     prompt_estimate INTEGER NOT NULL,
-    completion_estimate INTEGER NOT NULL DEFAULT 0
+    completion_estimate INTEGER NOT NULL DEFAULT 0,
+    audit_row INTEGER
 );
 CREATE TABLE IF NOT EXISTS cooldowns (
     backend TEXT PRIMARY KEY,
     until TEXT NOT NULL,
     reason TEXT NOT NULL
 );
-"""
+""" + audit.SCHEMA
 
 _ADD_USAGE = """
 INSERT INTO usage (day, backend, requests, prompt_tokens, completion_tokens, cost, estimated)
@@ -133,6 +143,7 @@ class _Writer(threading.Thread):
     def __init__(self, connection: sqlite3.Connection) -> None:
         super().__init__(name="mushishi-egress-ledger", daemon=True)
         self.connection = connection
+        self.commits = 0  # transactions committed (each one fsync): tests count them
         self.jobs: queue.SimpleQueue[tuple[Op, asyncio.Future[Any] | None,
                                            asyncio.AbstractEventLoop | None] | None] = \
             queue.SimpleQueue()
@@ -176,6 +187,7 @@ class _Writer(threading.Thread):
                     connection.execute("RELEASE op")
                     results.append((False, error))
             connection.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as error:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
@@ -255,12 +267,16 @@ class Ledger:
             connection = _connect(self.path)
             connection.executescript(_SCHEMA)
             row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                connection.execute("INSERT INTO meta VALUES ('schema', ?)",
-                                   (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise LedgerError(f"{self.path} has schema {row[0]}, newer than this "
                                   f"mushishi-egress ({SCHEMA_VERSION}): upgrade mushishi")
+            columns = {c[1] for c in connection.execute("PRAGMA table_info(reservations)")}
+            if "audit_row" not in columns:  # schema 1; the script added the audit table
+                connection.execute("ALTER TABLE reservations ADD COLUMN audit_row INTEGER")
+            if row is None or int(row[0]) < SCHEMA_VERSION:
+                connection.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (key) "
+                                   "DO UPDATE SET value = excluded.value",
+                                   (str(SCHEMA_VERSION),))
             reconciled = self._reconcile(connection)
             self._load(connection)
         except sqlite3.Error as error:
@@ -275,16 +291,19 @@ class Ledger:
 
     def _reconcile(self, connection: sqlite3.Connection) -> list[Reconciled]:
         rows = connection.execute(
-            "SELECT id, day, backend, request_id, prompt_estimate, completion_estimate "
-            "FROM reservations").fetchall()
+            "SELECT id, day, backend, request_id, prompt_estimate, completion_estimate, "
+            "audit_row FROM reservations").fetchall()
         done = []
         connection.execute("BEGIN IMMEDIATE")
-        for ident, day, backend, request_id, prompt, completion in rows:
+        for ident, day, backend, request_id, prompt, completion, audit_row in rows:
             usage = Usage(prompt, completion, estimated=True)
             cost = cost_of(usage, self.prices.get(backend))
             connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
             connection.execute(_ADD_USAGE, (day, backend, usage.prompt_tokens,
                                             usage.completion_tokens, cost, 1))
+            if audit_row is not None:
+                audit.interrupt_row(connection, audit_row, usage.prompt_tokens,
+                                    usage.completion_tokens)
             done.append(Reconciled(backend, day, request_id, usage))
         connection.execute("COMMIT")
         return done
@@ -318,6 +337,11 @@ class Ledger:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def commits(self) -> int:
+        """Transactions committed since `open()` (each costs one fsync)."""
+        return self._writer.commits if self._writer is not None else 0
+
     # -- reading (memory: this process is the only writer) ------------------------------
     def totals(self, backend: str, day: str | None = None) -> DayTotals:
         """Settled usage of `backend` on `day` (today by default)."""
@@ -348,26 +372,30 @@ class Ledger:
         writer.submit(op, future, loop)
         return future
 
-    async def reserve(self, backend: str, request_id: str, prompt_estimate: int
-                      ) -> Reservation:
-        """Record a request about to be sent; returns once it is on disk."""
+    async def reserve(self, backend: str, request_id: str, prompt_estimate: int,
+                      entry: AuditEntry | None = None) -> Reservation:
+        """Record a request about to be sent (and its audit row, in flight, which the
+        reservation points to); returns once it is on disk."""
         now = self.clock()
         reservation = Reservation(uuid.uuid4().hex, backend, utc_day(now), prompt_estimate)
         self._in_flight.setdefault(backend, {})[reservation.id] = reservation
         started = now.astimezone(UTC).isoformat()
+        row = dataclasses.replace(entry, finish=None) if entry is not None else None
 
         def op(connection: sqlite3.Connection) -> None:
+            audit_row = audit.insert(connection, row) if row is not None else None
             connection.execute(
                 "INSERT INTO reservations (id, day, backend, owner, started, request_id, "
-                "prompt_estimate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "prompt_estimate, audit_row) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (reservation.id, reservation.day, backend, self.owner, started, request_id,
-                 prompt_estimate))
+                 prompt_estimate, audit_row))
         try:
             await asyncio.shield(self._submit(op, wait=True))
         except BaseException:
             # Not on disk (or the wait was cancelled): the request is not sent; drop it.
             self._in_flight.get(backend, {}).pop(reservation.id, None)
-            self._submit(_delete(reservation.id), wait=False)
+            self._submit(_delete(reservation.id, Finish(audit.FAILED, "cancelled")
+                                 if row is not None else None), wait=False)
             raise
         return reservation
 
@@ -378,14 +406,18 @@ class Ledger:
                                (completion_estimate, reservation.id))
         self._submit(op, wait=False)
 
-    def release(self, reservation: Reservation) -> asyncio.Future[Any]:
-        """The provider did not answer: forget the reservation, count nothing."""
+    def release(self, reservation: Reservation, finish: Finish | None = None
+                ) -> asyncio.Future[Any]:
+        """The provider did not answer: forget the reservation, count nothing; complete its
+        audit row with `finish` in the same transaction."""
         if self._in_flight.get(reservation.backend, {}).pop(reservation.id, None) is None:
             return _done()
-        return self._submit(_delete(reservation.id), wait=False)
+        return self._submit(_delete(reservation.id, finish), wait=False)
 
-    def settle(self, reservation: Reservation, usage: Usage) -> tuple[float, asyncio.Future[Any]]:
-        """Count the request with its usage (exactly once); returns its cost and the write."""
+    def settle(self, reservation: Reservation, usage: Usage, finish: Finish | None = None
+               ) -> tuple[float, asyncio.Future[Any]]:
+        """Count the request with its usage (exactly once), and complete its audit row with
+        `finish` in the same transaction; returns its cost and the write."""
         if self._in_flight.get(reservation.backend, {}).pop(reservation.id, None) is None:
             return 0.0, _done()
         cost = cost_of(usage, self.prices.get(reservation.backend))
@@ -393,13 +425,22 @@ class Ledger:
         self._totals[key] = self._totals.get(key, DayTotals()).plus(usage, cost)
 
         def op(connection: sqlite3.Connection) -> None:
-            deleted = connection.execute("DELETE FROM reservations WHERE id = ?",
-                                         (reservation.id,)).rowcount
+            deleted = _delete_reservation(connection, reservation.id, finish)
             if deleted:
                 connection.execute(_ADD_USAGE, (
                     reservation.day, reservation.backend, usage.prompt_tokens,
                     usage.completion_tokens, cost, 1 if usage.estimated else 0))
         return cost, self._submit(op, wait=False)
+
+    def record(self, entry: AuditEntry) -> asyncio.Future[Any]:
+        """Write the audit row of a request that never got a reservation (refused)."""
+        return self._submit(lambda connection: audit.insert(connection, entry), wait=True)
+
+    def prune_audit(self, before: datetime) -> asyncio.Future[Any]:
+        """Delete up to PRUNE_BATCH audit rows older than `before`; the future gives how
+        many went (PRUNE_BATCH: there may be more)."""
+        return self._submit(lambda connection: audit.prune(connection, before, PRUNE_BATCH),
+                            wait=False)
 
     def set_cooldown(self, backend: str, until: datetime, reason: str) -> None:
         """Persist a provider's cooldown, so a restart does not forget a Retry-After."""
@@ -427,9 +468,20 @@ class Ledger:
             del self._totals[key]
 
 
-def _delete(ident: str) -> Op:
+def _delete_reservation(connection: sqlite3.Connection, ident: str,
+                        finish: Finish | None) -> bool:
+    """Delete a reservation and complete its audit row with `finish`; False when it was
+    not there (settled already)."""
+    deleted = connection.execute("DELETE FROM reservations WHERE id = ? RETURNING audit_row",
+                                 (ident,)).fetchall()
+    if deleted and finish is not None and deleted[0][0] is not None:
+        audit.finish_row(connection, deleted[0][0], finish)
+    return bool(deleted)
+
+
+def _delete(ident: str, finish: Finish | None = None) -> Op:
     def op(connection: sqlite3.Connection) -> None:
-        connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
+        _delete_reservation(connection, ident, finish)
     return op
 
 
@@ -446,12 +498,12 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
 
 # -- read-only access for `mushishi status` ----------------------------------------------
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
+def _open_read_only(path: Path, missing: str) -> sqlite3.Connection:
     """The ledger, never written: read-only through the WAL while the daemon runs; as an
-    immutable file when no WAL exists and the directory cannot be written."""
+    immutable file when no WAL exists and the directory cannot be written. FileNotFoundError
+    with `missing` when there is no file."""
     if not path.is_file():
-        raise FileNotFoundError(f"no budget ledger at {path} yet (mushishi-egress creates it "
-                                "at its first start)")
+        raise FileNotFoundError(missing)
     try:
         connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
         connection.execute("SELECT count(*) FROM meta").fetchone()
@@ -497,7 +549,9 @@ def read_budgets(settings: MushishiSettings, now: datetime | None = None
     now = now or datetime.now(UTC)
     day = utc_day(now)
     policy = compile_policy(settings)
-    connection = _open_read_only(ledger_path(settings.egress.state_dir))
+    path = ledger_path(settings.egress.state_dir)
+    connection = _open_read_only(path, f"no budget ledger at {path} yet (mushishi-egress "
+                                       "creates it at its first start)")
     try:
         totals = {backend: DayTotals(requests, prompt, completion, cost, estimated)
                   for backend, requests, prompt, completion, cost, estimated in
@@ -515,3 +569,35 @@ def read_budgets(settings: MushishiSettings, now: datetime | None = None
     return {name: budget_view(backend, totals.get(name, DayTotals()),
                               in_flight.get(name, InFlight()), day, cooldowns.get(name), now)
             for name, backend in sorted(policy.cloud.items())}
+
+
+class AuditUnavailable(Exception):
+    """The audit cannot be read; the message names the file and what to do."""
+
+
+def read_audit(state_dir: str | os.PathLike[str], *, since: datetime | None = None,
+               profile: str | None = None) -> list[AuditEntry]:
+    """The audit rows from `since` on, of `profile`, oldest first, read-only (while
+    mushishi-egress runs or not, by root or a member of its group); requests in flight
+    have no `finish` yet. FileNotFoundError names egress.state_dir when there is no ledger;
+    AuditUnavailable when the file cannot be read or predates the audit."""
+    path = ledger_path(state_dir)
+    try:
+        connection = _open_read_only(path, (
+            f"no audit at {path}: mushishi-egress has never run with egress.state_dir = "
+            f"{state_dir} (it creates the file at its first start; check [egress] state_dir "
+            "in the config)"))
+    except PermissionError:
+        raise AuditUnavailable(f"cannot read {path}: permission denied (run as root or as a "
+                               "member of group mushishi)") from None
+    except sqlite3.Error as error:
+        raise AuditUnavailable(f"cannot read {path}: {error}") from None
+    try:
+        return audit.select(connection, since=since, profile=profile)
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            raise AuditUnavailable(f"{path} has no audit yet: restart mushishi-egress once "
+                                   "after upgrading (it adds the table at start)") from None
+        raise AuditUnavailable(f"cannot read {path}: {error}") from None
+    finally:
+        connection.close()

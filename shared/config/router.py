@@ -365,7 +365,8 @@ class EgressSettings(Section):
     """mushishi-egress: the only process allowed to reach cloud APIs."""
 
     state_dir: AbsolutePath = Field(
-        default="/var/lib/mushishi/egress", description="Budget ledger (SQLite, WAL) lives here."
+        default="/var/lib/mushishi/egress",
+        description="Budget ledger and the audit of what left the box (SQLite, WAL) live here.",
     )
     metrics_listen: str = Field(
         default="127.0.0.1:9641", description="HOST:PORT of the egress daemon's /metrics."
@@ -400,6 +401,12 @@ class EgressSettings(Section):
         default=30.0, ge=0,
         description="On SIGTERM, how long requests in flight (streams included) may take to "
         "finish before they are cut and counted (keep it below the unit's TimeoutStopSec=).",
+    )
+    audit_retention_days: int = Field(
+        default=90, ge=1,
+        description="How long the audit of what left the box keeps a request's row (time, "
+        "profile, tier, backend, model, bytes, tokens, outcome; never any text), read with "
+        "`mushishi audit`. Older rows are pruned hourly, in small batches.",
     )
 
     @field_validator("metrics_listen")

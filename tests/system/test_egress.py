@@ -302,3 +302,53 @@ def test_the_egress_unit_is_hardened(world: World) -> None:
                              check=False).stdout
     level = float(exposure.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
     assert level <= 1.5, exposure[-1500:]  # 1.2 when written, without IPAddressDeny=
+
+
+def test_mushishi_audit_reads_the_units_record_as_root_and_as_a_group_member(
+    world: World,
+) -> None:
+    """After this module's traffic: the real unit's state directory lets root and members of
+    group mushishi read the audit (and nobody else), reading disturbs nothing, and no prompt
+    is in it."""
+    box = world.box
+    box.systemctl("start", "mushishi-egress.service")
+    mushishi = f"{BINDIR}/mushishi"
+    as_root = box.run([mushishi, "audit", "--json"])
+    rows = [json.loads(line) for line in as_root.stdout.splitlines()]
+    kinds = {(r["profile"], r["tier"], r["outcome"], r["reason"]) for r in rows}
+    assert {("cloudy", "T3", "served", ""), ("slow", "T3", "served", ""),
+            ("private", "T1", "refused", "sovereign_tier"),  # straight to the socket
+            ("cloudy", "T3", "refused", "peer_forbidden"),  # root at the socket
+            ("slow", "T3", "failed", "interrupted")} <= kinds, kinds  # the SIGKILL mid-stream
+    assert sum(r["profile"] == "cloudy" and r["outcome"] == "served" for r in rows) >= 1200
+    private = [(r["outcome"], r["bytes_out"]) for r in rows if r["profile"] == "private"]
+    assert private == [("refused", 0), ("refused", 0)]  # straight to the socket, T1 and "T2"
+    human = box.run([mushishi, "audit", "--since", "1d"]).stdout
+    assert "  private: 0 requests left the box (2 refused)" in human
+    assert "a question for" not in as_root.stdout + human  # the prompts of this module
+
+    state = "/var/lib/mushishi/egress"
+    assert box.run(["stat", "-c", "%a %U %G", state]).stdout.split() == \
+        ["750", "mushishi", "mushishi"]
+    owners = box.run(f"stat -c '%n %U %G %a' {state}/*").stdout.splitlines()
+    assert owners and all(line.split()[1:3] == ["mushishi", "mushishi"] for line in owners), \
+        owners  # root's read left no file of its own behind
+    found = box.run(f"cat {state}/ledger.sqlite3* | grep -a -c -e 'a question for' "
+                    "-e 'straight from'", check=False)
+    assert found.stdout.strip() == "0", found  # no prompt in the ledger, its WAL or -shm
+
+    for user, groups in (("auditor", ["-G", "mushishi"]), ("stranger", [])):
+        if box.run(["id", user], check=False).returncode != 0:
+            box.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *groups,
+                     user])
+    member = box.run([mushishi, "audit", "--json", "--profile", "private"], user="auditor",
+                     check=False)
+    assert member.returncode == 0, member.stderr
+    assert [json.loads(line)["reason"] for line in member.stdout.splitlines()] == \
+        ["sovereign_tier", "sovereign_tier"]
+    stranger = box.run([mushishi, "audit"], user="stranger", check=False)
+    assert stranger.returncode == 1
+    assert "permission denied (run as root or as a member of group mushishi)" in \
+        stranger.stderr, stranger.stderr
+    code, _ = chat(box, "cloudy")  # the running egress never noticed the readers
+    assert code == 200

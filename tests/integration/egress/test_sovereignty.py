@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,15 +61,6 @@ async def test_refusals_never_read_the_body(tmp_path: Path) -> None:
             headers={"X-Mushishi-Profile": "private", "X-Mushishi-Tier": "T1",
                      "X-Mushishi-Backend": "kimi"}) as response:
         assert response.status == 403  # refused on the headers, before the body
-
-
-@pytest.fixture
-def open_dir() -> Path:
-    """A directory another user can reach (pytest's tmp_path is 0700, root's)."""
-    directory = Path(tempfile.mkdtemp(prefix="mushishi-egress-", dir="/tmp"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 def curl_as(uid: int, socket_path: str, headers: dict[str, str]) -> tuple[int, dict]:

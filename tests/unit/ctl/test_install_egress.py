@@ -48,7 +48,7 @@ def test_egress_socket_follows_the_config_and_a_custom_state_dir_is_writable(
         files[str(UNITS / "mushishi-egress.socket.d/listen.conf")]
     assert "ReadWritePaths=/srv/mushishi/ledger" in \
         files[str(UNITS / "mushishi-egress.service.d/state.conf")]
-    assert "d /srv/mushishi/ledger 0700 mushishi mushishi -" in \
+    assert "d /srv/mushishi/ledger 0750 mushishi mushishi -" in \
         files["etc/tmpfiles.d/mushishi.conf"]
     default = plan_for(tmp_path)
     assert str(UNITS / "mushishi-egress.service.d/state.conf") not in default
