@@ -74,7 +74,8 @@ def test_read_json_absent_corrupt_or_not_an_object_is_none(tmp_path: Path) -> No
 def test_load_json_object_names_the_file_and_keeps_the_cause(tmp_path: Path) -> None:
     assert load_json_object(tmp_path / "absent.json") is None
     (tmp_path / "corrupt.json").write_text("{not json")
-    with pytest.raises(JsonFileError, match="^" + re.escape(f"cannot read {tmp_path}/corrupt.json: ")) as bad:
+    expected = "^" + re.escape(f"cannot read {tmp_path}/corrupt.json: ")
+    with pytest.raises(JsonFileError, match=expected) as bad:
         load_json_object(tmp_path / "corrupt.json")
     assert isinstance(bad.value.cause, json.JSONDecodeError)
     (tmp_path / "list.json").write_text("[1, 2]")
