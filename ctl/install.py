@@ -23,6 +23,7 @@ from mushishi.shared.config.backup import local_repository_path
 from mushishi.shared.config.gpu import prepare_unit, tenant_unit
 from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
+from mushishi.shared.files import replace_atomically
 from mushishi.shared.locality import backend_locality
 
 log = logging.getLogger("mushishi.install")
@@ -531,10 +532,7 @@ def apply_plan(plan: Plan, root: Path) -> list[str]:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.mushishi-new")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.chmod(mode)
-        temporary.replace(path)
+        replace_atomically(path, text, mode)
         changed.append(f"wrote {path}")
     for relative, target in plan.symlinks.items():
         path = root / relative

@@ -42,14 +42,15 @@ def replace_atomically(path: Path, text: str, mode: int | None = None) -> None:
     temporary.replace(path)
 
 
-def write_json(path: Path, data: Any, mode: int | None = None, *, indent: int | None = None,
-               sort_keys: bool = False) -> None:
+def write_json(path: Path, data: Any, mode: int | None = None, *, pretty: bool = False
+               ) -> None:
     """Replace `path` by `data` as JSON, atomically (see `replace_atomically`).
 
-    With `indent` the file is for people too: indented, ending in a newline.
+    `pretty` is for files people read too (results, state): keys sorted, indented, ending
+    in a newline; otherwise one compact line.
     """
-    text = json.dumps(data, indent=indent, sort_keys=sort_keys)
-    replace_atomically(path, text + "\n" if indent is not None else text, mode)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n" if pretty else json.dumps(data)
+    replace_atomically(path, text, mode)
 
 
 def load_json_object(path: Path) -> dict[str, Any] | None:

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 from prometheus_client import Gauge
 
-from mushishi.services.backup.app import read_json, write_json_atomic
 from mushishi.services.watchdog import checks, gather
 from mushishi.services.watchdog.alerts import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.checks import CheckResult, Status
@@ -29,6 +28,7 @@ from mushishi.services.watchdog.outbox import Outbox, Report, deliver, state_loc
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.router import unix_listen_path
 from mushishi.shared.credentials import find_credential
+from mushishi.shared.files import read_json, write_json
 from mushishi.shared.metrics import new_registry, write_textfile
 from mushishi.shared.notify import Notifier
 
@@ -132,7 +132,7 @@ async def enqueue_and_deliver(settings: MushishiSettings, deps: Deps,
         for message in messages:
             outbox.put(message, now)
             log.info("queued %s: %s", message.kind, message.title)
-        write_json_atomic(state_dir / "alerts.json", new_state.to_json())
+        write_json(state_dir / "alerts.json", new_state.to_json(), 0o640, pretty=True)
         topic, token = ntfy_credentials(settings, deps)
         if topic is None:
             error = (f"the ntfy topic credential {settings.ntfy.topic_credential!r} "
@@ -189,7 +189,7 @@ async def run_watchdog(settings: MushishiSettings, deps: Deps) -> int:
     record["delivery"] = {"delivered": report.delivered, "queued": report.remaining,
                           "last_error": report.last_error}
     record["duration_s"] = round(deps.monotonic() - started, 3)
-    write_json_atomic(state_dir / "last.json", record)
+    write_json(state_dir / "last.json", record, 0o640, pretty=True)
     try:
         write_textfile(watchdog_metrics(record), config.textfile_dir, "mushishi_watchdog")
     except OSError as error:

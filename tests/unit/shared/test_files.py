@@ -48,13 +48,13 @@ def test_replace_atomically_missing_directory_raises(tmp_path: Path) -> None:
 
 def test_write_json_for_people_is_indented_sorted_and_ends_in_a_newline(tmp_path: Path) -> None:
     target = tmp_path / "last.json"
-    write_json(target, {"outcome": "ok", "errors": []}, 0o640, indent=2, sort_keys=True)
+    write_json(target, {"outcome": "ok", "errors": []}, 0o640, pretty=True)
     assert target.read_text() == '{\n  "errors": [],\n  "outcome": "ok"\n}\n'
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["last.json"]
 
 
-def test_write_json_compact_keeps_key_order_and_no_newline(tmp_path: Path) -> None:
+def test_write_json_compact_is_one_line_in_key_order(tmp_path: Path) -> None:
     target = tmp_path / "restarts.json"
     write_json(target, {"z": 1, "a": [1, 2]})
     assert target.read_text() == '{"z": 1, "a": [1, 2]}'
