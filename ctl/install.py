@@ -25,6 +25,7 @@ from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
 from mushishi.shared.files import replace_atomically
 from mushishi.shared.locality import backend_locality
+from mushishi.shared.unit_names import ON_FAILURE
 
 log = logging.getLogger("mushishi.install")
 
@@ -121,10 +122,10 @@ def _shipped(name: str) -> str:
 
 
 def render_unit(text: str, bindir: str) -> str:
-    """Fill the @BINDIR@ and hardening placeholders of a shipped unit."""
+    """Fill the @BINDIR@, @ON_FAILURE@ and hardening placeholders of a shipped unit."""
     for placeholder, block in HARDENING_BLOCKS.items():
         text = text.replace(placeholder, block)
-    return text.replace("@BINDIR@", bindir)
+    return text.replace("@ON_FAILURE@", ON_FAILURE).replace("@BINDIR@", bindir)
 
 
 def render_mode_target(mode: str, all_modes: list[str]) -> str:
