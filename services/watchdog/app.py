@@ -1,7 +1,7 @@
 """mushishi-watchdog wiring: gather facts, run the checks, record them, alert through ntfy.
 
-gather (adapters) -> checks (pure) -> <state_dir>/last.json -> alerts.plan_watchdog (pure)
--> outbox -> ntfy. The same outbox and alert state serve mushishi-alert@ (alert.py).
+gather (adapters) -> checks (pure) -> <state_dir>/last.json -> messages.plan_watchdog (pure)
+-> outbox -> ntfy. The same outbox and alert state serve mushishi-alert@ (failed_unit.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import aiohttp
 from prometheus_client import Gauge
 
 from mushishi.services.watchdog import checks, gather
-from mushishi.services.watchdog.alerts import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.checks import CheckResult, Status
+from mushishi.services.watchdog.messages import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.ntfy import Publisher
 from mushishi.services.watchdog.outbox import Outbox, Report, deliver, state_lock
 from mushishi.shared.config import MushishiSettings

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mushishi.services.watchdog.alerts import Message
+from mushishi.services.watchdog.messages import Message
 from mushishi.services.watchdog.ntfy import Attempt, Delivery
 from mushishi.shared.files import write_json
 from mushishi.shared.locks import exclusive_lock
