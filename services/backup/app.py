@@ -38,6 +38,7 @@ from mushishi.services.backup.restic import first_error_line, local_repository_p
 from mushishi.services.backup.verify import verify_snapshots
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.formatting import human_bytes
+from mushishi.shared.metrics import write_textfile_or_warn
 from mushishi.shared.notify import Notifier
 from mushishi.shared.processes import pid_alive
 
@@ -71,8 +72,10 @@ def _publish(state_dir: Path, result_file: str, textfile: str, textfile_dir: str
              record: dict[str, Any],
              registry_of: Callable[[dict[str, Any]], CollectorRegistry]) -> None:
     """Metrics textfile, then the result file and a history line (always written)."""
-    warning = metrics.publish_textfile(registry_of, record, textfile_dir, textfile)
+    warning = write_textfile_or_warn(registry_of(record), textfile_dir, textfile,
+                                     "backup.textfile_dir")
     if warning is not None:
+        log.warning("%s", warning)
         record.setdefault("warnings", []).append(warning)
     state.record_result(state_dir, result_file, record)
 

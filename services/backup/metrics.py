@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from mushishi.services.backup.core import Outcome
-from mushishi.shared.metrics import new_registry, write_textfile
-
-log = logging.getLogger("mushishi.backup")
+from mushishi.shared.metrics import new_registry
 
 RUN_TEXTFILE = "mushishi_backup"
 CHECK_TEXTFILE = "mushishi_backup_check"
@@ -73,16 +69,3 @@ def check_metrics(record: dict[str, Any]) -> CollectorRegistry:
     Gauge("mushishi_backup_check_duration_seconds", "Duration of the last restic check.",
           registry=registry).set(record["duration_s"])
     return registry
-
-
-def publish_textfile(registry_of: Callable[[dict[str, Any]], CollectorRegistry],
-                     record: dict[str, Any], directory: str, textfile: str) -> str | None:
-    """Write the record's textfile; None, or a warning naming the directory when it cannot."""
-    try:
-        write_textfile(registry_of(record), directory, textfile)
-    except OSError as error:
-        message = (f"cannot write the metrics textfile in {directory} "
-                   f"(backup.textfile_dir): {error.strerror or error}")
-        log.warning("%s", message)
-        return message
-    return None

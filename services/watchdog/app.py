@@ -29,7 +29,7 @@ from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.router import unix_listen_path
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.files import read_json, write_json
-from mushishi.shared.metrics import new_registry, write_textfile
+from mushishi.shared.metrics import new_registry, write_textfile_or_warn
 from mushishi.shared.notify import Notifier
 
 log = logging.getLogger("mushishi.watchdog")
@@ -190,11 +190,10 @@ async def run_watchdog(settings: MushishiSettings, deps: Deps) -> int:
                           "last_error": report.last_error}
     record["duration_s"] = round(deps.monotonic() - started, 3)
     write_json(state_dir / "last.json", record, 0o640, pretty=True)
-    try:
-        write_textfile(watchdog_metrics(record), config.textfile_dir, "mushishi_watchdog")
-    except OSError as error:
-        log.warning("cannot write the metrics textfile in %s (watchdog.textfile_dir): %s",
-                    config.textfile_dir, error.strerror or error)
+    warning = write_textfile_or_warn(watchdog_metrics(record), config.textfile_dir,
+                                     "mushishi_watchdog", "watchdog.textfile_dir")
+    if warning is not None:
+        log.warning("%s", warning)
     missing = sum(1 for c in results if c.status is Status.MISSING_SOURCE)
     summary = (f"{len(results) - len(problems) - missing} ok, {len(problems)} problem(s), "
                f"{missing} not checked; {report.delivered} alert(s) sent, "
