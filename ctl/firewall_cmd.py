@@ -20,11 +20,12 @@ from mushishi.firewall import host
 from mushishi.firewall.apply import Firewall, FirewallError, guard_alive, lockout_facts
 from mushishi.firewall.lockout import check_lockout
 from mushishi.firewall.nft import Nft, NftError
+from mushishi.firewall.nft_interpreter import parse_ruleset
 from mushishi.firewall.render_nft import render_nft
 from mushishi.firewall.render_ufw import render_ufw
 from mushishi.firewall.state import APPLIED, StateDir, iso, sha256
 from mushishi.firewall.table import Table, build_table
-from mushishi.firewall.verify import build_report, format_report, parse_ruleset
+from mushishi.firewall.verify import build_report, format_report
 from mushishi.shared.config import ConfigError, load_config, resolve_config_path
 from mushishi.shared.config.firewall import FirewallSettings
 from mushishi.shared.config.loader import default_env_file

@@ -20,10 +20,12 @@ import tomlkit
 
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import local_repository_path
-from mushishi.shared.config.gpu import prepare_unit, tenant_unit
+from mushishi.shared.config.gpu import mode_target, prepare_unit, tenant_unit
 from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
+from mushishi.shared.files import replace_atomically
 from mushishi.shared.locality import backend_locality
+from mushishi.shared.unit_names import ON_FAILURE
 
 log = logging.getLogger("mushishi.install")
 
@@ -119,16 +121,22 @@ def _shipped(name: str) -> str:
     return resources.files("mushishi.units").joinpath(name).read_text(encoding="utf-8")
 
 
+def _rendered_header(source: str = "") -> str:
+    """The first line of every file install renders: where it comes from, and where to edit."""
+    origin = f" from {source}" if source else ""
+    return f"# Rendered by `mushishi install`{origin}; edit the config, not this file.\n"
+
+
 def render_unit(text: str, bindir: str) -> str:
-    """Fill the @BINDIR@ and hardening placeholders of a shipped unit."""
+    """Fill the @BINDIR@, @ON_FAILURE@ and hardening placeholders of a shipped unit."""
     for placeholder, block in HARDENING_BLOCKS.items():
         text = text.replace(placeholder, block)
-    return text.replace("@BINDIR@", bindir)
+    return text.replace("@ON_FAILURE@", ON_FAILURE).replace("@BINDIR@", bindir)
 
 
 def render_mode_target(mode: str, all_modes: list[str]) -> str:
     """mushishi-<mode>.target, conflicting with every other mode."""
-    others = " ".join(f"mushishi-{m}.target" for m in sorted(all_modes) if m != mode)
+    others = " ".join(mode_target(m) for m in sorted(all_modes) if m != mode)
     return (
         _shipped("mode.target.in")
         .replace("@MODE@", mode)
@@ -159,7 +167,7 @@ def port_conflicts(settings: MushishiSettings) -> dict[str, list[str]]:
 
 def render_tenant_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     """Drop-ins of mushishi-tenant@.service that depend on the config."""
-    header = "# Rendered by `mushishi install` from [modes] and [tenants]; edit the config.\n"
+    header = _rendered_header("[modes] and [tenants]")
     template = UNIT_DIR / "mushishi-tenant@.service.d"
     prepares = " ".join(prepare_unit(mode) for mode in modes_with_prepare(settings))
     files = {
@@ -194,12 +202,12 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         plan.files[units / name] = (render_unit(_shipped(name), bindir), 0o644)
     modes = sorted(settings.modes)
     for mode in modes:
-        plan.files[units / f"mushishi-{mode}.target"] = (render_mode_target(mode, modes), 0o644)
+        plan.files[units / mode_target(mode)] = (render_mode_target(mode, modes), 0o644)
         for tenant in settings.modes[mode].tenants:
-            link = units / f"mushishi-{mode}.target.wants" / f"mushishi-tenant@{tenant}.service"
+            link = units / f"{mode_target(mode)}.wants" / tenant_unit(tenant)
             plan.symlinks[link] = "../mushishi-tenant@.service"
     for mode in modes_with_prepare(settings):
-        link = units / f"mushishi-{mode}.target.wants" / prepare_unit(mode)
+        link = units / f"{mode_target(mode)}.wants" / prepare_unit(mode)
         plan.symlinks[link] = "../mushishi-gpu-prepare@.service"
     for path, text in render_tenant_dropins(settings).items():
         plan.files[path] = (text, 0o644)
@@ -211,13 +219,13 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
             listen.append(f"ListenStream={port}")
         else:
             listen.append(f"ListenStream={'[' + host + ']' if ':' in host else host}:{port}")
-    header = "# Rendered by `mushishi install` from [router]; edit the config, not this file.\n"
+    header = _rendered_header("[router]")
     plan.files[units / "mushishi-router.socket.d" / "listen.conf"] = (
         header + "\n".join(listen) + "\n" + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-router.service.d" / "local-networks.conf"] = (
         header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-gpud.service.d" / "local-networks.conf"] = (
-        header.replace("[router]", "[router] local_networks") + "# Busy probes may point at "
+        _rendered_header("[router] local_networks") + "# Busy probes may point at "
         "a tenant on the tailnet ([tenants.*] busy_probe.url).\n[Service]\n"
         + _network_allow_lines(settings) + "\n", 0o644)
     plan.files[units / "mushishi-bench.service.d" / "local-networks.conf"] = (
@@ -303,8 +311,7 @@ def _cpu_floor_paths(settings: MushishiSettings) -> str:
     floor = settings.cpu_floor
     directories = dict.fromkeys(str(PurePosixPath(p).parent)
                                 for p in (floor.model, floor.llama_server))
-    return ("# Rendered by `mushishi install` from [cpu_floor]; edit the config, not this "
-            "file.\n[Unit]\nRequiresMountsFor="
+    return (_rendered_header("[cpu_floor]") + "[Unit]\nRequiresMountsFor="
             + " ".join(_unit_path(PurePosixPath(d)) for d in directories) + "\n")
 
 
@@ -316,7 +323,7 @@ def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     allow = _network_allow_lines(settings)
     ntfy = backend_locality(settings.ntfy.url, router.local_networks, router.local_hosts)
     repository = local_repository_path(settings.backup.repository)
-    header = "# Rendered by `mushishi install`; edit the config, not this file.\n"
+    header = _rendered_header()
     confined = "[Service]\nIPAddressDeny=any\n" + allow + "\n"
     alerts = (header + f"# ntfy.url is local ({ntfy.reason}): no other address is needed.\n"
               + confined) if ntfy.local else (
@@ -358,7 +365,7 @@ def _under_home(path: str) -> bool:
 
 def _backup_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     """Paths the backup units write (repository, metrics) and may read (sets in /home)."""
-    header = "# Rendered by `mushishi install` from [backup]; edit the config, not this file.\n"
+    header = _rendered_header("[backup]")
     backup = settings.backup
     lines = ["[Service]"]
     repository = local_repository_path(backup.repository)
@@ -375,7 +382,7 @@ def _backup_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     watchdog = [f"ReadWritePaths=-{settings.watchdog.textfile_dir}"]
     if _under_home(backup.restic) or (repository and _under_home(repository)):
         watchdog.append("ProtectHome=read-only")
-    watchdog_text = (header.replace("[backup]", "[watchdog] and [backup]") + "[Service]\n"
+    watchdog_text = (_rendered_header("[watchdog] and [backup]") + "[Service]\n"
                      + "\n".join(watchdog) + "\n")
     return {
         PurePosixPath("mushishi-backup.service.d/paths.conf"): text,
@@ -391,8 +398,7 @@ def _bench_paths(settings: MushishiSettings) -> str:
     results = PurePosixPath(bench_results(settings)).parent
     if not results.is_relative_to("/var/lib/mushishi/bench"):
         lines.append(f"ReadWritePaths=-{results}")
-    return ("# Rendered by `mushishi install` from [bench]; edit the config, not this file.\n"
-            + "\n".join(lines) + "\n")
+    return _rendered_header("[bench]") + "\n".join(lines) + "\n"
 
 
 def _textfile_tmpfiles(settings: MushishiSettings) -> str:
@@ -462,8 +468,7 @@ def _state_dropins(settings: MushishiSettings) -> dict[str, str]:
                 # the daemon's error naming the key, not the unit's 226/NAMESPACE.
                 f"ReadWritePaths={'' if moved.tmpfiles else '-'}"
                 f"{_unit_path(PurePosixPath(moved.path))}")
-    return {unit: "# Rendered by `mushishi install`; edit the config, not this file.\n"
-                  "[Service]\n" + "\n".join(entries) + "\n"
+    return {unit: _rendered_header() + "[Service]\n" + "\n".join(entries) + "\n"
             for unit, entries in lines.items()}
 
 
@@ -534,10 +539,7 @@ def apply_plan(plan: Plan, root: Path) -> list[str]:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.mushishi-new")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.chmod(mode)
-        temporary.replace(path)
+        replace_atomically(path, text, mode)
         changed.append(f"wrote {path}")
     for relative, target in plan.symlinks.items():
         path = root / relative

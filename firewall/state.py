@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mushishi.shared.files import replace_atomically, write_json
+
 PREVIOUS = "previous.nft"
 APPLIED = "applied.nft"
 CONFIRMED = "confirmed.nft"
@@ -77,14 +79,7 @@ class StateDir:
     def write(self, name: str, text: str) -> None:
         """Replace `name` atomically."""
         self.ensure()
-        target = self.path / name
-        temporary = target.with_name(f".{name}.new")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.chmod(0o640)
-        temporary.replace(target)
+        replace_atomically(self.path / name, text, 0o640)
 
     def read(self, name: str) -> str | None:
         """The text of `name`, or None if absent."""
@@ -104,7 +99,8 @@ class StateDir:
 
     def set_pending(self, pending: Pending) -> None:
         """Record an apply waiting for confirmation."""
-        self.write(PENDING, json.dumps(asdict(pending), indent=2) + "\n")
+        self.ensure()
+        write_json(self.path / PENDING, asdict(pending), 0o640, pretty=True)
 
     def last(self) -> dict[str, Any] | None:
         """The last change recorded, if any."""
@@ -115,4 +111,5 @@ class StateDir:
         """Write last.json: what happened last, for `verify`, the watchdog and people."""
         entry = {"time": iso(now), "action": action, "detail": detail,
                  "sha256": ruleset_sha256}
-        self.write(LAST, json.dumps(entry, indent=2) + "\n")
+        self.ensure()
+        write_json(self.path / LAST, entry, 0o640, pretty=True)

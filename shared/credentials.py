@@ -23,11 +23,13 @@ def credential_env_name(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """A secret's value and where it came from (`credential`, `env` or `.env`)."""
+    """A secret's value and where it came from (`credential`, `env` or `.env`); `path` is the
+    file of a systemd credential (a tool that reads a password file is given that)."""
 
     name: str
     value: str
     source: str
+    path: Path | None = None
 
     def __repr__(self) -> str:  # never print the secret itself
         return f"Credential(name={self.name!r}, source={self.source!r}, value=<hidden>)"
@@ -45,7 +47,8 @@ def find_credential(
     if directory:
         path = Path(directory) / name
         if path.is_file():
-            return Credential(name, path.read_text(encoding="utf-8").strip(), "credential")
+            return Credential(name, path.read_text(encoding="utf-8").strip(), "credential",
+                              path)
     variable = credential_env_name(name)
     if environ.get(variable):
         return Credential(name, environ[variable], "env")

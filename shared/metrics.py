@@ -100,3 +100,16 @@ def write_textfile(registry: CollectorRegistry, directory: str | os.PathLike[str
     target = directory / f"{name}.prom"
     replace_atomically(target, render(registry).decode(), 0o644)
     return target
+
+
+def write_textfile_or_warn(registry: CollectorRegistry, directory: str, name: str,
+                           key: str) -> str | None:
+    """`write_textfile`, where a failure is a warning, never a failed run: None, or the
+    warning naming `directory` and its config `key` (the caller logs and records it)."""
+    try:
+        write_textfile(registry, directory, name)
+    except OSError as error:
+        return (f"cannot write the metrics textfile in {directory} ({key}): "
+                f"{error.strerror or error}")
+    return None
+

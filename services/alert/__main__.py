@@ -1,4 +1,9 @@
-"""mushishi-alert entry point: `mushishi-alert UNIT` (mushishi-alert@UNIT.service)."""
+"""mushishi-alert entry point: `mushishi-alert NAME` (mushishi-alert@NAME.service, started by
+`OnFailure=mushishi-alert@%N.service`; NAME is the failed unit without `.service`).
+
+The work is the watchdog's (services/watchdog/failed_unit.py): it shares the watchdog's
+outbox, dedup state and lock.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,17 @@ from mushishi.shared.notify import Notifier
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """The failed unit."""
-    parser.add_argument("unit", help="the unit that failed (%%i of mushishi-alert@.service)")
+    parser.add_argument("unit", help="the unit that failed, without `.service` (%%i of "
+                        "mushishi-alert@.service) or with its type suffix")
 
 
 def body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
     """One immediate alert."""
-    from mushishi.services.watchdog.alert import run_alert
     from mushishi.services.watchdog.app import Deps
+    from mushishi.services.watchdog.failed_unit import alert_failed_unit
 
-    return asyncio.run(run_alert(loaded.settings, args.unit,
-                                 Deps(notifier=notifier, dotenv=loaded.dotenv)))
+    return asyncio.run(alert_failed_unit(loaded.settings, args.unit,
+                                         Deps(notifier=notifier, dotenv=loaded.dotenv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,10 @@ from mushishi.services.backup.restic import ExitClass, FileNode
 from mushishi.shared.config.backup import BackupSet
 
 
+class Fatal(Exception):
+    """The run cannot go on; the message names what to fix."""
+
+
 class Outcome(StrEnum):
     """The outcome of one `mushishi-backup run`."""
 

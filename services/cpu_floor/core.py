@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
+from mushishi.shared.formatting import human_bytes
 
 # Exit statuses of the supervisor (sysexits.h), which its ExecStopPost= turns into reasons.
 EXIT_CONFIG = 78       # a config key is wrong (missing binary or model, wrong alias): no restart
@@ -96,16 +97,6 @@ def base_url(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}"
-
-
-def human_bytes(size: int) -> str:
-    """1536 -> '1.5 KiB'; binary units, one decimal."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 # -- pre-start checks -------------------------------------------------------------------

@@ -23,7 +23,6 @@ from mushishi.services.cpu_floor.core import (
     Refusal,
     capability_warnings,
     hidden_path_hint,
-    human_bytes,
     memlock_warning,
     parse_capabilities,
     parse_meminfo,
@@ -31,6 +30,7 @@ from mushishi.services.cpu_floor.core import (
     ram_refusal,
 )
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
+from mushishi.shared.formatting import human_bytes
 
 GGUF_MAGIC = b"GGUF"
 

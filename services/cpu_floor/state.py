@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from mushishi.services.cpu_floor.core import History
-from mushishi.shared.files import replace_atomically
+from mushishi.shared.files import JsonFileError, load_json_object, write_json
 
 log = logging.getLogger("mushishi.cpu_floor")
 
@@ -34,12 +33,12 @@ class HistoryStore:
         if self.path is None:
             return self._memory
         try:
-            return History.from_json(json.loads(self.path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
+            data = load_json_object(self.path)
+        except JsonFileError as error:
+            log.warning("ignoring unreadable restart history %s: %s", self.path,
+                        error.cause or error)
             return History()
-        except (OSError, ValueError) as error:
-            log.warning("ignoring unreadable restart history %s: %s", self.path, error)
-            return History()
+        return History.from_json(data) if data is not None else History()
 
     def save(self, history: History) -> bool:
         """Replace the stored history (write, fsync, rename); False, with a warning, when it
@@ -48,7 +47,7 @@ class HistoryStore:
             self._memory = history
             return True
         try:
-            replace_atomically(self.path, json.dumps(history.to_json()))
+            write_json(self.path, history.to_json())
         except OSError as error:
             log.warning("cannot record the restart history in %s: %s", self.path, error)
             return False

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import queue
@@ -56,6 +55,7 @@ from mushishi.services.egress.core import (
     parse_iso,
     utc_day,
 )
+from mushishi.shared.locks import try_exclusive
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -256,9 +256,7 @@ class Ledger:
         except OSError as error:
             raise LedgerError(f"cannot use egress.state_dir {self.directory}: "
                               f"{error.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not try_exclusive(self._lock_fd):
             os.close(self._lock_fd)
             self._lock_fd = None
             raise LedgerError(f"another mushishi-egress is using {self.path} (its lock "

@@ -1,7 +1,7 @@
 """mushishi-watchdog wiring: gather facts, run the checks, record them, alert through ntfy.
 
-gather (adapters) -> checks (pure) -> <state_dir>/last.json -> alerts.plan_watchdog (pure)
--> outbox -> ntfy. The same outbox and alert state serve mushishi-alert@ (alert.py).
+gather (adapters) -> checks (pure) -> <state_dir>/last.json -> messages.plan_watchdog (pure)
+-> outbox -> ntfy. The same outbox and alert state serve mushishi-alert@ (failed_unit.py).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Any
 import aiohttp
 from prometheus_client import Gauge
 
-from mushishi.services.backup.app import read_json, write_json_atomic
 from mushishi.services.watchdog import checks, gather
-from mushishi.services.watchdog.alerts import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.checks import CheckResult, Status
+from mushishi.services.watchdog.messages import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.ntfy import Publisher
 from mushishi.services.watchdog.outbox import Outbox, Report, deliver, state_lock
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.router import unix_listen_path
 from mushishi.shared.credentials import find_credential
-from mushishi.shared.metrics import new_registry, write_textfile
+from mushishi.shared.files import read_json, write_json
+from mushishi.shared.metrics import new_registry, write_textfile_or_warn
 from mushishi.shared.notify import Notifier
 
 log = logging.getLogger("mushishi.watchdog")
@@ -132,7 +132,7 @@ async def enqueue_and_deliver(settings: MushishiSettings, deps: Deps,
         for message in messages:
             outbox.put(message, now)
             log.info("queued %s: %s", message.kind, message.title)
-        write_json_atomic(state_dir / "alerts.json", new_state.to_json())
+        write_json(state_dir / "alerts.json", new_state.to_json(), 0o640, pretty=True)
         topic, token = ntfy_credentials(settings, deps)
         if topic is None:
             error = (f"the ntfy topic credential {settings.ntfy.topic_credential!r} "
@@ -189,12 +189,11 @@ async def run_watchdog(settings: MushishiSettings, deps: Deps) -> int:
     record["delivery"] = {"delivered": report.delivered, "queued": report.remaining,
                           "last_error": report.last_error}
     record["duration_s"] = round(deps.monotonic() - started, 3)
-    write_json_atomic(state_dir / "last.json", record)
-    try:
-        write_textfile(watchdog_metrics(record), config.textfile_dir, "mushishi_watchdog")
-    except OSError as error:
-        log.warning("cannot write the metrics textfile in %s (watchdog.textfile_dir): %s",
-                    config.textfile_dir, error.strerror or error)
+    write_json(state_dir / "last.json", record, 0o640, pretty=True)
+    warning = write_textfile_or_warn(watchdog_metrics(record), config.textfile_dir,
+                                     "mushishi_watchdog", "watchdog.textfile_dir")
+    if warning is not None:
+        log.warning("%s", warning)
     missing = sum(1 for c in results if c.status is Status.MISSING_SOURCE)
     summary = (f"{len(results) - len(problems) - missing} ok, {len(problems)} problem(s), "
                f"{missing} not checked; {report.delivered} alert(s) sent, "

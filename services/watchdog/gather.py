@@ -19,7 +19,8 @@ import aiohttp
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from mushishi.services.backup.app import Fatal, access
+from mushishi.services.backup.core import Fatal
+from mushishi.services.backup.repository import access
 from mushishi.services.backup.restic import first_error_line, parse_snapshot_times
 from mushishi.services.watchdog.checks import (
     DiskUsage,

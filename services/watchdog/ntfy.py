@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from mushishi.services.watchdog.alerts import Message
+from mushishi.services.watchdog.messages import Message
 
 
 class Delivery(StrEnum):

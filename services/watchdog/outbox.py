@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import time
@@ -20,11 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from mushishi.services.watchdog.alerts import Message
+from mushishi.services.watchdog.messages import Message
 from mushishi.services.watchdog.ntfy import Attempt, Delivery
-from mushishi.shared.files import replace_atomically
+from mushishi.shared.files import write_json
+from mushishi.shared.locks import exclusive_lock
 
 log = logging.getLogger("mushishi.watchdog.outbox")
 
@@ -64,7 +63,7 @@ class Outbox:
         data = {"created": now.isoformat(), "attempts": 0, "last_error": None,
                 "message": message.as_dict()}
         path = self.directory / name
-        _write_atomic(path, data)
+        write_json(path, data, 0o640)
         return path
 
     def pending(self) -> list[Item]:
@@ -89,7 +88,7 @@ class Outbox:
         updated = dataclasses.replace(item, attempts=item.attempts + 1, last_error=error)
         data = {"created": item.created.isoformat(), "attempts": updated.attempts,
                 "last_error": error, "message": item.message.as_dict()}
-        _write_atomic(item.path, data)
+        write_json(item.path, data, 0o640)
         return updated
 
     def remove(self, item: Item) -> None:
@@ -99,10 +98,6 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(list(self.directory.glob("*.json"))) if self.directory.is_dir() else 0
-
-
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    replace_atomically(path, json.dumps(data, sort_keys=True), 0o640)
 
 
 async def deliver(outbox: Outbox, publish: Callable[[Message], Awaitable[Attempt]], *,
@@ -145,28 +140,13 @@ async def deliver(outbox: Outbox, publish: Callable[[Message], Awaitable[Attempt
     return report
 
 
-def _open_lock(path: Path) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("a")
-
-
 @contextlib.asynccontextmanager
 async def state_lock(state_dir: Path, *, sleep: Callable[[float], Awaitable[None]],
                      wait_s: float = 120.0) -> AsyncIterator[None]:
-    """One writer of alerts.json and the outbox at a time (watchdog and alerts)."""
-    handle = _open_lock(state_dir / "alerts.lock")
-    try:
-        waited = 0.0
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if waited >= wait_s:
-                    raise TimeoutError(f"{state_dir}/alerts.lock held for {wait_s:.0f}s"
-                                       ) from None
-                await sleep(0.2)
-                waited += 0.2
+    """One writer of alerts.json and the outbox at a time (watchdog and alerts).
+
+    Raises LockTimeout (a TimeoutError naming the lock file) after `wait_s`.
+    """
+    async with exclusive_lock(state_dir / "alerts.lock", wait_s=wait_s, poll_s=0.2,
+                              sleep=sleep):
         yield
-    finally:
-        handle.close()

@@ -200,10 +200,16 @@ def test_backup_in_progress_survives_isolating_every_mode_target(box: Box) -> No
     assert last["duration_s"] > 5
 
 
-@pytest.mark.parametrize("unit", ["mushishi-cpu-floor.service",
-                                  "mushishi-tenant@vllm-agent.service"])
-def test_failing_unit_triggers_an_alert_with_its_journal_tail(box: Box, unit: str) -> None:
+# The alert instance is the failed unit's name without `.service` (OnFailure=…@%N.service).
+@pytest.mark.parametrize(("unit", "alert_unit"), [
+    ("mushishi-cpu-floor.service", "mushishi-alert@mushishi-cpu-floor.service"),
+    ("mushishi-tenant@vllm-agent.service", "mushishi-alert@mushishi-tenant@vllm-agent.service"),
+])
+def test_failing_unit_triggers_an_alert_with_its_journal_tail(box: Box, unit: str,
+                                                              alert_unit: str) -> None:
     sandbox = box.sandbox
+    assert sandbox.systemctl("show", unit, "-p", "OnFailure", "--value"
+                             ).stdout.strip() == alert_unit
     marker = f"MARKER-{unit.split('.')[0]}"
     template = unit.split("@")[0] + "@" if "@" in unit else unit.removesuffix(".service")
     dropin = f"/etc/systemd/system/{template}.service.d/zzz-fail.conf"  # after zz-standin
@@ -218,8 +224,11 @@ def test_failing_unit_triggers_an_alert_with_its_journal_tail(box: Box, unit: st
         # Its STATUS= line reached systemd (a oneshot needs NotifyAccess= and a barrier
         # before it exits). Read while the failed unit is still loaded: once it is reset,
         # systemd may unload both, and an unloaded unit shows an empty StatusText.
-        alert_unit = f"mushishi-alert@{unit}.service"
         sandbox.wait_for(alert_unit, "inactive", timeout=60)
+        started = sandbox.systemctl("list-units", "--all", "--plain", "--no-legend",
+                                    "mushishi-alert@*").stdout
+        assert alert_unit in started.split()
+        assert ".service.service" not in started, started
         assert sandbox.systemctl("show", alert_unit, "-p", "StatusText", "--value"
                                  ).stdout.strip() == "1 delivered, 0 queued"
     finally:

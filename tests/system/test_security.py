@@ -11,7 +11,7 @@ from mushishi.ctl.install import shipped_unit_names
 from tests.paths import REPO
 
 # Template units are measured through one instance each.
-INSTANCES = {"mushishi-alert@.service": "mushishi-alert@mushishi-router.service.service",
+INSTANCES = {"mushishi-alert@.service": "mushishi-alert@mushishi-router.service",
              "mushishi-gpu-prepare@.service": "mushishi-gpu-prepare@agent.service",
              "mushishi-tenant@.service": "mushishi-tenant@vllm-agent.service"}
 OVERALL = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+)")

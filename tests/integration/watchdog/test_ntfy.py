@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.services.watchdog.alerts import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
 from mushishi.services.watchdog.checks import CheckResult, Status
+from mushishi.services.watchdog.messages import AlertState, Message, plan_watchdog
 from mushishi.services.watchdog.outbox import Outbox
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.loader import load_settings

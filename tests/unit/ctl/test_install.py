@@ -43,6 +43,7 @@ def test_install_lays_everything_and_second_run_changes_nothing(tmp_path: Path) 
     for name in DESIGN_UNITS:
         text = (units / name).read_text()
         assert "@" + "BINDIR@" not in text and "@HARDENING" not in text, name
+        assert "@" + "ON_FAILURE@" not in text, name
     assert (units / "mushishi-router.service").read_text().count(f"{BINDIR}/mushishi-router")
     assert (tmp_path / "etc/dbus-1/system.d/io.mushishi.GpuMode1.conf").is_file()
     assert (tmp_path / "etc/sysusers.d/mushishi.conf").read_text().count("u mushishi")
@@ -51,6 +52,25 @@ def test_install_lays_everything_and_second_run_changes_nothing(tmp_path: Path) 
     assert link.is_symlink()
     second = install(tmp_path)
     assert "already installed; nothing changed" in second.stdout
+
+
+def test_every_service_but_the_alert_names_its_alert_without_a_doubled_suffix(
+        tmp_path: Path) -> None:
+    install(tmp_path)
+    units = tmp_path / "etc/systemd/system"
+    services = [n for n in shipped_unit_names() if n.endswith(".service")]
+    assert len(services) >= 12
+    for name in services:
+        lines = [line for line in (units / name).read_text().splitlines()
+                 if line.startswith("OnFailure=")]
+        if name == "mushishi-alert@.service":
+            assert lines == [], "an alert that fails must not alert about itself"
+        else:
+            # %N: mushishi-backup.service fails -> mushishi-alert@mushishi-backup.service
+            assert lines == ["OnFailure=mushishi-alert@%N.service"], name
+    # The alert is handed that name (%i) and restores the unit from it.
+    alert = (units / "mushishi-alert@.service").read_text()
+    assert f"ExecStart={BINDIR}/mushishi-alert %i\n" in alert
 
 
 def test_install_renders_router_sockets_and_local_networks(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def test_pending_round_trips_and_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(state.path.stat().st_mode) == 0o750
     state.remove("pending.json")
     assert state.pending() is None
-    assert not list(state.path.glob(".*.new"))
+    assert not list(state.path.glob(".*"))  # no temporary file left behind
 
 
 def test_record_writes_last_json_in_utc(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ def test_systemd_credential_wins_over_environment(tmp_path: Path) -> None:
     found = find_credential("ngc-api-key", environ=environ)
     assert found is not None
     assert (found.value, found.source) == ("from-systemd", "credential")
+    assert found.path == tmp_path / "ngc-api-key"  # what restic's --password-file is given
     assert "from-systemd" not in repr(found)
 
 
@@ -23,6 +24,7 @@ def test_environment_then_dotenv() -> None:
     assert find_credential("x", environ={"MUSHISHI_CREDENTIAL_X": "e"}).source == "env"
     found = find_credential("x", environ={}, dotenv={"MUSHISHI_CREDENTIAL_X": "d"})
     assert found is not None and (found.value, found.source) == ("d", ".env")
+    assert found.path is None  # no file: the value itself is passed on
 
 
 def test_missing_credential_names_both_ways_to_provide_it() -> None:

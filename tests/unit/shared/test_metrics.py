@@ -13,6 +13,7 @@ from mushishi.shared.metrics import (
     add_metrics_route,
     new_registry,
     write_textfile,
+    write_textfile_or_warn,
 )
 
 
@@ -57,3 +58,18 @@ def test_label_children_child_is_made_once_per_metric_and_labels() -> None:
     children.child(requests, "private", "success").inc(2)
     assert registry.get_sample_value(
         "mushishi_router_requests_total", {"profile": "private", "outcome": "success"}) == 3
+
+
+def test_textfile_that_cannot_be_written_is_a_warning_naming_the_config_key(
+        tmp_path: Path) -> None:
+    registry = new_registry("backup")
+    assert write_textfile_or_warn(registry, str(tmp_path / "textfile"), "mushishi_backup",
+                                  "backup.textfile_dir") is None
+    assert (tmp_path / "textfile/mushishi_backup.prom").is_file()
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the directory should be")
+    warning = write_textfile_or_warn(registry, str(blocked), "mushishi_backup",
+                                     "backup.textfile_dir")
+    assert warning == (f"cannot write the metrics textfile in {blocked} "
+                       "(backup.textfile_dir): File exists")
+

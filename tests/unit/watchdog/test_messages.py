@@ -1,4 +1,5 @@
-"""Alert planning with injected time: only problems, dedup, recovery, weekly heartbeat."""
+"""What to tell the phone (messages.py), decided with injected time: only problems, dedup,
+recovery, weekly heartbeat, one alert per failed unit."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from mushishi.services.watchdog.alerts import (
+from mushishi.services.watchdog.checks import CheckResult, Status
+from mushishi.services.watchdog.messages import (
     MAX_MESSAGE_BYTES,
     AlertState,
     heartbeat_due,
@@ -14,7 +16,6 @@ from mushishi.services.watchdog.alerts import (
     plan_watchdog,
     truncate,
 )
-from mushishi.services.watchdog.checks import CheckResult, Status
 
 # A Tuesday, in a zone east of UTC: the weekday is the box's local one.
 LOCAL = timezone(timedelta(hours=9))

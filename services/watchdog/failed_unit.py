@@ -1,6 +1,8 @@
-"""mushishi-alert UNIT (mushishi-alert@.service, the OnFailure= of every mushishi unit):
-one immediate alert with the failed unit's journal tail, through the watchdog's outbox and
-dedup, then a flush of everything queued.
+"""The immediate alert for a failed unit: `mushishi-alert NAME` (mushishi-alert@NAME.service,
+the OnFailure= of every mushishi unit, NAME being the unit without `.service`).
+
+One message with the failed unit's state and journal tail, through the watchdog's outbox
+and dedup (messages.plan_unit_failure), then a flush of everything queued.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ import logging
 from datetime import timedelta
 
 from mushishi.services.watchdog import gather
-from mushishi.services.watchdog.alerts import AlertState, Message, plan_unit_failure
 from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
+from mushishi.services.watchdog.messages import AlertState, Message, plan_unit_failure
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.unit_names import failed_unit
 
 log = logging.getLogger("mushishi.alert")
 
 
-async def run_alert(settings: MushishiSettings, unit: str, deps: Deps) -> int:
-    """Queue the alert for `unit` (unless sent within repeat_after_h) and deliver the outbox."""
+async def alert_failed_unit(settings: MushishiSettings, instance: str, deps: Deps) -> int:
+    """Queue the alert for the unit `instance` names (unless sent within repeat_after_h) and
+    deliver the outbox."""
+    unit = failed_unit(instance)
     config = settings.watchdog
     bus = await gather.connect_system_bus(deps.system_bus_address)
     try:

@@ -1,0 +1,233 @@
+"""The restic repository as mushishi-backup (and the watchdog) reach it: access with the
+password credential, opening or creating it, stale locks, one set's backup, retention.
+
+Command lines come from `restic.Restic` (pure), every process runs through
+`process.Processes`, and every failure the run cannot get past is a `Fatal` naming the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from mushishi.services.backup import core
+from mushishi.services.backup.core import Fatal, RetentionResult, SetResult
+from mushishi.services.backup.process import Processes
+from mushishi.services.backup.restic import (
+    ExitClass,
+    Restic,
+    classify,
+    first_error_line,
+    is_stale,
+    local_repository_path,
+    parse_backup,
+    parse_forget,
+    parse_lock,
+    parse_progress,
+)
+from mushishi.shared.config.backup import BackupSet, BackupSettings
+from mushishi.shared.credentials import find_credential
+from mushishi.shared.formatting import human_bytes
+
+log = logging.getLogger("mushishi.backup")
+
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass
+class Access:
+    """How this process reaches the repository."""
+
+    restic: Restic
+    processes: Processes
+
+
+def access(settings: BackupSettings, *, environ: Mapping[str, str],
+           dotenv: Mapping[str, str | None] | None = None,
+           stopping: asyncio.Event | None = None, grace_s: float = 120.0,
+           monotonic: Callable[[], float] = time.monotonic, cache: bool = True) -> Access:
+    """Restic with the password from its credential; raise Fatal naming what is missing."""
+    binary = Path(settings.restic)
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise Fatal(f"restic not found at {settings.restic}: install restic and run "
+                    f"`mushishi install` (it records restic's path in backup.restic), or set "
+                    f"backup.restic")
+    credential = find_credential(settings.password_credential, environ=environ,
+                                 dotenv=dotenv or {})
+    if credential is None:
+        raise Fatal(f"the repository password credential {settings.password_credential!r} "
+                    f"(backup.password_credential) is missing: put it in /etc/mushishi/"
+                    f"credentials/{settings.password_credential} and run `mushishi install`")
+    env = {"LC_ALL": "C.UTF-8", "RESTIC_PROGRESS_FPS": "0.2"}
+    for name in ("TMPDIR", "TZ"):
+        if environ.get(name):
+            env[name] = environ[name]
+    password_file = None
+    if credential.path is not None:
+        password_file = str(credential.path)
+    else:
+        env["RESTIC_PASSWORD"] = credential.value
+    restic = Restic(settings.restic, settings.repository, password_file,
+                    settings.cache_dir if cache else None, settings.limit_upload_kib)
+    processes = Processes(env=env, secrets=[credential.value], stopping=stopping,
+                          grace_s=grace_s, monotonic=monotonic)
+    return Access(restic, processes)
+
+
+def share_with_group(root: Path, gid: int) -> bool:
+    """Make a local repository readable by group `gid` (the watchdog reads its snapshots).
+
+    restic (0.14+) takes a group-readable `config` as the hint to create every new file
+    group-readable too. Returns whether anything had to change.
+    """
+    config = root / "config"
+    try:
+        info = config.stat()
+    except FileNotFoundError:
+        return False
+    if info.st_gid == gid and info.st_mode & stat.S_IRGRP:
+        return False
+    for directory, _, files in os.walk(root):
+        for path in [Path(directory), *(Path(directory) / f for f in files)]:
+            entry = path.lstat()
+            if entry.st_gid != gid:
+                os.chown(path, -1, gid, follow_symlinks=False)
+            # No setgid bit (RestrictSUIDSGID= forbids setting it): the runner's own group
+            # is the group, and `mushishi install` creates the directory setgid already.
+            wanted = stat.S_IRGRP | (stat.S_IXGRP if stat.S_ISDIR(entry.st_mode) else 0)
+            if entry.st_mode & wanted != wanted:
+                # A setgid bit inherited from `mushishi install`'s directory is dropped
+                # here: RestrictSUIDSGID= refuses any chmod that keeps it. The runner's
+                # own group (Group=mushishi) owns what restic creates from now on.
+                path.chmod((stat.S_IMODE(entry.st_mode) | wanted)
+                           & ~(stat.S_ISUID | stat.S_ISGID))
+    return True
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+async def open_repository(settings: BackupSettings, repo: Access, *, create: bool) -> bool:
+    """Make sure the repository exists and the password opens it; True when just created."""
+    local = local_repository_path(settings.repository)
+    if local and not _is_dir(Path(local).parent):
+        raise Fatal(f"the parent of the repository {local} (backup.repository) does not "
+                    f"exist: is its disk mounted?")
+    probe = await repo.processes.run(repo.restic.cat_config())
+    kind = classify(probe.returncode, probe.stderr)
+    if kind is ExitClass.OK:
+        return False
+    if kind is ExitClass.REPO_MISSING and create:
+        log.info("no restic repository at %s yet: initialising it", settings.repository)
+        created = await repo.processes.run(repo.restic.init())
+        if created.returncode != 0:
+            hint = (" (`mushishi install` creates the directory and lets the unit write it)"
+                    if local and not _is_dir(Path(local)) else "")
+            raise Fatal(f"restic init {settings.repository} failed: "
+                        f"{first_error_line(created.stderr)}{hint}")
+        return True
+    if kind is ExitClass.REPO_MISSING:
+        raise Fatal(f"no restic repository at {settings.repository} (backup.repository); "
+                    f"`mushishi-backup run` creates it")
+    if kind is ExitClass.WRONG_PASSWORD:
+        raise Fatal(f"the password in credential {settings.password_credential!r} does not "
+                    f"open the repository {settings.repository}")
+    if kind is ExitClass.INTERRUPTED:
+        raise Fatal("stopped")
+    raise Fatal(f"cannot open repository {settings.repository}: "
+                f"{first_error_line(probe.stderr)}")
+
+
+async def clear_stale_locks(repo: Access, *, now: Callable[[], datetime], hostname: str,
+                            pid_alive: Callable[[int], bool]) -> list[str]:
+    """Find locks left by killed runs and remove them with `restic unlock`.
+
+    `unlock` without --remove-all deletes only what restic itself calls stale (this host's
+    process is gone, or 30 minutes without a refresh), so a live run's lock is never touched.
+    """
+    listed = await repo.processes.run(repo.restic.list_locks())
+    if listed.returncode != 0:
+        log.warning("cannot list locks: %s", first_error_line(listed.stderr))
+        return []
+    stale: list[str] = []
+    checked_at = now()
+    for lock_id in listed.stdout.split():
+        shown = await repo.processes.run(repo.restic.cat_lock(lock_id))
+        if shown.returncode != 0:
+            continue  # the lock went away while we looked
+        try:
+            lock = parse_lock(lock_id, shown.stdout)
+        except (ValueError, KeyError):
+            continue
+        if is_stale(lock, now=checked_at, hostname=hostname, pid_alive=pid_alive):
+            stale.append(f"lock {lock_id[:8]} of PID {lock.pid} on {lock.hostname} from "
+                         f"{lock.time.isoformat(timespec='seconds')}"
+                         f"{' (exclusive)' if lock.exclusive else ''}")
+        else:
+            log.info("lock %s of live PID %s on %s left alone", lock_id[:8], lock.pid,
+                     lock.hostname)
+    if stale:
+        unlocked = await repo.processes.run(repo.restic.unlock())
+        if unlocked.returncode != 0:
+            raise Fatal(f"stale locks found ({'; '.join(stale)}) but restic unlock failed: "
+                        f"{first_error_line(unlocked.stderr)}")
+        for line in stale:
+            log.warning("cleared stale %s (a killed or crashed restic)", line)
+    return stale
+
+
+async def backup_set(settings: BackupSettings, repo: Access, backup_set: BackupSet, *,
+                     status: Callable[[str], None],
+                     monotonic: Callable[[], float] = time.monotonic) -> SetResult:
+    """One `restic backup` of one declared set; progress goes to `status` every few seconds."""
+    last_status = [float("-inf")]
+
+    def progress(line: str) -> None:
+        parsed = parse_progress(line)
+        if parsed is None or monotonic() - last_status[0] < PROGRESS_EVERY_S:
+            return
+        last_status[0] = monotonic()
+        fraction, done, total = parsed
+        status(f"backing up {backup_set.path}: {fraction:.0%} "
+               f"({human_bytes(done)} of {human_bytes(total)})")
+
+    status(f"backing up {backup_set.path}")
+    result = await repo.processes.run(
+        repo.restic.backup([backup_set.path], excludes=backup_set.exclude, tags=settings.tags),
+        on_line=progress)
+    kind = classify(result.returncode, result.stderr)
+    summary = parse_backup(result.stdout, result.stderr)
+    set_status = core.set_status(kind)
+    error = None
+    if set_status == "partial":
+        error = (f"restic exit 3: snapshot {summary.snapshot_id} lacks "
+                 f"{len(summary.unreadable)} unreadable file(s)")
+    elif set_status != "ok":
+        error = f"restic backup exited {result.returncode}: {first_error_line(result.stderr)}"
+    return SetResult(backup_set.path, backup_set.reason, set_status, summary.snapshot_id,
+                     summary.files_new, summary.files_changed, summary.bytes_added,
+                     summary.unreadable[:50], error)
+
+
+async def retention(settings: BackupSettings, repo: Access) -> RetentionResult:
+    """keep daily/weekly/monthly, then prune what no snapshot needs any more."""
+    outcome = RetentionResult(ran=True)
+    result = await repo.processes.run(repo.restic.forget_prune(
+        keep_daily=settings.keep_daily, keep_weekly=settings.keep_weekly,
+        keep_monthly=settings.keep_monthly, tags=settings.tags))
+    if result.returncode != 0:
+        outcome.error = (f"restic forget --prune exited {result.returncode}: "
+                         f"{first_error_line(result.stderr)}")
+        return outcome
+    with contextlib.suppress(ValueError, IndexError, AttributeError):
+        outcome.kept, outcome.removed = parse_forget(result.stdout)
+    return outcome
