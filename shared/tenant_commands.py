@@ -155,8 +155,3 @@ def runtime_problem(runtime: str, command: list[str]) -> str | None:
     if run.image_index is None:
         return "`podman run` names no image"
     return None
-
-
-def with_run_options(run: RunCommand, command: list[str], options: list[str]) -> list[str]:
-    """`command` with `options` inserted right after `run` (before the user's own)."""
-    return [*command[:run.run_index + 1], *options, *command[run.run_index + 1:]]

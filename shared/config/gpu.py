@@ -205,7 +205,7 @@ class TenantSettings(Section):
         "telemetry and network fetching off (" + ", ".join(
             f"{k}={v}" for k, v in PHONE_HOME_OFF.items()) + "); overriding a default is "
         "logged as a warning. `docker run`/`podman run` tenants pass every variable into the "
-        "container (`-e NAME`); a compose file must list them under `environment:`.",
+        "container (`--env=NAME`); a compose file must list them under `environment:`.",
     )
 
     @field_validator("env")

@@ -42,7 +42,7 @@ def test_tenants_sharing_a_port_conflict_with_one_way_ordering() -> None:
     # Only one direction: a cycle would make systemd drop a job.
     assert "After=" not in agent
     assert "After=mushishi-tenant@vllm-agent.service" in forensic
-    assert not any("comfyui" in str(path) for path in files)
+    assert not any("comfyui" in str(path) and path.name == "ports.conf" for path in files)
 
 
 def test_dropping_a_port_sharer_prunes_its_conflict_dropin(tmp_path: Path) -> None:
