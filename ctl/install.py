@@ -193,12 +193,16 @@ def render_tenant_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str
 # What a container runtime needs from its tenant's unit (per-tenant runtime.conf).
 RUNTIME_DROPINS = {
     "docker": """\
-# Docker tenants: the egress rules of the tenants' bridge are in force before any of
-# their containers starts (dockerd itself is started by its own unit).
+# Docker tenants: the egress rules of the tenants' bridge are loaded before any of their
+# containers starts (dockerd itself is started by its own unit). Wants=, not Requires=:
+# restarting the rules' unit (to put back a rule removed by hand) must not restart the
+# tenants, and a tenant whose rules failed to load is refused by its confinement probe.
 [Unit]
-Requires=mushishi-tenant-network.service
+Wants=mushishi-tenant-network.service
 After=mushishi-tenant-network.service docker.service
 [Service]
+# The docker CLI's own config (registry credentials), not root's home.
+Environment=DOCKER_CONFIG=/etc/mushishi/docker
 # Relaxation: the confinement probe enters each container's cgroup and network namespace
 # (a write to the container's cgroup.procs, then setns): root, with CAP_SYS_ADMIN and
 # CAP_SYS_PTRACE only, a writable cgroup tree and network namespaces. Talking to dockerd
@@ -213,21 +217,22 @@ RestrictNamespaces=net
 # Podman tenants: `podman run --cgroups=split` keeps the container in this unit's cgroup,
 # under its IPAddressDeny= and device policy (what Quadlet units do too).
 [Service]
-# Relaxation: rootful podman creates the container's namespaces, mounts and cgroups
-# (Delegate=yes), and the container's own setup needs the capabilities a container gets.
+# Relaxation: rootful podman creates the container's namespaces (hostname included),
+# mounts and cgroups (Delegate=yes), with system calls @system-service lacks, and runc
+# grants the container the default capabilities a container gets. NoNewPrivileges= and
+# RestrictSUIDSGID= stay, and the container inherits them.
 User=root
 Group=root
 Delegate=yes
 ProtectControlGroups=no
 RestrictNamespaces=no
 ProtectHostname=no
-NoNewPrivileges=no
-RestrictSUIDSGID=no
 SystemCallFilter=
 CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER
 CapabilityBoundingSet=CAP_FSETID CAP_KILL CAP_SETGID CAP_SETUID CAP_SETPCAP CAP_SETFCAP
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SYS_CHROOT CAP_MKNOD
 CapabilityBoundingSet=CAP_AUDIT_WRITE CAP_SYS_PTRACE CAP_SYS_RESOURCE CAP_DAC_READ_SEARCH
+# Netlink: podman sets up a container network's interfaces (not needed with --network=host).
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 ReadWritePaths=-/var/lib/containers -/run/containers -/run/libpod -/var/lib/cni -/run/cni
 ReadWritePaths=-/etc/cni/net.d

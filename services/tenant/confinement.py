@@ -100,9 +100,9 @@ def combine(results: list[tuple[str, ProbeResult]], missing: str | None = None
         return ProbeResult(None, missing)
     if not results:
         return ProbeResult(None, "nothing to probe yet")
-    where, first = results[0]
-    more = f" (and {len(results) - 1} more place(s))" if len(results) > 1 else ""
-    return ProbeResult(True, f"from {where}{more}: {first.detail}")
+    wheres = [where for where, _ in results]
+    places = ", ".join(wheres[:3]) + (f" and {len(wheres) - 3} more" if len(wheres) > 3 else "")
+    return ProbeResult(True, f"from {places}: {results[0][1].detail}")
 
 
 def forbidden_attachment(tenant: str, containers: list[ContainerFacts] | tuple[ContainerFacts, ...],
@@ -143,17 +143,18 @@ def env_warnings(tenant: str, containers: list[ContainerFacts] | tuple[Container
 def cgroup_vantages(proc: Path = Path("/proc")) -> tuple[list[Vantage], str | None]:
     """Every (cgroup, network namespace) holding a process in this unit's cgroup tree.
 
-    The runner's own place comes first (pid None); the second value says why no other
+    The runner's own place comes last (pid None); the second value says why no other
     place was found, for a runtime that must have one (Podman's containers).
     """
     own = unified_cgroup("self", proc)
     mount = cgroup2_mount((proc / "self" / "mounts").read_text())
     root = unit_root(own) if own else None
-    vantages = [Vantage("the tenant's unit", None)]
+    unit = Vantage("the tenant's unit", None)
     if mount is None or root is None:
-        return vantages, "the runner is not in a systemd service's cgroup"
+        return [unit], "the runner is not in a systemd service's cgroup"
     own_netns = _netns(proc, "self")
     seen: set[tuple[str, int | None]] = {(own or "", own_netns)}
+    vantages: list[Vantage] = []
     base = mount / root.lstrip("/")
     for directory, pids in processes_by_cgroup(base).items():
         relative = "/" + str(directory.relative_to(mount))
@@ -164,9 +165,9 @@ def cgroup_vantages(proc: Path = Path("/proc")) -> tuple[list[Vantage], str | No
             seen.add(key)
             short = str(directory.relative_to(base)) if directory != base else root
             vantages.append(Vantage(f"cgroup {_shorten(short)}", pid))
-    if len(vantages) == 1:
-        return vantages, f"no container process in {root} yet"
-    return vantages, None
+    if not vantages:
+        return [unit], f"no container process in {root} yet"
+    return [*vantages, unit], None
 
 
 def _netns(proc: Path, pid: int | str) -> int | None:

@@ -1,8 +1,8 @@
 """`mushishi-tenant network` (mushishi-tenant-network.service, root with CAP_NET_ADMIN):
 load the Docker tenants' egress rules, table inet mushishi_tenants, in one `nft -f`.
 
-Docker tenants' units Require= this unit (a drop-in `mushishi install` renders), so the
-rules are in place before any of their containers starts. Loading replaces the table
+Docker tenants' units want and follow this unit (a drop-in `mushishi install` renders),
+so the rules are in place before any of their containers starts. Loading replaces the table
 atomically, so running it again (`systemctl restart mushishi-tenant-network`) puts back a
 rule that was removed by hand.
 """

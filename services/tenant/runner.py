@@ -80,6 +80,8 @@ class Publisher:
         self.wall_clock = wall_clock
         self.last: bool | str | None = "never"
         self.warned: set[str] = set()
+        # Until the tenant is ready the runner's own lines (ready, refused) say it all.
+        self.serving = False
 
     def publish(self, check: Check, warnings: dict[str, str]) -> bool:
         """Record `check`; log a change of verdict (True when it changed) and each container
@@ -98,7 +100,8 @@ class Publisher:
         except OSError as error:
             log.error("tenant %s: cannot publish its confinement in %s: %s", self.name,
                       self.directory, error, extra=extra)
-        if result.confined == self.last:
+        if result.confined == self.last or not self.serving:
+            self.last = result.confined
             return False
         self.last = result.confined
         if result.confined is True:
@@ -201,8 +204,10 @@ async def _supervise(name: str, tenant: TenantSettings, settings: ConfinementSet
                     mark = "confined" if check.result.confined else "confinement not known"
                     notifier.ready(f"serving: {tenant.health_url} answers; {mark}: "
                                    f"{check.result.detail}")
-                    log.info("tenant %s ready after %.1f s", name, clock() - started,
-                             extra=extra)
+                    publisher.serving = True
+                    log.log(logging.INFO if check.result.confined else logging.WARNING,
+                            "tenant %s ready after %.1f s; %s: %s", name, clock() - started,
+                            mark, check.result.detail, extra=extra)
                     break
                 answer = (f"confinement not known ({check.result.detail}) and "
                           "router.require_kernel_confinement is set")
@@ -233,6 +238,12 @@ async def _supervise(name: str, tenant: TenantSettings, settings: ConfinementSet
         return status if status and status > 0 else 1
     notifier.stopping(f"stopping {name}")
     status = await terminate(child, tenant.stop_timeout_s)
+    if tenant.runtime == "docker":
+        # Containers run under dockerd, not in this unit: none may outlive the tenant.
+        with contextlib.suppress(DockerTenantError):
+            left = await confinement.containers()
+            await asyncio.to_thread(docker.stop, [c.id for c in left],
+                                    int(tenant.stop_timeout_s))
     log.info("tenant %s stopped (status %s)", name, status, extra=extra)
     return 0
 
