@@ -136,6 +136,8 @@ def box() -> Iterator[Sandbox]:
         sandbox.run(["systemd-run", "--unit=cloud-host", "--property=IgnoreOnIsolate=yes",
                      "ip", "netns", "exec", "cloud", PYTHON, "-u", "-m", "http.server", "8080",
                      "--bind", CLOUD])
+        sandbox.run(f"for i in $(seq 150); do curl -so /dev/null http://{CLOUD}:8080/up && "
+                    "exit 0; sleep 0.1; done; exit 1")
         sandbox.write("/etc/docker/daemon.json", '{"storage-driver": "vfs"}\n')
         sandbox.write("/etc/containers/storage.conf",
                       '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\n'
@@ -198,6 +200,14 @@ def docker_tenant(installed: Sandbox) -> Iterator[Sandbox]:
     box.systemctl("start", "mushishi-tenant@web-docker.service", timeout=120)
     yield box
     box.systemctl("stop", "mushishi-tenant@web-docker.service", timeout=120)
+
+
+def test_a_container_outside_mushishi_reaches_the_cloud_host(box: Sandbox) -> None:
+    """The control: on this box, a container nobody confines does reach the cloud host, so
+    the tests below would see a tenant's request if one got through."""
+    before = len(cloud_requests(box))
+    box.run([DOCKER, "run", "--rm", IMAGE, "sh", "-c", fetch_from_cloud("/control")])
+    assert [line for line in cloud_requests(box)[before:] if "GET /control" in line]
 
 
 def test_a_docker_tenant_on_the_default_bridge_never_reaches_the_cloud_host(
