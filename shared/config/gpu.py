@@ -300,9 +300,9 @@ def _check_docker_subnet(settings: MushishiSettings) -> list[Issue]:
                 and not subnet.subnet_of(network)):  # type: ignore[arg-type]
             return [Issue("gpu.docker_subnet",
                           f"{subnet} overlaps router.local_networks entry {network} without "
-                          "lying inside it: the bridge would take over part of a local "
-                          "network; pick a subnet outside every local network (or wholly "
-                          "inside one)")]
+                          "lying inside it: the tenants' bridge would take that local "
+                          "network's addresses over; pick a subnet outside every local "
+                          "network (or wholly inside one)")]
     return []
 
 
