@@ -23,6 +23,13 @@ def test_sandbox_boots_systemd_as_pid1_with_bus_and_journal(sandbox: Sandbox) ->
     assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
 
 
+def test_sandbox_runs_no_container_engine_unless_a_test_starts_one(sandbox: Sandbox) -> None:
+    # docker.io and podman enable sockets and services in the machine image.
+    for unit in ("docker.socket", "docker.service", "containerd.service", "podman.socket",
+                 "podman.service", "podman-restart.service"):
+        assert sandbox.is_active(unit) == "inactive", unit
+
+
 def test_sandbox_writes_never_reach_the_host(sandbox: Sandbox) -> None:
     sandbox.run(["sh", "-c", "echo inside > /etc/mushishi-sandbox-probe"])
     assert sandbox.path("/etc/mushishi-sandbox-probe").read_text() == "inside\n"
