@@ -25,8 +25,14 @@ from mushishi.firewall.render_nft import render_nft
 from mushishi.firewall.render_ufw import render_ufw
 from mushishi.firewall.state import APPLIED, StateDir, iso, sha256
 from mushishi.firewall.table import Table, build_table
+from mushishi.firewall.tenant_egress import TenantEgress, render_tenant_nft
 from mushishi.firewall.verify import build_report, format_report
-from mushishi.shared.config import ConfigError, load_config, resolve_config_path
+from mushishi.shared.config import (
+    ConfigError,
+    MushishiSettings,
+    load_config,
+    resolve_config_path,
+)
 from mushishi.shared.config.firewall import FirewallSettings
 from mushishi.shared.config.loader import default_env_file
 from mushishi.shared.journal import JOURNAL_SOCKET, JournalHandler
@@ -46,9 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     render = sub.add_parser("render", parents=[common],
                             help="print the rules rendered from [firewall]")
-    render.add_argument("--format", choices=("nft", "ufw"), default="nft",
+    render.add_argument("--format", choices=("nft", "ufw", "tenants"), default="nft",
                         help="nft: the nftables ruleset (primary); ufw: a sh script of ufw "
-                        "commands plus the DOCKER-USER block for after.rules")
+                        "commands plus the DOCKER-USER block for after.rules; tenants: the "
+                        "Docker tenants' egress table that mushishi-tenant-network.service "
+                        "loads")
     apply = sub.add_parser(
         "apply", parents=[common],
         help="load the nftables rules atomically; roll back unless confirmed in time")
@@ -70,13 +78,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> tuple[FirewallSettings, str] | None:
+    found = _full_settings(args)
+    return None if found is None else (found[0].firewall, found[1])
+
+
+def _full_settings(args: argparse.Namespace) -> tuple[MushishiSettings, str] | None:
     path = resolve_config_path(args.config)
     try:
         loaded = load_config(path, env_file=default_env_file())
     except ConfigError as error:
         print(error.report(), file=sys.stderr)
         return None
-    return loaded.settings.firewall, str(path)
+    return loaded.settings, str(path)
+
+
+def _tenant_egress(settings: MushishiSettings) -> TenantEgress | None:
+    """The Docker tenants' egress rules, when a tenant runs in Docker."""
+    if any(t.runtime == "docker" for t in settings.tenants.values()):
+        return TenantEgress.from_settings(settings)
+    return None
 
 
 def _journal() -> None:
@@ -94,19 +114,24 @@ def run(args: argparse.Namespace) -> int:
     _journal()
     if args.action == "restore":
         return _restore(args)
-    found = _settings(args)
+    found = _full_settings(args)
     if found is None:
         return EX_CONFIG
-    settings, source = found
+    everything, source = found
+    settings = everything.firewall
     table = build_table(settings)
     if args.action == "render":
         if args.format == "nft":
             sys.stdout.write(render_nft(table, source=source))
+        elif args.format == "tenants":
+            sys.stdout.write(render_tenant_nft(TenantEgress.from_settings(everything),
+                                               source=source))
         else:
             sys.stdout.write(render_ufw(table, ufw=settings.ufw,
                                         after_rules=settings.ufw_after_rules,
                                         after6_rules=settings.ufw_after6_rules,
-                                        source=source))
+                                        source=source,
+                                        tenant_egress=_tenant_egress(everything)))
         return EX_OK
     firewall = Firewall(Nft(settings.nft), StateDir(settings.state_dir), settings.textfile_dir)
     try:

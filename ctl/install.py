@@ -179,6 +179,11 @@ def render_tenant_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str
             "# Thin clients on the tailnet may reach a tenant the firewall exposes.\n"
             "[Service]\n" + _network_allow_lines(settings) + "\n"),
     }
+    for tenant, config in sorted(settings.tenants.items()):
+        if config.runtime in RUNTIME_DROPINS:
+            files[UNIT_DIR / f"{tenant_unit(tenant)}.d" / "runtime.conf"] = (
+                header.replace("[modes] and [tenants]", f"[tenants.{tenant}] runtime")
+                + RUNTIME_DROPINS[config.runtime])
     for tenant, others in port_conflicts(settings).items():
         # One-way ordering between conflicting tenants: systemd orders a stop before a
         # start whichever way the edge points, and one direction cannot form a cycle.
@@ -191,6 +196,56 @@ def render_tenant_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str
             header + f"# Tenants serving port {port} conflict with each other.\n"
             "[Unit]\n" + "\n".join(lines) + "\n")
     return files
+
+
+# What a container runtime needs from its tenant's unit (per-tenant runtime.conf).
+RUNTIME_DROPINS = {
+    "docker": """\
+# Docker tenants: the egress rules of the tenants' bridge are loaded before any of their
+# containers starts (dockerd itself is started by its own unit). Wants=, not Requires=:
+# restarting the rules' unit (to put back a rule removed by hand) must not restart the
+# tenants, and a tenant whose rules failed to load is refused by its confinement probe.
+[Unit]
+Wants=mushishi-tenant-network.service
+After=mushishi-tenant-network.service docker.service
+[Service]
+# The docker CLI's own config (registry credentials), not root's home.
+Environment=DOCKER_CONFIG=/etc/mushishi/docker
+# Relaxation: the confinement probe enters each container's cgroup and network namespace
+# (a write to the container's cgroup.procs, then setns): root, with CAP_SYS_ADMIN and
+# CAP_SYS_PTRACE only, a writable cgroup tree and network namespaces. Talking to dockerd
+# already makes this unit root-equivalent.
+User=root
+Group=root
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_PTRACE
+ProtectControlGroups=no
+RestrictNamespaces=net
+""",
+    "podman": """\
+# Podman tenants: `podman run --cgroups=split` keeps the container in this unit's cgroup,
+# under its IPAddressDeny= and device policy (what Quadlet units do too).
+[Service]
+# Relaxation: rootful podman creates the container's namespaces (hostname included),
+# mounts and cgroups (Delegate=yes), with system calls @system-service lacks, and runc
+# grants the container the default capabilities a container gets. NoNewPrivileges= and
+# RestrictSUIDSGID= stay, and the container inherits them.
+User=root
+Group=root
+Delegate=yes
+ProtectControlGroups=no
+RestrictNamespaces=no
+ProtectHostname=no
+SystemCallFilter=
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER
+CapabilityBoundingSet=CAP_FSETID CAP_KILL CAP_SETGID CAP_SETUID CAP_SETPCAP CAP_SETFCAP
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SYS_CHROOT CAP_MKNOD
+CapabilityBoundingSet=CAP_AUDIT_WRITE CAP_SYS_PTRACE CAP_SYS_RESOURCE CAP_DAC_READ_SEARCH
+# Netlink: podman sets up a container network's interfaces (not needed with --network=host).
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+ReadWritePaths=-/var/lib/containers -/run/containers -/run/libpod -/var/lib/cni -/run/cni
+ReadWritePaths=-/etc/cni/net.d
+""",
+}
 
 
 def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
@@ -278,12 +333,6 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
             f"backup.restic {settings.backup.restic} does not exist: install restic "
             f"(apt install restic) and run `mushishi install` again")
 
-    uses_docker = any(Path(t.command[0]).name == "docker" for t in settings.tenants.values())
-    if uses_docker and _group_exists(root, "docker"):
-        plan.files[units / "mushishi-tenant@.service.d" / "docker.conf"] = (
-            "# Rendered by `mushishi install`. Relaxation: compose tenants talk to the Docker\n"
-            "# daemon, which makes group docker root-equivalent; only tenants get it.\n"
-            "[Service]\nSupplementaryGroups=docker\n", 0o644)
     plan.files[DBUS_POLICY_DIR / "io.mushishi.GpuMode1.conf"] = (
         _shipped("io.mushishi.GpuMode1.conf"), 0o644)
     plan.files[SYSUSERS_FILE] = (_shipped("mushishi.sysusers.conf"), 0o644)
@@ -510,14 +559,6 @@ def record_restic_path(config_text: str, restic: str) -> str:
     return tomlkit.dumps(document)
 
 
-def _group_exists(root: Path, group: str) -> bool:
-    try:
-        lines = (root / "etc/group").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return False
-    return any(line.split(":", 1)[0] == group for line in lines)
-
-
 def skeleton_config() -> str:
     """The config written when none exists."""
     return resources.files("mushishi.shared.config").joinpath("skeleton.toml").read_text(
@@ -555,8 +596,8 @@ def apply_plan(plan: Plan, root: Path) -> list[str]:
 
 
 def _prune_stale_tenant_links(plan: Plan, root: Path) -> list[str]:
-    """Remove tenant and GPU-preparation links, and port drop-ins, of modes or tenants no
-    longer in the config."""
+    """Remove tenant and GPU-preparation links, and port and runtime drop-ins, of modes or
+    tenants no longer in the config."""
     removed = []
     unit_dir = root / UNIT_DIR
     wanted = {root / p for p in plan.symlinks}
@@ -567,7 +608,11 @@ def _prune_stale_tenant_links(plan: Plan, root: Path) -> list[str]:
                     link.unlink()
                     removed.append(f"removed {link}")
     rendered = {root / p for p in plan.files}
-    for dropin in unit_dir.glob("mushishi-tenant@?*.service.d/ports.conf"):
+    stale = [*unit_dir.glob("mushishi-tenant@?*.service.d/ports.conf"),
+             *unit_dir.glob("mushishi-tenant@?*.service.d/runtime.conf"),
+             # Until runtime.conf: group docker for every tenant whose command was docker.
+             *unit_dir.glob("mushishi-tenant@.service.d/docker.conf")]
+    for dropin in stale:
         if dropin not in rendered:
             dropin.unlink()
             removed.append(f"removed {dropin}")

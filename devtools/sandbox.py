@@ -45,6 +45,9 @@ PR_SET_PDEATHSIG = 1
 _UNWANTED = (
     "multi-user.target.wants", "timers.target.wants", "getty.target.wants",
     "sysinit.target.wants/systemd-timesyncd.service",
+    # docker.io and podman enable these: a test that wants a container engine starts it.
+    "default.target.wants", "sockets.target.wants/docker.socket",
+    "sockets.target.wants/podman.socket",
 )
 _MASKED = (
     "console-getty.service", "getty@.service", "systemd-timesyncd.service",

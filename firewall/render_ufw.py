@@ -14,6 +14,7 @@ import shlex
 from typing import Literal
 
 from mushishi.firewall.table import Service, Table
+from mushishi.firewall.tenant_egress import TenantEgress, docker_user_lines
 
 BEGIN_MARKER = "# BEGIN mushishi DOCKER-USER (rendered by `mushishi firewall render --format ufw`)"
 END_MARKER = "# END mushishi DOCKER-USER"
@@ -64,14 +65,20 @@ def ufw_commands(table: Table) -> list[list[str]]:
     return [list(c) for c in DEFAULT_COMMANDS] + [argv for _, argv in ufw_rules(table)]
 
 
-def docker_user_block(table: Table, family: Family) -> str:
-    """The marker-delimited block for after.rules (ipv4) or after6.rules (ipv6)."""
+def docker_user_block(table: Table, family: Family,
+                      tenant_egress: TenantEgress | None = None) -> str:
+    """The marker-delimited block for after.rules (ipv4) or after6.rules (ipv6); with
+    `tenant_egress`, traffic out of the Docker tenants' bridge reaches only local networks."""
+    chains, tenant_rules = (docker_user_lines(tenant_egress, family) if tenant_egress
+                            else ([], []))
     lines = [BEGIN_MARKER,
              "# Docker-published ports bypass UFW's INPUT rules: packets into a container are",
              "# forwarded after DNAT. Edit [firewall] in mushishi.toml, not this block.",
              "*filter",
              ":DOCKER-USER - [0:0]",
-             f":{DOCKER_CHAIN} - [0:0]"]
+             f":{DOCKER_CHAIN} - [0:0]",
+             *chains,
+             *tenant_rules]
     for bridge in table.docker_bridges:
         lines.append(f"-A DOCKER-USER -o {bridge} -j {DOCKER_CHAIN}")
     lines += [
@@ -121,7 +128,7 @@ def _quoted(argv: list[str]) -> str:
 
 
 def render_ufw(table: Table, *, ufw: str, after_rules: str, after6_rules: str,
-               source: str = "") -> str:
+               source: str = "", tenant_egress: TenantEgress | None = None) -> str:
     """A POSIX sh script: remove stale mushishi rules, add the table's, install the blocks.
 
     Running it twice changes nothing the second time. It never enables UFW (that is the
@@ -134,7 +141,8 @@ def render_ufw(table: Table, *, ufw: str, after_rules: str, after6_rules: str,
         "# Review, then run as root. Edit the config, not this script. It:",
         "#  1. deletes rules an earlier rendering added that the table no longer lists",
         "#  2. adds one rule per service and exposure (tagged 'mushishi:...')",
-        "#  3. puts the DOCKER-USER block in after.rules and after6.rules (idempotent)",
+        "#  3. puts the DOCKER-USER block in after.rules and after6.rules (idempotent),",
+        "#     with the Docker tenants' egress rules when a tenant has runtime = docker",
         "#  4. reloads UFW if it is active; it never enables it.",
         "# Limits: tailscaled accepts everything on "
         f"{table.tailnet_interface} before UFW sees it, so the",
@@ -184,7 +192,7 @@ def render_ufw(table: Table, *, ufw: str, after_rules: str, after6_rules: str,
     out.append("")
     for path, family in ((after_rules, "ipv4"), (after6_rules, "ipv6")):
         out.append(f"install_block {shlex.quote(path)} <<'MUSHISHI_BLOCK'")
-        out.append(docker_user_block(table, family).rstrip("\n"))
+        out.append(docker_user_block(table, family, tenant_egress).rstrip("\n"))
         out.append("MUSHISHI_BLOCK")
     out += [
         "",

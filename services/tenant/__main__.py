@@ -4,6 +4,7 @@
   run NAME       ExecStart=: run the tenant's command, READY=1 once its health URL answers
   drain NAME     ExecStop=: wait for in-flight work, then run the stop command
   prepare MODE   mushishi-gpu-prepare@MODE: power limit and stop-list before MODE's tenants
+  network        mushishi-tenant-network.service: Docker tenants' egress rules (nftables)
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ log = logging.getLogger("mushishi.tenant")
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["guard", "run", "drain", "prepare"])
-    parser.add_argument("name", help="tenant name ([tenants.NAME]), or mode name for prepare")
+    parser.add_argument("action", choices=["guard", "run", "drain", "prepare", "network"])
+    parser.add_argument("name", nargs="?", default="",
+                        help="tenant name ([tenants.NAME]), or mode name for prepare; "
+                        "none for network")
 
 
 def _body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
@@ -38,6 +41,10 @@ def _body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) ->
 
 
 def _act(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
+    if args.action == "network":
+        from mushishi.services.tenant.network import load_tenant_egress
+
+        return load_tenant_egress(loaded.settings, notifier, source=str(loaded.path))
     from mushishi.services.gpud.gpu import open_probe
 
     settings = loaded.settings
@@ -53,9 +60,11 @@ def _act(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> 
 
         return guard(settings, args.name, probe_factory, notifier)
     if args.action == "run":
+        from mushishi.services.tenant.confinement import ConfinementSettings
         from mushishi.services.tenant.runner import run_tenant
 
-        return asyncio.run(run_tenant(args.name, settings.tenants[args.name], notifier))
+        return asyncio.run(run_tenant(args.name, settings.tenants[args.name],
+                                      ConfinementSettings.from_settings(settings), notifier))
     if args.action == "drain":
         from mushishi.services.tenant.drain import drain
 

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import aiohttp
 
@@ -20,6 +19,7 @@ from mushishi.services.gpud.probes import BusyReading, mean_utilisation, read_pr
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
+from mushishi.shared.tenant_commands import compose_command
 
 log = logging.getLogger("mushishi.tenant")
 
@@ -29,16 +29,7 @@ UNREADABLE_LIMIT = 3
 
 def default_stop_command(command: list[str]) -> list[str] | None:
     """`docker compose [opts] up [args]` -> `docker compose [opts] down`; None otherwise."""
-    program = Path(command[0]).name
-    if program == "docker-compose":
-        start = 1
-    elif program == "docker" and len(command) > 1 and command[1] == "compose":
-        start = 2
-    else:
-        return None
-    if "up" not in command[start:]:
-        return None
-    return [*command[:command.index("up", start)], "down"]
+    return compose_command(command, "down")
 
 
 async def _reading(settings: MushishiSettings, tenant: str, session: aiohttp.ClientSession,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
@@ -16,6 +17,23 @@ if TYPE_CHECKING:
 _UNIT_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 DEFAULT_MODES = ("forensic", "agent", "creative", "audio", "off")
+
+# The bridge of `[gpu] docker_network` (DESIGN §9): fixed, so firewall rules can name it.
+DOCKER_BRIDGE = "br-mushishi"
+# Label the tenant runner puts on the containers of `docker run` tenants, to find them again.
+TENANT_LABEL = "io.mushishi.tenant"
+# Telemetry and network fetching off in every tenant, unless [tenants.X] env says otherwise.
+PHONE_HOME_OFF: dict[str, str] = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+# Where Docker networks may lie: private IPv4 space (RFC 1918).
+_PRIVATE_V4 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"),
+               IPv4Network("192.168.0.0/16"))
 
 
 class GpuSettings(Section):
@@ -76,6 +94,42 @@ class GpuSettings(Section):
         description="How often gpud reads VRAM, utilisation, temperature and power for its "
         "D-Bus properties and /metrics.",
     )
+    docker_network: str = Field(
+        default="mushishi-tenants",
+        description="The only Docker network a `runtime = \"docker\"` tenant may join. "
+        "mushishi creates it (bridge `" + DOCKER_BRIDGE + "`, subnet docker_subnet); "
+        "mushishi-tenant-network.service lets traffic forwarded out of it reach only "
+        "router.local_networks. A tenant with a container on any other network (the default "
+        "bridge, host, a user network) fails to start.",
+    )
+    docker_subnet: IPv4Network = Field(
+        default=IPv4Network("172.30.240.0/24"),
+        description="Subnet of docker_network, fixed so rules and the confinement probe can "
+        "name it (private IPv4 space; it must not overlap router.local_networks unless it "
+        "lies wholly inside one of them).",
+    )
+    tenant_probe_interval_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="How often a running tenant's confinement is probed again (a datagram to "
+        "router.confinement_probe from inside each of its cgroups and network namespaces); "
+        "the result is what the router's `tenants` sovereignty layer shows.",
+    )
+
+    @field_validator("docker_network")
+    @classmethod
+    def _network_is_a_docker_name(cls, value: str) -> str:
+        if not _DOCKER_NAME.match(value) or value in ("bridge", "host", "none", "default"):
+            raise ValueError(f"{value!r} is not a Docker network name of mushishi's own "
+                             "(letters, digits, '_', '.', '-'; not bridge, host, none)")
+        return value
+
+    @field_validator("docker_subnet")
+    @classmethod
+    def _subnet_is_private(cls, value: IPv4Network) -> IPv4Network:
+        if not any(value.subnet_of(space) for space in _PRIVATE_V4) or value.prefixlen > 29:
+            raise ValueError(f"{value} must be a private IPv4 network (inside 10.0.0.0/8, "
+                             "172.16.0.0/12 or 192.168.0.0/16) of /29 or larger")
+        return value
 
 
 class BusyProbeSettings(Section):
@@ -135,6 +189,32 @@ class TenantSettings(Section):
         description="After draining (and stop_command), how long the command may take to exit "
         "on SIGTERM before it is killed.",
     )
+    runtime: Literal["process", "docker", "podman"] = Field(
+        default="process",
+        description="How the tenant is confined. `process`: its own processes, by the unit's "
+        "IPAddressDeny=. `docker`: `docker run …` or `docker compose … up`; every container "
+        "must join only [gpu] docker_network, whose forwarded traffic reaches only "
+        "router.local_networks. `podman`: `podman run --cgroups=split …`, so the containers "
+        "stay in the unit's cgroup and its IPAddressDeny=. The tenant is declared ready only "
+        "once a probe from inside each of its cgroups and network namespaces fails to reach "
+        "router.confinement_probe.",
+    )
+    env: dict[str, str] = Field(
+        default={},
+        description="Environment of the tenant's command, merged over the defaults that turn "
+        "telemetry and network fetching off (" + ", ".join(
+            f"{k}={v}" for k, v in PHONE_HOME_OFF.items()) + "); overriding a default is "
+        "logged as a warning. `docker run`/`podman run` tenants pass every variable into the "
+        "container (`--env=NAME`); a compose file must list them under `environment:`.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names_are_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
 
 def _check_unit_name(kind: str, name: str) -> Issue | None:
@@ -195,8 +275,35 @@ def check(settings: MushishiSettings) -> list[Issue]:
                 ))
     for name, tenant in settings.tenants.items():
         issues += _check_busy_probe(name, tenant.busy_probe)
+        issues += _check_runtime(name, tenant)
     issues += _check_ports(settings)
+    issues += _check_docker_subnet(settings)
     return issues
+
+
+def _check_runtime(name: str, tenant: TenantSettings) -> list[Issue]:
+    """The command must be one the runtime confines."""
+    from mushishi.shared.tenant_commands import runtime_problem
+
+    problem = runtime_problem(tenant.runtime, tenant.command)
+    if problem is None:
+        return []
+    key = "runtime" if tenant.runtime == "process" else "command"
+    return [Issue(f"tenants.{name}.{key}", problem)]
+
+
+def _check_docker_subnet(settings: MushishiSettings) -> list[Issue]:
+    """The tenants' subnet lies wholly inside a local network or outside all of them."""
+    subnet = settings.gpu.docker_subnet
+    for network in settings.router.local_networks:
+        if (network.version == subnet.version and subnet.overlaps(network)  # type: ignore[arg-type]
+                and not subnet.subnet_of(network)):  # type: ignore[arg-type]
+            return [Issue("gpu.docker_subnet",
+                          f"{subnet} overlaps router.local_networks entry {network} without "
+                          "lying inside it: the tenants' bridge would take that local "
+                          "network's addresses over; pick a subnet outside every local "
+                          "network (or wholly inside one)")]
+    return []
 
 
 

@@ -145,7 +145,10 @@ class RouterSettings(Section):
     require_kernel_confinement: bool = Field(
         default=False,
         description="Refuse to start unless the kernel confinement self-check passes (set it "
-        "on boxes whose kernel supports cgroup BPF; the result is always in /ready).",
+        "on boxes whose kernel supports cgroup BPF; the result is always in /ready). Tenants "
+        "follow it too: with it set, a tenant whose confinement probe cannot tell (no route "
+        "to confinement_probe) is not declared ready; a probe that reaches the address always "
+        "stops the tenant.",
     )
 
     @field_validator("listen")

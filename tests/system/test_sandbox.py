@@ -34,6 +34,13 @@ def test_image_services_stay_off_unless_a_test_starts_them(sandbox: Sandbox) -> 
                        check=False).returncode != 0
 
 
+def test_sandbox_runs_no_container_engine_unless_a_test_starts_one(sandbox: Sandbox) -> None:
+    # docker.io and podman enable sockets and services in the machine image.
+    for unit in ("docker.socket", "docker.service", "containerd.service", "podman.socket",
+                 "podman.service", "podman-restart.service"):
+        assert sandbox.is_active(unit) == "inactive", unit
+
+
 def test_sandbox_writes_never_reach_the_host(sandbox: Sandbox) -> None:
     sandbox.run(["sh", "-c", "echo inside > /etc/mushishi-sandbox-probe"])
     assert sandbox.path("/etc/mushishi-sandbox-probe").read_text() == "inside\n"

@@ -1,4 +1,6 @@
-"""A notify socket like systemd's, to watch what the tenant helper tells its unit."""
+"""A notify socket like systemd's, to watch what the tenant helper tells its unit, and a
+network namespace where the kernel confines a tenant the way a unit's IPAddressDeny= does
+(an output rule that drops all but loopback: sending fails with EPERM)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.tenant.netns import Namespaces
+
+CONFINING_RULES = ("table inet confine {\n chain output {\n  type filter hook output priority 0;"
+                   ' policy accept;\n  oif "lo" accept\n  drop\n }\n}\n')
 
 
 class NotifySocket:
@@ -45,3 +52,18 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.close()
+
+
+@pytest.fixture
+def unconfined_netns() -> Iterator[Namespaces]:
+    """A namespace with a default route to nowhere: a datagram to anywhere leaves."""
+    namespaces = Namespaces(with_box=False).build()
+    yield namespaces
+    namespaces.destroy()
+
+
+@pytest.fixture
+def confined_netns(unconfined_netns: Namespaces) -> Namespaces:
+    """The same, with the kernel refusing everything but loopback."""
+    unconfined_netns.nft(unconfined_netns.tenant, CONFINING_RULES)
+    return unconfined_netns

@@ -1,5 +1,6 @@
 """`mushishi-tenant guard|run|drain` as systemd runs them: real processes, a real notify
-socket, the vLLM stand-in as the tenant's command."""
+socket, the vLLM stand-in as the tenant's command; `run` and `drain` in a network namespace
+where the kernel confines them, as a unit's IPAddressDeny= would."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.tenant.conftest import NotifySocket
+from tests.integration.tenant.netns import Namespaces
 from tests.paths import BINDIR, REPO
 from tests.ports import free_port
 
@@ -50,24 +50,34 @@ stop_timeout_s = 10
     return {"config": config, "gpu": gpu, "port": port}
 
 
-def run_env(notify: NotifySocket) -> dict[str, str]:
-    return {**os.environ, "NOTIFY_SOCKET": str(notify.path), "MUSHISHI_CONFIG": ""}
+def run_env(notify: NotifySocket, runtime_directory: Path | None = None) -> dict[str, str]:
+    extra = {"RUNTIME_DIRECTORY": str(runtime_directory)} if runtime_directory else {}
+    return {**os.environ, "NOTIFY_SOCKET": str(notify.path), "MUSHISHI_CONFIG": "", **extra}
 
 
-def http(method: str, url: str, body: bytes | None = None) -> bytes:
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.read()
+class HttpError(Exception):
+    """curl could not get an answer."""
+
+
+def http(netns: Namespaces, method: str, url: str, body: bytes | None = None) -> bytes:
+    """One request from inside the tenant's namespace."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns.tenant, "curl", "-sf", "--max-time", "10", "-X", method,
+         "-H", "Content-Type: application/json", *(["--data-binary", "@-"] if body else []),
+         url], input=body, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise HttpError(f"curl {url} exited {result.returncode}")
+    return result.stdout
 
 
 @pytest.fixture
-def running(box: dict[str, object], notify_socket: NotifySocket
-            ) -> Iterator[subprocess.Popen[str]]:
+def running(box: dict[str, object], notify_socket: NotifySocket, confined_netns: Namespaces,
+            tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     # Its own session, so the teardown can end the runner and the tenant it started.
-    runner = subprocess.Popen([TENANT, "--config", str(box["config"]), "run", "vllm"],
-                              env=run_env(notify_socket), text=True, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    runner = subprocess.Popen(["ip", "netns", "exec", confined_netns.tenant, TENANT,
+                               "--config", str(box["config"]), "run", "vllm"],
+                              env=run_env(notify_socket, tmp_path / "run"), text=True,
+                              stderr=subprocess.PIPE, start_new_session=True)
     yield runner
     if runner.poll() is None:
         runner.send_signal(signal.SIGTERM)  # the runner stops its tenant, as under systemd
@@ -80,44 +90,50 @@ def running(box: dict[str, object], notify_socket: NotifySocket
 
 def test_run_reports_ready_only_once_health_answers(box: dict[str, object],
                                                     notify_socket: NotifySocket,
+                                                    confined_netns: Namespaces,
                                                     running: subprocess.Popen[str]) -> None:
     port = box["port"]
     waiting = notify_socket.wait_for("STATUS=waiting for")
     assert f"http://127.0.0.1:{port}/v1/models" in waiting
     notify_socket.wait_for("READY=1", timeout=60)
-    assert json.loads(http("GET", f"http://127.0.0.1:{port}/v1/models"))["data"][0]["id"] == (
-        "nemotron")
+    models = http(confined_netns, "GET", f"http://127.0.0.1:{port}/v1/models")
+    assert json.loads(models)["data"][0]["id"] == "nemotron"
     extend = notify_socket.wait_for("EXTEND_TIMEOUT_USEC=")
     assert extend == f"EXTEND_TIMEOUT_USEC={(900 + 30) * 1_000_000}"
     running.send_signal(signal.SIGTERM)
     assert running.wait(timeout=30) == 0
-    with pytest.raises(urllib.error.URLError):
-        http("GET", f"http://127.0.0.1:{port}/v1/models")
+    with pytest.raises(HttpError):
+        http(confined_netns, "GET", f"http://127.0.0.1:{port}/v1/models")
 
 
 def test_drain_waits_for_the_streamed_request_then_returns(box: dict[str, object],
                                                            notify_socket: NotifySocket,
+                                                           confined_netns: Namespaces,
                                                            running: subprocess.Popen[str]
                                                            ) -> None:
     port = box["port"]
+    netns = confined_netns
     notify_socket.wait_for("READY=1", timeout=60)
-    http("POST", f"http://127.0.0.1:{port}/standin/hold")
+    http(netns, "POST", f"http://127.0.0.1:{port}/standin/hold")
     stream = subprocess.Popen(
-        ["curl", "-sN", "-H", "Content-Type: application/json", "-d",
+        ["ip", "netns", "exec", netns.tenant, "curl", "-sN", "-H",
+         "Content-Type: application/json", "-d",
          json.dumps({"model": "nemotron", "stream": True, "messages": []}),
          f"http://127.0.0.1:{port}/v1/chat/completions"], stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
-    while json.loads(http("GET", f"http://127.0.0.1:{port}/standin/state"))["running"] != 1:
+    while json.loads(http(netns, "GET", f"http://127.0.0.1:{port}/standin/state")
+                     )["running"] != 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    drain = subprocess.Popen([TENANT, "--config", str(box["config"]), "drain", "vllm"],
+    drain = subprocess.Popen(["ip", "netns", "exec", netns.tenant, TENANT, "--config",
+                              str(box["config"]), "drain", "vllm"],
                              env=run_env(notify_socket), text=True, stderr=subprocess.PIPE)
     try:
         status = notify_socket.wait_for("STATUS=draining")
         assert status.startswith("STATUS=draining: 1 request(s) running, 0 waiting (vLLM)")
         time.sleep(1.0)
         assert drain.poll() is None, "drain returned with a request in flight"
-        http("POST", f"http://127.0.0.1:{port}/standin/release")
+        http(netns, "POST", f"http://127.0.0.1:{port}/standin/release")
         assert drain.wait(timeout=20) == 0
     finally:
         if drain.poll() is None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from mushishi.ctl.install import UNIT_DIR, plan_install, port_conflicts, render_tenant_dropins
+from mushishi.ctl.install import (
+    RUNTIME_DROPINS,
+    UNIT_DIR,
+    plan_install,
+    port_conflicts,
+    render_tenant_dropins,
+)
 from mushishi.shared.config import load_settings
 from tests.paths import BINDIR, EXAMPLE_CONFIG
 from tests.unit.ctl.test_install import install
@@ -42,7 +48,7 @@ def test_tenants_sharing_a_port_conflict_with_one_way_ordering() -> None:
     # Only one direction: a cycle would make systemd drop a job.
     assert "After=" not in agent
     assert "After=mushishi-tenant@vllm-agent.service" in forensic
-    assert not any("comfyui" in str(path) for path in files)
+    assert not any("comfyui" in str(path) and path.name == "ports.conf" for path in files)
 
 
 def test_dropping_a_port_sharer_prunes_its_conflict_dropin(tmp_path: Path) -> None:
@@ -77,3 +83,43 @@ def test_gpud_may_probe_tenants_anywhere_in_the_local_networks(tmp_path: Path) -
     assert "[Service]" in text
     for network in load_settings(EXAMPLE_CONFIG).router.local_networks:
         assert f"IPAddressAllow={network}" in text
+
+
+def test_container_tenants_get_the_drop_in_their_runtime_needs(tmp_path: Path) -> None:
+    settings = load_settings(EXAMPLE_CONFIG)
+    files = render_tenant_dropins(settings)
+    docker = files[UNITS / "mushishi-tenant@vllm-forensic.service.d" / "runtime.conf"]
+    lines = docker.splitlines()
+    assert {"Wants=mushishi-tenant-network.service",
+            "After=mushishi-tenant-network.service docker.service", "User=root",
+            "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_PTRACE", "ProtectControlGroups=no",
+            "RestrictNamespaces=net"} <= set(lines)
+    assert "Requires=mushishi-tenant-network.service" not in lines
+    podman = RUNTIME_DROPINS["podman"].splitlines()
+    assert {"Delegate=yes", "User=root", "SystemCallFilter="} <= set(podman)
+    assert not any(line.startswith(("NoNewPrivileges=", "RestrictSUIDSGID=")) for line in podman)
+    edited = tmp_path / "edited.toml"
+    edited.write_text(EXAMPLE_CONFIG.read_text().replace(
+        '[tenants.comfyui]\nruntime = "docker"\n', "[tenants.comfyui]\n").replace(
+        '["docker", "compose", "-f", "/etc/mushishi/compose/comfyui.yml", "up"]',
+        '["/opt/comfyui/run.sh"]'))
+    plain = render_tenant_dropins(load_settings(edited))
+    assert not any(path.name == "runtime.conf" and "comfyui" in str(path) for path in plain)
+
+
+def test_a_tenant_leaving_docker_loses_its_runtime_drop_in(tmp_path: Path) -> None:
+    install(tmp_path)
+    units = tmp_path / "etc/systemd/system"
+    dropin = units / "mushishi-tenant@comfyui.service.d/runtime.conf"
+    assert dropin.is_file()
+    assert (units / "mushishi-tenant-network.service").is_file()
+    old_group = units / "mushishi-tenant@.service.d/docker.conf"
+    old_group.write_text("[Service]\nSupplementaryGroups=docker\n")
+    edited = tmp_path / "edited.toml"
+    edited.write_text(EXAMPLE_CONFIG.read_text().replace(
+        '[tenants.comfyui]\nruntime = "docker"\n', "[tenants.comfyui]\n").replace(
+        '["docker", "compose", "-f", "/etc/mushishi/compose/comfyui.yml", "up"]',
+        '["/opt/comfyui/run.sh"]'))
+    result = install(tmp_path, edited)
+    assert f"removed {dropin}" in result.stdout and f"removed {old_group}" in result.stdout
+    assert not dropin.exists() and not old_group.exists()

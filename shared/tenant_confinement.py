@@ -1,0 +1,103 @@
+"""The tenants' confinement, as published by their runners and read by the router (and
+`mushishi status`, the watchdog): the `tenants` sovereignty layer of DESIGN §9.
+
+Each running tenant's unit has `RuntimeDirectory=mushishi/tenants/<name>`: systemd creates
+it when the unit starts and removes it when the unit stops, whatever the runner did, so
+"the directory exists" means "the tenant is running" without asking systemd. Inside it the
+runner replaces `confinement.json` after every probe. The layer is:
+
+* `True`: every running tenant's latest probe was refused, or no tenant is running (a box
+  in mode `off` has no model server that could leak a prompt);
+* `False`: one running tenant's latest probe left the box (or its containers joined a
+  network they must not);
+* `None`: a running tenant was not probed yet (it is starting), its probe could not tell,
+  or its record is unreadable or older than three probe intervals (its runner is stuck).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mushishi.shared.files import replace_atomically
+
+TENANTS_RUN_DIR = Path("/run/mushishi/tenants")
+RECORD_NAME = "confinement.json"
+# A record older than this many probe intervals (plus the slack) counts as not known.
+STALE_INTERVALS = 3
+STALE_SLACK_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """One tenant's latest probe, as its runner wrote it."""
+
+    tenant: str
+    runtime: str
+    confined: bool | None
+    detail: str
+    checked_at: float  # Unix time
+    interval_s: float
+    probe: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantsLayer:
+    """The layer verdict, one line naming the tenant it hinges on, and every reading."""
+
+    verdict: bool | None
+    detail: str
+    tenants: dict[str, bool | None]
+
+
+def write_record(directory: Path, record: TenantRecord) -> None:
+    """Publish `record` in `directory` (the unit's runtime directory), atomically, 0644."""
+    replace_atomically(directory / RECORD_NAME, json.dumps(asdict(record)) + "\n", mode=0o644)
+
+
+def read_record(path: Path) -> TenantRecord:
+    """A record written by `write_record`; ValueError or OSError when it is not one."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    confined = data["confined"]
+    if confined not in (True, False, None):
+        raise ValueError(f"confined is {confined!r}")
+    return TenantRecord(str(data["tenant"]), str(data["runtime"]), confined,
+                        str(data["detail"]), float(data["checked_at"]),
+                        float(data["interval_s"]), str(data["probe"]))
+
+
+def _reading(directory: Path, now: float) -> tuple[bool | None, str]:
+    name = directory.name
+    path = directory / RECORD_NAME
+    if not path.exists():
+        return None, f"tenant {name}: not probed yet (starting)"
+    try:
+        record = read_record(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return None, f"tenant {name}: unreadable {path} ({error})"
+    age = now - record.checked_at
+    if age > STALE_INTERVALS * record.interval_s + STALE_SLACK_S:
+        return None, (f"tenant {name}: the last probe is {age:.0f} s old (every "
+                      f"{record.interval_s:g} s expected): is its runner stuck?")
+    return record.confined, f"tenant {name}: {record.detail}"
+
+
+def read_tenants_layer(run_dir: Path = TENANTS_RUN_DIR, *, now: float) -> TenantsLayer:
+    """The `tenants` layer from the records under `run_dir` at Unix time `now`."""
+    try:
+        running = sorted(p for p in run_dir.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        running = []
+    except OSError as error:
+        return TenantsLayer(None, f"cannot read {run_dir}: {error}", {})
+    if not running:
+        return TenantsLayer(True, "no tenant is running", {})
+    readings = {p.name: _reading(p, now) for p in running}
+    tenants = {name: verdict for name, (verdict, _) in readings.items()}
+    for wanted in (False, None):
+        for verdict, detail in readings.values():
+            if verdict is wanted:
+                return TenantsLayer(wanted, detail, tenants)
+    names = ", ".join(readings)
+    return TenantsLayer(True, f"every running tenant is confined ({names})", tenants)
