@@ -22,14 +22,14 @@ from dbus_fast.errors import DBusError
 
 from mushishi.services.gpud import core
 from mushishi.services.gpud.dbus_api import GpuModeInterface, SwitchError, export
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError, GpuSnapshot, open_probe
 from mushishi.services.gpud.metrics import GpudMetrics
-from mushishi.services.gpud.probes import busy_lines, mean_utilisation, read_probe
 from mushishi.services.gpud.systemd import JobEvent, SystemdClient, UnitChange
+from mushishi.shared.busy_probes import busy_lines, mean_utilisation, read_probe
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.gpu import mode_target, tenant_unit
 from mushishi.shared.config.router import parse_tcp_listen
 from mushishi.shared.daemon import EX_UNAVAILABLE, load_or_explain, stop_on_signals
+from mushishi.shared.gpu import GpuProbe, GpuProbeError, GpuSnapshot, open_probe
 from mushishi.shared.journal import log_extra
 from mushishi.shared.metrics import new_registry, start_metrics_server
 from mushishi.shared.notify import Notifier

@@ -23,8 +23,8 @@ from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from mushishi.services.gpud.core import ModeState, Refusal
-from mushishi.services.gpud.gpu import GpuSnapshot
 from mushishi.shared import dbus_names
+from mushishi.shared.gpu import GpuSnapshot
 
 DBusStrList = Annotated[list[str], DBusSignature("as")]
 DBusHolds = Annotated[list[list[str]], DBusSignature("a(sss)")]

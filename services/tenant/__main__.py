@@ -38,7 +38,7 @@ def _body(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) ->
 
 
 def _act(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> int:
-    from mushishi.services.gpud.gpu import open_probe
+    from mushishi.shared.gpu import open_probe
 
     settings = loaded.settings
     known = settings.modes if args.action == "prepare" else settings.tenants

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import aiohttp
 
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError
-from mushishi.services.gpud.probes import BusyReading, mean_utilisation, read_probe
+from mushishi.shared.busy_probes import BusyReading, mean_utilisation, read_probe
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.gpu import GpuProbe, GpuProbeError
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError
 from mushishi.services.gpud.systemd import SystemdClient
 from mushishi.services.tenant.stoplist import (
     Container,
@@ -29,6 +28,7 @@ from mushishi.services.tenant.stoplist import (
 )
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.gpu import tenant_unit
+from mushishi.shared.gpu import GpuProbe, GpuProbeError
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
 

@@ -20,11 +20,11 @@ from mushishi.services.gpud import core
 from mushishi.services.gpud.app import GpuModeManager
 from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.services.gpud.dbus_api import GpuModeInterface, export
-from mushishi.services.gpud.gpu import GpuSnapshot, SimulatedProbe
 from mushishi.services.gpud.metrics import GpudMetrics
 from mushishi.services.gpud.systemd import SystemdClient
 from mushishi.shared import dbus_names
 from mushishi.shared.config import load_settings
+from mushishi.shared.gpu import GpuSnapshot, SimulatedProbe
 from mushishi.shared.metrics import new_registry
 from tests.paths import EXAMPLE_CONFIG, REPO
 
