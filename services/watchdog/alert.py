@@ -12,6 +12,7 @@ from mushishi.services.watchdog import gather
 from mushishi.services.watchdog.alerts import AlertState, Message, plan_unit_failure
 from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.readings import Reading
 
 log = logging.getLogger("mushishi.alert")
 
@@ -23,7 +24,7 @@ async def run_alert(settings: MushishiSettings, unit: str, deps: Deps) -> int:
     try:
         summary = await gather.unit_failure_summary(bus, unit)
     finally:
-        if not isinstance(bus, gather.Failed):
+        if not isinstance(bus, Reading):
             bus.disconnect()
     lines = await gather.journal_tail(deps.journalctl, unit, config.alert_journal_lines,
                                       config.http_timeout_s)
