@@ -14,6 +14,7 @@ import asyncio
 import json
 from typing import Any
 
+from mushishi.shared.config.router import connect_url
 from mushishi.shared.readings import Reading, down, error, ok
 
 HTTP_LIMIT = 8 * 1024 * 1024
@@ -96,8 +97,9 @@ READ_ERRORS = (OSError, HttpError, asyncio.IncompleteReadError, ValueError)
 
 async def served_models(host: str, port: int) -> Reading[list[str]]:
     """The model names an OpenAI-compatible server (llama-server) lists on GET /v1/models,
-    sorted; `down` when it does not answer, `error` when its answer is not a model list."""
-    where = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1/models"
+    sorted; `down` when it does not answer, `error` when its answer is not a model list.
+    `host` is where to connect (config.router.connect_host of a listen host)."""
+    where = f"{connect_url(host, port)}/v1/models"
     try:
         status, body = await http_get("/v1/models", host=host, port=port)
     except ConnectionRefusedError:
