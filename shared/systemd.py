@@ -174,33 +174,48 @@ class SystemdClient:
         return {str(unit): str(job_type) for _id, unit, job_type, _state, _jp, _up in jobs
                 if unit in wanted}
 
-    async def statuses(self, units: Iterable[str]) -> dict[str, UnitStatus]:
-        """Active state and pending job of each unit; result and STATUS= text of services
-        that are not running (why a tenant failed) or have a job pending."""
-        names = list(units)
-        (rows,) = await self._manager("ListUnitsByNames", "as", [names])
+    async def _rows(self, member: str, signature: str, body: Sequence[Any]
+                    ) -> list[tuple[str, str, str, str, str, str]]:
+        """(name, load, active, sub, path, job type) of each unit a List* call returns."""
+        (rows,) = await self._manager(member, signature, body)
+        return [(str(name), str(load), str(active), str(sub), str(path), str(job_type))
+                for name, _desc, load, active, sub, _following, path, _job_id, job_type, _jp
+                in rows]
+
+    async def statuses(self, units: Iterable[str], *, every_status_text: bool = False
+                       ) -> dict[str, UnitStatus]:
+        """State and pending job of each unit (loaded on demand: one that does not exist
+        reads `not-found`), in one call. The result and STATUS= text of services that are
+        not running or have a job pending (why a tenant failed, what it is doing); with
+        `every_status_text`, the STATUS= text of every loaded service instead."""
+        rows = await self._rows("ListUnitsByNames", "as", [list(units)])
+
+        def wanted(name: str, load: str, active: str, job_type: str) -> tuple[str, ...]:
+            if not name.endswith(".service"):
+                return ()
+            if every_status_text:
+                return ("StatusText",) if load == "loaded" else ()
+            if active not in ("active", "reloading"):
+                return ("Result", "StatusText")
+            return ("StatusText",) if job_type else ()
+
+        services = await asyncio.gather(*(
+            self._get(path, SYSTEMD_SERVICE_INTERFACE, names)
+            if (names := wanted(name, load, active, job_type)) else _nothing()
+            for name, load, active, _sub, path, job_type in rows))
         found: dict[str, UnitStatus] = {}
-        for row in rows:
-            name, _desc, load, active, sub, _following, path, _job_id, job_type, _jp = row
-            result, text = "success", ""
-            if name.endswith(".service") and (active not in ("active", "reloading")
-                                              or job_type):
-                service = await self._get(str(path), SYSTEMD_SERVICE_INTERFACE,
-                                          ("Result", "StatusText"))
-                text = str(service.get("StatusText", ""))
-                if active not in ("active", "reloading"):
-                    result = str(service.get("Result", "success"))
-            found[name] = UnitStatus(name, str(active), str(sub), result, text, str(job_type),
-                                     str(load))
+        for (name, load, active, sub, _path, job_type), service in zip(rows, services,
+                                                                      strict=True):
+            result = str(service.get("Result", "success"))
+            found[name] = UnitStatus(name, active, sub, result,
+                                     str(service.get("StatusText", "")), job_type, load)
         return found
 
     async def list_units(self, patterns: Sequence[str]) -> dict[str, UnitStatus]:
         """The units systemd has loaded whose names match `patterns` (states only)."""
-        (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], list(patterns)])
-        return {str(name): UnitStatus(str(name), str(active), str(sub), load_state=str(load),
-                                      job_type=str(job_type))
-                for name, _desc, load, active, sub, _following, _path, _job_id, job_type, _jp
-                in rows}
+        return {name: UnitStatus(name, active, sub, load_state=load, job_type=job_type)
+                for name, load, active, sub, _path, job_type in await self._rows(
+                    "ListUnitsByPatterns", "asas", [[], list(patterns)])}
 
     async def unit(self, name: str) -> UnitStatus:
         """One unit, loaded if systemd has not (a unit that does not exist reads
@@ -218,17 +233,19 @@ class SystemdClient:
                           exec_main_code=code if isinstance(code, int) else None,
                           exec_main_status=status if isinstance(status, int) else None)
 
-    async def timer(self, name: str) -> TimerStatus:
-        """A timer unit and when it elapses next and last."""
-        (path,) = await self._manager("LoadUnit", "s", [name])
-        unit, timer = await asyncio.gather(
-            self._get(path, SYSTEMD_UNIT_INTERFACE, ("LoadState", "ActiveState", "SubState")),
+    async def timers(self, names: Iterable[str]) -> dict[str, TimerStatus]:
+        """Timer units (loaded on demand) and when each elapses next and last."""
+        rows = await self._rows("ListUnitsByNames", "as", [list(names)])
+        times = await asyncio.gather(*(
             self._get(path, SYSTEMD_TIMER_INTERFACE,
-                      ("NextElapseUSecRealtime", "LastTriggerUSec")))
-        return TimerStatus(name, str(unit.get("LoadState", "")),
-                           str(unit.get("ActiveState", "")), str(unit.get("SubState", "")),
-                           _usec(timer.get("NextElapseUSecRealtime")),
-                           _usec(timer.get("LastTriggerUSec")))
+                      ("NextElapseUSecRealtime", "LastTriggerUSec"))
+            if load == "loaded" else _nothing()
+            for _name, load, _active, _sub, path, _job in rows))
+        return {name: TimerStatus(name, load, active, sub,
+                                  _usec(timer.get("NextElapseUSecRealtime")),
+                                  _usec(timer.get("LastTriggerUSec")))
+                for (name, load, active, sub, _path, _job), timer in zip(rows, times,
+                                                                         strict=True)}
 
 
 async def _nothing() -> dict[str, Any]:

@@ -110,46 +110,27 @@ async def read_systemd(bus: MessageBus | Reading[Any]) -> Reading[dict[str, Any]
     systemd = SystemdClient(bus)
     try:
         listed = await systemd.list_units(["mushishi*"])
+        always_on, timers = await asyncio.gather(
+            systemd.statuses(ALWAYS_ON, every_status_text=True),
+            systemd.timers(sorted({*TIMERS, *(u for u in listed if u.endswith(".timer"))})))
     except BusError as caught:
         return down(f"systemd did not list the units: {caught.one_line()}")
     units: dict[str, dict[str, Any]] = {
         name: {"load": unit.load_state, "active": unit.active_state, "sub": unit.sub_state}
         for name, unit in listed.items()}
-
-    async def always_on(name: str) -> None:
-        try:
-            unit = await systemd.unit(name)
-        except BusError:
-            units[name] = {"load": "error", "active": "unknown", "sub": ""}
-            return
+    for name, timer in timers.items():
+        units.setdefault(name, {"load": timer.load_state, "active": timer.active_state,
+                                "sub": timer.sub_state})
+    for name, unit in always_on.items():
         units[name] = {"load": unit.load_state, "active": unit.active_state,
                        "sub": unit.sub_state}
         if unit.load_state == "loaded":
             units[name]["status_text"] = unit.status_text
-
-    timers: dict[str, dict[str, Any]] = {}
-
-    async def timer(name: str) -> None:
-        try:
-            found = await systemd.timer(name)
-        except BusError:
-            units.setdefault(name, {"load": "error", "active": "unknown", "sub": ""})
-            timers[name] = {"active": units[name]["load"], "next": None, "last": None}
-            return
-        units.setdefault(name, {"load": found.load_state, "active": found.active_state,
-                                "sub": found.sub_state})
-        if found.load_state != "loaded":
-            timers[name] = {"active": found.load_state or "not-found", "next": None,
-                            "last": None}
-            return
-        timers[name] = {"active": found.active_state,
-                        "next": _usec_time(found.next_elapse_usec),
-                        "last": _usec_time(found.last_trigger_usec)}
-
-    await asyncio.gather(*(always_on(n) for n in ALWAYS_ON),
-                         *(timer(n) for n in sorted({*TIMERS, *(
-                             u for u in listed if u.endswith(".timer"))})))
-    return ok({"units": units, "timers": timers})
+    return ok({"units": units, "timers": {
+        name: {"active": timer.active_state, "next": _usec_time(timer.next_elapse_usec),
+               "last": _usec_time(timer.last_trigger_usec)} if timer.load_state == "loaded"
+        else {"active": timer.load_state or "not-found", "next": None, "last": None}
+        for name, timer in timers.items()}})
 
 
 # -- files ---------------------------------------------------------------------------------
