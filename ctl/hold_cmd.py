@@ -15,8 +15,9 @@ import signal
 import sys
 
 from mushishi.ctl.gpud_errors import run_command
-from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
+from mushishi.shared.bus import BusError
+from mushishi.shared.gpumode import GpuModeClient
 
 USAGE = "mushishi hold MODE [--then MODE] [--reason TEXT] -- COMMAND [ARG…]"
 
@@ -75,13 +76,13 @@ async def _hold(args: argparse.Namespace, argv: list[str]) -> int:
     holder = f"mushishi hold: {shlex.join(argv)}"[:200]
     try:
         props = await client.properties()
-        if props["ActiveMode"] == args.mode and props["State"] in ("ready", "off"):
+        if props.active_mode == args.mode and props.state in ("ready", "off"):
             cookie: int | None = await client.hold(args.mode, holder, args.reason)
         else:
             ok, cookie = await _switch_and_wait(client, args.mode, holder, args.reason)
             if not ok:
                 if cookie is not None:
-                    with contextlib.suppress(GpuModeError):
+                    with contextlib.suppress(BusError):
                         await client.release(cookie)
                 return 1
         _say(f"holding {args.mode} while `{shlex.join(argv)}` runs")
@@ -89,7 +90,7 @@ async def _hold(args: argparse.Namespace, argv: list[str]) -> int:
         assert cookie is not None
         try:
             await client.release(cookie)
-        except GpuModeError as error:
+        except BusError as error:
             if error.name != dbus_names.ERROR_UNKNOWN_HOLD:
                 raise
             _say(f"the hold had already ended: {error.text}")

@@ -7,10 +7,9 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
 
 from mushishi.ctl.gpud_errors import run_command
-from mushishi.services.gpud.client import GpuModeClient
+from mushishi.shared.gpumode import GpuModeClient, GpuModeProperties
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,24 +25,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="show the state as JSON")
 
 
-def render(props: dict[str, Any]) -> str:
+def render(props: GpuModeProperties) -> str:
     """The human view of gpud's properties."""
-    lines = [f"mode:   {props['ActiveMode'] or 'none'} ({props['State']})"]
-    if props.get("StateReason"):
-        lines.append(f"reason: {props['StateReason']}")
-    if props.get("Progress"):
-        lines.append(f"now:    {props['Progress']}")
-    lines.append(f"modes:  {', '.join(props['Modes'])}")
-    holds = props.get("Holds") or []
-    if holds:
-        for mode, holder, reason in holds:
-            lines.append(f"hold:   {mode} by {holder}" + (f" ({reason})" if reason else ""))
+    lines = [f"mode:   {props.active_mode or 'none'} ({props.state})"]
+    if props.state_reason:
+        lines.append(f"reason: {props.state_reason}")
+    if props.progress:
+        lines.append(f"now:    {props.progress}")
+    lines.append(f"modes:  {', '.join(props.modes)}")
+    if props.holds:
+        for hold in props.holds:
+            lines.append(f"hold:   {hold.mode} by {hold.holder}"
+                         + (f" ({hold.reason})" if hold.reason else ""))
     else:
         lines.append("holds:  none")
-    gpu = (f"gpu:    {props['VramUsedMiB']}/{props['VramTotalMiB']} MiB used, "
-           f"{props['GpuUtilPercent']}% busy, {props['GpuTemperatureC']} °C, "
-           f"{props['GpuPowerW']:.0f} W")
-    if props.get("GpuThrottled"):
+    gpu = (f"gpu:    {props.vram_used_mib}/{props.vram_total_mib} MiB used, "
+           f"{props.util_percent}% busy, {props.temperature_c} °C, "
+           f"{props.power_w or 0.0:.0f} W")
+    if props.throttled:
         gpu += ", throttled"
     lines.append(gpu)
     return "\n".join(lines)
@@ -55,7 +54,8 @@ async def _show(args: argparse.Namespace) -> int:
         props = await client.properties()
     finally:
         client.close()
-    print(json.dumps(props, indent=2, sort_keys=True) if args.json else render(props))
+    print(json.dumps(props.to_dbus(), indent=2, sort_keys=True) if args.json
+          else render(props))
     return 0
 
 

@@ -7,13 +7,16 @@ health probes, the GPU mode gpud reports, and concurrency: the same view request
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-from typing import Any
 
 from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
 from mushishi.shared.config.router import unix_listen_path
-from mushishi.shared.router_status import DEFAULT_SOCKET, RouterUnavailable, fetch_status
+from mushishi.shared.readings import within
+from mushishi.shared.router_status import DEFAULT_SOCKET, RouterStatus, read_status
+
+TIMEOUT_S = 5.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,50 +42,51 @@ def _mark(value: bool | None) -> str:
     return "✓" if value else ("?" if value is None else "✗")
 
 
-def render(status: dict[str, Any], profile: str) -> str:
+def render(status: RouterStatus, profile: str) -> str:
     """The explanation of one profile, as printed."""
-    entry = status["profiles"][profile]
-    lines = [f"{profile} ({entry['tier']}): " + (
-        f"{entry['would_use']} would answer" if entry["would_use"] else "no backend would "
+    entry = status.profiles[profile]
+    lines = [f"{profile} ({entry.tier}): " + (
+        f"{entry.would_use} would answer" if entry.would_use else "no backend would "
         "answer now")]
-    lines.append(f"  why: {entry['reason']}")
-    for name in entry["chain"]:
-        backend = status["backends"][name]
-        where = "local" if backend["local"] else "cloud via mushishi-egress"
-        load = f", {backend['in_flight']} in flight"
-        if backend.get("max_concurrency"):
-            load += f" of {backend['max_concurrency']}"
-        lines.append(f"  {name:<12} {backend['state']:<13} {where}{load} — {backend['reason']}")
-    gpu = status.get("gpu", {})
-    lines.append("  gpu mode: " + (f"{gpu['active_mode']} ({gpu['state']})" if gpu.get("present")
+    lines.append(f"  why: {entry.reason}")
+    for name in entry.chain:
+        backend = status.backends[name]
+        where = "local" if backend.local else "cloud via mushishi-egress"
+        load = f", {backend.in_flight} in flight"
+        if backend.max_concurrency:
+            load += f" of {backend.max_concurrency}"
+        lines.append(f"  {name:<12} {backend.state:<13} {where}{load} — {backend.reason}")
+    gpu = status.gpu
+    lines.append("  gpu mode: " + (f"{gpu.active_mode} ({gpu.state})" if gpu.present
                                    else "unknown (mushishi-gpud is not on the bus)"))
-    sovereignty = status["sovereignty"]
-    lines.append(f"  sovereignty: config {_mark(sovereignty['config'])}, connect-time "
-                 f"{_mark(sovereignty['connect_time'])}, kernel {_mark(sovereignty['kernel'])}")
-    share = status.get("cloud_share", {}).get(profile)
-    if share and entry["tier"] in ("T2", "T3"):
-        lines.append(f"  cloud share: {share['hour']:.0%} last hour, {share['day']:.0%} last "
-                     f"day ({share['requests_day']} requests)")
+    sovereignty = status.sovereignty
+    lines.append(f"  sovereignty: config {_mark(sovereignty.config)}, connect-time "
+                 f"{_mark(sovereignty.connect_time)}, kernel {_mark(sovereignty.kernel)}")
+    share = status.cloud_share.get(profile)
+    if share and entry.tier in ("T2", "T3"):
+        lines.append(f"  cloud share: {share.hour:.0%} last hour, {share.day:.0%} last "
+                     f"day ({share.requests_day} requests)")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the explanation; 0 if a backend would answer, 1 if none would, 69 if no router."""
     path = _socket_path(args)
-    try:
-        status = fetch_status(path)
-    except RouterUnavailable as error:
-        print(f"mushishi route: {error}", file=sys.stderr)
+    reading = asyncio.run(within(TIMEOUT_S, read_status(path),
+                                 "hung? `systemctl status mushishi-router`"))
+    if reading.status != "ok":
+        print(f"mushishi route: {reading.detail}", file=sys.stderr)
         return 69
-    profiles = [args.profile] if args.profile else sorted(status["profiles"])
-    unknown = [p for p in profiles if p not in status["profiles"]]
+    status = reading.value()
+    profiles = [args.profile] if args.profile else sorted(status.profiles)
+    unknown = [p for p in profiles if p not in status.profiles]
     if unknown:
         print(f"mushishi route: unknown profile {unknown[0]!r} (profiles: "
-              f"{', '.join(sorted(status['profiles']))})", file=sys.stderr)
+              f"{', '.join(sorted(status.profiles))})", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({p: status["profiles"][p] for p in profiles}, indent=2,
+        print(json.dumps({p: status.profiles[p].to_json() for p in profiles}, indent=2,
                          ensure_ascii=False))
     else:
         print("\n\n".join(render(status, p) for p in profiles))
-    return 0 if all(status["profiles"][p]["would_use"] for p in profiles) else 1
+    return 0 if all(status.profiles[p].would_use for p in profiles) else 1

@@ -16,14 +16,16 @@ import socket
 import sys
 from datetime import UTC, datetime
 
-from mushishi.ctl.status.core import Reading, build_report, exit_status, render
 from mushishi.ctl.status.gather import collect
+from mushishi.ctl.status.report import build_report, exit_status
+from mushishi.ctl.status.screen import render
 from mushishi.shared.config import (
     ConfigError,
     MushishiSettings,
     load_settings,
     resolve_config_path,
 )
+from mushishi.shared.readings import Reading, error, ok
 
 DEFAULT_TIMEOUT_S = 0.5
 
@@ -52,14 +54,13 @@ def use_colour(choice: str, stream_is_tty: bool, environ: dict[str, str]) -> boo
     return stream_is_tty and environ.get("TERM") != "dumb"
 
 
-def _settings(config: str | None) -> tuple[MushishiSettings, Reading]:
+def _settings(config: str | None) -> tuple[MushishiSettings, Reading[None]]:
     path = resolve_config_path(config)
     try:
-        return load_settings(path), Reading("ok", None, str(path))
+        return load_settings(path), ok(None, str(path))
     except ConfigError as problem:
-        return MushishiSettings(), Reading(
-            "error", None, f"{problem.one_line()} (showing defaults; `mushishi config check "
-            f"{path}`)")
+        return MushishiSettings(), error(
+            f"{problem.one_line()} (showing defaults; `mushishi config check {path}`)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,9 +36,9 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from devtools.sandbox import Sandbox
-from mushishi.services.gpud.client import GpuModeClient
-from mushishi.services.gpud.systemd import unit_path
 from mushishi.shared import dbus_names
+from mushishi.shared.gpumode import GpuModeClient
+from mushishi.shared.systemd import unit_path
 from tests.system.gpu_box import GpuBox
 
 MODES = {"forensic": "vllm-forensic", "creative": "comfyui"}

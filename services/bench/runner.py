@@ -9,7 +9,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
@@ -20,10 +19,10 @@ from mushishi.services.bench.core import (
     Target,
     request_body,
 )
-from mushishi.shared import dbus_names
+from mushishi.shared.bus import BusError
+from mushishi.shared.config.router import connect_url, parse_listen
+from mushishi.shared.gpumode import GpuModeClient, GpuModeProperties
 from mushishi.shared.locality import parse_backend_url
-
-PROPERTIES = "org.freedesktop.DBus.Properties"
 
 
 class BenchError(Exception):
@@ -52,8 +51,6 @@ def backend_endpoint(url: str, model: str) -> Endpoint:
 def router_endpoint(listen: list[str], profile: str, api_key: str | None) -> Endpoint:
     """The router's endpoint for a profile: its unix socket when it has one (no key needed
     for a mapped uid), else its first TCP address."""
-    from mushishi.shared.config.router import parse_listen
-
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     tcp = None
     for address in listen:
@@ -62,9 +59,7 @@ def router_endpoint(listen: list[str], profile: str, api_key: str | None) -> End
             return Endpoint("http://localhost/v1/chat/completions", profile, str(port),
                             headers)
         if tcp is None:
-            connect = "127.0.0.1" if host in ("0.0.0.0", "") else (
-                "::1" if host == "::" else str(host))
-            tcp = f"http://{'[' + connect + ']' if ':' in connect else connect}:{port}"
+            tcp = connect_url(host, int(port))
     if tcp is None:
         raise BenchError("router.listen has no address to send profile targets to")
     return Endpoint(f"{tcp}/v1/chat/completions", profile, None, headers)
@@ -139,57 +134,43 @@ class GpuWatch:
     """gpud's properties, read once and then sampled while a target runs. Absent gpud (or no
     bus) leaves every reading None: the CSV's GPU columns stay empty."""
 
-    def __init__(self, bus: Any | None) -> None:
-        self.bus = bus
+    def __init__(self, client: GpuModeClient | None) -> None:
+        self.client = client
         self.powers: list[float] = []
         self.temperatures: list[float] = []
 
     @classmethod
     async def connect(cls, address: str | None = None, limit_s: float = 2.0) -> GpuWatch:
         """Connect to the system bus; no bus is not an error here."""
-        from dbus_fast import BusType
-        from dbus_fast.aio import MessageBus
-
         try:
             async with asyncio.timeout(limit_s):
-                bus = MessageBus(bus_address=address) if address else MessageBus(
-                    bus_type=BusType.SYSTEM)
-                return cls(await bus.connect())
+                return cls(await GpuModeClient.connect(address, timeout_s=2.0))
         except Exception:  # no bus on this machine: run without GPU readings
             return cls(None)
 
-    async def properties(self) -> dict[str, Any] | None:
+    async def properties(self) -> GpuModeProperties | None:
         """gpud's properties, or None when it is not on the bus."""
-        if self.bus is None:
+        if self.client is None:
             return None
-        from dbus_fast import Message, MessageType
-
         try:
-            async with asyncio.timeout(2.0):
-                reply = await self.bus.call(Message(
-                    destination=dbus_names.BUS_NAME, path=dbus_names.OBJECT_PATH,
-                    interface=PROPERTIES, member="GetAll", signature="s",
-                    body=[dbus_names.INTERFACE]))
-        except (TimeoutError, OSError):
+            return await self.client.properties()
+        except (BusError, TimeoutError, OSError):
             return None
-        if reply is None or reply.message_type == MessageType.ERROR:
-            return None
-        return {name: variant.value for name, variant in reply.body[0].items()}
 
     async def active_mode(self) -> str | None:
         """The GPU mode gpud reports (None without gpud)."""
         props = await self.properties()
-        return str(props.get("ActiveMode", "")) or None if props else None
+        return props.active_mode or None if props else None
 
     async def sample(self, interval_s: float) -> None:
         """Record power and temperature until cancelled."""
         while True:
             props = await self.properties()
             if props is not None:
-                if props.get("GpuPowerW") is not None:
-                    self.powers.append(float(props["GpuPowerW"]))
-                if props.get("GpuTemperatureC") is not None:
-                    self.temperatures.append(float(props["GpuTemperatureC"]))
+                if props.power_w is not None:
+                    self.powers.append(props.power_w)
+                if props.temperature_c is not None:
+                    self.temperatures.append(float(props.temperature_c))
             await asyncio.sleep(interval_s)
 
     def take(self) -> tuple[float | None, float | None]:
@@ -201,5 +182,5 @@ class GpuWatch:
 
     def close(self) -> None:
         """Disconnect."""
-        if self.bus is not None:
-            self.bus.disconnect()
+        if self.client is not None:
+            self.client.close()

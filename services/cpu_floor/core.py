@@ -82,21 +82,6 @@ def capability_warnings(settings: CpuFloorSettings, capabilities: Capabilities) 
     return warnings
 
 
-def probe_host(host: str) -> str:
-    """The address to probe llama-server at: a wildcard listen address means loopback."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "::1"
-    return host
-
-
-def base_url(host: str, port: int) -> str:
-    """http://HOST:PORT with IPv6 literals bracketed."""
-    host = probe_host(host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 # -- pre-start checks -------------------------------------------------------------------

@@ -26,10 +26,10 @@ from mushishi.services.cpu_floor.core import (
     memlock_warning,
     parse_capabilities,
     parse_meminfo,
-    probe_host,
     ram_refusal,
 )
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
+from mushishi.shared.config.router import connect_host
 from mushishi.shared.formatting import human_bytes
 
 GGUF_MAGIC = b"GGUF"
@@ -111,7 +111,7 @@ def check_ram(model_bytes: int, headroom_mib: int, proc_root: Path) -> Refusal |
 
 def check_port(host: str, port: int) -> Refusal | None:
     """llama-server's address must be free (it exits with a vague error otherwise)."""
-    address = probe_host(host)
+    address = connect_host(host)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -24,6 +24,7 @@ from mushishi.services.cpu_floor.metrics import FloorMetrics
 from mushishi.services.cpu_floor.preflight import describe_model, run_checks
 from mushishi.services.cpu_floor.state import HistoryStore
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
+from mushishi.shared.config.router import connect_url
 from mushishi.shared.notify import Notifier
 from mushishi.shared.processes import terminate
 
@@ -98,7 +99,7 @@ class Supervisor:
         connector = aiohttp.TCPConnector(limit=8, force_close=True)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             client = LlamaClient(
-                session, core.base_url(self.settings.host, self.settings.port), self.clock)
+                session, connect_url(self.settings.host, self.settings.port), self.clock)
             argv = core.llama_server_argv(self.settings, checked.capabilities)
             log.info("starting %s", " ".join(argv))
             try:

@@ -16,35 +16,32 @@ import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
-from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError
 
 from mushishi.services.gpud import core
-from mushishi.services.gpud.dbus_api import GpuModeInterface, SwitchError, export
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError, GpuSnapshot, open_probe
+from mushishi.services.gpud.core import SwitchError
+from mushishi.services.gpud.dbus_api import GpuModeInterface, export
 from mushishi.services.gpud.metrics import GpudMetrics
-from mushishi.services.gpud.probes import busy_lines, mean_utilisation, read_probe
-from mushishi.services.gpud.systemd import JobEvent, SystemdClient, UnitChange
+from mushishi.shared import bus as dbus
+from mushishi.shared.bus import BusError, NameOwnerWatch
+from mushishi.shared.busy_probes import busy_lines, mean_utilisation, read_probe
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.gpu import mode_target, tenant_unit
 from mushishi.shared.config.router import parse_tcp_listen
 from mushishi.shared.daemon import EX_UNAVAILABLE, load_or_explain, stop_on_signals
+from mushishi.shared.gpu import GpuProbe, GpuProbeError, GpuSnapshot, open_probe
 from mushishi.shared.journal import log_extra
 from mushishi.shared.metrics import new_registry, start_metrics_server
 from mushishi.shared.notify import Notifier
+from mushishi.shared.systemd import JobEvent, SystemdClient, UnitChange
 from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.gpud")
 
+
 def modes_of(settings: MushishiSettings) -> dict[str, list[str]]:
     """Mode name -> its tenants."""
     return {name: list(mode.tenants) for name, mode in settings.modes.items()}
-
-
-def _owner_match(owner: str) -> str:
-    return ("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-            f"member='NameOwnerChanged',arg0='{owner}'")
 
 
 class GpuModeManager:
@@ -74,7 +71,7 @@ class GpuModeManager:
         self._target_results: dict[str, str] = {}
         self._switch_started: float | None = None
         self._last_job_removed: float | None = None
-        self._owners: set[str] = set()
+        self._owner_watches: dict[str, NameOwnerWatch | None] = {}
         self._gpu_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,21 +91,29 @@ class GpuModeManager:
         self.bus = bus
         self.session = aiohttp.ClientSession()
         self.systemd = SystemdClient(bus)
-        bus.add_message_handler(self._on_bus_message)
         await self.systemd.watch(self.units, self._on_job, self._on_change)
-        await self._reconcile(announce=False)
-        await self._read_gpu(announce=False)
-        self.interface = GpuModeInterface(self)
-        await export(bus, self.interface)
+        await self._reconcile()
+        await self._read_gpu()
+        await self.export()
         self._tasks = [asyncio.create_task(self._reconciler(), name="reconciler"),
                        asyncio.create_task(self._poll_gpu(), name="gpu-poller")]
         self._show_status()
         log.info("gpud ready: mode %s, state %s", self.mode_state.active_mode or "none",
                  self.mode_state.state, extra=log_extra(mode=self.mode_state.active_mode))
 
+    async def export(self) -> None:
+        """Export io.mushishi.GpuMode1 showing the current state, then own its bus name."""
+        assert self.bus is not None
+        self.interface = GpuModeInterface(self)
+        await export(self.bus, self.interface)
+
     async def close(self) -> None:
         """Stop background work and release what was opened."""
         await cancel_and_wait(*self._tasks)
+        for watch in self._owner_watches.values():
+            if watch is not None:
+                watch.cancel()
+        self._owner_watches.clear()
         if self.session is not None:
             await self.session.close()
         await asyncio.to_thread(self.probe.close)
@@ -120,35 +125,30 @@ class GpuModeManager:
         self.metrics.modes = sorted(self.modes)
         if self.systemd is not None:
             self.systemd.rewatch(self.units)
-        self._announce(["Modes"])
+        self._publish()
         self.request_reconcile()
         log.info("config reloaded: modes %s", ", ".join(self.mode_names))
 
     # -- state changes ---------------------------------------------------------------------
-    def _announce(self, names: list[str]) -> None:
-        if self.interface is not None and names:
-            self.interface.announce(names)
+    def _publish(self) -> None:
+        """PropertiesChanged for whatever changed (nothing before the interface exists)."""
+        if self.interface is not None:
+            self.interface.publish()
 
-    def _set_state(self, new: core.ModeState, *, announce: bool = True) -> None:
+    def _set_state(self, new: core.ModeState) -> None:
         old = self.mode_state
         self.mode_state = new
-        changed = [name for name, before, after in (
-            ("ActiveMode", old.active_mode, new.active_mode),
-            ("State", old.state, new.state),
-            ("StateReason", old.reason, new.reason),
-            ("Holds", old.holds, new.holds),
-        ) if before != after]
         self.metrics.show_mode(new.active_mode, new.state)
         self.metrics.holds.set(len(new.holds))
-        if announce:
-            self._announce(changed)
-        if changed:
+        self._publish()
+        if (old.active_mode, old.state, old.reason, old.holds) != (
+                new.active_mode, new.state, new.reason, new.holds):
             self._show_status()
 
     def _set_progress(self, text: str) -> None:
         if text != self.progress:
             self.progress = text
-            self._announce(["Progress"])
+            self._publish()
             if text:
                 self.notifier.status(text)
 
@@ -183,29 +183,29 @@ class GpuModeManager:
             self._dirty.clear()
             try:
                 await self._reconcile()
-            except DBusError as error:
+            except BusError as error:
                 log.warning("reading systemd failed: %s", error.text)
             except Exception:
                 # The reconciler is how every switch ends: it must outlive any one bug.
                 log.exception("reconciling with systemd failed")
 
-    async def _reconcile(self, *, announce: bool = True) -> None:
+    async def _reconcile(self) -> None:
         assert self.systemd is not None
         async with self._lock:
             pending = await self.systemd.pending_jobs(self.units)
             if pending:
-                await self._note_pending(pending, announce=announce)
+                await self._note_pending(pending)
                 return
             statuses = await self.systemd.statuses(self.units)
             seen = core.Observation(statuses, dict(self._target_results))
             was = self.mode_state
             new, events = core.settle(was, seen, self.modes)
             self._target_results.clear()
-            self._set_state(new, announce=announce)
+            self._set_state(new)
             self._set_progress("")
-            self._emit(was, events, announce=announce)
+            self._emit(was, events)
 
-    async def _note_pending(self, pending: Mapping[str, str], *, announce: bool) -> None:
+    async def _note_pending(self, pending: Mapping[str, str]) -> None:
         assert self.systemd is not None
         state = self.mode_state
         starting = sorted(mode for mode in self.modes
@@ -215,17 +215,17 @@ class GpuModeManager:
             log.info("switch to %s started by systemd (systemctl isolate or start)", mode,
                      extra=log_extra(mode=mode))
             self._switch_started = self.clock()
-            self._set_state(core.begin_switch(state, mode, "systemd"), announce=announce)
+            self._set_state(core.begin_switch(state, mode, "systemd"))
         statuses = await self.systemd.statuses(pending)
         waiting = [status for unit, status in sorted(statuses.items()) if unit in pending]
         self._set_progress(core.describe_progress(self.mode_state.target, waiting))
 
-    def _emit(self, was: core.ModeState, events: list[core.Event], *, announce: bool) -> None:
+    def _emit(self, was: core.ModeState, events: list[core.Event]) -> None:
         origin = was.origin or "systemd"
         elapsed = None if self._switch_started is None else self.clock() - self._switch_started
         for event in events:
             if isinstance(event, core.ModeChanged):
-                if announce and self.interface is not None:
+                if self.interface is not None:
                     self.interface.mode_changed(event.old, event.new)
                 if was.target is not None:
                     self.metrics.switches.labels(result="ok", origin=origin).inc()
@@ -276,7 +276,7 @@ class GpuModeManager:
                      extra=log_extra(mode=mode))
             try:
                 await self.systemd.isolate(target)
-            except DBusError as error:
+            except BusError as error:
                 reason = f"systemd refused to isolate {target}: {error.text}"
                 self._set_state(core.ModeState(
                     self.mode_state.active_mode, core.FAILED, reason,
@@ -346,10 +346,10 @@ class GpuModeManager:
 
     async def release(self, cookie: int, caller: str) -> core.Refusal | None:
         """ReleaseHold by the hold's owner (or root)."""
-        assert self.systemd is not None
+        assert self.bus is not None
         is_root = False
-        with contextlib.suppress(DBusError):
-            is_root = await self.systemd.caller_uid(caller) == 0
+        with contextlib.suppress(BusError):
+            is_root = await dbus.caller_uid(self.bus, caller) == 0
         result = core.release_hold(self.mode_state, cookie, caller, caller_is_root=is_root)
         if isinstance(result, core.Refusal):
             return result
@@ -358,36 +358,31 @@ class GpuModeManager:
         return None
 
     async def _watch_owner(self, owner: str) -> None:
-        assert self.bus is not None and self.systemd is not None
-        if owner in self._owners:
+        """End the owner's holds when its connection leaves the bus."""
+        assert self.bus is not None
+        if owner in self._owner_watches:
             return
-        self._owners.add(owner)
-        await self.bus.call(Message(destination="org.freedesktop.DBus",
-                                    path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
-                                    member="AddMatch", signature="s", body=[_owner_match(owner)]))
-        if not await self.systemd.name_has_owner(owner):
+        self._owner_watches[owner] = None  # being set up: a second hold need not wait
+        try:
+            watch = await dbus.watch_name_owner(
+                self.bus, owner, lambda now: None if now else self._owner_gone(owner))
+        except BaseException:
+            self._owner_watches.pop(owner, None)
+            raise
+        self._owner_watches[owner] = watch
+        if not watch.owner:
             self._owner_gone(owner)
 
-    def _on_bus_message(self, msg: Message) -> bool:
-        if (msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged"
-                and msg.interface == "org.freedesktop.DBus" and len(msg.body) == 3):
-            name, _old, new = msg.body
-            if not new and name in self._owners:
-                self._owner_gone(name)
-        return False
-
     def _owner_gone(self, owner: str) -> None:
-        self._owners.discard(owner)
+        watch = self._owner_watches.pop(owner, None)
+        if watch is not None:
+            watch.cancel()
         new, gone = core.drop_owner(self.mode_state, owner)
         if gone:
             self._set_state(new)
             for hold in gone:
                 log.info("hold %d on %s by %s released: its holder left the bus", hold.cookie,
                          hold.mode, hold.holder, extra=log_extra(mode=hold.mode))
-        if self.bus is not None and self.bus.connected:
-            self.bus.send(Message(destination="org.freedesktop.DBus",
-                                  path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
-                                  member="RemoveMatch", signature="s", body=[_owner_match(owner)]))
 
     # -- the GPU ---------------------------------------------------------------------------
     async def _poll_gpu(self) -> None:
@@ -398,7 +393,7 @@ class GpuModeManager:
             except Exception:
                 log.exception("reading the GPU failed unexpectedly")
 
-    async def _read_gpu(self, *, announce: bool = True) -> None:
+    async def _read_gpu(self) -> None:
         try:
             snapshot = await asyncio.to_thread(self.probe.read)
         except GpuProbeError as error:
@@ -410,22 +405,9 @@ class GpuModeManager:
         if self._gpu_error is not None:
             log.info("the GPU reads again")
             self._gpu_error = None
-        old, self.snapshot = self.snapshot, snapshot
+        self.snapshot = snapshot
         self.metrics.show_gpu(snapshot)
-        if announce:
-            self._announce([name for name, field in _SNAPSHOT_FIELDS.items()
-                            if field(old) != field(snapshot)])
-
-
-# The GPU properties of io.mushishi.GpuMode1 and the snapshot field each one shows.
-_SNAPSHOT_FIELDS: dict[str, Callable[[GpuSnapshot], object]] = {
-    "VramTotalMiB": lambda s: s.total_mib,
-    "VramUsedMiB": lambda s: s.used_mib,
-    "GpuTemperatureC": lambda s: s.temperature_c,
-    "GpuPowerW": lambda s: s.power_w,
-    "GpuUtilPercent": lambda s: s.util_percent,
-    "GpuThrottled": lambda s: s.throttled,
-}
+        self._publish()
 
 
 async def serve(loaded: LoadedConfig, notifier: Notifier,
@@ -442,9 +424,8 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
     registry = new_registry("gpud")
     manager = GpuModeManager(settings, probe, GpudMetrics(registry, settings.modes),
                              notifier=notifier)
-    bus = (bus_factory or (lambda: MessageBus(bus_type=BusType.SYSTEM)))()
     try:
-        await bus.connect()
+        bus = await (bus_factory().connect() if bus_factory is not None else dbus.connect())
     except (OSError, ValueError) as error:
         log.error("mushishi-gpud cannot reach the system bus: %s", error)
         return EX_UNAVAILABLE
@@ -473,8 +454,8 @@ async def serve(loaded: LoadedConfig, notifier: Notifier,
         except RuntimeError as error:  # the bus name is taken
             log.error("%s", error)
             return EX_UNAVAILABLE
-        except DBusError as error:
-            log.error("systemd's D-Bus API refused gpud: %s (%s)", error.text, error.type)
+        except BusError as error:
+            log.error("systemd's D-Bus API refused gpud: %s (%s)", error.text, error.name)
             return EX_UNAVAILABLE
         await stop.wait()
         notifier.stopping("stopping")

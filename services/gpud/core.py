@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mushishi.shared.config.gpu import mode_target, prepare_unit, tenant_unit
+from mushishi.shared.systemd import UnitStatus
 
 READY = "ready"
 SWITCHING = "switching"
@@ -56,16 +57,11 @@ class Refusal:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnitStatus:
-    """What systemd says about one unit."""
+class SwitchError(Exception):
+    """A switch that could not even start (systemd refused to isolate); dbus_api maps
+    `kind` to a D-Bus error name, like a Refusal's."""
 
-    name: str
-    active_state: str = "inactive"
-    sub_state: str = "dead"
-    result: str = "success"
-    status_text: str = ""
-    job_type: str = ""  # the unit's pending job ("start", "stop", …), "" when none
+    kind = "switch_failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,34 +1,34 @@
 """io.mushishi.GpuMode1 on the system bus (DESIGN.md §6): a thin layer over the manager.
 
-Domain refusals map to D-Bus error names in one place (`ERRORS`). The introspection XML
-is checked in as docs/io.mushishi.GpuMode1.xml and tested against this interface.
+Every property comes from one table (`PROPERTIES`: D-Bus name, signature, how the manager
+shows it); the interface's getters are made from it, and `publish()` emits
+PropertiesChanged for the properties whose values differ from the last ones published.
+Domain errors map to D-Bus error names in one table (`ERRORS`), applied to every method by
+one decorator (`domain_errors`). The introspection XML is checked in as
+docs/io.mushishi.GpuMode1.xml and tested against this interface.
 """
 
 import contextvars
-from collections.abc import Sequence
-from typing import Annotated, Protocol
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ParamSpec, Protocol, TypeVar
 
 from dbus_fast import Message, MessageType, NameFlag, RequestNameReply
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import (
-    DBusBool,
-    DBusDouble,
-    DBusSignature,
-    DBusStr,
-    DBusUInt32,
-)
+from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from mushishi.services.gpud.core import ModeState, Refusal
-from mushishi.services.gpud.gpu import GpuSnapshot
+from mushishi.services.gpud.core import ModeState, Refusal, SwitchError
 from mushishi.shared import dbus_names
+from mushishi.shared.gpu import GpuSnapshot
 
 DBusStrList = Annotated[list[str], DBusSignature("as")]
-DBusHolds = Annotated[list[list[str]], DBusSignature("a(sss)")]
 
+# What the manager refuses (Refusal.kind) or fails with (SwitchError.kind), by D-Bus name.
 ERRORS = {
     "unknown_mode": dbus_names.ERROR_UNKNOWN_MODE,
     "switching": dbus_names.ERROR_SWITCHING,
@@ -37,17 +37,13 @@ ERRORS = {
     "not_active": dbus_names.ERROR_NOT_ACTIVE,
     "unknown_hold": dbus_names.ERROR_UNKNOWN_HOLD,
     "not_holder": dbus_names.ERROR_NOT_HOLDER,
-    "switch_failed": dbus_names.ERROR_SWITCH_FAILED,
+    SwitchError.kind: dbus_names.ERROR_SWITCH_FAILED,
 }
 
 # The unique bus name of the caller of the method being handled. dbus-fast does not hand
 # the message to ServiceInterface methods, so a message handler that runs just before them
 # (in the same synchronous dispatch) records it; the method's task inherits the context.
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("gpumode_caller", default="")
-
-
-class SwitchError(Exception):
-    """A switch that could not even start (systemd refused to isolate)."""
 
 
 class Manager(Protocol):
@@ -69,81 +65,81 @@ class Manager(Protocol):
     async def release(self, cookie: int, caller: str) -> Refusal | None: ...
 
 
-def _raise(refusal: Refusal) -> None:
-    raise DBusError(ERRORS[refusal.kind], refusal.message)
-
-
 def holds_value(state: ModeState) -> list[list[str]]:
     """The Holds property: (mode, holder, reason) per hold."""
     return [[hold.mode, hold.holder, hold.reason] for hold in state.holds]
 
 
+@dataclass(frozen=True, slots=True)
+class Property:
+    """One read-only property: its D-Bus name and signature, and its value from the manager."""
+
+    name: str
+    signature: str
+    value: Callable[[Manager], Any]
+
+
+PROPERTIES: tuple[Property, ...] = (
+    Property("ActiveMode", "s", lambda m: m.mode_state.active_mode),
+    Property("State", "s", lambda m: m.mode_state.state),
+    Property("StateReason", "s", lambda m: m.mode_state.reason),
+    Property("Progress", "s", lambda m: m.progress),
+    Property("Modes", "as", lambda m: m.mode_names),
+    Property("Holds", "a(sss)", lambda m: holds_value(m.mode_state)),
+    Property("VramTotalMiB", "u", lambda m: m.snapshot.total_mib),
+    Property("VramUsedMiB", "u", lambda m: m.snapshot.used_mib),
+    Property("GpuTemperatureC", "u", lambda m: max(0, m.snapshot.temperature_c)),
+    Property("GpuPowerW", "d", lambda m: float(m.snapshot.power_w)),
+    Property("GpuUtilPercent", "u", lambda m: max(0, m.snapshot.util_percent)),
+    Property("GpuThrottled", "b", lambda m: m.snapshot.throttled),
+)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def domain_errors(method: Callable[P, Awaitable[R | Refusal]]) -> Callable[P, Awaitable[R]]:
+    """A method whose Refusal (returned) or SwitchError (raised) becomes its D-Bus error."""
+    @functools.wraps(method)
+    async def mapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = await method(*args, **kwargs)
+        except SwitchError as error:
+            raise DBusError(ERRORS[error.kind], str(error)) from None
+        if isinstance(result, Refusal):
+            raise DBusError(ERRORS[result.kind], result.message)
+        return result
+    return mapped
+
+
 class GpuModeInterface(ServiceInterface):
-    """io.mushishi.GpuMode1: modes, holds and the GPU's readings."""
+    """io.mushishi.GpuMode1: modes, holds and the GPU's readings (properties: PROPERTIES)."""
 
     def __init__(self, manager: Manager) -> None:
         super().__init__(dbus_names.INTERFACE)
         self.manager = manager
+        self._published = self.values() if manager is not None else {}
 
-    # -- properties (all read-only; PropertiesChanged via announce()) --------------------
-    @dbus_property(name="ActiveMode", access=PropertyAccess.READ)
-    def active_mode(self) -> DBusStr:
-        return self.manager.mode_state.active_mode
+    def values(self) -> dict[str, Any]:
+        """Every property's current value, by D-Bus name."""
+        return {prop.name: prop.value(self.manager) for prop in PROPERTIES}
 
-    @dbus_property(name="State", access=PropertyAccess.READ)
-    def state(self) -> DBusStr:
-        return self.manager.mode_state.state
-
-    @dbus_property(name="StateReason", access=PropertyAccess.READ)
-    def state_reason(self) -> DBusStr:
-        return self.manager.mode_state.reason
-
-    @dbus_property(name="Progress", access=PropertyAccess.READ)
-    def progress(self) -> DBusStr:
-        return self.manager.progress
-
-    @dbus_property(name="Modes", access=PropertyAccess.READ)
-    def modes(self) -> DBusStrList:
-        return self.manager.mode_names
-
-    @dbus_property(name="Holds", access=PropertyAccess.READ)
-    def holds(self) -> DBusHolds:
-        return holds_value(self.manager.mode_state)
-
-    @dbus_property(name="VramTotalMiB", access=PropertyAccess.READ)
-    def vram_total_mib(self) -> DBusUInt32:
-        return self.manager.snapshot.total_mib
-
-    @dbus_property(name="VramUsedMiB", access=PropertyAccess.READ)
-    def vram_used_mib(self) -> DBusUInt32:
-        return self.manager.snapshot.used_mib
-
-    @dbus_property(name="GpuTemperatureC", access=PropertyAccess.READ)
-    def gpu_temperature_c(self) -> DBusUInt32:
-        return max(0, self.manager.snapshot.temperature_c)
-
-    @dbus_property(name="GpuPowerW", access=PropertyAccess.READ)
-    def gpu_power_w(self) -> DBusDouble:
-        return float(self.manager.snapshot.power_w)
-
-    @dbus_property(name="GpuUtilPercent", access=PropertyAccess.READ)
-    def gpu_util_percent(self) -> DBusUInt32:
-        return max(0, self.manager.snapshot.util_percent)
-
-    @dbus_property(name="GpuThrottled", access=PropertyAccess.READ)
-    def gpu_throttled(self) -> DBusBool:
-        return self.manager.snapshot.throttled
+    def publish(self) -> None:
+        """Emit PropertiesChanged with the properties that changed since the last call."""
+        values = self.values()
+        changed = {name: value for name, value in values.items()
+                   if self._published.get(name) != value}
+        self._published = values
+        if changed:
+            self.emit_properties_changed(changed)
 
     # -- methods ---------------------------------------------------------------------------
     @dbus_method(name="SwitchMode")
+    @domain_errors
     async def switch_mode(self, mode: DBusStr, force: DBusBool) -> None:
         """Start a switch; returns once the isolate job is queued (ModeChanged follows)."""
-        try:
-            refusal = await self.manager.switch(mode, force)
-        except SwitchError as error:
-            raise DBusError(ERRORS["switch_failed"], str(error)) from None
-        if refusal is not None:
-            _raise(refusal)
+        return await self.manager.switch(mode, force)
 
     @dbus_method(name="Busy")
     async def busy(self) -> DBusStrList:
@@ -151,20 +147,16 @@ class GpuModeInterface(ServiceInterface):
         return await self.manager.busy()
 
     @dbus_method(name="HoldMode")
+    @domain_errors
     async def hold_mode(self, mode: DBusStr, holder: DBusStr, reason: DBusStr) -> DBusUInt32:
         """Hold a mode until ReleaseHold or until the caller leaves the bus."""
-        result = await self.manager.hold(mode, holder, reason, _caller.get())
-        if isinstance(result, Refusal):
-            _raise(result)
-            raise AssertionError("unreachable")
-        return result
+        return await self.manager.hold(mode, holder, reason, _caller.get())
 
     @dbus_method(name="ReleaseHold")
+    @domain_errors
     async def release_hold(self, cookie: DBusUInt32) -> None:
         """Release a hold made by this caller."""
-        refusal = await self.manager.release(cookie, _caller.get())
-        if refusal is not None:
-            _raise(refusal)
+        return await self.manager.release(cookie, _caller.get())
 
     # -- signals ---------------------------------------------------------------------------
     @dbus_signal(name="ModeChanged")
@@ -184,24 +176,18 @@ class GpuModeInterface(ServiceInterface):
                 arg.name = outputs.get(method.name)
         return interface
 
-    def announce(self, names: Sequence[str]) -> None:
-        """Emit PropertiesChanged with the current values of `names`."""
-        getters = {
-            "ActiveMode": lambda: self.manager.mode_state.active_mode,
-            "State": lambda: self.manager.mode_state.state,
-            "StateReason": lambda: self.manager.mode_state.reason,
-            "Progress": lambda: self.manager.progress,
-            "Modes": lambda: self.manager.mode_names,
-            "Holds": lambda: holds_value(self.manager.mode_state),
-            "VramTotalMiB": lambda: self.manager.snapshot.total_mib,
-            "VramUsedMiB": lambda: self.manager.snapshot.used_mib,
-            "GpuTemperatureC": lambda: max(0, self.manager.snapshot.temperature_c),
-            "GpuPowerW": lambda: float(self.manager.snapshot.power_w),
-            "GpuUtilPercent": lambda: max(0, self.manager.snapshot.util_percent),
-            "GpuThrottled": lambda: self.manager.snapshot.throttled,
-        }
-        if names:
-            self.emit_properties_changed({name: getters[name]() for name in names})
+
+def _getter(prop: Property) -> Any:
+    def value(self: GpuModeInterface) -> Any:
+        return prop.value(self.manager)
+
+    value.__annotations__ = {"return": prop.signature}  # dbus-fast reads the signature here
+    value.__name__ = value.__qualname__ = prop.name  # and finds the getter by this name
+    return dbus_property(access=PropertyAccess.READ, name=prop.name)(value)
+
+
+for _prop in PROPERTIES:  # the D-Bus properties, one per row of the table
+    setattr(GpuModeInterface, _prop.name, _getter(_prop))
 
 
 def remember_callers(bus: MessageBus) -> None:

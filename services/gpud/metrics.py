@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mushishi.services.gpud.core import FAILED, OFF, READY, SWITCHING
-from mushishi.services.gpud.gpu import MIB, GpuSnapshot
+from mushishi.shared.gpu import MIB, GpuSnapshot
 
 STATES = (READY, SWITCHING, FAILED, OFF)
 # Orchestration phases are milliseconds; whole switches include tenants loading models.

@@ -32,7 +32,7 @@ from mushishi.services.router.core import (
     preview,
 )
 from mushishi.services.router.dispatch import Call, Rejection
-from mushishi.services.router.gpu_mode import GpuModeClient, GpuModeError
+from mushishi.services.router.gpu_mode import GpuModeFollower
 from mushishi.services.router.health import HealthProber
 from mushishi.services.router.http_api import build_app
 from mushishi.services.router.metrics import RouterMetrics, RouterStateCollector
@@ -40,6 +40,7 @@ from mushishi.services.router.state import Board
 from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
 from mushishi.shared.activation import bind_unix, systemd_sockets
+from mushishi.shared.bus import BusError
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
@@ -91,7 +92,7 @@ class Router:
         )
         self.prober = HealthProber(self.board, self.upstreams, settings.router.probe_interval_s,
                                    settings.router.probe_timeout_s, clock)
-        self.gpu = GpuModeClient(self._gpu_changed, bus_address=bus_address) \
+        self.gpu = GpuModeFollower(self._gpu_changed, bus_address=bus_address) \
             if follow_gpu else None
         self.confinement = Confinement(None, "not checked yet")
         self.draining = False
@@ -177,10 +178,10 @@ class Router:
             task = self._switches[mode] = asyncio.create_task(self._switch(mode, wait_s))
         try:
             await asyncio.shield(task)
-        except GpuModeError as error:
+        except BusError as error:
             raise Rejection(ErrorCode.MODE_MISMATCH, (
                 f"profile {profile.name!r} requires GPU mode {mode!r}; gpud refused to switch: "
-                f"{error.message or error.name}")) from None
+                f"{error.text or error.name}")) from None
         except TimeoutError:
             raise Rejection(ErrorCode.MODE_MISMATCH, (
                 f"profile {profile.name!r} requires GPU mode {mode!r}; the switch did not "
@@ -195,7 +196,7 @@ class Router:
         assert self.gpu is not None
         reasons = await self.gpu.busy()
         if reasons:
-            raise GpuModeError("io.mushishi.GpuMode1.Error.Busy",
+            raise BusError("io.mushishi.GpuMode1.Error.Busy",
                                "the GPU is busy: " + "; ".join(reasons))
         log.info("asking gpud to switch to %s (on_mode_mismatch = switch)", mode,
                  extra={"MUSHISHI_MODE": mode})

@@ -1,8 +1,10 @@
-"""A D-Bus client of io.mushishi.GpuMode1 (DESIGN.md §6): follows the GPU mode for routing.
+"""Follows the GPU mode for routing (DESIGN.md §6): the shared io.mushishi.GpuMode1 client,
+kept connected.
 
 It watches the name's owner, reads every property when gpud appears, then follows
 PropertiesChanged and ModeChanged. When gpud is not on the bus (or there is no bus), the
-view is `GPU_ABSENT` and the router falls back to health probing alone.
+view is `GPU_ABSENT` and the router falls back to health probing alone; a lost bus is
+reconnected every RECONNECT_S.
 """
 
 from __future__ import annotations
@@ -13,39 +15,28 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType
-from dbus_fast.aio import MessageBus
-
 from mushishi.services.router.core import GPU_ABSENT, GpuView
+from mushishi.shared import bus as dbus
 from mushishi.shared import dbus_names
+from mushishi.shared.bus import BusError
+from mushishi.shared.gpumode import GpuModeClient, GpuModeProperties
 from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.router.gpu_mode")
 
-_DBUS = "org.freedesktop.DBus"
-_PROPERTIES = "org.freedesktop.DBus.Properties"
 RECONNECT_S = 5.0
 CALL_TIMEOUT_S = 5.0
 
 
-class GpuModeError(Exception):
-    """gpud refused a call; `name` is the D-Bus error name (io.mushishi.GpuMode1.Error.Busy)."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.message = message
-
-
-class GpuModeClient:
+class GpuModeFollower:
     """Keeps `view` current and calls `on_change(view)` whenever it changes."""
 
     def __init__(self, on_change: Callable[[GpuView], None], *,
                  bus_address: str | None = None) -> None:
         self._on_change = on_change
         self._bus_address = bus_address
-        self._bus: MessageBus | None = None
-        self._properties: dict[str, Any] = {}
+        self._client: GpuModeClient | None = None
+        self._properties: GpuModeProperties | None = None  # None: gpud not read (absent)
         self.view: GpuView = GPU_ABSENT
         self._task: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -53,14 +44,14 @@ class GpuModeClient:
 
     def start(self) -> None:
         """Start following the bus in the background."""
-        self._task = asyncio.create_task(self._run(), name="gpu-mode-client")
+        self._task = asyncio.create_task(self._run(), name="gpu-mode-follower")
 
     async def close(self) -> None:
         """Stop following and disconnect."""
         if self._task is not None:
             await cancel_and_wait(self._task)
-        if self._bus is not None:
-            self._bus.disconnect()
+        if self._client is not None:
+            self._client.close()
 
     def _publish(self, view: GpuView) -> None:
         if view != self.view:
@@ -70,16 +61,20 @@ class GpuModeClient:
             self.view = view
             self._on_change(view)
 
-    def _view_from_properties(self) -> GpuView:
-        return GpuView(present=True, active_mode=self._properties.get("ActiveMode") or None,
-                       state=self._properties.get("State") or None)
+    def _show(self, properties: GpuModeProperties | None) -> None:
+        self._properties = properties
+        if properties is None:
+            self._publish(GPU_ABSENT)
+        else:
+            self._publish(GpuView(present=True, active_mode=properties.active_mode or None,
+                                  state=properties.state or None))
 
     async def _run(self) -> None:
         warned = False
         while True:
             try:
-                bus = MessageBus(bus_address=self._bus_address, bus_type=BusType.SYSTEM)
-                await asyncio.wait_for(bus.connect(), CALL_TIMEOUT_S)
+                client = GpuModeClient(await asyncio.wait_for(
+                    dbus.connect(self._bus_address), CALL_TIMEOUT_S), timeout_s=CALL_TIMEOUT_S)
             except Exception as error:  # no bus at all, or not reachable
                 if not warned:
                     log.warning("cannot reach the system bus (%s); routing by health probes "
@@ -90,61 +85,38 @@ class GpuModeClient:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             warned = False
-            self._bus = bus
+            self._client = client
             try:
-                bus.add_message_handler(self._on_message)
-                for rule in (
-                    f"type='signal',sender='{_DBUS}',interface='{_DBUS}',"
-                    f"member='NameOwnerChanged',arg0='{dbus_names.BUS_NAME}'",
-                    f"type='signal',sender='{dbus_names.BUS_NAME}',"
-                    f"path='{dbus_names.OBJECT_PATH}'",
-                ):
-                    await self._call(_DBUS, "/org/freedesktop/DBus", _DBUS, "AddMatch", "s",
-                                     [rule])
-                await self._load()
+                await client.subscribe(self._mode_changed, self._properties_changed)
+                owner = await dbus.watch_name_owner(client.bus, dbus_names.BUS_NAME,
+                                                    self._owner_changed)
+                if owner.owner:
+                    await self._load()
+                else:
+                    self._show(None)
                 self.connected.set()
-                await bus.wait_for_disconnect()
+                await client.bus.wait_for_disconnect()
             except Exception as error:  # any bus failure means: reconnect
                 log.warning("lost the system bus (%s); reconnecting", error)
             finally:
-                self._bus = None
+                self._client = None
                 with contextlib.suppress(Exception):
-                    bus.disconnect()
-            self._publish(GPU_ABSENT)
+                    client.close()
+            self._show(None)
             await asyncio.sleep(RECONNECT_S)
-
-    async def _call(self, destination: str, path: str, interface: str, member: str,
-                    signature: str = "", body: list[Any] | None = None,
-                    wait_s: float = CALL_TIMEOUT_S) -> Message:
-        bus = self._bus
-        if bus is None:
-            raise GpuModeError("org.freedesktop.DBus.Error.NoServer", "not connected to the bus")
-        reply = await asyncio.wait_for(bus.call(Message(
-            destination=destination, path=path, interface=interface, member=member,
-            signature=signature, body=body or [])), wait_s)
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else ""
-            raise GpuModeError(reply.error_name or "unknown", str(text))
-        return reply
 
     async def _load(self) -> None:
         """Read every property, or mark gpud absent."""
-        has_owner = await self._call(_DBUS, "/org/freedesktop/DBus", _DBUS, "NameHasOwner",
-                                     "s", [dbus_names.BUS_NAME])
-        if not has_owner.body[0]:
-            self._properties = {}
-            self._publish(GPU_ABSENT)
-            return
+        client = self._connected()
         try:
-            reply = await self._call(dbus_names.BUS_NAME, dbus_names.OBJECT_PATH, _PROPERTIES,
-                                     "GetAll", "s", [dbus_names.INTERFACE])
-        except GpuModeError as error:
-            log.warning("mushishi-gpud is on the bus but GetAll failed: %s", error)
-            self._publish(GPU_ABSENT)
+            properties = await client.properties()
+        except BusError as error:
+            if not error.no_owner:
+                log.warning("mushishi-gpud is on the bus but GetAll failed: %s",
+                            error.one_line())
+            self._show(None)
             return
-        self._properties = {key: variant.value for key, variant in reply.body[0].items()}
-        self._publish(self._view_from_properties())
+        self._show(properties)
 
     def _schedule_load(self) -> None:
         if self._refresh is None or self._refresh.done():
@@ -156,35 +128,33 @@ class GpuModeClient:
         except Exception as error:  # a failed read must not stop following
             log.warning("reading mushishi-gpud's properties failed: %s", error)
 
-    def _on_message(self, message: Message) -> None:
-        if message.message_type != MessageType.SIGNAL:
-            return
-        if message.member == "NameOwnerChanged" and message.body[0] == dbus_names.BUS_NAME:
-            if message.body[2]:
-                self._schedule_load()
-            else:
-                self._properties = {}
-                self._publish(GPU_ABSENT)
-        elif message.member == "PropertiesChanged" and message.body[0] == dbus_names.INTERFACE:
-            for key, variant in message.body[1].items():
-                self._properties[key] = variant.value
-            if message.body[2]:
-                self._schedule_load()
-            if self._properties:
-                self._publish(self._view_from_properties())
-        elif message.member == "ModeChanged" and message.interface == dbus_names.INTERFACE:
-            self._properties["ActiveMode"] = message.body[1]
-            self._publish(self._view_from_properties())
+    def _owner_changed(self, owner: str) -> None:
+        if owner:
+            self._schedule_load()
+        else:
+            self._show(None)
+
+    def _properties_changed(self, changed: dict[str, Any], invalidated: list[str]) -> None:
+        properties = (self._properties or GpuModeProperties()).changed(changed)
+        if invalidated:
+            self._schedule_load()
+        if changed or self._properties is not None:
+            self._show(properties)
+
+    def _mode_changed(self, _old: str, new: str) -> None:
+        self._show((self._properties or GpuModeProperties()).changed({"ActiveMode": new}))
+
+    def _connected(self) -> GpuModeClient:
+        if self._client is None:
+            raise BusError(dbus_names.DBUS_ERROR_NO_SERVER, "not connected to the bus")
+        return self._client
 
     # -- calls the router makes -----------------------------------------------------------
     async def switch_mode(self, mode: str, wait_s: float, force: bool = False) -> None:
-        """Ask gpud to switch to `mode` (a switch can take minutes); raise GpuModeError if it
+        """Ask gpud to switch to `mode` (a switch can take minutes); raise BusError if it
         refuses, TimeoutError if it does not answer within `wait_s`."""
-        await self._call(dbus_names.BUS_NAME, dbus_names.OBJECT_PATH, dbus_names.INTERFACE,
-                         "SwitchMode", "sb", [mode, force], wait_s=wait_s)
+        await self._connected().switch(mode, force, timeout_s=wait_s)
 
     async def busy(self) -> list[str]:
         """gpud's reasons the GPU is busy (empty when idle)."""
-        reply = await self._call(dbus_names.BUS_NAME, dbus_names.OBJECT_PATH,
-                                 dbus_names.INTERFACE, "Busy")
-        return list(reply.body[0])
+        return await self._connected().busy()

@@ -45,7 +45,7 @@ def _act(args: argparse.Namespace, loaded: LoadedConfig, notifier: Notifier) -> 
         from mushishi.services.tenant.network import load_tenant_egress
 
         return load_tenant_egress(loaded.settings, notifier, source=str(loaded.path))
-    from mushishi.services.gpud.gpu import open_probe
+    from mushishi.shared.gpu import open_probe
 
     settings = loaded.settings
     known = settings.modes if args.action == "prepare" else settings.tenants

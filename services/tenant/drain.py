@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError
-from mushishi.services.gpud.probes import BusyReading, mean_utilisation, read_probe
+from mushishi.shared.busy_probes import BusyReading, mean_utilisation, read_probe
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.gpu import GpuProbe, GpuProbeError
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
 from mushishi.shared.tenant_commands import compose_command

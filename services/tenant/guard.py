@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError, GpuSnapshot
 from mushishi.services.tenant.stoplist import cgroup_of, describe_holders
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.gpu import GpuProbe, GpuProbeError, GpuSnapshot
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
 

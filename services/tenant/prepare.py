@@ -15,11 +15,6 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from dbus_fast import BusType
-from dbus_fast.aio import MessageBus
-
-from mushishi.services.gpud.gpu import GpuProbe, GpuProbeError
-from mushishi.services.gpud.systemd import SystemdClient
 from mushishi.services.tenant.stoplist import (
     Container,
     DockerContainers,
@@ -27,10 +22,13 @@ from mushishi.services.tenant.stoplist import (
     process_matches,
     signal_process,
 )
+from mushishi.shared.bus import connect
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.gpu import tenant_unit
+from mushishi.shared.gpu import GpuProbe, GpuProbeError
 from mushishi.shared.journal import log_extra
 from mushishi.shared.notify import Notifier
+from mushishi.shared.systemd import SystemdClient
 
 log = logging.getLogger("mushishi.tenant")
 
@@ -39,7 +37,7 @@ async def running_tenants(tenants: Sequence[str]) -> set[str]:
     """Tenants whose units are already active (they hold their memory already)."""
     if not tenants:
         return set()
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    bus = await connect()
     try:
         statuses = await SystemdClient(bus).statuses([tenant_unit(t) for t in tenants])
     finally:

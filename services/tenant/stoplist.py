@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mushishi.services.gpud.gpu import GpuProcess, GpuSnapshot
+from mushishi.shared.gpu import GpuProcess, GpuSnapshot
 
 _CONTAINER_IN_CGROUP = re.compile(r"(?:docker[-/]|/docker/)([0-9a-f]{64})")
 TENANT_CGROUP_MARK = "mushishi-tenant@"

@@ -26,11 +26,12 @@ from mushishi.services.watchdog.messages import AlertState, Message, plan_watchd
 from mushishi.services.watchdog.ntfy import Publisher
 from mushishi.services.watchdog.outbox import Outbox, Report, deliver, state_lock
 from mushishi.shared.config import MushishiSettings
-from mushishi.shared.config.router import unix_listen_path
+from mushishi.shared.config.router import connect_host, connect_url, unix_listen_path
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.files import read_json, write_json
 from mushishi.shared.metrics import new_registry, write_textfile_or_warn
 from mushishi.shared.notify import Notifier
+from mushishi.shared.readings import Reading, read_bench_rows, read_json_object
 
 log = logging.getLogger("mushishi.watchdog")
 
@@ -65,30 +66,31 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
     limit = config.http_timeout_s
     floor = settings.cpu_floor
     floor_unit = "mushishi-cpu-floor.service"
-    models_url = f"http://{gather.http_host(floor.host)}:{floor.port}/v1/models"
+    models_url = f"{connect_url(floor.host, floor.port)}/v1/models"
     backup_dir = Path(settings.backup.state_dir)
     bus = await gather.connect_system_bus(deps.system_bus_address)
     try:
-        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+        async with asyncio.TaskGroup() as group:
             snapshots = group.create_task(gather.snapshot_times(
                 settings, environ=deps.environ, dotenv=deps.dotenv, limit_s=RESTIC_LIMIT_S))
             units = {unit: group.create_task(gather.unit_state(bus, unit))
                      for unit in dict.fromkeys([*config.always_on_units, floor_unit])}
-            models = group.create_task(gather.served_models(session, models_url, limit))
+            models = group.create_task(gather.models_served(
+                connect_host(floor.host), floor.port, limit))
             status = group.create_task(gather.router_status(
                 unix_listen_path(settings.router.listen), limit))
             reading = group.create_task(gather.gpu_reading(bus))
     finally:
-        if not isinstance(bus, gather.Failed):
+        if not isinstance(bus, Reading):
             bus.disconnect()
     now = deps.now()
-    last_backup = gather.json_file(backup_dir / "last.json",
-                                   f"no backup has run yet (no {backup_dir}/last.json)")
+    last_backup = read_json_object(backup_dir / "last.json",
+                            f"no backup has run yet (no {backup_dir}/last.json)")
     results = [
         checks.backup_age(snapshots.result(), now=now, max_age_days=config.backup_max_age_days),
         checks.backup_result(last_backup),
         checks.restore_verify(last_backup),
-        checks.backup_check(gather.json_file(
+        checks.backup_check(read_json_object(
             backup_dir / "check.json",
             f"restic check has not run yet (monthly mushishi-backup-check.timer; no "
             f"{backup_dir}/check.json)")),
@@ -103,7 +105,7 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
     results.append(checks.cloud_share(status.result(), max_share=config.cloud_share_max,
                                       min_requests=config.cloud_share_min_requests))
     results.append(checks.gpu(reading.result(), max_temperature_c=config.gpu_max_temperature_c))
-    results.append(checks.bench(gather.bench_rows(Path(config.bench_results))))
+    results.append(checks.bench(read_bench_rows(Path(config.bench_results))))
     return results
 
 

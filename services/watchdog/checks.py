@@ -1,8 +1,9 @@
 """The watchdog's checks: pure functions from gathered facts to ok / problem / missing-source.
 
-Each fact arrives as its value, `Missing` (the source does not exist on this box, e.g. no
-gpud, no bench results yet) or `Failed` (the source should have answered and did not). A
-missing source is reported as such, never as healthy; a failed one is a problem.
+Each fact arrives as a `Reading` (shared/readings.py): ok with its value, `missing` (the
+source does not exist on this box, e.g. no bench results yet), or failed (`down` or
+`error`: the source should have answered and did not). A missing source is reported as
+such, never as healthy; a failed one is a problem, except where a check says otherwise.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
+
+from mushishi.shared.gpumode import GpuModeProperties
+from mushishi.shared.readings import Reading
+from mushishi.shared.router_status import RouterStatus
 
 
 class Status(StrEnum):
@@ -35,30 +40,20 @@ class CheckResult:
         return {"name": self.name, "status": self.status.value, "detail": self.detail}
 
 
-@dataclass(frozen=True, slots=True)
-class Missing:
-    """The source does not exist here (yet)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The source exists or must exist, and could not be read."""
-
-    reason: str
-
-
-T = TypeVar("T")
-Source = T | Missing | Failed
-
-
-def _unavailable(name: str, source: object) -> CheckResult | None:
-    if isinstance(source, Missing):
-        return CheckResult(name, Status.MISSING_SOURCE, source.reason)
-    if isinstance(source, Failed):
-        return CheckResult(name, Status.PROBLEM, source.reason)
+def _unavailable(name: str, source: Reading[Any]) -> CheckResult | None:
+    if source.status == "missing":
+        return CheckResult(name, Status.MISSING_SOURCE, source.detail)
+    if source.failed:
+        return CheckResult(name, Status.PROBLEM, source.detail)
     return None
+
+
+def _unavailable_daemon(name: str, source: Reading[Any]) -> CheckResult | None:
+    """A daemon that is down is its unit check's problem: what it would have told this
+    check is a missing source. A daemon that answers wrongly is a problem."""
+    if source.status == "down":
+        return CheckResult(name, Status.MISSING_SOURCE, source.detail)
+    return _unavailable(name, source)
 
 
 def _ok(name: str, detail: str) -> CheckResult:
@@ -76,14 +71,14 @@ def _age(now: datetime, then: datetime) -> str:
 
 # -- backups -------------------------------------------------------------------------------
 
-def backup_age(snapshots: Source[Sequence[datetime]], *, now: datetime,
+def backup_age(reading: Reading[Sequence[datetime]], *, now: datetime,
                max_age_days: float) -> CheckResult:
     """The newest snapshot in the repository, read from restic itself, is recent enough."""
     name = "backup-age"
-    unavailable = _unavailable(name, snapshots)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert not isinstance(snapshots, Missing | Failed)
+    snapshots = reading.value()
     if not snapshots:
         return _problem(name, "the repository holds no snapshot at all")
     newest = max(snapshots)
@@ -95,13 +90,13 @@ def backup_age(snapshots: Source[Sequence[datetime]], *, now: datetime,
     return _ok(name, f"newest snapshot is {_age(now, newest)} old ({len(snapshots)} in total)")
 
 
-def backup_result(last: Source[Mapping[str, Any]]) -> CheckResult:
+def backup_result(reading: Reading[Mapping[str, Any]]) -> CheckResult:
     """The last `mushishi-backup run` ended ok (a warning or a partial backup is a problem)."""
     name = "backup-result"
-    unavailable = _unavailable(name, last)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert isinstance(last, Mapping)
+    last = reading.value()
     outcome = last.get("outcome", "unknown")
     when = last.get("finished") or last.get("time") or "?"
     if outcome == "ok":
@@ -112,13 +107,13 @@ def backup_result(last: Source[Mapping[str, Any]]) -> CheckResult:
     return _problem(name, f"last backup at {when} ended {outcome}: {detail}")
 
 
-def restore_verify(last: Source[Mapping[str, Any]]) -> CheckResult:
+def restore_verify(reading: Reading[Mapping[str, Any]]) -> CheckResult:
     """The restore sample of the last backup matched its sources."""
     name = "restore-verify"
-    unavailable = _unavailable(name, last)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert isinstance(last, Mapping)
+    last = reading.value()
     verify = last.get("verify") or {}
     outcome = verify.get("outcome", "skipped")
     if outcome == "ok":
@@ -133,13 +128,13 @@ def restore_verify(last: Source[Mapping[str, Any]]) -> CheckResult:
     return _problem(name, f"restore verification {outcome}: {'; '.join(problems[:5])}")
 
 
-def backup_check(check: Source[Mapping[str, Any]]) -> CheckResult:
+def backup_check(reading: Reading[Mapping[str, Any]]) -> CheckResult:
     """The last monthly `restic check --read-data-subset` found no error."""
     name = "backup-check"
-    unavailable = _unavailable(name, check)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert isinstance(check, Mapping)
+    check = reading.value()
     when = check.get("finished") or "?"
     if check.get("outcome") == "ok":
         return _ok(name, f"restic check passed at {when} (read "
@@ -165,13 +160,13 @@ class DiskUsage:
         return 100.0 * used / denominator if denominator else 0.0
 
 
-def disk(mount: str, usage: Source[DiskUsage], *, max_percent: float) -> CheckResult:
+def disk(mount: str, reading: Reading[DiskUsage], *, max_percent: float) -> CheckResult:
     """Disk use on one configured mount is below the limit."""
     name = f"disk:{mount}"
-    unavailable = _unavailable(name, usage)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert isinstance(usage, DiskUsage)
+    usage = reading.value()
     percent = usage.used_percent
     free_gib = usage.available_bytes / (1 << 30)
     detail = f"{percent:.1f}% used, {free_gib:.1f} GiB free (limit {max_percent:g}%)"
@@ -191,13 +186,13 @@ class UnitState:
     socket_active: bool | None = None  # None: the unit has no socket
 
 
-def unit_active(unit: str, state: Source[UnitState]) -> CheckResult:
+def unit_active(unit: str, reading: Reading[UnitState]) -> CheckResult:
     """An always-on unit is active (or waits on its active socket)."""
     name = f"unit:{unit}"
-    unavailable = _unavailable(name, state)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert isinstance(state, UnitState)
+    state = reading.value()
     if state.load_state != "loaded":
         return _problem(name, f"{unit} is {state.load_state} (not installed? run "
                         f"`mushishi install`)")
@@ -210,20 +205,20 @@ def unit_active(unit: str, state: Source[UnitState]) -> CheckResult:
                     f"see `journalctl -u {unit}`")
 
 
-def cpu_floor(unit: str, state: Source[UnitState], models: Source[Sequence[str]], *,
-              alias: str, url: str) -> CheckResult:
+def cpu_floor(unit: str, unit_reading: Reading[UnitState],
+              models_reading: Reading[Sequence[str]], *, alias: str, url: str) -> CheckResult:
     """The CPU floor answers: its unit is active and /v1/models lists the configured alias."""
     name = "cpu-floor"
-    unavailable = _unavailable(name, state)
+    unavailable = _unavailable(name, unit_reading)
     if unavailable:
         return unavailable
-    assert isinstance(state, UnitState)
+    state = unit_reading.value()
     if state.active_state != "active":
         return _problem(name, f"{unit} is {state.active_state} ({state.sub_state})")
-    unavailable = _unavailable(name, models)
+    unavailable = _unavailable(name, models_reading)
     if unavailable:
         return CheckResult(name, Status.PROBLEM, unavailable.detail)
-    assert not isinstance(models, Missing | Failed)
+    models = models_reading.value()
     if alias not in models:
         return _problem(name, f"{url} lists {sorted(models)}, not the alias {alias!r} "
                         f"(cpu_floor.alias) that backend chains use")
@@ -232,25 +227,18 @@ def cpu_floor(unit: str, state: Source[UnitState], models: Source[Sequence[str]]
 
 # -- router, GPU, bench --------------------------------------------------------------------
 
-def cloud_share(status: Source[Mapping[str, Any]], *, max_share: float,
+def cloud_share(reading: Reading[RouterStatus], *, max_share: float,
                 min_requests: int) -> CheckResult:
     """The share of router requests answered by cloud backends over the last day."""
     name = "cloud-share"
-    unavailable = _unavailable(name, status)
+    unavailable = _unavailable_daemon(name, reading)
     if unavailable:
         return unavailable
-    assert isinstance(status, Mapping)
-    shares = status.get("cloud_share")
-    if not isinstance(shares, Mapping):
-        return CheckResult(name, Status.MISSING_SOURCE,
-                           "the router's /status has no cloud_share")
     total = cloud = 0.0
     over: list[str] = []
-    for profile, entry in sorted(shares.items()):
-        if not isinstance(entry, Mapping):
-            continue
-        share = float(entry.get("day") or 0.0)
-        requests = float(entry.get("requests_day") or 0.0)
+    for profile, entry in sorted(reading.value().cloud_share.items()):
+        share = float(entry.day)
+        requests = float(entry.requests_day)
         total += requests
         cloud += share * requests
         if share > max_share and requests:
@@ -266,23 +254,13 @@ def cloud_share(status: Source[Mapping[str, Any]], *, max_share: float,
     return _ok(name, detail)
 
 
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    """gpud's read-only properties that matter to the watchdog."""
-
-    temperature_c: int | None
-    throttled: bool | None
-    state: str = ""
-    state_reason: str = ""
-
-
-def gpu(reading: Source[GpuReading], *, max_temperature_c: float) -> CheckResult:
+def gpu(gpud: Reading[GpuModeProperties], *, max_temperature_c: float) -> CheckResult:
     """GPU temperature below the limit, not throttled, gpud not stuck in `failed`."""
     name = "gpu"
-    unavailable = _unavailable(name, reading)
+    unavailable = _unavailable_daemon(name, gpud)
     if unavailable:
         return unavailable
-    assert isinstance(reading, GpuReading)
+    reading = gpud.value()
     problems = []
     if reading.state == "failed":
         problems.append(f"gpud state failed: {reading.state_reason or 'no reason given'}")
@@ -301,15 +279,14 @@ def gpu(reading: Source[GpuReading], *, max_temperature_c: float) -> CheckResult
     return _ok(name, f"{reading.temperature_c} °C, not throttled")
 
 
-def bench(rows: Source[Sequence[Mapping[str, str]]]) -> CheckResult:
+def bench(reading: Reading[Sequence[Mapping[str, str]]]) -> CheckResult:
     """The newest `mushishi bench` result of each target shows no speed regression."""
     name = "bench"
-    unavailable = _unavailable(name, rows)
+    unavailable = _unavailable(name, reading)
     if unavailable:
         return unavailable
-    assert not isinstance(rows, Missing | Failed)
     newest: dict[str, Mapping[str, str]] = {}
-    for row in rows:
+    for row in reading.value():
         target = row.get("target", "")
         if target not in newest or row.get("time", "") >= newest[target].get("time", ""):
             newest[target] = row

@@ -14,6 +14,7 @@ from mushishi.services.watchdog import gather
 from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
 from mushishi.services.watchdog.messages import AlertState, Message, plan_unit_failure
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.readings import Reading
 from mushishi.shared.unit_names import failed_unit
 
 log = logging.getLogger("mushishi.alert")
@@ -28,7 +29,7 @@ async def alert_failed_unit(settings: MushishiSettings, instance: str, deps: Dep
     try:
         summary = await gather.unit_failure_summary(bus, unit)
     finally:
-        if not isinstance(bus, gather.Failed):
+        if not isinstance(bus, Reading):
             bus.disconnect()
     lines = await gather.journal_tail(deps.journalctl, unit, config.alert_journal_lines,
                                       config.http_timeout_s)

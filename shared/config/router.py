@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -58,6 +58,28 @@ def unix_listen_path(listen: list[str]) -> str | None:
         if host == "unix":
             return str(path)
     return None
+
+
+def connect_host(host: str) -> str:
+    """Where to connect to reach something that listens on `host`: a wildcard address
+    (`0.0.0.0`, `::`, `[::]`, or no host at all) means this machine's loopback of the same
+    family; brackets are dropped; anything else is itself."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare:
+        return "127.0.0.1"
+    try:
+        address = ip_address(bare)
+    except ValueError:
+        return bare  # a host name
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return bare
+
+
+def connect_url(host: str, port: int) -> str:
+    """`http://HOST:PORT` to reach something listening on `host`, IPv6 bracketed."""
+    address = connect_host(host)
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
 # Where a local network may lie: nothing here is routable on the public internet.

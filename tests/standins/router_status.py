@@ -1,6 +1,6 @@
-"""A stand-in for the router's `GET /status` on a unix socket (the contract in the brief:
-sovereignty, backends, profiles, cloud_share {profile: {hour, day, requests_hour,
-requests_day}}), until the real router lands.
+"""A stand-in for the router's `GET /status` on a unix socket, serving a whole body of the
+contract (shared/router_status.py) with the cloud shares a test needs; the rest is a
+quiet box: one local backend up, one T1 profile served by it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,25 @@ from aiohttp import web
 
 
 def status_document(cloud_share: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """A /status body with the given cloud shares."""
+    """A /status body with the given cloud shares ({profile: {hour, day, requests_hour,
+    requests_day}}; the cloud request counts follow from them)."""
+    shares = {profile: {"cloud_requests_hour": round(entry["hour"] * entry["requests_hour"]),
+                        "cloud_requests_day": round(entry["day"] * entry["requests_day"]),
+                        **entry}
+              for profile, entry in cloud_share.items()}
     return {
-        "sovereignty": {"config": True, "connect_time": True, "kernel": True, "detail": ""},
-        "backends": {"cpu": {"state": "up", "local": True, "modes": [], "in_flight": 0}},
-        "profiles": {"private": {"tier": "T1", "would_use": "cpu", "reason": "gpu not in mode"}},
-        "cloud_share": cloud_share,
+        "version": "0.1.0", "draining": False, "in_flight": 0,
+        "sovereignty": {"config": True, "connect_time": True, "kernel": True, "detail": "",
+                        "summary": "config ✓, connect-time ✓, kernel ✓"},
+        "gpu": {"present": False, "active_mode": None, "state": None},
+        "backends": {"cpu": {"state": "up", "reason": "healthy", "local": True,
+                             "locality": "127.0.0.1 is inside router.local_networks",
+                             "modes": [], "in_flight": 0, "queued": 0,
+                             "max_concurrency": None, "model": "nemotron-cpu-prism"}},
+        "profiles": {"private": {"tier": "T1", "chain": ["cpu"], "would_use": "cpu",
+                                 "reason": "gpu not in mode", "queued": 0,
+                                 "require_mode": None}},
+        "cloud_share": shares,
     }
 
 

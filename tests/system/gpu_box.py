@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.sandbox import Sandbox
-from mushishi.services.gpud.client import GpuModeClient
+from mushishi.shared.gpumode import GpuModeClient
 from tests.paths import BINDIR, REPO
 
 PYTHON = str(Path(sys.executable))

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from devtools.sandbox import Sandbox
-from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
+from mushishi.shared.bus import BusError
+from mushishi.shared.gpumode import GpuModeClient
 from tests.paths import BINDIR
 from tests.system.gpu_box import (
     GPU_STATE,
@@ -136,9 +137,9 @@ async def test_switch_mode_keeps_always_on_stops_other_tenants_and_signals_withi
         lag = arrived - active_enter(box, f"mushishi-{mode}.target")
         assert lag <= 1.0, f"ModeChanged came {lag:.3f} s after the target was reached"
         props = await client.properties()
-        assert props["ActiveMode"] == mode
-        assert props["State"] == ("off" if mode == "off" else "ready")
-        assert props["StateReason"] == ""
+        assert props.active_mode == mode
+        assert props.state == ("off" if mode == "off" else "ready")
+        assert props.state_reason == ""
     finally:
         client.close()
     assert_mode_units(box, mode)
@@ -172,9 +173,9 @@ async def test_vram_guard_with_too_little_free_memory_fails_tenant_and_switch(
     finally:
         client.close()
     assert not outcome.ok
-    assert props["State"] == "failed"
-    assert "tenant vllm-forensic failed" in props["StateReason"]
-    assert "does not fit" in props["StateReason"]
+    assert props.state == "failed"
+    assert "tenant vllm-forensic failed" in props.state_reason
+    assert "does not fit" in props.state_reason
     assert box.is_active("mushishi-tenant@vllm-forensic.service") == "failed"
     (invocation,) = invocations(box, ("mushishi-tenant@vllm-forensic.service",)).values()
     journal = box.journal(f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat")
@@ -219,7 +220,7 @@ async def test_busy_tenant_refuses_switch_and_forced_switch_drains_streamed_requ
         try:
             assert await client.busy() == [
                 "vllm-forensic: 1 request(s) running, 0 waiting (vLLM)"]
-            with pytest.raises(GpuModeError) as refused:
+            with pytest.raises(BusError) as refused:
                 await client.switch("creative", False)
             assert refused.value.name == dbus_names.ERROR_BUSY
             assert "vllm-forensic: 1 request(s) running" in refused.value.text
@@ -274,7 +275,7 @@ async def test_hold_blocks_switch_until_its_holder_dies(settled: GpuBox) -> None
         (held,) = await client.get("Holds")
         assert held[0] == "forensic" and held[1].startswith("mushishi hold: sleep 600")
         assert held[2] == "client report"
-        with pytest.raises(GpuModeError) as refused:
+        with pytest.raises(BusError) as refused:
             await client.switch("creative", False)
         assert refused.value.name == dbus_names.ERROR_HELD
         assert "client report" in refused.value.text
@@ -319,7 +320,7 @@ async def test_hold_then_switches_after_the_job(settled: GpuBox) -> None:
                 changes.append(tuple(value))
         assert changes == [("off", "forensic"), ("forensic", "creative")]
         props = await client.properties()
-        assert props["ActiveMode"] == "creative" and props["Holds"] == []
+        assert props.active_mode == "creative" and props.holds == ()
     finally:
         client.close()
 
@@ -393,16 +394,16 @@ async def test_gpu_properties_and_metrics_follow_the_simulated_gpu(settled: GpuB
     client = await settled.client()
     try:
         deadline = time.monotonic() + 10
-        while (props := await client.properties())["VramUsedMiB"] != 1234:
+        while (props := await client.properties()).vram_used_mib != 1234:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
     finally:
         client.close()
-    assert props["VramTotalMiB"] == TOTAL_MIB
-    assert props["GpuUtilPercent"] == 37
-    assert props["GpuTemperatureC"] == 71
-    assert props["GpuPowerW"] == 212.5
-    assert props["GpuThrottled"] is True
+    assert props.vram_total_mib == TOTAL_MIB
+    assert props.util_percent == 37
+    assert props.temperature_c == 71
+    assert props.power_w == 212.5
+    assert props.throttled is True
     code = ("import urllib.request;print(urllib.request.urlopen("
             "'http://127.0.0.1:9642/metrics').read().decode())")
     metrics = settled.box.run([PYTHON, "-c", code]).stdout

@@ -46,3 +46,25 @@ def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from mushishi.ctl import main\n")
     assert imported_modules(module) == [("mushishi.ctl", 2)]
+
+
+# Daemon packages whose modules another daemon may import, and why. Nothing else: a GPU
+# probe, a busy probe or a D-Bus client that two daemons need lives in shared/.
+OTHER_DAEMONS_ALLOWED = {
+    "watchdog": {"backup"},   # restic's argv builders and output parsers, repository access
+    "alert": {"watchdog"},    # mushishi-alert@ is the watchdog's outbox, started per unit
+}
+
+
+@pytest.mark.parametrize("daemon", sorted(p.name for p in (REPO / "services").iterdir()
+                                          if (p / "__init__.py").exists()))
+def test_a_daemon_imports_no_other_daemon_but_the_listed_ones(daemon: str) -> None:
+    allowed = OTHER_DAEMONS_ALLOWED.get(daemon, set())
+    wrong = []
+    for path in sorted((REPO / "services" / daemon).rglob("*.py")):
+        for module, line in imported_modules(path):
+            parts = module.split(".")
+            if parts[:2] == ["mushishi", "services"] and len(parts) > 2 \
+                    and parts[2] not in (daemon, *allowed):
+                wrong.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)

@@ -11,12 +11,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mushishi.ctl.status.core import build_report, ok
+from mushishi.ctl.status.report import build_report
 from mushishi.services.bench.app import run_bench
 from mushishi.services.bench.core import COLUMNS
 from mushishi.services.watchdog.checks import Status, bench
-from mushishi.services.watchdog.gather import bench_rows
 from mushishi.shared.config import load_settings
+from mushishi.shared.readings import ok, read_bench_rows
 from tests.llama import LlamaServer
 from tests.paths import BINDIR
 from tests.ports import free_port
@@ -91,7 +91,7 @@ def test_bench_of_a_backend_appends_rows_that_the_watchdog_and_status_read(
     assert 'mushishi_bench_tokens_per_second{backend="cpu",target="backend:cpu"}' in textfile
 
     path = tmp_path / "bench" / "results.csv"
-    assert bench(bench_rows(path)).status is Status.OK
+    assert bench(read_bench_rows(path)).status is Status.OK
     # Earlier runs ten times faster: the next run is a regression, for the watchdog too.
     fast = {**row, "tokens_per_s": f"{float(row['tokens_per_s']) * 10:.2f}",
             "time": "2026-01-01T00:00:00+00:00"}
@@ -107,7 +107,7 @@ def test_bench_of_a_backend_appends_rows_that_the_watchdog_and_status_read(
     assert slow.returncode == 3, slow.stdout + slow.stderr
     assert "REGRESSION" in slow.stdout
     assert rows(tmp_path)[-1]["regression"] == "true"
-    verdict = bench(bench_rows(path))
+    verdict = bench(read_bench_rows(path))
     assert verdict.status is Status.PROBLEM and "backend:cpu" in verdict.detail
     report = build_report({"bench": ok(rows(tmp_path))}, datetime.now(UTC), "box")
     assert report.data["bench"]["backend:cpu (cpu)"]["regression"] is True

@@ -19,11 +19,13 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from mushishi.ctl.status import gather
-from mushishi.ctl.status.core import build_report, render
+from mushishi.ctl.status.report import build_report
+from mushishi.ctl.status.screen import render
 from mushishi.services.egress.core import Usage
 from mushishi.services.egress.ledger import Ledger
 from mushishi.shared import dbus_names
 from mushishi.shared.config import MushishiSettings, load_settings
+from mushishi.shared.local_http import http_get
 from tests.integration.router.harness import running_box
 from tests.llama import LlamaServer, running_llama
 from tests.standins.bus import PrivateBus
@@ -85,8 +87,8 @@ async def test_collect_reads_every_source_that_answers(tmp_path: Path,
     assert status == {"systemd": "down", "gpud": "ok", "router": "ok", "cpu-floor": "ok",
                       "budgets": "missing", "backup": "ok", "watchdog": "ok",
                       "firewall": "ok", "bench": "missing"}, readings
-    assert readings["gpud"].data["GpuTemperatureC"] == 58
-    assert readings["router"].data["profiles"]["private"]["tier"] == "T1"
+    assert readings["gpud"].data.temperature_c == 58
+    assert readings["router"].data.profiles["private"].tier == "T1"
     assert readings["cpu-floor"].data["models"] == ["nemotron-cpu-prism"]
     assert readings["budgets"].detail == (
         "no budget ledger yet (no cloud request has gone through the egress)")
@@ -160,8 +162,8 @@ async def test_stopped_daemons_are_named_with_what_to_check(tmp_path: Path) -> N
                                         bus_address=private.address)
     assert readings["router"].status == "down"
     assert readings["router"].detail == (
-        f"no router socket at {tmp_path}/absent.sock (`systemctl status "
-        "mushishi-router.socket`)")
+        f"the router's socket {tmp_path}/absent.sock does not exist (is "
+        "mushishi-router.socket running? `systemctl status mushishi-router.socket`)")
     assert readings["gpud"].status == "down"
     assert "mushishi-gpud is not on the system bus" in readings["gpud"].detail
     assert readings["cpu-floor"].status == "down"
@@ -270,11 +272,11 @@ async def test_http_get_reads_chunked_and_length_delimited_answers(tmp_path: Pat
     unix = web.UnixSite(runner, str(tmp_path / "s.sock"))
     await unix.start()
     try:
-        status, body = await gather.http_get("/v1/models", host="127.0.0.1", port=port)
+        status, body = await http_get("/v1/models", host="127.0.0.1", port=port)
         assert status == 200 and json.loads(body) == {"data": [{"id": "a"}, {"id": "b"}]}
         reading = await gather.read_cpu_floor("127.0.0.1", port, "b")
         assert reading.data == {"alias": "b", "models": ["a", "b"]}
-        status, body = await gather.http_get("/status", unix_socket=str(tmp_path / "s.sock"))
+        status, body = await http_get("/status", unix_socket=str(tmp_path / "s.sock"))
         assert status == 200 and json.loads(body) == {"data": [{"id": "c"}]}
     finally:
         await runner.cleanup()

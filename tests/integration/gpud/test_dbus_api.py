@@ -18,14 +18,15 @@ from dbus_fast.aio import MessageBus
 
 from mushishi.services.gpud import core
 from mushishi.services.gpud.app import GpuModeManager
-from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.services.gpud.dbus_api import GpuModeInterface, export
-from mushishi.services.gpud.gpu import GpuSnapshot, SimulatedProbe
 from mushishi.services.gpud.metrics import GpudMetrics
-from mushishi.services.gpud.systemd import SystemdClient
 from mushishi.shared import dbus_names
+from mushishi.shared.bus import BusError
 from mushishi.shared.config import load_settings
+from mushishi.shared.gpu import GpuSnapshot, SimulatedProbe
+from mushishi.shared.gpumode import GpuModeClient
 from mushishi.shared.metrics import new_registry
+from mushishi.shared.systemd import SystemdClient
 from tests.paths import EXAMPLE_CONFIG, REPO
 
 XML = REPO / "docs" / "io.mushishi.GpuMode1.xml"
@@ -43,9 +44,7 @@ async def gpud(private_bus: str) -> AsyncIterator[GpuModeManager]:
     manager.mode_state = core.ModeState(active_mode="forensic", state=core.READY)
     manager.snapshot = GpuSnapshot(total_mib=32607, used_mib=28500, util_percent=93,
                                    temperature_c=71, power_w=431.5)
-    bus.add_message_handler(manager._on_bus_message)
-    manager.interface = GpuModeInterface(manager)
-    await export(bus, manager.interface)
+    await manager.export()
     yield manager
     bus.disconnect()
 
@@ -73,7 +72,7 @@ async def test_live_interface_matches_the_checked_in_xml(gpud: GpuModeManager,
     try:
         reply = await client.call(Message(
             destination=dbus_names.BUS_NAME, path=dbus_names.OBJECT_PATH,
-            interface="org.freedesktop.DBus.Introspectable", member="Introspect"))
+            interface=dbus_names.INTROSPECTABLE_INTERFACE, member="Introspect"))
     finally:
         client.disconnect()
     assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
@@ -93,12 +92,12 @@ async def test_properties_read_from_a_second_connection(gpud: GpuModeManager,
         props = await client.properties()
     finally:
         client.close()
-    assert props["ActiveMode"] == "forensic" and props["State"] == "ready"
-    assert props["Modes"] == ["agent", "audio", "creative", "forensic", "off"]
-    assert (props["VramUsedMiB"], props["VramTotalMiB"]) == (28500, 32607)
-    assert (props["GpuUtilPercent"], props["GpuTemperatureC"]) == (93, 71)
-    assert props["GpuPowerW"] == 431.5 and props["GpuThrottled"] is False
-    assert props["Holds"] == [] and props["StateReason"] == ""
+    assert props.active_mode == "forensic" and props.state == "ready"
+    assert props.modes == ("agent", "audio", "creative", "forensic", "off")
+    assert (props.vram_used_mib, props.vram_total_mib) == (28500, 32607)
+    assert (props.util_percent, props.temperature_c) == (93, 71)
+    assert props.power_w == 431.5 and props.throttled is False
+    assert props.holds == () and props.state_reason == ""
 
 
 async def test_hold_ends_when_the_holders_connection_goes_away(gpud: GpuModeManager,
@@ -117,6 +116,22 @@ async def test_hold_ends_when_the_holders_connection_goes_away(gpud: GpuModeMana
         kind, changed = await asyncio.wait_for(watcher.events.get(), 5)
         assert (kind, changed) == ("PropertiesChanged", {"Holds": []})
         assert gpud.mode_state.holds == ()
+    finally:
+        watcher.close()
+
+
+async def test_properties_changed_carries_only_the_values_that_changed(
+        gpud: GpuModeManager, private_bus: str) -> None:
+    watcher = await GpuModeClient.connect(private_bus)
+    try:
+        await watcher.watch()
+        gpud.reload(gpud.settings)  # the same modes: nothing to announce
+        modes = {name: mode for name, mode in gpud.settings.modes.items() if name != "audio"}
+        gpud.reload(gpud.settings.model_copy(update={"modes": modes}))
+        kind, changed = await asyncio.wait_for(watcher.events.get(), 5)
+        assert (kind, changed) == ("PropertiesChanged",
+                                   {"Modes": ["agent", "creative", "forensic", "off"]})
+        assert watcher.events.empty()
     finally:
         watcher.close()
 
@@ -142,18 +157,18 @@ async def test_release_by_the_holder_and_errors_by_name(gpud: GpuModeManager,
         cookie = await client.hold("forensic", "job", "")
         await client.release(cookie)
         assert await client.get("Holds") == []
-        with pytest.raises(GpuModeError) as unknown:
+        with pytest.raises(BusError) as unknown:
             await client.release(cookie)
         assert unknown.value.name == dbus_names.ERROR_UNKNOWN_HOLD
-        with pytest.raises(GpuModeError) as inactive:
+        with pytest.raises(BusError) as inactive:
             await client.hold("creative", "job", "")
         assert inactive.value.name == dbus_names.ERROR_NOT_ACTIVE
         assert "the active mode is forensic" in inactive.value.text
-        with pytest.raises(GpuModeError) as unknown_mode:
+        with pytest.raises(BusError) as unknown_mode:
             await client.switch("gaming", False)
         assert unknown_mode.value.name == dbus_names.ERROR_UNKNOWN_MODE
         await client.hold("forensic", "job", "keep it")
-        with pytest.raises(GpuModeError) as held:
+        with pytest.raises(BusError) as held:
             await client.switch("creative", False)
         assert held.value.name == dbus_names.ERROR_HELD
         assert held.value.text == "mode forensic is held: job holds forensic (keep it)"

@@ -20,6 +20,7 @@ from mushishi.services.watchdog import checks, gather
 from mushishi.services.watchdog.app import Deps, run_watchdog
 from mushishi.services.watchdog.checks import Status, UnitState
 from mushishi.shared.config.loader import load_settings
+from mushishi.shared.readings import ok
 from tests.llama import LlamaServer, running_llama
 from tests.paths import BINDIR
 from tests.standins.bus import PrivateBus
@@ -218,27 +219,22 @@ async def test_wrong_restic_password_is_a_problem_not_a_missing_source(
 async def test_cpu_floor_readiness_reads_the_alias_from_v1_models(
         llama_server_binary: Path, tiny_model: Path) -> None:
     """Real llama-servers: one serving the floor's alias, then one serving another name."""
-    import aiohttp
-
-    active = UnitState("loaded", "active", "running")
+    active = ok(UnitState("loaded", "active", "running"))
     with running_llama(llama_server_binary, tiny_model, "nemotron-cpu-prism") as server:
         url = f"{server.url}/models"
-        async with aiohttp.ClientSession() as session:
-            models = await gather.served_models(session, url, 5)
-            assert models == ["nemotron-cpu-prism"]
-            result = checks.cpu_floor("mushishi-cpu-floor.service", active, models,
-                                      alias="nemotron-cpu-prism", url=url)
-            assert result.status is Status.OK
+        models = await gather.models_served("127.0.0.1", server.port, 5)
+        assert models.value() == ["nemotron-cpu-prism"]
+        result = checks.cpu_floor("mushishi-cpu-floor.service", active, models,
+                                  alias="nemotron-cpu-prism", url=url)
+        assert result.status is Status.OK
     with running_llama(llama_server_binary, tiny_model, "model.gguf") as other:
         other_url = f"{other.url}/models"
-        async with aiohttp.ClientSession() as session:
-            models = await gather.served_models(session, other_url, 5)
-            result = checks.cpu_floor("mushishi-cpu-floor.service", active, models,
-                                      alias="nemotron-cpu-prism", url=other_url)
-            assert result.status is Status.PROBLEM and "'nemotron-cpu-prism'" in result.detail
-    async with aiohttp.ClientSession() as session:
-        refused = await gather.served_models(session, url, 5)
-    assert isinstance(refused, checks.Failed)
+        models = await gather.models_served("127.0.0.1", other.port, 5)
+        result = checks.cpu_floor("mushishi-cpu-floor.service", active, models,
+                                  alias="nemotron-cpu-prism", url=other_url)
+        assert result.status is Status.PROBLEM and "'nemotron-cpu-prism'" in result.detail
+    refused = await gather.models_served("127.0.0.1", server.port, 5)
+    assert refused.failed
 
 
 def test_the_console_script_runs_a_check_pass_and_exits_zero(tmp_path: Path, bus: str) -> None:

@@ -102,16 +102,6 @@ def test_extra_args_may_not_repeat_a_flag_the_supervisor_sets(flag) -> None:
         CpuFloorSettings(extra_args=[flag, "x"])
 
 
-@pytest.mark.parametrize(
-    ("host", "url"),
-    [("127.0.0.1", "http://127.0.0.1:8001"), ("0.0.0.0", "http://127.0.0.1:8001"),
-     ("::", "http://[::1]:8001"), ("::1", "http://[::1]:8001"),
-     ("100.64.0.7", "http://100.64.0.7:8001")],
-)
-def test_base_url_probes_loopback_for_wildcard_hosts(host, url) -> None:
-    assert core.base_url(host, 8001) == url
-
-
 # -- RAM ----------------------------------------------------------------------------------
 
 def test_meminfo_is_parsed_to_bytes() -> None:

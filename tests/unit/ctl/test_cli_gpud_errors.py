@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from mushishi.ctl.gpud_errors import run_command
-from mushishi.services.gpud.client import GpuModeClient, GpuModeError
 from mushishi.shared import dbus_names
+from mushishi.shared.bus import BusError
+from mushishi.shared.gpumode import GpuModeClient
 
 
 async def _refused() -> int:
-    raise GpuModeError(dbus_names.ERROR_HELD, "mode forensic is held by backup (nightly)")
+    raise BusError(dbus_names.ERROR_HELD, "mode forensic is held by backup (nightly)")
 
 
 async def _no_bus(address: str) -> int:

@@ -8,19 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mushishi.ctl.status.core import (
-    Reading,
-    ago,
-    build_report,
-    down,
-    error,
-    exit_status,
-    human_duration,
-    missing,
-    ok,
-    render,
-)
+from mushishi.ctl.status.report import build_report, exit_status
+from mushishi.ctl.status.screen import ago, human_duration, render
 from mushishi.ctl.status_cmd import use_colour
+from mushishi.shared.gpumode import GpuModeProperties
+from mushishi.shared.readings import Reading, down, error, missing, ok
+from mushishi.shared.router_status import RouterStatus
 
 NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
 
@@ -41,20 +34,27 @@ ROUTER = {
     "gpu": {"present": True, "active_mode": "agent", "state": "ready"},
     "backends": {
         "gpu": {"state": "up", "reason": "healthy", "local": True, "in_flight": 2,
-                "max_concurrency": 4},
+                "max_concurrency": 4, "locality": "127.0.0.1 is local",
+                "modes": ["agent", "forensic"], "queued": 0, "model": "nemotron"},
         "cpu": {"state": "down", "reason": "connection refused", "local": True,
-                "in_flight": 0, "max_concurrency": None},
-        "kimi": {"state": "cloud", "reason": "cloud", "local": False, "in_flight": 0}},
+                "in_flight": 0, "max_concurrency": None, "locality": "127.0.0.1 is local",
+                "modes": None, "queued": 0, "model": "nemotron-cpu-prism"},
+        "kimi": {"state": "cloud", "reason": "cloud", "local": False, "in_flight": 0,
+                 "max_concurrency": None, "locality": "a public address", "modes": None,
+                 "queued": 0, "model": "kimi-k2.6"}},
     "profiles": {
         "private": {"tier": "T1", "chain": ["gpu", "cpu"], "would_use": "gpu",
-                    "reason": "gpu (healthy)"},
+                    "reason": "gpu (healthy)", "queued": 0, "require_mode": None},
         "personal": {"tier": "T2", "chain": ["gpu", "cpu", "kimi"], "would_use": "gpu",
-                     "reason": "gpu (healthy)"},
+                     "reason": "gpu (healthy)", "queued": 0, "require_mode": None},
         "client": {"tier": "T1-strict", "chain": ["gpu"], "would_use": None,
-                   "reason": "mode agent, needs forensic"}},
+                   "reason": "mode agent, needs forensic", "queued": 0,
+                   "require_mode": "forensic"}},
     "cloud_share": {"personal": {"hour": 0.04, "day": 0.02, "requests_hour": 50,
-                                 "requests_day": 300},
-                    "private": {"hour": 0, "day": 0, "requests_hour": 0, "requests_day": 9}},
+                                 "requests_day": 300, "cloud_requests_hour": 2,
+                                 "cloud_requests_day": 6},
+                    "private": {"hour": 0, "day": 0, "requests_hour": 0, "requests_day": 9,
+                                "cloud_requests_hour": 0, "cloud_requests_day": 0}},
 }
 SYSTEMD = {
     "units": {
@@ -89,8 +89,9 @@ BENCH = [{"time": iso(timedelta(days=-3)), "target": "profile:private", "backend
 
 
 def everything() -> dict[str, Reading]:
-    return {"config": ok(None), "systemd": ok(SYSTEMD), "gpud": ok(GPUD),
-            "router": ok(ROUTER),
+    return {"config": ok(None), "systemd": ok(SYSTEMD),
+            "gpud": ok(GpuModeProperties.from_dbus(GPUD)),
+            "router": ok(RouterStatus.from_json(ROUTER)),
             "cpu-floor": ok({"alias": "nemotron-cpu-prism", "models": ["nemotron-cpu-prism"]}),
             "budgets": ok(BUDGETS), "backup": ok(BACKUP), "watchdog": ok(WATCHDOG),
             "firewall": ok(FIREWALL), "bench": ok(BENCH)}
@@ -152,10 +153,12 @@ def test_a_stopped_daemon_is_named_and_the_rest_is_still_there() -> None:
 
 
 @pytest.mark.parametrize(("name", "reading", "problem"), [
-    ("router", ok({**ROUTER, "sovereignty": {"config": True, "connect_time": True,
-                                              "kernel": False, "detail": "a datagram left"}}),
+    ("router", ok(RouterStatus.from_json({**ROUTER, "sovereignty": {
+        "config": True, "connect_time": True, "kernel": False, "detail": "a datagram left",
+        "summary": "config ✓, connect-time ✓, kernel ✗"}})),
      "sovereignty layer kernel is not in force: a datagram left"),
-    ("gpud", ok({**GPUD, "State": "failed", "StateReason": "tenant vllm-agent does not fit"}),
+    ("gpud", ok(GpuModeProperties.from_dbus(
+        {**GPUD, "State": "failed", "StateReason": "tenant vllm-agent does not fit"})),
      "GPU mode agent failed: tenant vllm-agent does not fit"),
     ("backup", ok({**BACKUP, "last": {**BACKUP["last"], "outcome": "partial"}}),
      "last backup partial"),

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.services.gpud.gpu import GpuProcess, GpuSnapshot
 from mushishi.services.tenant.drain import default_stop_command
 from mushishi.services.tenant.guard import refusal_line
 from mushishi.services.tenant.stoplist import (
@@ -19,6 +18,7 @@ from mushishi.services.tenant.stoplist import (
     plan_freeing,
     process_matches,
 )
+from mushishi.shared.gpu import GpuProcess, GpuSnapshot
 
 DOCKER_ID = "a" * 64
 CGROUPS = {

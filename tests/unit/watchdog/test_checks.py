@@ -7,32 +7,34 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mushishi.services.watchdog import checks
-from mushishi.services.watchdog.checks import (
-    DiskUsage,
-    Failed,
-    GpuReading,
-    Missing,
-    Status,
-    UnitState,
-)
+from mushishi.services.watchdog.checks import DiskUsage, Status, UnitState
+from mushishi.shared.gpumode import GpuModeProperties
+from mushishi.shared.readings import Reading, down, error, missing, ok
+from mushishi.shared.router_status import ContractError, RouterStatus
+from tests.standins.router_status import status_document
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def reading(value: object) -> Reading:
+    """A fact as gathered: a reading as it is, any other value as an ok reading of it."""
+    return value if isinstance(value, Reading) else ok(value)
 
 
 @pytest.mark.parametrize(("snapshots", "status"), [
     ([NOW - timedelta(days=1), NOW - timedelta(days=9)], Status.OK),
     ([NOW - timedelta(days=8, hours=1)], Status.PROBLEM),
     ([], Status.PROBLEM),
-    (Failed("restic snapshots exited 1: wrong password"), Status.PROBLEM),
-    (Missing("no repository configured"), Status.MISSING_SOURCE),
+    (error("restic snapshots exited 1: wrong password"), Status.PROBLEM),
+    (missing("no repository configured"), Status.MISSING_SOURCE),
 ])
 def test_backup_age(snapshots: object, status: Status) -> None:
-    result = checks.backup_age(snapshots, now=NOW, max_age_days=8)  # type: ignore[arg-type]
+    result = checks.backup_age(reading(snapshots), now=NOW, max_age_days=8)  # type: ignore[arg-type]
     assert result.name == "backup-age" and result.status is status
 
 
 def test_backup_age_names_the_limit_key() -> None:
-    result = checks.backup_age([NOW - timedelta(days=20)], now=NOW, max_age_days=8)
+    result = checks.backup_age(ok([NOW - timedelta(days=20)]), now=NOW, max_age_days=8)
     assert "20.0 days old" in result.detail
     assert "watchdog.backup_max_age_days" in result.detail
 
@@ -44,16 +46,17 @@ def test_backup_age_names_the_limit_key() -> None:
 def test_backup_result_only_ok_is_healthy(outcome: str, status: Status) -> None:
     last = {"outcome": outcome, "finished": "t", "snapshot_ids": ["a"],
             "warnings": ["/data/x does not exist"], "errors": []}
-    assert checks.backup_result(last).status is status
+    assert checks.backup_result(ok(last)).status is status
 
 
 def test_backup_result_detail_carries_the_warning() -> None:
-    result = checks.backup_result({"outcome": "warning", "warnings": ["/data/x does not exist"]})
+    result = checks.backup_result(ok({"outcome": "warning",
+                                      "warnings": ["/data/x does not exist"]}))
     assert "/data/x does not exist" in result.detail
 
 
 def test_backup_never_ran_is_missing_source_not_ok() -> None:
-    result = checks.backup_result(Missing("no backup has run yet"))
+    result = checks.backup_result(missing("no backup has run yet"))
     assert result.status is Status.MISSING_SOURCE
 
 
@@ -64,14 +67,14 @@ def test_backup_never_ran_is_missing_source_not_ok() -> None:
     ({"outcome": "skipped", "error": "no snapshot"}, Status.MISSING_SOURCE),
 ])
 def test_restore_verify(verify: dict[str, object], status: Status) -> None:
-    assert checks.restore_verify({"verify": verify}).status is status
+    assert checks.restore_verify(ok({"verify": verify})).status is status
 
 
 def test_backup_check() -> None:
-    assert checks.backup_check({"outcome": "ok"}).status is Status.OK
-    failed = checks.backup_check({"outcome": "failed", "error": "pack abc damaged"})
+    assert checks.backup_check(ok({"outcome": "ok"})).status is Status.OK
+    failed = checks.backup_check(ok({"outcome": "failed", "error": "pack abc damaged"}))
     assert failed.status is Status.PROBLEM and "pack abc damaged" in failed.detail
-    assert checks.backup_check(Missing("not yet")).status is Status.MISSING_SOURCE
+    assert checks.backup_check(missing("not yet")).status is Status.MISSING_SOURCE
 
 
 GIB = 1 << 30
@@ -85,12 +88,12 @@ GIB = 1 << 30
     (100 * GIB, 10 * GIB, 10 * GIB, Status.PROBLEM),  # exactly 90%: "at or above"
 ])
 def test_disk_use_at_or_above_limit(total: int, free: int, avail: int, status: Status) -> None:
-    result = checks.disk("/data", DiskUsage(total, free, avail), max_percent=90)
+    result = checks.disk("/data", ok(DiskUsage(total, free, avail)), max_percent=90)
     assert result.name == "disk:/data" and result.status is status
 
 
 def test_missing_mount_is_a_problem() -> None:
-    result = checks.disk("/data", Failed("/data does not exist"), max_percent=90)
+    result = checks.disk("/data", error("/data does not exist"), max_percent=90)
     assert result.status is Status.PROBLEM
 
 
@@ -101,16 +104,16 @@ def test_missing_mount_is_a_problem() -> None:
     (UnitState("loaded", "inactive", "dead", socket_active=False), Status.PROBLEM),
     (UnitState("loaded", "inactive", "dead"), Status.PROBLEM),
     (UnitState("not-found", "inactive", "dead"), Status.PROBLEM),
-    (Failed("cannot connect to the system bus"), Status.PROBLEM),
+    (error("cannot connect to the system bus"), Status.PROBLEM),
 ])
 def test_unit_active(state: object, status: Status) -> None:
-    result = checks.unit_active("mushishi-router.service", state)  # type: ignore[arg-type]
+    result = checks.unit_active("mushishi-router.service", reading(state))
     assert result.name == "unit:mushishi-router.service" and result.status is status
 
 
 def test_failed_unit_detail_points_at_its_journal() -> None:
     result = checks.unit_active("mushishi-gpud.service",
-                                UnitState("loaded", "failed", "failed", "exit-code"))
+                                ok(UnitState("loaded", "failed", "failed", "exit-code")))
     assert "journalctl -u mushishi-gpud.service" in result.detail
     assert "exit-code" in result.detail
 
@@ -121,19 +124,20 @@ ACTIVE = UnitState("loaded", "active", "running")
 @pytest.mark.parametrize(("state", "models", "status"), [
     (ACTIVE, ["nemotron-cpu-prism"], Status.OK),
     (ACTIVE, ["model.gguf"], Status.PROBLEM),   # the seed's lesson: file name, not alias
-    (ACTIVE, Failed("GET failed: connection refused"), Status.PROBLEM),
+    (ACTIVE, error("GET failed: connection refused"), Status.PROBLEM),
     (UnitState("loaded", "activating", "start"), ["nemotron-cpu-prism"], Status.PROBLEM),
 ])
 def test_cpu_floor_ready_means_alias_answers(state: UnitState, models: object,
                                              status: Status) -> None:
-    result = checks.cpu_floor("mushishi-cpu-floor.service", state, models,  # type: ignore[arg-type]
+    result = checks.cpu_floor("mushishi-cpu-floor.service", ok(state), reading(models),
                               alias="nemotron-cpu-prism", url="http://127.0.0.1:8001/v1/models")
     assert result.status is status
 
 
-def _status(shares: dict[str, tuple[float, int]]) -> dict[str, object]:
-    return {"cloud_share": {p: {"hour": 0.0, "day": s, "requests_hour": 0, "requests_day": n}
-                            for p, (s, n) in shares.items()}}
+def _status(shares: dict[str, tuple[float, int]]) -> Reading[RouterStatus]:
+    return ok(RouterStatus.from_json(status_document(
+        {p: {"hour": 0.0, "day": s, "requests_hour": 0, "requests_day": n}
+         for p, (s, n) in shares.items()})))
 
 
 @pytest.mark.parametrize(("shares", "status"), [
@@ -155,22 +159,36 @@ def test_cloud_share_names_the_profiles_over_the_limit() -> None:
 
 
 def test_cloud_share_without_router_is_missing_source() -> None:
-    result = checks.cloud_share(Missing("router socket absent"), max_share=0.1, min_requests=1)
+    result = checks.cloud_share(missing("router socket absent"), max_share=0.1, min_requests=1)
     assert result.status is Status.MISSING_SOURCE
-    assert checks.cloud_share({"sovereignty": {}}, max_share=0.1,
+    # A router that does not answer is its unit check's problem; here, not checked.
+    assert checks.cloud_share(down("did not answer within 5 s"), max_share=0.1,
                               min_requests=1).status is Status.MISSING_SOURCE
 
 
-@pytest.mark.parametrize(("reading", "status"), [
-    (GpuReading(60, False, "ready"), Status.OK),
-    (GpuReading(85, False, "ready"), Status.PROBLEM),
-    (GpuReading(60, True, "ready"), Status.PROBLEM),
-    (GpuReading(60, False, "failed", "tenant vllm-agent did not become ready"), Status.PROBLEM),
-    (GpuReading(None, None, "ready"), Status.MISSING_SOURCE),
-    (Missing("gpud is not on the system bus"), Status.MISSING_SOURCE),
+def test_cloud_share_of_a_status_without_cloud_share_is_never_healthy() -> None:
+    # The shared client reads such a body as an error (it is not the /status contract).
+    with pytest.raises(ContractError, match="cloud_share"):
+        RouterStatus.from_json({**status_document({}), "cloud_share": None})
+    with pytest.raises(ContractError, match="has no 'version'"):
+        RouterStatus.from_json({"sovereignty": {}})
+    assert checks.cloud_share(error("the router's /status does not match this mushishi"),
+                              max_share=0.1, min_requests=1).status is Status.PROBLEM
+
+
+@pytest.mark.parametrize(("gpud", "status"), [
+    (GpuModeProperties(state="ready", temperature_c=60, throttled=False), Status.OK),
+    (GpuModeProperties(state="ready", temperature_c=85, throttled=False), Status.PROBLEM),
+    (GpuModeProperties(state="ready", temperature_c=60, throttled=True), Status.PROBLEM),
+    (GpuModeProperties(state="failed", state_reason="tenant vllm-agent did not become ready",
+                       temperature_c=60, throttled=False), Status.PROBLEM),
+    (GpuModeProperties(state="ready"), Status.MISSING_SOURCE),
+    (down("gpud is not on the system bus"), Status.MISSING_SOURCE),
+    (error("reading io.mushishi.GpuMode1 failed: AccessDenied"), Status.PROBLEM),
+    (error("cannot connect to the system bus"), Status.PROBLEM),
 ])
-def test_gpu(reading: object, status: Status) -> None:
-    result = checks.gpu(reading, max_temperature_c=85)  # type: ignore[arg-type]
+def test_gpu(gpud: object, status: Status) -> None:
+    result = checks.gpu(reading(gpud), max_temperature_c=85)
     assert result.status is status
 
 
@@ -182,9 +200,9 @@ def test_bench_checks_the_newest_row_of_each_target() -> None:
     rows = [_row("gpu", "2026-03-01T00:00:00Z", "true", "20"),
             _row("gpu", "2026-03-08T00:00:00Z", "false", "55"),
             _row("cpu", "2026-03-08T00:00:00Z", "true", "4")]
-    result = checks.bench(rows)
+    result = checks.bench(ok(rows))
     assert result.status is Status.PROBLEM
     assert "cpu at 4 tok/s" in result.detail and "gpu" not in result.detail
-    healthy = checks.bench(rows[:2])
+    healthy = checks.bench(ok(rows[:2]))
     assert healthy.status is Status.OK
-    assert checks.bench(Missing("no bench results")).status is Status.MISSING_SOURCE
+    assert checks.bench(missing("no bench results")).status is Status.MISSING_SOURCE

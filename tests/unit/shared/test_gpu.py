@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mushishi.services.gpud.gpu import (
+from mushishi.shared.config.gpu import GpuSettings
+from mushishi.shared.gpu import (
     MIB,
     GpuProbeError,
     GpuProcess,
@@ -24,7 +25,6 @@ from mushishi.services.gpud.gpu import (
     processes_from_nvml,
     throttle_names,
 )
-from mushishi.shared.config.gpu import GpuSettings
 
 
 def write(path: Path, **fields: object) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mushishi.services.gpud.probes import (
+from mushishi.shared.busy_probes import (
     BusyReading,
     ProbeFormatError,
     busy_lines,

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from mushishi.services.gpud.probes import read_probe
+from mushishi.shared.busy_probes import read_probe
 from mushishi.shared.config.gpu import BusyProbeSettings
 from tests.integration.gpud.conftest import serve
 from tests.standins import comfyui, json_queue, vllm_gpu
