@@ -7,17 +7,14 @@ collector, so nothing is recomputed per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mushishi.services.router.status_view import StatusView
 from mushishi.shared.metrics import LabelChildren
-
-if TYPE_CHECKING:
-    from mushishi.services.router.app import Router
 
 BACKEND_STATES = ("up", "unknown", "starting", "down", "switching", "mode_inactive", "cloud")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -67,12 +64,13 @@ class RouterMetrics(LabelChildren):
 class RouterStateCollector(Collector):
     """Gauges read from the router's live state at scrape time."""
 
-    def __init__(self, router_getter: Callable[[], Router]) -> None:
-        self._router = router_getter
+    def __init__(self, view: StatusView) -> None:
+        self._view = view
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Backend states, in-flight and queued requests, GPU mode, sovereignty, cloud share."""
-        router = self._router()
+        view = self._view
+        routing = view.state
         state = GaugeMetricFamily(
             "mushishi_router_backend_state",
             "1 for each backend's current state (up, unknown, starting, down, switching, "
@@ -82,8 +80,8 @@ class RouterStateCollector(Collector):
         queued = GaugeMetricFamily("mushishi_router_backend_queued_requests",
                                    "Requests waiting for a backend's concurrency slot.",
                                    labels=["backend"])
-        for name, backend in router.board.backends.items():
-            current = router.board.verdict(name).state
+        for name, backend in routing.backends.items():
+            current = routing.verdict(name).state
             for option in BACKEND_STATES:
                 state.add_metric([name, option], 1.0 if option == current else 0.0)
             in_flight.add_metric([name], backend.slots.in_flight)
@@ -94,10 +92,10 @@ class RouterStateCollector(Collector):
         waiting = GaugeMetricFamily("mushishi_router_t1_queue_requests",
                                     "T1 requests waiting for a local backend, by profile.",
                                     labels=["profile"])
-        for profile in router.table.profiles:
-            waiting.add_metric([profile], router.board.waiting.get(profile, 0))
+        for profile in view.profiles:
+            waiting.add_metric([profile], routing.t1_queued(profile))
         yield waiting
-        gpu = router.board.gpu
+        gpu = routing.gpu
         gpud = GaugeMetricFamily("mushishi_router_gpud_present",
                                  "1 when mushishi-gpud is on the bus and followed.")
         gpud.add_metric([], 1.0 if gpu.present else 0.0)
@@ -112,7 +110,7 @@ class RouterStateCollector(Collector):
             "mushishi_router_sovereignty_layer",
             "1 for each sovereignty layer's state (ok, failed, unknown): config, connect-time, "
             "kernel.", labels=["layer", "state"])
-        for layer, value in router.sovereignty_layers().items():
+        for layer, value in view.sovereignty.layers().items():
             current = "unknown" if value is None else ("ok" if value else "failed")
             for option in ("ok", "failed", "unknown"):
                 layers.add_metric([layer, option], 1.0 if option == current else 0.0)
@@ -120,12 +118,12 @@ class RouterStateCollector(Collector):
         share = GaugeMetricFamily("mushishi_router_cloud_share_ratio",
                                   "Share of answered requests served by a cloud backend, by "
                                   "profile and window (hour, day).", labels=["profile", "window"])
-        for profile in router.table.profiles:
-            value = router.cloud_share.share(profile)
+        for profile in view.profiles:
+            value = view.cloud_share.share(profile)
             share.add_metric([profile, "hour"], value.hour)
             share.add_metric([profile, "day"], value.day)
         yield share
         draining = GaugeMetricFamily("mushishi_router_draining",
                                      "1 while the router drains before stopping.")
-        draining.add_metric([], 1.0 if router.draining else 0.0)
+        draining.add_metric([], 1.0 if view.traffic.draining else 0.0)
         yield draining

@@ -29,7 +29,7 @@ from mushishi.shared.config.observability import TracesSettings
 from mushishi.shared.locality import IPNetwork, address_is_local
 
 if TYPE_CHECKING:
-    from mushishi.services.router.dispatch import Call
+    from mushishi.services.router.call import Call
 
 log = logging.getLogger("mushishi.router.traces")
 
@@ -108,7 +108,7 @@ class RequestTracer:
             "http.response.status_code": call.status,
         }
         if call.backend != "none":
-            attributes["mushishi.overhead_ms"] = round(call.overhead * 1000, 3)
+            attributes["mushishi.overhead_ms"] = round(call.overhead_s * 1000, 3)
             for hop in call.hops:
                 if hop.name == call.backend:
                     attributes["llm.model_name"] = hop.model

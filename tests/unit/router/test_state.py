@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mushishi.services.router.core import Health, Hop
-from mushishi.services.router.state import Board, QueueFull, Slots
+from mushishi.services.router.state import QueueFull, RoutingState, Slots
 
 
 async def test_slots_hand_a_released_slot_to_the_oldest_waiter_first() -> None:
@@ -71,14 +71,14 @@ async def test_try_acquire_does_not_jump_the_queue() -> None:
     assert slots.in_flight == 1
 
 
-async def test_board_wakes_waiters_on_a_health_change_only() -> None:
+async def test_routing_state_wakes_waiters_on_a_health_change_only() -> None:
     hops = {"cpu": Hop("cpu", "m", True, "local")}
-    board = Board(hops, clock=lambda: 0.0)
-    waiter = asyncio.create_task(board.wait_change(60))
+    state = RoutingState(hops, clock=lambda: 0.0)
+    waiter = asyncio.create_task(state.wait_change(60))
     await asyncio.sleep(0)
-    board.set_health("cpu", Health.UNKNOWN, "same state")
+    state.set_health("cpu", Health.UNKNOWN, "same state")
     await asyncio.sleep(0)
     assert not waiter.done()
-    board.set_health("cpu", Health.UP, "healthy")
+    state.set_health("cpu", Health.UP, "healthy")
     assert await waiter is True
-    assert await board.wait_change(0) is False
+    assert await state.wait_change(0) is False
