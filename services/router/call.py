@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from mushishi.services.router.core import Hop, HopFailure, RouteProfile
 
+# One encoder for every request (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
@@ -50,8 +52,7 @@ class JsonBody:
         found = self._encoded.get(hop.model)
         if found is None:
             self.fields["model"] = hop.model
-            found = json.dumps(self.fields, ensure_ascii=False, separators=(",", ":"),
-                               allow_nan=False).encode()
+            found = _ENCODER.encode(self.fields).encode()
             self._encoded[hop.model] = found
         return found
 

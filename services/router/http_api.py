@@ -71,6 +71,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every request (json.loads with an option builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """json.loads(raw) refusing NaN and Infinity, with the module-level decoder."""
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 def _is_loopback_or_unix(request: web.Request) -> bool:
     transport = request.transport
     if transport is None:
@@ -139,7 +148,7 @@ async def read_json(limit: int, request: web.Request) -> dict[str, Any]:
         raise Rejection(ErrorCode.REQUEST_TOO_LARGE,
                         f"body exceeds router.max_body_bytes ({limit})") from None
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = _parse_json(raw)
     except (ValueError, RecursionError) as error:
         message = str(error) if isinstance(error, ValueError) else "nested too deeply"
         raise Rejection(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {message}"

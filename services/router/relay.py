@@ -11,6 +11,7 @@ caller there is no going back: a failure ends the stream with an error event and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -102,7 +103,7 @@ class Relay:
         if self._streams(call, upstream):
             return await self._relay_stream(call, hop, request, upstream, first)
         upstream.release()  # read to the end: the connection goes back to the pool
-        return self._respond_whole(call, hop, upstream, first)
+        return await self._respond_whole(call, hop, request, upstream, first)
 
     @staticmethod
     def _streams(call: Call, upstream: Response) -> bool:
@@ -143,9 +144,10 @@ class Relay:
         self.kick_probe(hop.name)
         return _failed(call, hop, sent, Failure.CONNECT, reason)
 
-    def _respond_whole(self, call: Call, hop: Hop, upstream: Response,
-                       body: bytes) -> web.Response:
-        """A complete (non-streamed) answer: relayed, or translated for Anthropic callers."""
+    async def _respond_whole(self, call: Call, hop: Hop, request: web.Request,
+                             upstream: Response, body: bytes) -> web.Response:
+        """A complete (non-streamed) answer: relayed, or translated for Anthropic callers.
+        It is written here, so that what is counted afterwards does not delay it."""
         if upstream.status < 300:
             call.count_tokens(body[-2048:])
         content_type = upstream.headers.get("content-type", "application/json")
@@ -164,7 +166,11 @@ class Relay:
         headers["Content-Type"] = content_type
         overhead = call.relaying(time.perf_counter())
         headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
-        return web.Response(body=body, status=upstream.status, headers=headers)
+        response = web.Response(body=body, status=upstream.status, headers=headers)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the caller went away
+            await response.prepare(request)
+            await response.write_eof()
+        return response
 
     async def _relay_stream(self, call: Call, hop: Hop, request: web.Request,
                             upstream: Response, first: bytes) -> web.StreamResponse:

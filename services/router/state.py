@@ -37,7 +37,7 @@ class Slots:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued ahead."""
-        if self.full or self.queued:
+        if self.full or (self._waiters and self.queued):
             return False
         self.in_flight += 1
         return True
@@ -105,12 +105,17 @@ class RoutingState:
         self.gpu_changed_at = 0.0
         self._changed = asyncio.Event()
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
+        self._verdicts: dict[str, Verdict] = {}  # judged since the last change
         self.on_change: list[Callable[[str, Health, Health, str], None]] = []
 
     def verdict(self, name: str) -> Verdict:
         """Judge backend `name` now."""
-        state = self.backends[name]
-        return judge_hop(state.hop, state.health, state.reason, self.gpu)
+        found = self._verdicts.get(name)
+        if found is None:
+            state = self.backends[name]
+            found = self._verdicts[name] = judge_hop(state.hop, state.health, state.reason,
+                                                     self.gpu)
+        return found
 
     def health(self, name: str) -> Health:
         """Backend `name`'s health as last probed or seen by a request."""
@@ -136,10 +141,13 @@ class RoutingState:
         """Record a backend's health; wake waiters when it changes."""
         state = self.backends[name]
         old = state.health
-        state.reason = reason
+        if state.reason != reason:
+            state.reason = reason
+            self._verdicts.pop(name, None)
         if old is health:
             return
         state.health = health
+        self._verdicts.pop(name, None)
         for callback in self.on_change:
             callback(name, old, health, reason)
         self.notify()
@@ -151,6 +159,7 @@ class RoutingState:
         if view.active_mode != self.gpu.active_mode or view.state != self.gpu.state:
             self.gpu_changed_at = self._clock()
         self.gpu = view
+        self._verdicts.clear()
         self.notify()
 
     def notify(self) -> None:
