@@ -23,7 +23,8 @@ from typing import Any
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one response
 MAX_CHUNK_LINE = 4096  # a chunk-size line, extensions included
 PAUSE_ABOVE = 1 << 20  # body bytes buffered before reading from the socket pauses
-RESUME_BELOW = 1 << 18
+IDLE_S = 15.0  # an idle keep-alive connection older than this is closed, not reused
+WRITE_APART = 64 * 1024  # a body this large is written after the head, not copied onto it
 
 Connect = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport,
                                                                      asyncio.Protocol]]]
@@ -161,6 +162,7 @@ class _Connection(asyncio.Protocol):
         self._remaining = 0
         self._chunk_state = _SIZE
         self._keep_alive = True
+        self.idle_since = 0.0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,7 +207,8 @@ class _Connection(asyncio.Protocol):
         pass
 
     # -- requests ---------------------------------------------------------------------------
-    def send(self, data: bytes, keep_alive: bool) -> asyncio.Future[Response]:
+    def send(self, head: bytes, body: bytes | None,
+             keep_alive: bool) -> asyncio.Future[Response]:
         """Write one request; the future resolves with its answer's status and headers."""
         assert self.transport is not None
         self.reusable = False
@@ -213,7 +216,12 @@ class _Connection(asyncio.Protocol):
         self._head_done = False
         self._buffer = b""
         self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
+        if body is None:
+            self.transport.write(head)
+        elif len(body) < WRITE_APART:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
         return self._waiter
 
     def pause(self) -> None:
@@ -407,20 +415,25 @@ class Pool:
             head += b"Content-Length: %d\r\n" % len(body)
         if not self._keep_alive:
             head += b"Connection: close\r\n"
-        data = head + b"\r\n" + body if body is not None else head + b"\r\n"
+        head += b"\r\n"
         connection = self._take_idle()
         if connection is None:
             connection = await self._open_connection()
         try:
-            return await connection.send(data, self._keep_alive)
+            return await connection.send(head, body, self._keep_alive)
         except BaseException:
             connection.close()
             raise
 
     def _take_idle(self) -> _Connection | None:
+        if not self._idle:
+            return None
+        oldest = asyncio.get_running_loop().time() - IDLE_S
         while self._idle:
             connection = self._idle.pop()
-            if connection.reusable and connection.transport is not None \
+            if connection.idle_since < oldest:
+                connection.close()
+            elif connection.reusable and connection.transport is not None \
                     and not connection.transport.is_closing():
                 return connection
         return None
@@ -436,6 +449,7 @@ class Pool:
 
     def put_back(self, connection: _Connection) -> None:
         """An answer ended and `connection` may carry the next request."""
+        connection.idle_since = asyncio.get_running_loop().time()
         self._idle.append(connection)
 
     def forget(self, connection: _Connection) -> None:
