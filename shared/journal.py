@@ -62,11 +62,18 @@ class bind_fields:
         _bound.reset(self._token)
 
 
+# The attributes every LogRecord has: what is left of a record's are `extra` ones.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
 def record_fields(record: logging.LogRecord) -> dict[str, str]:
     """The structured fields of a record: bound ones, then per-call `extra` ones."""
     fields = dict(_bound.get())
-    fields.update({key: str(value) for key, value in record.__dict__.items()
-                   if key.isupper() and value is not None})
+    attributes = record.__dict__
+    for key in attributes.keys() - _RECORD_ATTRIBUTES:
+        value = attributes[key]
+        if key.isupper() and value is not None:
+            fields[key] = str(value)
     return fields
 
 
@@ -159,7 +166,7 @@ class StderrFormatter(logging.Formatter):
         text = f"{record.levelname} {record.name}: {record.getMessage()}"
         fields = record_fields(record)
         if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+            text += " " + " ".join([f"{k}={v}" for k, v in sorted(fields.items())])
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
