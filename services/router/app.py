@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -300,6 +301,9 @@ async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
                         " (socket-activated: no connection is dropped)", ", ".join(pending))
 
     reload_on_sighup(loaded, notifier, log, apply, router.status_line)
+    # What start-up built lives as long as the process: keep it out of the cyclic garbage
+    # collector's full passes, which otherwise walk it all (50 ms under load, measured).
+    gc.freeze()
     await serve(router, sockets, notifier, stop)
     return 0
 

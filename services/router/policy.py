@@ -53,7 +53,8 @@ async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
     profile = call.profile
     state = forwarding.state
     deadline = forwarding.clock() + profile.queue_timeout_s
-    await _pass_mode_gate(forwarding, call, deadline)
+    if profile.require_mode is not None:
+        await _pass_mode_gate(forwarding, call, deadline)
     queued = False
     try:
         while True:
