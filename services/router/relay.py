@@ -42,6 +42,7 @@ log = logging.getLogger("mushishi.router.request")
 
 _ERROR_BODY_LIMIT = 64 * 1024
 SSE_CONTENT_TYPE = "text/event-stream"
+_JSON_TYPE = b"Content-Type: application/json\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,8 @@ class Relay:
     clock: Callable[[], float]
     stream_idle_timeout_s: float
     egress_socket: str  # named in the log line when the egress cannot be reached
-    # The headers of each (profile, hop, content type), as request lines: built once.
-    _headers: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    # The fixed headers of each (profile, hop), as request lines: built once.
+    _headers: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
     async def attempt(self, call: Call, hop: Hop, body: RequestBody,
                       request: web.Request) -> web.StreamResponse | HopFailure:
@@ -112,16 +113,18 @@ class Relay:
 
     def _request_headers(self, call: Call, hop: Hop, content_type: str) -> bytes:
         """Headers sent to the hop: never the caller's credentials."""
-        key = (call.profile.name, hop.name, content_type)
+        key = (call.profile.name, hop.name)
         base = self._headers.get(key)
         if base is None:
-            lines = [("Content-Type", content_type), ("Accept-Encoding", "identity")]
+            lines = [("Accept-Encoding", "identity")]
             if not hop.local:
                 lines += [("X-Mushishi-Profile", call.profile.name),
                           ("X-Mushishi-Tier", call.profile.tier),
                           ("X-Mushishi-Backend", hop.name)]
             base = self._headers[key] = b"".join(_header_line(*line) for line in lines)
-        return base + b"X-Request-Id: " + call.request_id.encode("ascii") + b"\r\n"
+        kind = _JSON_TYPE if content_type == "application/json" else \
+            _header_line("Content-Type", content_type)
+        return kind + base + b"X-Request-Id: " + call.request_id.encode("ascii") + b"\r\n"
 
     def _not_connected(self, call: Call, hop: Hop, sent: float,
                        error: ConnectFailed) -> HopFailure:
