@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mushishi.services.router.core import Health, Hop
+from mushishi.services.router.core import GpuView, Health, Hop
 from mushishi.services.router.state import QueueFull, RoutingState, Slots
 
 
@@ -82,3 +82,19 @@ async def test_routing_state_wakes_waiters_on_a_health_change_only() -> None:
     state.set_health("cpu", Health.UP, "healthy")
     assert await waiter is True
     assert await state.wait_change(0) is False
+
+
+def test_verdicts_follow_every_health_reason_and_gpu_change() -> None:
+    hops = {"gpu": Hop("gpu", "m", True, "local", modes=frozenset({"forensic"}))}
+    state = RoutingState(hops, clock=lambda: 0.0)
+    assert state.verdict("gpu").state == "unknown"
+    state.set_health("gpu", Health.UP, "healthy")
+    assert (state.verdict("gpu").state, state.verdict("gpu").reason) == ("up", "healthy")
+    state.set_health("gpu", Health.UP, "healthy (model list unavailable)")
+    assert state.verdict("gpu").reason == "healthy (model list unavailable)"
+    state.set_gpu(GpuView(True, "creative", "ready"))
+    assert state.verdict("gpu").state == "mode_inactive"
+    state.set_gpu(GpuView(True, "forensic", "ready"))
+    assert state.verdict("gpu").usable
+    state.set_health("gpu", Health.DOWN, "connection refused")
+    assert not state.verdict("gpu").usable
