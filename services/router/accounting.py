@@ -135,8 +135,9 @@ class Accounting:
         if self._tracer is not None:
             self._tracer.record(call, elapsed_s=elapsed, gpu_mode=gpu_mode)
         level = logging.INFO if outcome in _ANSWERED else logging.WARNING
+        duration_ms = f"{elapsed * 1000:.1f}"
         text = (f"{call.path.lstrip('/')} {profile} -> {backend}: {call.status} {outcome} "
-                f"in {elapsed * 1000:.1f} ms")
+                f"in {duration_ms} ms")
         if call.fallbacks:
             text += f" after {call.fallbacks} fallback(s)"
         if message:
@@ -148,7 +149,7 @@ class Accounting:
             "MUSHISHI_STATUS": str(call.status),
             "MUSHISHI_API": call.api,
             "MUSHISHI_STREAM": "1" if call.stream else "0",
-            "MUSHISHI_DURATION_MS": f"{elapsed * 1000:.1f}",
+            "MUSHISHI_DURATION_MS": duration_ms,
             "MUSHISHI_OVERHEAD_MS": f"{call.overhead_s * 1000:.3f}",
             "MUSHISHI_FALLBACKS": str(call.fallbacks),
         })
