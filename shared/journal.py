@@ -9,13 +9,12 @@ works; the standard ones (MESSAGE, PRIORITY, CODE_*, SYSLOG_IDENTIFIER) are alwa
 from __future__ import annotations
 
 import array
-import contextlib
 import logging
 import os
 import socket
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
@@ -24,6 +23,8 @@ from typing import Any
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 STRUCTURED_FIELDS = ("MUSHISHI_PROFILE", "MUSHISHI_BACKEND", "MUSHISHI_TIER", "MUSHISHI_MODE")
+_STANDARD_FIELDS = frozenset({"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER", "CODE_FILE",
+                              "CODE_LINE", "CODE_FUNC"})
 
 _bound: ContextVar[Mapping[str, str]] = ContextVar(
     "mushishi_log_fields", default=MappingProxyType({})
@@ -46,22 +47,31 @@ def _priority(levelno: int) -> int:
     return 7
 
 
-@contextlib.contextmanager
-def bind_fields(**fields: str | None) -> Iterator[None]:
+class bind_fields:
     """Attach journal fields (upper-case names) to every record logged inside the block."""
-    merged = dict(_bound.get())
-    merged.update({k.upper(): str(v) for k, v in fields.items() if v is not None})
-    token = _bound.set(merged)
-    try:
-        yield
-    finally:
-        _bound.reset(token)
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: str | None) -> None:
+        self._fields = {k.upper(): str(v) for k, v in fields.items() if v is not None}
+
+    def __enter__(self) -> None:
+        self._token = _bound.set({**_bound.get(), **self._fields})
+
+    def __exit__(self, *exc_info: object) -> None:
+        _bound.reset(self._token)
+
+
+# The attributes every LogRecord has: what is left of a record's are `extra` ones.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, str]:
     """The structured fields of a record: bound ones, then per-call `extra` ones."""
     fields = dict(_bound.get())
-    for key, value in record.__dict__.items():
+    attributes = record.__dict__
+    for key in attributes.keys() - _RECORD_ATTRIBUTES:
+        value = attributes[key]
         if key.isupper() and value is not None:
             fields[key] = str(value)
     return fields
@@ -84,26 +94,48 @@ class JournalHandler(logging.Handler):
         self.identifier = identifier
         self.socket_path = socket_path
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # The fields every record of one call site shares, encoded once (a daemon has a few
+        # hundred call sites; the bound keeps a misbehaving caller from growing it forever).
+        self._site_fields: dict[tuple[int, str, str, int, str], bytes] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-            fields = {
-                "MESSAGE": message,
-                "PRIORITY": str(_priority(record.levelno)),
-                "SYSLOG_IDENTIFIER": self.identifier,
-                "LOGGER": record.name,
-                "CODE_FILE": record.pathname,
-                "CODE_LINE": str(record.lineno),
-                "CODE_FUNC": record.funcName,
-            }
-            fields.update(record_fields(record))
-            payload = b"".join(encode_field(k, v) for k, v in fields.items())
+            fields = record_fields(record)
+            if _STANDARD_FIELDS.isdisjoint(fields):
+                payload = encode_field("MESSAGE", message) + self._site(record) + b"".join(
+                    encode_field(k, v) for k, v in fields.items())
+            else:  # a caller set a standard field itself: it replaces ours
+                payload = b"".join(encode_field(k, v) for k, v in {
+                    **self._standard(record, message), **fields}.items())
             self._send(payload)
         except Exception:  # a log line must never take the daemon down
             self.handleError(record)
+
+    def _standard(self, record: logging.LogRecord, message: str) -> dict[str, str]:
+        return {
+            "MESSAGE": message,
+            "PRIORITY": str(_priority(record.levelno)),
+            "SYSLOG_IDENTIFIER": self.identifier,
+            "LOGGER": record.name,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": str(record.lineno),
+            "CODE_FUNC": record.funcName,
+        }
+
+    def _site(self, record: logging.LogRecord) -> bytes:
+        """The encoded standard fields but MESSAGE, the same for every record of a call site."""
+        key = (record.levelno, record.name, record.pathname, record.lineno, record.funcName)
+        found = self._site_fields.get(key)
+        if found is None:
+            standard = self._standard(record, "")
+            del standard["MESSAGE"]
+            found = b"".join(encode_field(k, v) for k, v in standard.items())
+            if len(self._site_fields) < 4096:
+                self._site_fields[key] = found
+        return found
 
     def _send(self, payload: bytes) -> None:
         try:
@@ -134,7 +166,7 @@ class StderrFormatter(logging.Formatter):
         text = f"{record.levelname} {record.name}: {record.getMessage()}"
         fields = record_fields(record)
         if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+            text += " " + " ".join([f"{k}={v}" for k, v in sorted(fields.items())])
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

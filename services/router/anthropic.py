@@ -24,14 +24,6 @@ _STOP_REASONS = {
 }
 
 # Anthropic error `type` for each HTTP status the router answers with.
-ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
-    415: "invalid_request_error", 429: "rate_limit_error", 502: "api_error",
-    503: "overloaded_error",
-}
-
-
 class TranslationError(ValueError):
     """The Messages request cannot be expressed as an OpenAI chat request; names the field."""
 
@@ -248,14 +240,6 @@ def chat_to_message(response: dict[str, Any], model: str) -> dict[str, Any]:
 def sse_event(name: str, data: dict[str, Any]) -> bytes:
     """One Anthropic SSE event."""
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-def error_event(message: str, error_type: str = "api_error", code: str | None = None) -> bytes:
-    """The event that ends a broken Anthropic stream."""
-    error: dict[str, Any] = {"type": error_type, "message": message}
-    if code:
-        error["code"] = code
-    return sse_event("error", {"type": "error", "error": error})
 
 
 class StreamTranslator:

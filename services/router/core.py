@@ -14,47 +14,13 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from mushishi.services.router.errors import ErrorCode
 from mushishi.shared.config.router import SOVEREIGN_TIERS
 from mushishi.shared.locality import backend_locality
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
 
-
-class ErrorCode(StrEnum):
-    """The stable error codes of DESIGN.md §5, plus the two every HTTP server needs."""
-
-    INVALID_API_KEY = "invalid_api_key"
-    PROFILE_FORBIDDEN = "profile_forbidden"
-    UNKNOWN_PROFILE = "unknown_profile"
-    INVALID_REQUEST = "invalid_request"
-    REQUEST_TOO_LARGE = "request_too_large"
-    MODE_MISMATCH = "mode_mismatch"
-    SOVEREIGN_BACKENDS_UNAVAILABLE = "sovereign_backends_unavailable"
-    BACKEND_FAILED = "backend_failed"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    ALL_BACKENDS_FAILED = "all_backends_failed"
-    NOT_FOUND = "not_found"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-
-
-STABLE_CODES: frozenset[str] = frozenset(code.value for code in ErrorCode)
-
-# HTTP status and OpenAI error `type` of each code.
-ERROR_HTTP: Mapping[ErrorCode, tuple[int, str]] = MappingProxyType({
-    ErrorCode.INVALID_API_KEY: (401, "authentication_error"),
-    ErrorCode.PROFILE_FORBIDDEN: (403, "permission_error"),
-    ErrorCode.UNKNOWN_PROFILE: (404, "invalid_request_error"),
-    ErrorCode.INVALID_REQUEST: (400, "invalid_request_error"),
-    ErrorCode.REQUEST_TOO_LARGE: (413, "invalid_request_error"),
-    ErrorCode.MODE_MISMATCH: (503, "service_unavailable"),
-    ErrorCode.SOVEREIGN_BACKENDS_UNAVAILABLE: (503, "service_unavailable"),
-    ErrorCode.BACKEND_FAILED: (502, "server_error"),
-    ErrorCode.BUDGET_EXHAUSTED: (429, "rate_limit_error"),
-    ErrorCode.ALL_BACKENDS_FAILED: (502, "server_error"),
-    ErrorCode.NOT_FOUND: (404, "invalid_request_error"),
-    ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
-})
 
 # mushishi-egress applies a cloud backend's first_byte_timeout_s to the provider and answers
 # 504 when it expires; the router waits this much longer, so that the egress (which counts
@@ -113,10 +79,20 @@ class RouteTable:
     backends: Mapping[str, Hop]
     keys: Mapping[str, frozenset[str]]  # sha256 hex of an API key -> profiles
     peers: Mapping[int, frozenset[str]]  # unix peer uid -> profiles
+    # Keys already seen and found in `keys`, so that a known key is hashed once. Only known
+    # keys enter it, so it never holds more entries than `keys` has.
+    _known_keys: dict[str, frozenset[str]] = field(default_factory=dict, compare=False,
+                                                   repr=False)
 
     def profiles_for_key(self, key: str) -> frozenset[str] | None:
         """The profiles an API key may use, or None for an unknown key."""
-        return self.keys.get(hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
+        found = self._known_keys.get(key)
+        if found is None:
+            found = self.keys.get(
+                hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
+            if found is not None:
+                self._known_keys[key] = found
+        return found
 
 
 def compile_table(

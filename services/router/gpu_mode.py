@@ -154,7 +154,3 @@ class GpuModeFollower:
         """Ask gpud to switch to `mode` (a switch can take minutes); raise BusError if it
         refuses, TimeoutError if it does not answer within `wait_s`."""
         await self._connected().switch(mode, force, timeout_s=wait_s)
-
-    async def busy(self) -> list[str]:
-        """gpud's reasons the GPU is busy (empty when idle)."""
-        return await self._connected().busy()

@@ -14,10 +14,9 @@ import json
 import logging
 from collections.abc import Callable
 
-import aiohttp
-
 from mushishi.services.router.core import Health, Hop
-from mushishi.services.router.state import Board
+from mushishi.services.router.http1 import ConnectFailed, ResponseBroken, UpstreamError
+from mushishi.services.router.state import RoutingState
 from mushishi.services.router.upstream import Upstreams, refused_by_policy
 from mushishi.shared.tasks import cancel_and_wait
 
@@ -26,13 +25,14 @@ log = logging.getLogger("mushishi.router.health")
 # After gpud reports a mode change, a backend of that mode refusing connections is taken to
 # be starting (vLLM listens only once its engine is up), not down, for this long.
 STARTING_GRACE_S = 180.0
+_PROBE_HEADERS = b"Accept: */*\r\nAccept-Encoding: identity\r\n"
 
 
-def classify_refusal(hop: Hop, board: Board, now: float) -> tuple[Health, str]:
+def classify_refusal(hop: Hop, state: RoutingState, now: float) -> tuple[Health, str]:
     """A refused connection: 'starting' while the backend's GPU mode is (re)starting."""
-    gpu = board.gpu
+    gpu = state.gpu
     if hop.modes is not None and gpu.present and (
-        gpu.state == "switching" or now - board.gpu_changed_at < STARTING_GRACE_S
+        gpu.state == "switching" or now - state.gpu_changed_at < STARTING_GRACE_S
     ):
         return Health.STARTING, "refusing connections while its GPU mode starts"
     return Health.DOWN, "connection refused"
@@ -41,9 +41,9 @@ def classify_refusal(hop: Hop, board: Board, now: float) -> tuple[Health, str]:
 class HealthProber:
     """One probe loop per local backend; `kick(name)` probes at once."""
 
-    def __init__(self, board: Board, upstreams: Upstreams, interval: float, timeout: float,
-                 clock: Callable[[], float]) -> None:
-        self._board = board
+    def __init__(self, state: RoutingState, upstreams: Upstreams, interval: float,
+                 timeout: float, clock: Callable[[], float]) -> None:
+        self._state = state
         self._upstreams = upstreams
         self._interval = interval
         self._timeout = timeout
@@ -53,8 +53,8 @@ class HealthProber:
 
     def start(self) -> None:
         """Start probing every local backend."""
-        for name, state in self._board.backends.items():
-            if state.hop.local:
+        for name, backend in self._state.backends.items():
+            if backend.hop.local:
                 self._kicks[name] = asyncio.Event()
                 self._tasks.append(asyncio.create_task(self._loop(name), name=f"probe-{name}"))
 
@@ -81,57 +81,57 @@ class HealthProber:
                     await kick.wait()
 
     def _mode_inactive(self, hop: Hop) -> bool:
-        gpu = self._board.gpu
+        gpu = self._state.gpu
         return (hop.modes is not None and gpu.present and gpu.state != "switching"
                 and gpu.active_mode not in hop.modes)
 
     async def probe(self, name: str) -> Health:
         """Probe backend `name` once and record the result."""
-        state = self._board.backends[name]
-        hop = state.hop
+        backend = self._state.backends[name]
+        hop = backend.hop
         if self._mode_inactive(hop):
-            return state.health  # another GPU mode: no round trip, judged by mode alone
-        endpoint = self._upstreams.endpoint(name)
-        assert endpoint.health_url is not None
+            return backend.health  # another GPU mode: no round trip, judged by mode alone
+        target = self._upstreams.endpoint(name).health
+        assert target is not None
         health, reason = Health.DOWN, "unknown"
         try:
             async with asyncio.timeout(self._timeout):
-                async with endpoint.session.get(endpoint.health_url,
-                                                allow_redirects=False) as response:
-                    body = await response.read()
+                response = await target.pool.request("GET", target.path, _PROBE_HEADERS)
+                body = await response.read()
             if response.status == 200:
                 health, reason = Health.UP, "healthy"
-                if state.health is not Health.UP:
-                    health, reason = await self._check_model(hop, endpoint.models_url)
+                if backend.health is not Health.UP:
+                    health, reason = await self._check_model(hop)
             elif response.status == 503 and b"loading" in body.lower():
                 health, reason = Health.STARTING, "loading model"
             else:
                 health, reason = Health.DOWN, f"/health answered {response.status}"
         except TimeoutError:
             health, reason = Health.DOWN, f"no answer to /health in {self._timeout:g}s (hung?)"
-        except aiohttp.ClientConnectorError as error:
+        except ConnectFailed as error:
             layer = refused_by_policy(error)
             if layer is not None:
                 health, reason = Health.DOWN, f"refused by the {layer} sovereignty check"
             else:
-                health, reason = classify_refusal(hop, self._board, self._clock())
-        except (aiohttp.ClientError, OSError) as error:
-            health, reason = Health.DOWN, f"probe failed: {error.__class__.__name__}"
-        self._board.set_health(name, health, reason)
+                health, reason = classify_refusal(hop, self._state, self._clock())
+        except (ResponseBroken, OSError) as error:
+            health, reason = Health.DOWN, f"probe failed: {error}"
+        self._state.set_health(name, health, reason)
         return health
 
-    async def _check_model(self, hop: Hop, models_url: str | None) -> tuple[Health, str]:
+    async def _check_model(self, hop: Hop) -> tuple[Health, str]:
         """A healthy backend must serve the configured model name (its alias, not a path)."""
-        endpoint = self._upstreams.endpoint(hop.name)
-        if models_url is None:
+        target = self._upstreams.endpoint(hop.name).models
+        if target is None:
             return Health.UP, "healthy"
         try:
             async with asyncio.timeout(self._timeout):
-                async with endpoint.session.get(models_url, allow_redirects=False) as response:
-                    if response.status != 200:
-                        return Health.UP, "healthy (model list unavailable)"
-                    listing = json.loads(await response.read())
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                response = await target.pool.request("GET", target.path, _PROBE_HEADERS)
+                body = await response.read()
+            if response.status != 200:
+                return Health.UP, "healthy (model list unavailable)"
+            listing = json.loads(body)
+        except (TimeoutError, UpstreamError, OSError, ValueError):
             return Health.UP, "healthy (model list unavailable)"
         served = [str(entry.get("id")) for entry in listing.get("data", [])
                   if isinstance(entry, dict)] if isinstance(listing, dict) else []

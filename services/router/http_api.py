@@ -1,7 +1,10 @@
 """The router's HTTP API (DESIGN.md §5): OpenAI and Anthropic endpoints, auth, limits, status.
 
-Every answer, errors included, carries X-Mushishi-Profile, X-Mushishi-Tier and
-X-Mushishi-Backend ("none" when no backend answered). Errors carry a stable code.
+A request is authenticated (API key or unix peer), its body read within the size limit and
+checked, its profile resolved, and then handed to the chain policy (`policy.forward`);
+`accounting` records how it ended. Every answer, errors included, carries
+X-Mushishi-Profile, X-Mushishi-Tier and X-Mushishi-Backend ("none" when no backend
+answered). Errors carry a stable code (`errors`).
 """
 
 from __future__ import annotations
@@ -12,39 +15,69 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from mushishi.services.router import anthropic
+from mushishi.services.router.accounting import Accounting
+from mushishi.services.router.call import Call, JsonBody
 from mushishi.services.router.core import (
     ROUTING_FIELDS,
-    ErrorCode,
+    Hop,
+    RouteProfile,
+    RouteTable,
     pin_hops,
     split_model,
 )
-from mushishi.services.router.dispatch import Call, Rejection, error_body, forward
+from mushishi.services.router.errors import (
+    NO_ROUTE_HEADERS,
+    ErrorCode,
+    Rejection,
+    error_response,
+    http_error_rejection,
+)
+from mushishi.services.router.policy import Forwarding, forward
+from mushishi.services.router.status_view import StatusView, Traffic
 from mushishi.shared.http_request import peer_uid, request_id_for
 from mushishi.shared.journal import bind_fields
 from mushishi.shared.metrics import add_metrics_route
 
-if TYPE_CHECKING:
-    from mushishi.services.router.app import Router
-
 log = logging.getLogger("mushishi.router.request")
-
-ROUTER_KEY = web.AppKey("mushishi_router", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _router(request: web.Request) -> Router:
-    return request.app[ROUTER_KEY]  # type: ignore[return-value]
+@dataclass(frozen=True, slots=True)
+class Api:
+    """Everything the HTTP API needs, built once by the wiring."""
+
+    forwarding: Forwarding
+    accounting: Accounting
+    view: StatusView
+    traffic: Traffic
+    routes: Callable[[], RouteTable]  # the current table: keys and unix peers reload
+    max_body_bytes: int
+    registry: CollectorRegistry
+
+
+API_KEY = web.AppKey("mushishi_router_api", Api)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every request (json.loads with an option builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """json.loads(raw) refusing NaN and Infinity, with the module-level decoder."""
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 def _is_loopback_or_unix(request: web.Request) -> bool:
@@ -71,9 +104,8 @@ class Caller:
         self.how = how
 
 
-def authenticate(router: Router, request: web.Request) -> Caller:
+def authenticate(table: RouteTable, request: web.Request) -> Caller:
     """The caller's profiles from `Authorization: Bearer`/`x-api-key`, or the unix peer uid."""
-    table = router.table
     presented = []
     authorization = request.headers.get("Authorization")
     if authorization:
@@ -100,9 +132,8 @@ def authenticate(router: Router, request: web.Request) -> Caller:
                                                "or x-api-key: KEY)")
 
 
-async def read_json(router: Router, request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, within the size limit; else a Rejection."""
-    limit = router.settings.router.max_body_bytes
+async def read_json(limit: int, request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, within `limit` bytes; else a Rejection."""
     if request.content_length is not None and request.content_length > limit:
         raise Rejection(ErrorCode.REQUEST_TOO_LARGE,
                         f"body of {request.content_length} bytes exceeds router.max_body_bytes "
@@ -117,7 +148,7 @@ async def read_json(router: Router, request: web.Request) -> dict[str, Any]:
         raise Rejection(ErrorCode.REQUEST_TOO_LARGE,
                         f"body exceeds router.max_body_bytes ({limit})") from None
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = _parse_json(raw)
     except (ValueError, RecursionError) as error:
         message = str(error) if isinstance(error, ValueError) else "nested too deeply"
         raise Rejection(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {message}"
@@ -180,13 +211,13 @@ def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> Non
         _require(isinstance(body["tool_choice"], dict), "`tool_choice` must be an object")
 
 
-def resolve_profile(router: Router, caller: Caller, body: dict[str, Any]) -> tuple[Any, Any, str]:
+def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
+                    ) -> tuple[RouteProfile, tuple[Hop, ...], str]:
     """(profile, hops, client model) for the body's `model`, or a Rejection."""
     model = body.get("model")
     _require(isinstance(model, str) and bool(model), "`model` must name a profile "
                                                      "(or profile/model)")
     assert isinstance(model, str)
-    table = router.table
     name, pin = split_model(model, table.profiles)
     profile = table.profiles.get(name)
     if profile is None:
@@ -206,104 +237,84 @@ def resolve_profile(router: Router, caller: Caller, body: dict[str, Any]) -> tup
     return profile, hops, model
 
 
-def _error_response(router: Router, api: str, rejection: Rejection, *, profile: str = "none",
-                    tier: str = "none", backend: str = "none",
-                    request_id: str | None = None) -> web.Response:
-    headers = {
-        "Content-Type": "application/json",
-        "X-Mushishi-Profile": profile,
-        "X-Mushishi-Tier": tier,
-        "X-Mushishi-Backend": backend,
-    }
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    return web.Response(status=rejection.status, headers=headers,
-                        body=error_body(api, rejection.code.value, rejection.message,
-                                        rejection.status))
-
-
-def _prepare_call(router: Router, api: str, path: str, body: dict[str, Any], caller: Caller,
-                  request_id: str, started: float) -> Call:
-    profile, hops, client_model = resolve_profile(router, caller, body)
-    for name in ROUTING_FIELDS:
-        body.pop(name, None)  # a client may never widen routing
-    stream = bool(body.get("stream"))
-    return Call(request_id=request_id, api=api, path=path, profile=profile, hops=hops,
-                body=body, stream=stream, client_model=client_model, started=started)
-
-
-async def _serve_call(router: Router, request: web.Request, api: str, path: str,
+async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
                       translate: Callable[[dict[str, Any]], dict[str, Any]] | None,
                       validate: Callable[[dict[str, Any]], None]) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request_id_for(request)
     call: Call | None = None
     try:
-        caller = authenticate(router, request)
-        body = await read_json(router, request)
-        validate(body)
-        call = _prepare_call(router, api, path, body, caller, request_id, started)
+        table = api.routes()
+        caller = authenticate(table, request)
+        fields = await read_json(api.max_body_bytes, request)
+        validate(fields)
+        profile, hops, client_model = resolve_profile(table, caller, fields)
+        if not ROUTING_FIELDS.isdisjoint(fields):
+            for name in ROUTING_FIELDS:
+                fields.pop(name, None)  # a client may never widen routing
+        call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=hops,
+                    stream=bool(fields.get("stream")), client_model=client_model,
+                    started=started)
         if translate is not None:
             try:
-                call.body = translate(body)
+                fields = translate(fields)
             except anthropic.TranslationError as error:
                 raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
-        with bind_fields(MUSHISHI_PROFILE=call.profile.name, MUSHISHI_TIER=call.profile.tier,
+        with bind_fields(MUSHISHI_PROFILE=profile.name, MUSHISHI_TIER=profile.tier,
                          MUSHISHI_REQUEST_ID=request_id):
-            router.in_flight += 1
+            api.traffic.in_flight += 1
             try:
-                response = await forward(router, call, request)
+                response = await forward(api.forwarding, call, JsonBody(fields), request)
             except asyncio.CancelledError:
                 # The client went away (or the drain timed out): the backend request was
                 # cancelled with it; the record says so.
-                call.outcome = call.outcome if call.outcome == "client_disconnected" else \
-                    "cancelled"
-                router.finish(call, "the client disconnected or the router stopped")
+                call.cancelled()
+                api.accounting.finish(call, "the client disconnected or the router stopped")
                 raise
             finally:
-                router.in_flight -= 1
-            router.finish(call)
+                api.traffic.in_flight -= 1
+            api.accounting.finish(call)
             return response
     except Rejection as rejection:
-        profile = call.profile.name if call else "none"
-        tier = call.profile.tier if call else "none"
-        if call is not None:
-            call.outcome = rejection.code.value
-            call.status = rejection.status
-            with bind_fields(MUSHISHI_PROFILE=profile, MUSHISHI_TIER=tier,
-                             MUSHISHI_REQUEST_ID=request_id):
-                router.finish(call, rejection.message)
-        else:
-            router.reject(request, rejection, request_id)
-        return _error_response(router, api, rejection, profile=profile, tier=tier,
-                               request_id=request_id)
+        if call is None:
+            api.accounting.reject(request.method, request.path, rejection, request_id)
+            return error_response(kind, rejection, request_id=request_id)
+        call.rejected(rejection.code.value, rejection.status)
+        with bind_fields(MUSHISHI_PROFILE=call.profile.name, MUSHISHI_TIER=call.profile.tier,
+                         MUSHISHI_REQUEST_ID=request_id):
+            api.accounting.finish(call, rejection.message)
+        return error_response(kind, rejection, profile=call.profile.name,
+                              tier=call.profile.tier, request_id=request_id)
 
 
 def _openai(path: str) -> Handler:
+    def validate(body: dict[str, Any]) -> None:
+        validate_openai(path, body)
+
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _serve_call(_router(request), request, "openai", path, None,
-                                 lambda body: validate_openai(path, body))
+        return await _serve_call(request.app[API_KEY], request, "openai", path, None, validate)
     return handler
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: Anthropic Messages, translated to OpenAI chat for the backend."""
-    return await _serve_call(_router(request), request, "anthropic", "/chat/completions",
+    return await _serve_call(request.app[API_KEY], request, "anthropic", "/chat/completions",
                              anthropic.messages_to_chat, validate_anthropic)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages/count_tokens: a local estimate, no backend round trip."""
-    router = _router(request)
+    api = request.app[API_KEY]
     request_id = request_id_for(request)
     try:
-        caller = authenticate(router, request)
-        body = await read_json(router, request)
+        table = api.routes()
+        caller = authenticate(table, request)
+        body = await read_json(api.max_body_bytes, request)
         validate_anthropic(body, count_only=True)
-        profile, _, _ = resolve_profile(router, caller, body)
+        profile, _, _ = resolve_profile(table, caller, body)
     except Rejection as rejection:
-        router.reject(request, rejection, request_id)
-        return _error_response(router, "anthropic", rejection, request_id=request_id)
+        api.accounting.reject(request.method, request.path, rejection, request_id)
+        return error_response("anthropic", rejection, request_id=request_id)
     return web.json_response({"input_tokens": anthropic.estimate_tokens(body)}, headers={
         "X-Mushishi-Profile": profile.name, "X-Mushishi-Tier": profile.tier,
         "X-Mushishi-Backend": "none", "X-Request-Id": request_id})
@@ -311,51 +322,41 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.StreamResponse:
     """GET /v1/models: the profiles the caller may use, as models."""
-    router = _router(request)
+    api = request.app[API_KEY]
+    table = api.routes()
     try:
-        caller = authenticate(router, request)
+        caller = authenticate(table, request)
     except Rejection as rejection:
-        router.reject(request, rejection, None)
-        return _error_response(router, "openai", rejection)
+        api.accounting.reject(request.method, request.path, rejection, None)
+        return error_response("openai", rejection)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "mushishi",
-             "tier": router.table.profiles[name].tier}
-            for name in sorted(caller.profiles) if name in router.table.profiles]
-    return web.json_response({"object": "list", "data": data}, headers={
-        "X-Mushishi-Profile": "none", "X-Mushishi-Tier": "none", "X-Mushishi-Backend": "none"})
-
-
-_PLAIN = {"X-Mushishi-Profile": "none", "X-Mushishi-Tier": "none", "X-Mushishi-Backend": "none"}
+             "tier": table.profiles[name].tier}
+            for name in sorted(caller.profiles) if name in table.profiles]
+    return web.json_response({"object": "list", "data": data}, headers=NO_ROUTE_HEADERS)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
     """GET /health: the process answers (liveness)."""
-    return web.json_response({"status": "ok"}, headers=_PLAIN)
+    return web.json_response({"status": "ok"}, headers=NO_ROUTE_HEADERS)
 
 
 async def ready(request: web.Request) -> web.StreamResponse:
     """GET /ready: 200 when at least one profile can be served now; sovereignty included."""
-    router = _router(request)
-    body = router.readiness()
-    return web.json_response(body, status=200 if body["ready"] else 503, headers=_PLAIN)
+    body = request.app[API_KEY].view.readiness()
+    return web.json_response(body, status=200 if body["ready"] else 503,
+                             headers=NO_ROUTE_HEADERS)
 
 
 async def status(request: web.Request) -> web.StreamResponse:
     """GET /status: backends, profiles, sovereignty, cloud share (no key from loopback/unix)."""
-    router = _router(request)
+    api = request.app[API_KEY]
     if not _is_loopback_or_unix(request):
         try:
-            authenticate(router, request)
+            authenticate(api.routes(), request)
         except Rejection as rejection:
-            return _error_response(router, "openai", rejection)
-    return web.json_response(router.status(), headers=_PLAIN,
+            return error_response("openai", rejection)
+    return web.json_response(api.view.status(), headers=NO_ROUTE_HEADERS,
                              dumps=lambda data: json.dumps(data, ensure_ascii=False))
-
-
-_HTTP_ERRORS = {
-    404: (ErrorCode.NOT_FOUND, "no such endpoint"),
-    405: (ErrorCode.METHOD_NOT_ALLOWED, "method not allowed on this endpoint"),
-    413: (ErrorCode.REQUEST_TOO_LARGE, "request too large"),
-}
 
 
 @web.middleware
@@ -366,12 +367,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        code, message = _HTTP_ERRORS.get(error.status, (ErrorCode.INVALID_REQUEST,
-                                                        error.reason))
-        api = "anthropic" if request.path.startswith("/v1/messages") else "openai"
-        rejection = Rejection(code, f"{message}: {request.method} {request.path}",
-                              status=error.status if error.status in (404, 405, 413) else 400)
-        response = _error_response(_router(request), api, rejection)
+        kind = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+        response = error_response(kind, http_error_rejection(error.status, error.reason,
+                                                             request.method, request.path))
         if error.status == 405 and "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response
@@ -379,16 +377,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _default_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every response carries the X-Mushishi-* headers (`none` where they do not apply)."""
-    for name, value in _PLAIN.items():
+    for name, value in NO_ROUTE_HEADERS.items():
         response.headers.setdefault(name, value)
 
 
-def build_app(router: Router) -> web.Application:
+def build_app(api: Api) -> web.Application:
     """The aiohttp application of the router."""
-    app = web.Application(client_max_size=router.settings.router.max_body_bytes,
-                          middlewares=[errors_middleware])
+    app = web.Application(client_max_size=api.max_body_bytes, middlewares=[errors_middleware])
     app.on_response_prepare.append(_default_headers)
-    app[ROUTER_KEY] = router
+    app[API_KEY] = api
     app.router.add_post("/v1/chat/completions", _openai("/chat/completions"))
     app.router.add_post("/v1/completions", _openai("/completions"))
     app.router.add_post("/v1/embeddings", _openai("/embeddings"))
@@ -398,5 +395,5 @@ def build_app(router: Router) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/status", status)
-    add_metrics_route(app, router.registry)
+    add_metrics_route(app, api.registry)
     return app

@@ -1,11 +1,11 @@
-"""Live routing state: backend health, concurrency slots with bounded FIFO queues, and a
-change signal that queued T1 requests wait on. Decisions about it live in `core`."""
+"""Live routing state: backend health, concurrency slots with bounded FIFO queues, the T1
+queues, and a change signal that queued requests wait on. Decisions about it live in `core`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mushishi.services.router.core import GPU_ABSENT, GpuView, Health, Hop, Verdict, judge_hop
@@ -37,7 +37,7 @@ class Slots:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued ahead."""
-        if self.full or self.queued:
+        if self.full or (self._waiters and self.queued):
             return False
         self.in_flight += 1
         return True
@@ -90,10 +90,11 @@ class BackendState:
     reason: str = ""
 
 
-class Board:
-    """Backend states, the GPU view, and a signal that fires on every change."""
+class RoutingState:
+    """What routing reads now: each backend's health and slots, the GPU mode gpud last
+    reported, the T1 queue of each profile, and a signal that fires on every change."""
 
-    def __init__(self, hops: dict[str, Hop], clock: Callable[[], float]) -> None:
+    def __init__(self, hops: Mapping[str, Hop], clock: Callable[[], float]) -> None:
         self._clock = clock
         self.backends: dict[str, BackendState] = {
             name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max),
@@ -103,22 +104,50 @@ class Board:
         self.gpu: GpuView = GPU_ABSENT
         self.gpu_changed_at = 0.0
         self._changed = asyncio.Event()
-        self.waiting: dict[str, int] = {}  # T1 queue: profile -> requests waiting
+        self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
+        self._verdicts: dict[str, Verdict] = {}  # judged since the last change
         self.on_change: list[Callable[[str, Health, Health, str], None]] = []
 
     def verdict(self, name: str) -> Verdict:
         """Judge backend `name` now."""
-        state = self.backends[name]
-        return judge_hop(state.hop, state.health, state.reason, self.gpu)
+        found = self._verdicts.get(name)
+        if found is None:
+            state = self.backends[name]
+            found = self._verdicts[name] = judge_hop(state.hop, state.health, state.reason,
+                                                     self.gpu)
+        return found
+
+    def health(self, name: str) -> Health:
+        """Backend `name`'s health as last probed or seen by a request."""
+        return self.backends[name].health
+
+    def slots(self, name: str) -> Slots:
+        """Backend `name`'s concurrency slots (in flight, queued)."""
+        return self.backends[name].slots
+
+    def t1_queued(self, profile: str) -> int:
+        """Requests of a T1 profile waiting in its queue for a local backend."""
+        return self._t1_queued.get(profile, 0)
+
+    def join_t1_queue(self, profile: str) -> None:
+        """A request of `profile` starts waiting for a local backend."""
+        self._t1_queued[profile] = self._t1_queued.get(profile, 0) + 1
+
+    def leave_t1_queue(self, profile: str) -> None:
+        """A request of `profile` stops waiting (served, refused or gone)."""
+        self._t1_queued[profile] -= 1
 
     def set_health(self, name: str, health: Health, reason: str) -> None:
         """Record a backend's health; wake waiters when it changes."""
         state = self.backends[name]
         old = state.health
-        state.reason = reason
+        if state.reason != reason:
+            state.reason = reason
+            self._verdicts.pop(name, None)
         if old is health:
             return
         state.health = health
+        self._verdicts.pop(name, None)
         for callback in self.on_change:
             callback(name, old, health, reason)
         self.notify()
@@ -130,6 +159,7 @@ class Board:
         if view.active_mode != self.gpu.active_mode or view.state != self.gpu.state:
             self.gpu_changed_at = self._clock()
         self.gpu = view
+        self._verdicts.clear()
         self.notify()
 
     def notify(self) -> None:

@@ -22,14 +22,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mushishi.services.router.call import Call
 from mushishi.services.router.upstream import SovereigntyRefusal
 from mushishi.shared.config.observability import TracesSettings
 from mushishi.shared.locality import IPNetwork, address_is_local
-
-if TYPE_CHECKING:
-    from mushishi.services.router.dispatch import Call
 
 log = logging.getLogger("mushishi.router.traces")
 
@@ -108,7 +106,7 @@ class RequestTracer:
             "http.response.status_code": call.status,
         }
         if call.backend != "none":
-            attributes["mushishi.overhead_ms"] = round(call.overhead * 1000, 3)
+            attributes["mushishi.overhead_ms"] = round(call.overhead_s * 1000, 3)
             for hop in call.hops:
                 if hop.name == call.backend:
                     attributes["llm.model_name"] = hop.model

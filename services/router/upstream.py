@@ -1,27 +1,29 @@
-"""HTTP clients to the backends and to the egress: one session per backend, no redirects,
-no proxies, and a connect-time check of the address of every new connection.
+"""Where the router's requests go: a connection pool per backend origin and one to the egress,
+and the connect-time check of the address of every new connection.
 
-Local backends are reached directly; every socket the client opens passes through
-`guarded_socket_factory`, which sees the resolved address right before `connect()` and
-refuses anything outside `router.local_networks`. Cloud backends are reached only through
-the egress daemon's unix socket, and never for a T1 or T1-strict profile.
+Local backends are reached directly; every TCP connection is opened here, by resolving the
+backend's host anew and passing each address through `guarded_socket_factory`, which refuses
+anything outside `router.local_networks` before `connect()`. Cloud backends are reached only
+through the egress daemon's unix socket (a new connection per request), and never for a T1
+or T1-strict profile. The pools speak HTTP/1.1 (`http1`): no redirects, no proxies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable, Mapping
+import ssl
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-import aiohttp
-from aiohttp.abc import AbstractResolver
-from aiohttp.resolver import ThreadedResolver
+from urllib.parse import urlsplit
 
 from mushishi.services.router.core import Hop
+from mushishi.services.router.http1 import Connect, Pool
 from mushishi.shared.config.router import RouterSettings
 from mushishi.shared.locality import (
+    BackendAddress,
     IPNetwork,
     address_is_local,
     parse_backend_url,
@@ -30,7 +32,7 @@ from mushishi.shared.locality import (
 log = logging.getLogger("mushishi.router.upstream")
 
 CONNECT_CHECK_TEST_ENV = "MUSHISHI_TEST_DISABLE_CONNECT_CHECK"
-EGRESS_ORIGIN = "http://egress"
+EGRESS_HOST = "egress"
 
 
 class SovereigntyRefusal(OSError):
@@ -54,8 +56,9 @@ def refused_by_policy(error: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in (errno.EPERM, errno.EACCES):
             return "connect-time" if "connect-time check" in str(current) else "kernel"
-        if isinstance(current, aiohttp.ClientConnectorError):
-            current = current.os_error
+        os_error = getattr(current, "os_error", None)  # aiohttp's or http1's ConnectFailed
+        if isinstance(os_error, OSError):
+            current = os_error
             continue
         current = current.__cause__ or current.__context__
     return None
@@ -64,45 +67,129 @@ def refused_by_policy(error: BaseException) -> str | None:
 def guarded_socket_factory(
     networks: list[IPNetwork], on_refusal: Callable[[str], None]
 ) -> Callable[[tuple], socket.socket]:
-    """A socket factory for aiohttp that refuses non-local addresses before connect()."""
+    """A socket factory (getaddrinfo's tuples in) that refuses non-local addresses before
+    connect()."""
 
     def factory(addr_info: tuple) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        host = str(sockaddr[0])
+        host = str(addr_info[4][0])
         if not address_is_local(host, networks):
             on_refusal(host)
             raise SovereigntyRefusal(host)
-        sock = socket.socket(family=family, type=type_, proto=proto)
-        if family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        return plain_socket(addr_info)
 
     return factory
 
 
+def plain_socket(addr_info: tuple) -> socket.socket:
+    """A TCP socket for one of getaddrinfo's tuples, with Nagle off."""
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    if family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+async def _addresses(host: str, port: int, literal: bool) -> list[tuple]:
+    """getaddrinfo's tuples for host:port, resolved now (an IP literal is not looked up)."""
+    if literal:
+        if ":" in host:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                     (host, port, 0, 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG)
+    unique = []
+    for info in infos:
+        if info not in unique:
+            unique.append(info)
+    return unique
+
+
+def _one_error(errors: Sequence[OSError]) -> OSError:
+    """What to raise when every address failed: the error itself when there was one (or all
+    had the same errno), else an OSError naming them all."""
+    if len({error.errno for error in errors}) == 1:
+        return errors[0]
+    return OSError("multiple errors: " + "; ".join(str(error) for error in errors))
+
+
+def tcp_connect(address: BackendAddress, connect_timeout_s: float,
+                socket_factory: Callable[[tuple], socket.socket]) -> Connect:
+    """Open connections to a TCP backend: every address it resolves to now, in turn, each
+    through `socket_factory` (where the connect-time check refuses), TLS for https."""
+    assert address.host is not None and address.port is not None
+    host, port, literal = address.host, address.port, address.ip is not None
+    tls = ssl.create_default_context() if address.scheme == "https" else None
+
+    async def connect(protocol: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport,
+                                                                         asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
+        errors: list[OSError] = []
+        async with asyncio.timeout(connect_timeout_s):
+            for info in await _addresses(host, port, literal):
+                try:
+                    sock = socket_factory(info)
+                except OSError as error:
+                    errors.append(error)
+                    continue
+                try:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, info[4])
+                    return await loop.create_connection(
+                        protocol, sock=sock, ssl=tls, server_hostname=host if tls else None)
+                except OSError as error:
+                    sock.close()
+                    errors.append(error)
+                except BaseException:
+                    sock.close()
+                    raise
+        raise _one_error(errors or [OSError(errno.EHOSTUNREACH, f"{host} has no address")])
+
+    return connect
+
+
+def unix_connect(path: str, connect_timeout_s: float) -> Connect:
+    """Open connections to a unix socket."""
+
+    async def connect(protocol: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport,
+                                                                         asyncio.Protocol]:
+        async with asyncio.timeout(connect_timeout_s):
+            return await asyncio.get_running_loop().create_unix_connection(protocol, path)
+
+    return connect
+
+
+def host_header(address: BackendAddress) -> str:
+    """The Host header for a backend: host[:port] (the port only when not the default)."""
+    if address.unix_path is not None or address.host is None:
+        return "unix"
+    host = f"[{address.host}]" if address.ip is not None and address.ip.version == 6 \
+        else address.host
+    default = 443 if address.scheme == "https" else 80
+    return host if address.port == default else f"{host}:{address.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A GET target: the pool of its origin and the path to ask for."""
+
+    pool: Pool
+    path: str
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where a hop's requests go: a session and the URL prefix to put before `/chat/...`."""
+    """Where a hop's requests go: a pool and the path prefix before `/chat/...`."""
 
-    session: aiohttp.ClientSession
-    prefix: str  # "http://127.0.0.1:8000/v1" or "http://egress/v1"
-    health_url: str | None
-    models_url: str | None
+    pool: Pool
+    prefix: str  # "/v1"
+    health: Target | None  # the health probe's GET (local backends)
+    models: Target | None  # the model list's GET (local backends)
     via_egress: bool
 
 
-def _session(connector: aiohttp.BaseConnector, connect_timeout: float) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=connector,
-        trust_env=False,  # proxy variables are ignored on every hop
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-        skip_auto_headers=("User-Agent",),
-    )
-
-
 class Upstreams:
-    """The sessions of every backend and of the egress; close() when done."""
+    """The pools of every backend and of the egress; close() when done."""
 
     def __init__(
         self,
@@ -113,51 +200,50 @@ class Upstreams:
         *,
         connect_check: bool,
         on_refusal: Callable[[str], None],
-        resolver: AbstractResolver | None = None,
     ) -> None:
         self.connect_check = connect_check
         self._endpoints: dict[str, Endpoint] = {}
+        self._pools: list[Pool] = []
+        timeout = router.connect_timeout_s
         factory = (guarded_socket_factory(list(router.local_networks), on_refusal)
-                   if connect_check else None)
+                   if connect_check else plain_socket)
+
+        def pool(address: BackendAddress) -> Pool:
+            connect = (unix_connect(address.unix_path, timeout) if address.unix_path is not None
+                       else tcp_connect(address, timeout, factory))
+            made = Pool(connect, host_header(address))
+            self._pools.append(made)
+            return made
+
         # A new connection per cloud hop (a unix connect costs microseconds): an idle pooled
         # connection closed by a restarting egress would fail a request, while a new one
         # waits in mushishi-egress.socket's backlog for the next instance.
-        self.egress = _session(
-            aiohttp.UnixConnector(path=router.egress_socket, limit=0, force_close=True),
-            router.connect_timeout_s)
+        self.egress = Pool(unix_connect(router.egress_socket, timeout), EGRESS_HOST,
+                           keep_alive=False)
+        self._pools.append(self.egress)
         for name, hop in hops.items():
             if not hop.local:
-                self._endpoints[name] = Endpoint(self.egress, EGRESS_ORIGIN + "/v1", None, None,
-                                                 True)
+                self._endpoints[name] = Endpoint(self.egress, "/v1", None, None, True)
                 continue
             address = parse_backend_url(urls[name])
-            connector: aiohttp.BaseConnector
-            if address.unix_path is not None:
-                connector = aiohttp.UnixConnector(path=address.unix_path, limit=0)
-            else:
-                connector = aiohttp.TCPConnector(
-                    limit=0,
-                    use_dns_cache=False,  # every new connection resolves, and is checked, anew
-                    resolver=resolver or ThreadedResolver(),
-                    socket_factory=factory,
-                    ssl=address.scheme == "https",
-                )
-            session = _session(connector, router.connect_timeout_s)
-            prefix = address.origin + address.base_path
+            backend = pool(address)
+            health = Target(backend, "/health")
             # A unix-socket backend is probed at /health on its own socket.
-            health = f"{address.origin}/health"
-            if address.unix_path is None and health_urls.get(name):
-                health = str(health_urls[name])
-            self._endpoints[name] = Endpoint(session, prefix, health, prefix + "/models", False)
+            configured = health_urls.get(name)
+            if address.unix_path is None and configured:
+                probed = parse_backend_url(str(configured))
+                path = "/health" if probed.unix_path is not None else \
+                    urlsplit(str(configured)).path or "/"
+                health = Target(pool(probed), path)
+            self._endpoints[name] = Endpoint(backend, address.base_path, health,
+                                             Target(backend, address.base_path + "/models"),
+                                             False)
 
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint of backend `name`."""
         return self._endpoints[name]
 
     async def close(self) -> None:
-        """Close every session."""
-        seen = set()
-        for endpoint in [*self._endpoints.values(), Endpoint(self.egress, "", None, None, True)]:
-            if id(endpoint.session) not in seen:
-                seen.add(id(endpoint.session))
-                await endpoint.session.close()
+        """Close every connection."""
+        for pool in self._pools:
+            await pool.close()

@@ -382,7 +382,8 @@ class ProfileSettings(Section):
     on_mode_mismatch: Literal["error", "switch"] = Field(
         default="error",
         description="With require_mode: `error` answers mode_mismatch; `switch` asks gpud for "
-        "the required mode when the GPU is idle, then waits.",
+        "the required mode (gpud refuses while a hold exists or a tenant the switch would "
+        "stop is busy: mode_mismatch), then waits.",
     )
 
 

@@ -3,8 +3,13 @@
 It exports the §6 interface on a real bus: the properties (with gpud's read-only GPU ones:
 GpuTemperatureC, GpuPowerW, GpuUtilPercent, GpuThrottled, StateReason), SwitchMode/Busy/
 HoldMode/ReleaseHold, ModeChanged and PropertiesChanged. Tests drive it with `set_mode()`,
-script SwitchMode with `busy_reasons`, `refuse_switch` and `switch_delay`, and set the GPU
-readings in the constructor.
+script SwitchMode with `busy_reasons`, `tenants` + `busy_tenants`, `refuse_switch` and
+`switch_delay`, and set the GPU readings in the constructor.
+
+Like gpud, SwitchMode (without force) refuses with `Error.Busy` only for work that the
+switch would stop: every line of `busy_reasons`, and the lines of `busy_tenants` whose
+tenant the target mode does not run (gpud's own rule, `services/gpud/core.py`). Busy()
+reports all of them.
 """
 
 # No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from the
@@ -23,6 +28,7 @@ from dbus_fast.service import (
     dbus_signal,
 )
 
+from mushishi.services.gpud.core import busy_refusal, leaving_tenants
 from mushishi.shared import dbus_names
 
 StrList = Annotated[list[str], DBusSignature("as")]
@@ -47,7 +53,9 @@ class GpuModeStandin(ServiceInterface):
         self.throttled = throttled
         self.state_reason = state_reason
         self.holds: list[list[str]] = []
-        self.busy_reasons: list[str] = []
+        self.busy_reasons: list[str] = []  # busy lines of tenants that any switch stops
+        self.tenants: dict[str, list[str]] = {}  # mode -> its tenants ([modes.X] tenants)
+        self.busy_tenants: dict[str, str] = {}  # tenant of the active mode -> its busy line
         self.refuse_switch: str | None = None  # a D-Bus error name to answer SwitchMode with
         self.switch_delay = 0.05
         self.switch_calls: list[tuple[str, bool]] = []
@@ -125,6 +133,14 @@ class GpuModeStandin(ServiceInterface):
     def StateReason(self) -> DBusStr:
         return self.state_reason
 
+    def busy_lines(self, switching_to: str | None = None) -> list[str]:
+        """What the busy probes find: on every running tenant (Busy()), or on the ones a
+        switch to `switching_to` would stop (SwitchMode)."""
+        running = [t for t in self.tenants.get(self.active, []) if t in self.busy_tenants]
+        if switching_to is not None:
+            running = leaving_tenants(self.tenants, running, switching_to)
+        return [*self.busy_reasons, *(self.busy_tenants[t] for t in running)]
+
     @dbus_method()
     async def SwitchMode(self, mode: DBusStr, force: DBusBool) -> None:
         self.switch_calls.append((mode, force))
@@ -132,13 +148,16 @@ class GpuModeStandin(ServiceInterface):
             raise DBusError(self.refuse_switch, "stand-in refuses the switch")
         if mode not in self.modes:
             raise DBusError(dbus_names.ERROR_UNKNOWN_MODE, f"unknown mode {mode}")
+        refusal = None if force else busy_refusal(self.busy_lines(switching_to=mode))
+        if refusal is not None:
+            raise DBusError(dbus_names.ERROR_BUSY, refusal.message)
         self.set_state("switching")
         await asyncio.sleep(self.switch_delay)
         self.set_mode(mode, "ready")
 
     @dbus_method()
     def Busy(self) -> StrList:
-        return list(self.busy_reasons)
+        return self.busy_lines()
 
     @dbus_method()
     def HoldMode(self, mode: DBusStr, holder: DBusStr, reason: DBusStr) -> DBusUInt32:

@@ -205,7 +205,7 @@ allowed_peers = ["{os.getuid()}"]
     try:
         await asyncio.sleep(0)
         if wait_healthy:
-            await wait_for(lambda: all(router.board.verdict(n).state in ("up", "mode_inactive")
+            await wait_for(lambda: all(router.state.verdict(n).state in ("up", "mode_inactive")
                                        for n in ("gpu", "cpu")), what="backends up")
         yield box
     finally:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mushishi.services.router.core import STABLE_CODES
+from mushishi.services.router.errors import STABLE_CODES
 from tests.integration.router.harness import PERSONAL_KEY, PRIVATE_KEY, Box, running_box
 
 GOOD = {"model": "private", "messages": [{"role": "user", "content": "hi"}]}

@@ -67,12 +67,12 @@ async def test_refused_connection_marks_the_backend_down_and_skips_it_at_once(
     await box.gpu.refuse()
     status, headers, _ = await post(box, "private")
     assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
-    assert box.router.board.backends["gpu"].health.value == "down"
+    assert box.router.state.health("gpu").value == "down"
     status, headers, _ = await post(box, "private")
     # known down: skipped from state, no failed attempt (no round trip) this time
     assert headers["X-Mushishi-Backend"] == "cpu" and "X-Mushishi-Fallbacks" not in headers
     await box.gpu.accept()
-    await wait_for(lambda: box.router.board.backends["gpu"].health.value == "up",
+    await wait_for(lambda: box.router.state.health("gpu").value == "up",
                    what="gpu probed up again")
     status, headers, _ = await post(box, "private")
     assert headers["X-Mushishi-Backend"] == "gpu"
@@ -218,10 +218,10 @@ async def test_client_disconnect_cancels_the_backend_request_and_frees_its_slot(
     box.gpu.fail_next(Fault.hang())
     with caplog.at_level(logging.INFO):
         request = asyncio.create_task(post(box, "private"))
-        await wait_for(lambda: box.router.board.backends["gpu"].slots.in_flight == 1,
+        await wait_for(lambda: box.router.state.slots("gpu").in_flight == 1,
                        what="request at the backend")
         request.cancel()
-        await wait_for(lambda: box.router.board.backends["gpu"].slots.in_flight == 0,
+        await wait_for(lambda: box.router.state.slots("gpu").in_flight == 0,
                        what="slot freed")
         await wait_for(lambda: box.router.in_flight == 0, what="request finished")
     assert any("private -> none: 0 cancelled" in r.getMessage() for r in caplog.records)

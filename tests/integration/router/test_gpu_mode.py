@@ -22,7 +22,7 @@ async def followed(tmp_path: Path, bus: PrivateBus, **config: str) -> AsyncItera
 
 
 def mode_is(box: Box, mode: str, state: str = "ready") -> bool:
-    gpu = box.router.board.gpu
+    gpu = box.router.state.gpu
     return gpu.present and gpu.active_mode == mode and gpu.state == state
 
 
@@ -50,7 +50,7 @@ async def test_backend_of_another_mode_is_skipped_with_no_round_trip(
         assert status["backends"]["gpu"]["state"] == "mode_inactive"
         assert status["profiles"]["private"]["would_use"] == "cpu"
         gpud.set_mode("agent")
-        await wait_for(lambda: box.router.board.verdict("gpu").usable, what="gpu usable")
+        await wait_for(lambda: box.router.state.verdict("gpu").usable, what="gpu usable")
         _, headers, _ = await post_chat(box, "private")
         assert headers["X-Mushishi-Backend"] == "gpu"
 
@@ -66,7 +66,7 @@ async def test_while_switching_t1_takes_the_next_local_hop_or_waits_for_the_new_
         assert headers["X-Mushishi-Backend"] == "cpu"
         await box.cpu.refuse()
         waiting = asyncio.create_task(post_chat(box, "private"))
-        await wait_for(lambda: box.router.board.waiting.get("private") == 1, what="queued")
+        await wait_for(lambda: box.router.state.t1_queued("private") == 1, what="queued")
         gpud.set_mode("agent", "ready")
         status, headers, _ = await waiting
         assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
@@ -111,12 +111,34 @@ async def test_client_profile_with_switch_refuses_when_the_gpu_is_busy(
         status, _, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "comfyui: 2 jobs queued" in body["error"]["message"]
-        assert gpud.switch_calls == []
+        # gpud decides: the router asked, and gpud refused with Error.Busy.
+        assert gpud.switch_calls == [("forensic", False)]
+        assert "gpud refused to switch: work in flight" in body["error"]["message"]
+        gpud.switch_calls.clear()
         gpud.busy_reasons = []
         gpud.refuse_switch = dbus_names.ERROR_HELD
         status, _, body = await post_chat(box, "client")
         assert (status, body["error"]["code"]) == (503, "mode_mismatch")
         assert "gpud refused to switch" in body["error"]["message"]
+
+
+async def test_client_profile_with_switch_is_served_when_only_a_staying_tenant_is_busy(
+    tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
+) -> None:
+    # The embedder runs in both modes: a switch from agent to forensic does not stop it, so
+    # gpud allows the switch although Busy() (every running tenant) reports its work.
+    gpud.tenants = {"agent": ["vllm-agent", "embedder"],
+                    "forensic": ["vllm-forensic", "embedder"]}
+    gpud.busy_tenants = {"embedder": "embedder: 3 requests in flight"}
+    gpud.set_mode("agent")
+    assert gpud.busy_lines() == ["embedder: 3 requests in flight"]
+    async with followed(tmp_path, private_bus,
+                        client_extra='queue_timeout_s = 10\non_mode_mismatch = "switch"') as box:
+        await until_mode(box, "agent")
+        status, headers, _ = await post_chat(box, "client")
+        assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu")
+        assert gpud.switch_calls == [("forensic", False)]
+        assert gpud.active == "forensic"
 
 
 async def test_without_gpud_on_the_bus_routing_falls_back_to_health_probes(
@@ -127,8 +149,8 @@ async def test_without_gpud_on_the_bus_routing_falls_back_to_health_probes(
         gpud.set_mode("creative")
         await until_mode(box, "creative")
         gpud.disconnect()
-        await wait_for(lambda: not box.router.board.gpu.present, what="gpud gone")
-        await wait_for(lambda: box.router.board.verdict("gpu").usable, what="gpu probed")
+        await wait_for(lambda: not box.router.state.gpu.present, what="gpud gone")
+        await wait_for(lambda: box.router.state.verdict("gpu").usable, what="gpu probed")
         _, headers, _ = await post_chat(box, "private")
         assert headers["X-Mushishi-Backend"] == "gpu"
         status, _, body = await post_chat(box, "client")
@@ -146,7 +168,7 @@ async def test_refused_connection_right_after_a_mode_change_is_starting_not_down
         await until_mode(box, "forensic")
         await box.gpu.refuse()
         gpud.set_mode("agent")  # vLLM of the new mode is still loading: refuses connections
-        await wait_for(lambda: box.router.board.backends["gpu"].health.value == "starting",
+        await wait_for(lambda: box.router.state.health("gpu").value == "starting",
                        what="gpu starting")
         assert box.router.status()["backends"]["gpu"]["reason"] == \
             "refusing connections while its GPU mode starts"

@@ -74,8 +74,8 @@ async def test_health_and_ready(box: Box) -> None:
     await box.gpu.refuse()
     await box.cpu.refuse()
     box.egress.fail_always(Fault.status_code(500))
-    await box.router.prober.probe("gpu")
-    await box.router.prober.probe("cpu")
+    await box.router.probe("gpu")
+    await box.router.probe("cpu")
     status, _, raw = await get(box, "/ready")
     # cloud hops still count: personal and cloudy can be served
     assert status == 200 and "private" not in json.loads(raw)["servable_profiles"]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mushishi.services.router.core import STABLE_CODES
+from mushishi.services.router.errors import STABLE_CODES
 from tests.integration.router.harness import ALL_PROFILES, PERSONAL_KEY, Box, running_box
 from tests.standins.bus import PrivateBus
 from tests.standins.gpumode import GpuModeStandin

@@ -14,7 +14,7 @@ async def one_in_the_t1_queue(box: Box) -> asyncio.Task[tuple[int, dict[str, str
     await box.gpu.refuse()
     await box.cpu.refuse()
     waiting = asyncio.create_task(post_chat(box, "private"))
-    await wait_for(lambda: box.router.board.waiting.get("private") == 1,
+    await wait_for(lambda: box.router.state.t1_queued("private") == 1,
                    what="request in the T1 queue")
     return waiting
 
@@ -25,7 +25,7 @@ async def test_requests_beyond_max_concurrency_overflow_to_the_next_hop(box: Box
     results = await asyncio.gather(*(post_chat(box, "personal") for _ in range(3)))
     backends = sorted(headers["X-Mushishi-Backend"] for _, headers, _ in results)
     assert backends == ["cpu", "gpu", "gpu"]
-    assert box.router.board.backends["gpu"].slots.in_flight == 0
+    assert box.router.state.slots("gpu").in_flight == 0
 
 
 async def test_t1_strict_waits_in_the_backend_fifo_and_refuses_when_it_is_full(
@@ -35,10 +35,10 @@ async def test_t1_strict_waits_in_the_backend_fifo_and_refuses_when_it_is_full(
                            strict_extra="queue_timeout_s = 5") as box:
         box.cpu.token_delay = 0.05
         first = asyncio.create_task(post_chat(box, "strictcpu"))
-        await wait_for(lambda: box.router.board.backends["cpu"].slots.in_flight == 1,
+        await wait_for(lambda: box.router.state.slots("cpu").in_flight == 1,
                        what="first request in flight")
         second = asyncio.create_task(post_chat(box, "strictcpu"))
-        await wait_for(lambda: box.router.board.backends["cpu"].slots.queued == 1,
+        await wait_for(lambda: box.router.state.slots("cpu").queued == 1,
                        what="second request queued")
         status, headers, body = await post_chat(box, "strictcpu")
         assert (status, body["error"]["code"]) == (503, "backend_failed")
@@ -55,7 +55,7 @@ async def test_t1_request_waits_for_a_local_backend_to_come_back(tmp_path: Path)
         status, headers, _ = await waiting
         assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
         assert time.monotonic() - started < 5
-        assert box.router.board.waiting["private"] == 0
+        assert box.router.state.t1_queued("private") == 0
         assert box.egress.requests == []
 
 
@@ -87,11 +87,11 @@ async def test_loading_model_is_starting_not_down_and_t1_waits_for_it(tmp_path: 
     async with running_box(tmp_path, private_extra="queue_timeout_s = 10") as box:
         await box.gpu.refuse()
         box.cpu.set_loading(True)
-        await wait_for(lambda: box.router.board.backends["cpu"].health.value == "starting",
+        await wait_for(lambda: box.router.state.health("cpu").value == "starting",
                        what="cpu starting")
         assert box.router.status()["backends"]["cpu"]["reason"] == "loading model"
         waiting = asyncio.create_task(post_chat(box, "private"))
-        await wait_for(lambda: box.router.board.waiting.get("private") == 1, what="queued")
+        await wait_for(lambda: box.router.state.t1_queued("private") == 1, what="queued")
         box.cpu.set_loading(False)
         status, headers, _ = await waiting
         assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")

@@ -18,7 +18,7 @@ async def route(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_route_explains_which_backend_would_answer_and_why(box: Box) -> None:
     await box.gpu.refuse()
-    await box.router.prober.probe("gpu")
+    await box.router.probe("gpu")
     result = await route("--profile", "private", "--socket", box.unix_socket)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -30,7 +30,7 @@ async def test_route_explains_which_backend_would_answer_and_why(box: Box) -> No
 
 async def test_route_exits_1_when_no_backend_would_answer_and_prints_json(box: Box) -> None:
     await box.cpu.refuse()
-    await box.router.prober.probe("cpu")
+    await box.router.probe("cpu")
     result = await route("--profile", "strictcpu", "--socket", box.unix_socket, "--json")
     assert result.returncode == 1
     entry = json.loads(result.stdout)["strictcpu"]

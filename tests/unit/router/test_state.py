@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mushishi.services.router.core import Health, Hop
-from mushishi.services.router.state import Board, QueueFull, Slots
+from mushishi.services.router.core import GpuView, Health, Hop
+from mushishi.services.router.state import QueueFull, RoutingState, Slots
 
 
 async def test_slots_hand_a_released_slot_to_the_oldest_waiter_first() -> None:
@@ -71,14 +71,30 @@ async def test_try_acquire_does_not_jump_the_queue() -> None:
     assert slots.in_flight == 1
 
 
-async def test_board_wakes_waiters_on_a_health_change_only() -> None:
+async def test_routing_state_wakes_waiters_on_a_health_change_only() -> None:
     hops = {"cpu": Hop("cpu", "m", True, "local")}
-    board = Board(hops, clock=lambda: 0.0)
-    waiter = asyncio.create_task(board.wait_change(60))
+    state = RoutingState(hops, clock=lambda: 0.0)
+    waiter = asyncio.create_task(state.wait_change(60))
     await asyncio.sleep(0)
-    board.set_health("cpu", Health.UNKNOWN, "same state")
+    state.set_health("cpu", Health.UNKNOWN, "same state")
     await asyncio.sleep(0)
     assert not waiter.done()
-    board.set_health("cpu", Health.UP, "healthy")
+    state.set_health("cpu", Health.UP, "healthy")
     assert await waiter is True
-    assert await board.wait_change(0) is False
+    assert await state.wait_change(0) is False
+
+
+def test_verdicts_follow_every_health_reason_and_gpu_change() -> None:
+    hops = {"gpu": Hop("gpu", "m", True, "local", modes=frozenset({"forensic"}))}
+    state = RoutingState(hops, clock=lambda: 0.0)
+    assert state.verdict("gpu").state == "unknown"
+    state.set_health("gpu", Health.UP, "healthy")
+    assert (state.verdict("gpu").state, state.verdict("gpu").reason) == ("up", "healthy")
+    state.set_health("gpu", Health.UP, "healthy (model list unavailable)")
+    assert state.verdict("gpu").reason == "healthy (model list unavailable)"
+    state.set_gpu(GpuView(True, "creative", "ready"))
+    assert state.verdict("gpu").state == "mode_inactive"
+    state.set_gpu(GpuView(True, "forensic", "ready"))
+    assert state.verdict("gpu").usable
+    state.set_health("gpu", Health.DOWN, "connection refused")
+    assert not state.verdict("gpu").usable

@@ -10,11 +10,14 @@ import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
+from mushishi.services.router.http1 import ConnectFailed, Pool
 from mushishi.services.router.upstream import (
     SovereigntyRefusal,
     guarded_socket_factory,
     refused_by_policy,
+    tcp_connect,
 )
+from mushishi.shared.locality import parse_backend_url
 
 NETWORKS = [ip_network("127.0.0.0/8"), ip_network("::1/128"), ip_network("100.64.0.0/10")]
 
@@ -61,3 +64,27 @@ def test_refusals_are_told_apart_from_ordinary_connection_errors() -> None:
     assert refused_by_policy(ours) == "connect-time"
     assert refused_by_policy(kernel) == "kernel"
     assert refused_by_policy(refused) is None
+
+
+def test_refusals_through_the_routers_own_client_are_told_apart_too() -> None:
+    def failed(error: OSError) -> ConnectFailed:
+        try:
+            raise ConnectFailed(error) from error
+        except ConnectFailed as caught:
+            return caught
+
+    assert refused_by_policy(failed(SovereigntyRefusal("203.0.113.5"))) == "connect-time"
+    assert refused_by_policy(failed(OSError(errno.EPERM, "Operation not permitted"))) == \
+        "kernel"
+    assert refused_by_policy(failed(ConnectionRefusedError(errno.ECONNREFUSED, "x"))) is None
+
+
+async def test_a_pool_never_connects_to_an_address_outside_the_local_networks() -> None:
+    refused: list[str] = []
+    address = parse_backend_url("http://203.0.113.5:8000/v1")
+    pool = Pool(tcp_connect(address, 1.0, guarded_socket_factory(NETWORKS, refused.append)),
+                "203.0.113.5:8000")
+    with pytest.raises(ConnectFailed) as caught:
+        await pool.request("POST", "/v1/chat/completions", b"", b"{}")
+    assert isinstance(caught.value.os_error, SovereigntyRefusal)
+    assert refused == ["203.0.113.5"]

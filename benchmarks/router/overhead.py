@@ -1,0 +1,103 @@
+"""The router's hot-path cost in one short run: mushishi against the bare pass-through.
+
+Starts the nginx `return 200` backends, the bare aiohttp + uvloop pass-through
+(`passthrough.py`) and mushishi-router (auth, routing, metrics and the per-request journal
+record all on), then measures both with wrk at concurrency 16 (requests/s) and 1 (p50),
+alternating between them `--rounds` times so that load from other work on the machine hits
+both alike. Prints, per round and as medians: mushishi / pass-through requests/s at c16, and
+the p50 mushishi adds over the backend at c1.
+
+    .venv/bin/python benchmarks/router/overhead.py [--rounds 3] [--seconds 3] [--out DIR]
+
+For the whole comparison (nginx, LiteLLM, streaming, RSS, failover) use `run.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.router.run import (  # noqa: E402  (the repository is put on the path first)
+    COMPLETION,
+    Processes,
+    free_port,
+    machine,
+    missing_tool,
+    mushishi_config,
+    nginx_conf,
+    post_script,
+    router,
+    wait_port,
+    write_results,
+    wrk,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the results as JSON here (default: print only)")
+    args = parser.parse_args()
+    if (missing := missing_tool(with_litellm=False)) is not None:
+        print(missing, file=sys.stderr)
+        return 1
+    results: dict[str, object] = {"machine": machine(), "seconds_per_run": args.seconds}
+    processes = Processes()
+    work = Path(tempfile.mkdtemp(prefix="mushishi-overhead-"))
+    script = post_script(work)
+    rounds: list[dict[str, float]] = []
+    try:
+        backend, backend2 = free_port(), free_port()
+        for port, name in ((backend, "backend"), (backend2, "backend2")):
+            processes.start(["nginx", "-c", str(nginx_conf(work / name, port, body=COMPLETION)),
+                             "-p", str(work / name)])
+            wait_port(port)
+        direct = f"http://127.0.0.1:{backend}/v1/chat/completions"
+        bare = free_port()
+        processes.start([sys.executable, str(REPO / "benchmarks" / "router" / "passthrough.py"),
+                         str(bare), direct])
+        wait_port(bare)
+        port = free_port()
+        config = mushishi_config(work / "mushishi", port, f"http://127.0.0.1:{backend}/v1",
+                                 f"http://127.0.0.1:{backend2}/v1")
+        targets = {"direct": direct,
+                   "passthrough": f"http://127.0.0.1:{bare}/v1/chat/completions",
+                   "mushishi": f"http://127.0.0.1:{port}/v1/chat/completions"}
+        with router(processes, config, port):
+            for number in range(args.rounds):
+                row = {}
+                for name, url in targets.items():
+                    row[f"{name}_c16_rps"] = wrk(url, 16, args.seconds, script)["rps"]
+                    row[f"{name}_c1_p50_ms"] = wrk(url, 1, args.seconds, script)["p50_ms"]
+                row["ratio_c16"] = row["mushishi_c16_rps"] / row["passthrough_c16_rps"]
+                row["added_p50_c1_ms"] = row["mushishi_c1_p50_ms"] - row["direct_c1_p50_ms"]
+                row["passthrough_added_p50_c1_ms"] = (row["passthrough_c1_p50_ms"]
+                                                      - row["direct_c1_p50_ms"])
+                print(f"round {number + 1}: mushishi/pass-through at c16 "
+                      f"{row['ratio_c16']:.2f} ({row['mushishi_c16_rps']:.0f} / "
+                      f"{row['passthrough_c16_rps']:.0f} req/s); added p50 at c1 "
+                      f"{row['added_p50_c1_ms']:.3f} ms (pass-through "
+                      f"{row['passthrough_added_p50_c1_ms']:.3f} ms)", flush=True)
+                rounds.append(row)
+    finally:
+        processes.stop_all()
+    results["rounds"] = rounds
+    results["median_ratio_c16"] = statistics.median(r["ratio_c16"] for r in rounds)
+    results["median_added_p50_c1_ms"] = statistics.median(r["added_p50_c1_ms"] for r in rounds)
+    print(f"median: {results['median_ratio_c16']:.2f} of the pass-through at c16, "
+          f"{results['median_added_p50_c1_ms']:.3f} ms added p50 at c1")
+    if args.out is not None:
+        write_results(results, args.out, "router-overhead")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""One request on its way through the router: what was asked, and what happened to it.
+
+`Call` is the request's record. `http_api` creates it; the chain policy (`policy`) and the
+relay (`relay`) record what happens through its methods — a failed hop, a fallback, the
+answer, its tokens, time that is not router overhead — and `accounting` reads it once the
+request is over. No other module writes its fields.
+
+`RequestBody` is what is sent to a hop; `JsonBody` is the one the OpenAI and Anthropic
+endpoints have (other bodies, such as multipart uploads, implement the same two members).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from mushishi.services.router.core import Hop, HopFailure, RouteProfile
+
+# One encoder for every request (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+class RequestBody(Protocol):
+    """A request body as sent to a hop."""
+
+    content_type: str
+
+    def for_hop(self, hop: Hop) -> bytes:
+        """The bytes to send to `hop` (its served model name substituted where the API has
+        one)."""
+        ...
+
+
+class JsonBody:
+    """A JSON object body; `model` is set to each hop's served model, encoded once per model."""
+
+    __slots__ = ("_encoded", "fields")
+    content_type = "application/json"
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self._encoded: dict[str, bytes] = {}
+
+    def for_hop(self, hop: Hop) -> bytes:
+        """The body with `model` set to the hop's served model name."""
+        found = self._encoded.get(hop.model)
+        if found is None:
+            self.fields["model"] = hop.model
+            found = _ENCODER.encode(self.fields).encode()
+            self._encoded[hop.model] = found
+        return found
+
+
+class Call:
+    """One request: what was asked (fixed), and what happened (recorded by the methods)."""
+
+    __slots__ = ("api", "backend", "client_model", "completion_tokens", "failures",
+                 "fallbacks", "first_byte", "hops", "not_overhead_s", "outcome", "overhead_s",
+                 "path", "profile", "prompt_tokens", "request_id", "started", "status",
+                 "stream")
+
+    def __init__(self, *, request_id: str, api: str, path: str, profile: RouteProfile,
+                 hops: tuple[Hop, ...], stream: bool, client_model: str,
+                 started: float) -> None:
+        self.request_id = request_id
+        self.api = api  # "openai" | "anthropic"
+        self.path = path  # upstream path below the base, e.g. "/chat/completions"
+        self.profile = profile
+        self.hops = hops
+        self.stream = stream
+        self.client_model = client_model
+        self.started = started  # perf_counter at arrival
+        # What happened, written only by the methods below.
+        self.failures: list[HopFailure] = []
+        self.fallbacks = 0
+        self.backend = "none"  # the backend that answered
+        self.status = 0  # the HTTP status the caller got
+        self.outcome = ""  # success, client_error, client_disconnected, cancelled or a code
+        self.first_byte: float | None = None  # perf_counter of the answer's first byte
+        # Seconds queued, waiting for a GPU mode switch or spent on failed hops: not counted
+        # as router overhead.
+        self.not_overhead_s = 0.0
+        # Seconds the router itself added (auth, parsing, routing, relaying).
+        self.overhead_s = 0.0
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    # -- the chain policy ------------------------------------------------------------------
+    @contextmanager
+    def not_overhead(self) -> Iterator[None]:
+        """Time spent inside the block (a queue, a switch) is not router overhead."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.not_overhead_s += time.perf_counter() - started
+
+    def hop_failed(self, failure: HopFailure) -> None:
+        """A hop did not answer (skipped, full, refused, or failed before the first byte)."""
+        self.failures.append(failure)
+
+    def fell_back(self) -> None:
+        """A hop was abandoned for the next one."""
+        self.fallbacks += 1
+
+    def rejected(self, code: str, status: int) -> None:
+        """The request ends with a stable error code."""
+        self.outcome = code
+        self.status = status
+
+    def cancelled(self) -> None:
+        """The client went away, or the router stopped, while the request was routed."""
+        if self.outcome != "client_disconnected":
+            self.outcome = "cancelled"
+
+    # -- the relay -------------------------------------------------------------------------
+    def sending(self, now: float) -> None:
+        """The request leaves for a hop: the router's overhead so far."""
+        self.overhead_s = now - self.started - self.not_overhead_s
+
+    def attempt_failed(self, sent: float, now: float) -> None:
+        """The attempt sent at `sent` failed: its time is not router overhead."""
+        self.not_overhead_s += now - sent
+
+    def first_byte_arrived(self, now: float) -> None:
+        """The hop's answer began."""
+        self.first_byte = now
+
+    def answered(self, backend: str, status: int) -> None:
+        """`backend` answers the caller with `status` (relayed from it)."""
+        self.backend = backend
+        self.status = status
+        self.outcome = "success" if status < 400 else "client_error"
+
+    def relaying(self, now: float) -> float:
+        """The answer's headers leave for the caller: the overhead in total, in seconds."""
+        self.overhead_s += now - (self.first_byte or now)
+        return self.overhead_s
+
+    def count_tokens(self, data: bytes) -> None:
+        """Token counts from a backend's `usage` in `data` (the last one wins)."""
+        prompt = _PROMPT_TOKENS.findall(data)
+        if prompt:
+            self.prompt_tokens = int(prompt[-1])
+        completion = _COMPLETION_TOKENS.findall(data)
+        if completion:
+            self.completion_tokens = int(completion[-1])
+
+    def stream_broke(self, code: str) -> None:
+        """The answer's stream failed after its first byte (ended with an error event)."""
+        self.outcome = code
+
+    def client_disconnected(self) -> None:
+        """The caller went away while the answer was relayed."""
+        self.outcome = "client_disconnected"

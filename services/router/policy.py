@@ -1,0 +1,173 @@
+"""The chain policy: which hop a request tries next, and when it waits or gives up.
+
+The chain comes from the compiled route table only. A T1-strict profile's required GPU mode
+is checked first (open, wait for a switch, ask gpud for one, or refuse). Each hop is judged
+from state, with no round trip for a backend known down or in another GPU mode; a hop at
+`max_concurrency` overflows to the next usable one or waits in its FIFO; a hop that fails
+(`relay`) moves the request on where the tier allows. When no hop of a T1 profile can answer
+for a reason that can pass, the request waits in the profile's queue for any change; the
+final error of a request nothing answered is `core.final_error`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mushishi.services.router.accounting import Accounting
+from mushishi.services.router.call import Call, RequestBody
+from mushishi.services.router.core import (
+    Failure,
+    Hop,
+    HopFailure,
+    ModeGate,
+    final_error,
+    mode_gate,
+    t1_should_wait,
+)
+from mushishi.services.router.errors import ErrorCode, Rejection
+from mushishi.services.router.mode_switch import ModeSwitcher
+from mushishi.services.router.relay import Relay
+from mushishi.services.router.state import QueueFull, RoutingState
+
+log = logging.getLogger("mushishi.router.request")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """Everything `forward` needs, built once by the wiring."""
+
+    state: RoutingState
+    relay: Relay
+    accounting: Accounting
+    switcher: ModeSwitcher | None  # None when gpud is not followed
+    clock: Callable[[], float]
+
+
+async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
+                  request: web.Request) -> web.StreamResponse:
+    """Answer `call` from its profile's chain, or raise Rejection."""
+    profile = call.profile
+    state = forwarding.state
+    deadline = forwarding.clock() + profile.queue_timeout_s
+    if profile.require_mode is not None:
+        await _pass_mode_gate(forwarding, call, deadline)
+    queued = False
+    try:
+        while True:
+            failures_before = len(call.failures)
+            response = await _one_pass(forwarding, call, body, request, deadline)
+            if response is not None:
+                return response
+            this_pass = call.failures[failures_before:]
+            remaining = deadline - forwarding.clock()
+            if not t1_should_wait(profile, this_pass) or remaining <= 0:
+                failures = this_pass or call.failures
+                code, message = final_error(profile, failures, waited=queued)
+                # Nothing was tried (all down, busy or in another mode): unavailable, not bad.
+                untried = all(f.kind in (Failure.UNAVAILABLE, Failure.FULL) for f in failures)
+                raise Rejection(code, message, status=503 if untried and code in (
+                    ErrorCode.BACKEND_FAILED, ErrorCode.ALL_BACKENDS_FAILED) else None)
+            if not queued:
+                if state.t1_queued(profile.name) >= profile.queue_max:
+                    raise Rejection(ErrorCode.SOVEREIGN_BACKENDS_UNAVAILABLE, (
+                        f"no local backend of profile {profile.name!r} can answer now and its "
+                        f"queue is full ({profile.queue_max} waiting; profiles.{profile.name}"
+                        f".queue_max): " + "; ".join(f.describe() for f in this_pass)))
+                state.join_t1_queue(profile.name)
+                queued = True
+                log.info("queued: no local backend of %s can answer now (%s)", profile.name,
+                         "; ".join(f.describe() for f in this_pass))
+            with call.not_overhead():
+                await state.wait_change(remaining)
+    finally:
+        if queued:
+            state.leave_t1_queue(profile.name)
+
+
+async def _pass_mode_gate(forwarding: Forwarding, call: Call, deadline: float) -> None:
+    """A T1-strict profile's required mode: open, wait for a switch, ask for one, or refuse."""
+    profile = call.profile
+    state = forwarding.state
+    asked = False
+    while True:
+        gate, why = mode_gate(profile, state.gpu)
+        if gate is ModeGate.OPEN:
+            return
+        remaining = deadline - forwarding.clock()
+        if remaining <= 0:
+            raise Rejection(ErrorCode.MODE_MISMATCH, f"{why} (waited {profile.queue_timeout_s:g}"
+                                                     "s)")
+        if gate is ModeGate.MISMATCH and not asked:
+            if profile.on_mode_mismatch != "switch" or not state.gpu.present \
+                    or forwarding.switcher is None:
+                raise Rejection(ErrorCode.MODE_MISMATCH, why)
+            asked = True
+            with call.not_overhead():
+                await forwarding.switcher.request(profile, remaining)
+            continue
+        # A switch is under way (ours or another's): wait for gpud's view to follow.
+        with call.not_overhead():
+            await state.wait_change(remaining)
+
+
+async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
+                    request: web.Request, deadline: float) -> web.StreamResponse | None:
+    """Try each hop once; a response, or None with the failures recorded in `call`."""
+    profile = call.profile
+    state = forwarding.state
+    for index, hop in enumerate(call.hops):
+        verdict = state.verdict(hop.name)
+        if not verdict.usable:
+            call.hop_failed(HopFailure(hop.name, Failure.UNAVAILABLE, verdict.reason))
+            if not profile.falls_back:
+                return None
+            continue
+        if profile.sovereign and not hop.local:
+            # Unreachable by construction (config check + compile_table); refuse regardless.
+            forwarding.accounting.sovereignty_refused("router")
+            log.error("refused to send %s work to non-local backend %s", profile.tier, hop.name)
+            call.hop_failed(HopFailure(hop.name, Failure.REFUSED, "not local"))
+            continue
+        slots = state.slots(hop.name)
+        if not slots.try_acquire():
+            if profile.falls_back and _later_usable(state, call, index):
+                call.hop_failed(HopFailure(hop.name, Failure.FULL, "at max_concurrency"))
+                _fall_back(forwarding, call, hop, Failure.FULL.value)
+                continue
+            try:
+                with call.not_overhead():
+                    got = await slots.acquire(deadline - forwarding.clock())
+            except QueueFull:
+                got = False
+                reason = f"at max_concurrency with a full queue (backends.{hop.name}.queue_max)"
+            else:
+                reason = "no free slot in time"
+            if not got:
+                call.hop_failed(HopFailure(hop.name, Failure.FULL, reason))
+                if not profile.falls_back:
+                    return None
+                continue
+        try:
+            answer = await forwarding.relay.attempt(call, hop, body, request)
+        finally:
+            slots.release()
+        if not isinstance(answer, HopFailure):
+            return answer
+        call.hop_failed(answer)
+        _fall_back(forwarding, call, hop, answer.kind.value)
+        if not profile.falls_back:
+            return None
+    return None
+
+
+def _later_usable(state: RoutingState, call: Call, index: int) -> bool:
+    return any(state.verdict(hop.name).usable for hop in call.hops[index + 1:])
+
+
+def _fall_back(forwarding: Forwarding, call: Call, hop: Hop, reason: str) -> None:
+    call.fell_back()
+    forwarding.accounting.fell_back(call.profile.name, hop.name, reason)

@@ -1,0 +1,286 @@
+"""Relaying one attempt: send a call to one hop and hand its answer to the caller.
+
+`Relay.attempt` returns the caller's response once the hop's answer has begun, or the
+`HopFailure` saying why the hop did not answer (a connection error, a timeout before the
+first byte, a 5xx or 429, a sovereignty refusal); the chain policy decides what comes next.
+A 4xx the request caused is relayed as is. Once the first byte of a stream has reached the
+caller there is no going back: a failure ends the stream with an error event and no
+`[DONE]`, and nothing from another backend is spliced in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from mushishi.services.router import anthropic
+from mushishi.services.router.accounting import Accounting
+from mushishi.services.router.call import Call, RequestBody
+from mushishi.services.router.core import Failure, Health, Hop, HopFailure, status_is_retryable
+from mushishi.services.router.errors import (
+    ErrorCode,
+    client_error_body,
+    error_body,
+    parse_json,
+    stream_error_event,
+    upstream_code,
+    upstream_message,
+)
+from mushishi.services.router.health import classify_refusal
+from mushishi.services.router.http1 import ConnectFailed, Response, ResponseBroken
+from mushishi.services.router.state import RoutingState
+from mushishi.services.router.upstream import Upstreams, refused_by_policy
+
+log = logging.getLogger("mushishi.router.request")
+
+_ERROR_BODY_LIMIT = 64 * 1024
+SSE_CONTENT_TYPE = "text/event-stream"
+_JSON_TYPE = b"Content-Type: application/json\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Everything one attempt needs, built once by the wiring."""
+
+    upstreams: Upstreams
+    state: RoutingState
+    accounting: Accounting
+    kick_probe: Callable[[str], None]  # probe a backend now (after it failed a request)
+    clock: Callable[[], float]
+    stream_idle_timeout_s: float
+    egress_socket: str  # named in the log line when the egress cannot be reached
+    # The fixed headers of each (profile, hop), as request lines: built once.
+    _headers: dict[tuple[str, str], bytes] = field(default_factory=dict)
+
+    async def attempt(self, call: Call, hop: Hop, body: RequestBody,
+                      request: web.Request) -> web.StreamResponse | HopFailure:
+        """Send `call` to `hop`: the caller's response, or why the hop did not answer."""
+        endpoint = self.upstreams.endpoint(hop.name)
+        data = body.for_hop(hop)
+        headers = self._request_headers(call, hop, body.content_type)
+        sent = time.perf_counter()
+        call.sending(sent)
+        upstream: Response | None = None
+        first = b""
+        try:
+            async with asyncio.timeout(hop.first_byte_timeout_s):
+                upstream = await endpoint.pool.request("POST", endpoint.prefix + call.path,
+                                                       headers, data)
+                if self._streams(call, upstream):
+                    first = await upstream.read_some()
+                    if not first:
+                        raise ResponseBroken("the upstream closed the stream before its first "
+                                             "byte")
+                elif status_is_retryable(upstream.status):
+                    first = (await upstream.read_some())[:_ERROR_BODY_LIMIT]
+                else:
+                    first = await upstream.read()
+        except TimeoutError:
+            _drop(upstream)
+            return _failed(call, hop, sent, Failure.TIMEOUT,
+                           f"no first byte in {hop.first_byte_timeout_s:g}s")
+        except ConnectFailed as error:
+            return self._not_connected(call, hop, sent, error)
+        except (ResponseBroken, OSError) as error:
+            _drop(upstream)
+            self.kick_probe(hop.name)
+            return _failed(call, hop, sent, Failure.BROKEN,
+                           f"failed before the first byte ({error})")
+        call.first_byte_arrived(time.perf_counter())
+        if status_is_retryable(upstream.status):
+            upstream.close()
+            kind, reason = _describe_status(upstream.status, first)
+            return _failed(call, hop, sent, kind, reason, upstream.status)
+        if hop.local and self.state.health(hop.name) is not Health.UP:
+            self.state.set_health(hop.name, Health.UP, "healthy")
+        call.answered(hop.name, upstream.status)
+        if self._streams(call, upstream):
+            return await self._relay_stream(call, hop, request, upstream, first)
+        upstream.release()  # read to the end: the connection goes back to the pool
+        return await self._respond_whole(call, hop, request, upstream, first)
+
+    @staticmethod
+    def _streams(call: Call, upstream: Response) -> bool:
+        return call.stream and upstream.status == 200 and \
+            upstream.content_type == SSE_CONTENT_TYPE
+
+    def _request_headers(self, call: Call, hop: Hop, content_type: str) -> bytes:
+        """Headers sent to the hop: never the caller's credentials."""
+        key = (call.profile.name, hop.name)
+        base = self._headers.get(key)
+        if base is None:
+            lines = [("Accept-Encoding", "identity")]
+            if not hop.local:
+                lines += [("X-Mushishi-Profile", call.profile.name),
+                          ("X-Mushishi-Tier", call.profile.tier),
+                          ("X-Mushishi-Backend", hop.name)]
+            base = self._headers[key] = b"".join(_header_line(*line) for line in lines)
+        kind = _JSON_TYPE if content_type == "application/json" else \
+            _header_line("Content-Type", content_type)
+        return kind + base + b"X-Request-Id: " + call.request_id.encode("ascii") + b"\r\n"
+
+    def _not_connected(self, call: Call, hop: Hop, sent: float,
+                       error: ConnectFailed) -> HopFailure:
+        """A connection that never opened: the egress down, a sovereignty refusal, or the
+        backend refusing (down, or starting while its GPU mode starts)."""
+        if self.upstreams.endpoint(hop.name).via_egress:
+            # A unix socket: EACCES here is a file mode, not the kernel.
+            log.error("cannot reach mushishi-egress at %s for cloud backend %s (%s): cloud hops "
+                      "fail until it runs", self.egress_socket, hop.name, error.os_error)
+            return _failed(call, hop, sent, Failure.EGRESS, "mushishi-egress is not reachable")
+        layer = refused_by_policy(error)
+        if layer is not None:
+            self.accounting.sovereignty_refused(layer)
+            log.warning("the %s sovereignty check refused a connection for backend %s: %s",
+                        layer, hop.name, error.os_error)
+            return _failed(call, hop, sent, Failure.REFUSED,
+                           f"refused by the {layer} check ({error.os_error})")
+        health, reason = classify_refusal(hop, self.state, self.clock())
+        self.state.set_health(hop.name, health, reason)
+        self.kick_probe(hop.name)
+        return _failed(call, hop, sent, Failure.CONNECT, reason)
+
+    async def _respond_whole(self, call: Call, hop: Hop, request: web.Request,
+                             upstream: Response, body: bytes) -> web.Response:
+        """A complete (non-streamed) answer: relayed, or translated for Anthropic callers.
+        It is written here, so that what is counted afterwards does not delay it."""
+        if upstream.status < 300:
+            call.count_tokens(body[-2048:])
+        content_type = upstream.headers.get("content-type", "application/json")
+        if upstream.status >= 400 and call.api == "openai":
+            body, content_type = client_error_body(body, upstream.status), "application/json"
+        elif call.api == "anthropic":
+            parsed = parse_json(body)
+            if upstream.status < 300 and isinstance(parsed, dict):
+                body = json.dumps(anthropic.chat_to_message(parsed, call.client_model)).encode()
+            else:
+                message = upstream_message(parsed) or f"backend answered {upstream.status}"
+                body = error_body("anthropic", ErrorCode.INVALID_REQUEST.value, message,
+                                  upstream.status)
+            content_type = "application/json"
+        headers = _answer_headers(call, hop.name)
+        headers["Content-Type"] = content_type
+        overhead = call.relaying(time.perf_counter())
+        headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
+        response = web.Response(body=body, status=upstream.status, headers=headers)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the caller went away
+            await response.prepare(request)
+            await response.write_eof()
+        return response
+
+    async def _relay_stream(self, call: Call, hop: Hop, request: web.Request,
+                            upstream: Response, first: bytes) -> web.StreamResponse:
+        """Relay a stream whose first byte has arrived; past this point there is no
+        fallback."""
+        translator = anthropic.StreamTranslator(call.client_model) if call.api == "anthropic" \
+            else None
+        headers = _answer_headers(call, hop.name)
+        headers["Content-Type"] = SSE_CONTENT_TYPE
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
+        overhead = call.relaying(time.perf_counter())
+        headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
+        response = web.StreamResponse(status=200, headers=headers)
+        idle = self.stream_idle_timeout_s
+        complete = False
+        try:
+            await response.prepare(request)
+            chunk = first
+            while chunk:
+                if b'"usage"' in chunk:
+                    call.count_tokens(chunk)
+                if translator is not None:
+                    try:
+                        chunk = translator.feed(chunk)
+                    except anthropic.UpstreamStreamError as error:
+                        raise _BrokenStream(f"backend {hop.name} sent an error: {error}"
+                                            ) from None
+                if chunk:
+                    await response.write(chunk)
+                try:
+                    async with asyncio.timeout(idle):
+                        chunk = await upstream.read_some()
+                except TimeoutError:
+                    raise _BrokenStream(f"backend {hop.name} sent nothing for {idle:g}s"
+                                        ) from None
+                except (ResponseBroken, OSError) as error:
+                    raise _BrokenStream(f"backend {hop.name} broke off the stream ({error})"
+                                        ) from None
+            if translator is not None:
+                tail = translator.finish()
+                if tail:
+                    await response.write(tail)
+            complete = True
+            await response.write_eof()
+        except _BrokenStream as broken:
+            call.stream_broke(ErrorCode.BACKEND_FAILED.value)
+            log.warning("stream from %s failed after its first byte: %s; ended with an error "
+                        "event, no [DONE]", hop.name, broken,
+                        extra={"MUSHISHI_BACKEND": hop.name})
+            self.kick_probe(hop.name)
+            try:
+                await response.write(stream_error_event(call.api, str(broken)))
+                await response.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass
+        except (ConnectionError, RuntimeError):
+            call.client_disconnected()
+        finally:
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()  # the backend sees the connection drop and stops generating
+        return response
+
+
+def _answer_headers(call: Call, backend: str) -> dict[str, str]:
+    """X-Mushishi-* headers of an answer."""
+    headers = {"X-Mushishi-Profile": call.profile.name, "X-Mushishi-Tier": call.profile.tier,
+               "X-Mushishi-Backend": backend, "X-Request-Id": call.request_id}
+    if call.fallbacks:
+        headers["X-Mushishi-Fallbacks"] = str(call.fallbacks)
+    return headers
+
+
+
+def _header_line(name: str, value: str) -> bytes:
+    if any(character in value for character in "\r\n\0"):
+        raise ValueError(f"header {name} would carry a line break: {value!r}")
+    return f"{name}: {value}\r\n".encode()
+
+
+def _drop(upstream: Response | None) -> None:
+    """Drop an answer that will not be relayed; its connection is not reused (its body may be
+    unread or half read)."""
+    if upstream is not None:
+        upstream.close()
+
+
+def _describe_status(status: int, body: bytes) -> tuple[Failure, str]:
+    parsed = parse_json(body)
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = str(error.get("message", ""))[:200] if isinstance(error, dict) else \
+        error[:200] if isinstance(error, str) else ""
+    if upstream_code(parsed) == ErrorCode.BUDGET_EXHAUSTED.value:
+        return Failure.BUDGET, f"budget exhausted ({message or status})"
+    detail = f"answered {status}" + (f" ({message})" if message else "")
+    return Failure.STATUS, detail
+
+
+def _failed(call: Call, hop: Hop, sent: float, kind: Failure, reason: str,
+            status: int | None = None) -> HopFailure:
+    call.attempt_failed(sent, time.perf_counter())
+    log.warning("backend %s failed: %s", hop.name, reason,
+                extra={"MUSHISHI_BACKEND": hop.name, "MUSHISHI_FAILURE": kind.value})
+    return HopFailure(hop.name, kind, reason, status, cloud=not hop.local)
+
+
+class _BrokenStream(Exception):
+    """The upstream stream failed after its first byte."""
