@@ -328,7 +328,8 @@ def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     alerts = (header + f"# ntfy.url is local ({ntfy.reason}): no other address is needed.\n"
               + confined) if ntfy.local else (
         header + f"# Relaxation: ntfy.url is not local ({ntfy.reason}),\n# so this unit "
-                 "may reach it; it carries alerts and outcomes, never prompts.\n# A self-hosted "
+                 "may reach it; it carries outcomes and systemd's and mushishi's own\n# records, "
+                 "never a process's output (docs/alerts.md).\n# A self-hosted "
                  "ntfy on the tailnet confines it (IPAddressDeny=any).\n")
     backups = (header + "# backup.repository is a local path: no network at all.\n"
                "[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n") if repository \
