@@ -13,6 +13,7 @@ checkout:
 
 system-deps: checkout
 	@scripts/install-system-deps.sh
+	@scripts/fetch-systemd-resolved.sh >/dev/null
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import tomlkit
 
+from mushishi.ctl.unit_network import plan_network, read_host_files
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import local_repository_path
 from mushishi.shared.config.gpu import mode_target, prepare_unit, tenant_unit
@@ -35,6 +36,8 @@ SYSUSERS_FILE = PurePosixPath("etc/sysusers.d/mushishi.conf")
 TMPFILES_FILE = PurePosixPath("etc/tmpfiles.d/mushishi.conf")
 CONFIG_FILE = PurePosixPath("etc/mushishi/mushishi.toml")
 CREDENTIALS_DIR = PurePosixPath("etc/mushishi/credentials")
+# D-Bus policies shipped in units/ and installed under DBUS_POLICY_DIR.
+DBUS_POLICIES = ("io.mushishi.GpuMode1.conf", "mushishi-noresolve.conf")
 
 # Every long-running or oneshot unit gets these; each unit adds its own relaxations.
 _HARDENING = """\
@@ -175,9 +178,6 @@ def render_tenant_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str
             "# In an isolate, a tenant being stopped stops before the new mode's GPU\n"
             "# preparation runs, and a tenant being started starts after it.\n"
             "[Unit]\n" + (f"After={prepares}\n" if prepares else "")),
-        template / "local-networks.conf": header + (
-            "# Thin clients on the tailnet may reach a tenant the firewall exposes.\n"
-            "[Service]\n" + _network_allow_lines(settings) + "\n"),
     }
     for tenant, config in sorted(settings.tenants.items()):
         if config.runtime in RUNTIME_DROPINS:
@@ -276,15 +276,8 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
             listen.append(f"ListenStream={'[' + host + ']' if ':' in host else host}:{port}")
     header = _rendered_header("[router]")
     plan.files[units / "mushishi-router.socket.d" / "listen.conf"] = (
-        header + "\n".join(listen) + "\n" + _network_allow_lines(settings) + "\n", 0o644)
-    plan.files[units / "mushishi-router.service.d" / "local-networks.conf"] = (
-        header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
-    plan.files[units / "mushishi-gpud.service.d" / "local-networks.conf"] = (
-        _rendered_header("[router] local_networks") + "# Busy probes may point at "
-        "a tenant on the tailnet ([tenants.*] busy_probe.url).\n[Service]\n"
-        + _network_allow_lines(settings) + "\n", 0o644)
-    plan.files[units / "mushishi-bench.service.d" / "local-networks.conf"] = (
-        header + "[Service]\n" + _network_allow_lines(settings) + "\n", 0o644)
+        header + "\n".join(listen) + "\n", 0o644)
+    _plan_unit_network(settings, bindir, root, plan)
     plan.files[units / "mushishi-bench.service.d" / "paths.conf"] = (_bench_paths(settings),
                                                                       0o644)
     plan.files[units / "mushishi-egress.socket.d" / "listen.conf"] = (
@@ -333,8 +326,8 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
             f"backup.restic {settings.backup.restic} does not exist: install restic "
             f"(apt install restic) and run `mushishi install` again")
 
-    plan.files[DBUS_POLICY_DIR / "io.mushishi.GpuMode1.conf"] = (
-        _shipped("io.mushishi.GpuMode1.conf"), 0o644)
+    for policy in DBUS_POLICIES:
+        plan.files[DBUS_POLICY_DIR / policy] = (_shipped(policy), 0o644)
     plan.files[SYSUSERS_FILE] = (_shipped("mushishi.sysusers.conf"), 0o644)
     plan.files[TMPFILES_FILE] = (_shipped("mushishi.tmpfiles.conf")
                                  + _textfile_tmpfiles(settings) + _state_tmpfiles(settings),
@@ -377,7 +370,8 @@ def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     alerts = (header + f"# ntfy.url is local ({ntfy.reason}): no other address is needed.\n"
               + confined) if ntfy.local else (
         header + f"# Relaxation: ntfy.url is not local ({ntfy.reason}),\n# so this unit "
-                 "may reach it; it carries alerts and outcomes, never prompts.\n# A self-hosted "
+                 "may reach it; it carries outcomes and systemd's and mushishi's own\n# records, "
+                 "never a process's output (docs/alerts.md).\n# A self-hosted "
                  "ntfy on the tailnet confines it (IPAddressDeny=any).\n")
     backups = (header + "# backup.repository is a local path: no network at all.\n"
                "[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n") if repository \
@@ -389,6 +383,17 @@ def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
         PurePosixPath("mushishi-backup.service.d/network.conf"): backups,
         PurePosixPath("mushishi-backup-check.service.d/network.conf"): backups,
     }
+
+
+def _plan_unit_network(settings: MushishiSettings, bindir: str, root: Path, plan: Plan) -> None:
+    """Each confined unit's exact IPAddressAllow= list and its name-resolution lockdown
+    (ctl/unit_network.py), from the config and the box's nsswitch.conf and resolv.conf."""
+    header = _rendered_header("[router], [backends], [tenants] and /etc/resolv.conf")
+    network = plan_network(settings, bindir, read_host_files(root), header)
+    for relative, text in network.dropins.items():
+        plan.files[UNIT_DIR / relative] = (text, 0o644)
+    for path, text in network.files.items():
+        plan.files[PurePosixPath(str(path).lstrip("/"))] = (text, 0o644)
 
 
 def _plan_repository(settings: MushishiSettings, root: Path, plan: Plan) -> None:

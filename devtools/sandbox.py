@@ -71,6 +71,9 @@ mount --rbind /sys "$base/root/sys"
 # cgroup, so the sandbox's systemd runs in unified mode on a hierarchy no other sandbox (and
 # not the host) shares: its system.slice, BPF filters and kills stay its own.
 mount -t cgroup2 -o nsdelegate cgroup2 "$base/root/sys/fs/cgroup"
+# The BPF filesystem systemd mounts on a host (not in a container): pinned programs that
+# units attach with IPEgressFilterPath= (mushishi-dns-filter) live there.
+mount -t bpf -o mode=0700 bpf "$base/root/sys/fs/bpf"
 for shared in "$@"; do
     mkdir -p "$base/root$shared"
     mount --bind "$shared" "$base/root$shared"

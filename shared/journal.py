@@ -3,14 +3,18 @@
 Fields come from two places: `extra={"MUSHISHI_PROFILE": "private"}` on a single call, and
 `bind_fields(...)` for everything logged in the current task (a request, a mode switch).
 Only upper-case names are sent as journal fields, so `journalctl MUSHISHI_PROFILE=private`
-works; the standard ones (MESSAGE, PRIORITY, CODE_*, SYSLOG_IDENTIFIER) are always set.
+works; the standard ones (MESSAGE, PRIORITY, CODE_*, SYSLOG_IDENTIFIER, LOGGER) are always
+set, and MUSHISHI_REDACTED: the message with every argument withheld that could carry text
+(`redacted_message`), the only form of a record that a failure alert sends off the box.
 """
 
 from __future__ import annotations
 
 import array
+import enum
 import logging
 import os
+import re
 import socket
 import sys
 import traceback
@@ -77,6 +81,48 @@ def record_fields(record: logging.LogRecord) -> dict[str, str]:
     return fields
 
 
+# One %-conversion of a logging format string (printf-style, as `logging` applies it).
+_CONVERSION = re.compile(
+    r"%(?:\([^)]*\))?[#0 +\-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?[diouxXeEfFgGcrsa%]")
+WITHHELD = "…"
+REDACTED_FIELD = "MUSHISHI_REDACTED"
+
+
+def _shown(value: object) -> bool:
+    """Arguments that cannot carry text: numbers and members of enumerations (whose values
+    are written in the code)."""
+    return isinstance(value, (int, float, enum.Enum))
+
+
+def redacted_message(record: logging.LogRecord) -> str:
+    """The record's message with every argument withheld (`…`) but numbers and enumeration
+    members: the format string is text from mushishi's source (tests/unit/test_log_templates.py
+    holds every logging call to a literal), an argument may quote a backend or a prompt."""
+    template = record.msg if isinstance(record.msg, str) else WITHHELD
+    args = record.args
+    if not args:
+        return template
+    if not isinstance(args, tuple):  # `%(name)s` with a mapping: show no value
+        return _CONVERSION.sub(lambda m: "%" if m.group() == "%%" else WITHHELD, template)
+    remaining = list(args)
+
+    def fill(match: re.Match[str]) -> str:
+        spec = match.group()
+        if spec == "%%":
+            return "%"
+        if "*" in spec or not remaining:
+            return WITHHELD
+        value = remaining.pop(0)
+        if not _shown(value):
+            return WITHHELD
+        try:
+            return spec % (value,)
+        except (TypeError, ValueError):
+            return WITHHELD
+
+    return _CONVERSION.sub(fill, template)
+
+
 def encode_field(name: str, value: str) -> bytes:
     """One field in the journal's native format (binary-safe form for multi-line values)."""
     data = value.encode("utf-8", "replace")
@@ -105,11 +151,13 @@ class JournalHandler(logging.Handler):
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
             fields = record_fields(record)
             if _STANDARD_FIELDS.isdisjoint(fields):
-                payload = encode_field("MESSAGE", message) + self._site(record) + b"".join(
+                payload = encode_field("MESSAGE", message) + self._site(record) + encode_field(
+                    REDACTED_FIELD, redacted_message(record)) + b"".join(
                     encode_field(k, v) for k, v in fields.items())
             else:  # a caller set a standard field itself: it replaces ours
                 payload = b"".join(encode_field(k, v) for k, v in {
-                    **self._standard(record, message), **fields}.items())
+                    **self._standard(record, message),
+                    REDACTED_FIELD: redacted_message(record), **fields}.items())
             self._send(payload)
         except Exception:  # a log line must never take the daemon down
             self.handleError(record)

@@ -1,8 +1,10 @@
 """The immediate alert for a failed unit: `mushishi-alert NAME` (mushishi-alert@NAME.service,
 the OnFailure= of every mushishi unit, NAME being the unit without `.service`).
 
-One message with the failed unit's state and journal tail, through the watchdog's outbox
-and dedup (messages.plan_unit_failure), then a flush of everything queued.
+One message with the failed unit's state and the journal records an alert may carry
+(unit_records: systemd's own and mushishi's redacted ones, never a process's output),
+through the watchdog's outbox and dedup (messages.plan_unit_failure), then a flush of
+everything queued.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from mushishi.services.watchdog import gather
+from mushishi.services.watchdog import gather, unit_records
 from mushishi.services.watchdog.app import Deps, enqueue_and_deliver
 from mushishi.services.watchdog.messages import AlertState, Message, plan_unit_failure
 from mushishi.shared.config import MushishiSettings
@@ -31,14 +33,14 @@ async def alert_failed_unit(settings: MushishiSettings, instance: str, deps: Dep
     finally:
         if not isinstance(bus, Reading):
             bus.disconnect()
-    lines = await gather.journal_tail(deps.journalctl, unit, config.alert_journal_lines,
-                                      config.http_timeout_s)
+    lines = await unit_records.read_alert_lines(deps.journalctl, unit,
+                                                config.alert_journal_lines, config.http_timeout_s)
     now = deps.now()
     sent: list[bool] = []
 
     def plan(state: AlertState) -> tuple[list[Message], AlertState]:
         message, new_state = plan_unit_failure(
-            state, unit, summary=summary, journal=lines, now=now,
+            state, unit, summary=summary, records=lines, now=now,
             repeat_after=timedelta(hours=config.repeat_after_h), hostname=deps.hostname)
         sent.append(message is not None)
         return ([message] if message else []), new_state

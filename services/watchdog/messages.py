@@ -5,7 +5,8 @@
 * When every problem clears, one recovery message.
 * A heartbeat on the first run on or after each `heartbeat_weekday` (local time), so a
   silent phone means "all is well", not "the watchdog died".
-* A failed unit (mushishi-alert@) is one message per unit per `repeat_after`.
+* A failed unit (mushishi-alert@) is one message per unit per `repeat_after`, carrying only
+  systemd's and mushishi's own records (unit_records.py).
 """
 
 from __future__ import annotations
@@ -160,15 +161,19 @@ def plan_watchdog(state: AlertState, checks: Sequence[CheckResult], *, now: date
     return messages, new
 
 
-def plan_unit_failure(state: AlertState, unit: str, *, summary: str, journal: Sequence[str],
+def plan_unit_failure(state: AlertState, unit: str, *, summary: str, records: Sequence[str],
                       now: datetime, repeat_after: timedelta, hostname: str
                       ) -> tuple[Message | None, AlertState]:
-    """The immediate alert for a failed unit, unless one was sent within `repeat_after`."""
+    """The immediate alert for a failed unit, unless one was sent within `repeat_after`.
+
+    `records` are the journal lines an alert may carry (unit_records.py): systemd's and
+    mushishi's own, never a process's output."""
     last = state.units_sent_at.get(unit)
     if last is not None and now - last < repeat_after:
         return None, state
-    tail = "\n".join(journal) if journal else "(no journal lines found)"
-    header = f"{summary}\n\nLast journal lines (`journalctl -u {unit}`):\n"
+    tail = "\n".join(records) if records else "(no records found)"
+    header = (f"{summary}\n\nsystemd's and mushishi's own records (the output of the unit's "
+              f"processes is left out; `journalctl -u {unit}` on the box has it):\n")
     # Keep the newest lines when the tail does not fit: they say why it failed.
     budget = MAX_MESSAGE_BYTES - len(header.encode()) - 16
     raw = tail.encode("utf-8")

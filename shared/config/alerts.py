@@ -70,8 +70,9 @@ class WatchdogSettings(Section):
         "a regression.",
     )
     alert_journal_lines: int = Field(
-        default=30, gt=0, le=500, description="Journal lines of a failed unit sent with its "
-        "immediate alert (mushishi-alert@)."
+        default=30, gt=0, le=500, description="Journal records of a failed unit sent with its "
+        "immediate alert (mushishi-alert@): systemd's own and mushishi's redacted ones, never "
+        "a process's output (docs/alerts.md)."
     )
     http_timeout_s: float = Field(
         default=10, gt=0, description="Timeout of each HTTP request (ntfy, router status, CPU "

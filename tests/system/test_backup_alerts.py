@@ -9,6 +9,7 @@ mode targets can be isolated; everything mushishi-backup, -watchdog and -alert d
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 import tomlkit
 
 from devtools.sandbox import Sandbox
-from tests.paths import EXAMPLE_CONFIG, REPO
+from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
 from tests.system.stack import STANDIN
 
 MODES = ["forensic", "agent", "creative", "audio", "off"]
@@ -200,47 +201,106 @@ def test_backup_in_progress_survives_isolating_every_mode_target(box: Box) -> No
     assert last["duration_s"] > 5
 
 
+# A mushishi record that quotes a backend's answer (as the router's logs of a 5xx body do),
+# written through mushishi's own journal handler from inside the failing unit.
+QUOTING_RECORD = """import logging, sys
+from mushishi.shared.journal import setup_logging
+setup_logging(sys.argv[1])
+logging.getLogger(sys.argv[2]).error(
+    "backend answered %d: %s", 500, sys.argv[3],
+    extra={"MUSHISHI_FAILURE": "backend_5xx", "MUSHISHI_BACKEND": "gpu"})
+"""
+QUOTER = "/usr/local/lib/mushishi-test/quote.py"
+UNREACHABLE_NTFY = ("[Service]\n# Test only: keep the alert in the outbox.\n"
+                    "Environment=MUSHISHI_NTFY__URL=http://127.0.0.1:9\n")
+
+
+def wait_status(sandbox: Sandbox, unit: str, prefix: str, timeout: float = 90) -> str:
+    """The unit's StatusText once it starts with `prefix`."""
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = sandbox.systemctl("show", unit, "-p", "StatusText", "--value").stdout.strip()
+        if status.startswith(prefix) and sandbox.is_active(unit) != "activating":
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{unit}: StatusText {status!r}, not {prefix!r}…, after {timeout}s")
+
+
 # The alert instance is the failed unit's name without `.service` (OnFailure=…@%N.service).
-@pytest.mark.parametrize(("unit", "alert_unit"), [
-    ("mushishi-cpu-floor.service", "mushishi-alert@mushishi-cpu-floor.service"),
-    ("mushishi-tenant@vllm-agent.service", "mushishi-alert@mushishi-tenant@vllm-agent.service"),
+@pytest.mark.parametrize(("unit", "alert_unit", "logger"), [
+    ("mushishi-cpu-floor.service", "mushishi-alert@mushishi-cpu-floor.service",
+     "mushishi.cpu_floor"),
+    ("mushishi-tenant@vllm-agent.service", "mushishi-alert@mushishi-tenant@vllm-agent.service",
+     "mushishi.tenant"),
 ])
-def test_failing_unit_triggers_an_alert_with_its_journal_tail(box: Box, unit: str,
-                                                              alert_unit: str) -> None:
+def test_failure_alert_carries_systemd_and_mushishi_records_never_a_childs_output(
+        box: Box, unit: str, alert_unit: str, logger: str) -> None:
+    """The unit's child prints a T1-like prompt marker to stdout and a mushishi record quotes
+    it: the alert (queued on disk, then delivered) names the unit, its result and exit
+    status, carries mushishi's own record without the quote, and never the marker."""
     sandbox = box.sandbox
     assert sandbox.systemctl("show", unit, "-p", "OnFailure", "--value"
                              ).stdout.strip() == alert_unit
-    marker = f"MARKER-{unit.split('.')[0]}"
+    marker = f"t1-prompt-{secrets.token_hex(8)}"
+    sandbox.write(QUOTER, QUOTING_RECORD)
     template = unit.split("@")[0] + "@" if "@" in unit else unit.removesuffix(".service")
+    identifier = template.rstrip("@")
     dropin = f"/etc/systemd/system/{template}.service.d/zzz-fail.conf"  # after zz-standin
     sandbox.write(dropin, "[Service]\nType=simple\nRestart=no\nExecStart=\nExecStart=/bin/sh "
-                  f"-c 'echo \"loading model: {marker} file not found\"; exit 3'\n")
+                  f"-c 'echo \"user: summarise {marker}\"; {BINDIR}/python {QUOTER} "
+                  f"{identifier} {logger} \"upstream said: {marker}\"; exit 3'\n")
+    unreachable = "/etc/systemd/system/mushishi-alert@.service.d/zzz-unreachable.conf"
+    sandbox.write(unreachable, UNREACHABLE_NTFY)
     sandbox.systemctl("daemon-reload")
+    title = f"mushishi on mushishi-sandbox: {unit} failed"
     try:
         sandbox.systemctl("restart", unit, check=False)
         sandbox.wait_for(unit, "failed", timeout=60)
-        title = f"mushishi on mushishi-sandbox: {unit} failed"
+        # The marker did reach the unit's journal, by both routes.
+        journal = sandbox.journal("-u", unit, "-o", "cat")
+        assert f"user: summarise {marker}" in journal
+        assert f"backend answered 500: upstream said: {marker}" in journal
+        # ntfy unreachable: the alert waits in the outbox, on disk.
+        assert wait_status(sandbox, alert_unit, "0 delivered") != ""
+        outbox = sandbox.path("/var/lib/mushishi/watchdog/outbox")
+        queued = [json.loads(path.read_text()) for path in sorted(outbox.glob("*.json"))]
+        queued = [item for item in queued if json.dumps(item).find(title) >= 0]
+        assert len(queued) == 1, queued
+        on_disk = json.dumps(queued[0])
+        # ntfy back: the next alert run delivers the queue (the unit itself is not repeated).
+        sandbox.run(["rm", "-f", unreachable])
+        sandbox.systemctl("daemon-reload")
+        sandbox.systemctl("start", alert_unit, timeout=120)
         message = box.wait_for_message(title)
         # Its STATUS= line reached systemd (a oneshot needs NotifyAccess= and a barrier
         # before it exits). Read while the failed unit is still loaded: once it is reset,
         # systemd may unload both, and an unloaded unit shows an empty StatusText.
-        sandbox.wait_for(alert_unit, "inactive", timeout=60)
         started = sandbox.systemctl("list-units", "--all", "--plain", "--no-legend",
                                     "mushishi-alert@*").stdout
         assert alert_unit in started.split()
         assert ".service.service" not in started, started
-        assert sandbox.systemctl("show", alert_unit, "-p", "StatusText", "--value"
-                                 ).stdout.strip() == "1 delivered, 0 queued"
+        assert wait_status(sandbox, alert_unit, "1 delivered") == "1 delivered, 0 queued"
     finally:
-        sandbox.run(["rm", "-f", dropin])
+        sandbox.run(["rm", "-f", dropin, unreachable])
         sandbox.systemctl("daemon-reload")
         sandbox.systemctl("reset-failed", unit, check=False)
     assert message["topic"] == TOPIC and message["priority"] == 4
     assert message["tags"] == ["rotating_light"] and message["markdown"] is True
     body = message["message"]
-    assert f"loading model: {marker} file not found" in body
-    assert "result exit-code" in body and "main process exited with status 3" in body
-    assert f"journalctl -u {unit}" in body
-    assert sandbox.is_active(alert_unit) in ("inactive", "active")
+    # Never the marker: not in the bytes ntfy received, not in any file the alert wrote.
+    raw = [r["body"] for r in box.received()]
+    assert raw and not any(marker in received for received in raw)
+    assert marker not in on_disk
+    leaked = sandbox.run(["grep", "-rl", marker, "/var/lib/mushishi/watchdog"], check=False)
+    assert leaked.returncode == 1, leaked.stdout
+    for text in (body, on_disk):
+        # The unit, its result and exit status, from systemd's D-Bus API and its own records.
+        assert unit in text
+        assert "result exit-code" in text and "main process exited with status 3" in text
+        assert "Failed with result 'exit-code'" in text
+        assert "status=3/NOTIMPLEMENTED" in text
+        # mushishi's own record: its kind and structured fields, never its quote.
+        assert "backend answered 500" in text and "backend_5xx" in text
     assert sandbox.systemctl("show", alert_unit, "-p", "Result", "--value"
                              ).stdout.strip() == "success"

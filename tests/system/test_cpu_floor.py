@@ -360,8 +360,8 @@ def test_not_enough_ram_fails_with_its_reason_and_keeps_retrying(floor: Floor) -
     try:
         floor.configure(model=f"{MODELS}/huge.gguf")
         never = floor.show("ActiveEnterTimestampMonotonic")
-        assert_refused(floor, "not enough RAM for the CPU floor: the model needs 1025.0 GiB "
-                              "(1024.0 GiB + cpu_floor.ram_headroom_mib 1024 MiB)", restarts=True)
+        assert_refused(floor, "not enough RAM for the CPU floor: the model needs 1.0 TiB "
+                              "(1.0 TiB + cpu_floor.ram_headroom_mib 1024 MiB)", restarts=True)
         # RAM may come back (a GPU tenant ends), so systemd retries, with the supervisor's
         # growing delay, until StartLimitBurst=; then the floor fails and alerts.
         floor.box.wait_for(UNIT, "failed", timeout=120)

@@ -9,6 +9,7 @@ from mushishi.ctl.install import render_mode_target, shipped_unit_names
 from mushishi.shared.config import load_settings
 from mushishi.shared.config.gpu import DEFAULT_MODES
 from tests.paths import BINDIR, EXAMPLE_CONFIG, REPO
+from tests.unit.ctl.allow_lists import admits
 
 DESIGN_UNITS = {
     "mushishi-router.service", "mushishi-router.socket", "mushishi-egress.service",
@@ -79,8 +80,14 @@ def test_install_renders_router_sockets_and_local_networks(tmp_path: Path) -> No
     listen = (units / "mushishi-router.socket.d/listen.conf").read_text()
     assert "ListenStream=\nListenStream=127.0.0.1:4000\nListenStream=/run/mushishi/router.sock" \
         in listen
-    allow = (units / "mushishi-router.service.d/local-networks.conf").read_text()
-    assert "IPAddressAllow=100.64.0.0/10" in allow
+    for dropin in ("mushishi-router.service.d/local-networks.conf",
+                   "mushishi-router.socket.d/addresses.conf"):
+        allow = (units / dropin).read_text()
+        assert "IPAddressDeny=any\nIPAddressAllow=\n" in allow, dropin
+        for address in ("127.0.0.1", "::1", "100.64.0.1", "100.127.255.254"):
+            assert admits(allow, address), (dropin, address)
+        for resolver in ("127.0.0.53", "127.0.0.54", "127.0.0.2", "100.100.100.100"):
+            assert not admits(allow, resolver), (dropin, resolver)
 
 
 def test_install_loads_only_present_credentials_and_warns_for_the_rest(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from mushishi.ctl.install import (
 )
 from mushishi.shared.config import load_settings
 from tests.paths import BINDIR, EXAMPLE_CONFIG
+from tests.unit.ctl.allow_lists import admits
 from tests.unit.ctl.test_install import install
 
 UNITS = PurePosixPath(UNIT_DIR)
@@ -25,15 +26,17 @@ def test_every_mode_target_wants_its_gpu_preparation(tmp_path: Path) -> None:
         assert plan.symlinks[link] == "../mushishi-gpu-prepare@.service"
 
 
-def test_tenants_start_after_every_preparation_and_reach_the_tailnet() -> None:
+def test_tenants_start_after_every_preparation_and_reach_the_tailnet(tmp_path: Path) -> None:
     files = render_tenant_dropins(load_settings(EXAMPLE_CONFIG))
     order = files[UNITS / "mushishi-tenant@.service.d" / "order.conf"]
     assert order.splitlines()[-1] == (
         "After=mushishi-gpu-prepare@agent.service mushishi-gpu-prepare@audio.service "
         "mushishi-gpu-prepare@creative.service mushishi-gpu-prepare@forensic.service "
         "mushishi-gpu-prepare@off.service")
-    networks = files[UNITS / "mushishi-tenant@.service.d" / "local-networks.conf"]
-    assert "IPAddressAllow=100.64.0.0/10" in networks
+    plan = plan_install(load_settings(EXAMPLE_CONFIG), BINDIR, root=tmp_path, config_text=None)
+    networks, _ = plan.files[UNITS / "mushishi-tenant@.service.d" / "local-networks.conf"]
+    assert admits(networks, "100.64.0.1") and admits(networks, "127.0.0.1")
+    assert not admits(networks, "127.0.0.53") and not admits(networks, "100.100.100.100")
 
 
 def test_tenants_sharing_a_port_conflict_with_one_way_ordering() -> None:
@@ -81,8 +84,10 @@ def test_gpud_may_probe_tenants_anywhere_in_the_local_networks(tmp_path: Path) -
                         config_text=None)
     text, _ = plan.files[UNITS / "mushishi-gpud.service.d" / "local-networks.conf"]
     assert "[Service]" in text
-    for network in load_settings(EXAMPLE_CONFIG).router.local_networks:
-        assert f"IPAddressAllow={network}" in text
+    for address in ("127.0.0.1", "::1", "100.64.0.1", "100.100.100.99", "100.127.255.254"):
+        assert admits(text, address), address
+    # Never a resolver: not systemd-resolved's stub, not Tailscale's MagicDNS.
+    assert not admits(text, "127.0.0.53") and not admits(text, "100.100.100.100")
 
 
 def test_container_tenants_get_the_drop_in_their_runtime_needs(tmp_path: Path) -> None:

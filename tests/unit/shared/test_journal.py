@@ -17,6 +17,7 @@ from mushishi.shared.journal import (
     bind_fields,
     encode_field,
     log_extra,
+    redacted_message,
     setup_logging,
 )
 
@@ -126,3 +127,30 @@ def test_without_journal_socket_logs_go_to_stderr(tmp_path: Path, capsys) -> Non
         assert "INFO x: hello MUSHISHI_PROFILE=private" in capsys.readouterr().err
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_record_carries_its_message_redacted(journal_socket) -> None:
+    """MUSHISHI_REDACTED: the format string with numbers and enum members, never text."""
+    server, path = journal_socket
+    logger = make_logger(path)
+    logger.error("backend %s answered %d after %.1f s (%s): %s", "gpu", 500, 1.25,
+                 logging.WARNING, "a prompt quoted back")
+    fields = receive(server)
+    assert fields["MESSAGE"] == "backend gpu answered 500 after 1.2 s (30): a prompt quoted back"
+    assert fields["MUSHISHI_REDACTED"] == "backend … answered 500 after 1.2 s (30): …"
+
+
+@pytest.mark.parametrize(("msg", "args", "redacted"), [
+    ("no arguments, 100%", (), "no arguments, 100%"),
+    ("%d%% of %s", (42, "x"), "42% of …"),
+    ("%5d|%-3s|", (7, "ab"), "    7|…|"),
+    ("%(name)s and %(n)d", ({"name": "x", "n": 1},), "… and …"),
+    ("%*d wide", (3, 5), "… wide"),
+    ("%d as text", ("12",), "… as text"),
+    ("%s member", (Path,), "… member"),
+    ("too few %s %s", ("a",), "too few … …"),
+])
+def test_redacted_message_shows_only_numbers_and_enum_members(msg: str, args: tuple,
+                                                              redacted: str) -> None:
+    record = logging.LogRecord("mushishi.x", logging.ERROR, __file__, 1, msg, args, None)
+    assert redacted_message(record) == redacted

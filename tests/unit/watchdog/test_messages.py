@@ -134,40 +134,40 @@ def test_heartbeat_on_the_local_weekday_with_injected_time() -> None:
 
 def test_state_round_trips_through_json() -> None:
     _, state = plan(AlertState(), [problem("disk:/")], TUESDAY)
-    _, state = plan_unit_failure(state, "mushishi-router.service", summary="s", journal=[],
+    _, state = plan_unit_failure(state, "mushishi-router.service", summary="s", records=[],
                                  now=TUESDAY, repeat_after=REPEAT, hostname="box")
     assert AlertState.from_json(state.to_json()) == state
     assert AlertState.from_json(None) == AlertState()
 
 
-def test_unit_failure_alert_carries_the_journal_tail_and_is_deduplicated() -> None:
-    journal = [f"2026-03-10T09:00:0{i} box mushishi-cpu-floor[1]: line {i}" for i in range(3)]
+def test_unit_failure_alert_carries_its_records_and_is_deduplicated() -> None:
+    records = [f"2026-03-10T09:00:0{i}+01:00 systemd: line {i}" for i in range(3)]
     message, state = plan_unit_failure(
         AlertState(), "mushishi-cpu-floor.service",
         summary="mushishi-cpu-floor.service is failed (failed), result exit-code",
-        journal=journal, now=TUESDAY, repeat_after=REPEAT, hostname="box")
+        records=records, now=TUESDAY, repeat_after=REPEAT, hostname="box")
     assert message is not None
     assert message.title == "mushishi on box: mushishi-cpu-floor.service failed"
     assert message.body.startswith("mushishi-cpu-floor.service is failed (failed), result")
-    assert "```\n" + "\n".join(journal) + "\n```" in message.body
+    assert "```\n" + "\n".join(records) + "\n```" in message.body
     assert message.tags == ("rotating_light",) and message.priority == 4
     again, state = plan_unit_failure(state, "mushishi-cpu-floor.service", summary="s",
-                                     journal=[], now=TUESDAY + timedelta(hours=1),
+                                     records=[], now=TUESDAY + timedelta(hours=1),
                                      repeat_after=REPEAT, hostname="box")
     assert again is None
     other, state = plan_unit_failure(state, "mushishi-router.service", summary="s",
-                                     journal=[], now=TUESDAY + timedelta(hours=1),
+                                     records=[], now=TUESDAY + timedelta(hours=1),
                                      repeat_after=REPEAT, hostname="box")
     assert other is not None
     later, _ = plan_unit_failure(state, "mushishi-cpu-floor.service", summary="s",
-                                 journal=[], now=TUESDAY + timedelta(hours=25),
+                                 records=[], now=TUESDAY + timedelta(hours=25),
                                  repeat_after=REPEAT, hostname="box")
     assert later is not None
 
 
-def test_long_journal_keeps_the_newest_lines_within_ntfy_size() -> None:
-    journal = [f"line {i:05d} " + "x" * 80 for i in range(500)]
-    message, _ = plan_unit_failure(AlertState(), "u.service", summary="s", journal=journal,
+def test_long_tail_keeps_the_newest_lines_within_ntfy_size() -> None:
+    records = [f"line {i:05d} " + "x" * 80 for i in range(500)]
+    message, _ = plan_unit_failure(AlertState(), "u.service", summary="s", records=records,
                                    now=TUESDAY, repeat_after=REPEAT, hostname="box")
     assert message is not None
     assert len(message.body.encode()) <= MAX_MESSAGE_BYTES
