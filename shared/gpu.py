@@ -220,11 +220,20 @@ class NvmlProbe:
             processes=self._processes(),
         )
 
+    def power_limit_range(self) -> tuple[float, float]:
+        """The power limits the board accepts, in watts (low, high)."""
+        low, high = self._call(self._nvml.nvmlDeviceGetPowerManagementLimitConstraints,
+                               self._handle)
+        return low / 1000.0, high / 1000.0
+
+    def name(self) -> str:
+        """The board's name, e.g. "NVIDIA H200"."""
+        raw = self._call(self._nvml.nvmlDeviceGetName, self._handle)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
     def set_power_limit(self, watts: int) -> None:
-        nvml = self._nvml
-        low, high = self._call(nvml.nvmlDeviceGetPowerManagementLimitConstraints, self._handle)
-        check_power_limit(watts, low / 1000.0, high / 1000.0)
-        self._call(nvml.nvmlDeviceSetPowerManagementLimit, self._handle, watts * 1000)
+        check_power_limit(watts, *self.power_limit_range())
+        self._call(self._nvml.nvmlDeviceSetPowerManagementLimit, self._handle, watts * 1000)
 
     def close(self) -> None:
         with contextlib.suppress(self._nvml.NVMLError):
