@@ -149,9 +149,11 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
                       follow_gpu: bool = False, wait_healthy: bool = True,
                       environ: dict[str, str] | None = None, gpu_url: str | None = None,
                       real_egress: bool = False, egress_extra: str = "",
+                      tenants_run_dir: Path | None = None,
                       **config: str) -> AsyncIterator[Box]:
     """Stand-ins + router; everything is stopped on exit. With `real_egress`, cloud hops go
-    through the real mushishi-egress to stand-in providers (kimi.test, groq.test)."""
+    through the real mushishi-egress to stand-in providers (kimi.test, groq.test). The
+    tenants' published probes are read from `tenants_run_dir` (default: none running)."""
     gpu = await VllmStandin("gpu-model", name="gpu").start()
     cpu = await LlamaCppStandin("cpu-alias", name="cpu").start()
     socket_path = str(tmp_path / "egress.sock")
@@ -187,7 +189,8 @@ allowed_peers = ["{os.getuid()}"]
         egress_task = asyncio.create_task(serve_egress(
             egress_daemon, [bind_unix(socket_path)], Notifier({}), egress_stop))
     router = Router(settings, bus_address=bus_address, follow_gpu=follow_gpu,
-                    environ=environ or {})
+                    environ=environ or {},
+                    tenants_run_dir=tenants_run_dir or tmp_path / "tenants")
     await router.start(check_confinement=False)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))
