@@ -123,10 +123,7 @@ def up() -> int:
     box = Sandbox(NAME, detached=True).boot()
     box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
     box.run(["ip", "addr", "add", f"{DEMO_CLOUD}/32", "dev", "lo"])
-    # A default route (to a veth going nowhere), as a real box has one: the router's start-up
-    # probe of its own kernel confinement then gets EPERM and shows "kernel ✓", not "?".
-    box.run("ip link add wan0 type veth peer name wan1 && ip link set wan0 up && "
-            "ip link set wan1 up && ip route add default dev wan0")
+    box.add_default_route()
     box.write("/etc/systemd/system/demo-cloud.service", DEMO_CLOUD_UNIT)
     write_tiny_model(box)
     print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR,

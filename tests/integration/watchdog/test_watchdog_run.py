@@ -173,6 +173,7 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
         "unit:mushishi-egress.service": "problem",
         "unit:mushishi-cpu-floor.service": "problem",
         "unit:mushishi-gpud.service": "problem",
+        "unit:mushishi-sovereignty.service": "problem",
         "cpu-floor": "problem",
         "cloud-share": "problem",          # 20% of 200 requests
         "gpu": "problem",                  # 91 °C and throttled
@@ -197,11 +198,11 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
     assert sorted(last["problems"]) == sorted(n for n, s in expected.items() if s == "problem")
     assert last["delivery"] == {"delivered": 2, "queued": 0, "last_error": None}
     titles = [m.title for m in ntfy.messages]
-    assert titles == ["mushishi on box: 14 problems", "mushishi on box: weekly heartbeat"]
+    assert titles == ["mushishi on box: 15 problems", "mushishi on box: weekly heartbeat"]
     assert "Not checked: backup-check" in ntfy.messages[0].message
     metrics = (tmp_path / "textfile" / "mushishi_watchdog.prom").read_text()
     assert 'mushishi_watchdog_check_status{check="gpu",status="problem"} 1.0' in metrics
-    assert "mushishi_watchdog_problems 14.0" in metrics
+    assert "mushishi_watchdog_problems 15.0" in metrics
 
 
 async def test_absent_gpud_router_and_bench_are_missing_sources_never_healthy(
