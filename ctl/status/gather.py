@@ -15,6 +15,7 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -164,7 +165,7 @@ def _text_or_none(path: str) -> str | None:
 
 async def read_tenants(run_dir: Path, now: datetime) -> Reading[Any]:
     """The tenants sovereignty layer from their published probes (the shared reader)."""
-    return ok(await in_thread(read_tenants_layer, run_dir, now=now.timestamp()))
+    return ok(await in_thread(partial(read_tenants_layer, now=now.timestamp()), run_dir))
 
 
 def _json_files(directory: str, names: dict[str, str]) -> Reading[dict[str, Any]]:

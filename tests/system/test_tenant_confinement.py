@@ -404,7 +404,7 @@ chain = ["web"]
 queue_timeout_s = 1
 
 [ntfy]
-url = "http://127.0.0.1:{port}"
+url = "http://127.0.0.1:PORT"
 """
 
 
@@ -472,7 +472,7 @@ def watched(docker_tenant: Sandbox) -> Iterator[tuple[Sandbox, Ntfy]]:
     box = docker_tenant
     ntfy = Ntfy(box)
     try:
-        box.install(WATCHED.format(port=ntfy.port), credentials={"ntfy-topic": TOPIC})
+        box.install(WATCHED.replace("PORT", str(ntfy.port)), credentials={"ntfy-topic": TOPIC})
         wait_record(box, "web-docker", True)
         box.systemctl("start", "mushishi-router.service", "mushishi-sovereignty.service")
         box.wait_for("mushishi-sovereignty.service", "active")
