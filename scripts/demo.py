@@ -77,6 +77,8 @@ def adapt_for_sandbox(doc: Any, llama_server: str) -> None:
     doc["gpu"]["probe"] = "simulated"  # no NVIDIA GPU here: gpud reads a JSON file instead
     for name, (script, *args) in TENANT_STANDINS.items():
         doc["tenants"][name]["command"] = [sys.executable, str(STANDINS / script), *args]
+        # A stand-in is a plain process (confined by its unit), not a `docker run`.
+        doc["tenants"][name].pop("runtime", None)
     floor = doc["cpu_floor"]
     floor["llama_server"] = llama_server
     floor["model"] = TINY_MODEL  # a tiny generated model (write_tiny_model)
