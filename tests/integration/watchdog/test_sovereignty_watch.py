@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from mushishi.services.watchdog.app import Deps
 from mushishi.services.watchdog.sovereignty import Follower, follow_sovereignty
@@ -25,16 +22,6 @@ from tests.standins.router_status import RouterStatusStandin, status_document
 LEFT = ("from container web: a datagram to 203.0.113.1:9 reached 203.0.113.1 (ICMP port "
         "unreachable from 203.0.113.1): it left the box")
 REFUSED = "from container web: the box's tenant firewall refused a datagram to 203.0.113.1:9"
-
-
-@pytest.fixture
-async def ntfy() -> AsyncIterator[NtfyStandin]:
-    server = NtfyStandin()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 class World:

@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,16 +39,6 @@ WEDNESDAY = datetime(2026, 3, 11, 9, 0, tzinfo=LOCAL)
 def bus() -> Iterator[str]:
     with PrivateBus() as private:
         yield private.address
-
-
-@pytest.fixture
-async def ntfy() -> AsyncIterator[NtfyStandin]:
-    server = NtfyStandin()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @dataclass
