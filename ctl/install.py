@@ -95,6 +95,7 @@ def _unit_credentials(settings: MushishiSettings) -> dict[str, list[str]]:
         # The watchdog reads the newest snapshot's age from restic itself.
         "mushishi-watchdog.service": [*ntfy, *backup],
         "mushishi-alert@.service": ntfy,
+        "mushishi-sovereignty.service": ntfy,
         "mushishi-backup.service": backup,
         "mushishi-backup-check.service": backup,
         "mushishi-bench.service": [settings.bench.api_key_credential]
@@ -380,6 +381,7 @@ def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     return {
         PurePosixPath("mushishi-watchdog.service.d/network.conf"): alerts,
         PurePosixPath("mushishi-alert@.service.d/network.conf"): alerts,
+        PurePosixPath("mushishi-sovereignty.service.d/network.conf"): alerts,
         PurePosixPath("mushishi-backup.service.d/network.conf"): backups,
         PurePosixPath("mushishi-backup-check.service.d/network.conf"): backups,
     }
@@ -486,8 +488,8 @@ class StateDir:
 _MOVABLE_DIRS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("router.state_dir", ("mushishi-router.service",), "0700 mushishi mushishi"),
     ("egress.state_dir", ("mushishi-egress.service",), "0750 mushishi mushishi"),
-    ("watchdog.state_dir", ("mushishi-watchdog.service", "mushishi-alert@.service"),
-     "0755 mushishi mushishi"),
+    ("watchdog.state_dir", ("mushishi-watchdog.service", "mushishi-alert@.service",
+                            "mushishi-sovereignty.service"), "0755 mushishi mushishi"),
     ("backup.state_dir", ("mushishi-backup.service", "mushishi-backup-check.service"),
      "0755 root mushishi"),
     ("backup.cache_dir", ("mushishi-backup.service", "mushishi-backup-check.service"),

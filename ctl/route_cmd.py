@@ -60,8 +60,10 @@ def render(status: RouterStatus, profile: str) -> str:
     lines.append("  gpu mode: " + (f"{gpu.active_mode} ({gpu.state})" if gpu.present
                                    else "unknown (mushishi-gpud is not on the bus)"))
     sovereignty = status.sovereignty
-    lines.append(f"  sovereignty: config {_mark(sovereignty.config)}, connect-time "
-                 f"{_mark(sovereignty.connect_time)}, kernel {_mark(sovereignty.kernel)}")
+    lines.append("  sovereignty: " + ", ".join(
+        f"{layer} {_mark(value)}" for layer, value in sovereignty.layers().items()))
+    if sovereignty.tenants is not True:
+        lines.append(f"  tenants: {sovereignty.tenants_detail}")
     share = status.cloud_share.get(profile)
     if share and entry.tier in ("T2", "T3"):
         lines.append(f"  cloud share: {share.hour:.0%} last hour, {share.day:.0%} last "

@@ -351,6 +351,14 @@ class Sandbox:
         self.run(["journalctl", "--flush"], check=False)
         return self.run(["journalctl", "--no-pager", *args], check=False).stdout
 
+    def add_default_route(self) -> None:
+        """A default route, as a real box has one, through a veth that leads nowhere: the
+        router's start-up probe of its kernel confinement (and a tenant's) then gets EPERM
+        from IPAddressDeny= and shows `kernel ✓`, not `?` (no route), which
+        `require_kernel_confinement = true` (the installed config's) refuses."""
+        self.run("ip link add wan0 type veth peer name wan1 && ip link set wan0 up && "
+                 "ip link set wan1 up && ip route add default dev wan0")
+
     def install(self, config_text: str, *, bindir: str | None = None,
                 credentials: Mapping[str, str] | None = None) -> str:
         """Write the config and credentials, then run `mushishi install` inside."""

@@ -77,6 +77,8 @@ def adapt_for_sandbox(doc: Any, llama_server: str) -> None:
     doc["gpu"]["probe"] = "simulated"  # no NVIDIA GPU here: gpud reads a JSON file instead
     for name, (script, *args) in TENANT_STANDINS.items():
         doc["tenants"][name]["command"] = [sys.executable, str(STANDINS / script), *args]
+        # A stand-in is a plain process (confined by its unit), not a `docker run`.
+        doc["tenants"][name].pop("runtime", None)
     floor = doc["cpu_floor"]
     floor["llama_server"] = llama_server
     floor["model"] = TINY_MODEL  # a tiny generated model (write_tiny_model)
@@ -123,10 +125,7 @@ def up() -> int:
     box = Sandbox(NAME, detached=True).boot()
     box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
     box.run(["ip", "addr", "add", f"{DEMO_CLOUD}/32", "dev", "lo"])
-    # A default route (to a veth going nowhere), as a real box has one: the router's start-up
-    # probe of its own kernel confinement then gets EPERM and shows "kernel ✓", not "?".
-    box.run("ip link add wan0 type veth peer name wan1 && ip link set wan0 up && "
-            "ip link set wan1 up && ip route add default dev wan0")
+    box.add_default_route()
     box.write("/etc/systemd/system/demo-cloud.service", DEMO_CLOUD_UNIT)
     write_tiny_model(box)
     print(box.install(adapt(EXAMPLE.read_text()), bindir=BINDIR,

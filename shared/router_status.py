@@ -73,25 +73,43 @@ NUMBER = (int, float)
 
 @dataclass(frozen=True, slots=True)
 class Sovereignty:
-    """The layers that keep T1 work on the box (`null`: cannot be shown yet)."""
+    """The layers that keep T1 work on the box (`null`: cannot be shown yet). `detail` is
+    about the router's own layers, `tenants_detail` names the tenant the `tenants` layer
+    hinges on, `tenant_verdicts` has each running tenant's."""
 
     config: bool | None
     connect_time: bool | None
     kernel: bool | None
+    tenants: bool | None
     detail: str
+    tenants_detail: str
+    tenant_verdicts: dict[str, bool | None]
     summary: str
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> Sovereignty:
         """Parse; ContractError naming the key."""
+        verdicts = _object(data, "tenant_verdicts", where)
+        for name, verdict in verdicts.items():
+            if verdict is not None and not isinstance(verdict, bool):
+                raise ContractError(f"{where}.tenant_verdicts.{name} is not true, false or "
+                                    "null")
         return cls(*(_get(data, key, bool, where, optional=True)
-                     for key in ("config", "connect_time", "kernel")),
-                   _get(data, "detail", str, where), _get(data, "summary", str, where))
+                     for key in ("config", "connect_time", "kernel", "tenants")),
+                   _get(data, "detail", str, where), _get(data, "tenants_detail", str, where),
+                   dict(verdicts), _get(data, "summary", str, where))
+
+    def layers(self) -> dict[str, bool | None]:
+        """Each layer's verdict, by the name the summary gives it."""
+        return {"config": self.config, "connect-time": self.connect_time,
+                "kernel": self.kernel, "tenants": self.tenants}
 
     def to_json(self) -> dict[str, Any]:
         """As the router sends it."""
         return {"config": self.config, "connect_time": self.connect_time,
-                "kernel": self.kernel, "detail": self.detail, "summary": self.summary}
+                "kernel": self.kernel, "tenants": self.tenants, "detail": self.detail,
+                "tenants_detail": self.tenants_detail,
+                "tenant_verdicts": dict(self.tenant_verdicts), "summary": self.summary}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """The one client of systemd's own D-Bus API (org.freedesktop.systemd1(5)).
 
 Unit states for gpud (a mode's units and their jobs), `mushishi status` and the watchdog
-(the always-on units and the timers), isolating a mode target, and the signals that reveal
-a switch made with `systemctl isolate` behind gpud's back: JobNew/JobRemoved from the
-manager and PropertiesChanged from units.
+(the always-on units and the timers), where a unit's environment comes from (`mushishi
+status` names test-only switches and their source), isolating a mode target, and the
+signals that reveal a switch made with `systemctl isolate` behind gpud's back:
+JobNew/JobRemoved from the manager and PropertiesChanged from units.
 """
 
 from __future__ import annotations
@@ -65,6 +66,19 @@ class TimerStatus:
     sub_state: str
     next_elapse_usec: int | None = None
     last_trigger_usec: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnitEnvironment:
+    """Where a service's environment comes from: its `Environment=` assignments (unit file
+    and drop-ins merged, as systemd holds them), its `EnvironmentFile=`s, and the files that
+    define the unit."""
+
+    name: str
+    environment: tuple[str, ...] = ()
+    environment_files: tuple[str, ...] = ()
+    fragment_path: str = ""
+    drop_in_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +246,29 @@ class SystemdClient:
                           load_state=str(unit.get("LoadState", "")),
                           exec_main_code=code if isinstance(code, int) else None,
                           exec_main_status=status if isinstance(status, int) else None)
+
+    async def manager_environment(self) -> list[str]:
+        """The service manager's own environment (`systemctl show-environment`), which
+        every unit it starts inherits: `systemctl set-environment` adds to it."""
+        value = await dbus.get_property(self.bus, SYSTEMD_BUS_NAME, SYSTEMD_OBJECT_PATH,
+                                        SYSTEMD_MANAGER_INTERFACE, "Environment")
+        return [str(item) for item in value]
+
+    async def environments(self, units: Iterable[str]) -> dict[str, UnitEnvironment]:
+        """Each loaded service's Environment=, EnvironmentFile= and unit files (one that is
+        not loaded is left out)."""
+        rows = [row for row in await self._rows("ListUnitsByNames", "as", [list(units)])
+                if row[1] == "loaded" and row[0].endswith(".service")]
+        found = await asyncio.gather(*(asyncio.gather(
+            self._get(path, SYSTEMD_SERVICE_INTERFACE, ("Environment", "EnvironmentFiles")),
+            self._get(path, SYSTEMD_UNIT_INTERFACE, ("FragmentPath", "DropInPaths")))
+            for _name, _load, _active, _sub, path, _job in rows))
+        return {row[0]: UnitEnvironment(
+            row[0], tuple(str(item) for item in service.get("Environment", ())),
+            tuple(str(item[0]) for item in service.get("EnvironmentFiles", ())),
+            str(unit.get("FragmentPath", "")),
+            tuple(str(item) for item in unit.get("DropInPaths", ())))
+            for row, (service, unit) in zip(rows, found, strict=True)}
 
     async def timers(self, names: Iterable[str]) -> dict[str, TimerStatus]:
         """Timer units (loaded on demand) and when each elapses next and last."""

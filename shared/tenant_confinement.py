@@ -17,10 +17,16 @@ runner replaces `confinement.json` after every probe. The layer is:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mushishi.shared.files import replace_atomically
+from mushishi.shared.locality import AddressError, parse_backend_url
+
+if TYPE_CHECKING:
+    from mushishi.shared.config import MushishiSettings
 
 TENANTS_RUN_DIR = Path("/run/mushishi/tenants")
 RECORD_NAME = "confinement.json"
@@ -44,11 +50,18 @@ class TenantRecord:
 
 @dataclass(frozen=True, slots=True)
 class TenantsLayer:
-    """The layer verdict, one line naming the tenant it hinges on, and every reading."""
+    """The layer verdict, one line naming the tenant it hinges on, and every reading (with
+    its one line in `details`)."""
 
     verdict: bool | None
     detail: str
     tenants: dict[str, bool | None]
+    details: dict[str, str] = field(default_factory=dict)
+
+    def unconfined(self) -> dict[str, str]:
+        """Tenant -> its line, for every running tenant whose probe left the box."""
+        return {name: self.details.get(name, f"tenant {name} is not confined")
+                for name, verdict in self.tenants.items() if verdict is False}
 
 
 def write_record(directory: Path, record: TenantRecord) -> None:
@@ -95,9 +108,47 @@ def read_tenants_layer(run_dir: Path = TENANTS_RUN_DIR, *, now: float) -> Tenant
         return TenantsLayer(True, "no tenant is running", {})
     readings = {p.name: _reading(p, now) for p in running}
     tenants = {name: verdict for name, (verdict, _) in readings.items()}
+    details = {name: detail for name, (_, detail) in readings.items()}
     for wanted in (False, None):
         for verdict, detail in readings.values():
             if verdict is wanted:
-                return TenantsLayer(wanted, detail, tenants)
+                return TenantsLayer(wanted, detail, tenants, details)
     names = ", ".join(readings)
-    return TenantsLayer(True, f"every running tenant is confined ({names})", tenants)
+    return TenantsLayer(True, f"every running tenant is confined ({names})", tenants, details)
+
+
+def served_backends(settings: MushishiSettings) -> dict[str, frozenset[str]]:
+    """Tenant -> the backends ([backends.*]) it serves: those whose URL names the tenant's
+    port (`port`, else its health_url's) on a loopback address or on its health_url's host.
+    A unix-socket backend is no tenant's."""
+    served: dict[str, frozenset[str]] = {}
+    addresses = {}
+    for name, backend in settings.backends.items():
+        try:
+            addresses[name] = parse_backend_url(backend.url)
+        except AddressError:
+            continue
+    for tenant_name, tenant in settings.tenants.items():
+        try:
+            health = parse_backend_url(tenant.health_url)
+        except AddressError:
+            continue
+        port = tenant.port or health.port
+        served[tenant_name] = frozenset(
+            name for name, address in addresses.items()
+            if address.port == port and address.host is not None
+            and (address.host in (health.host, "localhost")
+                 or (address.ip is not None and address.ip.is_loopback)))
+    return served
+
+
+def refused_backends(layer: TenantsLayer, served: Mapping[str, frozenset[str]]
+                     ) -> dict[str, str]:
+    """Backend -> why T1 work may not go to it: it is served by a tenant whose probe left
+    the box (the tenant's line, naming it)."""
+    refused: dict[str, str] = {}
+    for tenant, line in sorted(layer.unconfined().items()):
+        for backend in sorted(served.get(tenant, ())):
+            refused.setdefault(backend, f"served by tenant {tenant}, which is not confined "
+                                        f"({line})")
+    return refused

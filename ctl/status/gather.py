@@ -15,6 +15,7 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +34,7 @@ from mushishi.shared.readings import (
     within,
 )
 from mushishi.shared.router_status import read_status
+from mushishi.shared.tenant_confinement import TENANTS_RUN_DIR, read_tenants_layer
 
 if TYPE_CHECKING:
     from dbus_fast.aio import MessageBus
@@ -133,7 +135,38 @@ async def read_systemd(bus: MessageBus | Reading[Any]) -> Reading[dict[str, Any]
         for name, timer in timers.items()}})
 
 
+async def read_disabled_checks(bus: MessageBus | Reading[Any]) -> Reading[list[Any]]:
+    """Test-only switches (MUSHISHI_TEST_*) systemd would hand to a unit, with where each
+    is set: the manager's environment, or an always-on unit's Environment= (the unit file
+    or a drop-in, found by reading them) or EnvironmentFile=."""
+    if isinstance(bus, Reading):
+        return bus
+    from mushishi.shared.bus import BusError
+    from mushishi.shared.disabled_checks import locate
+    from mushishi.shared.systemd import SystemdClient
+
+    systemd = SystemdClient(bus)
+    try:
+        manager, units = await asyncio.gather(systemd.manager_environment(),
+                                              systemd.environments(ALWAYS_ON))
+    except BusError as caught:
+        return down(f"systemd did not show the units' environment: {caught.one_line()}")
+    return ok(await in_thread(locate, manager, units, _text_or_none))
+
+
+def _text_or_none(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
 # -- files ---------------------------------------------------------------------------------
+
+async def read_tenants(run_dir: Path, now: datetime) -> Reading[Any]:
+    """The tenants sovereignty layer from their published probes (the shared reader)."""
+    return ok(await in_thread(partial(read_tenants_layer, now=now.timestamp()), run_dir))
+
 
 def _json_files(directory: str, names: dict[str, str]) -> Reading[dict[str, Any]]:
     """Several result files of one state directory; an absent one reads None."""
@@ -198,7 +231,8 @@ async def read_budgets(settings: Any, now: datetime) -> Reading[Any]:
 # -- all of it -------------------------------------------------------------------------------
 
 async def collect(settings: Any, *, now: datetime, limit_s: float,
-                  bus_address: str | None = None) -> dict[str, Reading[Any]]:
+                  bus_address: str | None = None,
+                  tenants_run_dir: Path = TENANTS_RUN_DIR) -> dict[str, Reading[Any]]:
     """Read every source concurrently; each gets `limit_s` seconds, bus connection included."""
 
     async def bus() -> MessageBus | Reading[Any]:
@@ -221,6 +255,10 @@ async def collect(settings: Any, *, now: datetime, limit_s: float,
               "hung? `systemctl status mushishi-gpud`"),
         timed("router", read_status(unix_listen_path(settings.router.listen)), limit_s,
               "hung? `systemctl status mushishi-router`"),
+        timed("tenants", read_tenants(tenants_run_dir, now), limit_s,
+              f"is {tenants_run_dir} readable?"),
+        timed("switches", on_bus(read_disabled_checks), limit_s,
+              "is systemd or dbus overloaded?"),
         timed("cpu-floor", read_cpu_floor(floor.host, floor.port, floor.alias), limit_s,
               "hung or loading? `systemctl status mushishi-cpu-floor`"),
         timed("budgets", read_budgets(settings, now), limit_s,

@@ -20,10 +20,11 @@ from mushishi.shared.router_status import RouterStatus
 
 if TYPE_CHECKING:
     from mushishi.shared.gpumode import GpuModeProperties
+    from mushishi.shared.tenant_confinement import TenantsLayer
 
 # Source names, in the order the screen shows their troubles.
-SOURCES = ("config", "systemd", "gpud", "router", "cpu-floor", "budgets", "backup",
-           "watchdog", "firewall", "bench")
+SOURCES = ("config", "systemd", "gpud", "router", "tenants", "switches", "cpu-floor",
+           "budgets", "backup", "watchdog", "firewall", "bench")
 
 # The units whose state the screen always shows (others only when they failed).
 ALWAYS_ON = ("mushishi-router.service", "mushishi-egress.service", "mushishi-gpud.service",
@@ -90,14 +91,24 @@ def build_report(readings: Mapping[str, Reading[Any]], now: datetime, host: str)
                         f"{data['gpu']['state_reason']}")
     router = _data(readings, "router")
     data["router"] = _router(router)
+    data["tenants"] = _tenants(_data(readings, "tenants"))
     if router is not None:
         sovereignty = router.sovereignty
-        for layer, value in (("config", sovereignty.config),
-                             ("connect-time", sovereignty.connect_time),
-                             ("kernel", sovereignty.kernel)):
-            if value is False:
+        for layer, value in sovereignty.layers().items():
+            if value is False and layer != "tenants":
                 problems.append(f"sovereignty layer {layer} is not in force: "
                                 f"{sovereignty.detail}")
+    tenants = data["tenants"] or ({"verdict": router.sovereignty.tenants,
+                                   "detail": router.sovereignty.tenants_detail}
+                                  if router is not None else None)
+    if tenants is not None and tenants["verdict"] is False:
+        problems.append(f"sovereignty layer tenants is not in force: {tenants['detail']}")
+    data["disabled_checks"] = [
+        {"name": found.name, "value": found.value, "what": found.what, "unit": found.unit,
+         "source": found.source, "fix": found.fix}
+        for found in _data(readings, "switches") or ()]
+    for found in _data(readings, "switches") or ():
+        problems.append(f"test-only switch {found.line()}")
     data["cpu_floor"] = _cpu_floor(readings.get("cpu-floor"), systemd)
     if data["cpu_floor"] and not data["cpu_floor"]["serving"] \
             and "cpu-floor" not in data["unavailable"]:
@@ -175,6 +186,14 @@ def _router(status: RouterStatus | None) -> dict[str, Any] | None:
     body = status.to_json()
     return {key: body[key] for key in ("version", "draining", "in_flight", "sovereignty",
                                        "backends", "profiles", "cloud_share")}
+
+
+def _tenants(layer: TenantsLayer | None) -> dict[str, Any] | None:
+    if layer is None:
+        return None
+    return {"verdict": layer.verdict, "detail": layer.detail,
+            "tenants": {name: {"confined": verdict, "detail": layer.details.get(name, "")}
+                        for name, verdict in sorted(layer.tenants.items())}}
 
 
 def _cpu_floor(reading: Reading[Any] | None, systemd: Any) -> dict[str, Any] | None:

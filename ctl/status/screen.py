@@ -88,11 +88,13 @@ def render(report: Report, *, colour: bool = False) -> str:
     else:
         row("mode", unavailable("gpud"))
     router = report.router
+    tenants = data["tenants"]
     if router is not None:
-        sovereignty = router.sovereignty
-        text = (f"sovereignty: config {paint.mark(sovereignty.config)}, connect-time "
-                f"{paint.mark(sovereignty.connect_time)}, kernel "
-                f"{paint.mark(sovereignty.kernel)}")
+        layers = router.sovereignty.layers()
+        if tenants is not None:  # read from the tenants' own records: the freshest
+            layers["tenants"] = tenants["verdict"]
+        text = "sovereignty: " + ", ".join(f"{layer} {paint.mark(value)}"
+                                           for layer, value in layers.items())
         text += f" · {router.in_flight} in flight"
         if router.draining:
             text += " · " + paint("warn", "draining")
@@ -108,6 +110,12 @@ def render(report: Report, *, colour: bool = False) -> str:
             row("cloud", "; ".join(shares))
     else:
         row("router", unavailable("router"))
+    _tenant_rows(tenants, router is None, paint, row, unavailable)
+    for found in data["disabled_checks"]:
+        row("test-only", paint("bad", f"{found['name']}={found['value']}") + paint(
+            "dim", f" ({found['what']}) ") + (f"in {found['unit']}" if found["unit"] else
+                                               "for every unit started from now on")
+            + f", from {found['source']}")
     _budget_row(data["budgets"], paint, row)
     floor = data["cpu_floor"]
     if floor:
@@ -145,6 +153,28 @@ def render(report: Report, *, colour: bool = False) -> str:
     elif not report.problems:
         row("attention", paint("ok", "none: all well"))
     return "\n".join(lines)
+
+
+def _tenant_rows(tenants: Mapping[str, Any] | None, router_down: bool, paint: _Paint,
+                 row: Any, unavailable: Any) -> None:
+    """The tenants layer (✓/✗/? like the router's) and each running tenant's probe."""
+    if tenants is None:
+        row("tenants", unavailable("tenants"))
+        return
+    running = tenants["tenants"]
+    if not running:
+        text = paint.mark(tenants["verdict"]) + " " + paint("dim", tenants["detail"])
+        if router_down:  # the router row does not show the layer then
+            row("tenants", "sovereignty: " + text)
+        elif tenants["verdict"] is not True:
+            row("tenants", text)
+        return
+    label = "tenants"
+    for name, entry in running.items():
+        detail = entry["detail"].removeprefix(f"tenant {name}: ")
+        kind = "dim" if entry["confined"] else "bad" if entry["confined"] is False else "warn"
+        row(label, f"{name} {paint.mark(entry['confined'])} " + paint(kind, detail))
+        label = ""
 
 
 def _gpu_line(gpu: Mapping[str, Any], paint: _Paint) -> str:

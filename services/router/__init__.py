@@ -28,6 +28,8 @@ What they read and decide with:
   gpud for a profile's mode, one SwitchMode call per mode.
 * `status_view` — what the router says about itself: `/status`, `/ready`, the sovereignty
   layers, the STATUS= line; `metrics` — the Prometheus metrics and the scrape-time gauges.
+* `tenants` — follows the tenants' published confinement (the fourth sovereignty layer) and
+  refuses T1 work to the backends of a tenant that is not confined.
 * `anthropic` (Messages ⇄ chat), `cloud_share` (hour/day shares), `confinement` (the
   kernel self-check), `traces` (OTLP spans).
 * `app` — wiring only: builds all of the above from the settings, the listeners, the

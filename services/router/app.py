@@ -33,6 +33,7 @@ from mushishi.services.router.policy import Forwarding
 from mushishi.services.router.relay import Relay
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.status_view import Sovereignty, StatusView, Traffic
+from mushishi.services.router.tenants import TenantsFollower
 from mushishi.services.router.traces import RequestTracer
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
 from mushishi.shared.activation import bind_unix, systemd_sockets
@@ -43,6 +44,7 @@ from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_o
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
 from mushishi.shared.serving import serve_until_stopped
+from mushishi.shared.tenant_confinement import TENANTS_RUN_DIR, served_backends
 
 log = logging.getLogger("mushishi.router")
 
@@ -61,6 +63,7 @@ class Router:
         bus_address: str | None = None,
         follow_gpu: bool = True,
         environ: Mapping[str, str] | None = None,
+        tenants_run_dir: Path = TENANTS_RUN_DIR,
     ) -> None:
         environ = os.environ if environ is None else environ
         router = settings.router
@@ -93,6 +96,8 @@ class Router:
         self.accounting = Accounting(RouterMetrics(self.registry), self.cloud_share,
                                      self.tracer, self.table.backends,
                                      lambda: self.state.gpu.active_mode)
+        self.tenants = TenantsFollower(self.sovereignty, self.state, served_backends(settings),
+                                       tenants_run_dir, wall_clock)
         self.view = StatusView(self.table.profiles, self.state, self.cloud_share,
                                self.sovereignty, self.traffic)
         self.registry.register(RouterStateCollector(self.view))
@@ -115,6 +120,8 @@ class Router:
                 async with asyncio.timeout(2.0):
                     await self.gpu.connected.wait()
         self._prober.start()
+        await self.tenants.refresh()
+        self.tenants.start()
         try:
             restored = load_state(self.cloud_share, self._state_path)
         except (OSError, ValueError) as error:
@@ -134,6 +141,7 @@ class Router:
         if self._switcher is not None:
             self._switcher.close()
         await self._prober.close()
+        await self.tenants.close()
         if self.gpu is not None:
             await self.gpu.close()
         await self._upstreams.close()

@@ -335,9 +335,21 @@ class Preview:
     hops: tuple[Verdict, ...] = field(default=())
 
 
+def sovereign_refusal(profile: RouteProfile, hop: Hop, refused: Mapping[str, str]
+                      ) -> str | None:
+    """Why `profile`'s work may not go to `hop` although it is local (its tenant is not
+    confined: `refused`, backend -> why), or None. Only T1 and T1-strict are refused."""
+    if not profile.sovereign or not refused:
+        return None
+    why = refused.get(hop.name)
+    return None if why is None else f"refused for {profile.tier}: {why}"
+
+
 def preview(profile: RouteProfile, verdicts: Mapping[str, Verdict], gpu: GpuView,
-            full: Callable[[str], bool] = lambda name: False) -> Preview:
-    """The first usable hop of `profile` now, with the reasons the earlier ones are skipped."""
+            full: Callable[[str], bool] = lambda name: False,
+            refused: Mapping[str, str] = MappingProxyType({})) -> Preview:
+    """The first usable hop of `profile` now, with the reasons the earlier ones are skipped
+    (`refused`: backends T1 work may not go to now, and why)."""
     chain = tuple(verdicts[hop.name] for hop in profile.hops)
     gate, why = mode_gate(profile, gpu)
     if gate is not ModeGate.OPEN:
@@ -348,12 +360,13 @@ def preview(profile: RouteProfile, verdicts: Mapping[str, Verdict], gpu: GpuView
         return Preview(None, f"{why}; {action}", chain)
     skipped = []
     for verdict in chain:
-        if verdict.usable and not full(verdict.hop.name):
+        refusal = sovereign_refusal(profile, verdict.hop, refused)
+        if refusal is None and verdict.usable and not full(verdict.hop.name):
             lead = f"{verdict.hop.name} ({verdict.reason})"
             if skipped:
                 lead += "; skipped " + "; ".join(skipped)
             return Preview(verdict.hop.name, lead, chain)
-        note = "at max_concurrency" if verdict.usable else verdict.reason
+        note = refusal or ("at max_concurrency" if verdict.usable else verdict.reason)
         skipped.append(f"{verdict.hop.name}: {note}")
         if not profile.falls_back:
             break

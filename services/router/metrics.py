@@ -135,7 +135,8 @@ class RouterMetrics(LabelChildren, Collector):
         self.sovereignty_refusals = LoopCounter(
             "mushishi_router_sovereignty_refusals_total",
             "Connections or hops refused because they would leave the local networks, by layer "
-            "(connect-time, kernel, router).",
+            "(connect-time, kernel, router), or T1 hops refused because their tenant is not "
+            "confined (tenants).",
             ["layer"])
         self.first_byte = LoopHistogram(
             "mushishi_router_time_to_first_byte_seconds",
@@ -213,8 +214,8 @@ class RouterStateCollector(Collector):
         yield mode
         layers = GaugeMetricFamily(
             "mushishi_router_sovereignty_layer",
-            "1 for each sovereignty layer's state (ok, failed, unknown): config, connect-time, "
-            "kernel.", labels=["layer", "state"])
+            "1 for each sovereignty layer's state (ok, failed, unknown): config, connect_time, "
+            "kernel, tenants.", labels=["layer", "state"])
         for layer, value in view.sovereignty.layers().items():
             current = "unknown" if value is None else ("ok" if value else "failed")
             for option in ("ok", "failed", "unknown"):

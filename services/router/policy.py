@@ -26,6 +26,7 @@ from mushishi.services.router.core import (
     ModeGate,
     final_error,
     mode_gate,
+    sovereign_refusal,
     t1_should_wait,
 )
 from mushishi.services.router.errors import ErrorCode, Rejection
@@ -132,6 +133,14 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
             log.error("refused to send %s work to non-local backend %s", profile.tier, hop.name)
             call.hop_failed(HopFailure(hop.name, Failure.REFUSED, "not local"))
             continue
+        refusal = sovereign_refusal(profile, hop, state.sovereign_refusals)
+        if refusal is not None:
+            # Its tenant's probe left the box (services/router/tenants.py).
+            forwarding.accounting.sovereignty_refused("tenants")
+            call.hop_failed(HopFailure(hop.name, Failure.REFUSED, refusal))
+            if not profile.falls_back:
+                return None
+            continue
         slots = state.slots(hop.name)
         if not slots.try_acquire():
             if profile.falls_back and _later_usable(state, call, index):
@@ -165,7 +174,9 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
 
 
 def _later_usable(state: RoutingState, call: Call, index: int) -> bool:
-    return any(state.verdict(hop.name).usable for hop in call.hops[index + 1:])
+    return any(state.verdict(hop.name).usable
+               and sovereign_refusal(call.profile, hop, state.sovereign_refusals) is None
+               for hop in call.hops[index + 1:])
 
 
 def _fall_back(forwarding: Forwarding, call: Call, hop: Hop, reason: str) -> None:

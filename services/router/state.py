@@ -106,6 +106,8 @@ class RoutingState:
         self._changed = asyncio.Event()
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
         self._verdicts: dict[str, Verdict] = {}  # judged since the last change
+        # backend -> why T1/T1-strict work may not go to it (its tenant is not confined)
+        self.sovereign_refusals: Mapping[str, str] = {}
         self.on_change: list[Callable[[str, Health, Health, str], None]] = []
 
     def verdict(self, name: str) -> Verdict:
@@ -160,6 +162,13 @@ class RoutingState:
             self.gpu_changed_at = self._clock()
         self.gpu = view
         self._verdicts.clear()
+        self.notify()
+
+    def set_sovereign_refusals(self, refused: Mapping[str, str]) -> None:
+        """Refuse T1 and T1-strict work to these backends (and why); wake waiters."""
+        if refused == self.sovereign_refusals:
+            return
+        self.sovereign_refusals = dict(refused)
         self.notify()
 
     def notify(self) -> None:

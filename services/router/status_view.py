@@ -15,6 +15,11 @@ from mushishi.services.router.core import Preview, RouteProfile, preview
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV
 from mushishi.shared.metrics import package_version
+from mushishi.shared.tenant_confinement import TenantsLayer
+
+# The layers as the summary line names them.
+LAYER_NAMES = {"config": "config", "connect_time": "connect-time", "kernel": "kernel",
+               "tenants": "tenants"}
 
 
 def _mark(value: bool | None) -> str:
@@ -32,27 +37,32 @@ class Traffic:
 @dataclass(slots=True)
 class Sovereignty:
     """The sovereignty layers as the router knows them: config (always: it refuses to start
-    otherwise), the connect-time check, and the kernel's confinement (checked at start)."""
+    otherwise), the connect-time check, the kernel's confinement (checked at start), and the
+    tenants' confinement (followed live: services/router/tenants.py)."""
 
     connect_check: bool
     confinement: Confinement = field(default_factory=lambda: Confinement(None,
                                                                          "not checked yet"))
+    tenants: TenantsLayer = field(default_factory=lambda: TenantsLayer(None, "not read yet",
+                                                                       {}))
 
     def layers(self) -> dict[str, bool | None]:
-        """config, connect_time, kernel: True, False or None (cannot tell)."""
+        """config, connect_time, kernel, tenants: True, False or None (cannot tell)."""
         return {"config": True, "connect_time": self.connect_check,
-                "kernel": self.confinement.kernel}
+                "kernel": self.confinement.kernel, "tenants": self.tenants.verdict}
 
     def as_json(self) -> dict[str, Any]:
         """The `sovereignty` object of /status and /ready."""
         layers = self.layers()
-        summary = (f"config {_mark(layers['config'])}, connect-time "
-                   f"{_mark(layers['connect_time'])}, kernel {_mark(layers['kernel'])}")
+        summary = ", ".join(f"{LAYER_NAMES[name]} {_mark(value)}"
+                            for name, value in layers.items())
         detail = self.confinement.detail
         if not self.connect_check:
             detail = f"connect-time check disabled by {CONNECT_CHECK_TEST_ENV} (tests only); " \
                      + detail
-        return {**layers, "detail": detail, "summary": summary}
+        tenants = self.tenants
+        return {**layers, "detail": detail, "tenants_detail": tenants.detail,
+                "tenant_verdicts": dict(tenants.tenants), "summary": summary}
 
 
 class StatusView:
@@ -71,11 +81,13 @@ class StatusView:
         state = self.state
         verdicts = {name: state.verdict(name) for name in state.backends}
         return {name: preview(profile, verdicts, state.gpu,
-                              lambda backend: state.slots(backend).full)
+                              lambda backend: state.slots(backend).full,
+                              state.sovereign_refusals)
                 for name, profile in self.profiles.items()}
 
     def readiness(self) -> dict[str, Any]:
-        """GET /ready: ready when not draining and at least one profile has a backend now."""
+        """GET /ready: ready when not draining and at least one profile has a backend now
+        (a T1 profile whose backends are all refused, their tenants not confined, has none)."""
         previews = self.previews()
         servable = sorted(name for name, p in previews.items() if p.would_use is not None)
         draining = self.traffic.draining

@@ -32,6 +32,7 @@ from mushishi.shared.files import read_json, write_json
 from mushishi.shared.metrics import new_registry, write_textfile_or_warn
 from mushishi.shared.notify import Notifier
 from mushishi.shared.readings import Reading, read_bench_rows, read_json_object
+from mushishi.shared.tenant_confinement import TENANTS_RUN_DIR
 
 log = logging.getLogger("mushishi.watchdog")
 
@@ -58,6 +59,7 @@ class Deps:
     journalctl: str = field(default_factory=gather.find_journalctl)
     retry_delays: tuple[float, ...] = (5.0, 15.0)
     monotonic: Callable[[], float] = time.monotonic
+    tenants_run_dir: Path = TENANTS_RUN_DIR
 
 
 async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult]:
@@ -80,6 +82,8 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
             status = group.create_task(gather.router_status(
                 unix_listen_path(settings.router.listen), limit))
             reading = group.create_task(gather.gpu_reading(bus))
+            tenants = group.create_task(gather.tenants_layer(deps.tenants_run_dir,
+                                                             deps.now().timestamp()))
     finally:
         if not isinstance(bus, Reading):
             bus.disconnect()
@@ -106,6 +110,8 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
                                       min_requests=config.cloud_share_min_requests))
     results.append(checks.gpu(reading.result(), max_temperature_c=config.gpu_max_temperature_c))
     results.append(checks.bench(read_bench_rows(Path(config.bench_results))))
+    results += checks.sovereignty(checks.sovereignty_layers(
+        status.result(), tenants.result(), gather.egress_socket(settings.router.egress_socket)))
     return results
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from mushishi.shared.gpumode import GpuModeProperties
 from mushishi.shared.readings import Reading
 from mushishi.shared.router_status import RouterStatus
+from mushishi.shared.tenant_confinement import TenantsLayer
 
 
 class Status(StrEnum):
@@ -301,3 +302,106 @@ def bench(reading: Reading[Sequence[Mapping[str, str]]]) -> CheckResult:
         return _problem(name, "inference speed regression: " + "; ".join(regressed))
     return _ok(name, ", ".join(f"{t} {r.get('tokens_per_s')} tok/s"
                                for t, r in sorted(newest.items())))
+
+
+# -- sovereignty ---------------------------------------------------------------------------
+
+SOVEREIGNTY_LAYERS = ("config", "connect-time", "kernel", "tenants", "egress")
+EGRESS_GROUP = "mushishi-egress"  # mushishi-egress.socket's SocketGroup=
+TENANTS_GROUP = "mushishi"  # the tenants' and the CPU floor's group: they see T1 prompts
+
+
+@dataclass(frozen=True, slots=True)
+class EgressSocket:
+    """Who may open the egress socket: its owner's and group's names, its mode bits."""
+
+    path: str
+    owner: str
+    group: str
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class LayerReading:
+    """One sovereignty layer now: its verdict (True in force, False not, None not known),
+    whether its source answered at all (`known`: False leaves the last word standing), the
+    line that explains it, and the tenants it hinges on (tenants layer only)."""
+
+    layer: str
+    verdict: bool | None
+    detail: str
+    known: bool = True
+    subject: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """What a change is: another verdict, or another tenant failing."""
+        return f"{self.verdict}:{','.join(self.subject)}"
+
+    @property
+    def mark(self) -> str:
+        """✓, ✗ or ?."""
+        return "✓" if self.verdict else ("?" if self.verdict is None else "✗")
+
+
+def egress_socket_layer(reading: Reading[EgressSocket]) -> LayerReading:
+    """The egress's own door: only the router's group may open its socket (the file mode
+    keeps the tenants and the CPU floor out before the egress's peer check)."""
+    if reading.status == "missing":
+        return LayerReading("egress", True, f"{reading.detail}: no cloud hop can leave")
+    if reading.failed:
+        return LayerReading("egress", None, reading.detail)
+    socket = reading.value()
+    mode = f"{socket.owner}:{socket.group} {socket.mode:04o}"
+    # Connecting to a unix socket takes write permission on it.
+    if socket.mode & 0o002:
+        return LayerReading("egress", False, f"{socket.path} is {mode}: any process may open "
+                            "the way to the cloud (mushishi-egress.socket sets SocketMode=0660; "
+                            "`systemctl restart mushishi-egress.socket`)")
+    if socket.mode & 0o020 and socket.group == TENANTS_GROUP:
+        return LayerReading("egress", False, f"{socket.path} is {mode}: the tenants and the CPU "
+                            f"floor (group {TENANTS_GROUP}), which see T1 prompts, may open the "
+                            f"way to the cloud (SocketGroup={EGRESS_GROUP}; `systemctl restart "
+                            "mushishi-egress.socket`)")
+    return LayerReading("egress", True, f"{socket.path} is {mode}: only the router's group "
+                        f"{socket.group} may open it, and the egress refuses T1 work itself")
+
+
+def sovereignty_layers(router: Reading[RouterStatus], tenants: Reading[TenantsLayer],
+                       egress: Reading[EgressSocket]) -> list[LayerReading]:
+    """Every sovereignty layer: the router's three (from its /status; not known while it does
+    not answer), the tenants' (from their records, whether the router runs or not), and the
+    egress socket's."""
+    layers: list[LayerReading] = []
+    if router.status == "ok":
+        sovereignty = router.value().sovereignty
+        for layer in ("config", "connect-time", "kernel"):
+            verdict = sovereignty.layers()[layer]
+            layers.append(LayerReading(layer, verdict, sovereignty.detail))
+    else:
+        layers += [LayerReading(layer, None, f"the router did not answer: {router.detail}",
+                                known=False) for layer in ("config", "connect-time", "kernel")]
+    if tenants.status == "ok":
+        layer = tenants.value()
+        subject = tuple(sorted(name for name, verdict in layer.tenants.items()
+                               if verdict is not True))
+        layers.append(LayerReading("tenants", layer.verdict, layer.detail, subject=subject))
+    else:
+        layers.append(LayerReading("tenants", None, tenants.detail))
+    layers.append(egress_socket_layer(egress))
+    return layers
+
+
+def sovereignty(layers: Sequence[LayerReading]) -> list[CheckResult]:
+    """One check per layer (`sovereignty:<layer>`): a problem unless it is in force."""
+    results = []
+    for layer in layers:
+        name = f"sovereignty:{layer.layer}"
+        if not layer.known:
+            results.append(CheckResult(name, Status.MISSING_SOURCE, layer.detail))
+        elif layer.verdict:
+            results.append(_ok(name, layer.detail))
+        else:
+            what = "not in force" if layer.verdict is False else "not known"
+            results.append(_problem(name, f"{what}: {layer.detail}"))
+    return results

@@ -1,32 +1,37 @@
 """Adapters that gather the watchdog's facts: restic, statvfs, systemd and gpud over D-Bus,
-the CPU floor and the router over HTTP (the shared clients), and the result files (the
-shared readers). Each returns a `Reading` (shared/readings.py) and never raises for the
-source's own trouble.
+the CPU floor and the router over HTTP (the shared clients), the result files and the
+tenants' published probes (the shared readers), the egress socket's mode. Each returns a
+`Reading` (shared/readings.py) and never raises for the source's own trouble.
 """
 
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
+import pwd
+import stat
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from dbus_fast.aio import MessageBus
 
 from mushishi.services.backup.core import Fatal
 from mushishi.services.backup.repository import access
 from mushishi.services.backup.restic import first_error_line, parse_snapshot_times
-from mushishi.services.watchdog.checks import DiskUsage, UnitState
+from mushishi.services.watchdog.checks import DiskUsage, EgressSocket, UnitState
 from mushishi.shared import bus as dbus
 from mushishi.shared.bus import BusError
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.gpumode import GpuModeClient, GpuModeProperties, read_properties
 from mushishi.shared.local_http import served_models
-from mushishi.shared.readings import Reading, error, ok, within
+from mushishi.shared.readings import Reading, error, missing, ok, within
 from mushishi.shared.router_status import RouterStatus, read_status
 from mushishi.shared.systemd import SystemdClient, UnitStatus
+from mushishi.shared.tenant_confinement import TenantsLayer, read_tenants_layer
 
 log = logging.getLogger("mushishi.watchdog.gather")
 
@@ -141,6 +146,35 @@ async def router_status(socket_path: str | None, limit_s: float) -> Reading[Rout
     """The router's GET /status over its unix socket."""
     return await within(limit_s, read_status(socket_path),
                         "hung? `systemctl status mushishi-router`")
+
+
+# -- sovereignty ---------------------------------------------------------------------------
+
+async def tenants_layer(run_dir: Path, now: float) -> Reading[TenantsLayer]:
+    """The tenants layer from their published probes (the router's reader; tmpfs, in a
+    worker thread all the same)."""
+    return ok(await asyncio.to_thread(read_tenants_layer, run_dir, now=now))
+
+
+def egress_socket(path: str) -> Reading[EgressSocket]:
+    """Owner, group and mode of the egress socket; `missing` when there is none."""
+    try:
+        info = Path(path).stat()
+    except FileNotFoundError:
+        return missing(f"no egress socket at {path} (router.egress_socket)")
+    except OSError as caught:
+        return error(f"cannot stat the egress socket {path}: {caught.strerror or caught}")
+    if not stat.S_ISSOCK(info.st_mode):
+        return error(f"{path} (router.egress_socket) is not a socket")
+    return ok(EgressSocket(path, _name(pwd.getpwuid, info.st_uid),
+                           _name(grp.getgrgid, info.st_gid), stat.S_IMODE(info.st_mode)))
+
+
+def _name(lookup: Callable[[int], Any], ident: int) -> str:
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:
+        return str(ident)
 
 
 # -- journal -------------------------------------------------------------------------------

@@ -7,16 +7,20 @@
   silent phone means "all is well", not "the watchdog died".
 * A failed unit (mushishi-alert@) is one message per unit per `repeat_after`, carrying only
   systemd's and mushishi's own records (unit_records.py).
+* A sovereignty layer (mushishi-sovereignty.service) is one message per change of its
+  state: not in force (naming the tenant, for the tenants layer), not known (once it has
+  lasted `unknown_grace`: a tenant is not known for a second while it starts), and in
+  force again. The state last announced per layer is kept, so a restart repeats nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from mushishi.services.watchdog.checks import CheckResult, Status
+from mushishi.services.watchdog.checks import CheckResult, LayerReading, Status
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_MESSAGE_BYTES = 3900  # ntfy turns a message over 4096 bytes into an attachment
@@ -28,7 +32,7 @@ PRIORITY_MIN, PRIORITY_LOW, PRIORITY_DEFAULT, PRIORITY_HIGH, PRIORITY_MAX = 1, 2
 class Message:
     """One notification, independent of how it is delivered."""
 
-    kind: str  # problems | reminder | recovery | heartbeat | unit-failed
+    kind: str  # problems | reminder | recovery | heartbeat | unit-failed | sovereignty
     title: str
     body: str
     priority: int
@@ -54,6 +58,7 @@ class AlertState:
     problems_sent_at: datetime | None = None
     last_heartbeat: date | None = None
     units_sent_at: dict[str, datetime] = field(default_factory=dict)
+    sovereignty: dict[str, str] = field(default_factory=dict)  # layer -> key announced
 
     def to_json(self) -> dict[str, Any]:
         """Serialisable form."""
@@ -63,6 +68,7 @@ class AlertState:
             if self.problems_sent_at else None,
             "last_heartbeat": self.last_heartbeat.isoformat() if self.last_heartbeat else None,
             "units_sent_at": {k: v.isoformat() for k, v in self.units_sent_at.items()},
+            "sovereignty": dict(self.sovereignty),
         }
 
     @classmethod
@@ -77,6 +83,7 @@ class AlertState:
             last_heartbeat=date.fromisoformat(heartbeat) if heartbeat else None,
             units_sent_at={str(k): datetime.fromisoformat(v)
                            for k, v in (data.get("units_sent_at") or {}).items()},
+            sovereignty={str(k): str(v) for k, v in (data.get("sovereignty") or {}).items()},
         )
 
 
@@ -111,8 +118,7 @@ def plan_watchdog(state: AlertState, checks: Sequence[CheckResult], *, now: date
     missing = [c for c in checks if c.status is Status.MISSING_SOURCE]
     current = {c.name: c.detail for c in problems}
     messages: list[Message] = []
-    new = AlertState(dict(state.notified), state.problems_sent_at, state.last_heartbeat,
-                     dict(state.units_sent_at))
+    new = replace(state, notified=dict(state.notified), units_sent_at=dict(state.units_sent_at))
 
     if current:
         changed = set(current) != set(state.notified)
@@ -180,7 +186,85 @@ def plan_unit_failure(state: AlertState, unit: str, *, summary: str, records: Se
     if len(raw) > budget:
         tail = "…\n" + raw[len(raw) - budget:].decode("utf-8", "ignore")
     body = f"{header}```\n{tail}\n```"
-    new = AlertState(dict(state.notified), state.problems_sent_at, state.last_heartbeat,
-                     {**state.units_sent_at, unit: now})
+    new = replace(state, units_sent_at={**state.units_sent_at, unit: now})
     return Message("unit-failed", f"mushishi on {hostname}: {unit} failed", body,
                    PRIORITY_HIGH, ("rotating_light",)), new
+
+
+# -- sovereignty layers (mushishi-sovereignty.service) -------------------------------------
+
+# What to do when a layer is not in force, said in every such alert.
+_LAYER_HINTS = {
+    "config": "the router refuses to start on such a config: `mushishi config check`",
+    "connect-time": "the router runs with its connect-time check off: `mushishi status` names "
+                    "the test-only switch and where it is set",
+    "kernel": "the router's unit is not confined by the kernel (IPAddressDeny=): "
+              "`systemctl cat mushishi-router` and docs/security.md",
+    "tenants": "the router refuses T1 work to that tenant's backends meanwhile; `mushishi "
+               "status` shows each tenant's probe, `systemctl restart "
+               "mushishi-tenant-network` puts the tenant egress rules back",
+    "egress": "`systemctl restart mushishi-egress.socket` recreates the socket as its unit "
+              "says",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A layer's state as last observed, and since when (a watcher's memory, not saved)."""
+
+    key: str
+    since: datetime
+
+
+def due_layers(announced: Mapping[str, str], seen: Mapping[str, Seen],
+               layers: Sequence[LayerReading], *, now: datetime, unknown_grace: timedelta
+               ) -> tuple[list[LayerReading], dict[str, Seen]]:
+    """The layers whose state differs from the one last announced and should be announced
+    now, and what is seen after this reading. A layer whose source did not answer keeps its
+    last word; a first reading in force needs no message; a not-known state waits for
+    `unknown_grace` (it may be a tenant starting)."""
+    due: list[LayerReading] = []
+    after = dict(seen)
+    for layer in layers:
+        if not layer.known:
+            continue
+        before = seen.get(layer.layer)
+        since = before.since if before is not None and before.key == layer.key else now
+        after[layer.layer] = Seen(layer.key, since)
+        last = announced.get(layer.layer)
+        if layer.key == last or (last is None and layer.verdict is True):
+            continue
+        if layer.verdict is None and now - since < unknown_grace:
+            continue
+        due.append(layer)
+    return due, after
+
+
+def plan_sovereignty(state: AlertState, due: Sequence[LayerReading], *, hostname: str
+                     ) -> tuple[list[Message], AlertState]:
+    """One message per layer in `due` whose state is not the one announced last: not in
+    force, not known, or in force again (recovery); the new state remembers each."""
+    announced = dict(state.sovereignty)
+    messages = []
+    for layer in due:
+        last = announced.get(layer.layer)
+        if layer.key == last or (last is None and layer.verdict is True):
+            announced[layer.layer] = layer.key
+            continue
+        name = f"sovereignty layer {layer.layer}"
+        if layer.verdict is True:
+            failing = (last or "").partition(":")[2]  # the tenants it was failing for
+            names = f" for tenant {failing.replace(',', ', ')}" if failing else ""
+            messages.append(Message(
+                "sovereignty", f"mushishi on {hostname}: {name} ✓ again",
+                truncate(f"{name} is in force again{names}: {layer.detail}"),
+                PRIORITY_DEFAULT, ("white_check_mark",)))
+        else:
+            what = "NOT in force" if layer.verdict is False else "not known"
+            hint = _LAYER_HINTS.get(layer.layer, "")
+            messages.append(Message(
+                "sovereignty", f"mushishi on {hostname}: {name} {layer.mark}",
+                truncate(f"{name} is {what}: {layer.detail}" + (f"\n\n{hint}" if hint else "")),
+                PRIORITY_MAX if layer.verdict is False else PRIORITY_HIGH, ("rotating_light",)))
+        announced[layer.layer] = layer.key
+    return messages, replace(state, sovereignty=announced)

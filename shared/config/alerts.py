@@ -52,7 +52,8 @@ class WatchdogSettings(Section):
     )
     always_on_units: list[str] = Field(
         default=["mushishi-router.service", "mushishi-egress.service",
-                 "mushishi-cpu-floor.service", "mushishi-gpud.service"],
+                 "mushishi-cpu-floor.service", "mushishi-gpud.service",
+                 "mushishi-sovereignty.service"],
         description="Units that must be active in every mode (a socket-activated service "
         "waiting on its active socket counts as active).",
     )

@@ -19,8 +19,10 @@ def status_document(cloud_share: dict[str, dict[str, float]]) -> dict[str, Any]:
               for profile, entry in cloud_share.items()}
     return {
         "version": "0.1.0", "draining": False, "in_flight": 0,
-        "sovereignty": {"config": True, "connect_time": True, "kernel": True, "detail": "",
-                        "summary": "config ✓, connect-time ✓, kernel ✓"},
+        "sovereignty": {"config": True, "connect_time": True, "kernel": True,
+                        "tenants": True, "detail": "",
+                        "tenants_detail": "no tenant is running", "tenant_verdicts": {},
+                        "summary": "config ✓, connect-time ✓, kernel ✓, tenants ✓"},
         "gpu": {"present": False, "active_mode": None, "state": None},
         "backends": {"cpu": {"state": "up", "reason": "healthy", "local": True,
                              "locality": "127.0.0.1 is inside router.local_networks",

@@ -53,6 +53,7 @@ def boot_stack(llama_server: Path, tiny_model: Path) -> Sandbox:
     box = Sandbox()
     box.boot()
     try:
+        box.add_default_route()
         box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
         models = box.path(Path(TINY_MODEL).parent)
         models.mkdir(parents=True, exist_ok=True)

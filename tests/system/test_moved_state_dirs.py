@@ -20,6 +20,7 @@ def test_moved_watchdog_backup_and_router_state_dirs_are_written(
     fresh_sandbox: Sandbox,
 ) -> None:
     box = fresh_sandbox
+    box.add_default_route()  # the example config requires the kernel confinement's proof
     document = tomlkit.parse(EXAMPLE_CONFIG.read_text())
     document["gpu"]["probe"] = "simulated"
     document["ntfy"]["url"] = "http://127.0.0.1:9"  # alerts wait in the outbox

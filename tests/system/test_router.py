@@ -52,8 +52,6 @@ chain = ["cpu"]
 [keys]
 "{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "personal"]
 """
-NETWORK = ("ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up && "
-           "ip addr add 203.0.113.1/32 dev lo && ip route add default dev v0")
 HOSTS_LOCAL = "127.0.0.1 localhost\n127.0.0.1 llm.internal\n"
 HOSTS_REBOUND = "127.0.0.1 localhost\n203.0.113.1 llm.internal\n"
 CONNECT_CHECK_OFF = ("[Service]\n# Test only: prove the kernel layer alone.\n"
@@ -81,7 +79,8 @@ def routed() -> Iterator[tuple[Sandbox, Standins]]:
     box.boot()
     standins = Standins(box)
     try:
-        box.run(NETWORK)
+        box.run(["ip", "addr", "add", "203.0.113.1/32", "dev", "lo"])
+        box.add_default_route()
         box.write("/etc/hosts", HOSTS_LOCAL)
         # No keep-alive: each request connects, so a rebound name is resolved (and checked) anew.
         standins.vllm("127.0.0.1", 8000, "gpu-model", "gpu", "--token-delay", "0.05", "--close")
@@ -131,19 +130,22 @@ def wait_ready(box: Sandbox) -> dict:
     raise AssertionError(f"router never ready: {code} {body}")
 
 
-def test_unit_reports_all_three_sovereignty_layers_in_force(
+def test_unit_reports_all_four_sovereignty_layers_in_force(
     routed: tuple[Sandbox, Standins],
 ) -> None:
     box, _ = routed
     box.write("/etc/hosts", HOSTS_LOCAL)
     restart_router(box, None)
     ready = wait_ready(box)
-    assert ready["sovereignty"]["summary"] == "config ✓, connect-time ✓, kernel ✓", ready
+    assert ready["sovereignty"]["summary"] == "config ✓, connect-time ✓, kernel ✓, tenants ✓", \
+        ready
+    assert ready["sovereignty"]["tenants_detail"] == "no tenant is running"
     assert "EPERM" in ready["sovereignty"]["detail"]
     status = box.systemctl("show", "-p", "StatusText", "--value", "mushishi-router").stdout
-    assert "sovereignty: config ✓, connect-time ✓, kernel ✓" in status
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓, tenants ✓" in status
     _, body = curl(box, "/metrics")
     assert 'mushishi_router_sovereignty_layer{layer="kernel",state="ok"} 1.0' in body
+    assert 'mushishi_router_sovereignty_layer{layer="tenants",state="ok"} 1.0' in body
 
 
 def test_request_record_is_in_the_journal_by_profile_without_prompt_text(
@@ -172,7 +174,7 @@ def test_route_command_explains_the_live_routing(routed: tuple[Sandbox, Standins
     wait_ready(box)
     result = box.run([f"{BINDIR}/mushishi", "route", "--profile", "private"])
     assert result.stdout.splitlines()[0] == "private (T1): gpu would answer"
-    assert "sovereignty: config ✓, connect-time ✓, kernel ✓" in result.stdout
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓, tenants ✓" in result.stdout
 
 
 def test_connect_time_check_refuses_a_local_hostname_rebound_to_a_public_address(
@@ -219,6 +221,55 @@ def test_kernel_alone_stops_the_router_from_reaching_a_non_local_address(
     finally:
         box.write("/etc/hosts", HOSTS_LOCAL)
         restart_router(box, None)
+
+
+def status_json(box: Sandbox) -> dict:
+    result = box.run([f"{BINDIR}/mushishi", "status", "--json"], check=False, timeout=60)
+    return json.loads(result.stdout)
+
+
+def test_mushishi_status_names_a_test_only_switch_and_where_it_is_set(
+    routed: tuple[Sandbox, Standins],
+) -> None:
+    """From the service manager's environment (`systemctl set-environment`) and from a unit's
+    drop-in, each with its fix; the router's own report says the check is off."""
+    box, _ = routed
+    restart_router(box, None)
+    assert status_json(box)["disabled_checks"] == []
+    box.systemctl("set-environment", "MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1")
+    try:
+        (found,) = status_json(box)["disabled_checks"]
+        assert found == {
+            "name": "MUSHISHI_TEST_DISABLE_CONNECT_CHECK", "value": "1",
+            "what": "turns the router's connect-time sovereignty check off", "unit": None,
+            "source": "`systemctl set-environment` (the service manager's environment, "
+                      "`systemctl show-environment`)",
+            "fix": "`systemctl unset-environment MUSHISHI_TEST_DISABLE_CONNECT_CHECK`, then "
+                   "restart the units started since"}
+        screen = box.run([f"{BINDIR}/mushishi", "status"], check=False).stdout
+        assert ("test-only MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1 (turns the router's "
+                "connect-time sovereignty check off) for every unit started from now on, from "
+                "`systemctl set-environment`") in screen
+    finally:
+        box.systemctl("unset-environment", "MUSHISHI_TEST_DISABLE_CONNECT_CHECK")
+    restart_router(box, CONNECT_CHECK_OFF)
+    try:
+        report = status_json(box)
+        (found,) = report["disabled_checks"]
+        assert (found["unit"], found["source"]) == (
+            "mushishi-router.service",
+            "drop-in /etc/systemd/system/mushishi-router.service.d/zz-test.conf")
+        assert found["fix"] == ("remove its Environment= line, then `systemctl daemon-reload` "
+                                "and `systemctl restart mushishi-router.service`")
+        assert report["router"]["sovereignty"]["connect_time"] is False
+        assert ("test-only switch MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1 (turns the router's "
+                "connect-time sovereignty check off) in mushishi-router.service, from drop-in "
+                "/etc/systemd/system/mushishi-router.service.d/zz-test.conf: remove its "
+                "Environment= line, then `systemctl daemon-reload` and `systemctl restart "
+                "mushishi-router.service`") in report["problems"]
+    finally:
+        restart_router(box, None)
+    assert status_json(box)["disabled_checks"] == []
 
 
 def test_self_check_reports_a_unit_without_ip_address_deny(

@@ -26,9 +26,6 @@ from tests.system.gpu_box import GpuBox, gpu_modes_config
 KEY = "sk-stack-test"
 MODEL = "/var/lib/mushishi/models/tiny.gguf"
 ALIAS = "nemotron-cpu-prism"
-# A veth with a default route, so the router's confinement probe has somewhere to go.
-NETWORK = "ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up " \
-          "&& ip route add default dev v0"
 
 CLIENT = """
 import json, sys
@@ -101,7 +98,7 @@ def stack(llama_server_binary: Path, tiny_model: Path) -> Iterator[GpuBox]:
     box.boot()
     gpu = GpuBox(box)
     try:
-        box.run(NETWORK)
+        box.add_default_route()
         models = box.path("/var/lib/mushishi/models")
         models.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tiny_model, models / "tiny.gguf")

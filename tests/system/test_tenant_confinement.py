@@ -13,6 +13,8 @@ and imported (no registry); Docker and Podman store them with the vfs driver.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -383,3 +385,160 @@ def test_a_process_tenant_is_confined_by_ip_address_deny(installed: Sandbox) -> 
         assert published["runtime"] == "process"
     finally:
         box.systemctl("stop", "mushishi-tenant@web-process.service", timeout=120)
+
+
+# -- the fourth layer, end to end: router, mushishi status, the sovereignty watch -----------
+
+TOPIC = "mushishi-tenants-topic"
+# The router in front of the Docker tenant (its published port), a T1 profile over it, and
+# alerts to the ntfy stand-in.
+WATCHED = CONFIG + """
+[backends.web]
+url = "http://127.0.0.1:18080/v1"
+model = "web"
+health_url = "http://127.0.0.1:18080/"
+
+[profiles.private]
+tier = "T1"
+chain = ["web"]
+queue_timeout_s = 1
+
+[ntfy]
+url = "http://127.0.0.1:PORT"
+"""
+
+
+class Ntfy:
+    """The ntfy stand-in in the sandbox's network namespace, and what it accepted."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self.port_file = box.shared / "ntfy.port"
+        self.record = box.shared / "ntfy.jsonl"
+        self.process = subprocess.Popen(
+            box.net_command([sys.executable, "-m", "tests.standins.ntfy", "--port-file",
+                             str(self.port_file), "--record", str(self.record)]), cwd=REPO)
+        deadline = time.monotonic() + 30
+        while not self.port_file.exists() and time.monotonic() < deadline:
+            assert self.process.poll() is None, "the ntfy stand-in died"
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+
+    def sovereignty(self) -> list[dict]:
+        """The sovereignty alerts received, oldest first."""
+        if not self.record.exists():
+            return []
+        bodies = [json.loads(json.loads(line)["body"])
+                  for line in self.record.read_text().splitlines() if line]
+        return [b for b in bodies if "sovereignty layer" in b.get("title", "")]
+
+    def wait(self, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.sovereignty()) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.sovereignty()
+
+
+def router_get(box: Sandbox, path: str) -> tuple[int, dict]:
+    result = box.run(["curl", "-s", "--max-time", "10", "--unix-socket",
+                      "/run/mushishi/router.sock", "-w", "\n%{http_code}",
+                      f"http://router{path}"], check=False)
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code or 0), json.loads(body) if body else {}
+
+
+def mushishi_status(box: Sandbox) -> tuple[int, dict, str]:
+    """(exit status, --json report, screen)."""
+    report = box.run([f"{BINDIR}/mushishi", "status", "--json", "--timeout", "5"],
+                     check=False, timeout=60)
+    screen = box.run([f"{BINDIR}/mushishi", "status", "--timeout", "5"], check=False,
+                     timeout=60)
+    return report.returncode, json.loads(report.stdout), screen.stdout
+
+
+def wait_router(box: Sandbox, tenants: bool) -> dict:
+    deadline = time.monotonic() + 30
+    status: dict = {}
+    while time.monotonic() < deadline:
+        code, status = router_get(box, "/status")
+        if code == 200 and status["sovereignty"]["tenants"] is tenants:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"the router's tenants layer is not {tenants}: {status}")
+
+
+@pytest.fixture
+def watched(docker_tenant: Sandbox) -> Iterator[tuple[Sandbox, Ntfy]]:
+    """The Docker tenant running, with the router and the sovereignty watch in front of it."""
+    box = docker_tenant
+    ntfy = Ntfy(box)
+    try:
+        box.install(WATCHED.replace("PORT", str(ntfy.port)), credentials={"ntfy-topic": TOPIC})
+        wait_record(box, "web-docker", True)
+        box.systemctl("start", "mushishi-router.service", "mushishi-sovereignty.service")
+        box.wait_for("mushishi-sovereignty.service", "active")
+        yield box, ntfy
+    finally:
+        box.systemctl("stop", "mushishi-sovereignty.service", "mushishi-router.service",
+                      check=False)
+        ntfy.process.terminate()
+        ntfy.process.wait(timeout=10)
+        box.systemctl("restart", "mushishi-tenant-network.service", check=False)
+
+
+def test_removing_a_tenant_rule_alerts_once_closes_t1_and_recovers(
+        watched: tuple[Sandbox, Ntfy]) -> None:
+    box, ntfy = watched
+    status = wait_router(box, True)
+    assert status["sovereignty"]["summary"] == "config ✓, connect-time ✓, kernel ✓, tenants ✓"
+    assert status["sovereignty"]["tenant_verdicts"] == {"web-docker": True}
+    assert status["profiles"]["private"]["would_use"] == "web"
+    code, report, screen = mushishi_status(box)
+    assert report["tenants"]["tenants"]["web-docker"]["confined"] is True
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓, tenants ✓" in screen
+    assert "tenants   web-docker ✓ from container web-docker" in screen
+    assert ntfy.sovereignty() == []
+
+    box.run(["nft", "delete", "table", "inet", "mushishi_tenants"])  # by hand
+    wait_record(box, "web-docker", False)
+    (alert,) = ntfy.wait(1)
+    assert alert["title"].endswith(": sovereignty layer tenants ✗")
+    assert alert["message"].startswith(
+        "sovereignty layer tenants is NOT in force: tenant web-docker: from container "
+        f"web-docker: a datagram to {CLOUD}:9 reached {CLOUD}")
+    assert alert["priority"] == 5
+    # The router carries it, and closes the tenant's backend to T1 work.
+    status = wait_router(box, False)
+    assert status["sovereignty"]["summary"] == "config ✓, connect-time ✓, kernel ✓, tenants ✗"
+    assert status["sovereignty"]["tenants_detail"].startswith("tenant web-docker: ")
+    assert status["profiles"]["private"]["would_use"] is None
+    assert ("refused for T1: served by tenant web-docker, which is not confined"
+            in status["profiles"]["private"]["reason"])
+    code, ready = router_get(box, "/ready")
+    assert ready["sovereignty"]["tenants"] is False
+    assert "private" not in ready["servable_profiles"]
+    line = box.systemctl("show", "-p", "StatusText", "--value", "mushishi-router").stdout
+    deadline = time.monotonic() + 15  # the STATUS= line is refreshed every 10 s
+    while "tenants ✗" not in line and time.monotonic() < deadline:
+        time.sleep(0.5)
+        line = box.systemctl("show", "-p", "StatusText", "--value",
+                             "mushishi-router").stdout
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓, tenants ✗" in line
+    code, report, screen = mushishi_status(box)
+    assert code == 1
+    assert report["tenants"]["verdict"] is False
+    assert any(problem.startswith("sovereignty layer tenants is not in force: tenant "
+                                  "web-docker: ") for problem in report["problems"])
+    assert "tenants ✗" in screen
+    assert "tenants   web-docker ✗ from container web-docker: a datagram to" in screen
+    time.sleep(5)  # more polls, the same state: no second alert
+    assert len(ntfy.sovereignty()) == 1
+
+    box.systemctl("restart", "mushishi-tenant-network.service")  # the rules are back
+    wait_record(box, "web-docker", True)
+    alerts = ntfy.wait(2)
+    assert [a["title"].rpartition(": ")[2] for a in alerts] == [
+        "sovereignty layer tenants ✗", "sovereignty layer tenants ✓ again"]
+    assert "for tenant web-docker" in alerts[1]["message"]
+    status = wait_router(box, True)
+    assert status["profiles"]["private"]["would_use"] == "web"
+    assert mushishi_status(box)[1]["tenants"]["verdict"] is True

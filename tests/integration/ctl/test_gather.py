@@ -26,6 +26,7 @@ from mushishi.services.egress.ledger import Ledger
 from mushishi.shared import dbus_names
 from mushishi.shared.config import MushishiSettings, load_settings
 from mushishi.shared.local_http import http_get
+from mushishi.shared.tenant_confinement import TenantRecord, write_record
 from tests.integration.router.harness import running_box
 from tests.llama import LlamaServer, running_llama
 from tests.standins.bus import PrivateBus
@@ -68,6 +69,11 @@ def floor(llama_server_binary: Path, tiny_model: Path) -> Iterator[LlamaServer]:
 async def test_collect_reads_every_source_that_answers(tmp_path: Path,
                                                        floor: LlamaServer) -> None:
     (tmp_path / "router").mkdir()
+    run_dir = tmp_path / "tenants"  # one tenant running, its probe refused
+    (run_dir / "vllm").mkdir(parents=True)
+    write_record(run_dir / "vllm", TenantRecord(
+        "vllm", "docker", True, "from container vllm: refused", NOW.timestamp() - 1, 15.0,
+        "192.0.2.1:9"))
     async with running_box(tmp_path / "router") as box:
         settings = settings_for(tmp_path, box.unix_socket, floor.port)
         (tmp_path / "backup" / "last.json").write_text(json.dumps(
@@ -80,13 +86,16 @@ async def test_collect_reads_every_source_that_answers(tmp_path: Path,
             gpud = await GpuModeStandin(temperature_c=58).connect(private.address)
             try:
                 readings = await gather.collect(settings, now=NOW, limit_s=2.0,
-                                                bus_address=private.address)
+                                                bus_address=private.address,
+                                                tenants_run_dir=run_dir)
             finally:
                 gpud.disconnect()
     status = {name: reading.status for name, reading in readings.items()}
-    assert status == {"systemd": "down", "gpud": "ok", "router": "ok", "cpu-floor": "ok",
-                      "budgets": "missing", "backup": "ok", "watchdog": "ok",
-                      "firewall": "ok", "bench": "missing"}, readings
+    assert status == {"systemd": "down", "gpud": "ok", "router": "ok", "tenants": "ok",
+                      "switches": "down", "cpu-floor": "ok", "budgets": "missing",
+                      "backup": "ok", "watchdog": "ok", "firewall": "ok",
+                      "bench": "missing"}, readings
+    assert readings["tenants"].data.tenants == {"vllm": True}
     assert readings["gpud"].data.temperature_c == 58
     assert readings["router"].data.profiles["private"].tier == "T1"
     assert readings["cpu-floor"].data["models"] == ["nemotron-cpu-prism"]
@@ -96,9 +105,10 @@ async def test_collect_reads_every_source_that_answers(tmp_path: Path,
     assert "systemd did not list the units" in readings["systemd"].detail
     report = build_report(readings, NOW, "box")
     screen = render(report)
-    assert "sovereignty: config ✓, connect-time ✓" in screen
+    assert "sovereignty: config ✓, connect-time ✓, kernel ?, tenants ✓" in screen
+    assert "tenants   vllm ✓ from container vllm: refused" in screen
     assert "58 °C" in screen and "serving nemotron-cpu-prism" in screen
-    assert report.data["unavailable"] == ["systemd"]
+    assert report.data["unavailable"] == ["systemd", "switches"]
 
 
 class HungGpud:

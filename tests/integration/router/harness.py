@@ -149,9 +149,12 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
                       follow_gpu: bool = False, wait_healthy: bool = True,
                       environ: dict[str, str] | None = None, gpu_url: str | None = None,
                       real_egress: bool = False, egress_extra: str = "",
+                      tenants_run_dir: Path | None = None, gpu_tenant: str | None = None,
                       **config: str) -> AsyncIterator[Box]:
     """Stand-ins + router; everything is stopped on exit. With `real_egress`, cloud hops go
-    through the real mushishi-egress to stand-in providers (kimi.test, groq.test)."""
+    through the real mushishi-egress to stand-in providers (kimi.test, groq.test). The
+    tenants' published probes are read from `tenants_run_dir` (default: none running);
+    `gpu_tenant` names a [tenants.*] entry serving the gpu backend's port."""
     gpu = await VllmStandin("gpu-model", name="gpu").start()
     cpu = await LlamaCppStandin("cpu-alias", name="cpu").start()
     socket_path = str(tmp_path / "egress.sock")
@@ -166,6 +169,13 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
 state_dir = "{tmp_path}/egress-state"
 allowed_peers = ["{os.getuid()}"]
 {egress_extra}
+"""
+    if gpu_tenant is not None:
+        config["extra"] = config.get("extra", "") + f"""
+[tenants.{gpu_tenant}]
+command = ["/bin/true"]
+health_url = "{(gpu_url or gpu.url).removesuffix('/v1')}/health"
+vram_mib = 1
 """
     egress = EgressStandin(socket_path)
     if not real_egress:
@@ -187,7 +197,8 @@ allowed_peers = ["{os.getuid()}"]
         egress_task = asyncio.create_task(serve_egress(
             egress_daemon, [bind_unix(socket_path)], Notifier({}), egress_stop))
     router = Router(settings, bus_address=bus_address, follow_gpu=follow_gpu,
-                    environ=environ or {})
+                    environ=environ or {},
+                    tenants_run_dir=tenants_run_dir or tmp_path / "tenants")
     await router.start(check_confinement=False)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ async def test_route_explains_which_backend_would_answer_and_why(box: Box) -> No
     assert lines[0] == "private (T1): cpu would answer"
     assert lines[1] == "  why: cpu (healthy); skipped gpu: connection refused"
     assert any(line.split()[:3] == ["gpu", "down", "local,"] for line in lines)
-    assert "  sovereignty: config ✓, connect-time ✓, kernel ?" in lines
+    assert "  sovereignty: config ✓, connect-time ✓, kernel ?, tenants ✓" in lines
 
 
 async def test_route_exits_1_when_no_backend_would_answer_and_prints_json(box: Box) -> None:

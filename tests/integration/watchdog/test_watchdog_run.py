@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from mushishi.services.watchdog.app import Deps, run_watchdog
 from mushishi.services.watchdog.checks import Status, UnitState
 from mushishi.shared.config.loader import load_settings
 from mushishi.shared.readings import ok
+from mushishi.shared.tenant_confinement import TenantRecord, write_record
 from tests.llama import LlamaServer, running_llama
 from tests.paths import BINDIR
 from tests.standins.bus import PrivateBus
@@ -37,16 +39,6 @@ WEDNESDAY = datetime(2026, 3, 11, 9, 0, tzinfo=LOCAL)
 def bus() -> Iterator[str]:
     with PrivateBus() as private:
         yield private.address
-
-
-@pytest.fixture
-async def ntfy() -> AsyncIterator[NtfyStandin]:
-    server = NtfyStandin()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @dataclass
@@ -91,6 +83,7 @@ def make_world(tmp_path: Path, ntfy_url: str, models_port: int) -> World:
     config.write_text(f"""
 [router]
 listen = ["127.0.0.1:4000", "unix:{router_socket}"]
+egress_socket = "{tmp_path / 'egress.sock'}"
 [ntfy]
 url = "{ntfy_url}"
 [cpu_floor]
@@ -137,15 +130,25 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
         "private": {"hour": 0.0, "day": 0.0, "requests_hour": 10, "requests_day": 100}}))
     await router.start(str(world.router_socket))
     settings = load_settings(world.config)
+    # A tenant whose probe left the box, and an egress socket anyone may open.
+    run_dir = tmp_path / "tenants"
+    (run_dir / "vllm").mkdir(parents=True)
+    write_record(run_dir / "vllm", TenantRecord(
+        "vllm", "docker", False, "from container vllm: it left the box",
+        WEDNESDAY.timestamp() - 1, 15.0, "192.0.2.1:9"))
+    egress = socket.socket(socket.AF_UNIX)
+    egress.bind(str(tmp_path / "egress.sock"))
+    (tmp_path / "egress.sock").chmod(0o666)
     deps = Deps(now=lambda: WEDNESDAY, hostname="box", statvfs=full_disk,
                 environ={"MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": PASSWORD,
                          "MUSHISHI_CREDENTIAL_NTFY_TOPIC": "t"},
-                system_bus_address=bus)
+                system_bus_address=bus, tenants_run_dir=run_dir)
     try:
         assert await run_watchdog(settings, deps) == 0
     finally:
         gpud.disconnect()
         await router.stop()
+        egress.close()
     last = json.loads((world.state / "last.json").read_text())
     by_name = {c["name"]: c for c in last["checks"]}
     expected = {
@@ -160,10 +163,16 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
         "unit:mushishi-egress.service": "problem",
         "unit:mushishi-cpu-floor.service": "problem",
         "unit:mushishi-gpud.service": "problem",
+        "unit:mushishi-sovereignty.service": "problem",
         "cpu-floor": "problem",
         "cloud-share": "problem",          # 20% of 200 requests
         "gpu": "problem",                  # 91 °C and throttled
         "bench": "problem",
+        "sovereignty:config": "ok",
+        "sovereignty:connect-time": "ok",
+        "sovereignty:kernel": "ok",
+        "sovereignty:tenants": "problem",
+        "sovereignty:egress": "problem",
     }
     assert {name: c["status"] for name, c in by_name.items()} == expected
     assert "10.0 days old" in by_name["backup-age"]["detail"]
@@ -171,15 +180,19 @@ async def test_a_run_reports_every_check_and_alerts_only_the_problems(
     assert "91 °C" in by_name["gpu"]["detail"] and "throttling" in by_name["gpu"]["detail"]
     assert "20.0% of 200 requests" in by_name["cloud-share"]["detail"]
     assert "cpu at 6.4 tok/s" in by_name["bench"]["detail"]
+    assert by_name["sovereignty:tenants"]["detail"] == (
+        "not in force: tenant vllm: from container vllm: it left the box")
+    assert by_name["sovereignty:egress"]["detail"].startswith(
+        f"not in force: {tmp_path / 'egress.sock'} is root:root 0666: any process may open")
     assert "does not answer" in by_name["unit:mushishi-gpud.service"]["detail"]
     assert sorted(last["problems"]) == sorted(n for n, s in expected.items() if s == "problem")
     assert last["delivery"] == {"delivered": 2, "queued": 0, "last_error": None}
     titles = [m.title for m in ntfy.messages]
-    assert titles == ["mushishi on box: 12 problems", "mushishi on box: weekly heartbeat"]
+    assert titles == ["mushishi on box: 15 problems", "mushishi on box: weekly heartbeat"]
     assert "Not checked: backup-check" in ntfy.messages[0].message
     metrics = (tmp_path / "textfile" / "mushishi_watchdog.prom").read_text()
     assert 'mushishi_watchdog_check_status{check="gpu",status="problem"} 1.0' in metrics
-    assert "mushishi_watchdog_problems 12.0" in metrics
+    assert "mushishi_watchdog_problems 15.0" in metrics
 
 
 async def test_absent_gpud_router_and_bench_are_missing_sources_never_healthy(
@@ -189,12 +202,16 @@ async def test_absent_gpud_router_and_bench_are_missing_sources_never_healthy(
     settings = load_settings(world.config)
     deps = Deps(now=lambda: WEDNESDAY, hostname="box", statvfs=full_disk,
                 environ={"MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": PASSWORD},
-                system_bus_address=bus)
+                system_bus_address=bus, tenants_run_dir=tmp_path / "no-tenants")
     assert await run_watchdog(settings, deps) == 0
     last = json.loads((world.state / "last.json").read_text())
     by_name = {c["name"]: c for c in last["checks"]}
-    for name in ("gpu", "cloud-share", "bench", "backup-check"):
+    for name in ("gpu", "cloud-share", "bench", "backup-check", "sovereignty:kernel"):
         assert by_name[name]["status"] == "missing-source", name
+    # No tenant running and no egress socket: nothing can leak through them.
+    assert by_name["sovereignty:tenants"] == {"name": "sovereignty:tenants", "status": "ok",
+                                              "detail": "no tenant is running"}
+    assert by_name["sovereignty:egress"]["status"] == "ok"
     assert "is not on the system bus" in by_name["gpu"]["detail"]
     assert "does not exist" in by_name["cloud-share"]["detail"]
     assert "run `mushishi bench`" in by_name["bench"]["detail"]

@@ -15,7 +15,8 @@ DESIGN_UNITS = {
     "mushishi-router.service", "mushishi-router.socket", "mushishi-egress.service",
     "mushishi-egress.socket", "mushishi-gpud.service", "mushishi-cpu-floor.service",
     "mushishi-tenant@.service", "mushishi-watchdog.service", "mushishi-watchdog.timer",
-    "mushishi-alert@.service", "mushishi-backup.service", "mushishi-backup.timer",
+    "mushishi-alert@.service", "mushishi-sovereignty.service", "mushishi-backup.service",
+    "mushishi-backup.timer",
     "mushishi-backup-check.service", "mushishi-backup-check.timer",
     *(f"mushishi-{mode}.target" for mode in DEFAULT_MODES),
 }

@@ -125,5 +125,7 @@ def test_watchdog_loads_the_restic_password_to_read_snapshots(tmp_path: Path) ->
     watchdog = (units / "mushishi-watchdog.service.d/credentials.conf").read_text()
     assert "LoadCredential=restic-password:/etc/mushishi/credentials/restic-password" in watchdog
     assert "LoadCredential=ntfy-topic:/etc/mushishi/credentials/ntfy-topic" in watchdog
-    alert = (units / "mushishi-alert@.service.d/credentials.conf").read_text()
-    assert "restic-password" not in alert
+    for unit in ("mushishi-alert@.service", "mushishi-sovereignty.service"):
+        alert = (units / f"{unit}.d/credentials.conf").read_text()
+        assert "restic-password" not in alert
+        assert "LoadCredential=ntfy-topic:/etc/mushishi/credentials/ntfy-topic" in alert

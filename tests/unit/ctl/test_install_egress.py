@@ -64,7 +64,8 @@ def test_alert_units_are_kernel_confined_when_ntfy_is_local(
     tmp_path: Path, url: str, confined: bool,
 ) -> None:
     files = plan_for(tmp_path, ntfy={"url": url})
-    for unit in ("mushishi-watchdog.service", "mushishi-alert@.service"):
+    for unit in ("mushishi-watchdog.service", "mushishi-alert@.service",
+                 "mushishi-sovereignty.service"):
         text = files[str(UNITS / f"{unit}.d/network.conf")]
         assert ("\nIPAddressDeny=any\n" in text) is confined, text
         if confined:
@@ -99,7 +100,8 @@ def test_every_moved_state_directory_is_writable_by_its_units(tmp_path: Path) ->
     def state(unit: str) -> str:
         return files[str(UNITS / f"{unit}.d/state.conf")]
     assert "ReadWritePaths=/srv/m/router" in state("mushishi-router.service")
-    for unit in ("mushishi-watchdog.service", "mushishi-alert@.service"):
+    for unit in ("mushishi-watchdog.service", "mushishi-alert@.service",
+                 "mushishi-sovereignty.service"):
         assert "ReadWritePaths=/srv/m/watchdog" in state(unit)
     for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
         assert "ReadWritePaths=/srv/m/backup" in state(unit)

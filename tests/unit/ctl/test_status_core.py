@@ -11,9 +11,11 @@ import pytest
 from mushishi.ctl.status.report import build_report, exit_status
 from mushishi.ctl.status.screen import ago, human_duration, render
 from mushishi.ctl.status_cmd import use_colour
+from mushishi.shared.disabled_checks import DisabledCheck
 from mushishi.shared.gpumode import GpuModeProperties
 from mushishi.shared.readings import Reading, down, error, missing, ok
 from mushishi.shared.router_status import RouterStatus
+from mushishi.shared.tenant_confinement import TenantsLayer
 
 NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
 
@@ -29,8 +31,11 @@ GPUD = {"ActiveMode": "agent", "State": "ready", "StateReason": "", "Progress": 
         "GpuUtilPercent": 87, "GpuThrottled": False}
 ROUTER = {
     "version": "0.1.0", "draining": False, "in_flight": 2,
-    "sovereignty": {"config": True, "connect_time": True, "kernel": True,
-                    "detail": "EPERM", "summary": "config ✓, connect-time ✓, kernel ✓"},
+    "sovereignty": {"config": True, "connect_time": True, "kernel": True, "tenants": True,
+                    "detail": "EPERM",
+                    "tenants_detail": "every running tenant is confined (vllm-agent)",
+                    "tenant_verdicts": {"vllm-agent": True},
+                    "summary": "config ✓, connect-time ✓, kernel ✓, tenants ✓"},
     "gpu": {"present": True, "active_mode": "agent", "state": "ready"},
     "backends": {
         "gpu": {"state": "up", "reason": "healthy", "local": True, "in_flight": 2,
@@ -86,6 +91,14 @@ BUDGETS = {"kimi": {"requests_used": 12, "requests_limit": 1000, "tokens_used": 
                     "day": "2026-03-11", "cooldown_until": None}}
 BENCH = [{"time": iso(timedelta(days=-3)), "target": "profile:private", "backend": "gpu",
           "tokens_per_s": "85.20", "regression": "false"}]
+CONFINED = ("tenant vllm-agent: from container vllm-agent: the box's tenant firewall refused "
+            "a datagram to 192.0.2.1:9")
+TENANTS = TenantsLayer(True, "every running tenant is confined (vllm-agent)",
+                       {"vllm-agent": True}, {"vllm-agent": CONFINED})
+LEAKY = TenantsLayer(False, "tenant vllm-agent: from container vllm-agent: a datagram to "
+                     "192.0.2.1:9 left: nothing refused it within 1 s", {"vllm-agent": False},
+                     {"vllm-agent": "tenant vllm-agent: from container vllm-agent: a datagram "
+                      "to 192.0.2.1:9 left: nothing refused it within 1 s"})
 
 
 def everything() -> dict[str, Reading]:
@@ -94,7 +107,8 @@ def everything() -> dict[str, Reading]:
             "router": ok(RouterStatus.from_json(ROUTER)),
             "cpu-floor": ok({"alias": "nemotron-cpu-prism", "models": ["nemotron-cpu-prism"]}),
             "budgets": ok(BUDGETS), "backup": ok(BACKUP), "watchdog": ok(WATCHDOG),
-            "firewall": ok(FIREWALL), "bench": ok(BENCH)}
+            "firewall": ok(FIREWALL), "bench": ok(BENCH), "tenants": ok(TENANTS),
+            "switches": ok([])}
 
 
 def test_a_healthy_box_shows_every_section_on_one_screen() -> None:
@@ -106,7 +120,8 @@ def test_a_healthy_box_shows_every_section_on_one_screen() -> None:
         "agent (ready)",
         "agent by :1.42 (client report)",
         "VRAM 23.9/31.8 GiB (75%), 61 °C, 312 W, 87% busy",
-        "sovereignty: config ✓, connect-time ✓, kernel ✓ · 2 in flight",
+        "sovereignty: config ✓, connect-time ✓, kernel ✓, tenants ✓ · 2 in flight",
+        "vllm-agent ✓ from container vllm-agent: the box's tenant firewall refused",
         "gpu   up            local 2 in flight of 4 · used by personal, private",
         "cpu   down          local 0 in flight — connection refused",
         "client (T1-strict) → none",
@@ -154,9 +169,12 @@ def test_a_stopped_daemon_is_named_and_the_rest_is_still_there() -> None:
 
 @pytest.mark.parametrize(("name", "reading", "problem"), [
     ("router", ok(RouterStatus.from_json({**ROUTER, "sovereignty": {
-        "config": True, "connect_time": True, "kernel": False, "detail": "a datagram left",
-        "summary": "config ✓, connect-time ✓, kernel ✗"}})),
+        **ROUTER["sovereignty"], "kernel": False, "detail": "a datagram left",
+        "summary": "config ✓, connect-time ✓, kernel ✗, tenants ✓"}})),
      "sovereignty layer kernel is not in force: a datagram left"),
+    ("tenants", ok(LEAKY), "sovereignty layer tenants is not in force: tenant vllm-agent: "
+     "from container vllm-agent: a datagram to 192.0.2.1:9 left: nothing refused it within "
+     "1 s"),
     ("gpud", ok(GpuModeProperties.from_dbus(
         {**GPUD, "State": "failed", "StateReason": "tenant vllm-agent does not fit"})),
      "GPU mode agent failed: tenant vllm-agent does not fit"),
@@ -242,3 +260,64 @@ def test_every_json_key_is_documented() -> None:
     assert undocumented == [], f"add to docs/observability.md's --json table: {undocumented}"
     for source in report.data["sources"]:
         assert f"`{source}`" in section, source
+
+
+def test_an_unconfined_tenant_is_named_with_what_its_probe_saw_even_with_the_router_down(
+        ) -> None:
+    readings = everything()
+    readings["tenants"] = ok(LEAKY)
+    screen = render(build_report(readings, NOW, "box"))
+    assert "sovereignty: config ✓, connect-time ✓, kernel ✓, tenants ✗ · 2 in flight" in screen
+    assert ("tenants   vllm-agent ✗ from container vllm-agent: a datagram to 192.0.2.1:9 left: "
+            "nothing refused it within 1 s") in screen
+    readings["router"] = down("the router's socket does not exist")
+    report = build_report(readings, NOW, "box")
+    assert report.data["tenants"] == {
+        "verdict": False, "detail": LEAKY.detail,
+        "tenants": {"vllm-agent": {"confined": False, "detail": LEAKY.details["vllm-agent"]}}}
+    assert f"sovereignty layer tenants is not in force: {LEAKY.detail}" in report.problems
+    assert "tenants   vllm-agent ✗ from container vllm-agent" in render(report)
+
+
+def test_no_tenant_running_reads_confined_and_shows_with_the_router_down() -> None:
+    readings = everything()
+    readings["tenants"] = ok(TenantsLayer(True, "no tenant is running", {}))
+    readings["router"] = down("the router's socket does not exist")
+    report = build_report(readings, NOW, "box")
+    assert "tenants   sovereignty: ✓ no tenant is running" in render(report)
+    assert not [p for p in report.problems if "tenants" in p]
+
+
+def test_a_test_only_switch_is_named_with_where_it_is_set_and_how_to_remove_it() -> None:
+    readings = everything()
+    readings["switches"] = ok([
+        DisabledCheck("MUSHISHI_TEST_DISABLE_CONNECT_CHECK", "1", "turns the router's "
+                      "connect-time sovereignty check off", None, "`systemctl "
+                      "set-environment` (the service manager's environment, `systemctl "
+                      "show-environment`)", "`systemctl unset-environment "
+                      "MUSHISHI_TEST_DISABLE_CONNECT_CHECK`, then restart the units started "
+                      "since"),
+        DisabledCheck("MUSHISHI_TEST_DISABLE_CONNECT_CHECK", "1", "turns the router's "
+                      "connect-time sovereignty check off", "mushishi-router.service",
+                      "drop-in /etc/systemd/system/mushishi-router.service.d/zz-test.conf",
+                      "remove its Environment= line, then `systemctl daemon-reload` and "
+                      "`systemctl restart mushishi-router.service`")])
+    report = build_report(readings, NOW, "box")
+    assert [entry["source"] for entry in report.data["disabled_checks"]] == [
+        "`systemctl set-environment` (the service manager's environment, `systemctl "
+        "show-environment`)",
+        "drop-in /etc/systemd/system/mushishi-router.service.d/zz-test.conf"]
+    assert ("test-only switch MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1 (turns the router's "
+            "connect-time sovereignty check off) in mushishi-router.service, from drop-in "
+            "/etc/systemd/system/mushishi-router.service.d/zz-test.conf: remove its "
+            "Environment= line, then `systemctl daemon-reload` and `systemctl restart "
+            "mushishi-router.service`") in report.problems
+    screen = render(report)
+    assert ("test-only MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1 (turns the router's connect-time "
+            "sovereignty check off) for every unit started from now on, from `systemctl "
+            "set-environment`") in screen
+    assert ("MUSHISHI_TEST_DISABLE_CONNECT_CHECK=1 (turns the router's connect-time "
+            "sovereignty check off) in mushishi-router.service, from drop-in "
+            "/etc/systemd/system/mushishi-router.service.d/zz-test.conf") in screen
+    assert exit_status(report) == 1
+    json.dumps(report.data)

@@ -19,6 +19,7 @@ from mushishi.services.router.core import (
     mode_gate,
     pin_hops,
     preview,
+    sovereign_refusal,
     split_model,
     status_is_retryable,
     t1_should_wait,
@@ -177,3 +178,32 @@ def test_compile_table_never_counts_the_egress_socket_as_a_local_hop(tmp_path) -
     })
     with pytest.raises(ValueError, match="names a non-local backend"):
         compile_routes(settings, lambda _peer: None)
+
+
+REFUSED = {"gpu": "served by tenant vllm, which is not confined (tenant vllm: it left the box)"}
+
+
+@pytest.mark.parametrize(("profile", "hop", "expected"), [
+    (PRIVATE, GPU, "refused for T1: " + REFUSED["gpu"]),
+    (CLIENT, GPU, "refused for T1-strict: " + REFUSED["gpu"]),
+    (PERSONAL, GPU, None),  # T2 work may reach the cloud anyway: the tenant still serves it
+    (PRIVATE, CPU, None),   # another backend
+])
+def test_sovereign_refusal_closes_an_unconfined_tenant_to_t1_only(
+        profile: RouteProfile, hop: Hop, expected: str | None) -> None:
+    assert sovereign_refusal(profile, hop, REFUSED) == expected
+    assert sovereign_refusal(profile, hop, {}) is None
+
+
+def test_preview_skips_a_backend_refused_for_t1_and_names_why() -> None:
+    verdicts = {"gpu": judge_hop(GPU, Health.UP, "healthy", FORENSIC),
+                "cpu": judge_hop(CPU, Health.UP, "healthy", FORENSIC),
+                "kimi": judge_hop(KIMI, Health.UP, "", FORENSIC)}
+    view = preview(PRIVATE, verdicts, FORENSIC, refused=REFUSED)
+    assert view.would_use == "cpu"
+    assert view.reason == f"cpu (healthy); skipped gpu: refused for T1: {REFUSED['gpu']}"
+    assert preview(PERSONAL, verdicts, FORENSIC, refused=REFUSED).would_use == "gpu"
+    view = preview(CLIENT, verdicts, FORENSIC, refused=REFUSED)
+    assert view.would_use is None
+    assert view.reason == f"would answer backend_failed: gpu: refused for T1-strict: " \
+                          f"{REFUSED['gpu']}"

@@ -73,3 +73,40 @@ def test_records_are_written_whole_and_readable_by_anyone(tmp_path: Path) -> Non
     assert read_record(path) == TenantRecord("vllm", "docker", False, "left", NOW - 1.0, 15.0,
                                              "192.0.2.1:9")
     assert [p.name for p in directory.iterdir()] == ["confinement.json"]
+
+
+def test_a_tenant_serves_the_backends_on_its_port_at_its_host_or_loopback() -> None:
+    from mushishi.shared.config import MushishiSettings
+    from mushishi.shared.tenant_confinement import served_backends
+
+    settings = MushishiSettings.model_validate({
+        "backends": {
+            "gpu": {"url": "http://127.0.0.1:8000/v1", "model": "m"},
+            "gpu-by-name": {"url": "http://localhost:8000/v1", "model": "m"},
+            "comfy": {"url": "http://127.0.0.1:8188", "model": "m"},
+            "lan": {"url": "http://192.168.1.5:8000/v1", "model": "m"},
+            "socket": {"url": "unix:/run/x.sock", "model": "m"},
+        },
+        "tenants": {
+            "vllm": {"command": ["/bin/true"], "health_url": "http://127.0.0.1:8000/health",
+                     "vram_mib": 1},
+            "comfyui": {"command": ["/bin/true"], "port": 8188, "vram_mib": 1,
+                        "health_url": "http://127.0.0.1:8188/system_stats"},
+            "audio": {"command": ["/bin/true"], "port": 9000, "vram_mib": 1,
+                      "health_url": "http://127.0.0.1:9000/health"},
+        }})
+    assert served_backends(settings) == {"vllm": frozenset({"gpu", "gpu-by-name"}),
+                                         "comfyui": frozenset({"comfy"}),
+                                         "audio": frozenset()}
+
+
+def test_the_backends_of_an_unconfined_tenant_are_refused_naming_it(tmp_path: Path) -> None:
+    from mushishi.shared.tenant_confinement import refused_backends
+
+    running(tmp_path, "vllm", False, detail="from container vllm: it left the box")
+    running(tmp_path, "tts", None, detail="no running container yet")
+    layer = read_tenants_layer(tmp_path, now=NOW)
+    assert layer.unconfined() == {"vllm": "tenant vllm: from container vllm: it left the box"}
+    assert refused_backends(layer, {"vllm": frozenset({"gpu"}), "tts": frozenset({"tts"})}) == {
+        "gpu": "served by tenant vllm, which is not confined (tenant vllm: from container vllm: "
+               "it left the box)"}
