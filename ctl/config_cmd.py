@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from mushishi.shared.config import ConfigError, LoadedConfig, load_config, resolve_config_path
+from mushishi.shared.config.backup import host_issues
 from mushishi.shared.config.loader import default_env_file
 from mushishi.shared.credentials import credential_env_name, find_credential
 
@@ -27,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.file)
     try:
         loaded = load_config(path, env_file=default_env_file())
+        # Files this machine must hold (checked here and by the daemon that needs them,
+        # not by every daemon at start).
+        issues = host_issues(loaded.settings)
+        if issues:
+            raise ConfigError(str(path), issues)
     except ConfigError as error:
         print(error.report(), file=sys.stderr)
         count = len(error.issues)

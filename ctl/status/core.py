@@ -158,6 +158,9 @@ def build_report(readings: Mapping[str, Reading], now: datetime, host: str) -> R
     check = (data["backup"] or {}).get("check")
     if check and check["outcome"] != "ok":
         problems.append(f"last restic check {check['outcome']}")
+    for copy in (data["backup"] or {}).get("copies", []):
+        if copy["outcome"] == "failed":
+            problems.append(f"copy to {copy['repository']} failed")
     data["watchdog"] = _watchdog(_data(readings, "watchdog"), now)
     for item in (data["watchdog"] or {}).get("problems", []):
         problems.append(f"watchdog: {item['name']}: {item['detail']}")
@@ -286,7 +289,27 @@ def _backup(files: Any, now: datetime) -> dict[str, Any] | None:
         result["check"] = {"time": finished, "age_s": age_s(finished, now),
                            "outcome": str(check.get("outcome", "unknown")),
                            "error": check.get("error")}
+    result["copies"] = _copies(last, now) if isinstance(last, Mapping) else []
     return result
+
+
+def _copies(last: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Each off-box copy of the last run: outcome, age of its newest snapshot, last verify."""
+    finished = last.get("finished") or last.get("time")
+    copies = []
+    for entry in last.get("copies") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        copies.append({
+            "repository": str(entry.get("repository", "?")),
+            "outcome": str(entry.get("outcome", "unknown")),
+            "age_s": age_s(finished, now),
+            "newest_snapshot_age_s": age_s(entry.get("newest_snapshot_time"), now),
+            "verified": bool(entry.get("verified")),
+            "last_verified_age_s": age_s(entry.get("last_verified_time"), now),
+            "error": entry.get("error"),
+        })
+    return copies
 
 
 def _watchdog(last: Any, now: datetime) -> dict[str, Any] | None:
@@ -565,6 +588,23 @@ def _backup_row(backup: Mapping[str, Any] | None, paint: _Paint, row: Any,
         text += "; check " + paint("ok" if check["outcome"] == "ok" else "bad",
                                    check["outcome"]) + f" {ago(check['age_s'])}"
     row("backup", text)
+    for copy in backup.get("copies", []):
+        row("copy", _copy_line(copy, paint))
+
+
+def _copy_line(copy: Mapping[str, Any], paint: _Paint) -> str:
+    """`REPOSITORY: ok 3 h ago, newest snapshot 3 h old, verified 3 h ago`."""
+    kind = {"ok": "ok", "warning": "warn", "skipped": "dim"}.get(copy["outcome"], "bad")
+    text = f"{copy['repository']}: " + paint(kind, copy["outcome"]) + f" {ago(copy['age_s'])}"
+    newest = copy["newest_snapshot_age_s"]
+    text += (f", newest snapshot {human_duration(newest)} old" if newest is not None
+             else ", " + paint("bad", "no snapshot copied yet"))
+    verified = copy["last_verified_age_s"]
+    text += (f", verified {ago(verified)}" if verified is not None
+             else ", " + paint("bad", "never verified"))
+    if copy["outcome"] == "failed" and copy["error"]:
+        text += paint("bad", f" — {copy['error']}")
+    return text
 
 
 def _watchdog_rows(watchdog: Mapping[str, Any] | None, paint: _Paint, row: Any,

@@ -11,6 +11,7 @@ same against an sftp: host in a network namespace.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,6 +107,11 @@ def test_an_unreachable_copy_fails_the_run_on_its_own_and_the_next_run_catches_u
 
     random_file(source / "second.bin", 50_000)
     assert box.run().returncode == 4
+    # Weekly runs of earlier days whose copies failed too (the box's retention keeps one
+    # snapshot a day, so today's runs leave one of today's).
+    for day in (2, 1):
+        when = datetime.fromtimestamp(time.time() - day * 86400).strftime("%Y-%m-%d %H:%M:%S")
+        box.restic("backup", "--tag", "mushishi", "--time", when, str(source))
     offsite.mkdir()
     random_file(source / "third.bin", 50_000)
     result = box.run()
@@ -113,7 +119,8 @@ def test_an_unreachable_copy_fails_the_run_on_its_own_and_the_next_run_catches_u
     assert box.last()["outcome"] == "ok"
     record = copy_record(box)
     assert record["outcome"] == "ok" and record["verified"] is True
-    # Caught up: every snapshot of the primary, including the two the copy missed.
+    assert record["snapshots_copied"] == 3
+    # Caught up: every snapshot the box holds, the three the copy missed included.
     primary = {s["short_id"] for s in box.snapshots()}
     assert len(primary) == 3 and originals(box, copy) == primary
     box.restic("check")
