@@ -146,8 +146,8 @@ def _publish(state_dir: Path, result_file: str, textfile: str, textfile_dir: str
 
 
 async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
-    """`mushishi-backup run`: back up every set, apply retention, verify a restore sample,
-    then copy to each off-box repository (its own retention and restore sample)."""
+    """`mushishi-backup run`: back up every set, copy to each off-box repository (its own
+    retention and restore sample), then apply retention and verify a restore sample."""
     config = settings.backup
     state_dir = Path(config.state_dir)
     started = deps.now()
@@ -203,15 +203,19 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             ordered = [results[s.path] for s in config.sets if s.path in results]
             skip = core.should_run_retention(ordered, fatal=None,
                                              interrupted=deps.stopping.is_set())
-            if skip is None:
+            snapshots = [r.snapshot_id for r in ordered
+                         if r.snapshot_id and r.status in ("ok", "partial")]
+            # Copies first: a copy that failed before still receives what the box's own
+            # retention is about to forget.
+            if config.copies:
+                await _run_copies(config, deps, snapshots, skip, copies)
+            if skip is None and not deps.stopping.is_set():
                 deps.notifier.status("applying retention (forget --prune)")
                 kept = await retention(config, repo, tags=config.tags)
                 if kept.error:
                     warnings.append(kept.error)
             else:
-                kept.skipped_reason = skip
-            snapshots = [r.snapshot_id for r in ordered
-                         if r.snapshot_id and r.status in ("ok", "partial")]
+                kept.skipped_reason = skip or "the run was interrupted"
             if snapshots and not deps.stopping.is_set():
                 deps.notifier.status(f"verifying a restore of {config.verify_sample_files} "
                                      f"sample files")
@@ -219,8 +223,6 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
                     repo.processes, repo.restic, snapshots,
                     sample_files=config.verify_sample_files,
                     max_bytes=config.verify_max_bytes, rng=deps.rng)
-            if config.copies:
-                await _run_copies(config, deps, snapshots, skip, copies)
     except Fatal as error:
         fatal = str(error)
         errors.append(fatal)
@@ -282,7 +284,7 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
         log.log(logging.INFO if result.outcome in ("ok", "warning") else logging.ERROR,
                 "copy to %s: %s%s", result.repository, result.outcome,
                 f" ({result.error})" if result.error else
-                f" ({result.snapshots_copied} snapshot(s) copied, verify "
+                f" ({len(result.copied_from)} snapshot(s) copied, verify "
                 f"{result.verify.outcome})")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +24,7 @@ from mushishi.services.backup.repository import (
     open_copy,
     retention,
 )
-from mushishi.services.backup.restic import first_error_line, parse_snapshots
+from mushishi.services.backup.restic import first_error_line, parse_copy, parse_snapshots
 from mushishi.services.backup.verify import verify_snapshots
 from mushishi.shared.config.backup import (
     BackupSettings,
@@ -34,8 +33,6 @@ from mushishi.shared.config.backup import (
     repository_host,
 )
 from mushishi.shared.locality import Resolver
-
-_COPIED = re.compile(r"^snapshot [0-9a-f]+ saved$", re.MULTILINE)
 
 
 @dataclass
@@ -84,7 +81,7 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
                         for line in result.stale_locks_cleared]
     context.status(f"copying to {shown}")
     copied = await repo.processes.run(repo.restic.copy_from(source, tags=settings.tags))
-    result.snapshots_copied = len(_COPIED.findall(copied.stdout))
+    result.copied_from = parse_copy(copied.stdout)
     if copied.returncode != 0:
         result.error = (f"restic copy to {shown} exited {copied.returncode}: "
                         f"{first_error_line(copied.stderr)}")

@@ -91,7 +91,7 @@ class CopyResult:
     repository: str                 # as shown (display_repository)
     outcome: str = "skipped"        # ok | warning | failed | skipped | interrupted
     snapshot_ids: list[str] = field(default_factory=list)  # this run's, in the copy
-    snapshots_copied: int = 0
+    copied_from: list[str] = field(default_factory=list)   # primary snapshots copied now
     newest_snapshot_time: str | None = None  # in the copy, as read in this run
     retention: RetentionResult = field(default_factory=RetentionResult)
     verify: VerifyResult = field(default_factory=VerifyResult)
@@ -143,7 +143,8 @@ def copy_record(result: CopyResult, *, finished: datetime, previous: Mapping[str
         "last_verified_time": finished.isoformat() if verified
         else previous.get("last_verified_time"),
         "snapshot_ids": list(result.snapshot_ids),
-        "snapshots_copied": result.snapshots_copied,
+        "snapshots_copied": len(result.copied_from),
+        "copied_from": list(result.copied_from),
         "retention": asdict(result.retention),
         "verify": asdict(result.verify),
         "stale_locks_cleared": list(result.stale_locks_cleared),

@@ -349,13 +349,39 @@ def parse_forget(stdout: str) -> tuple[int, int]:
     return kept, removed
 
 
+_COPY_SOURCE = re.compile(r"^snapshot ([0-9a-f]+) of \[")
+_COPY_SAVED = re.compile(r"^snapshot ([0-9a-f]+) saved$")
+
+
+def parse_copy(stdout: str) -> list[str]:
+    """Short ids of the source snapshots `restic copy` copied (not those it skipped as
+    already copied), from its text output."""
+    copied: list[str] = []
+    source: str | None = None
+    for line in stdout.splitlines():
+        line = line.strip()
+        if match := _COPY_SOURCE.match(line):
+            source = match.group(1)
+        elif (match := _COPY_SAVED.match(line)) and source is not None:
+            copied.append(source)
+            source = None
+    return copied
+
+
+_SUBPROCESS = re.compile(r"^subprocess \S+: (.+)$")
+
+
 def first_error_line(stderr: str) -> str:
-    """The line of restic's stderr that says what went wrong."""
+    """The line of restic's stderr that says what went wrong, with the last word of the
+    ssh it ran for an sftp: repository (restic itself only says `EOF` when ssh refused a
+    host key)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = [match.group(1) for line in lines if (match := _SUBPROCESS.match(line))]
+    because = f" (ssh: {said[-1]})" if said else ""
     for line in lines:
         if line.startswith("Fatal:"):
-            return line
+            return line + because
     for line in lines:
-        if not line.startswith("{"):
-            return line
-    return lines[-1] if lines else "(no message)"
+        if not line.startswith("{") and not _SUBPROCESS.match(line):
+            return line + because
+    return (lines[-1] if lines else "(no message)") + because
