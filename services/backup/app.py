@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mushishi.services.backup import core, metrics, state
-from mushishi.services.backup.copies import CopyContext, copy_one
+from mushishi.services.backup.copies import CopyContext, copy_one, reach
 from mushishi.services.backup.core import (
     CopyResult,
     Fatal,
@@ -34,12 +34,11 @@ from mushishi.services.backup.core import (
     VerifyResult,
 )
 from mushishi.services.backup.network import check_host, parse_pins
+from mushishi.services.backup.process import Processes
 from mushishi.services.backup.repository import (
     access,
     backup_set,
     clear_stale_locks,
-    copy_access,
-    open_copy,
     open_repository,
     retention,
     share_with_group,
@@ -340,8 +339,8 @@ async def run_check(settings: MushishiSettings, deps: Deps) -> int:
     return 0
 
 
-async def _check(processes: Any, argv: list[str], config: BackupSettings, deps: Deps
-                 ) -> str | None:
+async def _check(processes: Processes, argv: list[str], config: BackupSettings,
+                 deps: Deps) -> str | None:
     deps.notifier.status(f"restic check --read-data-subset={config.check_read_data_subset}")
     result = await processes.run(argv)
     if result.returncode != 0:
@@ -352,26 +351,13 @@ async def _check(processes: Any, argv: list[str], config: BackupSettings, deps: 
 
 async def _check_copy(config: BackupSettings, index: int, deps: Deps) -> dict[str, Any]:
     """restic check of one copy: {repository, outcome, error, stale_locks_cleared}."""
-    copy = config.copies[index]
-    shown = display_repository(copy.repository)
     stale: list[str] = []
-    error: str | None = None
-    host = repository_host(copy.repository)
-    refused = host and check_host(f"{copy_key(index)}.repository", host,
-                                  pinned_hosts(deps.environ), deps.resolve)
-    if refused:
-        error = refused
-    else:
-        try:
-            repo, source = copy_access(config, index, environ=deps.environ,
-                                       dotenv=deps.dotenv, stopping=deps.stopping,
-                                       grace_s=deps.grace_s, monotonic=deps.monotonic)
-            await open_copy(config, index, repo, source, create=False)
-            stale = await clear_stale_locks(repo, now=deps.now, hostname=deps.hostname,
-                                            pid_alive=deps.pid_alive)
-            error = await _check(repo.processes, repo.restic.check(
-                config.check_read_data_subset), config, deps)
-        except Fatal as failure:
-            error = str(failure)
-    return {"repository": shown, "outcome": "failed" if error else "ok", "error": error,
+    try:
+        repo, _, stale = await reach(config, index, _copy_context(deps), create=False)
+        error = await _check(repo.processes, repo.restic.check(config.check_read_data_subset),
+                             config, deps)
+    except Fatal as failure:
+        error = str(failure)
+    return {"repository": display_repository(config.copies[index].repository),
+            "outcome": "failed" if error else "ok", "error": error,
             "stale_locks_cleared": stale}

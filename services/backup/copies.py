@@ -19,12 +19,18 @@ from mushishi.services.backup import core
 from mushishi.services.backup.core import CopyResult, Fatal
 from mushishi.services.backup.network import check_host
 from mushishi.services.backup.repository import (
+    Access,
     clear_stale_locks,
     copy_access,
     open_copy,
     retention,
 )
-from mushishi.services.backup.restic import first_error_line, parse_copy, parse_snapshots
+from mushishi.services.backup.restic import (
+    Restic,
+    first_error_line,
+    parse_copy,
+    parse_snapshots,
+)
 from mushishi.services.backup.verify import verify_snapshots
 from mushishi.shared.config.backup import (
     BackupSettings,
@@ -53,27 +59,36 @@ class CopyContext:
     monotonic: Callable[[], float]
 
 
-async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
-                   context: CopyContext) -> CopyResult:
-    """Copy this run's snapshots (and any an earlier run missed) to copy `index`."""
+async def reach(settings: BackupSettings, index: int, context: CopyContext, *,
+                create: bool) -> tuple[Access, Restic, list[str]]:
+    """Copy `index` with its host where install pinned it, opened (created when `create`)
+    and cleared of stale locks: (restic on it, the primary as its source, the stale locks
+    cleared). Raise Fatal with one line naming the key."""
     copy = settings.copies[index]
-    shown = display_repository(copy.repository)
-    result = CopyResult(shown)
     host = repository_host(copy.repository)
     if host is not None:
         refused = check_host(f"{copy_key(index)}.repository", host, context.pins,
                              context.resolve)
         if refused:
-            result.error = refused
-            return result
+            raise Fatal(refused)
+    repo, source = copy_access(settings, index, environ=context.environ,
+                               dotenv=context.dotenv, stopping=context.stopping,
+                               grace_s=context.grace_s, monotonic=context.monotonic)
+    context.status(f"opening copy {display_repository(copy.repository)}")
+    await open_copy(settings, index, repo, source, create=create)
+    stale = await clear_stale_locks(repo, now=context.now, hostname=context.hostname,
+                                    pid_alive=context.pid_alive)
+    return repo, source, stale
+
+
+async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
+                   context: CopyContext) -> CopyResult:
+    """Copy this run's snapshots (and any an earlier run missed) to copy `index`."""
+    shown = display_repository(settings.copies[index].repository)
+    result = CopyResult(shown)
     try:
-        repo, source = copy_access(settings, index, environ=context.environ,
-                                   dotenv=context.dotenv, stopping=context.stopping,
-                                   grace_s=context.grace_s, monotonic=context.monotonic)
-        context.status(f"opening copy {shown}")
-        await open_copy(settings, index, repo, source, create=True)
-        result.stale_locks_cleared = await clear_stale_locks(
-            repo, now=context.now, hostname=context.hostname, pid_alive=context.pid_alive)
+        repo, source, result.stale_locks_cleared = await reach(settings, index, context,
+                                                               create=True)
     except Fatal as error:
         result.error = str(error)
         return result
@@ -87,7 +102,7 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
                         f"{first_error_line(copied.stderr)}")
         return result
     context.status(f"applying retention in {shown}")
-    result.retention = await retention(copy, repo, tags=settings.tags)
+    result.retention = await retention(settings.copies[index], repo, tags=settings.tags)
     if result.retention.error:
         result.warnings.append(result.retention.error)
     listed = await repo.processes.run(repo.restic.snapshots(tags=settings.tags))
