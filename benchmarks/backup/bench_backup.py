@@ -188,6 +188,18 @@ def backup_and_copy(repo: Path, copy: Path, source: Path, first: bool) -> float:
 NAMES = ("runner", "bare-same", "bare-minimal", "runner+copy", "same+copy", "backup+copy")
 
 
+def table(results: dict[str, dict[str, list[float]]], rounds: int, title: str,
+          names: tuple[str, str, str], headers: tuple[str, ...]) -> None:
+    """Medians of the runner and two baselines per phase, and the runner's ratios."""
+    print()
+    print(f"{title:12s} {headers[0]:>8s} {headers[1]:>10s} {headers[2]:>9s} "
+          f"{headers[3]:>12s} {headers[4]:>11s}   (medians of {rounds}, seconds)")
+    for phase, by_name in results.items():
+        runner_s, first_s, second_s = (statistics.median(by_name[n]) for n in names)
+        print(f"{phase:12s} {runner_s:8.2f} {first_s:10.2f} {second_s:9.2f} "
+              f"{runner_s / first_s:12.2f} {runner_s / second_s:11.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -234,24 +246,10 @@ def main() -> None:
                           flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(f"{'phase':12s} {'runner':>8s} {'bare-same':>10s} {'bare-min':>9s} "
-          f"{'runner/same':>12s} {'runner/min':>11s}   (medians of {args.rounds}, seconds)")
-    for phase, by_name in results.items():
-        runner_s = statistics.median(by_name["runner"])
-        same_s = statistics.median(by_name["bare-same"])
-        minimal_s = statistics.median(by_name["bare-minimal"])
-        print(f"{phase:12s} {runner_s:8.2f} {same_s:10.2f} {minimal_s:9.2f} "
-              f"{runner_s / same_s:12.2f} {runner_s / minimal_s:11.2f}")
-    print()
-    print(f"{'with a copy':12s} {'runner':>8s} {'same':>10s} {'by hand':>9s} "
-          f"{'runner/same':>12s} {'runner/hand':>11s}   (medians of {args.rounds}, seconds)")
-    for phase, by_name in results.items():
-        runner_s = statistics.median(by_name["runner+copy"])
-        same_s = statistics.median(by_name["same+copy"])
-        hand_s = statistics.median(by_name["backup+copy"])
-        print(f"{phase:12s} {runner_s:8.2f} {same_s:10.2f} {hand_s:9.2f} "
-              f"{runner_s / same_s:12.2f} {runner_s / hand_s:11.2f}")
+    table(results, args.rounds, "phase", ("runner", "bare-same", "bare-minimal"),
+          ("runner", "bare-same", "bare-min", "runner/same", "runner/min"))
+    table(results, args.rounds, "with a copy", ("runner+copy", "same+copy", "backup+copy"),
+          ("runner", "same", "by hand", "runner/same", "runner/hand"))
     print(f"\nsource: 2000 files of 0.5-8 KiB + 20 files of 1 MiB; cpus={os.cpu_count()}; "
           f"load average {os.getloadavg()[0]:.2f}")
 
