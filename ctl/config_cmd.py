@@ -44,12 +44,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _credential_keys(loaded: LoadedConfig) -> list[tuple[str, str]]:
-    """(key path, credential name) for every *_credential setting that is set."""
-    return [
-        (key, value)
-        for key, value in _flat(loaded.settings.model_dump(mode="json"))
-        if key.endswith("_credential") and isinstance(value, str)
-    ]
+    """(key path, credential name) for every *_credential setting that is set, in tables
+    of lists too (`backup.copies[0].password_credential`)."""
+    found: list[tuple[str, str]] = []
+    for key, value in _flat(loaded.settings.model_dump(mode="json")):
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                found += [(f"{key}[{index}].{k}", v) for k, v in _flat(item)
+                          if k.endswith("_credential") and isinstance(v, str)]
+        elif key.endswith("_credential") and isinstance(value, str):
+            found.append((key, value))
+    return found
 
 
 def _flat(data: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -3,6 +3,7 @@ restic reads them (host, sftp user and port), shown without a password."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -133,3 +134,15 @@ def test_a_password_in_a_repository_url_is_never_shown() -> None:
         "rest:https://mushishi:***@backup.example:8000/box/"
     assert display_repository(SFTP) == SFTP
     assert display_repository("/data/repo") == "/data/repo"
+
+
+def test_config_check_lists_the_copies_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "mushishi.toml"
+    config.write_text(MINIMAL + '[[backup.copies]]\nrepository = "/mnt/usb/restic"\n'
+                      'password_credential = "restic-copy-password"\n')
+    result = subprocess.run([f"{BINDIR}/mushishi", "config", "check", str(config)],
+                            capture_output=True, text=True, check=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert re.search(r'^backup\.copies\[0\]\.password_credential +\= "restic-copy-password"'
+                     r"  # missing \(LoadCredential=restic-copy-password:",
+                     result.stdout, re.MULTILINE), result.stdout
