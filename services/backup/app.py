@@ -356,6 +356,8 @@ async def _check_copy(config: BackupSettings, index: int, deps: Deps) -> dict[st
         repo, _, stale = await reach(config, index, _copy_context(deps), create=False)
         error = await _check(repo.processes, repo.restic.check(config.check_read_data_subset),
                              config, deps)
+        if error:
+            error += repo.ssh_said()
     except Fatal as failure:
         error = str(failure)
     return {"repository": display_repository(config.copies[index].repository),

@@ -99,7 +99,7 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
     result.copied_from = parse_copy(copied.stdout)
     if copied.returncode != 0:
         result.error = (f"restic copy to {shown} exited {copied.returncode}: "
-                        f"{first_error_line(copied.stderr)}")
+                        f"{first_error_line(copied.stderr)}{repo.ssh_said()}")
         return result
     context.status(f"applying retention in {shown}")
     result.retention = await retention(settings.copies[index], repo, tags=settings.tags)
@@ -112,7 +112,7 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
         snapshots = None
     if snapshots is None:
         result.error = (f"restic snapshots on {shown} exited {listed.returncode}: "
-                        f"{first_error_line(listed.stderr)}")
+                        f"{first_error_line(listed.stderr)}{repo.ssh_said()}")
         return result
     if snapshots:
         result.newest_snapshot_time = max(s.time for s in snapshots).isoformat()

@@ -53,10 +53,24 @@ PROGRESS_EVERY_S = 5.0
 
 @dataclass
 class Access:
-    """How this process reaches the repository."""
+    """How this process reaches the repository (and, for an sftp: copy, where its ssh
+    writes what it has to say: restic itself only reports `EOF` when ssh gives up)."""
 
     restic: Restic
     processes: Processes
+    ssh_log: Path | None = None
+
+    def ssh_said(self) -> str:
+        """` (ssh: <its last line>)` from the ssh log, or "" when it said nothing."""
+        if self.ssh_log is None:
+            return ""
+        try:
+            text = self.ssh_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [line.strip("@ \t") for line in text.splitlines()]
+        said = [line for line in lines if line]
+        return f" (ssh: {said[-1]})" if said else ""
 
 
 def _restic_binary(settings: BackupSettings) -> None:
@@ -113,6 +127,12 @@ def copy_password_credential(settings: BackupSettings, index: int) -> tuple[str,
     return settings.password_credential, "backup.password_credential"
 
 
+def ssh_log_path(settings: BackupSettings, index: int) -> Path:
+    """Where ssh writes for copy `index` (`ssh -E`): the state directory, root's and not
+    world-writable, so no one can point the file elsewhere; rewritten at each access."""
+    return Path(settings.state_dir) / f"ssh-copy{index}.log"
+
+
 def copy_access(settings: BackupSettings, index: int, *, environ: Mapping[str, str],
                 dotenv: Mapping[str, str | None] | None = None,
                 stopping: asyncio.Event | None = None, grace_s: float = 120.0,
@@ -137,19 +157,27 @@ def copy_access(settings: BackupSettings, index: int, *, environ: Mapping[str, s
     else:
         env["RESTIC_PASSWORD"] = own.value
     options: tuple[str, ...] = ()
+    ssh_log = None
     if copy.repository.startswith("sftp:"):
-        options = (f"sftp.command={_ssh_command(settings, index, environ, dotenv)}",)
+        ssh_log = ssh_log_path(settings, index)
+        try:
+            ssh_log.parent.mkdir(parents=True, exist_ok=True)
+            ssh_log.write_text("", encoding="utf-8")
+        except OSError as error:
+            raise Fatal(f"cannot write {ssh_log} (backup.state_dir): "
+                        f"{error.strerror or error}") from None
+        options = (f"sftp.command={_ssh_command(settings, index, environ, dotenv, ssh_log)}",)
     primary = Restic(settings.restic, settings.repository, source_file, settings.cache_dir)
     restic = Restic(settings.restic, copy.repository, own_file, settings.cache_dir,
                     copy.limit_upload_kib, options)
     processes = Processes(env=env, secrets=[source.value, own.value], stopping=stopping,
                           grace_s=grace_s, monotonic=monotonic)
     log.debug("%s: %s", key, display_repository(copy.repository))
-    return Access(restic, processes), primary
+    return Access(restic, processes, ssh_log), primary
 
 
 def _ssh_command(settings: BackupSettings, index: int, environ: Mapping[str, str],
-                 dotenv: Mapping[str, str | None] | None) -> str:
+                 dotenv: Mapping[str, str | None] | None, log_file: Path) -> str:
     copy = settings.copies[index]
     key = copy_key(index)
     if copy.known_hosts is None or copy.ssh_key_credential is None:
@@ -168,7 +196,8 @@ def _ssh_command(settings: BackupSettings, index: int, environ: Mapping[str, str
                     f"which restic's sftp.command cannot carry")
     location = sftp_location(copy.repository)
     return sftp_command(settings.ssh, location.user, location.host, location.port,
-                        known_hosts=copy.known_hosts, identity_file=str(identity.path))
+                        known_hosts=copy.known_hosts, identity_file=str(identity.path),
+                        log_file=str(log_file))
 
 
 def share_with_group(root: Path, gid: int) -> bool:
@@ -239,7 +268,7 @@ async def _open(repo: Access, repository: str, key: str, credential: str,
             hint = (" (`mushishi install` creates the directory and lets the unit write it)"
                     if local and not _is_dir(Path(local)) else "")
             raise Fatal(f"restic init {shown} failed: "
-                        f"{first_error_line(created.stderr)}{hint}")
+                        f"{first_error_line(created.stderr)}{repo.ssh_said()}{hint}")
         return True
     if kind is ExitClass.REPO_MISSING:
         raise Fatal(f"no restic repository at {shown} ({key}); "
@@ -250,7 +279,7 @@ async def _open(repo: Access, repository: str, key: str, credential: str,
     if kind is ExitClass.INTERRUPTED:
         raise Fatal("stopped")
     raise Fatal(f"cannot open repository {shown} ({key}): "
-                f"{first_error_line(probe.stderr)}")
+                f"{first_error_line(probe.stderr)}{repo.ssh_said()}")
 
 
 async def clear_stale_locks(repo: Access, *, now: Callable[[], datetime], hostname: str,

@@ -174,15 +174,18 @@ class Restic:
 
 
 def sftp_command(ssh: str, user: str | None, host: str, port: str | None, *,
-                 known_hosts: str, identity_file: str) -> str:
+                 known_hosts: str, identity_file: str, log_file: str | None = None) -> str:
     """restic's `sftp.command`: ssh with the host key pinned to `known_hosts` alone, the
-    key `identity_file` alone, no config file, no prompt, and a dead host noticed within a
-    minute (restic splits this line on spaces; the paths in it have none)."""
+    key `identity_file` alone, no config file, no prompt, a dead host noticed within a
+    minute, and what ssh says written to `log_file` (restic splits this line on spaces; the
+    paths in it have none)."""
     argv = [ssh, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "UpdateHostKeys=no", "-o", "IdentitiesOnly=yes", "-i", identity_file,
             "-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=4"]
+    if log_file is not None:
+        argv += ["-E", log_file]
     if port is not None:
         argv += ["-p", port]
     if user is not None:
@@ -368,20 +371,13 @@ def parse_copy(stdout: str) -> list[str]:
     return copied
 
 
-_SUBPROCESS = re.compile(r"^subprocess \S+: (.+)$")
-
-
 def first_error_line(stderr: str) -> str:
-    """The line of restic's stderr that says what went wrong, with the last word of the
-    ssh it ran for an sftp: repository (restic itself only says `EOF` when ssh refused a
-    host key)."""
+    """The line of restic's stderr that says what went wrong."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    said = [match.group(1) for line in lines if (match := _SUBPROCESS.match(line))]
-    because = f" (ssh: {said[-1]})" if said else ""
     for line in lines:
         if line.startswith("Fatal:"):
-            return line + because
+            return line
     for line in lines:
-        if not line.startswith("{") and not _SUBPROCESS.match(line):
-            return line + because
-    return (lines[-1] if lines else "(no message)") + because
+        if not line.startswith("{"):
+            return line
+    return lines[-1] if lines else "(no message)"
