@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "firewall": ("mushishi.ctl.firewall_cmd", "render, apply or verify the firewall"),
     "install": ("mushishi.ctl.install_cmd", "install units, D-Bus policy, user, dirs"),
     "bench": ("mushishi.ctl.bench_cmd", "tokens/s regression benchmark"),
+    "backup": ("mushishi.ctl.backup_cmd", "list or restore snapshots, from the box's "
+               "repository or an off-box copy"),
 }
 
 

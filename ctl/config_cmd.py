@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from mushishi.shared.config import ConfigError, LoadedConfig, load_config, resolve_config_path
+from mushishi.shared.config.backup import host_issues
 from mushishi.shared.config.loader import default_env_file
 from mushishi.shared.credentials import credential_env_name, find_credential
 
@@ -27,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.file)
     try:
         loaded = load_config(path, env_file=default_env_file())
+        # Files this machine must hold (checked here and by the daemon that needs them,
+        # not by every daemon at start).
+        issues = host_issues(loaded.settings)
+        if issues:
+            raise ConfigError(str(path), issues)
     except ConfigError as error:
         print(error.report(), file=sys.stderr)
         count = len(error.issues)
@@ -38,12 +44,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _credential_keys(loaded: LoadedConfig) -> list[tuple[str, str]]:
-    """(key path, credential name) for every *_credential setting that is set."""
-    return [
-        (key, value)
-        for key, value in _flat(loaded.settings.model_dump(mode="json"))
-        if key.endswith("_credential") and isinstance(value, str)
-    ]
+    """(key path, credential name) for every *_credential setting that is set, in tables
+    of lists too (`backup.copies[0].password_credential`)."""
+    found: list[tuple[str, str]] = []
+    for key, value in _flat(loaded.settings.model_dump(mode="json")):
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                found += [(f"{key}[{index}].{k}", v) for k, v in _flat(item)
+                          if k.endswith("_credential") and isinstance(v, str)]
+        elif key.endswith("_credential") and isinstance(value, str):
+            found.append((key, value))
+    return found
 
 
 def _flat(data: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -19,13 +19,20 @@ from pathlib import Path, PurePosixPath
 import tomlkit
 
 from mushishi.ctl.unit_network import plan_network, read_host_files
+from mushishi.services.backup.network import format_pins, resolve_hosts
 from mushishi.shared.config import MushishiSettings
-from mushishi.shared.config.backup import local_repository_path
+from mushishi.shared.config.backup import (
+    PINNED_HOSTS_ENV,
+    host_issues,
+    local_repository_path,
+    repository_host,
+    repository_keys,
+)
 from mushishi.shared.config.gpu import mode_target, prepare_unit, tenant_unit
 from mushishi.shared.config.observability import bench_results
 from mushishi.shared.config.router import parse_listen
 from mushishi.shared.files import replace_atomically
-from mushishi.shared.locality import backend_locality
+from mushishi.shared.locality import Resolver, backend_locality, parse_ip, system_resolver
 from mushishi.shared.unit_names import ON_FAILURE
 
 log = logging.getLogger("mushishi.install")
@@ -89,11 +96,16 @@ def _unit_credentials(settings: MushishiSettings) -> dict[str, list[str]]:
         ntfy.append(settings.ntfy.token_credential)
     cloud = sorted({b.api_key_credential for b in settings.backends.values()
                     if b.api_key_credential})
-    backup = [settings.backup.password_credential]
+    primary = [settings.backup.password_credential]
+    # The copies' passwords and SSH keys: only the backup units reach the copies.
+    backup = list(dict.fromkeys(primary + [
+        name for copy in settings.backup.copies
+        for name in (copy.password_credential, copy.ssh_key_credential) if name]))
     return {
         "mushishi-egress.service": cloud,
-        # The watchdog reads the newest snapshot's age from restic itself.
-        "mushishi-watchdog.service": [*ntfy, *backup],
+        # The watchdog reads the newest snapshot's age from restic itself (the copies' from
+        # the backup's last.json: it never reaches off the box).
+        "mushishi-watchdog.service": [*ntfy, *primary],
         "mushishi-alert@.service": ntfy,
         "mushishi-sovereignty.service": ntfy,
         "mushishi-backup.service": backup,
@@ -250,8 +262,9 @@ ReadWritePaths=-/etc/cni/net.d
 
 
 def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
-                 config_text: str | None) -> Plan:
-    """Everything install writes for `settings`, with console scripts in `bindir`."""
+                 config_text: str | None, resolve: Resolver = system_resolver) -> Plan:
+    """Everything install writes for `settings`, with console scripts in `bindir`; `resolve`
+    finds the addresses of the off-box repositories' hosts (pinned in the backup units)."""
     plan = Plan()
     units = UNIT_DIR
     for name in shipped_unit_names():
@@ -289,6 +302,11 @@ def plan_install(settings: MushishiSettings, bindir: str, *, root: Path,
         _cpu_floor_paths(settings), 0o644)
     for path, text in _network_dropins(settings).items():
         plan.files[units / path] = (text, 0o644)
+    backups, warnings = _backup_network(settings, root, resolve)
+    for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
+        plan.files[units / f"{unit}.d" / "network.conf"] = (backups, 0o644)
+    plan.warnings += warnings
+    plan.warnings += [f"{issue.path}: {issue.message}" for issue in host_issues(settings, root)]
     for unit, text in _state_dropins(settings).items():
         plan.files[units / f"{unit}.d" / "state.conf"] = (text, 0o644)
 
@@ -360,12 +378,11 @@ def _cpu_floor_paths(settings: MushishiSettings) -> str:
 
 def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     """IPAddressDeny=any for the units that talk to the network only when their peer is
-    local: the watchdog and alerts (ntfy.url) and the backups (the repository). Only
+    local: the watchdog and alerts (ntfy.url); the backups are `_backup_network`'s. Only
     mushishi-egress is never confined: its job is reaching cloud APIs."""
     router = settings.router
     allow = _network_allow_lines(settings)
     ntfy = backend_locality(settings.ntfy.url, router.local_networks, router.local_hosts)
-    repository = local_repository_path(settings.backup.repository)
     header = _rendered_header()
     confined = "[Service]\nIPAddressDeny=any\n" + allow + "\n"
     alerts = (header + f"# ntfy.url is local ({ntfy.reason}): no other address is needed.\n"
@@ -374,16 +391,10 @@ def _network_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
                  "may reach it; it carries outcomes and systemd's and mushishi's own\n# records, "
                  "never a process's output (docs/alerts.md).\n# A self-hosted "
                  "ntfy on the tailnet confines it (IPAddressDeny=any).\n")
-    backups = (header + "# backup.repository is a local path: no network at all.\n"
-               "[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n") if repository \
-        else (header + "# Relaxation: backup.repository is remote, so this unit may reach it; "
-                       "restic encrypts\n# everything before it leaves.\n")
     return {
         PurePosixPath("mushishi-watchdog.service.d/network.conf"): alerts,
         PurePosixPath("mushishi-alert@.service.d/network.conf"): alerts,
         PurePosixPath("mushishi-sovereignty.service.d/network.conf"): alerts,
-        PurePosixPath("mushishi-backup.service.d/network.conf"): backups,
-        PurePosixPath("mushishi-backup-check.service.d/network.conf"): backups,
     }
 
 
@@ -398,20 +409,76 @@ def _plan_unit_network(settings: MushishiSettings, bindir: str, root: Path, plan
         plan.files[PurePosixPath(str(path).lstrip("/"))] = (text, 0o644)
 
 
+def _backup_network(settings: MushishiSettings, root: Path, resolve: Resolver
+                    ) -> tuple[str, list[str]]:
+    """network.conf of the backup units, and warnings: IPAddressDeny=any, with
+    IPAddressAllow= exactly the addresses each off-box repository's host resolves to now
+    (pinned: the runner checks at each start that the host still resolves there)."""
+    header = _rendered_header("[backup]")
+    unpinnable = [(key, repository) for key, repository in repository_keys(settings.backup)
+                  if local_repository_path(repository) is None
+                  and repository_host(repository) is None]
+    if unpinnable:
+        key, repository = unpinnable[0]
+        return (header + f"# Relaxation: {key} ({repository.split(':', 1)[0]}:) has no one "
+                "host to confine\n# this unit to, so it may reach any address; restic "
+                "encrypts everything before it leaves.\n# sftp:, rest: and s3: repositories "
+                "are confined to their host.\n"), []
+    hosts = {key: host for key, repository in repository_keys(settings.backup)
+             if (host := repository_host(repository)) is not None}
+    found, failed = resolve_hosts(hosts.values(), resolve)
+    warnings = [f"{key}: cannot resolve {host} ({failed[host]}): the backup units may not "
+                f"reach it until `mushishi install` runs again and it resolves"
+                for key, host in hosts.items() if host in failed]
+    lines = ["[Service]", "IPAddressDeny=any", "IPAddressAllow=localhost"]
+    addresses = dict.fromkeys(a for host in hosts.values() for a in found.get(host, []))
+    lines += [f"IPAddressAllow={address}" for address in addresses]
+    comment = "# No off-box repository: no network at all.\n"
+    if hosts:
+        pins = {host: found.get(host, []) for host in hosts.values()}
+        lines.append(f'Environment="{PINNED_HOSTS_ENV}={format_pins(pins)}"')
+        comment = ("# restic's encrypted data may reach only these hosts, as they resolved "
+                   "at install\n# (mushishi-backup refuses a repository whose host now "
+                   "resolves elsewhere):\n" + "".join(
+                       f"#   {key}: {host} -> {', '.join(found.get(host, [])) or 'unresolved'}"
+                       "\n" for key, host in hosts.items()))
+        warnings += _resolver_warnings(root, [h for h in hosts.values() if parse_ip(h) is None])
+    return header + comment + "\n".join(lines) + "\n", warnings
+
+
+def _resolver_warnings(root: Path, names: list[str]) -> list[str]:
+    """The backup units resolve host names under IPAddressDeny=any: a nameserver that is
+    not local cannot answer them."""
+    try:
+        text = (root / "etc/resolv.conf").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    servers = [line.split()[1] for line in text.splitlines()
+               if line.startswith("nameserver") and len(line.split()) > 1]
+    remote = [s for s in servers if (ip := parse_ip(s)) is not None and not ip.is_loopback]
+    if not names or not remote or len(remote) < len(servers):
+        return []
+    return [f"the backup units resolve {', '.join(names)} under IPAddressDeny=any, and "
+            f"/etc/resolv.conf names only nameservers they cannot reach ({', '.join(remote)}):"
+            f" use a local resolver (systemd-resolved's 127.0.0.53) or an IP address in the "
+            f"repository"]
+
+
 def _plan_repository(settings: MushishiSettings, root: Path, plan: Plan) -> None:
-    """Create a local repository's directory once (setgid: its files share one group),
-    unless its parent is missing: then the disk is probably not mounted, and creating it
-    would put backups on the wrong disk."""
-    repository = local_repository_path(settings.backup.repository)
-    if not repository or (root / repository.lstrip("/")).exists():
-        return
-    relative = PurePosixPath(repository.lstrip("/"))
-    if (root / relative.parent).is_dir() or relative.parent in plan.directories:
-        plan.directories[relative] = 0o2750
-    else:
-        plan.warnings.append(
-            f"backup.repository {repository}: its parent directory does not exist (is the "
-            f"disk mounted?); mushishi-backup fails until it does")
+    """Create a local repository's directory once (setgid: its files share one group), the
+    primary's or a copy's on a local disk, unless its parent is missing: then the disk is
+    probably not mounted, and creating it would put backups on the wrong disk."""
+    for key, configured in repository_keys(settings.backup):
+        repository = local_repository_path(configured)
+        if not repository or (root / repository.lstrip("/")).exists():
+            continue
+        relative = PurePosixPath(repository.lstrip("/"))
+        if (root / relative.parent).is_dir() or relative.parent in plan.directories:
+            plan.directories[relative] = 0o2750
+        else:
+            plan.warnings.append(
+                f"{key} {repository}: its parent directory does not exist (is the "
+                f"disk mounted?); mushishi-backup fails until it does")
 
 
 def _under_home(path: str) -> bool:
@@ -425,10 +492,12 @@ def _backup_dropins(settings: MushishiSettings) -> dict[PurePosixPath, str]:
     backup = settings.backup
     lines = ["[Service]"]
     repository = local_repository_path(backup.repository)
-    if repository:
-        # "-": when the repository's disk is not mounted the unit still starts, and
-        # mushishi-backup fails with a message naming the path (not a 226/NAMESPACE).
-        lines.append(f"ReadWritePaths=-{repository}")
+    for _, configured in repository_keys(backup):
+        local = local_repository_path(configured)
+        if local:
+            # "-": when the repository's disk is not mounted the unit still starts, and
+            # mushishi-backup fails with a message naming the path (not a 226/NAMESPACE).
+            lines.append(f"ReadWritePaths=-{local}")
     lines.append(f"ReadWritePaths=-{backup.textfile_dir}")
     reads_home = [s.path for s in backup.sets if _under_home(s.path)]
     if reads_home or _under_home(backup.restic):

@@ -1,7 +1,7 @@
 """mushishi-backup's overhead over bare restic on the same data, in the same run.
 
-Three ways to back up the same source tree, each into its own repository, interleaved
-so machine load hits them alike:
+Six ways to back up the same source tree, each into repositories of its own, interleaved
+so machine load hits them alike. Without an off-box copy:
 
 * runner: `mushishi-backup run` (init, lock check, backup, retention, restore verification
   of a 20-file sample, result files and metrics);
@@ -9,6 +9,16 @@ so machine load hits them alike:
   run back to back from this script (what the runner costs over restic doing the same work);
 * bare-minimal: `restic backup` + `restic forget --prune` only, what a cron line does
   (what verification and bookkeeping cost in total).
+
+With one copy (`[[backup.copies]]`, a second repository on another directory: restic's
+copy, forget and restore are the same for every backend, and the network is not what is
+measured):
+
+* runner+copy: `mushishi-backup run` with the copy (the above, then for the copy: open or
+  create with the primary's chunker, lock check, `restic copy`, its retention, its
+  snapshots read back, a 20-file restore sample from it);
+* same+copy: those restic commands, from the same builders, back to back;
+* backup+copy: `restic backup` + `restic copy` by hand, nothing else.
 
 Each is measured on a first (full) backup and on an incremental one after 5% of the files
 changed. Usage: `.venv/bin/python benchmarks/backup/bench_backup.py [--rounds 3]`.
@@ -28,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mushishi.services.backup.restic import Restic
+from mushishi.services.backup.restic import Restic, parse_snapshots
 
 BINDIR = Path(sys.executable).parent
 RESTIC = "/usr/bin/restic"
@@ -56,8 +66,9 @@ def touch_some(files: list[Path], rng: random.Random) -> None:
         path.write_bytes(rng.randbytes(max(512, path.stat().st_size)))
 
 
-def write_config(work: Path, source: Path, repo: Path) -> Path:
+def write_config(work: Path, source: Path, repo: Path, copy: Path | None = None) -> Path:
     config = work / f"{repo.name}.toml"
+    copies = f'[[backup.copies]]\nrepository = "{copy}"\n' if copy is not None else ""
     config.write_text(f"""[backup]
 restic = "{RESTIC}"
 repository = "{repo}"
@@ -68,13 +79,15 @@ verify_sample_files = {SAMPLE}
 [[backup.sets]]
 path = "{source}"
 reason = "benchmark"
-""")
+{copies}""")
     return config
 
 
 def env() -> dict[str, str]:
+    # The copy shares the primary's password here (password_credential unset).
     return {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8",
-            "MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
+            "MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD,
+            "RESTIC_FROM_PASSWORD": PASSWORD}
 
 
 def timed(argv: list[str], **kwargs: object) -> float:
@@ -93,8 +106,23 @@ def runner(config: Path) -> float:
     return elapsed
 
 
-def bare_same(restic: Restic, source: Path, first: bool, work: Path) -> float:
-    """The runner's restic commands, from the same builders, with a same-sized sample."""
+def restore_sample(restic: Restic, snapshot: str, work: Path) -> None:
+    """`restic ls` of the snapshot and a restore of a same-sized sample, as verification."""
+    listing = subprocess.run(restic.ls(snapshot), check=True, capture_output=True, text=True,
+                             env=env()).stdout
+    files = [json.loads(line)["path"] for line in listing.splitlines()
+             if '"type":"file"' in line]
+    sample = random.Random(1).sample(files, SAMPLE)
+    target = Path(tempfile.mkdtemp(dir=work))
+    subprocess.run(restic.restore(snapshot, str(target), sample), check=True,
+                   capture_output=True, env=env())
+    shutil.rmtree(target)
+
+
+def bare_same(restic: Restic, source: Path, first: bool, work: Path,
+              copy: Restic | None = None) -> float:
+    """The runner's restic commands, from the same builders, with a same-sized sample (and,
+    with `copy`, its copy steps in the runner's order: before the primary's retention)."""
     started = time.perf_counter()
     if first:
         subprocess.run(restic.cat_config(), capture_output=True, env=env())
@@ -105,18 +133,26 @@ def bare_same(restic: Restic, source: Path, first: bool, work: Path) -> float:
     backup = subprocess.run(restic.backup([str(source)], tags=["mushishi"]), check=True,
                             capture_output=True, text=True, env=env())
     snapshot = json.loads(backup.stdout.splitlines()[-1])["snapshot_id"]
+    if copy is not None:
+        probe = subprocess.run(copy.cat_config(), capture_output=True, env=env())
+        if probe.returncode != 0:
+            subprocess.run(copy.init_copy_of(restic), check=True, capture_output=True,
+                           env=env())
+        subprocess.run(copy.list_locks(), check=True, capture_output=True, env=env())
+        subprocess.run(copy.copy_from(restic, tags=["mushishi"]), check=True,
+                       capture_output=True, env=env())
+        subprocess.run(copy.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=12,
+                                         tags=["mushishi"]),
+                       check=True, capture_output=True, env=env())
+        listed = subprocess.run(copy.snapshots(tags=["mushishi"]), check=True,
+                                capture_output=True, text=True, env=env()).stdout
+        copied = next(s.short_id for s in parse_snapshots(listed)
+                      if s.original and s.original.startswith(snapshot))
+        restore_sample(copy, copied, work)
     subprocess.run(restic.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=3,
                                        tags=["mushishi"]),
                    check=True, capture_output=True, env=env())
-    listing = subprocess.run(restic.ls(snapshot), check=True, capture_output=True, text=True,
-                             env=env()).stdout
-    files = [json.loads(line)["path"] for line in listing.splitlines()
-             if '"type":"file"' in line]
-    sample = random.Random(1).sample(files, SAMPLE)
-    target = Path(tempfile.mkdtemp(dir=work))
-    subprocess.run(restic.restore(snapshot, str(target), sample), check=True,
-                   capture_output=True, env=env())
-    shutil.rmtree(target)
+    restore_sample(restic, snapshot, work)
     return time.perf_counter() - started
 
 
@@ -133,48 +169,87 @@ def bare_minimal(repo: Path, source: Path, first: bool) -> float:
     return time.perf_counter() - started
 
 
+def backup_and_copy(repo: Path, copy: Path, source: Path, first: bool) -> float:
+    """`restic backup` and `restic copy` by hand: nothing else."""
+    base = [RESTIC, "--repo", str(repo), "--cache-dir", str(repo) + "-cache"]
+    copy_base = [RESTIC, "--repo", str(copy), "--cache-dir", str(repo) + "-cache"]
+    started = time.perf_counter()
+    if first:
+        subprocess.run([*base, "init"], check=True, capture_output=True, env=env())
+        subprocess.run([*copy_base, "init", "--copy-chunker-params", "--from-repo", str(repo)],
+                       check=True, capture_output=True, env=env())
+    subprocess.run([*base, "backup", "--tag", "mushishi", str(source)], check=True,
+                   capture_output=True, env=env())
+    subprocess.run([*copy_base, "copy", "--from-repo", str(repo)], check=True,
+                   capture_output=True, env=env())
+    return time.perf_counter() - started
+
+
+NAMES = ("runner", "bare-same", "bare-minimal", "runner+copy", "same+copy", "backup+copy")
+
+
+def table(results: dict[str, dict[str, list[float]]], rounds: int, title: str,
+          names: tuple[str, str, str], headers: tuple[str, ...]) -> None:
+    """Medians of the runner and two baselines per phase, and the runner's ratios."""
+    print()
+    print(f"{title:12s} {headers[0]:>8s} {headers[1]:>10s} {headers[2]:>9s} "
+          f"{headers[3]:>12s} {headers[4]:>11s}   (medians of {rounds}, seconds)")
+    for phase, by_name in results.items():
+        runner_s, first_s, second_s = (statistics.median(by_name[n]) for n in names)
+        print(f"{phase:12s} {runner_s:8.2f} {first_s:10.2f} {second_s:9.2f} "
+              f"{runner_s / first_s:12.2f} {runner_s / second_s:11.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {
-        phase: {"runner": [], "bare-same": [], "bare-minimal": []}
-        for phase in ("full", "incremental")}
+        phase: {name: [] for name in NAMES} for phase in ("full", "incremental")}
     for round_number in range(args.rounds):
         work = Path(tempfile.mkdtemp(prefix="mushishi-bench-backup-", dir="/var/tmp"))
         try:
             rng = random.Random(round_number)
             source = work / "source"
             files = make_source(source, rng)
-            repos = {name: work / name for name in ("runner", "same", "minimal")}
+            repos = {name: work / name for name in (
+                "runner", "same", "minimal", "runner-c", "runner-c-copy", "same-c",
+                "same-c-copy", "hand", "hand-copy")}
             config = write_config(work, source, repos["runner"])
+            config_copy = write_config(work, source, repos["runner-c"], repos["runner-c-copy"])
             same = Restic(RESTIC, str(repos["same"]), None, str(work / "same-cache"))
-            order = ["runner", "bare-same", "bare-minimal"]
+            same_c = Restic(RESTIC, str(repos["same-c"]), None, str(work / "same-c-cache"))
+            same_c_copy = Restic(RESTIC, str(repos["same-c-copy"]), None,
+                                 str(work / "same-c-cache"))
+            order = list(NAMES)
             random.Random(round_number).shuffle(order)
             for phase in ("full", "incremental"):
                 if phase == "incremental":
                     touch_some(files, rng)
+                first = phase == "full"
                 for name in order:
                     if name == "runner":
                         seconds = runner(config)
                     elif name == "bare-same":
-                        seconds = bare_same(same, source, phase == "full", work)
+                        seconds = bare_same(same, source, first, work)
+                    elif name == "bare-minimal":
+                        seconds = bare_minimal(repos["minimal"], source, first)
+                    elif name == "runner+copy":
+                        seconds = runner(config_copy)
+                    elif name == "same+copy":
+                        seconds = bare_same(same_c, source, first, work, same_c_copy)
                     else:
-                        seconds = bare_minimal(repos["minimal"], source, phase == "full")
+                        seconds = backup_and_copy(repos["hand"], repos["hand-copy"], source,
+                                                  first)
                     results[phase][name].append(seconds)
                     print(f"round {round_number} {phase:11s} {name:12s} {seconds:6.2f} s",
                           flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(f"{'phase':12s} {'runner':>8s} {'bare-same':>10s} {'bare-min':>9s} "
-          f"{'runner/same':>12s} {'runner/min':>11s}   (medians of {args.rounds}, seconds)")
-    for phase, by_name in results.items():
-        runner_s = statistics.median(by_name["runner"])
-        same_s = statistics.median(by_name["bare-same"])
-        minimal_s = statistics.median(by_name["bare-minimal"])
-        print(f"{phase:12s} {runner_s:8.2f} {same_s:10.2f} {minimal_s:9.2f} "
-              f"{runner_s / same_s:12.2f} {runner_s / minimal_s:11.2f}")
+    table(results, args.rounds, "phase", ("runner", "bare-same", "bare-minimal"),
+          ("runner", "bare-same", "bare-min", "runner/same", "runner/min"))
+    table(results, args.rounds, "with a copy", ("runner+copy", "same+copy", "backup+copy"),
+          ("runner", "same", "by hand", "runner/same", "runner/hand"))
     print(f"\nsource: 2000 files of 0.5-8 KiB + 20 files of 1 MiB; cpus={os.cpu_count()}; "
           f"load average {os.getloadavg()[0]:.2f}")
 

@@ -123,6 +123,9 @@ def build_report(readings: Mapping[str, Reading[Any]], now: datetime, host: str)
     check = (data["backup"] or {}).get("check")
     if check and check["outcome"] != "ok":
         problems.append(f"last restic check {check['outcome']}")
+    for copy in (data["backup"] or {}).get("copies", []):
+        if copy["outcome"] == "failed":
+            problems.append(f"copy to {copy['repository']} failed")
     data["watchdog"] = _watchdog(_data(readings, "watchdog"), now)
     for item in (data["watchdog"] or {}).get("problems", []):
         problems.append(f"watchdog: {item['name']}: {item['detail']}")
@@ -254,7 +257,27 @@ def _backup(files: Any, now: datetime) -> dict[str, Any] | None:
         result["check"] = {"time": finished, "age_s": age_s(finished, now),
                            "outcome": str(check.get("outcome", "unknown")),
                            "error": check.get("error")}
+    result["copies"] = _copies(last, now) if isinstance(last, Mapping) else []
     return result
+
+
+def _copies(last: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Each off-box copy of the last run: outcome, age of its newest snapshot, last verify."""
+    finished = last.get("finished") or last.get("time")
+    copies = []
+    for entry in last.get("copies") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        copies.append({
+            "repository": str(entry.get("repository", "?")),
+            "outcome": str(entry.get("outcome", "unknown")),
+            "age_s": age_s(finished, now),
+            "newest_snapshot_age_s": age_s(entry.get("newest_snapshot_time"), now),
+            "verified": bool(entry.get("verified")),
+            "last_verified_age_s": age_s(entry.get("last_verified_time"), now),
+            "error": entry.get("error"),
+        })
+    return copies
 
 
 def _watchdog(last: Any, now: datetime) -> dict[str, Any] | None:

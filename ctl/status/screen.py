@@ -279,6 +279,23 @@ def _backup_row(backup: Mapping[str, Any] | None, paint: _Paint, row: Any,
         text += "; check " + paint("ok" if check["outcome"] == "ok" else "bad",
                                    check["outcome"]) + f" {ago(check['age_s'])}"
     row("backup", text)
+    for copy in backup.get("copies", []):
+        row("copy", _copy_line(copy, paint))
+
+
+def _copy_line(copy: Mapping[str, Any], paint: _Paint) -> str:
+    """`REPOSITORY: ok 3 h ago, newest snapshot 3 h old, verified 3 h ago`."""
+    kind = {"ok": "ok", "warning": "warn", "skipped": "dim"}.get(copy["outcome"], "bad")
+    text = f"{copy['repository']}: " + paint(kind, copy["outcome"]) + f" {ago(copy['age_s'])}"
+    newest = copy["newest_snapshot_age_s"]
+    text += (f", newest snapshot {human_duration(newest)} old" if newest is not None
+             else ", " + paint("bad", "no snapshot copied yet"))
+    verified = copy["last_verified_age_s"]
+    text += (f", verified {ago(verified)}" if verified is not None
+             else ", " + paint("bad", "never verified"))
+    if copy["outcome"] == "failed" and copy["error"]:
+        text += paint("bad", f" — {copy['error']}")
+    return text
 
 
 def _watchdog_rows(watchdog: Mapping[str, Any] | None, paint: _Paint, row: Any,

@@ -1,11 +1,11 @@
-"""mushishi-backup's orchestration: `run` (backup, retention, restore verification) and
-`check`, step by step.
+"""mushishi-backup's orchestration: `run` (backup, retention, restore verification, then
+the off-box copies) and `check`, step by step.
 
-Facts come in through `Deps` (clock, hostname, randomness, file checks, credentials); the
-repository is reached through `repository` (every process through `process.Processes`);
-every decision is in `core`. Each run leaves a result in <state_dir>/last.json (check:
-check.json) and a line in history.jsonl (`state`), and a node_exporter textfile
-(`metrics`), whatever happened.
+Facts come in through `Deps` (clock, hostname, randomness, file checks, credentials, the
+resolver); the repository is reached through `repository` (every process through
+`process.Processes`), each copy through `copies`; every decision is in `core`. Each run
+leaves a result in <state_dir>/last.json (check: check.json) and a line in history.jsonl
+(`state`), and a node_exporter textfile (`metrics`), whatever happened.
 """
 
 from __future__ import annotations
@@ -25,7 +25,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mushishi.services.backup import core, metrics, state
-from mushishi.services.backup.core import Fatal, RetentionResult, SetResult, VerifyResult
+from mushishi.services.backup.copies import CopyContext, copy_one, reach
+from mushishi.services.backup.core import (
+    CopyResult,
+    Fatal,
+    RetentionResult,
+    SetResult,
+    VerifyResult,
+)
+from mushishi.services.backup.network import check_host, parse_pins
+from mushishi.services.backup.process import Processes
 from mushishi.services.backup.repository import (
     access,
     backup_set,
@@ -37,7 +46,15 @@ from mushishi.services.backup.repository import (
 from mushishi.services.backup.restic import first_error_line, local_repository_path
 from mushishi.services.backup.verify import verify_snapshots
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.config.backup import (
+    PINNED_HOSTS_ENV,
+    BackupSettings,
+    copy_key,
+    display_repository,
+    repository_host,
+)
 from mushishi.shared.formatting import human_bytes
+from mushishi.shared.locality import Resolver, system_resolver
 from mushishi.shared.metrics import write_textfile_or_warn
 from mushishi.shared.notify import Notifier
 from mushishi.shared.processes import pid_alive
@@ -66,6 +83,53 @@ class Deps:
     signal_number: int | None = None
     monotonic: Callable[[], float] = time.monotonic
     grace_s: float = 120.0
+    resolve: Resolver = system_resolver
+
+
+def pinned_hosts(environ: Mapping[str, str]) -> dict[str, frozenset[str]] | None:
+    """The addresses `mushishi install` pinned in the unit, None outside it."""
+    text = environ.get(PINNED_HOSTS_ENV)
+    if text is None:
+        return None
+    try:
+        return parse_pins(text)
+    except ValueError as error:
+        raise Fatal(f"{PINNED_HOSTS_ENV} in the unit is malformed ({error}): run "
+                    f"`mushishi install` again") from None
+
+
+def check_primary_host(config: BackupSettings, deps: Deps) -> None:
+    """A remote primary repository still resolves to the addresses the unit may reach."""
+    host = repository_host(config.repository)
+    if host is not None:
+        refused = check_host("backup.repository", host, pinned_hosts(deps.environ),
+                             deps.resolve)
+        if refused:
+            raise Fatal(refused)
+
+
+def _copy_context(deps: Deps) -> CopyContext:
+    return CopyContext(
+        environ=deps.environ, dotenv=deps.dotenv, pins=pinned_hosts(deps.environ),
+        resolve=deps.resolve, status=deps.notifier.status, rng=deps.rng, now=deps.now,
+        hostname=deps.hostname, pid_alive=deps.pid_alive, stopping=deps.stopping,
+        grace_s=deps.grace_s, monotonic=deps.monotonic)
+
+
+def _copy_problems(index: int, result: CopyResult) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of one copy, each naming the copy's key, for the run's lists."""
+    key = copy_key(index)
+
+    def named(text: str) -> str:
+        return text if text.startswith(key) else f"{key}: {text}"
+
+    errors = [named(result.error)] if result.error else []
+    if result.verify.outcome == "failed":
+        detail = "; ".join(([result.verify.error] if result.verify.error else [])
+                           + result.verify.mismatches[:3])
+        errors.append(named(f"restore verification from {result.repository} failed: "
+                            f"{detail}"))
+    return errors, [named(w) for w in result.warnings]
 
 
 def _publish(state_dir: Path, result_file: str, textfile: str, textfile_dir: str,
@@ -81,7 +145,8 @@ def _publish(state_dir: Path, result_file: str, textfile: str, textfile_dir: str
 
 
 async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
-    """`mushishi-backup run`: back up every set, apply retention, verify a restore sample."""
+    """`mushishi-backup run`: back up every set, copy to each off-box repository (its own
+    retention and restore sample), then apply retention and verify a restore sample."""
     config = settings.backup
     state_dir = Path(config.state_dir)
     started = deps.now()
@@ -92,13 +157,15 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
     stale: list[str] = []
     kept = RetentionResult()
     verified = VerifyResult()
+    copies = [CopyResult(display_repository(c.repository)) for c in config.copies]
     fatal: str | None = None
     try:
         async with state.run_lock(state_dir, config.lock_wait_s, deps.stopping):
+            check_primary_host(config, deps)
             repo = access(config, environ=deps.environ, dotenv=deps.dotenv,
                           stopping=deps.stopping, grace_s=deps.grace_s,
                           monotonic=deps.monotonic)
-            deps.notifier.status(f"opening repository {config.repository}")
+            deps.notifier.status(f"opening repository {display_repository(config.repository)}")
             created = await open_repository(config, repo, create=True)
             path = local_repository_path(config.repository)
             try:
@@ -135,15 +202,19 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             ordered = [results[s.path] for s in config.sets if s.path in results]
             skip = core.should_run_retention(ordered, fatal=None,
                                              interrupted=deps.stopping.is_set())
-            if skip is None:
+            snapshots = [r.snapshot_id for r in ordered
+                         if r.snapshot_id and r.status in ("ok", "partial")]
+            # Copies first: a copy that failed before still receives what the box's own
+            # retention is about to forget.
+            if config.copies:
+                await _run_copies(config, deps, snapshots, skip, copies)
+            if skip is None and not deps.stopping.is_set():
                 deps.notifier.status("applying retention (forget --prune)")
-                kept = await retention(config, repo)
+                kept = await retention(config, repo, tags=config.tags)
                 if kept.error:
                     warnings.append(kept.error)
             else:
-                kept.skipped_reason = skip
-            snapshots = [r.snapshot_id for r in ordered
-                         if r.snapshot_id and r.status in ("ok", "partial")]
+                kept.skipped_reason = skip or "the run was interrupted"
             if snapshots and not deps.stopping.is_set():
                 deps.notifier.status(f"verifying a restore of {config.verify_sample_files} "
                                      f"sample files")
@@ -156,6 +227,13 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
         errors.append(fatal)
         log.error("%s", fatal)
     interrupted = deps.stopping.is_set()
+    for index, result in enumerate(copies):
+        if result.outcome == "skipped" and result.skipped_reason is None:
+            result.skipped_reason = ("the run was interrupted" if interrupted
+                                     else "the run failed before any backup")
+        copy_errors, copy_warnings = _copy_problems(index, result)
+        errors += copy_errors
+        warnings += copy_warnings
     ordered = [results[s.path] for s in config.sets if s.path in results]
     if interrupted:
         for item in config.sets:
@@ -164,55 +242,124 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
         errors.append("interrupted by a stop request; restic released its lock, and the "
                       "repository is consistent (unfinished data is pruned later)")
     outcome = core.overall_outcome(ordered, fatal=fatal, interrupted=interrupted,
-                                   warnings=warnings)
+                                   warnings=warnings, copies=[c.outcome for c in copies])
     status = core.exit_code(outcome, verified, signal_number=deps.signal_number)
+    finished = deps.now()
+    earlier = {c.get("repository"): c for c in (previous or {}).get("copies") or []
+               if isinstance(c, dict)}
     record = core.result_record(
-        started=started, finished=deps.now(), outcome=outcome, repository=config.repository,
-        sets=ordered, warnings=warnings, errors=errors, retention=kept, verify=verified,
-        stale_locks_cleared=stale, previous=previous, exit_status=status)
+        started=started, finished=finished, outcome=outcome, repository=display_repository(
+            config.repository), sets=ordered, warnings=warnings, errors=errors,
+        retention=kept, verify=verified, stale_locks_cleared=stale, previous=previous,
+        exit_status=status, copies=[core.copy_record(c, finished=finished,
+                                                     previous=earlier.get(c.repository))
+                                    for c in copies])
     _publish(state_dir, state.RUN_RESULT, metrics.RUN_TEXTFILE, config.textfile_dir, record,
              metrics.backup_metrics)
     summary = (f"backup {outcome.value}: {len(record['snapshot_ids'])} snapshot(s), "
                f"{human_bytes(record['bytes_added'])} added, verify {verified.outcome}")
+    if copies:
+        summary += "; copies: " + ", ".join(f"{c.repository} {c.outcome}" for c in copies)
     (log.info if status == 0 else log.error)("%s", summary)
     deps.notifier.status(summary)
     return status
 
 
+async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
+                      skip: str | None, copies: list[CopyResult]) -> None:
+    """Each copy in turn, when this run wrote snapshots; otherwise say why not."""
+    if not snapshots or skip is not None:
+        for result in copies:
+            result.skipped_reason = skip or "no snapshot was written in this run"
+        return
+    context = _copy_context(deps)
+    for index in range(len(copies)):
+        if deps.stopping.is_set():
+            copies[index].skipped_reason = "the run was interrupted"
+            continue
+        result = await copy_one(config, index, snapshots, context)
+        result.outcome = core.copy_outcome(result, interrupted=deps.stopping.is_set())
+        copies[index] = result
+        log.log(logging.INFO if result.outcome in ("ok", "warning") else logging.ERROR,
+                "copy to %s: %s%s", result.repository, result.outcome,
+                f" ({result.error})" if result.error else
+                f" ({len(result.copied_from)} snapshot(s) copied, verify "
+                f"{result.verify.outcome})")
+
+
 async def run_check(settings: MushishiSettings, deps: Deps) -> int:
-    """`mushishi-backup check`: restic check, reading back a subset of the data."""
+    """`mushishi-backup check`: restic check, reading back a subset of the data, of the
+    primary repository and then of every copy."""
     config = settings.backup
     state_dir = Path(config.state_dir)
     started = deps.now()
     previous = state.previous_result(state_dir, state.CHECK_RESULT)
     error: str | None = None
     stale: list[str] = []
+    copies: list[dict[str, Any]] = []
     try:
         async with state.run_lock(state_dir, config.lock_wait_s, deps.stopping):
-            repo = access(config, environ=deps.environ, dotenv=deps.dotenv,
-                          stopping=deps.stopping, grace_s=deps.grace_s,
-                          monotonic=deps.monotonic)
-            await open_repository(config, repo, create=False)
-            stale = await clear_stale_locks(repo, now=deps.now, hostname=deps.hostname,
-                                            pid_alive=deps.pid_alive)
-            deps.notifier.status(f"restic check --read-data-subset={config.check_read_data_subset}")
-            result = await repo.processes.run(repo.restic.check(config.check_read_data_subset))
-            if result.returncode != 0:
-                error = (f"restic check exited {result.returncode}: "
-                         f"{first_error_line(result.stderr or result.stdout)}")
+            try:
+                check_primary_host(config, deps)
+                repo = access(config, environ=deps.environ, dotenv=deps.dotenv,
+                              stopping=deps.stopping, grace_s=deps.grace_s,
+                              monotonic=deps.monotonic)
+                await open_repository(config, repo, create=False)
+                stale = await clear_stale_locks(repo, now=deps.now, hostname=deps.hostname,
+                                                pid_alive=deps.pid_alive)
+                error = await _check(repo.processes, repo.restic.check(
+                    config.check_read_data_subset), config, deps)
+            except Fatal as failure:
+                error = str(failure)
+            for index in range(len(config.copies)):
+                copies.append(await _check_copy(config, index, deps))
     except Fatal as failure:
         error = str(failure)
     if deps.stopping.is_set() and error is None:
         error = "interrupted by a stop request"
     record = core.check_record(started=started, finished=deps.now(), ok=error is None,
                                read_data_subset=config.check_read_data_subset, error=error,
-                               stale_locks_cleared=stale, previous=previous)
+                               stale_locks_cleared=stale, previous=previous, copies=copies)
     _publish(state_dir, state.CHECK_RESULT, metrics.CHECK_TEXTFILE, config.textfile_dir,
              record, metrics.check_metrics)
+    failed_copies = [c for c in copies if c["outcome"] != "ok"]
+    for item in failed_copies:
+        log.error("restic check of %s failed: %s", item["repository"], item["error"])
     if error:
         log.error("restic check failed: %s", error)
         deps.notifier.status(f"check failed: {error}")
         return 1
-    log.info("restic check passed (read %s of the data)", config.check_read_data_subset)
-    deps.notifier.status("check ok")
+    if failed_copies:
+        deps.notifier.status(f"check ok; copy {failed_copies[0]['repository']} failed: "
+                             f"{failed_copies[0]['error']}")
+        return 1
+    log.info("restic check passed (read %s of the data)%s", config.check_read_data_subset,
+             f", and in {len(copies)} copies" if copies else "")
+    deps.notifier.status("check ok" + (f", {len(copies)} copies ok" if copies else ""))
     return 0
+
+
+async def _check(processes: Processes, argv: list[str], config: BackupSettings,
+                 deps: Deps) -> str | None:
+    deps.notifier.status(f"restic check --read-data-subset={config.check_read_data_subset}")
+    result = await processes.run(argv)
+    if result.returncode != 0:
+        return (f"restic check exited {result.returncode}: "
+                f"{first_error_line(result.stderr or result.stdout)}")
+    return None
+
+
+async def _check_copy(config: BackupSettings, index: int, deps: Deps) -> dict[str, Any]:
+    """restic check of one copy: {repository, outcome, error, stale_locks_cleared}."""
+    stale: list[str] = []
+    try:
+        repo, _, stale = await reach(config, index, _copy_context(deps), create=False)
+        error = await _check(repo.processes, repo.restic.check(config.check_read_data_subset),
+                             config, deps)
+        if error:
+            error += repo.ssh_said()
+    except Fatal as failure:
+        error = str(failure)
+    return {"repository": display_repository(config.copies[index].repository),
+            "outcome": "failed" if error else "ok", "error": error,
+            "stale_locks_cleared": stale}

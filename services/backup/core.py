@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -27,6 +27,7 @@ class Outcome(StrEnum):
     OK = "ok"                    # every declared set is in a new, complete snapshot
     WARNING = "warning"          # snapshots written, but something needs a look (see warnings)
     PARTIAL = "partial"          # restic exit 3: a snapshot lacks files it could not read
+    COPY_FAILED = "copy-failed"  # the box's own backup is fine; an off-box copy failed
     FAILED = "failed"            # a present set has no new snapshot, or nothing could run
     INTERRUPTED = "interrupted"  # stopped (SIGTERM/SIGINT); the repository stays consistent
 
@@ -83,6 +84,76 @@ class VerifyResult:
     error: str | None = None
 
 
+@dataclass
+class CopyResult:
+    """One off-box copy (`[[backup.copies]]`) in one run."""
+
+    repository: str                 # as shown (display_repository)
+    outcome: str = "skipped"        # ok | warning | failed | skipped | interrupted
+    snapshot_ids: list[str] = field(default_factory=list)  # this run's, in the copy
+    copied_from: list[str] = field(default_factory=list)   # primary snapshots copied now
+    newest_snapshot_time: str | None = None  # in the copy, as read in this run
+    retention: RetentionResult = field(default_factory=RetentionResult)
+    verify: VerifyResult = field(default_factory=VerifyResult)
+    stale_locks_cleared: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    skipped_reason: str | None = None
+
+
+def copy_outcome(result: CopyResult, *, interrupted: bool) -> str:
+    """A copy's outcome: failed when it could not copy, lacks this run's snapshots, or its
+    restore sample did not match; warning when it needs a look; never hidden in the run's."""
+    if interrupted:
+        return "interrupted"
+    if result.error or result.verify.outcome == "failed":
+        return "failed"
+    if result.warnings or result.retention.error or result.verify.outcome == "inconclusive":
+        return "warning"
+    return "ok"
+
+
+def missing_from_copy(snapshot_ids: Sequence[str], originals: Iterable[str | None]
+                      ) -> list[str]:
+    """This run's snapshots (short ids) that no snapshot of the copy came from."""
+    sources = [original for original in originals if original]
+    return [sid for sid in snapshot_ids if not any(o.startswith(sid) for o in sources)]
+
+
+def copy_record(result: CopyResult, *, finished: datetime, previous: Mapping[str, Any] | None
+                ) -> dict[str, Any]:
+    """One entry of last.json's `copies`: what happened, plus what is still known from
+    earlier runs (the newest snapshot, the last success and verification) when this one
+    could not tell."""
+    previous = previous or {}
+    newest = result.newest_snapshot_time or previous.get("newest_snapshot_time")
+    succeeded = result.outcome in ("ok", "warning")
+    verified = result.verify.outcome == "ok"
+    age = None
+    if newest:
+        age = round((finished - datetime.fromisoformat(newest)).total_seconds(), 3)
+    return {
+        "repository": result.repository,
+        "outcome": result.outcome,
+        "snapshot_age_s": age,
+        "verified": verified,
+        "newest_snapshot_time": newest,
+        "last_success_time": finished.isoformat() if succeeded
+        else previous.get("last_success_time"),
+        "last_verified_time": finished.isoformat() if verified
+        else previous.get("last_verified_time"),
+        "snapshot_ids": list(result.snapshot_ids),
+        "snapshots_copied": len(result.copied_from),
+        "copied_from": list(result.copied_from),
+        "retention": asdict(result.retention),
+        "verify": asdict(result.verify),
+        "stale_locks_cleared": list(result.stale_locks_cleared),
+        "warnings": list(result.warnings),
+        "error": result.error,
+        "skipped_reason": result.skipped_reason,
+    }
+
+
 def plan_sets(sets: Sequence[BackupSet], exists: Callable[[str], bool]
               ) -> tuple[list[BackupSet], list[SetResult]]:
     """Split declared sets into present ones and missing ones (a warning, never a skip)."""
@@ -100,8 +171,9 @@ def plan_sets(sets: Sequence[BackupSet], exists: Callable[[str], bool]
 
 
 def overall_outcome(sets: Sequence[SetResult], *, fatal: str | None, interrupted: bool,
-                    warnings: Sequence[str]) -> Outcome:
-    """The run's outcome: the worst of its parts (a partial backup is never success)."""
+                    warnings: Sequence[str], copies: Sequence[str] = ()) -> Outcome:
+    """The run's outcome: the worst of its parts (a partial backup is never success, and a
+    failed copy is never hidden behind the box's own success)."""
     if interrupted:
         return Outcome.INTERRUPTED
     statuses = {s.status for s in sets}
@@ -109,6 +181,8 @@ def overall_outcome(sets: Sequence[SetResult], *, fatal: str | None, interrupted
         return Outcome.FAILED
     if "partial" in statuses:
         return Outcome.PARTIAL
+    if "failed" in copies:
+        return Outcome.COPY_FAILED
     if warnings or "missing" in statuses:
         return Outcome.WARNING
     return Outcome.OK
@@ -136,6 +210,8 @@ def exit_code(outcome: Outcome, verify: VerifyResult, *, signal_number: int | No
         return 1
     if verify.outcome in ("failed", "inconclusive"):
         return 2
+    if outcome is Outcome.COPY_FAILED:
+        return 4
     return 0
 
 
@@ -204,9 +280,11 @@ def result_record(
     sets: Sequence[SetResult], warnings: Sequence[str], errors: Sequence[str],
     retention: RetentionResult, verify: VerifyResult, stale_locks_cleared: Sequence[str],
     previous: dict[str, Any] | None, exit_status: int,
+    copies: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The JSON written to <state_dir>/last.json (and appended to history.jsonl)."""
-    succeeded = outcome in (Outcome.OK, Outcome.WARNING)
+    # The box's own backup succeeded also when only a copy failed (the copy has its own).
+    succeeded = outcome in (Outcome.OK, Outcome.WARNING, Outcome.COPY_FAILED)
     last_success = finished.isoformat() if succeeded else (previous or {}).get(
         "last_success_time")
     return {
@@ -228,13 +306,16 @@ def result_record(
         "retention": asdict(retention),
         "verify": asdict(verify),
         "last_success_time": last_success,
+        "copies": list(copies),
     }
 
 
 def check_record(*, started: datetime, finished: datetime, ok: bool, read_data_subset: str,
                  error: str | None, stale_locks_cleared: Sequence[str],
-                 previous: dict[str, Any] | None) -> dict[str, Any]:
-    """The JSON written to <state_dir>/check.json by `mushishi-backup check`."""
+                 previous: dict[str, Any] | None,
+                 copies: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The JSON written to <state_dir>/check.json by `mushishi-backup check` (`outcome` is
+    the primary's; each copy has its own in `copies`)."""
     last_success = finished.isoformat() if ok else (previous or {}).get("last_success_time")
     return {
         "kind": "check",
@@ -246,4 +327,5 @@ def check_record(*, started: datetime, finished: datetime, ok: bool, read_data_s
         "error": error,
         "stale_locks_cleared": list(stale_locks_cleared),
         "last_success_time": last_success,
+        "copies": list(copies),
     }

@@ -56,7 +56,50 @@ def backup_metrics(record: dict[str, Any]) -> CollectorRegistry:
           len(verify["mismatches"]))
     gauge("mushishi_backup_retention_removed_snapshots", "Snapshots removed by retention.",
           record["retention"]["removed"])
+    _copy_metrics(registry, record.get("copies") or [])
     return registry
+
+
+COPY_OUTCOMES = ("ok", "warning", "failed", "skipped", "interrupted")
+
+
+def _copy_metrics(registry: CollectorRegistry, copies: list[dict[str, Any]]) -> None:
+    """One series per off-box copy, by `repository` (never the primary's series: one series
+    in two places is a gathering error for node_exporter)."""
+    if not copies:
+        return
+    labels = ["repository"]
+    outcome = Gauge("mushishi_backup_copy_outcome", "1 for each copy's outcome in the last "
+                    "run, 0 for the others.", ["outcome", "repository"], registry=registry)
+    age = Gauge("mushishi_backup_copy_snapshot_age_seconds", "Age of the newest snapshot in "
+                "the copy at the end of the last run (absent until one is known).", labels,
+                registry=registry)
+    newest = Gauge("mushishi_backup_copy_newest_snapshot_timestamp_seconds", "Time of the "
+                   "newest snapshot in the copy.", labels, registry=registry)
+    success = Gauge("mushishi_backup_copy_last_success_timestamp_seconds", "End of the last "
+                    "run whose copy was ok or warning.", labels, registry=registry)
+    verify = Gauge("mushishi_backup_copy_verify_ok", "1 when the restore sample from the "
+                   "copy matched in the last run.", labels, registry=registry)
+    verified = Gauge("mushishi_backup_copy_last_verified_timestamp_seconds", "End of the last "
+                     "run whose restore sample from the copy matched.", labels,
+                     registry=registry)
+    copied = Gauge("mushishi_backup_copy_copied_snapshots", "Snapshots copied in the last "
+                   "run (more than one: an earlier copy had failed).", labels,
+                   registry=registry)
+    for item in copies:
+        repository = item["repository"]
+        for value in COPY_OUTCOMES:
+            outcome.labels(outcome=value, repository=repository).set(
+                1 if item["outcome"] == value else 0)
+        if item.get("snapshot_age_s") is not None:
+            age.labels(repository=repository).set(item["snapshot_age_s"])
+        for gauge_, field in ((newest, "newest_snapshot_time"), (success, "last_success_time"),
+                              (verified, "last_verified_time")):
+            if item.get(field):
+                gauge_.labels(repository=repository).set(
+                    datetime.fromisoformat(item[field]).timestamp())
+        verify.labels(repository=repository).set(1 if item.get("verified") else 0)
+        copied.labels(repository=repository).set(item.get("snapshots_copied", 0))
 
 
 def check_metrics(record: dict[str, Any]) -> CollectorRegistry:
@@ -69,4 +112,11 @@ def check_metrics(record: dict[str, Any]) -> CollectorRegistry:
           registry=registry).set(1 if record["outcome"] == "ok" else 0)
     Gauge("mushishi_backup_check_duration_seconds", "Duration of the last restic check.",
           registry=registry).set(record["duration_s"])
+    copies = record.get("copies") or []
+    if copies:
+        copy_ok = Gauge("mushishi_backup_check_copy_ok", "1 when the last restic check of "
+                        "the copy found no error.", ["repository"], registry=registry)
+        for item in copies:
+            copy_ok.labels(repository=item["repository"]).set(
+                1 if item["outcome"] == "ok" else 0)
     return registry

@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,9 +32,18 @@ from mushishi.services.backup.restic import (
     parse_forget,
     parse_lock,
     parse_progress,
+    sftp_command,
 )
-from mushishi.shared.config.backup import BackupSet, BackupSettings
-from mushishi.shared.credentials import find_credential
+from mushishi.shared.config.backup import (
+    BackupCopy,
+    BackupSet,
+    BackupSettings,
+    copy_key,
+    display_repository,
+    known_hosts_issue,
+    sftp_location,
+)
+from mushishi.shared.credentials import Credential, find_credential
 from mushishi.shared.formatting import human_bytes
 
 log = logging.getLogger("mushishi.backup")
@@ -44,10 +53,49 @@ PROGRESS_EVERY_S = 5.0
 
 @dataclass
 class Access:
-    """How this process reaches the repository."""
+    """How this process reaches the repository (and, for an sftp: copy, where its ssh
+    writes what it has to say: restic itself only reports `EOF` when ssh gives up)."""
 
     restic: Restic
     processes: Processes
+    ssh_log: Path | None = None
+
+    def ssh_said(self) -> str:
+        """` (ssh: <its last line>)` from the ssh log, or "" when it said nothing."""
+        if self.ssh_log is None:
+            return ""
+        try:
+            text = self.ssh_log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        lines = [line.strip("@ \t") for line in text.splitlines()]
+        said = [line for line in lines if line]
+        return f" (ssh: {said[-1]})" if said else ""
+
+
+def _restic_binary(settings: BackupSettings) -> None:
+    binary = Path(settings.restic)
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise Fatal(f"restic not found at {settings.restic}: install restic and run "
+                    f"`mushishi install` (it records restic's path in backup.restic), or set "
+                    f"backup.restic")
+
+
+def _credential(name: str, key: str, environ: Mapping[str, str],
+                dotenv: Mapping[str, str | None] | None) -> Credential:
+    credential = find_credential(name, environ=environ, dotenv=dotenv or {})
+    if credential is None:
+        raise Fatal(f"the repository password credential {name!r} ({key}) is missing: put "
+                    f"it in /etc/mushishi/credentials/{name} and run `mushishi install`")
+    return credential
+
+
+def _base_env(environ: Mapping[str, str]) -> dict[str, str]:
+    env = {"LC_ALL": "C.UTF-8", "RESTIC_PROGRESS_FPS": "0.2"}
+    for name in ("TMPDIR", "TZ"):
+        if environ.get(name):
+            env[name] = environ[name]
+    return env
 
 
 def access(settings: BackupSettings, *, environ: Mapping[str, str],
@@ -55,21 +103,10 @@ def access(settings: BackupSettings, *, environ: Mapping[str, str],
            stopping: asyncio.Event | None = None, grace_s: float = 120.0,
            monotonic: Callable[[], float] = time.monotonic, cache: bool = True) -> Access:
     """Restic with the password from its credential; raise Fatal naming what is missing."""
-    binary = Path(settings.restic)
-    if not binary.is_file() or not os.access(binary, os.X_OK):
-        raise Fatal(f"restic not found at {settings.restic}: install restic and run "
-                    f"`mushishi install` (it records restic's path in backup.restic), or set "
-                    f"backup.restic")
-    credential = find_credential(settings.password_credential, environ=environ,
-                                 dotenv=dotenv or {})
-    if credential is None:
-        raise Fatal(f"the repository password credential {settings.password_credential!r} "
-                    f"(backup.password_credential) is missing: put it in /etc/mushishi/"
-                    f"credentials/{settings.password_credential} and run `mushishi install`")
-    env = {"LC_ALL": "C.UTF-8", "RESTIC_PROGRESS_FPS": "0.2"}
-    for name in ("TMPDIR", "TZ"):
-        if environ.get(name):
-            env[name] = environ[name]
+    _restic_binary(settings)
+    credential = _credential(settings.password_credential, "backup.password_credential",
+                             environ, dotenv)
+    env = _base_env(environ)
     password_file = None
     if credential.path is not None:
         password_file = str(credential.path)
@@ -80,6 +117,87 @@ def access(settings: BackupSettings, *, environ: Mapping[str, str],
     processes = Processes(env=env, secrets=[credential.value], stopping=stopping,
                           grace_s=grace_s, monotonic=monotonic)
     return Access(restic, processes)
+
+
+def copy_password_credential(settings: BackupSettings, index: int) -> tuple[str, str]:
+    """(credential name, the key that names it) of one copy's password."""
+    copy = settings.copies[index]
+    if copy.password_credential is not None:
+        return copy.password_credential, f"{copy_key(index)}.password_credential"
+    return settings.password_credential, "backup.password_credential"
+
+
+def ssh_log_path(settings: BackupSettings, index: int) -> Path:
+    """Where ssh writes for copy `index` (`ssh -E`): the state directory, root's and not
+    world-writable, so no one can point the file elsewhere; rewritten at each access."""
+    return Path(settings.state_dir) / f"ssh-copy{index}.log"
+
+
+def copy_access(settings: BackupSettings, index: int, *, environ: Mapping[str, str],
+                dotenv: Mapping[str, str | None] | None = None,
+                stopping: asyncio.Event | None = None, grace_s: float = 120.0,
+                monotonic: Callable[[], float] = time.monotonic) -> tuple[Access, Restic]:
+    """(restic on copy `index`, with the primary's password too for `restic copy`; the
+    primary as the copy's source). Raise Fatal naming the key of what is missing."""
+    _restic_binary(settings)
+    copy = settings.copies[index]
+    key = copy_key(index)
+    source = _credential(settings.password_credential, "backup.password_credential",
+                         environ, dotenv)
+    name, name_key = copy_password_credential(settings, index)
+    own = _credential(name, name_key, environ, dotenv)
+    env = _base_env(environ)
+    source_file = own_file = None
+    if source.path is not None:
+        source_file = str(source.path)
+    else:
+        env["RESTIC_FROM_PASSWORD"] = source.value
+    if own.path is not None:
+        own_file = str(own.path)
+    else:
+        env["RESTIC_PASSWORD"] = own.value
+    options: tuple[str, ...] = ()
+    ssh_log = None
+    if copy.repository.startswith("sftp:"):
+        ssh_log = ssh_log_path(settings, index)
+        try:
+            ssh_log.parent.mkdir(parents=True, exist_ok=True)
+            ssh_log.write_text("", encoding="utf-8")
+        except OSError as error:
+            raise Fatal(f"cannot write {ssh_log} (backup.state_dir): "
+                        f"{error.strerror or error}") from None
+        options = (f"sftp.command={_ssh_command(settings, index, environ, dotenv, ssh_log)}",)
+    primary = Restic(settings.restic, settings.repository, source_file, settings.cache_dir)
+    restic = Restic(settings.restic, copy.repository, own_file, settings.cache_dir,
+                    copy.limit_upload_kib, options)
+    processes = Processes(env=env, secrets=[source.value, own.value], stopping=stopping,
+                          grace_s=grace_s, monotonic=monotonic)
+    log.debug("%s: %s", key, display_repository(copy.repository))
+    return Access(restic, processes, ssh_log), primary
+
+
+def _ssh_command(settings: BackupSettings, index: int, environ: Mapping[str, str],
+                 dotenv: Mapping[str, str | None] | None, log_file: Path) -> str:
+    copy = settings.copies[index]
+    key = copy_key(index)
+    if copy.known_hosts is None or copy.ssh_key_credential is None:
+        raise Fatal(f"{key}: an sftp: repository needs known_hosts and ssh_key_credential")
+    missing = known_hosts_issue(copy, index)
+    if missing is not None:
+        raise Fatal(str(missing))
+    identity = find_credential(copy.ssh_key_credential, environ=environ, dotenv=dotenv or {})
+    if identity is None or identity.path is None:
+        raise Fatal(f"{key}.ssh_key_credential: the SSH key credential "
+                    f"{copy.ssh_key_credential!r} is missing (ssh reads a file: put it in "
+                    f"/etc/mushishi/credentials/{copy.ssh_key_credential}, mode 0600, and "
+                    f"run `mushishi install`)")
+    if any(c.isspace() for c in str(identity.path)):
+        raise Fatal(f"{key}.ssh_key_credential: its path {identity.path} has a space, "
+                    f"which restic's sftp.command cannot carry")
+    location = sftp_location(copy.repository)
+    return sftp_command(settings.ssh, location.user, location.host, location.port,
+                        known_hosts=copy.known_hosts, identity_file=str(identity.path),
+                        log_file=str(log_file))
 
 
 def share_with_group(root: Path, gid: int) -> bool:
@@ -118,33 +236,50 @@ def _is_dir(path: Path) -> bool:
 
 async def open_repository(settings: BackupSettings, repo: Access, *, create: bool) -> bool:
     """Make sure the repository exists and the password opens it; True when just created."""
-    local = local_repository_path(settings.repository)
+    return await _open(repo, settings.repository, "backup.repository",
+                       settings.password_credential, repo.restic.init() if create else None)
+
+
+async def open_copy(settings: BackupSettings, index: int, repo: Access, source: Restic,
+                    *, create: bool) -> bool:
+    """Make sure copy `index` exists (created with the primary's chunker parameters, so its
+    copied snapshots deduplicate) and its password opens it; True when just created."""
+    name, _ = copy_password_credential(settings, index)
+    return await _open(repo, settings.copies[index].repository,
+                       f"{copy_key(index)}.repository", name,
+                       repo.restic.init_copy_of(source) if create else None)
+
+
+async def _open(repo: Access, repository: str, key: str, credential: str,
+                init: list[str] | None) -> bool:
+    shown = display_repository(repository)
+    local = local_repository_path(repository)
     if local and not _is_dir(Path(local).parent):
-        raise Fatal(f"the parent of the repository {local} (backup.repository) does not "
+        raise Fatal(f"the parent of the repository {local} ({key}) does not "
                     f"exist: is its disk mounted?")
     probe = await repo.processes.run(repo.restic.cat_config())
     kind = classify(probe.returncode, probe.stderr)
     if kind is ExitClass.OK:
         return False
-    if kind is ExitClass.REPO_MISSING and create:
-        log.info("no restic repository at %s yet: initialising it", settings.repository)
-        created = await repo.processes.run(repo.restic.init())
+    if kind is ExitClass.REPO_MISSING and init is not None:
+        log.info("no restic repository at %s yet: initialising it", shown)
+        created = await repo.processes.run(init)
         if created.returncode != 0:
             hint = (" (`mushishi install` creates the directory and lets the unit write it)"
                     if local and not _is_dir(Path(local)) else "")
-            raise Fatal(f"restic init {settings.repository} failed: "
-                        f"{first_error_line(created.stderr)}{hint}")
+            raise Fatal(f"restic init {shown} failed: "
+                        f"{first_error_line(created.stderr)}{repo.ssh_said()}{hint}")
         return True
     if kind is ExitClass.REPO_MISSING:
-        raise Fatal(f"no restic repository at {settings.repository} (backup.repository); "
+        raise Fatal(f"no restic repository at {shown} ({key}); "
                     f"`mushishi-backup run` creates it")
     if kind is ExitClass.WRONG_PASSWORD:
-        raise Fatal(f"the password in credential {settings.password_credential!r} does not "
-                    f"open the repository {settings.repository}")
+        raise Fatal(f"the password in credential {credential!r} does not "
+                    f"open the repository {shown}")
     if kind is ExitClass.INTERRUPTED:
         raise Fatal("stopped")
-    raise Fatal(f"cannot open repository {settings.repository}: "
-                f"{first_error_line(probe.stderr)}")
+    raise Fatal(f"cannot open repository {shown} ({key}): "
+                f"{first_error_line(probe.stderr)}{repo.ssh_said()}")
 
 
 async def clear_stale_locks(repo: Access, *, now: Callable[[], datetime], hostname: str,
@@ -218,12 +353,14 @@ async def backup_set(settings: BackupSettings, repo: Access, backup_set: BackupS
                      summary.unreadable[:50], error)
 
 
-async def retention(settings: BackupSettings, repo: Access) -> RetentionResult:
-    """keep daily/weekly/monthly, then prune what no snapshot needs any more."""
+async def retention(keep: BackupSettings | BackupCopy, repo: Access, *,
+                    tags: Sequence[str]) -> RetentionResult:
+    """keep daily/weekly/monthly (the primary's or a copy's own), then prune what no
+    snapshot needs any more."""
     outcome = RetentionResult(ran=True)
     result = await repo.processes.run(repo.restic.forget_prune(
-        keep_daily=settings.keep_daily, keep_weekly=settings.keep_weekly,
-        keep_monthly=settings.keep_monthly, tags=settings.tags))
+        keep_daily=keep.keep_daily, keep_weekly=keep.keep_weekly,
+        keep_monthly=keep.keep_monthly, tags=tags))
     if result.returncode != 0:
         outcome.error = (f"restic forget --prune exited {result.returncode}: "
                          f"{first_error_line(result.stderr)}")

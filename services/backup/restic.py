@@ -69,6 +69,7 @@ class Restic:
     password_file: str | None = None  # None: the password comes in RESTIC_PASSWORD
     cache_dir: str | None = None      # None: --no-cache
     limit_upload_kib: int | None = None
+    options: tuple[str, ...] = ()     # extended options, `-o key=value` (sftp.command)
 
     def base(self, *, cache: bool = True) -> list[str]:
         """The argv prefix of every command."""
@@ -81,6 +82,27 @@ class Restic:
             argv.append("--no-cache")
         if self.limit_upload_kib is not None:
             argv += ["--limit-upload", str(self.limit_upload_kib)]
+        for option in self.options:
+            argv += ["-o", option]
+        return argv
+
+    def _from(self, source: Restic) -> list[str]:
+        argv = ["--from-repo", source.repository]
+        if source.password_file is not None:
+            argv += ["--from-password-file", source.password_file]
+        return argv  # else restic reads RESTIC_FROM_PASSWORD
+
+    def init_copy_of(self, source: Restic) -> list[str]:
+        """Create this repository with `source`'s chunker parameters, so the snapshots copied
+        into it deduplicate as they did in the source."""
+        return [*self.base(cache=False), "init", "--copy-chunker-params", *self._from(source)]
+
+    def copy_from(self, source: Restic, *, tags: Sequence[str] = ()) -> list[str]:
+        """Copy into this repository every snapshot of `source` (with all `tags`) that it
+        lacks: the new ones, and any an earlier, failed copy missed."""
+        argv = [*self.base(), "copy", *self._from(source)]
+        if tags:
+            argv += ["--tag", ",".join(tags)]
         return argv
 
     def cat_config(self) -> list[str]:
@@ -149,6 +171,26 @@ class Restic:
         if read_data_subset:
             argv.append(f"--read-data-subset={read_data_subset}")
         return argv
+
+
+def sftp_command(ssh: str, user: str | None, host: str, port: str | None, *,
+                 known_hosts: str, identity_file: str, log_file: str | None = None) -> str:
+    """restic's `sftp.command`: ssh with the host key pinned to `known_hosts` alone, the
+    key `identity_file` alone, no config file, no prompt, a dead host noticed within a
+    minute, and what ssh says written to `log_file` (restic splits this line on spaces; the
+    paths in it have none)."""
+    argv = [ssh, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "UpdateHostKeys=no", "-o", "IdentitiesOnly=yes", "-i", identity_file,
+            "-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=4"]
+    if log_file is not None:
+        argv += ["-E", log_file]
+    if port is not None:
+        argv += ["-p", port]
+    if user is not None:
+        argv += ["-l", user]
+    return " ".join([*argv, host, "-s", "sftp"])
 
 
 def escape_pattern(path: str) -> str:
@@ -252,8 +294,36 @@ def is_stale(lock: LockInfo, *, now: datetime, hostname: str,
 
 def parse_snapshot_times(stdout: str) -> list[datetime]:
     """Times of `restic snapshots --json`."""
+    return [snapshot.time for snapshot in parse_snapshots(stdout)]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One snapshot of `restic snapshots --json`; `original` is set on a copied one (the
+    source snapshot's full id)."""
+
+    id: str
+    short_id: str
+    time: datetime
+    original: str | None = None
+    paths: tuple[str, ...] = ()
+
+
+def parse_snapshots(stdout: str) -> list[SnapshotInfo]:
+    """`restic snapshots --json`."""
     data = json.loads(stdout or "[]")
-    return [datetime.fromisoformat(item["time"]) for item in data or []]
+    return [SnapshotInfo(str(item.get("id", "")), str(item.get("short_id", "")),
+                         datetime.fromisoformat(item["time"]), item.get("original"),
+                         tuple(item.get("paths") or ()))
+            for item in data or []]
+
+
+def newest_containing(snapshots: Iterable[SnapshotInfo], path: str) -> SnapshotInfo | None:
+    """The newest snapshot whose backed-up paths hold `path` (each set is a snapshot of its
+    own, so restic's `latest` may be another set's)."""
+    holding = [s for s in snapshots
+               if any(path == p or path.startswith(p.rstrip("/") + "/") for p in s.paths)]
+    return max(holding, key=lambda s: s.time, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +350,25 @@ def parse_forget(stdout: str) -> tuple[int, int]:
     kept = sum(len(group.get("keep") or []) for group in groups)
     removed = sum(len(group.get("remove") or []) for group in groups)
     return kept, removed
+
+
+_COPY_SOURCE = re.compile(r"^snapshot ([0-9a-f]+) of \[")
+_COPY_SAVED = re.compile(r"^snapshot ([0-9a-f]+) saved$")
+
+
+def parse_copy(stdout: str) -> list[str]:
+    """Short ids of the source snapshots `restic copy` copied (not those it skipped as
+    already copied), from its text output."""
+    copied: list[str] = []
+    source: str | None = None
+    for line in stdout.splitlines():
+        line = line.strip()
+        if match := _COPY_SOURCE.match(line):
+            source = match.group(1)
+        elif (match := _COPY_SAVED.match(line)) and source is not None:
+            copied.append(source)
+            source = None
+    return copied
 
 
 def first_error_line(stderr: str) -> str:

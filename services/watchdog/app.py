@@ -26,6 +26,7 @@ from mushishi.services.watchdog.messages import AlertState, Message, plan_watchd
 from mushishi.services.watchdog.ntfy import Publisher
 from mushishi.services.watchdog.outbox import Outbox, Report, deliver, state_lock
 from mushishi.shared.config import MushishiSettings
+from mushishi.shared.config.backup import display_repository
 from mushishi.shared.config.router import connect_host, connect_url, unix_listen_path
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.files import read_json, write_json
@@ -99,6 +100,7 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
             f"restic check has not run yet (monthly mushishi-backup-check.timer; no "
             f"{backup_dir}/check.json)")),
     ]
+    results += copy_checks(settings, last_backup, now)
     results += [checks.disk(mount, gather.disk_usage(mount, deps.statvfs),
                             max_percent=config.disk_max_percent)
                 for mount in config.disk_mounts]
@@ -113,6 +115,18 @@ async def run_checks(settings: MushishiSettings, deps: Deps) -> list[CheckResult
     results += checks.sovereignty(checks.sovereignty_layers(
         status.result(), tenants.result(), gather.egress_socket(settings.router.egress_socket)))
     return results
+
+
+def copy_checks(settings: MushishiSettings, last_backup: Reading[dict[str, Any]],
+                now: datetime) -> list[CheckResult]:
+    """One check per off-box copy, from the backup's last.json."""
+    config = settings.watchdog
+    limit, key = ((config.copy_max_age_days, "watchdog.copy_max_age_days")
+                  if config.copy_max_age_days is not None
+                  else (config.backup_max_age_days, "watchdog.backup_max_age_days"))
+    return [checks.backup_copy(display_repository(copy.repository), last_backup, now=now,
+                               max_age_days=limit, limit_key=key)
+            for copy in settings.backup.copies]
 
 
 def ntfy_credentials(settings: MushishiSettings, deps: Deps) -> tuple[str | None, str | None]:

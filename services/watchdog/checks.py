@@ -143,6 +143,56 @@ def backup_check(reading: Reading[Mapping[str, Any]]) -> CheckResult:
     return _problem(name, f"restic check at {when} failed: {check.get('error')}")
 
 
+def backup_copy(repository: str, reading: Reading[Mapping[str, Any]], *, now: datetime,
+                max_age_days: float, limit_key: str) -> CheckResult:
+    """An off-box copy (`[[backup.copies]]`, by its shown repository) is fresh, its last copy
+    did not fail, and a restore sample from it matched; read from the backup's last.json
+    (the watchdog never reaches off the box), aged by the clock (a backup that stopped
+    running makes its copies stale too)."""
+    name = f"backup-copy:{repository}"
+    unavailable = _unavailable(name, reading)
+    if unavailable:
+        return unavailable
+    last = reading.value()
+    entry = next((c for c in last.get("copies") or []
+                  if isinstance(c, Mapping) and c.get("repository") == repository), None)
+    if entry is None:
+        return CheckResult(name, Status.MISSING_SOURCE,
+                           f"no backup run has copied to {repository} yet")
+    problems: list[str] = []
+    parts: list[str] = []
+    newest = _time(entry.get("newest_snapshot_time"))
+    if newest is None:
+        problems.append("the copy holds no snapshot of this box yet")
+    elif (now - newest).total_seconds() / 86400 > max_age_days:
+        problems.append(f"newest snapshot is {_age(now, newest)} old (from "
+                        f"{newest.isoformat(timespec='minutes')}; limit {max_age_days:g} days, "
+                        f"{limit_key})")
+    else:
+        parts.append(f"newest snapshot is {_age(now, newest)} old")
+    if entry.get("outcome") == "failed":
+        verify = entry.get("verify") if isinstance(entry.get("verify"), Mapping) else {}
+        details = [verify.get("error"), *list(verify.get("mismatches") or [])[:3]]
+        reason = entry.get("error") or "; ".join(str(d) for d in details if d) \
+            or "no detail recorded"
+        problems.append(f"the last copy at {last.get('finished') or '?'} failed: {reason}")
+    verified = _time(entry.get("last_verified_time"))
+    verify_text = (f"restore sample verified {_age(now, verified)} ago" if verified
+                   else "restore sample never verified")
+    if problems:
+        return _problem(name, "; ".join([*problems, verify_text]))
+    return _ok(name, ", ".join([*parts, verify_text]) + f" (last copy {entry.get('outcome')})")
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 # -- disks ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

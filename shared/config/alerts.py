@@ -40,6 +40,12 @@ class WatchdogSettings(Section):
     backup_max_age_days: float = Field(
         default=8, gt=0, description="Newest restic snapshot older than this is a problem."
     )
+    copy_max_age_days: float | None = Field(
+        default=None, gt=0, description="Newest snapshot in an off-box copy "
+        "([[backup.copies]]) older than this is a problem; unset: backup_max_age_days (a copy "
+        "is made after every backup, so it is as fresh as the box's own repository unless "
+        "copying fails)."
+    )
     cloud_share_max: float = Field(
         default=0.10, ge=0, le=1, description="Share of router requests served by cloud above "
         "which an alert is sent."

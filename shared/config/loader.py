@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource
 
 from mushishi.shared.config._base import Issue
+from mushishi.shared.config.backup import PINNED_HOSTS_ENV
 from mushishi.shared.config.settings import (
     CHECKS,
     ENV_NESTED_DELIMITER,
@@ -36,7 +37,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/mushishi/mushishi.toml")
 CONFIG_ENV = "MUSHISHI_CONFIG"
 
 # Variables with the MUSHISHI_ prefix that are not config keys.
-NON_CONFIG_ENV = frozenset({CONFIG_ENV})
+NON_CONFIG_ENV = frozenset({CONFIG_ENV, PINNED_HOSTS_ENV})
 NON_CONFIG_ENV_PREFIXES = (CREDENTIAL_ENV_PREFIX, "MUSHISHI_TEST_")
 
 

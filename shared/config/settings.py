@@ -14,6 +14,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from mushishi.shared.config import backup as backup_section
 from mushishi.shared.config import firewall as firewall_section
 from mushishi.shared.config import gpu as gpu_section
 from mushishi.shared.config import observability as observability_section
@@ -122,4 +123,5 @@ CHECKS: tuple[Callable[[MushishiSettings], list[Issue]], ...] = (
     gpu_section.check,
     firewall_section.check,
     observability_section.check,
+    backup_section.check,
 )

@@ -35,6 +35,7 @@ CREDENTIALS = {"restic-password": "a-long-restic-password-for-the-stack-tests",
                "ntfy-topic": "mushishi-stack-test"}
 ALWAYS_ON = ("mushishi-router.service", "mushishi-gpud.service", "mushishi-cpu-floor.service")
 MUSHISHI = f"{BINDIR}/mushishi"
+COPY_REPOSITORY = "/var/lib/mushishi/restic-copy"
 
 
 def stack_config(llama_server: str) -> str:
@@ -45,6 +46,13 @@ def stack_config(llama_server: str) -> str:
     doc["gpu"]["poll_interval_s"] = 1.0
     doc["router"]["probe_interval_s"] = 0.5
     doc["bench"] = {"max_tokens": 16}
+    # A copy repository beside the primary (a local one; tests/system/test_backup_copies.py
+    # copies off the box over sftp): the backup then writes its per-copy series, which
+    # node_exporter serves beside the primary's.
+    copies = tomlkit.aot()
+    copies.append(tomlkit.table())
+    copies[0]["repository"] = COPY_REPOSITORY
+    doc["backup"]["copies"] = copies
     return tomlkit.dumps(doc)
 
 

@@ -26,7 +26,7 @@ from tests.observability_docs import (
     node_exporter_defaults,
     node_exporter_flags,
 )
-from tests.system.stack import MUSHISHI, boot_stack, status_json
+from tests.system.stack import COPY_REPOSITORY, MUSHISHI, boot_stack, status_json
 
 CONFIG_INSIDE = "/etc/mushishi-test/prometheus.yml"
 PROMETHEUS = "http://127.0.0.1:9090"
@@ -280,6 +280,11 @@ def test_node_exporter_serves_every_textfile_and_prometheus_scrapes_them_through
     wait_query(box, f'count({{job="node",__name__=~"mushishi_.+"}}) == {len(expected)}')
     wait_query(box, 'mushishi_backup_outcome{job="node",outcome="ok"} == 1')
     wait_query(box, 'mushishi_backup_check_ok{job="node"} == 1')
+    # The copy's series carry its repository and never repeat the primary's.
+    wait_query(box, f'mushishi_backup_copy_outcome{{job="node",outcome="ok",'
+                    f'repository="{COPY_REPOSITORY}"}} == 1')
+    wait_query(box, f'mushishi_backup_check_copy_ok{{job="node",'
+                    f'repository="{COPY_REPOSITORY}"}} == 1')
     wait_query(box, 'mushishi_watchdog_check_status{job="node",check="bench",status="ok"} == 1')
     [speed] = wait_query(box, 'mushishi_bench_tokens_per_second{job="node",'
                               'target="backend:cpu",backend="cpu"} > 0')

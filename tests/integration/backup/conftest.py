@@ -31,6 +31,8 @@ class BackupBox:
     sets: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
     restic_binary: str = RESTIC
+    copies: list[dict[str, Any]] = field(default_factory=list)
+    copy_password: str = "a different password for the off-box copy 7"
 
     @property
     def repo(self) -> Path:
@@ -65,12 +67,23 @@ class BackupBox:
             lines += ["[[backup.sets]]", f'path = "{item["path"]}"',
                       f"reason = {json.dumps(item['reason'])}",
                       f"exclude = {json.dumps(item['exclude'])}"]
+        for copy in self.copies:
+            lines.append("[[backup.copies]]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in copy.items()]
         self.config.write_text("\n".join(lines) + "\n")
         return self.config
 
+    def add_copy(self, name: str = "copy", **keys: Any) -> Path:
+        """A local off-box stand-in: a copy repository at <root>/<name>."""
+        path = self.root / name
+        self.copies.append({"repository": str(path),
+                            "password_credential": "restic-copy-password", **keys})
+        return path
+
     def env(self, password: str | None = None) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-                "MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": password or self.password}
+                "MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": password or self.password,
+                "MUSHISHI_CREDENTIAL_RESTIC_COPY_PASSWORD": self.copy_password}
 
     def argv(self, action: str) -> list[str]:
         return [f"{BINDIR}/mushishi-backup", "--config", str(self.write_config()), action]
@@ -96,13 +109,18 @@ class BackupBox:
         return [json.loads(line) for line in
                 (self.state / "history.jsonl").read_text().splitlines()]
 
-    def restic(self, *args: str, check: bool = True, password: str | None = None
-               ) -> subprocess.CompletedProcess[str]:
+    def restic(self, *args: str, check: bool = True, password: str | None = None,
+               repo: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Bare restic, as the test's independent oracle."""
         return subprocess.run(
-            [RESTIC, "--repo", str(self.repo), "--no-cache", *args], capture_output=True,
-            text=True, check=check, timeout=300,
+            [RESTIC, "--repo", str(repo or self.repo), "--no-cache", *args],
+            capture_output=True, text=True, check=check, timeout=300,
             env={"RESTIC_PASSWORD": password or self.password, "PATH": "/usr/bin:/bin"})
+
+    def copy_restic(self, repo: Path, *args: str, check: bool = True
+                    ) -> subprocess.CompletedProcess[str]:
+        """Bare restic on a copy repository (its own password)."""
+        return self.restic(*args, check=check, password=self.copy_password, repo=repo)
 
     def restic_popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -110,7 +128,9 @@ class BackupBox:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={"RESTIC_PASSWORD": self.password, "PATH": "/usr/bin:/bin"})
 
-    def snapshots(self) -> list[dict[str, Any]]:
+    def snapshots(self, copy: Path | None = None) -> list[dict[str, Any]]:
+        if copy is not None:
+            return json.loads(self.copy_restic(copy, "--no-lock", "--json", "snapshots").stdout)
         return json.loads(self.restic("--no-lock", "--json", "snapshots").stdout)
 
     def locks(self) -> list[str]:

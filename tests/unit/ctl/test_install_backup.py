@@ -4,10 +4,12 @@ config (comments kept), write access only where the units need it, credentials p
 
 from __future__ import annotations
 
+import socket
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from mushishi.ctl.install import find_restic, record_restic_path
+from mushishi.ctl.install import Plan, find_restic, plan_install, record_restic_path
+from mushishi.shared.config import load_settings
 from tests.paths import BINDIR
 
 CONFIG = """# my box — keep this comment
@@ -129,3 +131,109 @@ def test_watchdog_loads_the_restic_password_to_read_snapshots(tmp_path: Path) ->
         alert = (units / f"{unit}.d/credentials.conf").read_text()
         assert "restic-password" not in alert
         assert "LoadCredential=ntfy-topic:/etc/mushishi/credentials/ntfy-topic" in alert
+
+
+# -- off-box copies ------------------------------------------------------------------------
+
+COPIES = """[backup]
+repository = "/data/repo"
+[[backup.sets]]
+path = "/data/configs"
+reason = "hand-written"
+[[backup.copies]]
+repository = "sftp:backup@offsite.example:/srv/restic/mushishi"
+password_credential = "restic-copy-password"
+known_hosts = "/etc/mushishi/known_hosts"
+ssh_key_credential = "restic-copy-ssh-key"
+[[backup.copies]]
+repository = "rest:https://mushishi:pw@198.51.100.7:8000/box/"
+[[backup.copies]]
+repository = "/mnt/usb/restic"
+"""
+RESOLVED = {"offsite.example": ["198.51.100.2", "2001:db8::2"]}
+
+
+def plan_copies(root: Path, text: str = COPIES,
+                resolved: dict[str, list[str]] | None = None) -> Plan:
+    table = RESOLVED if resolved is None else resolved
+
+    def resolve(host: str) -> list[str]:
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return table[host]
+
+    config = root / "mushishi.toml"
+    config.write_text(text)
+    return plan_install(load_settings(config), BINDIR, root=root, config_text=None,
+                        resolve=resolve)
+
+
+def unit_file(plan: Plan, path: str) -> str:
+    return plan.files[PurePosixPath("etc/systemd/system") / path][0]
+
+
+def test_backup_units_may_reach_exactly_the_copy_hosts_resolved_at_install(
+        tmp_path: Path) -> None:
+    plan = plan_copies(tmp_path)
+    for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
+        text = unit_file(plan, f"{unit}.d/network.conf")
+        lines = text.splitlines()
+        assert [line for line in lines if line.startswith("IPAddress")] == [
+            "IPAddressDeny=any", "IPAddressAllow=localhost", "IPAddressAllow=198.51.100.2",
+            "IPAddressAllow=2001:db8::2", "IPAddressAllow=198.51.100.7"]
+        assert ('Environment="MUSHISHI_PINNED_HOSTS=198.51.100.7=198.51.100.7 '
+                'offsite.example=198.51.100.2,2001:db8::2"') in lines
+        assert "#   backup.copies[0].repository: offsite.example -> 198.51.100.2, " \
+               "2001:db8::2" in lines
+    # The watchdog reads the copies from last.json: it stays off the network.
+    assert "IPAddressAllow=198.51.100.2" not in unit_file(
+        plan, "mushishi-watchdog.service.d/network.conf")
+
+
+def test_an_unresolvable_copy_host_is_pinned_to_nothing_and_warned_about(
+        tmp_path: Path) -> None:
+    plan = plan_copies(tmp_path, resolved={})
+    text = unit_file(plan, "mushishi-backup.service.d/network.conf")
+    assert "IPAddressAllow=198.51.100.2" not in text
+    assert "offsite.example=" in text and "-> unresolved" in text
+    assert any(w.startswith("backup.copies[0].repository: cannot resolve offsite.example")
+               for w in plan.warnings), plan.warnings
+    assert ("backup.copies[0].known_hosts: /etc/mushishi/known_hosts does not exist: put the "
+            "off-box host's key there") in " ".join(plan.warnings)
+
+
+def test_copy_credentials_go_to_the_backup_units_only(tmp_path: Path) -> None:
+    credentials = tmp_path / "etc/mushishi/credentials"
+    credentials.mkdir(parents=True)
+    for name in ("restic-password", "restic-copy-password", "restic-copy-ssh-key",
+                 "ntfy-topic"):
+        (credentials / name).write_text("x")
+    plan = plan_copies(tmp_path)
+    for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
+        loaded = unit_file(plan, f"{unit}.d/credentials.conf")
+        for name in ("restic-password", "restic-copy-password", "restic-copy-ssh-key"):
+            assert f"LoadCredential={name}:/etc/mushishi/credentials/{name}" in loaded
+    watchdog = unit_file(plan, "mushishi-watchdog.service.d/credentials.conf")
+    assert "restic-copy" not in watchdog and "restic-password" in watchdog
+
+
+def test_a_copy_on_a_local_disk_is_writable_and_created_only_when_mounted(
+        tmp_path: Path) -> None:
+    plan = plan_copies(tmp_path)
+    paths = unit_file(plan, "mushishi-backup.service.d/paths.conf").splitlines()
+    assert "ReadWritePaths=-/mnt/usb/restic" in paths and "ReadWritePaths=-/data/repo" in paths
+    assert PurePosixPath("mnt/usb/restic") not in plan.directories
+    assert any(w.startswith("backup.copies[2].repository /mnt/usb/restic: its parent "
+                            "directory does not exist") for w in plan.warnings)
+    (tmp_path / "mnt/usb").mkdir(parents=True)
+    assert plan_copies(tmp_path).directories[PurePosixPath("mnt/usb/restic")] == 0o2750
+
+
+def test_the_units_resolver_must_be_reachable_under_their_confinement(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/resolv.conf").write_text("nameserver 192.168.1.1\n")
+    plan = plan_copies(tmp_path)
+    assert any("resolve offsite.example under IPAddressDeny=any" in w and "192.168.1.1" in w
+               for w in plan.warnings), plan.warnings
+    (tmp_path / "etc/resolv.conf").write_text("nameserver 127.0.0.53\n")
+    assert not any("IPAddressDeny=any" in w for w in plan_copies(tmp_path).warnings)

@@ -77,16 +77,19 @@ def test_alert_units_are_kernel_confined_when_ntfy_is_local(
 @pytest.mark.parametrize(("repository", "confined"), [
     ("/data/ai/09-restic-repo", True),
     ("local:/srv/restic", True),
-    ("sftp:backup@nas:/srv/restic", False),
-    ("s3:s3.amazonaws.com/bucket", False),
+    ("sftp:backup@192.0.2.10:/srv/restic", True),     # confined to its host (see
+    ("s3:192.0.2.11/bucket", True),                   # test_install_backup.py)
+    ("b2:bucket:/mushishi", False),                   # restic picks b2's hosts itself
 ])
-def test_backup_units_are_kernel_confined_with_a_local_repository(
+def test_backup_units_are_kernel_confined_unless_the_repository_has_no_one_host(
     tmp_path: Path, repository: str, confined: bool,
 ) -> None:
     files = plan_for(tmp_path, backup={"repository": repository})
     for unit in ("mushishi-backup.service", "mushishi-backup-check.service"):
         text = files[str(UNITS / f"{unit}.d/network.conf")]
         assert ("IPAddressDeny=any\nIPAddressAllow=localhost" in text) is confined, text
+        if not confined:
+            assert "Relaxation: backup.repository (b2:) has no one host" in text
 
 
 def test_every_moved_state_directory_is_writable_by_its_units(tmp_path: Path) -> None:

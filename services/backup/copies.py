@@ -1,0 +1,132 @@
+"""Off-box copies, step by step: after a backup that wrote snapshots, for each
+`[[backup.copies]]` entry: is its host still where `mushishi install` pinned it, open (or
+create) it, clear stale locks, `restic copy` what it lacks, apply its own retention, read
+its snapshots back, and restore-verify a sample of this run's snapshots from it.
+
+A copy that fails is its own `CopyResult`; it never stops the other copies and never
+touches the primary. Every decision is in `core`; every process runs through `process`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from mushishi.services.backup import core
+from mushishi.services.backup.core import CopyResult, Fatal
+from mushishi.services.backup.network import check_host
+from mushishi.services.backup.repository import (
+    Access,
+    clear_stale_locks,
+    copy_access,
+    open_copy,
+    retention,
+)
+from mushishi.services.backup.restic import (
+    Restic,
+    first_error_line,
+    parse_copy,
+    parse_snapshots,
+)
+from mushishi.services.backup.verify import verify_snapshots
+from mushishi.shared.config.backup import (
+    BackupSettings,
+    copy_key,
+    display_repository,
+    repository_host,
+)
+from mushishi.shared.locality import Resolver
+
+
+@dataclass
+class CopyContext:
+    """What every copy of one run needs from the runner."""
+
+    environ: Mapping[str, str]
+    dotenv: Mapping[str, str | None]
+    pins: Mapping[str, frozenset[str]] | None   # None: not under the unit
+    resolve: Resolver
+    status: Callable[[str], None]
+    rng: random.Random
+    now: Callable[[], datetime]
+    hostname: str
+    pid_alive: Callable[[int], bool]
+    stopping: asyncio.Event
+    grace_s: float
+    monotonic: Callable[[], float]
+
+
+async def reach(settings: BackupSettings, index: int, context: CopyContext, *,
+                create: bool) -> tuple[Access, Restic, list[str]]:
+    """Copy `index` with its host where install pinned it, opened (created when `create`)
+    and cleared of stale locks: (restic on it, the primary as its source, the stale locks
+    cleared). Raise Fatal with one line naming the key."""
+    copy = settings.copies[index]
+    host = repository_host(copy.repository)
+    if host is not None:
+        refused = check_host(f"{copy_key(index)}.repository", host, context.pins,
+                             context.resolve)
+        if refused:
+            raise Fatal(refused)
+    repo, source = copy_access(settings, index, environ=context.environ,
+                               dotenv=context.dotenv, stopping=context.stopping,
+                               grace_s=context.grace_s, monotonic=context.monotonic)
+    context.status(f"opening copy {display_repository(copy.repository)}")
+    await open_copy(settings, index, repo, source, create=create)
+    stale = await clear_stale_locks(repo, now=context.now, hostname=context.hostname,
+                                    pid_alive=context.pid_alive)
+    return repo, source, stale
+
+
+async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
+                   context: CopyContext) -> CopyResult:
+    """Copy this run's snapshots (and any an earlier run missed) to copy `index`."""
+    shown = display_repository(settings.copies[index].repository)
+    result = CopyResult(shown)
+    try:
+        repo, source, result.stale_locks_cleared = await reach(settings, index, context,
+                                                               create=True)
+    except Fatal as error:
+        result.error = str(error)
+        return result
+    result.warnings += [f"cleared stale {line}: a previous copy was killed"
+                        for line in result.stale_locks_cleared]
+    context.status(f"copying to {shown}")
+    copied = await repo.processes.run(repo.restic.copy_from(source, tags=settings.tags))
+    result.copied_from = parse_copy(copied.stdout)
+    if copied.returncode != 0:
+        result.error = (f"restic copy to {shown} exited {copied.returncode}: "
+                        f"{first_error_line(copied.stderr)}{repo.ssh_said()}")
+        return result
+    context.status(f"applying retention in {shown}")
+    result.retention = await retention(settings.copies[index], repo, tags=settings.tags)
+    if result.retention.error:
+        result.warnings.append(result.retention.error)
+    listed = await repo.processes.run(repo.restic.snapshots(tags=settings.tags))
+    try:
+        snapshots = parse_snapshots(listed.stdout) if listed.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        snapshots = None
+    if snapshots is None:
+        result.error = (f"restic snapshots on {shown} exited {listed.returncode}: "
+                        f"{first_error_line(listed.stderr)}{repo.ssh_said()}")
+        return result
+    if snapshots:
+        result.newest_snapshot_time = max(s.time for s in snapshots).isoformat()
+    behind = core.missing_from_copy(snapshot_ids, (s.original for s in snapshots))
+    if behind:
+        result.error = (f"{shown} lacks this run's snapshot(s) {', '.join(behind)} after "
+                        f"restic copy succeeded")
+        return result
+    ours = [s.short_id for s in snapshots
+            if s.original and any(s.original.startswith(sid) for sid in snapshot_ids)]
+    result.snapshot_ids = ours
+    context.status(f"verifying a restore of {settings.verify_sample_files} sample files "
+                   f"from {shown}")
+    result.verify = await verify_snapshots(
+        repo.processes, repo.restic, ours, sample_files=settings.verify_sample_files,
+        max_bytes=settings.verify_max_bytes, rng=context.rng)
+    return result

@@ -1,0 +1,184 @@
+"""Off-box copies (`[[backup.copies]]`) end to end with the real restic: `restic copy` of the
+new snapshots after each backup, the copy's own retention, a restore sample verified from
+the copy, a copy that cannot be reached failing the run on its own (and the next run
+catching up), and the monthly check covering every copy.
+
+Local directories stand in for the off-box repositories here (restic treats every backend
+the same way for copy, forget and restore); tests/system/test_backup_copies.py runs the
+same against an sftp: host in a network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.integration.backup.conftest import BackupBox, random_file
+from tests.integration.backup.test_restic_e2e import corrupt_largest_pack, populated
+
+
+def copy_record(box: BackupBox, index: int = 0) -> dict:
+    return box.last()["copies"][index]
+
+
+def originals(box: BackupBox, copy: Path) -> set[str]:
+    return {s.get("original", "")[:8] for s in box.snapshots(copy)}
+
+
+def test_a_copy_gets_the_new_snapshots_and_a_restore_sample_verified_from_it(
+        box: BackupBox) -> None:
+    populated(box)
+    copy = box.add_copy()
+    result = box.run()
+    assert result.returncode == 0, result.stderr
+    last = box.last()
+    assert last["outcome"] == "ok" and last["exit_status"] == 0
+    [record] = last["copies"]
+    assert record["repository"] == str(copy)
+    assert record["outcome"] == "ok", record
+    assert record["verified"] is True
+    assert record["verify"]["outcome"] == "ok" and record["verify"]["files_matched"] == 3
+    assert 0 <= record["snapshot_age_s"] < 300
+    # The copy holds the primary's snapshot (restic records where it came from) ...
+    [primary_snapshot] = box.snapshots()
+    [copied] = box.snapshots(copy)
+    assert copied["original"] == primary_snapshot["id"]
+    assert record["snapshot_ids"] == [copied["short_id"]]
+    # ... under its own password, with the primary's chunker (so deduplication carries over).
+    assert box.restic("cat", "config", repo=copy, check=False).returncode != 0
+    primary_config = json.loads(box.restic("cat", "config").stdout)
+    copy_config = json.loads(box.copy_restic(copy, "cat", "config").stdout)
+    assert copy_config["chunker_polynomial"] == primary_config["chunker_polynomial"]
+    assert record["retention"]["ran"] and record["retention"]["kept"] == 1
+    metrics = (box.textfile_dir / "mushishi_backup.prom").read_text()
+    assert f'mushishi_backup_copy_outcome{{outcome="ok",repository="{copy}"}} 1.0' in metrics
+    assert f'mushishi_backup_copy_verify_ok{{repository="{copy}"}} 1.0' in metrics
+    assert f'mushishi_backup_copy_snapshot_age_seconds{{repository="{copy}"}}' in metrics
+    assert 'mushishi_backup_outcome{outcome="ok"} 1.0' in metrics
+    for text in (result.stdout, result.stderr, (box.state / "last.json").read_text(), metrics):
+        assert box.password not in text and box.copy_password not in text
+
+
+def test_the_copy_applies_its_own_retention(box: BackupBox) -> None:
+    source = populated(box)
+    copy = box.add_copy(keep_daily=7, keep_weekly=4, keep_monthly=12)
+    # History that only the copy holds (an off-box archive kept longer than the box's own):
+    # snapshots of the same host and path, one a month.
+    box.copy_restic(copy, "init")
+    for month in range(1, 13):
+        box.copy_restic(copy, "backup", "--tag", "mushishi", "--time",
+                        f"2025-{month:02d}-15 12:00:00", str(source))
+    result = box.run()
+    assert result.returncode == 0, result.stderr
+    record = copy_record(box)
+    assert record["outcome"] == "ok", record
+    months = sorted(s["time"][:7] for s in box.snapshots(copy))
+    this_month = datetime.now(UTC).astimezone().strftime("%Y-%m")
+    # keep_daily 7 and keep_weekly 4 fall within these; keep_monthly 12: this month's new
+    # snapshot and the newest 11 other months (the primary keeps 3).
+    assert months == sorted([this_month, *(f"2025-{m:02d}" for m in range(2, 13))])
+    assert record["retention"]["removed"] == 1
+    assert len(box.snapshots()) == 1  # the primary's own retention is its own
+
+
+def test_an_unreachable_copy_fails_the_run_on_its_own_and_the_next_run_catches_up(
+        box: BackupBox) -> None:
+    source = populated(box)
+    offsite = box.root / "offsite"          # its "disk" is not there yet
+    copy = box.add_copy("offsite/repo")
+    result = box.run()
+    assert result.returncode == 4, result.stderr
+    last = box.last()
+    # The primary's backup is fine and says so; the run's outcome says the copy failed.
+    assert last["outcome"] == "copy-failed" and last["exit_status"] == 4
+    assert [s["status"] for s in last["sets"]] == ["ok"]
+    assert last["verify"]["outcome"] == "ok"
+    record = copy_record(box)
+    assert record["outcome"] == "failed" and record["verified"] is False
+    assert record["snapshot_age_s"] is None
+    assert str(offsite) in record["error"]
+    assert any("backup.copies[0]" in e and str(copy) in e for e in last["errors"])
+    metrics = (box.textfile_dir / "mushishi_backup.prom").read_text()
+    assert f'mushishi_backup_copy_outcome{{outcome="failed",repository="{copy}"}} 1.0' \
+        in metrics
+    assert 'mushishi_backup_outcome{outcome="copy-failed"} 1.0' in metrics
+
+    random_file(source / "second.bin", 50_000)
+    assert box.run().returncode == 4
+    # Weekly runs of earlier days whose copies failed too (the box's retention keeps one
+    # snapshot a day, so today's runs leave one of today's).
+    for day in (2, 1):
+        when = datetime.fromtimestamp(time.time() - day * 86400).strftime("%Y-%m-%d %H:%M:%S")
+        box.restic("backup", "--tag", "mushishi", "--time", when, str(source))
+    offsite.mkdir()
+    random_file(source / "third.bin", 50_000)
+    result = box.run()
+    assert result.returncode == 0, result.stderr
+    assert box.last()["outcome"] == "ok"
+    record = copy_record(box)
+    assert record["outcome"] == "ok" and record["verified"] is True
+    # The four the box held before its retention (today's older one went at the copy's).
+    assert record["snapshots_copied"] == 4 and len(record["copied_from"]) == 4
+    # Caught up: every snapshot the box holds, the three the copy missed included.
+    primary = {s["short_id"] for s in box.snapshots()}
+    assert len(primary) == 3 and originals(box, copy) == primary
+    box.restic("check")
+    box.copy_restic(copy, "check")
+    outcomes = [(h["outcome"], [c["outcome"] for c in h["copies"]]) for h in box.history()]
+    assert outcomes == [("copy-failed", ["failed"]), ("copy-failed", ["failed"]),
+                        ("ok", ["ok"])]
+
+
+def test_a_backup_that_wrote_nothing_copies_nothing_and_keeps_the_copys_history(
+        box: BackupBox) -> None:
+    populated(box)
+    box.add_copy()
+    assert box.run().returncode == 0
+    first = copy_record(box)
+    box.sets[0]["path"] = str(box.root / "not-mounted")
+    assert box.run().returncode == 1
+    record = copy_record(box)
+    assert record["outcome"] == "skipped"
+    assert record["newest_snapshot_time"] == first["newest_snapshot_time"]
+    assert record["last_verified_time"] == first["last_verified_time"]
+
+
+def test_copy_verification_catches_a_corrupted_pack_in_the_copy(box: BackupBox) -> None:
+    populated(box)
+    copy = box.add_copy()
+    assert box.run().returncode == 0
+    corrupt_largest_pack(copy)
+    # Nothing changed: the copy already holds every blob, so only reading back notices.
+    result = box.run()
+    assert result.returncode == 4, result.stderr
+    last = box.last()
+    assert last["verify"]["outcome"] == "ok"   # the primary is intact
+    record = copy_record(box)
+    assert record["outcome"] == "failed" and record["verified"] is False
+    assert record["verify"]["outcome"] == "failed"
+    assert f'mushishi_backup_copy_verify_ok{{repository="{copy}"}} 0.0' in (
+        box.textfile_dir / "mushishi_backup.prom").read_text()
+    check = box.run("check")
+    assert check.returncode == 1
+    result = box.last("check.json")
+    assert result["outcome"] == "ok"  # the primary
+    [copy_check] = result["copies"]
+    assert copy_check["repository"] == str(copy) and copy_check["outcome"] == "failed"
+
+
+def test_check_covers_the_primary_and_every_copy(box: BackupBox) -> None:
+    populated(box)
+    first = box.add_copy("copy-a")
+    second = box.add_copy("copy-b", keep_monthly=6)
+    assert box.run().returncode == 0
+    assert [c["outcome"] for c in box.last()["copies"]] == ["ok", "ok"]
+    result = box.run("check")
+    assert result.returncode == 0, result.stderr
+    check = box.last("check.json")
+    assert check["outcome"] == "ok"
+    assert [(c["repository"], c["outcome"]) for c in check["copies"]] == [
+        (str(first), "ok"), (str(second), "ok")]
+    metrics = (box.textfile_dir / "mushishi_backup_check.prom").read_text()
+    assert f'mushishi_backup_check_copy_ok{{repository="{second}"}} 1.0' in metrics
