@@ -242,3 +242,65 @@ async def test_cloud_share_survives_a_restart(
     after = await run_once(nothing)
     assert before["requests_day"] == after["requests_day"] == 2
     assert after["cloud_requests_day"] == 2 and after["day"] == 1.0
+
+
+RESEARCH_KEY = "sk-research-only"
+# A T2 profile whose local hop is down, so its requests reach the cloud (issue 13, hole 1).
+RESEARCH_T2 = """
+[backends.dead]
+url = "http://127.0.0.1:{port}/v1"
+model = "dead-model"
+
+[profiles.research]
+tier = "T2"
+chain = ["dead", "kimi"]
+"""
+
+
+async def test_sighup_never_lets_a_new_key_reach_a_chain_the_new_config_forbids(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    # The operator makes `research` T1 (was T2, cloud allowed) and adds a key that may use
+    # only `research`, then runs `systemctl reload mushishi-router`.
+    gpu, cpu, _ = servers
+    cloud = await EgressStandin(str(tmp_path / "canary-egress.sock")).start()
+    port = free_port()
+    before = config_text(gpu_url=gpu.url, cpu_url=cpu.url,
+                         egress_socket=str(tmp_path / "canary-egress.sock"),
+                         extra=RESEARCH_T2.format(port=free_port())).replace(
+        'listen = ["127.0.0.1:4000"]', f'listen = ["127.0.0.1:{port}"]')
+    config = tmp_path / "research.toml"
+    config.write_text(before)
+    notify = Notifications(tmp_path / "notify")
+    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
+                              env=environment(notify.path), stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {RESEARCH_KEY}"}
+    try:
+        await notify.wait("READY=1")
+        after = before.replace('tier = "T2"\nchain = ["dead", "kimi"]',
+                               'tier = "T1"\nchain = ["dead"]\nqueue_timeout_s = 1')
+        digest = hashlib.sha256(RESEARCH_KEY.encode()).hexdigest()
+        after = after.replace("[keys]\n", f'[keys]\n"{digest}" = ["research"]\n')
+        assert after.count('"research"') == 1 and 'tier = "T1"\nchain = ["dead"]' in after
+        config.write_text(after)
+        daemon.send_signal(signal.SIGHUP)
+        await notify.wait("RELOADING=1")
+        await notify.wait("READY=1")
+        async with aiohttp.ClientSession() as session, session.post(
+                base + "/v1/chat/completions", headers=headers, json={
+                    "model": "research",
+                    "messages": [{"role": "user", "content": "private research notes"}]},
+        ) as response:
+            status, tier = response.status, response.headers.get("X-Mushishi-Tier")
+            body = await response.json()
+        assert cloud.requests == [], "a T1 prompt reached the cloud after a reload"
+        # The new profile is in force for the new key: T1, local only.
+        assert (status, tier) == (503, "T1"), body
+        assert body["error"]["code"] == "sovereign_backends_unavailable"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+        assert daemon.stderr is not None
+        daemon.stderr.close()
+        await cloud.stop()
