@@ -98,6 +98,10 @@ def build_report(readings: Mapping[str, Reading[Any]], now: datetime, host: str)
             if value is False:
                 problems.append(f"sovereignty layer {layer} is not in force: "
                                 f"{sovereignty.detail}")
+        if router.reload.pending_restart:
+            problems.append("router: restart needed to apply "
+                            f"{', '.join(router.reload.pending_restart)} (a reload was "
+                            "refused; `systemctl restart mushishi-router`)")
     data["cpu_floor"] = _cpu_floor(readings.get("cpu-floor"), systemd)
     if data["cpu_floor"] and not data["cpu_floor"]["serving"] \
             and "cpu-floor" not in data["unavailable"]:
@@ -174,7 +178,7 @@ def _router(status: RouterStatus | None) -> dict[str, Any] | None:
         return None
     body = status.to_json()
     return {key: body[key] for key in ("version", "draining", "in_flight", "sovereignty",
-                                       "backends", "profiles", "cloud_share")}
+                                       "backends", "profiles", "cloud_share", "reload")}
 
 
 def _cpu_floor(reading: Reading[Any] | None, systemd: Any) -> dict[str, Any] | None:

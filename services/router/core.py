@@ -95,11 +95,8 @@ class RouteTable:
         return found
 
 
-def compile_table(
-    settings: MushishiSettings,
-    resolve_uid: Callable[[str], int | None],
-) -> RouteTable:
-    """Build the route table; `settings` has passed the config checks already."""
+def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
+    """Every backend of `settings` as a hop, its locality decided by address."""
     router = settings.router
     backends: dict[str, Hop] = {}
     for name, backend in settings.backends.items():
@@ -117,6 +114,19 @@ def compile_table(
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
             + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
         )
+    return backends
+
+
+def compile_table(
+    settings: MushishiSettings,
+    resolve_uid: Callable[[str], int | None],
+    running: Mapping[str, Hop] | None = None,
+) -> RouteTable:
+    """Build the route table; `settings` has passed the config checks already. A reload
+    passes the `running` table's hops (its [backends] are unchanged): the new profiles are
+    chains of the very hops the pools and health state were built for."""
+    router = settings.router
+    backends = dict(running) if running is not None else compile_hops(settings)
     profiles = {}
     for name, profile in settings.profiles.items():
         hops = tuple(backends[hop] for hop in profile.chain)

@@ -56,8 +56,9 @@ class Relay:
     clock: Callable[[], float]
     stream_idle_timeout_s: float
     egress_socket: str  # named in the log line when the egress cannot be reached
-    # The fixed headers of each (profile, hop), as request lines: built once.
-    _headers: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    # The fixed headers of each (profile, tier, hop), as request lines: built once (a reload
+    # may give a profile another tier).
+    _headers: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
 
     async def attempt(self, call: Call, hop: Hop, body: RequestBody,
                       request: web.Request) -> web.StreamResponse | HopFailure:
@@ -113,7 +114,7 @@ class Relay:
 
     def _request_headers(self, call: Call, hop: Hop, content_type: str) -> bytes:
         """Headers sent to the hop: never the caller's credentials."""
-        key = (call.profile.name, hop.name)
+        key = (call.profile.name, call.profile.tier, hop.name)
         base = self._headers.get(key)
         if base is None:
             lines = [("Accept-Encoding", "identity")]

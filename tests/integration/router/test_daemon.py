@@ -304,3 +304,43 @@ async def test_sighup_never_lets_a_new_key_reach_a_chain_the_new_config_forbids(
         assert daemon.stderr is not None
         daemon.stderr.close()
         await cloud.stop()
+
+
+async def test_sighup_that_changes_a_backend_is_refused_whole_and_named_in_status(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    _, _, config = servers
+    port = free_port()
+    original = config.read_text().replace('listen = ["127.0.0.1:4000"]',
+                                          f'listen = ["127.0.0.1:{port}"]')
+    config.write_text(original)
+    notify = Notifications(tmp_path / "notify")
+    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
+                              env=environment(notify.path), stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    added = hashlib.sha256(b"sk-added-with-a-backend-change").hexdigest()
+    try:
+        await notify.wait("READY=1")
+        notify.messages.clear()
+        changed = original.replace('model = "cpu-alias"', 'model = "another-alias"')
+        config.write_text(changed.replace("[keys]\n", f'[keys]\n"{added}" = ["private"]\n'))
+        daemon.send_signal(signal.SIGHUP)
+        await notify.wait("RELOADING=1")
+        ready = await notify.wait("READY=1")
+        assert "restart needed (backends.cpu)" in ready
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "/v1/models", headers={
+                    "Authorization": "Bearer sk-added-with-a-backend-change"}) as response:
+                assert response.status == 401  # nothing of the refused reload applies
+            async with session.get(base + "/status") as response:
+                status = await response.json()
+        assert status["reload"]["pending_restart"] == ["backends.cpu"]
+        assert "reload refused" in status["reload"]["detail"]
+        assert status["backends"]["cpu"]["model"] == "cpu-alias"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+        assert daemon.stderr is not None
+        log = daemon.stderr.read().decode()
+        daemon.stderr.close()
+    assert "reload refused, keeping the running config" in log and "backends.cpu" in log
