@@ -204,3 +204,22 @@ def test_every_metrics_listen_is_checked_as_host_port(
     """One parser (parse_tcp_listen) for every daemon's metrics_listen; gpud's had none."""
     found = config_issues(tmp_path, f'[{section}]\nmetrics_listen = "{value}"\n' + BACKENDS)
     assert any(issue.startswith(f"{section}.metrics_listen") for issue in found), found
+
+
+@pytest.mark.parametrize("url", ["unix:/var/run/mushishi/egress.sock",
+                                 "unix:/run//mushishi/egress.sock",
+                                 "unix:/proc/self/root/run/mushishi/egress.sock"])
+def test_a_backend_at_the_egress_socket_under_another_spelling_is_refused(
+        tmp_path: Path, url: str) -> None:
+    found = issues_for(tmp_path, url=url)
+    assert any(issue.startswith(f"backends.other.url: {url} is router.egress_socket")
+               for issue in found), found
+
+
+@pytest.mark.parametrize("url", ["unix:/run/mushishi/router.sock",
+                                 "unix:/var/run/mushishi/./router.sock"])
+def test_a_backend_at_the_routers_own_socket_is_refused(tmp_path: Path, url: str) -> None:
+    found = issues_for(tmp_path, url=url, extra="")
+    assert any(issue.startswith(f"backends.other.url: {url} is the router's own socket")
+               for issue in found), found
+    assert any(issue.startswith("profiles.private.chain[1]:") for issue in found), found
