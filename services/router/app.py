@@ -36,7 +36,11 @@ from mushishi.services.router.reload import ReloadStatus, needs_restart
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.status_view import Sovereignty, StatusView, Traffic
 from mushishi.services.router.traces import RequestTracer
-from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
+from mushishi.services.router.upstream import (
+    CONNECT_CHECK_TEST_ENV,
+    SovereigntyRefusal,
+    Upstreams,
+)
 from mushishi.shared.activation import bind_unix, systemd_sockets
 from mushishi.shared.bus import BusError
 from mushishi.shared.config import LoadedConfig, MushishiSettings
@@ -194,6 +198,12 @@ class Router:
         """Requests being routed now."""
         return self.traffic.in_flight
 
+    def serving_on(self, sockets: list[socket.socket]) -> None:
+        """The sockets the router serves on (systemd's or its own): no backend may be one."""
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX and isinstance(sock.getsockname(), str):
+                self._upstreams.refuse_own_socket(sock.getsockname())
+
     def status_line(self) -> str:
         """The STATUS= line shown by `systemctl status`."""
         return self.view.status_line()
@@ -220,8 +230,8 @@ class Router:
             raise SwitchRefused(error.text or error.name) from None
 
 
-def _log_refusal(address: str) -> None:
-    log.warning("connect-time check refused %s: outside router.local_networks", address)
+def _log_refusal(refusal: SovereigntyRefusal) -> None:
+    log.warning("%s", refusal.strerror)
 
 
 def _log_health_change(name: str, old: Health, new: Health, reason: str) -> None:
@@ -267,6 +277,7 @@ def describe_socket(sock: socket.socket) -> str:
 async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier,
                 stop: asyncio.Event) -> None:
     """Serve on `sockets` until `stop` is set, then drain, save the cloud share and close."""
+    router.serving_on(sockets)
     saved = time.monotonic()
 
     def serving() -> None:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from mushishi.services.router.errors import ErrorCode
-from mushishi.shared.config.router import SOVEREIGN_TIERS
+from mushishi.shared.config.router import SOVEREIGN_TIERS, unix_listen_paths
 from mushishi.shared.locality import backend_locality
 
 if TYPE_CHECKING:
@@ -99,10 +99,11 @@ def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
     """Every backend of `settings` as a hop, its locality decided by address."""
     router = settings.router
     backends: dict[str, Hop] = {}
+    own_sockets = unix_listen_paths(router.listen)
     for name, backend in settings.backends.items():
         # Locality by listing and literal only: resolution happens at every connection.
         verdict = backend_locality(backend.url, router.local_networks, router.local_hosts,
-                                   egress_socket=router.egress_socket)
+                                   egress_socket=router.egress_socket, own_sockets=own_sockets)
         backends[name] = Hop(
             name=name,
             model=backend.model,

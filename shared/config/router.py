@@ -16,6 +16,7 @@ from mushishi.shared.locality import (
     parse_backend_url,
     parse_ip,
     system_resolver,
+    unix_socket_refusal,
 )
 
 if TYPE_CHECKING:
@@ -51,13 +52,19 @@ def parse_tcp_listen(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def unix_listen_path(listen: list[str]) -> str | None:
-    """The path of the first unix: address in `listen` (router.listen), or None."""
+def unix_listen_paths(listen: list[str]) -> list[str]:
+    """The paths of the unix: addresses in `listen` (router.listen)."""
+    paths = []
     for address in listen:
         host, path = parse_listen(address)
         if host == "unix":
-            return str(path)
-    return None
+            paths.append(str(path))
+    return paths
+
+
+def unix_listen_path(listen: list[str]) -> str | None:
+    """The path of the first unix: address in `listen` (router.listen), or None."""
+    return next(iter(unix_listen_paths(listen)), None)
 
 
 def connect_host(host: str) -> str:
@@ -540,6 +547,7 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
     issues: list[Issue] = []
     local: dict[str, bool] = {}
     reasons: dict[str, str] = {}
+    own_sockets = unix_listen_paths(router.listen)
     for name, backend in settings.backends.items():
         try:
             address = parse_backend_url(backend.url)
@@ -549,13 +557,15 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
             continue
         # Only hostnames listed as local are resolved: cloud hostnames are the egress's business.
         verdict = classify(address, networks, router.local_hosts, resolve,
-                           egress_socket=router.egress_socket)
+                           egress_socket=router.egress_socket, own_sockets=own_sockets)
         local[name], reasons[name] = verdict.local, verdict.reason
-        if address.unix_path is not None and not verdict.local:
-            # The egress's socket is the way out, not a backend (classify says why).
+        refusal = None if address.unix_path is None else \
+            unix_socket_refusal(address.unix_path, router.egress_socket, own_sockets)
+        if refusal is not None:
+            # The egress's socket is the way out and the router's own a loop, never a backend.
             issues.append(Issue(f"backends.{name}.url", (
-                f"{backend.url} is router.egress_socket, the way to cloud backends; a cloud "
-                "backend's url is the provider's own (the router reaches it through the egress)")))
+                f"{backend.url} {refusal}; a cloud backend's url is the provider's own (the "
+                "router reaches it through the egress), a local one's its model server's")))
             continue
         if backend.health_url is not None:
             try:
