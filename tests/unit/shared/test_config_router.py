@@ -223,3 +223,39 @@ def test_a_backend_at_the_routers_own_socket_is_refused(tmp_path: Path, url: str
     assert any(issue.startswith(f"backends.other.url: {url} is the router's own socket")
                for issue in found), found
     assert any(issue.startswith("profiles.private.chain[1]:") for issue in found), found
+
+
+PEERS = BACKENDS + """
+[profiles.private]
+tier = "T1"
+chain = ["cpu"]
+
+[profiles.personal]
+tier = "T2"
+chain = ["cpu", "cloud"]
+
+[router]
+unix_peers = {peers}
+"""
+
+
+@pytest.mark.parametrize(("peers", "issue"), [
+    ('{ mushishi = ["private", "personal"] }',
+     "router.unix_peers.mushishi[1]: user mushishi runs the units that read T1 prompts"),
+    ('{ root = ["personal"] }',
+     "router.unix_peers.root[0]: user root runs the units that read T1 prompts"),
+    ('{ "0" = ["personal"] }',
+     "router.unix_peers.0[0]: user root runs the units that read T1 prompts"),
+])
+def test_a_user_of_the_units_that_read_t1_prompts_may_be_mapped_only_to_sovereign_profiles(
+        tmp_path: Path, peers: str, issue: str) -> None:
+    found = config_issues(tmp_path, PEERS.format(peers=peers))
+    assert len(found) == 1 and found[0].startswith(issue), found
+    assert "'personal' (T2)" in found[0] and "mushishi-bench" in found[0], found
+
+
+@pytest.mark.parametrize("peers", ['{ mushishi = ["private"] }',
+                                   '{ mushishi-bench = ["private", "personal"] }'])
+def test_sovereign_mappings_and_the_bench_user_are_accepted(tmp_path: Path, peers: str) -> None:
+    # mushishi-bench is created by `mushishi install`: accepted before it exists.
+    assert config_issues(tmp_path, PEERS.format(peers=peers)) == []
