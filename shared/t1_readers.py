@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from pathlib import Path
+
+from mushishi.shared.peers import cgroup_parts
 
 # units/*.service: the model servers and what runs in their transaction.
 T1_READER_UNITS: tuple[str, ...] = ("mushishi-tenant@*.service", "mushishi-cpu-floor.service",
@@ -33,4 +36,32 @@ def t1_reader_unit(cgroup_parts: Iterable[str]) -> str | None:
     for part in cgroup_parts:
         if any(fnmatchcase(part, pattern) for pattern in T1_READER_UNITS):
             return part
+    return None
+
+
+def reader_unit_of(pid: int, uid: int, *, own_uid: int, proc: Path = Path("/proc"),
+                   cgroup_root: Path = Path("/sys/fs/cgroup")) -> str | None:
+    """The unit reading T1 prompts that process `pid` (a unix peer, `uid` as SO_PEERCRED
+    says) runs in, or None when it runs in none.
+
+    From /proc/PID/cgroup when the process is visible. A process of another user is hidden
+    from a unit with ProtectProc=invisible: the cgroup tree is searched instead (every
+    `cgroup.procs` under the reader units). A process of our own user that is not there has
+    exited since it connected, and its socket may be in a child's hands: it cannot be told
+    apart, so it is taken for a reader (refused anything but sovereign profiles)."""
+    parts = cgroup_parts(pid, proc)
+    if parts is not None:
+        return t1_reader_unit(parts)
+    if uid == own_uid:
+        return f"a process that has exited (pid {pid})"
+    slices = [cgroup_root, *cgroup_root.glob("*.slice")]
+    for directory in slices:
+        for pattern in T1_READER_UNITS:
+            for unit in directory.glob(pattern):
+                for procs in unit.rglob("cgroup.procs"):
+                    try:
+                        if str(pid) in procs.read_text().split():
+                            return unit.name
+                    except OSError:
+                        continue
     return None

@@ -43,12 +43,15 @@ from mushishi.services.router.upstream import (
 )
 from mushishi.shared.activation import bind_unix, systemd_sockets
 from mushishi.shared.bus import BusError
+from mushishi.shared.cgroups import cgroup2_mount
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
+from mushishi.shared.peers import PeerCredentials
 from mushishi.shared.serving import serve_until_stopped
+from mushishi.shared.t1_readers import reader_unit_of
 
 log = logging.getLogger("mushishi.router")
 
@@ -67,6 +70,7 @@ class Router:
         bus_address: str | None = None,
         follow_gpu: bool = True,
         environ: Mapping[str, str] | None = None,
+        proc_root: Path = Path("/proc"),
     ) -> None:
         environ = os.environ if environ is None else environ
         router = settings.router
@@ -108,7 +112,7 @@ class Router:
                       router.stream_idle_timeout_s, router.egress_socket)
         self.api = Api(Forwarding(self.state, relay, self.accounting, self._switcher, clock),
                        self.accounting, self.view, self.traffic, lambda: self.table,
-                       router.max_body_bytes, self.registry)
+                       router.max_body_bytes, self.registry, _reader_units(proc_root))
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, *, check_confinement: bool = True) -> None:
@@ -228,6 +232,21 @@ class Router:
             await self.gpu.switch_mode(mode, wait_s)
         except BusError as error:
             raise SwitchRefused(error.text or error.name) from None
+
+
+def _reader_units(proc: Path) -> Callable[[PeerCredentials], str | None]:
+    """Which unit reading T1 prompts a unix peer runs in (shared.t1_readers)."""
+    try:
+        cgroup_root = cgroup2_mount((proc / "self" / "mounts").read_text()) \
+            or Path("/sys/fs/cgroup")
+    except OSError:
+        cgroup_root = Path("/sys/fs/cgroup")
+    own_uid = os.getuid()
+
+    def reader_unit(peer: PeerCredentials) -> str | None:
+        return reader_unit_of(peer.pid, peer.uid, own_uid=own_uid, proc=proc,
+                              cgroup_root=cgroup_root)
+    return reader_unit
 
 
 def _log_refusal(refusal: SovereigntyRefusal) -> None:

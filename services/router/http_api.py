@@ -42,9 +42,10 @@ from mushishi.services.router.errors import (
 )
 from mushishi.services.router.policy import Forwarding, forward
 from mushishi.services.router.status_view import StatusView, Traffic
-from mushishi.shared.http_request import peer_uid, request_id_for
+from mushishi.shared.http_request import request_id_for, request_peer
 from mushishi.shared.journal import bind_fields
 from mushishi.shared.metrics import add_metrics_route
+from mushishi.shared.peers import PeerCredentials
 
 log = logging.getLogger("mushishi.router.request")
 
@@ -59,9 +60,11 @@ class Api:
     accounting: Accounting
     view: StatusView
     traffic: Traffic
-    routes: Callable[[], RouteTable]  # the current table: keys and unix peers reload
+    routes: Callable[[], RouteTable]  # the current table: a reload replaces it
     max_body_bytes: int
     registry: CollectorRegistry
+    # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
+    reader_unit: Callable[[PeerCredentials], str | None]
 
 
 API_KEY = web.AppKey("mushishi_router_api", Api)
@@ -95,17 +98,28 @@ def _is_loopback_or_unix(request: web.Request) -> bool:
 
 
 class Caller:
-    """Who is calling: the profiles they may use, and how we know."""
+    """Who is calling: the profiles they may use, how we know, and, for a unix peer that runs
+    in a unit reading T1 prompts, that unit (it may use only sovereign profiles)."""
 
-    __slots__ = ("how", "profiles")
+    __slots__ = ("how", "profiles", "reader")
 
-    def __init__(self, profiles: frozenset[str], how: str) -> None:
+    def __init__(self, profiles: frozenset[str], how: str, reader: str | None = None) -> None:
         self.profiles = profiles
         self.how = how
+        self.reader = reader
+
+    def may_use(self, profile: RouteProfile) -> bool:
+        """Whether the caller may send work to `profile` (it is one of theirs, and sovereign
+        when the caller reads T1 prompts)."""
+        return profile.name in self.profiles and (self.reader is None or profile.sovereign)
 
 
-def authenticate(table: RouteTable, request: web.Request) -> Caller:
-    """The caller's profiles from `Authorization: Bearer`/`x-api-key`, or the unix peer uid."""
+def authenticate(table: RouteTable, request: web.Request,
+                 reader_unit: Callable[[PeerCredentials], str | None]) -> Caller:
+    """The caller's profiles from `Authorization: Bearer`/`x-api-key`, or the unix peer uid;
+    a unix peer is also identified by unit, whatever it presents (`Caller.reader`)."""
+    peer = request_peer(request)
+    reader = reader_unit(peer) if peer is not None else None
     presented = []
     authorization = request.headers.get("Authorization")
     if authorization:
@@ -118,16 +132,15 @@ def authenticate(table: RouteTable, request: web.Request) -> Caller:
     for key in presented:
         profiles = table.profiles_for_key(key)
         if profiles is not None:
-            return Caller(profiles, "key")
+            return Caller(profiles, "key", reader)
     if presented:
         raise Rejection(ErrorCode.INVALID_API_KEY, "invalid API key")
-    uid = peer_uid(request)
-    if uid is not None:
-        profiles = table.peers.get(uid)
+    if peer is not None:
+        profiles = table.peers.get(peer.uid)
         if profiles is not None:
-            return Caller(profiles, f"uid {uid}")
-        raise Rejection(ErrorCode.INVALID_API_KEY, f"no API key, and unix peer uid {uid} is not "
-                                                   "in router.unix_peers")
+            return Caller(profiles, f"uid {peer.uid}", reader)
+        raise Rejection(ErrorCode.INVALID_API_KEY, f"no API key, and unix peer uid {peer.uid} "
+                                                   "is not in router.unix_peers")
     raise Rejection(ErrorCode.INVALID_API_KEY, "missing API key (Authorization: Bearer KEY "
                                                "or x-api-key: KEY)")
 
@@ -228,6 +241,10 @@ def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
         raise Rejection(ErrorCode.PROFILE_FORBIDDEN,
                         f"this {'key' if caller.how == 'key' else caller.how} may not use "
                         f"profile {name!r}")
+    if not caller.may_use(profile):
+        raise Rejection(ErrorCode.PROFILE_FORBIDDEN, (
+            f"the caller runs in {caller.reader}, which reads T1 prompts: it may use only T1 "
+            f"and T1-strict profiles, not {name!r} ({profile.tier}), with a key or without"))
     hops = pin_hops(profile, pin)
     if hops is None:
         names = ", ".join(f"{hop.name} ({hop.model})" for hop in profile.hops)
@@ -245,7 +262,7 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
     call: Call | None = None
     try:
         table = api.routes()
-        caller = authenticate(table, request)
+        caller = authenticate(table, request, api.reader_unit)
         fields = await read_json(api.max_body_bytes, request)
         validate(fields)
         profile, hops, client_model = resolve_profile(table, caller, fields)
@@ -308,7 +325,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     request_id = request_id_for(request)
     try:
         table = api.routes()
-        caller = authenticate(table, request)
+        caller = authenticate(table, request, api.reader_unit)
         body = await read_json(api.max_body_bytes, request)
         validate_anthropic(body, count_only=True)
         profile, _, _ = resolve_profile(table, caller, body)
@@ -325,13 +342,14 @@ async def models(request: web.Request) -> web.StreamResponse:
     api = request.app[API_KEY]
     table = api.routes()
     try:
-        caller = authenticate(table, request)
+        caller = authenticate(table, request, api.reader_unit)
     except Rejection as rejection:
         api.accounting.reject(request.method, request.path, rejection, None)
         return error_response("openai", rejection)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "mushishi",
              "tier": table.profiles[name].tier}
-            for name in sorted(caller.profiles) if name in table.profiles]
+            for name in sorted(caller.profiles)
+            if name in table.profiles and caller.may_use(table.profiles[name])]
     return web.json_response({"object": "list", "data": data}, headers=NO_ROUTE_HEADERS)
 
 
@@ -352,7 +370,7 @@ async def status(request: web.Request) -> web.StreamResponse:
     api = request.app[API_KEY]
     if not _is_loopback_or_unix(request):
         try:
-            authenticate(api.routes(), request)
+            authenticate(api.routes(), request, api.reader_unit)
         except Rejection as rejection:
             return error_response("openai", rejection)
     return web.json_response(api.view.status(), headers=NO_ROUTE_HEADERS,

@@ -18,6 +18,7 @@ from mushishi.shared.locality import (
     system_resolver,
     unix_socket_refusal,
 )
+from mushishi.shared.t1_readers import BENCH_USER, MUSHISHI_USERS, T1_READER_USERS
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -133,7 +134,10 @@ class RouterSettings(Section):
     unix_peers: dict[str, list[str]] = Field(
         default={},
         description="Callers on the router's unix socket without an API key, by uid or user "
-        "name (SO_PEERCRED), mapped to the profiles they may use.",
+        "name (SO_PEERCRED), mapped to the profiles they may use. The users the model servers "
+        "run as (mushishi, root) may be mapped only to T1/T1-strict profiles, and a caller "
+        "running in a tenant, the CPU floor or a GPU preparation may use only those, key or "
+        "no key; the bench has its own user, mushishi-bench.",
     )
     connect_timeout_s: float = Field(
         default=2.0, gt=0,
@@ -482,15 +486,7 @@ def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
                     f"unknown mode {mode!r} (modes: {', '.join(sorted(known_modes))})",
                 ))
     issues += _egress_issues(settings)
-    for peer, profiles in settings.router.unix_peers.items():
-        if not peer.isdigit() and _uid_of(peer) is None:
-            issues.append(Issue(f"router.unix_peers.{peer}",
-                                f"no such user {peer!r} (give a user name or a numeric uid)"))
-        for index, profile in enumerate(profiles):
-            if profile not in settings.profiles:
-                issues.append(Issue(
-                    f"router.unix_peers.{peer}[{index}]", f"unknown profile {profile!r}"
-                ))
+    issues += _unix_peer_issues(settings)
     for key_hash, profiles in settings.keys.items():
         if not _SHA256_HEX.match(key_hash):
             issues.append(Issue(
@@ -524,6 +520,35 @@ def _egress_issues(settings: MushishiSettings) -> list[Issue]:
                 issues.append(Issue(f"egress.allowed_peers[{index}]",
                                     f"no such user {peer!r} (give a user name or a numeric "
                                     "uid)"))
+    return issues
+
+
+def _unix_peer_issues(settings: MushishiSettings) -> list[Issue]:
+    """Peers must be users and profiles that exist; a user the units reading T1 prompts run
+    as may be mapped only to sovereign profiles (shared/t1_readers.py)."""
+    issues: list[Issue] = []
+    readers = {uid: user for user in T1_READER_USERS
+               if (uid := resolve_peer_uid(user)) is not None}
+    readers.setdefault(0, "root")
+    for peer, profiles in settings.router.unix_peers.items():
+        uid = resolve_peer_uid(peer)
+        if uid is None and peer not in MUSHISHI_USERS:
+            issues.append(Issue(f"router.unix_peers.{peer}",
+                                f"no such user {peer!r} (give a user name or a numeric uid)"))
+        reader = peer if peer in T1_READER_USERS else readers.get(uid) if uid is not None \
+            else None
+        for index, profile in enumerate(profiles):
+            found = settings.profiles.get(profile)
+            if found is None:
+                issues.append(Issue(
+                    f"router.unix_peers.{peer}[{index}]", f"unknown profile {profile!r}"
+                ))
+            elif reader is not None and found.tier not in SOVEREIGN_TIERS:
+                issues.append(Issue(f"router.unix_peers.{peer}[{index}]", (
+                    f"user {reader} runs the units that read T1 prompts (tenants, the CPU "
+                    f"floor, GPU preparation), so it may be mapped only to T1 and T1-strict "
+                    f"profiles, not {profile!r} ({found.tier}); map the caller's own user "
+                    f"instead (the bench's is {BENCH_USER}), or give it an API key")))
     return issues
 
 

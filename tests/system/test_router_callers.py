@@ -31,7 +31,7 @@ CONFIG = f"""
 listen = ["127.0.0.1:4000", "unix:{SOCKET}"]
 connect_timeout_s = 1
 probe_interval_s = 0.5
-unix_peers = {{ mushishi = ["private"] }}
+unix_peers = {{ mushishi = ["private"], mushishi-bench = ["private", "cloudy"] }}
 
 [backends.cpu]
 url = "http://127.0.0.1:8001/v1"
@@ -53,6 +53,11 @@ chain = ["kimi"]
 
 [ntfy]
 url = "http://127.0.0.1:9"
+
+[bench]
+targets = ["profile:private", "profile:cloudy"]
+max_tokens = 8
+repeats = 1
 
 [keys]
 "{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "cloudy"]
@@ -88,9 +93,7 @@ def world() -> Iterator[World]:
                        "moonshotai/kimi-k2.6", "--key", PROVIDER_KEY, "--record", str(records))
         standins.start("tests.standins.vllm", "--host", "127.0.0.1", "--port", "8001",
                        "--model", "cpu-alias", "--name", "cpu")
-        # The first install creates user mushishi, which unix_peers then names.
-        box.install(CONFIG.replace('unix_peers = { mushishi = ["private"] }', ""),
-                    credentials={"ngc-api-key": PROVIDER_KEY})
+        # unix_peers names users that only this install creates: config check accepts them.
         box.install(CONFIG, credentials={"ngc-api-key": PROVIDER_KEY})
         box.systemctl("start", "mushishi-router.socket", "mushishi-egress.socket")
         yield World(box, records)
@@ -133,3 +136,14 @@ def test_a_tenant_still_reaches_a_sovereign_profile(world: World) -> None:
     assert status == 200, body
     status, body = as_tenant(world.box, "private-key", "private", key=KEY)
     assert status == 200, body
+
+
+def test_the_bench_unit_has_its_own_user_and_still_reaches_its_profiles(world: World) -> None:
+    box = world.box
+    before = len(recorded(world.records))
+    box.systemctl("start", "mushishi-bench.service", timeout=300)
+    shown = box.systemctl("show", "mushishi-bench.service", "-p", "Result", "-p", "User").stdout
+    assert "Result=success" in shown and "User=mushishi-bench\n" in shown, shown
+    rows = box.run(["cat", "/var/lib/mushishi/bench/results.csv"]).stdout
+    assert ",profile:private," in rows and ",profile:cloudy," in rows, rows
+    assert len(recorded(world.records)) > before  # the T3 profile reached the provider
