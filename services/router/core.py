@@ -59,6 +59,7 @@ class RouteProfile:
     queue_max: int = 64
     require_mode: str | None = None
     on_mode_mismatch: str = "error"
+    media_prefixes: tuple[str, ...] = ()  # local media a sovereign request may reference
 
     @property
     def sovereign(self) -> bool:
@@ -142,6 +143,7 @@ def compile_table(
             queue_max=profile.queue_max,
             require_mode=profile.require_mode,
             on_mode_mismatch=profile.on_mode_mismatch,
+            media_prefixes=tuple(profile.local_media_prefixes),
         )
     peers: dict[int, frozenset[str]] = {}
     for peer, allowed in router.unix_peers.items():

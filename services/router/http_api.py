@@ -40,6 +40,7 @@ from mushishi.services.router.errors import (
     error_response,
     http_error_rejection,
 )
+from mushishi.services.router.media import remote_media
 from mushishi.services.router.policy import Forwarding, forward
 from mushishi.services.router.status_view import StatusView, Traffic
 from mushishi.shared.http_request import request_id_for, request_peer
@@ -254,6 +255,22 @@ def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
     return profile, hops, model
 
 
+def refuse_remote_media(api: str, path: str, profile: RouteProfile,
+                        body: dict[str, Any]) -> None:
+    """A T1/T1-strict request may not reference media the model server would fetch from
+    elsewhere (media.py); the Rejection names the JSON path, never the URL (which may carry
+    data, and the message is logged)."""
+    where = remote_media(api, path, body, profile.media_prefixes)
+    if where is None:
+        return
+    allowed = (f", or from a prefix in profiles.{profile.name}.local_media_prefixes"
+               if profile.media_prefixes else "")
+    raise Rejection(ErrorCode.REMOTE_MEDIA_REFUSED, (
+        f"profile {profile.name!r} is {profile.tier}: {where} references remote media, which "
+        f"the model server would fetch from outside the box; send it inline as a data: URI"
+        f"{allowed}"), param=where)
+
+
 async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
                       translate: Callable[[dict[str, Any]], dict[str, Any]] | None,
                       validate: Callable[[dict[str, Any]], None]) -> web.StreamResponse:
@@ -266,6 +283,8 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         fields = await read_json(api.max_body_bytes, request)
         validate(fields)
         profile, hops, client_model = resolve_profile(table, caller, fields)
+        if profile.sovereign:
+            refuse_remote_media(kind, path, profile, fields)
         if not ROUTING_FIELDS.isdisjoint(fields):
             for name in ROUTING_FIELDS:
                 fields.pop(name, None)  # a client may never widen routing

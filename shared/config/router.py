@@ -390,6 +390,14 @@ class ProfileSettings(Section):
         description="T1-strict: the GPU mode the chain needs; in any other mode the answer is "
         "503 mode_mismatch (or a switch, see on_mode_mismatch).",
     )
+    local_media_prefixes: list[str] = Field(
+        default=[],
+        description="T1/T1-strict: URL prefixes of local media servers a request may reference "
+        "(e.g. http://127.0.0.1:8090/media/); any other media URL in a message (image_url, "
+        "audio_url, video_url, file URLs, Anthropic url sources) is refused with "
+        "remote_media_refused, since the model server would fetch it. Each must be local, "
+        "checked like a backend's URL, and end with `/`; `data:` URIs always pass.",
+    )
     on_mode_mismatch: Literal["error", "switch"] = Field(
         default="error",
         description="With require_mode: `error` answers mode_mismatch; `switch` asks gpud for "
@@ -631,4 +639,31 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
                          f"{hop!r} is cloud ({reasons[hop]}); use T3 for cloud-first"))
         if len(set(profile.chain)) != len(profile.chain):
             issues.append(Issue(f"profiles.{name}.chain", "names a backend twice"))
+        issues += _media_prefix_issues(name, profile, router, resolve)
+    return issues
+
+
+def _media_prefix_issues(name: str, profile: ProfileSettings, router: RouterSettings,
+                         resolve: Resolver | None) -> list[Issue]:
+    """A profile's local_media_prefixes: sovereign profiles only, local http(s) URLs ending
+    with `/` (a prefix without it would also match `http://127.0.0.1:80@elsewhere/`)."""
+    issues = []
+    for index, prefix in enumerate(profile.local_media_prefixes):
+        key = f"profiles.{name}.local_media_prefixes[{index}]"
+        if profile.tier not in SOVEREIGN_TIERS:
+            issues.append(Issue(key, f"only T1 and T1-strict profiles check media URLs; "
+                                     f"{name!r} is {profile.tier}"))
+            continue
+        try:
+            address = parse_backend_url(prefix)
+        except AddressError as error:
+            issues.append(Issue(key, str(error)))
+            continue
+        if address.unix_path is not None or not prefix.endswith("/"):
+            issues.append(Issue(key, f"{prefix!r} must be an http(s) URL ending with `/` "
+                                     "(http://127.0.0.1:8090/media/)"))
+            continue
+        verdict = classify(address, router.local_networks, router.local_hosts, resolve)
+        if not verdict.local:
+            issues.append(Issue(key, f"must be local: {verdict.reason}"))
     return issues

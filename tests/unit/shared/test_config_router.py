@@ -259,3 +259,34 @@ def test_a_user_of_the_units_that_read_t1_prompts_may_be_mapped_only_to_sovereig
 def test_sovereign_mappings_and_the_bench_user_are_accepted(tmp_path: Path, peers: str) -> None:
     # mushishi-bench is created by `mushishi install`: accepted before it exists.
     assert config_issues(tmp_path, PEERS.format(peers=peers)) == []
+
+
+MEDIA = BACKENDS + """
+[profiles.private]
+tier = "{tier}"
+chain = ["cpu"]
+local_media_prefixes = [{prefix}]
+"""
+
+
+@pytest.mark.parametrize(("tier", "prefix", "issue"), [
+    ("T1", '"http://127.0.0.1:8090/media/"', None),
+    ("T1-strict", '"http://llm.tailnet.example:8090/"', None),
+    ("T1", '"https://media.example.com/"', "must be local: hostname 'media.example.com' is "
+                                           "not listed in router.local_hosts"),
+    ("T1", '"http://203.0.113.7/"', "must be local: 203.0.113.7 is outside"),
+    ("T1", '"http://127.0.0.1:8090"', "must be an http(s) URL ending with `/`"),
+    ("T1", '"unix:/run/media.sock"', "must be an http(s) URL ending with `/`"),
+    ("T1", '"http://user@127.0.0.1/"', "carries userinfo"),
+    ("T2", '"http://127.0.0.1:8090/media/"', "only T1 and T1-strict profiles check media"),
+])
+def test_local_media_prefixes_are_checked_like_backends(
+        tmp_path: Path, tier: str, prefix: str, issue: str | None) -> None:
+    text = MEDIA.format(tier=tier, prefix=prefix).replace(
+        "[backends.cpu]", '[router]\nlocal_hosts = ["llm.tailnet.example"]\n\n[backends.cpu]')
+    found = config_issues(tmp_path, text)
+    if issue is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(
+            "profiles.private.local_media_prefixes[0]: ") and issue in found[0], found
