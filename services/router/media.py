@@ -28,6 +28,7 @@ from typing import Any
 
 URL_FIELDS = frozenset({"image_url", "video_url", "audio_url", "file_url", "url"})
 DATA_FIELDS = frozenset({"data", "file_data"})
+_MEDIA_FIELDS = URL_FIELDS | DATA_FIELDS
 _SCHEME = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:")
 
 # Which top-level fields hold messages, per API and path.
@@ -59,7 +60,41 @@ def remote_media(api: str, path: str, body: dict[str, Any],
     """The JSON path (`messages[0].content[1].image_url.url`) of the first remote media
     reference in a request body, or None. `api` is "openai" or "anthropic", `path` the
     OpenAI endpoint (`/chat/completions`; completions and embeddings carry no media)."""
-    fields = _SCANNED.get("anthropic" if api == "anthropic" else path, ())
+    roots = [body[field] for field in _SCANNED.get("anthropic" if api == "anthropic" else path,
+                                                    ()) if isinstance(body.get(field), list)]
+    # The hot path: one walk without paths, and paths only for a request it refuses.
+    if not roots or not _any_remote(roots, allowed):
+        return None
+    return _first_remote(body, _SCANNED["anthropic" if api == "anthropic" else path], allowed)
+
+
+def _remote_field(key: str, value: str, allowed: Sequence[str]) -> bool:
+    return (key in URL_FIELDS and _remote_url(value, allowed)) or \
+        (key in DATA_FIELDS and _remote_data(value, allowed))
+
+
+def _any_remote(roots: list[Any], allowed: Sequence[str]) -> bool:
+    stack = list(roots)
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is dict:
+            for key, item in value.items():
+                kind = type(item)
+                if kind is str:
+                    if key in _MEDIA_FIELDS and _remote_field(key, item, allowed):
+                        return True
+                elif kind is dict or kind is list:
+                    push(item)
+        elif kind is list:
+            extend(value)
+    return False
+
+
+def _first_remote(body: dict[str, Any], fields: tuple[str, ...],
+                  allowed: Sequence[str]) -> str | None:
+    """The path of the first remote reference in document order."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [
         (body[field], (field,)) for field in reversed(fields)
         if isinstance(body.get(field), list)]
@@ -69,8 +104,7 @@ def remote_media(api: str, path: str, body: dict[str, Any],
             children = []
             for key, item in value.items():
                 if isinstance(item, str):
-                    if (key in URL_FIELDS and _remote_url(item, allowed)) or \
-                            (key in DATA_FIELDS and _remote_data(item, allowed)):
+                    if _remote_field(key, item, allowed):
                         return json_path((*where, key))
                 elif isinstance(item, dict | list):
                     children.append((item, (*where, key)))
