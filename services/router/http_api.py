@@ -15,9 +15,10 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -66,6 +67,21 @@ class Api:
     registry: CollectorRegistry
     # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
     reader_unit: Callable[[PeerCredentials], str | None]
+    # Per connection: the peer and its unit never change while it is open (SO_PEERCRED is
+    # the connecting process's, and a process cannot leave its unit's cgroup).
+    _peers: WeakKeyDictionary[Any, tuple[PeerCredentials | None, str | None]] = field(
+        default_factory=WeakKeyDictionary)
+
+    def peer_of(self, request: web.Request) -> tuple[PeerCredentials | None, str | None]:
+        """The unix peer of `request` and the unit reading T1 prompts it runs in."""
+        transport = request.transport
+        known = self._peers.get(transport) if transport is not None else None
+        if known is None:
+            peer = request_peer(request)
+            known = (peer, self.reader_unit(peer) if peer is not None else None)
+            if transport is not None:
+                self._peers[transport] = known
+        return known
 
 
 API_KEY = web.AppKey("mushishi_router_api", Api)
@@ -116,11 +132,11 @@ class Caller:
 
 
 def authenticate(table: RouteTable, request: web.Request,
-                 reader_unit: Callable[[PeerCredentials], str | None]) -> Caller:
+                 peer_of: Callable[[web.Request], tuple[PeerCredentials | None, str | None]]
+                 ) -> Caller:
     """The caller's profiles from `Authorization: Bearer`/`x-api-key`, or the unix peer uid;
     a unix peer is also identified by unit, whatever it presents (`Caller.reader`)."""
-    peer = request_peer(request)
-    reader = reader_unit(peer) if peer is not None else None
+    peer, reader = peer_of(request)
     presented = []
     authorization = request.headers.get("Authorization")
     if authorization:
@@ -279,7 +295,7 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
     call: Call | None = None
     try:
         table = api.routes()
-        caller = authenticate(table, request, api.reader_unit)
+        caller = authenticate(table, request, api.peer_of)
         fields = await read_json(api.max_body_bytes, request)
         validate(fields)
         profile, hops, client_model = resolve_profile(table, caller, fields)
@@ -344,7 +360,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     request_id = request_id_for(request)
     try:
         table = api.routes()
-        caller = authenticate(table, request, api.reader_unit)
+        caller = authenticate(table, request, api.peer_of)
         body = await read_json(api.max_body_bytes, request)
         validate_anthropic(body, count_only=True)
         profile, _, _ = resolve_profile(table, caller, body)
@@ -361,7 +377,7 @@ async def models(request: web.Request) -> web.StreamResponse:
     api = request.app[API_KEY]
     table = api.routes()
     try:
-        caller = authenticate(table, request, api.reader_unit)
+        caller = authenticate(table, request, api.peer_of)
     except Rejection as rejection:
         api.accounting.reject(request.method, request.path, rejection, None)
         return error_response("openai", rejection)
@@ -389,7 +405,7 @@ async def status(request: web.Request) -> web.StreamResponse:
     api = request.app[API_KEY]
     if not _is_loopback_or_unix(request):
         try:
-            authenticate(api.routes(), request, api.reader_unit)
+            authenticate(api.routes(), request, api.peer_of)
         except Rejection as rejection:
             return error_response("openai", rejection)
     return web.json_response(api.view.status(), headers=NO_ROUTE_HEADERS,
