@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from devtools.sandbox import Sandbox
-from tests.system.host_standins import HostStandins, recorded
+from tests.system.host_standins import CloudWorld, HostStandins, cloud_world, recorded
 
 KEY = "sk-callers-system-test"
 PROVIDER_KEY = "nvapi-callers-system-test"
@@ -75,31 +74,20 @@ WatchdogSec=0
 """
 
 
-@dataclass
-class World:
-    box: Sandbox
-    records: Path
+World = CloudWorld
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    box = Sandbox()
-    box.boot()
-    standins = HostStandins(box)
-    try:
-        box.run(f"ip addr add {CLOUD}/32 dev lo")
-        records = box.shared / "cloud.jsonl"
+    def servers(standins: HostStandins, records: Path) -> None:
         standins.start("tests.standins.cloud", "--host", CLOUD, "--port", "8443", "--model",
                        "moonshotai/kimi-k2.6", "--key", PROVIDER_KEY, "--record", str(records))
         standins.start("tests.standins.vllm", "--host", "127.0.0.1", "--port", "8001",
                        "--model", "cpu-alias", "--name", "cpu")
-        # unix_peers names users that only this install creates: config check accepts them.
-        box.install(CONFIG, credentials={"ngc-api-key": PROVIDER_KEY})
-        box.systemctl("start", "mushishi-router.socket", "mushishi-egress.socket")
-        yield World(box, records)
-    finally:
-        standins.stop()
-        box.stop()
+
+    # unix_peers names users that only this install creates: config check accepts them.
+    with cloud_world(CONFIG, {"ngc-api-key": PROVIDER_KEY}, CLOUD, servers) as world:
+        yield world
 
 
 def as_tenant(box: Sandbox, name: str, profile: str, *, key: str | None) -> tuple[int, dict]:

@@ -73,6 +73,29 @@ def environment(notify: Path) -> dict[str, str]:
     return env
 
 
+def start_router(config: Path, text: str, tmp_path: Path
+                 ) -> tuple[subprocess.Popen[bytes], Notifications, int, str]:
+    """The daemon standalone on `text` (written to `config`, listening on a free port):
+    (the process, its notifications, the port, the text as written)."""
+    port = free_port()
+    text = text.replace('listen = ["127.0.0.1:4000"]', f'listen = ["127.0.0.1:{port}"]')
+    config.write_text(text)
+    notify = Notifications(tmp_path / "notify")
+    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
+                              env=environment(notify.path), stderr=subprocess.PIPE)
+    return daemon, notify, port, text
+
+
+def stop_router(daemon: subprocess.Popen[bytes]) -> str:
+    """SIGTERM, a clean exit, and what the daemon logged."""
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0
+    assert daemon.stderr is not None
+    log = daemon.stderr.read().decode()
+    daemon.stderr.close()
+    return log
+
+
 async def test_socket_activated_daemon_notifies_serves_and_drains_a_stream_on_sigterm(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
@@ -162,13 +185,7 @@ async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
     _, _, config = servers
-    port = free_port()
-    original = config.read_text().replace('listen = ["127.0.0.1:4000"]',
-                                          f'listen = ["127.0.0.1:{port}"]')
-    config.write_text(original)
-    notify = Notifications(tmp_path / "notify")
-    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
-                              env=environment(notify.path), stderr=subprocess.PIPE)
+    daemon, notify, port, original = start_router(config, config.read_text(), tmp_path)
     url = f"http://127.0.0.1:{port}/v1/models"
 
     async def models_with(key: str) -> int:
@@ -194,11 +211,7 @@ async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
         await notify.wait("READY=1")
         assert await models_with("sk-added-by-reload") == 200  # still the last good config
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
-        assert daemon.stderr is not None
-        log = daemon.stderr.read().decode()
-        daemon.stderr.close()
+        log = stop_router(daemon)
     assert "reload refused, keeping the running config" in log and "router.bogus" in log
 
 
@@ -264,16 +277,10 @@ async def test_sighup_never_lets_a_new_key_reach_a_chain_the_new_config_forbids(
     # only `research`, then runs `systemctl reload mushishi-router`.
     gpu, cpu, _ = servers
     cloud = await EgressStandin(str(tmp_path / "canary-egress.sock")).start()
-    port = free_port()
-    before = config_text(gpu_url=gpu.url, cpu_url=cpu.url,
-                         egress_socket=str(tmp_path / "canary-egress.sock"),
-                         extra=RESEARCH_T2.format(port=free_port())).replace(
-        'listen = ["127.0.0.1:4000"]', f'listen = ["127.0.0.1:{port}"]')
     config = tmp_path / "research.toml"
-    config.write_text(before)
-    notify = Notifications(tmp_path / "notify")
-    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
-                              env=environment(notify.path), stderr=subprocess.PIPE)
+    daemon, notify, port, before = start_router(config, config_text(
+        gpu_url=gpu.url, cpu_url=cpu.url, egress_socket=str(tmp_path / "canary-egress.sock"),
+        extra=RESEARCH_T2.format(port=free_port())), tmp_path)
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {RESEARCH_KEY}"}
     try:
@@ -299,10 +306,7 @@ async def test_sighup_never_lets_a_new_key_reach_a_chain_the_new_config_forbids(
         assert (status, tier) == (503, "T1"), body
         assert body["error"]["code"] == "sovereign_backends_unavailable"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
-        assert daemon.stderr is not None
-        daemon.stderr.close()
+        stop_router(daemon)
         await cloud.stop()
 
 
@@ -310,13 +314,7 @@ async def test_sighup_that_changes_a_backend_is_refused_whole_and_named_in_statu
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
     _, _, config = servers
-    port = free_port()
-    original = config.read_text().replace('listen = ["127.0.0.1:4000"]',
-                                          f'listen = ["127.0.0.1:{port}"]')
-    config.write_text(original)
-    notify = Notifications(tmp_path / "notify")
-    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
-                              env=environment(notify.path), stderr=subprocess.PIPE)
+    daemon, notify, port, original = start_router(config, config.read_text(), tmp_path)
     base = f"http://127.0.0.1:{port}"
     added = hashlib.sha256(b"sk-added-with-a-backend-change").hexdigest()
     try:
@@ -338,9 +336,5 @@ async def test_sighup_that_changes_a_backend_is_refused_whole_and_named_in_statu
         assert "reload refused" in status["reload"]["detail"]
         assert status["backends"]["cpu"]["model"] == "cpu-alias"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
-        assert daemon.stderr is not None
-        log = daemon.stderr.read().decode()
-        daemon.stderr.close()
+        log = stop_router(daemon)
     assert "reload refused, keeping the running config" in log and "backends.cpu" in log
