@@ -1,30 +1,29 @@
-"""What an aiohttp request says about its caller: the unix peer's uid, a loggable request id."""
+"""What an aiohttp request says about its caller: the unix peer's credentials, a loggable
+request id."""
 
 from __future__ import annotations
 
 import os
 import re
-import socket
-import struct
 
 from aiohttp import web
 
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+from mushishi.shared.peers import PeerCredentials, peer_credentials
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_peer(request: web.Request) -> PeerCredentials | None:
+    """The process at the other end of a unix socket (SO_PEERCRED), else None."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return peer_credentials(sock) if sock is not None else None
 
 
 def peer_uid(request: web.Request) -> int | None:
     """The uid of the process at the other end of a unix socket (SO_PEERCRED), else None."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    try:
-        _, uid, _ = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    except OSError:
-        return None
-    return uid
+    peer = request_peer(request)
+    return peer.uid if peer is not None else None
 
 
 def request_id_for(request: web.Request) -> str:

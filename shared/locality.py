@@ -5,14 +5,23 @@ URL is a unix socket, or its host is an IP literal inside `router.local_networks
 hostname listed in `router.local_hosts` whose every resolved address is inside those
 networks. Anything else is cloud. Parsing is strict and fails closed: userinfo, odd IP
 spellings (`127.1`, `0x7f.1`, `2130706433`) and unlisted hostnames are never local.
+
+A unix socket is local unless it is the egress's socket (the way out) or the router's own
+(a loop back in, past the profile): compared by identity, the device and inode of the
+socket file, or where a path does not exist (yet) by the path with every symlink, `//`,
+`/./` and `..` resolved, never by spelling (`/var/run/…`, `/proc/self/root/…` and a
+symlink all name the same socket). The router checks the identity again at every connection
+(services/router/upstream.py).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from pathlib import Path
 from urllib.parse import urlsplit
 
 IPAddress = IPv4Address | IPv6Address
@@ -136,6 +145,40 @@ def parse_backend_url(url: str) -> BackendAddress:
     return BackendAddress(url, scheme, host, port, base_path, literal, None)
 
 
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` names, symlinks followed; None when it is absent."""
+    try:
+        found = Path(path).stat()
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def same_unix_socket(path: str, other: str) -> bool:
+    """True when two unix socket paths name the same socket: the same file when both exist,
+    else the same path once resolved (symlinks, `//`, `/./`, `..`, /proc/self/root)."""
+    identity, other_identity = file_identity(path), file_identity(other)
+    if identity is not None and other_identity is not None:
+        return identity == other_identity
+    return os.path.realpath(path) == os.path.realpath(other)
+
+
+EGRESS_SOCKET_REFUSAL = "is router.egress_socket, the way to cloud backends"
+OWN_SOCKET_REFUSAL = ("is the router's own socket (router.listen): a backend may not be the "
+                      "router itself")
+
+
+def unix_socket_refusal(path: str, egress_socket: str | None,
+                        own_sockets: Iterable[str] = ()) -> str | None:
+    """Why the unix socket `path` can never be a local backend (it is the egress's socket, or
+    the router's own), as a phrase after the path; None when it may be one."""
+    if egress_socket is not None and same_unix_socket(path, egress_socket):
+        return EGRESS_SOCKET_REFUSAL
+    if any(same_unix_socket(path, own) for own in own_sockets):
+        return OWN_SOCKET_REFUSAL
+    return None
+
+
 def system_resolver(host: str) -> list[str]:
     """Every address `host` resolves to now (getaddrinfo, TCP)."""
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
@@ -148,15 +191,16 @@ def classify(
     local_hosts: Iterable[str],
     resolve: Resolver | None = None,
     egress_socket: str | None = None,
+    own_sockets: Iterable[str] = (),
 ) -> Locality:
     """Decide locality of a parsed backend address; `resolve` checks listed hostnames now.
 
-    A unix socket is local, except `egress_socket` (router.egress_socket): that one is the
-    way out to the cloud, never a local backend."""
+    A unix socket is local, except `egress_socket` (router.egress_socket, the way out to
+    the cloud) and `own_sockets` (the router's unix listen addresses), by identity."""
     if address.unix_path is not None:
-        if egress_socket is not None and str(address.unix_path) == str(egress_socket):
-            return Locality(False, f"unix socket {address.unix_path} is router.egress_socket, "
-                                   "the way to cloud backends")
+        refusal = unix_socket_refusal(address.unix_path, egress_socket, own_sockets)
+        if refusal is not None:
+            return Locality(False, f"unix socket {address.unix_path} {refusal}")
         return Locality(True, f"unix socket {address.unix_path}")
     if address.ip is not None:
         if address_is_local(address.ip, networks):
@@ -189,10 +233,11 @@ def backend_locality(
     local_hosts: Iterable[str],
     resolve: Resolver | None = None,
     egress_socket: str | None = None,
+    own_sockets: Iterable[str] = (),
 ) -> Locality:
     """Locality of a backend URL; an unparsable URL is never local."""
     try:
         address = parse_backend_url(url)
     except AddressError as error:
         return Locality(False, str(error))
-    return classify(address, networks, local_hosts, resolve, egress_socket)
+    return classify(address, networks, local_hosts, resolve, egress_socket, own_sockets)

@@ -222,6 +222,25 @@ class CloudShareStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The last reload: what it could not apply (empty: nothing waits for a restart)."""
+
+    pending_restart: list[str]
+    detail: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> ReloadStatus:
+        """Parse; ContractError naming the key."""
+        return cls(_strings(_get(data, "pending_restart", list, where),
+                            f"{where}.pending_restart"),
+                   _get(data, "detail", str, where))
+
+    def to_json(self) -> dict[str, Any]:
+        """As the router sends it."""
+        return {"pending_restart": self.pending_restart, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
 class RouterStatus:
     """The whole body of GET /status."""
 
@@ -233,6 +252,7 @@ class RouterStatus:
     backends: dict[str, BackendStatus]
     profiles: dict[str, ProfileStatus]
     cloud_share: dict[str, CloudShareStatus]
+    reload: ReloadStatus
 
     @classmethod
     def from_json(cls, data: Any) -> RouterStatus:
@@ -247,7 +267,9 @@ class RouterStatus:
                    GpuFollowed.from_json(_object(data, "gpu", "/status"), "/status.gpu"),
                    _each(data, "backends", BackendStatus.from_json),
                    _each(data, "profiles", ProfileStatus.from_json),
-                   _each(data, "cloud_share", CloudShareStatus.from_json))
+                   _each(data, "cloud_share", CloudShareStatus.from_json),
+                   ReloadStatus.from_json(_object(data, "reload", "/status"),
+                                          "/status.reload"))
 
     def to_json(self) -> dict[str, Any]:
         """The body, as the router sends it."""
@@ -257,6 +279,7 @@ class RouterStatus:
             "backends": {name: entry.to_json() for name, entry in self.backends.items()},
             "profiles": {name: entry.to_json() for name, entry in self.profiles.items()},
             "cloud_share": {name: entry.to_json() for name, entry in self.cloud_share.items()},
+            "reload": self.reload.to_json(),
         }
 
 

@@ -8,6 +8,9 @@ both alike. Prints, per round and as medians: mushishi / pass-through requests/s
 the p50 mushishi adds over the backend at c1.
 
     .venv/bin/python benchmarks/router/overhead.py [--rounds 3] [--seconds 3] [--out DIR]
+                                                   [--tier T2]
+
+`--tier T1` routes through a T1 profile, which adds the T1 checks (the remote media scan).
 
 For the whole comparison (nginx, LiteLLM, streaming, RSS, failover) use `run.py`.
 """
@@ -43,13 +46,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--tier", default="T2", choices=["T1", "T1-strict", "T2", "T3"],
+                        help="the tier of the profile measured (both backends are local)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the results as JSON here (default: print only)")
     args = parser.parse_args()
     if (missing := missing_tool(with_litellm=False)) is not None:
         print(missing, file=sys.stderr)
         return 1
-    results: dict[str, object] = {"machine": machine(), "seconds_per_run": args.seconds}
+    results: dict[str, object] = {"machine": machine(), "seconds_per_run": args.seconds,
+                                  "tier": args.tier}
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="mushishi-overhead-"))
     script = post_script(work)
@@ -67,7 +73,7 @@ def main() -> int:
         wait_port(bare)
         port = free_port()
         config = mushishi_config(work / "mushishi", port, f"http://127.0.0.1:{backend}/v1",
-                                 f"http://127.0.0.1:{backend2}/v1")
+                                 f"http://127.0.0.1:{backend2}/v1", tier=args.tier)
         targets = {"direct": direct,
                    "passthrough": f"http://127.0.0.1:{bare}/v1/chat/completions",
                    "mushishi": f"http://127.0.0.1:{port}/v1/chat/completions"}

@@ -224,7 +224,7 @@ def rss_mb(pid: int) -> float:
 
 
 def mushishi_config(directory: Path, port: int, primary: str, secondary: str,
-                    extra: str = "") -> Path:
+                    extra: str = "", tier: str = "T2") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "mushishi.toml"
     config.write_text(f"""
@@ -246,7 +246,7 @@ url = "{secondary}"
 model = "bench-model"
 
 [profiles.bench]
-tier = "T2"
+tier = "{tier}"
 chain = ["primary", "secondary"]
 
 [keys]

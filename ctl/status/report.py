@@ -98,6 +98,10 @@ def build_report(readings: Mapping[str, Reading[Any]], now: datetime, host: str)
             if value is False and layer != "tenants":
                 problems.append(f"sovereignty layer {layer} is not in force: "
                                 f"{sovereignty.detail}")
+        if router.reload.pending_restart:
+            problems.append("router: restart needed to apply "
+                            f"{', '.join(router.reload.pending_restart)} (a reload was "
+                            "refused; `systemctl restart mushishi-router`)")
     tenants = data["tenants"] or ({"verdict": router.sovereignty.tenants,
                                    "detail": router.sovereignty.tenants_detail}
                                   if router is not None else None)
@@ -188,7 +192,7 @@ def _router(status: RouterStatus | None) -> dict[str, Any] | None:
         return None
     body = status.to_json()
     return {key: body[key] for key in ("version", "draining", "in_flight", "sovereignty",
-                                       "backends", "profiles", "cloud_share")}
+                                       "backends", "profiles", "cloud_share", "reload")}
 
 
 def _tenants(layer: TenantsLayer | None) -> dict[str, Any] | None:

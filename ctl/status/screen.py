@@ -99,6 +99,8 @@ def render(report: Report, *, colour: bool = False) -> str:
         if router.draining:
             text += " · " + paint("warn", "draining")
         row("router", text)
+        if router.reload.pending_restart:
+            row("", paint("bad", "restart needed: ") + router.reload.detail)
         _backend_rows(router, paint, row)
         _profile_rows(router, paint, row)
         shares = [f"{name} {share.hour:.0%} last hour, {share.day:.0%} "

@@ -43,6 +43,7 @@ from mushishi.services.egress.core import (
 from mushishi.services.egress.ledger import LedgerError, Reservation
 from mushishi.shared.http_request import peer_uid, request_id_for
 from mushishi.shared.journal import bind_fields
+from mushishi.shared.log_safe import body_facts
 
 if TYPE_CHECKING:
     from mushishi.services.egress.app import Egress
@@ -389,11 +390,14 @@ class _Relay:
     def _provider_error(self, upstream: aiohttp.ClientResponse, body: bytes) -> web.Response:
         status = upstream.status
         name = self.backend.name
+        # `detail` (the provider's message, which may quote the prompt) goes back to the
+        # router's caller only; the log, the cooldown reason and the audit get `facts`.
         detail = _error_message(body) or f"HTTP {status}"
+        facts = body_facts(body)
         if status == 429:
             retry_after = parse_retry_after(upstream.headers.get("Retry-After"), self.egress.now(),
                                             self.egress.settings.egress.max_retry_after_s)
-            self._failed("rate_limited", 429, f"rate limited: {detail}", sent=False,
+            self._failed("rate_limited", 429, f"rate limited ({facts})", sent=False,
                          retry_after=retry_after)
             headers = {"Retry-After": str(max(int(retry_after + 0.999), 1))} \
                 if retry_after is not None else None
@@ -402,7 +406,7 @@ class _Relay:
         if status >= 500 or status in PROVIDER_FAULT_4XX or status < 400:
             what = "redirected (never followed)" if status < 400 else f"answered {status}"
             self._failed("provider_error", status if status >= 400 else 502,
-                         f"{what}: {detail}", sent=False)
+                         f"{what} ({facts})", sent=False)
             return _relay_error(status if status >= 400 else 502, body,
                                 f"{name} {what}: {detail}")
         # The request's own fault (400, 413, 422 …): the router returns it to the caller.

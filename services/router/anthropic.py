@@ -333,7 +333,7 @@ class StreamTranslator:
             except json.JSONDecodeError:
                 continue
             if isinstance(chunk, dict) and "error" in chunk:
-                raise UpstreamStreamError(str(chunk["error"]))
+                raise UpstreamStreamError(chunk["error"])
             if isinstance(chunk, dict):
                 out += self._chunk(chunk)
         return out
@@ -357,7 +357,12 @@ class StreamTranslator:
 
 
 class UpstreamStreamError(Exception):
-    """The upstream stream carried an error event."""
+    """The upstream stream carried an error event (`error`: its error object, which may
+    quote the prompt: for the caller, never for a log)."""
+
+    def __init__(self, error: object) -> None:
+        super().__init__("the upstream stream carried an error event")
+        self.error = error
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:

@@ -3,8 +3,9 @@
 Start: compile the route table, open the backend pools, follow gpud on the bus, start the
 health probes, check the kernel confinement, then serve on the sockets systemd passed
 (LISTEN_FDS) or on `router.listen`, and send READY=1. SIGTERM drains requests in flight
-(up to `router.drain_timeout_s`); SIGHUP reloads keys and unix peers. What each part does is
-in the package's docstring (services/router/__init__.py).
+(up to `router.drain_timeout_s`); SIGHUP reloads keys, unix peers and profiles as one new route
+table, or refuses the whole reload (`reload`). What each part does is in the package's
+docstring (services/router/__init__.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from mushishi.services.router.accounting import Accounting
 from mushishi.services.router.cloud_share import CloudShare, load_state, save_state
 from mushishi.services.router.confinement import check_kernel_confinement
-from mushishi.services.router.core import GpuView, Health, RouteTable, compile_table
+from mushishi.services.router.core import GpuView, Health, compile_table
 from mushishi.services.router.gpu_mode import GpuModeFollower
 from mushishi.services.router.health import HealthProber
 from mushishi.services.router.http_api import Api, build_app
@@ -31,19 +32,27 @@ from mushishi.services.router.metrics import RouterMetrics, RouterStateCollector
 from mushishi.services.router.mode_switch import ModeSwitcher, SwitchRefused
 from mushishi.services.router.policy import Forwarding
 from mushishi.services.router.relay import Relay
+from mushishi.services.router.reload import ReloadStatus, needs_restart
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.status_view import Sovereignty, StatusView, Traffic
 from mushishi.services.router.tenants import TenantsFollower
 from mushishi.services.router.traces import RequestTracer
-from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV, Upstreams
+from mushishi.services.router.upstream import (
+    CONNECT_CHECK_TEST_ENV,
+    SovereigntyRefusal,
+    Upstreams,
+)
 from mushishi.shared.activation import bind_unix, systemd_sockets
 from mushishi.shared.bus import BusError
+from mushishi.shared.cgroups import cgroup2_mount
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
+from mushishi.shared.peers import PeerCredentials
 from mushishi.shared.serving import serve_until_stopped
+from mushishi.shared.t1_readers import reader_unit_of
 from mushishi.shared.tenant_confinement import TENANTS_RUN_DIR, served_backends
 
 log = logging.getLogger("mushishi.router")
@@ -64,10 +73,13 @@ class Router:
         follow_gpu: bool = True,
         environ: Mapping[str, str] | None = None,
         tenants_run_dir: Path = TENANTS_RUN_DIR,
+        proc_root: Path = Path("/proc"),
     ) -> None:
         environ = os.environ if environ is None else environ
         router = settings.router
         self.settings = settings
+        self._wall_clock = wall_clock
+        self.reload_status = ReloadStatus()
         self.table = compile_table(settings, resolve_peer_uid)
         self.state = RoutingState(self.table.backends, clock)
         self.state.on_change.append(_log_health_change)
@@ -99,13 +111,13 @@ class Router:
         self.tenants = TenantsFollower(self.sovereignty, self.state, served_backends(settings),
                                        tenants_run_dir, wall_clock)
         self.view = StatusView(self.table.profiles, self.state, self.cloud_share,
-                               self.sovereignty, self.traffic)
+                               self.sovereignty, self.traffic, self.reload_status)
         self.registry.register(RouterStateCollector(self.view))
         relay = Relay(self._upstreams, self.state, self.accounting, self._prober.kick, clock,
                       router.stream_idle_timeout_s, router.egress_socket)
         self.api = Api(Forwarding(self.state, relay, self.accounting, self._switcher, clock),
                        self.accounting, self.view, self.traffic, lambda: self.table,
-                       router.max_body_bytes, self.registry)
+                       router.max_body_bytes, self.registry, _reader_units(proc_root))
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, *, check_confinement: bool = True) -> None:
@@ -159,16 +171,29 @@ class Router:
                             self._state_path, error)
                 self._save_warned = True
 
-    def reload_access(self, settings: MushishiSettings) -> list[str]:
-        """Apply a new config's keys and unix peers now; name what needs a restart."""
-        fresh = compile_table(settings, resolve_peer_uid)
-        self.table = RouteTable(profiles=self.table.profiles, backends=self.table.backends,
-                                keys=fresh.keys, peers=fresh.peers)
-        needs_restart = []
-        for section in ("router", "backends", "profiles"):
-            if getattr(settings, section) != getattr(self.settings, section):
-                needs_restart.append(section)
-        return needs_restart
+    def reload(self, settings: MushishiSettings, path: str) -> bool:
+        """Apply a new config's keys, unix peers and profiles as one new route table, or
+        refuse all of it (logged, and shown in /status) when it changes what only a restart
+        can apply. True when applied."""
+        pending = needs_restart(self.settings, settings)
+        now = self._wall_clock()
+        if pending:
+            log.error("reload refused, keeping the running config: %s",
+                      self.reload_status.refused(now, pending, path))
+            return False
+        try:
+            table = compile_table(settings, resolve_peer_uid, running=self.table.backends)
+        except ValueError as error:  # the config check refuses this first
+            log.error("reload refused, keeping the running config: %s", error)
+            return False
+        # One assignment: a request reads the table once, so it runs entirely on the old
+        # table or entirely on the new one.
+        self.table = table
+        self.view.profiles = table.profiles
+        self.settings = settings
+        self.reload_status.applied(now)
+        log.info("reloaded API keys, unix peers and profiles from %s", path)
+        return True
 
     # -- what serve_until_stopped reads and sets (shared.serving.Drainable) ---------------
     @property
@@ -184,6 +209,12 @@ class Router:
     def in_flight(self) -> int:
         """Requests being routed now."""
         return self.traffic.in_flight
+
+    def serving_on(self, sockets: list[socket.socket]) -> None:
+        """The sockets the router serves on (systemd's or its own): no backend may be one."""
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX and isinstance(sock.getsockname(), str):
+                self._upstreams.refuse_own_socket(sock.getsockname())
 
     def status_line(self) -> str:
         """The STATUS= line shown by `systemctl status`."""
@@ -211,8 +242,23 @@ class Router:
             raise SwitchRefused(error.text or error.name) from None
 
 
-def _log_refusal(address: str) -> None:
-    log.warning("connect-time check refused %s: outside router.local_networks", address)
+def _reader_units(proc: Path) -> Callable[[PeerCredentials], str | None]:
+    """Which unit reading T1 prompts a unix peer runs in (shared.t1_readers)."""
+    try:
+        cgroup_root = cgroup2_mount((proc / "self" / "mounts").read_text()) \
+            or Path("/sys/fs/cgroup")
+    except OSError:
+        cgroup_root = Path("/sys/fs/cgroup")
+    own_uid = os.getuid()
+
+    def reader_unit(peer: PeerCredentials) -> str | None:
+        return reader_unit_of(peer.pid, peer.uid, own_uid=own_uid, proc=proc,
+                              cgroup_root=cgroup_root)
+    return reader_unit
+
+
+def _log_refusal(refusal: SovereigntyRefusal) -> None:
+    log.warning("%s", refusal.strerror)
 
 
 def _log_health_change(name: str, old: Health, new: Health, reason: str) -> None:
@@ -258,6 +304,7 @@ def describe_socket(sock: socket.socket) -> str:
 async def serve(router: Router, sockets: list[socket.socket], notifier: Notifier,
                 stop: asyncio.Event) -> None:
     """Serve on `sockets` until `stop` is set, then drain, save the cloud share and close."""
+    router.serving_on(sockets)
     saved = time.monotonic()
 
     def serving() -> None:
@@ -303,11 +350,7 @@ async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
     stop = stop_on_signals()
 
     def apply(fresh: MushishiSettings) -> None:
-        pending = router.reload_access(fresh)
-        log.info("reloaded API keys and unix peers from %s", loaded.path)
-        if pending:
-            log.warning("changes in [%s] take effect on `systemctl restart mushishi-router`"
-                        " (socket-activated: no connection is dropped)", ", ".join(pending))
+        router.reload(fresh, str(loaded.path))
 
     reload_on_sighup(loaded, notifier, log, apply, router.status_line)
     # What start-up built lives as long as the process: keep it out of the cyclic garbage

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from mushishi.services.router.errors import ErrorCode
-from mushishi.shared.config.router import SOVEREIGN_TIERS
+from mushishi.shared.config.router import SOVEREIGN_TIERS, unix_listen_paths
 from mushishi.shared.locality import backend_locality
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class RouteProfile:
     queue_max: int = 64
     require_mode: str | None = None
     on_mode_mismatch: str = "error"
+    media_prefixes: tuple[str, ...] = ()  # local media a sovereign request may reference
 
     @property
     def sovereign(self) -> bool:
@@ -95,17 +96,15 @@ class RouteTable:
         return found
 
 
-def compile_table(
-    settings: MushishiSettings,
-    resolve_uid: Callable[[str], int | None],
-) -> RouteTable:
-    """Build the route table; `settings` has passed the config checks already."""
+def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
+    """Every backend of `settings` as a hop, its locality decided by address."""
     router = settings.router
     backends: dict[str, Hop] = {}
+    own_sockets = unix_listen_paths(router.listen)
     for name, backend in settings.backends.items():
         # Locality by listing and literal only: resolution happens at every connection.
         verdict = backend_locality(backend.url, router.local_networks, router.local_hosts,
-                                   egress_socket=router.egress_socket)
+                                   egress_socket=router.egress_socket, own_sockets=own_sockets)
         backends[name] = Hop(
             name=name,
             model=backend.model,
@@ -117,6 +116,19 @@ def compile_table(
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
             + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
         )
+    return backends
+
+
+def compile_table(
+    settings: MushishiSettings,
+    resolve_uid: Callable[[str], int | None],
+    running: Mapping[str, Hop] | None = None,
+) -> RouteTable:
+    """Build the route table; `settings` has passed the config checks already. A reload
+    passes the `running` table's hops (its [backends] are unchanged): the new profiles are
+    chains of the very hops the pools and health state were built for."""
+    router = settings.router
+    backends = dict(running) if running is not None else compile_hops(settings)
     profiles = {}
     for name, profile in settings.profiles.items():
         hops = tuple(backends[hop] for hop in profile.chain)
@@ -131,6 +143,7 @@ def compile_table(
             queue_max=profile.queue_max,
             require_mode=profile.require_mode,
             on_mode_mismatch=profile.on_mode_mismatch,
+            media_prefixes=tuple(profile.local_media_prefixes),
         )
     peers: dict[int, frozenset[str]] = {}
     for peer, allowed in router.unix_peers.items():

@@ -18,7 +18,7 @@ from aiohttp import web
 
 
 class ErrorCode(StrEnum):
-    """The stable error codes of DESIGN.md §5, plus the two every HTTP server needs."""
+    """The stable error codes of DESIGN.md §5 and §9, plus the two every HTTP server needs."""
 
     INVALID_API_KEY = "invalid_api_key"
     PROFILE_FORBIDDEN = "profile_forbidden"
@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     BACKEND_FAILED = "backend_failed"
     BUDGET_EXHAUSTED = "budget_exhausted"
     ALL_BACKENDS_FAILED = "all_backends_failed"
+    REMOTE_MEDIA_REFUSED = "remote_media_refused"  # DESIGN.md §9
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
 
@@ -48,6 +49,7 @@ ERROR_HTTP: Mapping[ErrorCode, tuple[int, str]] = MappingProxyType({
     ErrorCode.BACKEND_FAILED: (502, "server_error"),
     ErrorCode.BUDGET_EXHAUSTED: (429, "rate_limit_error"),
     ErrorCode.ALL_BACKENDS_FAILED: (502, "server_error"),
+    ErrorCode.REMOTE_MEDIA_REFUSED: (400, "invalid_request_error"),
     ErrorCode.NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
 })
@@ -72,13 +74,16 @@ NO_ROUTE_HEADERS: Mapping[str, str] = MappingProxyType({
 
 
 class Rejection(Exception):
-    """A request answered with a stable error code, before or after trying backends."""
+    """A request answered with a stable error code, before or after trying backends;
+    `param` names the request's field at fault (a JSON path) where there is one."""
 
-    def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, status: int | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status or ERROR_HTTP[code][0]
+        self.param = param
 
 
 def http_error_rejection(status: int, reason: str, method: str, path: str) -> Rejection:
@@ -88,15 +93,19 @@ def http_error_rejection(status: int, reason: str, method: str, path: str) -> Re
                      status=status if status in _HTTP_ERRORS else 400)
 
 
-def error_body(api: str, code: str, message: str, status: int) -> bytes:
-    """An error in the caller's API shape; both shapes carry error.message/type/code."""
+def error_body(api: str, code: str, message: str, status: int,
+               param: str | None = None) -> bytes:
+    """An error in the caller's API shape; both shapes carry error.message/type/code, and
+    `param` when it names a field (OpenAI's shape always has it, null when none)."""
     if api == "anthropic":
         kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
-        return json.dumps({"type": "error", "error": {
-            "type": kind, "message": message, "code": code}}).encode()
+        error = {"type": kind, "message": message, "code": code}
+        if param is not None:
+            error["param"] = param
+        return json.dumps({"type": "error", "error": error}).encode()
     kind = ERROR_HTTP[ErrorCode(code)][1] if code in STABLE_CODES else "server_error"
     return json.dumps({"error": {"message": message, "type": kind, "code": code,
-                                 "param": None}}).encode()
+                                 "param": param}}).encode()
 
 
 def error_response(api: str, rejection: Rejection, *, profile: str = "none",
@@ -108,7 +117,7 @@ def error_response(api: str, rejection: Rejection, *, profile: str = "none",
         headers["X-Request-Id"] = request_id
     return web.Response(status=rejection.status, headers=headers,
                         body=error_body(api, rejection.code.value, rejection.message,
-                                        rejection.status))
+                                        rejection.status, rejection.param))
 
 
 def stream_error_event(api: str, message: str) -> bytes:

@@ -18,6 +18,7 @@ from mushishi.services.router.core import Health, Hop
 from mushishi.services.router.http1 import ConnectFailed, ResponseBroken, UpstreamError
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.upstream import Upstreams, refused_by_policy
+from mushishi.shared.log_safe import without_quoted
 from mushishi.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("mushishi.router.health")
@@ -115,7 +116,7 @@ class HealthProber:
             else:
                 health, reason = classify_refusal(hop, self._state, self._clock())
         except (ResponseBroken, OSError) as error:
-            health, reason = Health.DOWN, f"probe failed: {error}"
+            health, reason = Health.DOWN, f"probe failed: {without_quoted(str(error))}"
         self._state.set_health(name, health, reason)
         return health
 

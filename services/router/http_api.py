@@ -15,9 +15,10 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -40,11 +41,13 @@ from mushishi.services.router.errors import (
     error_response,
     http_error_rejection,
 )
+from mushishi.services.router.media import remote_media
 from mushishi.services.router.policy import Forwarding, forward
 from mushishi.services.router.status_view import StatusView, Traffic
-from mushishi.shared.http_request import peer_uid, request_id_for
+from mushishi.shared.http_request import request_id_for, request_peer
 from mushishi.shared.journal import bind_fields
 from mushishi.shared.metrics import add_metrics_route
+from mushishi.shared.peers import PeerCredentials
 
 log = logging.getLogger("mushishi.router.request")
 
@@ -59,9 +62,26 @@ class Api:
     accounting: Accounting
     view: StatusView
     traffic: Traffic
-    routes: Callable[[], RouteTable]  # the current table: keys and unix peers reload
+    routes: Callable[[], RouteTable]  # the current table: a reload replaces it
     max_body_bytes: int
     registry: CollectorRegistry
+    # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
+    reader_unit: Callable[[PeerCredentials], str | None]
+    # Per connection: the peer and its unit never change while it is open (SO_PEERCRED is
+    # the connecting process's, and a process cannot leave its unit's cgroup).
+    _peers: WeakKeyDictionary[Any, tuple[PeerCredentials | None, str | None]] = field(
+        default_factory=WeakKeyDictionary)
+
+    def peer_of(self, request: web.Request) -> tuple[PeerCredentials | None, str | None]:
+        """The unix peer of `request` and the unit reading T1 prompts it runs in."""
+        transport = request.transport
+        known = self._peers.get(transport) if transport is not None else None
+        if known is None:
+            peer = request_peer(request)
+            known = (peer, self.reader_unit(peer) if peer is not None else None)
+            if transport is not None:
+                self._peers[transport] = known
+        return known
 
 
 API_KEY = web.AppKey("mushishi_router_api", Api)
@@ -95,17 +115,28 @@ def _is_loopback_or_unix(request: web.Request) -> bool:
 
 
 class Caller:
-    """Who is calling: the profiles they may use, and how we know."""
+    """Who is calling: the profiles they may use, how we know, and, for a unix peer that runs
+    in a unit reading T1 prompts, that unit (it may use only sovereign profiles)."""
 
-    __slots__ = ("how", "profiles")
+    __slots__ = ("how", "profiles", "reader")
 
-    def __init__(self, profiles: frozenset[str], how: str) -> None:
+    def __init__(self, profiles: frozenset[str], how: str, reader: str | None = None) -> None:
         self.profiles = profiles
         self.how = how
+        self.reader = reader
+
+    def may_use(self, profile: RouteProfile) -> bool:
+        """Whether the caller may send work to `profile` (it is one of theirs, and sovereign
+        when the caller reads T1 prompts)."""
+        return profile.name in self.profiles and (self.reader is None or profile.sovereign)
 
 
-def authenticate(table: RouteTable, request: web.Request) -> Caller:
-    """The caller's profiles from `Authorization: Bearer`/`x-api-key`, or the unix peer uid."""
+def authenticate(table: RouteTable, request: web.Request,
+                 peer_of: Callable[[web.Request], tuple[PeerCredentials | None, str | None]]
+                 ) -> Caller:
+    """The caller's profiles from `Authorization: Bearer`/`x-api-key`, or the unix peer uid;
+    a unix peer is also identified by unit, whatever it presents (`Caller.reader`)."""
+    peer, reader = peer_of(request)
     presented = []
     authorization = request.headers.get("Authorization")
     if authorization:
@@ -118,16 +149,15 @@ def authenticate(table: RouteTable, request: web.Request) -> Caller:
     for key in presented:
         profiles = table.profiles_for_key(key)
         if profiles is not None:
-            return Caller(profiles, "key")
+            return Caller(profiles, "key", reader)
     if presented:
         raise Rejection(ErrorCode.INVALID_API_KEY, "invalid API key")
-    uid = peer_uid(request)
-    if uid is not None:
-        profiles = table.peers.get(uid)
+    if peer is not None:
+        profiles = table.peers.get(peer.uid)
         if profiles is not None:
-            return Caller(profiles, f"uid {uid}")
-        raise Rejection(ErrorCode.INVALID_API_KEY, f"no API key, and unix peer uid {uid} is not "
-                                                   "in router.unix_peers")
+            return Caller(profiles, f"uid {peer.uid}", reader)
+        raise Rejection(ErrorCode.INVALID_API_KEY, f"no API key, and unix peer uid {peer.uid} "
+                                                   "is not in router.unix_peers")
     raise Rejection(ErrorCode.INVALID_API_KEY, "missing API key (Authorization: Bearer KEY "
                                                "or x-api-key: KEY)")
 
@@ -228,6 +258,10 @@ def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
         raise Rejection(ErrorCode.PROFILE_FORBIDDEN,
                         f"this {'key' if caller.how == 'key' else caller.how} may not use "
                         f"profile {name!r}")
+    if not caller.may_use(profile):
+        raise Rejection(ErrorCode.PROFILE_FORBIDDEN, (
+            f"the caller runs in {caller.reader}, which reads T1 prompts: it may use only T1 "
+            f"and T1-strict profiles, not {name!r} ({profile.tier}), with a key or without"))
     hops = pin_hops(profile, pin)
     if hops is None:
         names = ", ".join(f"{hop.name} ({hop.model})" for hop in profile.hops)
@@ -235,6 +269,22 @@ def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
                         f"{pin!r} is not in profile {name!r}'s chain ({names}); a pin can only "
                         "narrow the chain")
     return profile, hops, model
+
+
+def refuse_remote_media(api: str, path: str, profile: RouteProfile,
+                        body: dict[str, Any]) -> None:
+    """A T1/T1-strict request may not reference media the model server would fetch from
+    elsewhere (media.py); the Rejection names the JSON path, never the URL (which may carry
+    data, and the message is logged)."""
+    where = remote_media(api, path, body, profile.media_prefixes)
+    if where is None:
+        return
+    allowed = (f", or from a prefix in profiles.{profile.name}.local_media_prefixes"
+               if profile.media_prefixes else "")
+    raise Rejection(ErrorCode.REMOTE_MEDIA_REFUSED, (
+        f"profile {profile.name!r} is {profile.tier}: {where} references remote media, which "
+        f"the model server would fetch from outside the box; send it inline as a data: URI"
+        f"{allowed}"), param=where)
 
 
 async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
@@ -245,10 +295,12 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
     call: Call | None = None
     try:
         table = api.routes()
-        caller = authenticate(table, request)
+        caller = authenticate(table, request, api.peer_of)
         fields = await read_json(api.max_body_bytes, request)
         validate(fields)
         profile, hops, client_model = resolve_profile(table, caller, fields)
+        if profile.sovereign:
+            refuse_remote_media(kind, path, profile, fields)
         if not ROUTING_FIELDS.isdisjoint(fields):
             for name in ROUTING_FIELDS:
                 fields.pop(name, None)  # a client may never widen routing
@@ -308,7 +360,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     request_id = request_id_for(request)
     try:
         table = api.routes()
-        caller = authenticate(table, request)
+        caller = authenticate(table, request, api.peer_of)
         body = await read_json(api.max_body_bytes, request)
         validate_anthropic(body, count_only=True)
         profile, _, _ = resolve_profile(table, caller, body)
@@ -325,13 +377,14 @@ async def models(request: web.Request) -> web.StreamResponse:
     api = request.app[API_KEY]
     table = api.routes()
     try:
-        caller = authenticate(table, request)
+        caller = authenticate(table, request, api.peer_of)
     except Rejection as rejection:
         api.accounting.reject(request.method, request.path, rejection, None)
         return error_response("openai", rejection)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "mushishi",
              "tier": table.profiles[name].tier}
-            for name in sorted(caller.profiles) if name in table.profiles]
+            for name in sorted(caller.profiles)
+            if name in table.profiles and caller.may_use(table.profiles[name])]
     return web.json_response({"object": "list", "data": data}, headers=NO_ROUTE_HEADERS)
 
 
@@ -352,7 +405,7 @@ async def status(request: web.Request) -> web.StreamResponse:
     api = request.app[API_KEY]
     if not _is_loopback_or_unix(request):
         try:
-            authenticate(api.routes(), request)
+            authenticate(api.routes(), request, api.peer_of)
         except Rejection as rejection:
             return error_response("openai", rejection)
     return web.json_response(api.view.status(), headers=NO_ROUTE_HEADERS,

@@ -37,6 +37,7 @@ from mushishi.services.router.health import classify_refusal
 from mushishi.services.router.http1 import ConnectFailed, Response, ResponseBroken
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.upstream import Upstreams, refused_by_policy
+from mushishi.shared.log_safe import body_facts, error_facts, without_quoted
 
 log = logging.getLogger("mushishi.router.request")
 
@@ -56,8 +57,9 @@ class Relay:
     clock: Callable[[], float]
     stream_idle_timeout_s: float
     egress_socket: str  # named in the log line when the egress cannot be reached
-    # The fixed headers of each (profile, hop), as request lines: built once.
-    _headers: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    # The fixed headers of each (profile, tier, hop), as request lines: built once (a reload
+    # may give a profile another tier).
+    _headers: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
 
     async def attempt(self, call: Call, hop: Hop, body: RequestBody,
                       request: web.Request) -> web.StreamResponse | HopFailure:
@@ -92,7 +94,7 @@ class Relay:
             _drop(upstream)
             self.kick_probe(hop.name)
             return _failed(call, hop, sent, Failure.BROKEN,
-                           f"failed before the first byte ({error})")
+                           f"failed before the first byte ({without_quoted(str(error))})")
         call.first_byte_arrived(time.perf_counter())
         if status_is_retryable(upstream.status):
             upstream.close()
@@ -113,7 +115,7 @@ class Relay:
 
     def _request_headers(self, call: Call, hop: Hop, content_type: str) -> bytes:
         """Headers sent to the hop: never the caller's credentials."""
-        key = (call.profile.name, hop.name)
+        key = (call.profile.name, call.profile.tier, hop.name)
         base = self._headers.get(key)
         if base is None:
             lines = [("Accept-Encoding", "identity")]
@@ -200,8 +202,11 @@ class Relay:
                     try:
                         chunk = translator.feed(chunk)
                     except anthropic.UpstreamStreamError as error:
-                        raise _BrokenStream(f"backend {hop.name} sent an error: {error}"
-                                            ) from None
+                        facts = error_facts(error.error)
+                        raise _BrokenStream(
+                            f"backend {hop.name} sent an error event"
+                            + (f" ({facts})" if facts else ""),
+                            for_caller=upstream_message({"error": error.error})) from None
                 if chunk:
                     await response.write(chunk)
                 try:
@@ -211,8 +216,8 @@ class Relay:
                     raise _BrokenStream(f"backend {hop.name} sent nothing for {idle:g}s"
                                         ) from None
                 except (ResponseBroken, OSError) as error:
-                    raise _BrokenStream(f"backend {hop.name} broke off the stream ({error})"
-                                        ) from None
+                    raise _BrokenStream(f"backend {hop.name} broke off the stream "
+                                        f"({without_quoted(str(error))})") from None
             if translator is not None:
                 tail = translator.finish()
                 if tail:
@@ -226,7 +231,7 @@ class Relay:
                         extra={"MUSHISHI_BACKEND": hop.name})
             self.kick_probe(hop.name)
             try:
-                await response.write(stream_error_event(call.api, str(broken)))
+                await response.write(stream_error_event(call.api, broken.for_caller))
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
@@ -264,14 +269,11 @@ def _drop(upstream: Response | None) -> None:
 
 
 def _describe_status(status: int, body: bytes) -> tuple[Failure, str]:
-    parsed = parse_json(body)
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = str(error.get("message", ""))[:200] if isinstance(error, dict) else \
-        error[:200] if isinstance(error, str) else ""
-    if upstream_code(parsed) == ErrorCode.BUDGET_EXHAUSTED.value:
-        return Failure.BUDGET, f"budget exhausted ({message or status})"
-    detail = f"answered {status}" + (f" ({message})" if message else "")
-    return Failure.STATUS, detail
+    """Why a hop failed, from its status and error body: facts only (the body's message may
+    quote the prompt, and the reason is logged and joins the final error's message)."""
+    if upstream_code(parse_json(body)) == ErrorCode.BUDGET_EXHAUSTED.value:
+        return Failure.BUDGET, f"budget exhausted ({status})"
+    return Failure.STATUS, f"answered {status} ({body_facts(body)})"
 
 
 def _failed(call: Call, hop: Hop, sent: float, kind: Failure, reason: str,
@@ -283,4 +285,9 @@ def _failed(call: Call, hop: Hop, sent: float, kind: Failure, reason: str,
 
 
 class _BrokenStream(Exception):
-    """The upstream stream failed after its first byte."""
+    """The upstream stream failed after its first byte: the message for the log, and what
+    the caller's error event says (the backend's own words may follow, for the caller)."""
+
+    def __init__(self, message: str, *, for_caller: str = "") -> None:
+        super().__init__(message)
+        self.for_caller = f"{message}: {for_caller}" if for_caller else message

@@ -12,6 +12,7 @@ from typing import Any
 from mushishi.services.router.cloud_share import CloudShare
 from mushishi.services.router.confinement import Confinement
 from mushishi.services.router.core import Preview, RouteProfile, preview
+from mushishi.services.router.reload import ReloadStatus
 from mushishi.services.router.state import RoutingState
 from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV
 from mushishi.shared.metrics import package_version
@@ -69,8 +70,10 @@ class StatusView:
     """The answers of /status and /ready, and the status line."""
 
     def __init__(self, profiles: Mapping[str, RouteProfile], state: RoutingState,
-                 cloud_share: CloudShare, sovereignty: Sovereignty, traffic: Traffic) -> None:
-        self.profiles = profiles
+                 cloud_share: CloudShare, sovereignty: Sovereignty, traffic: Traffic,
+                 reload: ReloadStatus | None = None) -> None:
+        self.profiles = profiles  # replaced by a reload
+        self.reload = reload or ReloadStatus()
         self.state = state
         self.cloud_share = cloud_share
         self.sovereignty = sovereignty
@@ -129,6 +132,7 @@ class StatusView:
             "profiles": profiles,
             "cloud_share": {name: self.cloud_share.share(name).as_json()
                             for name in self.profiles},
+            "reload": self.reload.as_json(),
         }
 
     def status_line(self) -> str:
@@ -136,6 +140,9 @@ class StatusView:
         gpu = self.state.gpu
         mode = f"GPU mode {gpu.active_mode} ({gpu.state})" if gpu.present else "gpud absent"
         serving = "draining" if self.traffic.draining else "serving"
-        return (f"{serving} {len(self.profiles)} profiles; sovereignty: "
+        line = (f"{serving} {len(self.profiles)} profiles; sovereignty: "
                 f"{self.sovereignty.as_json()['summary']}; {mode}; "
                 f"{self.traffic.in_flight} in flight")
+        if self.reload.pending_restart:
+            line += f"; restart needed ({', '.join(self.reload.pending_restart)})"
+        return line

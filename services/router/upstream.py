@@ -1,9 +1,13 @@
 """Where the router's requests go: a connection pool per backend origin and one to the egress,
-and the connect-time check of the address of every new connection.
+and the connect-time check of every new connection.
 
 Local backends are reached directly; every TCP connection is opened here, by resolving the
 backend's host anew and passing each address through `guarded_socket_factory`, which refuses
-anything outside `router.local_networks` before `connect()`. Cloud backends are reached only
+anything outside `router.local_networks` before `connect()`. A local unix-socket backend is
+checked by identity at every connection (`local_unix_connect`): the socket file it names now
+(its device and inode, symlinks followed, then connected through that very file) must not be
+the egress's socket or the router's own, and the peer the kernel connected us to must not
+be the router itself or a process of mushishi-egress. Cloud backends are reached only
 through the egress daemon's unix socket (a new connection per request), and never for a T1
 or T1-strict profile. The pools speak HTTP/1.1 (`http1`): no redirects, no proxies.
 """
@@ -13,21 +17,28 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from mushishi.services.router.core import Hop
 from mushishi.services.router.http1 import Connect, Pool
-from mushishi.shared.config.router import RouterSettings
+from mushishi.shared.config.router import RouterSettings, unix_listen_paths
 from mushishi.shared.locality import (
+    EGRESS_SOCKET_REFUSAL,
+    OWN_SOCKET_REFUSAL,
     BackendAddress,
     IPNetwork,
     address_is_local,
+    file_identity,
     parse_backend_url,
 )
+from mushishi.shared.peers import PeerCredentials, cgroup_parts, peer_credentials
+from mushishi.shared.t1_readers import EGRESS_UNIT
 
 log = logging.getLogger("mushishi.router.upstream")
 
@@ -36,11 +47,11 @@ EGRESS_HOST = "egress"
 
 
 class SovereigntyRefusal(OSError):
-    """The connect-time check refused an address outside router.local_networks."""
+    """The connect-time check refused an address outside router.local_networks, or a unix
+    socket that is the egress's or the router's own."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__(errno.EPERM, f"connect-time check refused {address}: outside "
-                                      "router.local_networks")
+    def __init__(self, address: str, why: str = "outside router.local_networks") -> None:
+        super().__init__(errno.EPERM, f"connect-time check refused {address}: {why}")
         self.address = address
 
 
@@ -64,8 +75,11 @@ def refused_by_policy(error: BaseException) -> str | None:
     return None
 
 
+OnRefusal = Callable[[SovereigntyRefusal], None]
+
+
 def guarded_socket_factory(
-    networks: list[IPNetwork], on_refusal: Callable[[str], None]
+    networks: list[IPNetwork], on_refusal: OnRefusal
 ) -> Callable[[tuple], socket.socket]:
     """A socket factory (getaddrinfo's tuples in) that refuses non-local addresses before
     connect()."""
@@ -73,8 +87,9 @@ def guarded_socket_factory(
     def factory(addr_info: tuple) -> socket.socket:
         host = str(addr_info[4][0])
         if not address_is_local(host, networks):
-            on_refusal(host)
-            raise SovereigntyRefusal(host)
+            refusal = SovereigntyRefusal(host)
+            on_refusal(refusal)
+            raise refusal
         return plain_socket(addr_info)
 
     return factory
@@ -159,6 +174,65 @@ def unix_connect(path: str, connect_timeout_s: float) -> Connect:
     return connect
 
 
+def peer_refusal(peer: PeerCredentials | None, proc: Path = Path("/proc")) -> str | None:
+    """Why the process the kernel connected us to may not be a local backend (a process of
+    mushishi-egress), or None. A socket systemd holds (socket activation) has systemd as its
+    peer: the identity check before connect() covers those."""
+    if peer is not None and EGRESS_UNIT in (cgroup_parts(peer.pid, proc) or ()):
+        return f"is served by {EGRESS_UNIT}, the way to cloud backends"
+    return None
+
+
+def local_unix_connect(path: str, connect_timeout_s: float,
+                       forbidden: Sequence[tuple[str, str]], on_refusal: OnRefusal) -> Connect:
+    """Open connections to a local unix-socket backend, checked by identity every time:
+    the socket file `path` names now must not be one of `forbidden` ((path, why) pairs: the
+    egress's socket, the router's own; read at each connection, so pairs added later count),
+    and the peer must pass `peer_refusal`. The file is
+    opened first (O_PATH) and connected through /proc/self/fd, so the socket compared is
+    the socket connected to, whatever happens to the path in between."""
+
+    def refuse(why: str) -> SovereigntyRefusal:
+        refusal = SovereigntyRefusal(f"unix:{path}", f"it {why}")
+        on_refusal(refusal)
+        return refusal
+
+    async def open_checked() -> socket.socket:
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            found = os.fstat(handle)
+            for other, why in forbidden:
+                if file_identity(other) == (found.st_dev, found.st_ino):
+                    raise refuse(why)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, f"/proc/self/fd/{handle}")
+            except BaseException:
+                sock.close()
+                raise
+        finally:
+            os.close(handle)
+        why = peer_refusal(peer_credentials(sock))
+        if why is not None:
+            sock.close()
+            raise refuse(why)
+        return sock
+
+    async def connect(protocol: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport,
+                                                                         asyncio.Protocol]:
+        async with asyncio.timeout(connect_timeout_s):
+            sock = await open_checked()
+            try:
+                return await asyncio.get_running_loop().create_unix_connection(protocol,
+                                                                               sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+
+    return connect
+
+
 def host_header(address: BackendAddress) -> str:
     """The Host header for a backend: host[:port] (the port only when not the default)."""
     if address.unix_path is not None or address.host is None:
@@ -199,7 +273,7 @@ class Upstreams:
         router: RouterSettings,
         *,
         connect_check: bool,
-        on_refusal: Callable[[str], None],
+        on_refusal: OnRefusal,
     ) -> None:
         self.connect_check = connect_check
         self._endpoints: dict[str, Endpoint] = {}
@@ -207,9 +281,15 @@ class Upstreams:
         timeout = router.connect_timeout_s
         factory = (guarded_socket_factory(list(router.local_networks), on_refusal)
                    if connect_check else plain_socket)
+        # Unix sockets have no address for the kernel to filter: their identity check is
+        # never turned off.
+        self._forbidden = forbidden = [
+            (router.egress_socket, EGRESS_SOCKET_REFUSAL),
+            *((path, OWN_SOCKET_REFUSAL) for path in unix_listen_paths(router.listen))]
 
         def pool(address: BackendAddress) -> Pool:
-            connect = (unix_connect(address.unix_path, timeout) if address.unix_path is not None
+            connect = (local_unix_connect(address.unix_path, timeout, forbidden, on_refusal)
+                       if address.unix_path is not None
                        else tcp_connect(address, timeout, factory))
             made = Pool(connect, host_header(address))
             self._pools.append(made)
@@ -242,6 +322,10 @@ class Upstreams:
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint of backend `name`."""
         return self._endpoints[name]
+
+    def refuse_own_socket(self, path: str) -> None:
+        """A unix socket the router serves on: no unix backend may be it."""
+        self._forbidden.append((path, OWN_SOCKET_REFUSAL))
 
     async def close(self) -> None:
         """Close every connection."""

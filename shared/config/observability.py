@@ -70,7 +70,8 @@ class BenchSettings(Section):
     api_key_credential: CredentialName | None = Field(
         default=None,
         description="Credential holding an API key for profile targets; unset: the router "
-        "maps the caller by uid (router.unix_peers, e.g. `mushishi = [\"private\"]`).",
+        "maps the caller by uid (router.unix_peers, e.g. `mushishi-bench = [\"private\"]`: "
+        "the bench runs as its own user).",
     )
     textfile_dir: AbsolutePath = Field(
         default="/var/lib/prometheus/node-exporter",

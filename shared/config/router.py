@@ -16,7 +16,9 @@ from mushishi.shared.locality import (
     parse_backend_url,
     parse_ip,
     system_resolver,
+    unix_socket_refusal,
 )
+from mushishi.shared.t1_readers import BENCH_USER, MUSHISHI_USERS, T1_READER_USERS
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -51,13 +53,19 @@ def parse_tcp_listen(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def unix_listen_path(listen: list[str]) -> str | None:
-    """The path of the first unix: address in `listen` (router.listen), or None."""
+def unix_listen_paths(listen: list[str]) -> list[str]:
+    """The paths of the unix: addresses in `listen` (router.listen)."""
+    paths = []
     for address in listen:
         host, path = parse_listen(address)
         if host == "unix":
-            return str(path)
-    return None
+            paths.append(str(path))
+    return paths
+
+
+def unix_listen_path(listen: list[str]) -> str | None:
+    """The path of the first unix: address in `listen` (router.listen), or None."""
+    return next(iter(unix_listen_paths(listen)), None)
 
 
 def connect_host(host: str) -> str:
@@ -126,7 +134,10 @@ class RouterSettings(Section):
     unix_peers: dict[str, list[str]] = Field(
         default={},
         description="Callers on the router's unix socket without an API key, by uid or user "
-        "name (SO_PEERCRED), mapped to the profiles they may use.",
+        "name (SO_PEERCRED), mapped to the profiles they may use. The users the model servers "
+        "run as (mushishi, root) may be mapped only to T1/T1-strict profiles, and a caller "
+        "running in a tenant, the CPU floor or a GPU preparation may use only those, key or "
+        "no key; the bench has its own user, mushishi-bench.",
     )
     connect_timeout_s: float = Field(
         default=2.0, gt=0,
@@ -379,6 +390,14 @@ class ProfileSettings(Section):
         description="T1-strict: the GPU mode the chain needs; in any other mode the answer is "
         "503 mode_mismatch (or a switch, see on_mode_mismatch).",
     )
+    local_media_prefixes: list[str] = Field(
+        default=[],
+        description="T1/T1-strict: URL prefixes of local media servers a request may reference "
+        "(e.g. http://127.0.0.1:8090/media/); any other media URL in a message (image_url, "
+        "audio_url, video_url, file URLs, Anthropic url sources) is refused with "
+        "remote_media_refused, since the model server would fetch it. Each must be local, "
+        "checked like a backend's URL, and end with `/`; `data:` URIs always pass.",
+    )
     on_mode_mismatch: Literal["error", "switch"] = Field(
         default="error",
         description="With require_mode: `error` answers mode_mismatch; `switch` asks gpud for "
@@ -475,15 +494,7 @@ def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
                     f"unknown mode {mode!r} (modes: {', '.join(sorted(known_modes))})",
                 ))
     issues += _egress_issues(settings)
-    for peer, profiles in settings.router.unix_peers.items():
-        if not peer.isdigit() and _uid_of(peer) is None:
-            issues.append(Issue(f"router.unix_peers.{peer}",
-                                f"no such user {peer!r} (give a user name or a numeric uid)"))
-        for index, profile in enumerate(profiles):
-            if profile not in settings.profiles:
-                issues.append(Issue(
-                    f"router.unix_peers.{peer}[{index}]", f"unknown profile {profile!r}"
-                ))
+    issues += _unix_peer_issues(settings)
     for key_hash, profiles in settings.keys.items():
         if not _SHA256_HEX.match(key_hash):
             issues.append(Issue(
@@ -520,6 +531,35 @@ def _egress_issues(settings: MushishiSettings) -> list[Issue]:
     return issues
 
 
+def _unix_peer_issues(settings: MushishiSettings) -> list[Issue]:
+    """Peers must be users and profiles that exist; a user the units reading T1 prompts run
+    as may be mapped only to sovereign profiles (shared/t1_readers.py)."""
+    issues: list[Issue] = []
+    readers = {uid: user for user in T1_READER_USERS
+               if (uid := resolve_peer_uid(user)) is not None}
+    readers.setdefault(0, "root")
+    for peer, profiles in settings.router.unix_peers.items():
+        uid = resolve_peer_uid(peer)
+        if uid is None and peer not in MUSHISHI_USERS:
+            issues.append(Issue(f"router.unix_peers.{peer}",
+                                f"no such user {peer!r} (give a user name or a numeric uid)"))
+        reader = peer if peer in T1_READER_USERS else readers.get(uid) if uid is not None \
+            else None
+        for index, profile in enumerate(profiles):
+            found = settings.profiles.get(profile)
+            if found is None:
+                issues.append(Issue(
+                    f"router.unix_peers.{peer}[{index}]", f"unknown profile {profile!r}"
+                ))
+            elif reader is not None and found.tier not in SOVEREIGN_TIERS:
+                issues.append(Issue(f"router.unix_peers.{peer}[{index}]", (
+                    f"user {reader} runs the units that read T1 prompts (tenants, the CPU "
+                    f"floor, GPU preparation), so it may be mapped only to T1 and T1-strict "
+                    f"profiles, not {profile!r} ({found.tier}); map the caller's own user "
+                    f"instead (the bench's is {BENCH_USER}), or give it an API key")))
+    return issues
+
+
 def _uid_of(user: str) -> int | None:
     import pwd
 
@@ -540,6 +580,7 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
     issues: list[Issue] = []
     local: dict[str, bool] = {}
     reasons: dict[str, str] = {}
+    own_sockets = unix_listen_paths(router.listen)
     for name, backend in settings.backends.items():
         try:
             address = parse_backend_url(backend.url)
@@ -549,13 +590,15 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
             continue
         # Only hostnames listed as local are resolved: cloud hostnames are the egress's business.
         verdict = classify(address, networks, router.local_hosts, resolve,
-                           egress_socket=router.egress_socket)
+                           egress_socket=router.egress_socket, own_sockets=own_sockets)
         local[name], reasons[name] = verdict.local, verdict.reason
-        if address.unix_path is not None and not verdict.local:
-            # The egress's socket is the way out, not a backend (classify says why).
+        refusal = None if address.unix_path is None else \
+            unix_socket_refusal(address.unix_path, router.egress_socket, own_sockets)
+        if refusal is not None:
+            # The egress's socket is the way out and the router's own a loop, never a backend.
             issues.append(Issue(f"backends.{name}.url", (
-                f"{backend.url} is router.egress_socket, the way to cloud backends; a cloud "
-                "backend's url is the provider's own (the router reaches it through the egress)")))
+                f"{backend.url} {refusal}; a cloud backend's url is the provider's own (the "
+                "router reaches it through the egress), a local one's its model server's")))
             continue
         if backend.health_url is not None:
             try:
@@ -596,4 +639,31 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
                          f"{hop!r} is cloud ({reasons[hop]}); use T3 for cloud-first"))
         if len(set(profile.chain)) != len(profile.chain):
             issues.append(Issue(f"profiles.{name}.chain", "names a backend twice"))
+        issues += _media_prefix_issues(name, profile, router, resolve)
+    return issues
+
+
+def _media_prefix_issues(name: str, profile: ProfileSettings, router: RouterSettings,
+                         resolve: Resolver | None) -> list[Issue]:
+    """A profile's local_media_prefixes: sovereign profiles only, local http(s) URLs ending
+    with `/` (a prefix without it would also match `http://127.0.0.1:80@elsewhere/`)."""
+    issues = []
+    for index, prefix in enumerate(profile.local_media_prefixes):
+        key = f"profiles.{name}.local_media_prefixes[{index}]"
+        if profile.tier not in SOVEREIGN_TIERS:
+            issues.append(Issue(key, f"only T1 and T1-strict profiles check media URLs; "
+                                     f"{name!r} is {profile.tier}"))
+            continue
+        try:
+            address = parse_backend_url(prefix)
+        except AddressError as error:
+            issues.append(Issue(key, str(error)))
+            continue
+        if address.unix_path is not None or not prefix.endswith("/"):
+            issues.append(Issue(key, f"{prefix!r} must be an http(s) URL ending with `/` "
+                                     "(http://127.0.0.1:8090/media/)"))
+            continue
+        verdict = classify(address, router.local_networks, router.local_hosts, resolve)
+        if not verdict.local:
+            issues.append(Issue(key, f"must be local: {verdict.reason}"))
     return issues

@@ -28,7 +28,7 @@ from aiohttp import web
 class Fault:
     """What to do to one request instead of answering it normally."""
 
-    kind: str  # status | hang | die_mid_stream | hang_mid_stream | close
+    kind: str  # status | echo | hang | die_mid_stream | hang_mid_stream | error_event | close
     status: int = 500
     body: dict[str, Any] | None = None
     after_chunks: int = 2
@@ -41,6 +41,18 @@ class Fault:
         return cls("status", status, {"error": {"message": message, "type": "stand_in_error",
                                                 "code": code if code is not None else status}},
                    headers=headers)
+
+    @classmethod
+    def echo(cls, status: int) -> Fault:
+        """Answer `status` with an error whose message quotes the request's messages, as
+        model servers do for a prompt they cannot take ("… in your messages: …")."""
+        return cls("echo", status)
+
+    @classmethod
+    def error_event(cls, after_chunks: int = 1) -> Fault:
+        """Stream `after_chunks` chunks, then an SSE `data: {"error": …}` event quoting the
+        request's messages (vLLM's shape for an error after the stream began), and end."""
+        return cls("error_event", after_chunks=after_chunks)
 
     @classmethod
     def hang(cls) -> Fault:
@@ -232,6 +244,10 @@ class OpenAIStandin:
         if fault is not None and fault.kind == "status":
             return body, fault, web.json_response(fault.body, status=fault.status,
                                                   headers=fault.headers)
+        if fault is not None and fault.kind == "echo":
+            return body, fault, web.json_response({"error": {
+                "message": f"cannot process the request: {_quoted(body)}",
+                "type": "BadRequestError", "code": fault.status}}, status=fault.status)
         if fault is not None and fault.kind == "hang":
             await self._hang()
         if fault is not None and fault.kind == "close":
@@ -350,6 +366,10 @@ class OpenAIStandin:
                     "prompt_tokens": prompt, "completion_tokens": len(words),
                     "total_tokens": prompt + len(words)}}).encode() + b"\n\n")
         pieces.append(b"data: [DONE]\n\n")
+        if fault is not None and fault.kind == "error_event":
+            pieces[fault.after_chunks:] = [b"data: " + json.dumps({"object": "error", "error": {
+                "message": f"generation failed for {_quoted(body)}",
+                "type": "InternalServerError", "code": 500}}).encode() + b"\n\n"]
         return await self._send_pieces(request, response, pieces, fault)
 
     async def _send_pieces(self, request: web.Request, response: web.StreamResponse,
@@ -441,3 +461,10 @@ async def serve_forever(server: OpenAIStandin) -> None:
     print(f"listening {server.url}", flush=True)
     await stop.wait()
     await server.stop()
+
+
+def _quoted(body: Any) -> str:
+    """What a model server's error quotes of a request: its messages or prompt, verbatim."""
+    if not isinstance(body, dict):
+        return repr(body)
+    return json.dumps(body.get("messages") or body.get("prompt") or body.get("input"))

@@ -32,6 +32,7 @@ def status_document(cloud_share: dict[str, dict[str, float]]) -> dict[str, Any]:
                                  "reason": "gpu not in mode", "queued": 0,
                                  "require_mode": None}},
         "cloud_share": shares,
+        "reload": {"pending_restart": [], "detail": "no reload since the router started"},
     }
 
 

@@ -4,11 +4,14 @@ and stopped together (SIGTERM, then SIGKILL after 10 s)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.sandbox import Sandbox
@@ -51,3 +54,32 @@ def recorded(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@dataclass
+class CloudWorld:
+    """A booted sandbox with mushishi installed, the router and egress sockets started, and
+    stand-in providers on `address` (a "cloud" address on lo) recording into `records`."""
+
+    box: Sandbox
+    records: Path
+
+
+@contextlib.contextmanager
+def cloud_world(config: str, credentials: dict[str, str], address: str,
+                start: Callable[[HostStandins, Path], None]) -> Iterator[CloudWorld]:
+    """Boot, add `address` to lo, `start(standins, records)`, install `config`, start the
+    router's and the egress's sockets; everything is stopped on exit."""
+    box = Sandbox()
+    box.boot()
+    standins = HostStandins(box)
+    try:
+        box.run(f"ip addr add {address}/32 dev lo")
+        records = box.shared / "cloud.jsonl"
+        start(standins, records)
+        box.install(config, credentials=credentials)
+        box.systemctl("start", "mushishi-router.socket", "mushishi-egress.socket")
+        yield CloudWorld(box, records)
+    finally:
+        standins.stop()
+        box.stop()

@@ -14,7 +14,6 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from devtools.sandbox import Sandbox
 from mushishi.ctl.install import shipped_unit_names
 from tests.paths import BINDIR
 from tests.system import router_load
-from tests.system.host_standins import HostStandins, recorded
+from tests.system.host_standins import CloudWorld, HostStandins, cloud_world, recorded
 
 KEY = "sk-egress-system-test"
 PROVIDER_KEY = "nvapi-system-test"
@@ -79,34 +78,22 @@ BUDGETS = ("import json; from mushishi.shared.config import load_settings; "
            "print(json.dumps(read_budgets(load_settings('/etc/mushishi/mushishi.toml'))))")
 
 
-@dataclass
-class World:
-    box: Sandbox
-    records: Path
+World = CloudWorld
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    box = Sandbox()
-    box.boot()
-    providers = HostStandins(box)
-    try:
-        box.run(f"ip addr add {CLOUD}/32 dev lo")
-        records = box.shared / "cloud.jsonl"
-
+    def providers(standins: HostStandins, records: Path) -> None:
         def provider(port: int, model: str, *extra: str) -> None:
-            providers.start("tests.standins.cloud", "--host", CLOUD, "--port", str(port),
-                            "--model", model, "--key", PROVIDER_KEY, "--record", str(records),
-                            *extra)
+            standins.start("tests.standins.cloud", "--host", CLOUD, "--port", str(port),
+                           "--model", model, "--key", PROVIDER_KEY, "--record", str(records),
+                           *extra)
 
         provider(8443, "moonshotai/kimi-k2.6")
         provider(8444, "slow-model", "--tokens", "300", "--token-delay", "0.05")
-        box.install(CONFIG, credentials={"ngc-api-key": PROVIDER_KEY})
-        box.systemctl("start", "mushishi-router.socket", "mushishi-egress.socket")
-        yield World(box, records)
-    finally:
-        providers.stop()
-        box.stop()
+
+    with cloud_world(CONFIG, {"ngc-api-key": PROVIDER_KEY}, CLOUD, providers) as world:
+        yield world
 
 
 def cloud_requests(world: World) -> list[dict]:

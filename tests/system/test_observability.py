@@ -243,8 +243,9 @@ def test_node_exporter_serves_every_textfile_and_prometheus_scrapes_them_through
         oneshots_ran: Sandbox, node_exporter: Sandbox, prometheus: Sandbox) -> None:
     box = oneshots_ran
     # The textfile directory of Debian's package (root:root 0755 in the image) keeps its
-    # owner, gets group mushishi and 2775 from `mushishi install`: the watchdog and the bench
-    # (user mushishi) wrote their files; node_exporter (user prometheus) reads them.
+    # owner, gets group mushishi and 2775 from `mushishi install`: the watchdog (user
+    # mushishi) and the bench (user mushishi-bench, group mushishi) wrote their files;
+    # node_exporter (user prometheus) reads them.
     assert node_exporter_flags()["collector.textfile.directory"] == TEXTFILES
     assert box.run(["stat", "-c", "%U %G %a", TEXTFILES]).stdout.split() == [
         "root", "mushishi", "2775"]
@@ -252,7 +253,7 @@ def test_node_exporter_serves_every_textfile_and_prometheus_scrapes_them_through
     owners = box.run(["stat", "-c", "%n %U %a", *(f"{TEXTFILES}/{name}"
                                                    for name in TEXTFILE_NAMES)]).stdout
     assert f"{TEXTFILES}/mushishi_watchdog.prom mushishi 644" in owners, owners
-    assert f"{TEXTFILES}/mushishi_bench.prom mushishi 644" in owners, owners
+    assert f"{TEXTFILES}/mushishi_bench.prom mushishi-bench 644" in owners, owners
 
     expected: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for name in TEXTFILE_NAMES:
@@ -380,7 +381,7 @@ def test_bench_unit_writes_the_csv_the_watchdog_and_status_read(oneshots_ran: Sa
     box = oneshots_ran
     shown = box.systemctl("show", "mushishi-bench.service", "-p", "Result", "-p", "User",
                           "-p", "IgnoreOnIsolate", "-p", "IPAddressDeny").stdout
-    assert "Result=success" in shown and "User=mushishi" in shown
+    assert "Result=success" in shown and "User=mushishi-bench" in shown
     assert "IgnoreOnIsolate=yes" in shown
     rows = box.run(["cat", "/var/lib/mushishi/bench/results.csv"]).stdout.splitlines()
     assert rows[0].startswith("time,target,prompt_tokens,completion_tokens,seconds,"

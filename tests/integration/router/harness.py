@@ -148,6 +148,7 @@ class Box:
 async def running_box(tmp_path: Path, *, bus_address: str | None = None,
                       follow_gpu: bool = False, wait_healthy: bool = True,
                       environ: dict[str, str] | None = None, gpu_url: str | None = None,
+                      cpu_url: str | None = None,
                       real_egress: bool = False, egress_extra: str = "",
                       tenants_run_dir: Path | None = None, gpu_tenant: str | None = None,
                       **config: str) -> AsyncIterator[Box]:
@@ -181,7 +182,7 @@ vram_mib = 1
     if not real_egress:
         await egress.start()
     path = tmp_path / "mushishi.toml"
-    path.write_text(config_text(gpu_url=gpu_url or gpu.url, cpu_url=cpu.url,
+    path.write_text(config_text(gpu_url=gpu_url or gpu.url, cpu_url=cpu_url or cpu.url,
                                 egress_socket=socket_path, **config))
     settings = load_config(path).settings
     egress_daemon: Egress | None = None

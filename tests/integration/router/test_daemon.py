@@ -73,6 +73,29 @@ def environment(notify: Path) -> dict[str, str]:
     return env
 
 
+def start_router(config: Path, text: str, tmp_path: Path
+                 ) -> tuple[subprocess.Popen[bytes], Notifications, int, str]:
+    """The daemon standalone on `text` (written to `config`, listening on a free port):
+    (the process, its notifications, the port, the text as written)."""
+    port = free_port()
+    text = text.replace('listen = ["127.0.0.1:4000"]', f'listen = ["127.0.0.1:{port}"]')
+    config.write_text(text)
+    notify = Notifications(tmp_path / "notify")
+    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
+                              env=environment(notify.path), stderr=subprocess.PIPE)
+    return daemon, notify, port, text
+
+
+def stop_router(daemon: subprocess.Popen[bytes]) -> str:
+    """SIGTERM, a clean exit, and what the daemon logged."""
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0
+    assert daemon.stderr is not None
+    log = daemon.stderr.read().decode()
+    daemon.stderr.close()
+    return log
+
+
 async def test_socket_activated_daemon_notifies_serves_and_drains_a_stream_on_sigterm(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
@@ -162,13 +185,7 @@ async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
     tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
 ) -> None:
     _, _, config = servers
-    port = free_port()
-    original = config.read_text().replace('listen = ["127.0.0.1:4000"]',
-                                          f'listen = ["127.0.0.1:{port}"]')
-    config.write_text(original)
-    notify = Notifications(tmp_path / "notify")
-    daemon = subprocess.Popen([f"{BINDIR}/mushishi-router", "--config", str(config)],
-                              env=environment(notify.path), stderr=subprocess.PIPE)
+    daemon, notify, port, original = start_router(config, config.read_text(), tmp_path)
     url = f"http://127.0.0.1:{port}/v1/models"
 
     async def models_with(key: str) -> int:
@@ -194,11 +211,7 @@ async def test_sighup_reloads_keys_and_keeps_the_running_config_when_invalid(
         await notify.wait("READY=1")
         assert await models_with("sk-added-by-reload") == 200  # still the last good config
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
-        assert daemon.stderr is not None
-        log = daemon.stderr.read().decode()
-        daemon.stderr.close()
+        log = stop_router(daemon)
     assert "reload refused, keeping the running config" in log and "router.bogus" in log
 
 
@@ -242,3 +255,86 @@ async def test_cloud_share_survives_a_restart(
     after = await run_once(nothing)
     assert before["requests_day"] == after["requests_day"] == 2
     assert after["cloud_requests_day"] == 2 and after["day"] == 1.0
+
+
+RESEARCH_KEY = "sk-research-only"
+# A T2 profile whose local hop is down, so its requests reach the cloud (issue 13, hole 1).
+RESEARCH_T2 = """
+[backends.dead]
+url = "http://127.0.0.1:{port}/v1"
+model = "dead-model"
+
+[profiles.research]
+tier = "T2"
+chain = ["dead", "kimi"]
+"""
+
+
+async def test_sighup_never_lets_a_new_key_reach_a_chain_the_new_config_forbids(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    # The operator makes `research` T1 (was T2, cloud allowed) and adds a key that may use
+    # only `research`, then runs `systemctl reload mushishi-router`.
+    gpu, cpu, _ = servers
+    cloud = await EgressStandin(str(tmp_path / "canary-egress.sock")).start()
+    config = tmp_path / "research.toml"
+    daemon, notify, port, before = start_router(config, config_text(
+        gpu_url=gpu.url, cpu_url=cpu.url, egress_socket=str(tmp_path / "canary-egress.sock"),
+        extra=RESEARCH_T2.format(port=free_port())), tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {RESEARCH_KEY}"}
+    try:
+        await notify.wait("READY=1")
+        after = before.replace('tier = "T2"\nchain = ["dead", "kimi"]',
+                               'tier = "T1"\nchain = ["dead"]\nqueue_timeout_s = 1')
+        digest = hashlib.sha256(RESEARCH_KEY.encode()).hexdigest()
+        after = after.replace("[keys]\n", f'[keys]\n"{digest}" = ["research"]\n')
+        assert after.count('"research"') == 1 and 'tier = "T1"\nchain = ["dead"]' in after
+        config.write_text(after)
+        daemon.send_signal(signal.SIGHUP)
+        await notify.wait("RELOADING=1")
+        await notify.wait("READY=1")
+        async with aiohttp.ClientSession() as session, session.post(
+                base + "/v1/chat/completions", headers=headers, json={
+                    "model": "research",
+                    "messages": [{"role": "user", "content": "private research notes"}]},
+        ) as response:
+            status, tier = response.status, response.headers.get("X-Mushishi-Tier")
+            body = await response.json()
+        assert cloud.requests == [], "a T1 prompt reached the cloud after a reload"
+        # The new profile is in force for the new key: T1, local only.
+        assert (status, tier) == (503, "T1"), body
+        assert body["error"]["code"] == "sovereign_backends_unavailable"
+    finally:
+        stop_router(daemon)
+        await cloud.stop()
+
+
+async def test_sighup_that_changes_a_backend_is_refused_whole_and_named_in_status(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    _, _, config = servers
+    daemon, notify, port, original = start_router(config, config.read_text(), tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    added = hashlib.sha256(b"sk-added-with-a-backend-change").hexdigest()
+    try:
+        await notify.wait("READY=1")
+        notify.messages.clear()
+        changed = original.replace('model = "cpu-alias"', 'model = "another-alias"')
+        config.write_text(changed.replace("[keys]\n", f'[keys]\n"{added}" = ["private"]\n'))
+        daemon.send_signal(signal.SIGHUP)
+        await notify.wait("RELOADING=1")
+        ready = await notify.wait("READY=1")
+        assert "restart needed (backends.cpu)" in ready
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "/v1/models", headers={
+                    "Authorization": "Bearer sk-added-with-a-backend-change"}) as response:
+                assert response.status == 401  # nothing of the refused reload applies
+            async with session.get(base + "/status") as response:
+                status = await response.json()
+        assert status["reload"]["pending_restart"] == ["backends.cpu"]
+        assert "reload refused" in status["reload"]["detail"]
+        assert status["backends"]["cpu"]["model"] == "cpu-alias"
+    finally:
+        log = stop_router(daemon)
+    assert "reload refused, keeping the running config" in log and "backends.cpu" in log

@@ -60,6 +60,7 @@ ROUTER = {
                                  "cloud_requests_day": 6},
                     "private": {"hour": 0, "day": 0, "requests_hour": 0, "requests_day": 9,
                                 "cloud_requests_hour": 0, "cloud_requests_day": 0}},
+    "reload": {"pending_restart": [], "detail": "no reload since the router started"},
 }
 SYSTEMD = {
     "units": {
@@ -175,6 +176,11 @@ def test_a_stopped_daemon_is_named_and_the_rest_is_still_there() -> None:
     ("tenants", ok(LEAKY), "sovereignty layer tenants is not in force: tenant vllm-agent: "
      "from container vllm-agent: a datagram to 192.0.2.1:9 left: nothing refused it within "
      "1 s"),
+    ("router", ok(RouterStatus.from_json({**ROUTER, "reload": {
+        "pending_restart": ["backends.gpu", "router.listen"],
+        "detail": "reload refused at 2026-01-01T00:00:00+00:00: …"}})),
+     "router: restart needed to apply backends.gpu, router.listen (a reload was refused; "
+     "`systemctl restart mushishi-router`)"),
     ("gpud", ok(GpuModeProperties.from_dbus(
         {**GPUD, "State": "failed", "StateReason": "tenant vllm-agent does not fit"})),
      "GPU mode agent failed: tenant vllm-agent does not fit"),

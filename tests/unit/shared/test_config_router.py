@@ -204,3 +204,89 @@ def test_every_metrics_listen_is_checked_as_host_port(
     """One parser (parse_tcp_listen) for every daemon's metrics_listen; gpud's had none."""
     found = config_issues(tmp_path, f'[{section}]\nmetrics_listen = "{value}"\n' + BACKENDS)
     assert any(issue.startswith(f"{section}.metrics_listen") for issue in found), found
+
+
+@pytest.mark.parametrize("url", ["unix:/var/run/mushishi/egress.sock",
+                                 "unix:/run//mushishi/egress.sock",
+                                 "unix:/proc/self/root/run/mushishi/egress.sock"])
+def test_a_backend_at_the_egress_socket_under_another_spelling_is_refused(
+        tmp_path: Path, url: str) -> None:
+    found = issues_for(tmp_path, url=url)
+    assert any(issue.startswith(f"backends.other.url: {url} is router.egress_socket")
+               for issue in found), found
+
+
+@pytest.mark.parametrize("url", ["unix:/run/mushishi/router.sock",
+                                 "unix:/var/run/mushishi/./router.sock"])
+def test_a_backend_at_the_routers_own_socket_is_refused(tmp_path: Path, url: str) -> None:
+    found = issues_for(tmp_path, url=url, extra="")
+    assert any(issue.startswith(f"backends.other.url: {url} is the router's own socket")
+               for issue in found), found
+    assert any(issue.startswith("profiles.private.chain[1]:") for issue in found), found
+
+
+PEERS = BACKENDS + """
+[profiles.private]
+tier = "T1"
+chain = ["cpu"]
+
+[profiles.personal]
+tier = "T2"
+chain = ["cpu", "cloud"]
+
+[router]
+unix_peers = {peers}
+"""
+
+
+@pytest.mark.parametrize(("peers", "issue"), [
+    ('{ mushishi = ["private", "personal"] }',
+     "router.unix_peers.mushishi[1]: user mushishi runs the units that read T1 prompts"),
+    ('{ root = ["personal"] }',
+     "router.unix_peers.root[0]: user root runs the units that read T1 prompts"),
+    ('{ "0" = ["personal"] }',
+     "router.unix_peers.0[0]: user root runs the units that read T1 prompts"),
+])
+def test_a_user_of_the_units_that_read_t1_prompts_may_be_mapped_only_to_sovereign_profiles(
+        tmp_path: Path, peers: str, issue: str) -> None:
+    found = config_issues(tmp_path, PEERS.format(peers=peers))
+    assert len(found) == 1 and found[0].startswith(issue), found
+    assert "'personal' (T2)" in found[0] and "mushishi-bench" in found[0], found
+
+
+@pytest.mark.parametrize("peers", ['{ mushishi = ["private"] }',
+                                   '{ mushishi-bench = ["private", "personal"] }'])
+def test_sovereign_mappings_and_the_bench_user_are_accepted(tmp_path: Path, peers: str) -> None:
+    # mushishi-bench is created by `mushishi install`: accepted before it exists.
+    assert config_issues(tmp_path, PEERS.format(peers=peers)) == []
+
+
+MEDIA = BACKENDS + """
+[profiles.private]
+tier = "{tier}"
+chain = ["cpu"]
+local_media_prefixes = [{prefix}]
+"""
+
+
+@pytest.mark.parametrize(("tier", "prefix", "issue"), [
+    ("T1", '"http://127.0.0.1:8090/media/"', None),
+    ("T1-strict", '"http://llm.tailnet.example:8090/"', None),
+    ("T1", '"https://media.example.com/"', "must be local: hostname 'media.example.com' is "
+                                           "not listed in router.local_hosts"),
+    ("T1", '"http://203.0.113.7/"', "must be local: 203.0.113.7 is outside"),
+    ("T1", '"http://127.0.0.1:8090"', "must be an http(s) URL ending with `/`"),
+    ("T1", '"unix:/run/media.sock"', "must be an http(s) URL ending with `/`"),
+    ("T1", '"http://user@127.0.0.1/"', "carries userinfo"),
+    ("T2", '"http://127.0.0.1:8090/media/"', "only T1 and T1-strict profiles check media"),
+])
+def test_local_media_prefixes_are_checked_like_backends(
+        tmp_path: Path, tier: str, prefix: str, issue: str | None) -> None:
+    text = MEDIA.format(tier=tier, prefix=prefix).replace(
+        "[backends.cpu]", '[router]\nlocal_hosts = ["llm.tailnet.example"]\n\n[backends.cpu]')
+    found = config_issues(tmp_path, text)
+    if issue is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(
+            "profiles.private.local_media_prefixes[0]: ") and issue in found[0], found

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,42 @@ def test_parsed_url_keeps_base_path_and_default_port() -> None:
     assert (parsed.scheme, parsed.host, parsed.port, parsed.base_path) == (
         "https", "::1", 443, "/api/v1")
     assert parsed.origin == "https://[::1]:443"
+
+
+def _spellings(real: Path, link_dir: Path) -> list[str]:
+    """The egress socket `real` under other names: each reaches the very same socket."""
+    (link_dir / "via-link").symlink_to(real.parent)
+    (link_dir / "sock-link").symlink_to(real)
+    parent = str(real.parent)
+    return [f"{parent}//{real.name}", f"{parent}/./{real.name}",
+            f"{parent}/../{real.parent.name}/{real.name}",
+            f"/proc/self/root{real}", f"{link_dir}/via-link/{real.name}",
+            f"{link_dir}/sock-link"]
+
+
+def test_the_egress_socket_under_any_spelling_is_never_local(tmp_path: Path) -> None:
+    real = tmp_path / "run" / "egress.sock"
+    real.parent.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(real))
+    links = tmp_path / "links"
+    links.mkdir()
+    try:
+        for spelling in _spellings(real, links):
+            verdict = backend_locality(f"unix:{spelling}", NETWORKS, LOCAL_HOSTS,
+                                       egress_socket=str(real))
+            assert not verdict.local, (spelling, verdict)
+            assert "router.egress_socket" in verdict.reason, verdict
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("spelling", [
+    "/var/run/mushishi/egress.sock", "/run//mushishi/egress.sock",
+    "/run/./mushishi/egress.sock", "/proc/self/root/run/mushishi/egress.sock",
+])
+def test_the_egress_socket_is_recognised_before_it_exists(spelling: str) -> None:
+    # At `config check` before mushishi-egress.socket ever ran: paths compared resolved.
+    verdict = backend_locality(f"unix:{spelling}", NETWORKS, LOCAL_HOSTS,
+                               egress_socket="/run/mushishi/egress.sock")
+    assert not verdict.local, (spelling, verdict)
