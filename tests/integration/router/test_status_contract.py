@@ -36,7 +36,7 @@ async def test_the_contract_holds_while_following_gpud(
         tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin) -> None:
     async with running_box(tmp_path, bus_address=private_bus.address,
                            follow_gpu=True) as box:
-        await wait_for(lambda: box.router.board.gpu.present, what="gpud followed")
+        await wait_for(lambda: box.router.state.gpu.present, what="gpud followed")
         parsed = await body_round_trips(box)
     assert (parsed.gpu.present, parsed.gpu.active_mode, parsed.gpu.state) == (
         True, "forensic", "ready")
