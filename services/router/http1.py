@@ -30,6 +30,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 # body byte (a header block or a trailer still arriving, a chunk-size line with its
 # extensions): llhttp checks their syntax but bounds neither.
 MAX_HEAD_BYTES = 64 * 1024
+_TOO_LONG = f"response headers, a chunk line or trailers longer than {MAX_HEAD_BYTES} bytes"
 PAUSE_ABOVE = 1 << 20  # body bytes buffered before reading from the socket pauses
 IDLE_S = 15.0  # an idle keep-alive connection older than this is closed, not reused
 WRITE_APART = 64 * 1024  # a body this large is written after the head, not copied onto it
@@ -188,7 +189,7 @@ class _Connection(asyncio.Protocol):
             self._broken(cause or ResponseBroken(f"not an HTTP/1.1 answer: {error}"))
             return
         if self._bodiless > MAX_HEAD_BYTES:
-            self._broken(_too_long())
+            self._broken(ResponseBroken(_TOO_LONG))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -220,7 +221,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _too_long()
+            raise ResponseBroken(_TOO_LONG)
         if self._response is not None:
             return  # a trailer: nothing here reads them
         key = name.decode("latin-1").lower()
@@ -348,11 +349,6 @@ class _Connection(asyncio.Protocol):
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
-
-
-def _too_long() -> ResponseBroken:
-    return ResponseBroken(f"response headers, a chunk line or trailers longer than "
-                          f"{MAX_HEAD_BYTES} bytes")
 
 
 class Pool:
