@@ -22,7 +22,8 @@ What they read and decide with:
 * `state` — live routing state: backend health, concurrency slots, the T1 queues, the GPU
   mode, and the change signal waiters wake on.
 * `upstream` and `http1` — the pools to backends and to the egress, the connect-time
-  sovereignty check, and the small HTTP/1.1 client that speaks to them.
+  sovereignty check, and the small HTTP/1.1 client that speaks to them (httptools parses
+  the answers).
 * `health` — active health probes of local backends.
 * `gpu_mode` — the io.mushishi.GpuMode1 client that follows gpud; `mode_switch` — asking
   gpud for a profile's mode, one SwitchMode call per mode.

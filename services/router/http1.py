@@ -1,27 +1,36 @@
-"""A small HTTP/1.1 client for the request path: what the router sends to a backend or to the
-egress, and the health probes.
+"""The router's HTTP/1.1 client: what it sends to a backend or to the egress, and the probes.
 
 One `Pool` per origin keeps idle keep-alive connections; each connection carries one request
-at a time. A response's body is framed by `Content-Length`, chunked encoding, or the end of
-the connection, and is read whole (`read`) or as it arrives (`read_some`), with reading
-paused while too much is buffered. Nothing is followed, retried, decompressed or proxied:
-no redirects, no proxy variables, no cookies, no `User-Agent`.
+at a time. The response is parsed by httptools (Node.js's llhttp, also uvicorn's parser):
+the status line, headers, Content-Length, chunked encoding with its extensions and
+trailers, and which answers have no body (1xx, 204, 304). This module keeps what a parser
+does not do: the pools, the end of a body framed by the connection's end (httptools has no
+`finish()`), a cap on the header block (llhttp has none), pausing reads while too much body
+is buffered, streaming a request body with the socket's flow control, and closing the
+connection when a caller gives up. A body is read whole (`read`) or as it arrives
+(`read_some`). Nothing is followed, retried, decompressed or proxied: no redirects, no proxy
+variables, no cookies, no `User-Agent`.
 
-Why not aiohttp's client: on a routed request it cost about as much CPU as the whole rest of
-the router's work (benchmarks/router/README.md), and none of its features are wanted here.
-Opening a connection is the caller's `Connect` (upstream.py), where the connect-time
-sovereignty check lives; this module only speaks the protocol.
+Why its own pools and not aiohttp's client: on a routed request that client cost about as
+much CPU as the whole rest of the router's work (benchmarks/router/README.md), and none of
+its features are wanted here. Opening a connection is the caller's `Connect` (upstream.py),
+where the connect-time sovereignty check lives.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
-MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one response
-MAX_CHUNK_LINE = 4096  # a chunk-size line, extensions included
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+# The header fields of one answer (trailers included), and the bytes in a row that carry no
+# body byte (a header block or a trailer still arriving, a chunk-size line with its
+# extensions): llhttp checks their syntax but bounds neither.
+MAX_HEAD_BYTES = 64 * 1024
+_TOO_LONG = f"response headers, a chunk line or trailers longer than {MAX_HEAD_BYTES} bytes"
 PAUSE_ABOVE = 1 << 20  # body bytes buffered before reading from the socket pauses
 IDLE_S = 15.0  # an idle keep-alive connection older than this is closed, not reused
 WRITE_APART = 64 * 1024  # a body this large is written after the head, not copied onto it
@@ -48,10 +57,6 @@ class ResponseBroken(UpstreamError):
     answer was complete."""
 
 
-_LENGTH, _CHUNKED, _UNTIL_CLOSE, _NONE = range(4)
-_SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
-
-
 class Response:
     """One upstream answer: status and headers at once, the body as it arrives."""
 
@@ -71,7 +76,7 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    # -- what the protocol feeds ------------------------------------------------------------
+    # -- what the connection feeds ----------------------------------------------------------
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
@@ -147,64 +152,104 @@ class Response:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection, parsing the answer to the request in flight."""
+    """One keep-alive connection: writes a request, feeds its answer to the parser, whose
+    callbacks (the `on_*` methods) build the `Response`."""
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
+        self._parser = HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.reusable = False
-        self._paused = False
+        self.idle_since = 0.0
+        self._keep_alive = True  # the request allows reusing the connection
         self._waiter: asyncio.Future[Response] | None = None  # until status and headers
         self._response: Response | None = None  # while its body arrives
-        self._buffer = b""
-        self._head_done = True  # no request in flight
-        self._framing = _NONE
-        self._remaining = 0
-        self._chunk_state = _SIZE
-        self._keep_alive = True
-        self.idle_since = 0.0
+        self._headers: dict[str, str] = {}
+        self._head_bytes = 0  # header fields of this answer
+        self._bodiless = 0  # bytes received since the last body byte
+        self._paused = False
+        self._sending = False  # a streamed request body is still being written
+        self._writable: asyncio.Future[None] | None = None  # while writing is paused
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
+        self._bodiless += len(data)
         try:
-            if not self._head_done:
-                data = self._parse_head(data)
-                if data is None:
-                    return
-            if self._response is not None:
-                self._parse_body(data)
-            elif data:
-                raise ResponseBroken("the upstream sent bytes nobody asked for")
-        except ResponseBroken as error:
-            self._broken(error)
-
-    def eof_received(self) -> bool:
-        if self._response is not None and self._framing == _UNTIL_CLOSE:
-            self._complete()
-        return False  # close the transport
+            self._parser.feed_data(data)
+        except HttpParserUpgrade:
+            self._broken(ResponseBroken("the upstream switched to another protocol"))
+            return
+        except HttpParserError as error:
+            cause = error.__context__  # what one of the callbacks below raised
+            if cause is not None and not isinstance(cause, ResponseBroken):
+                raise cause from None  # a bug here: the loop logs it, closes the connection
+            self._broken(cause or ResponseBroken(f"not an HTTP/1.1 answer: {error}"))
+            return
+        if self._bodiless > MAX_HEAD_BYTES:
+            self._broken(ResponseBroken(_TOO_LONG))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self._pool.forget(self)
-        if self._response is not None and self._framing == _UNTIL_CLOSE and exc is None:
-            self._complete()
+        self._wake_writer()
+        if exc is None and self._response is not None and self._ends_with_connection():
+            self._complete(keep_alive=False)
+            return
         error = ResponseBroken("the upstream closed the connection" if exc is None else
                                f"the connection to the upstream failed ({exc})")
         if exc is not None:
             error.__cause__ = exc
         self._broken(error)
 
-    def pause_writing(self) -> None:  # the request is already in memory: nothing to pause
-        pass
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
-        pass
+        self._wake_writer()
+
+    # -- the parser's callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._waiter is None:
+            raise ResponseBroken("the upstream sent bytes nobody asked for")
+        self._headers = {}
+        self._head_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ResponseBroken(_TOO_LONG)
+        if self._response is not None:
+            return  # a trailer: nothing here reads them
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip()
+        headers = self._headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            raise ResponseBroken(f"not an HTTP/1.x answer (HTTP/{parser.get_http_version()})")
+        response = self._response = Response(status, self._headers, self)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        self._wake_writer()  # answered before the whole request body was sent: stop sending
+
+    def on_body(self, body: bytes) -> None:
+        self._bodiless = 0
+        if self._response is not None:
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._response is not None:  # else an interim answer ended
+            self._complete(self._keep_alive and self._parser.should_keep_alive())
 
     # -- requests ---------------------------------------------------------------------------
     def send(self, head: bytes, body: bytes | None,
@@ -213,8 +258,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.reusable = False
         self._keep_alive = keep_alive
-        self._head_done = False
-        self._buffer = b""
+        self._bodiless = 0
+        self._sending = False
         self._waiter = asyncio.get_running_loop().create_future()
         if body is None:
             self.transport.write(head)
@@ -223,6 +268,34 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.writelines((head, body))
         return self._waiter
+
+    async def send_body(self, body: AsyncIterable[bytes], length: int | None,
+                        answer: asyncio.Future[Response]) -> None:
+        """Write a request body as it comes: as is when `length` is known, else in chunks,
+        waiting while the socket's buffer is full. Stops early, leaving the connection
+        unusable, once the answer's head arrived or the connection closed."""
+        self._sending = True
+        sent = 0
+        async for piece in body:
+            if answer.done() or self.transport is None or self.transport.is_closing():
+                return
+            if not piece:
+                continue  # an empty chunk would end a chunked body
+            sent += len(piece)
+            if length is None:
+                self.transport.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
+            elif sent > length:
+                break
+            else:
+                self.transport.write(piece)
+            if self._writable is not None:
+                await self._writable
+        if length is not None and sent != length:
+            raise ValueError(f"the request body had {sent} bytes, not the {length} its "
+                             "Content-Length said")
+        if length is None and not answer.done() and not self.transport.is_closing():
+            self.transport.write(b"0\r\n\r\n")
+        self._sending = False
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -239,143 +312,26 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    # -- parsing ----------------------------------------------------------------------------
-    def _parse_head(self, data: bytes) -> bytes | None:
-        """Status line and headers; the rest of `data`, or None until they are complete."""
-        while True:
-            end = data.find(b"\r\n\r\n")
-            if end > MAX_HEAD_BYTES or (end < 0 and len(data) > MAX_HEAD_BYTES):
-                raise ResponseBroken(f"response headers longer than {MAX_HEAD_BYTES} bytes")
-            if end < 0:
-                self._buffer = data
-                return None
-            lines = data[:end].split(b"\r\n")
-            data = data[end + 4:]
-            status_line = lines[0]
-            code = status_line[9:12]
-            if not status_line.startswith(b"HTTP/1.") or status_line[8:9] != b" " \
-                    or len(code) != 3 or not code.isdigit() \
-                    or status_line[12:13] not in (b"", b" "):
-                raise ResponseBroken(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-            status = int(code)
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, colon, value = line.partition(b":")
-                if not colon or not name or name != name.strip() or name[0:1] in b" \t":
-                    raise ResponseBroken(f"malformed response header: {line[:80]!r}")
-                key = name.decode("latin-1").lower()
-                text = value.strip().decode("latin-1")
-                headers[key] = f"{headers[key]}, {text}" if key in headers else text
-            if 100 <= status < 200:
-                continue  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-            self._start(status, headers, status_line[7:8] == b"0")
-            return data
+    # -- ends -------------------------------------------------------------------------------
+    def _ends_with_connection(self) -> bool:
+        """Whether the answer's body ends with the connection: neither a Content-Length nor
+        chunked coding (llhttp's rule; httptools cannot be told the connection ended)."""
+        coding = self._headers.get("transfer-encoding", "")
+        return "content-length" not in self._headers and \
+            coding.rpartition(",")[2].strip().lower() != "chunked"
 
-    def _start(self, status: int, headers: dict[str, str], http10: bool) -> None:
-        connection = headers.get("connection", "").lower()
-        self._keep_alive = self._keep_alive and ("close" not in connection) and (
-            not http10 or "keep-alive" in connection)
-        coding = headers.get("transfer-encoding")
-        if status in (204, 304):
-            self._framing = _NONE
-        elif coding is not None:
-            if coding.rpartition(",")[2].strip().lower() != "chunked":
-                self._framing, self._keep_alive = _UNTIL_CLOSE, False
-            else:
-                self._framing, self._chunk_state = _CHUNKED, _SIZE
-                if "content-length" in headers:  # both: never trust the connection again
-                    self._keep_alive = False
-        elif "content-length" in headers:
-            lengths = {part.strip() for part in headers["content-length"].split(",")}
-            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-                raise ResponseBroken(f"bad Content-Length: {headers['content-length']!r}")
-            self._framing, self._remaining = _LENGTH, int(lengths.pop())
-        else:
-            self._framing, self._keep_alive = _UNTIL_CLOSE, False
-        self._head_done = True
-        response = self._response = Response(status, headers, self)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
-        if self._framing == _NONE or (self._framing == _LENGTH and self._remaining == 0):
-            self._complete()
-
-    def _parse_body(self, data: bytes) -> None:
-        response = self._response
-        assert response is not None
-        if self._framing == _LENGTH:
-            if len(data) > self._remaining:
-                raise ResponseBroken("the upstream sent more than its Content-Length")
-            if data:
-                self._remaining -= len(data)
-                response._feed(data)
-            if self._remaining == 0:
-                self._complete()
-        elif self._framing == _UNTIL_CLOSE:
-            if data:
-                response._feed(data)
-        elif self._framing == _CHUNKED:
-            self._parse_chunks(data, response)
-        elif data:
-            raise ResponseBroken("the upstream sent a body where none belongs")
-
-    def _parse_chunks(self, data: bytes, response: Response) -> None:
-        position = 0
-        size = len(data)
-        while position < size:
-            state = self._chunk_state
-            if state == _DATA:
-                take = min(self._remaining, size - position)
-                if take:
-                    response._feed(data[position:position + take])
-                    position += take
-                    self._remaining -= take
-                if self._remaining:
-                    return
-                self._chunk_state = _DATA_END
-                continue
-            end = data.find(b"\r\n", position)
-            if end < 0:
-                rest = data[position:]
-                if len(rest) > MAX_CHUNK_LINE:
-                    raise ResponseBroken("a chunk-size line or trailer is too long")
-                self._buffer = rest
-                return
-            line = data[position:end]
-            position = end + 2
-            if state == _SIZE:
-                text = line.partition(b";")[0].strip()
-                try:
-                    self._remaining = int(text, 16)
-                except ValueError:
-                    raise ResponseBroken(f"bad chunk size {text[:20]!r}") from None
-                if self._remaining < 0 or text[:1] in (b"+", b"-") or b"_" in text:
-                    raise ResponseBroken(f"bad chunk size {text[:20]!r}")
-                self._chunk_state = _DATA if self._remaining else _TRAILERS
-            elif state == _DATA_END:
-                if line:
-                    raise ResponseBroken("chunk data longer than its size")
-                self._chunk_state = _SIZE
-            elif not line:  # _TRAILERS: an empty line ends the body
-                self._complete()
-                if position < size:
-                    raise ResponseBroken("the upstream sent bytes nobody asked for")
-                return
-
-    def _complete(self) -> None:
+    def _complete(self, keep_alive: bool) -> None:
         response, self._response = self._response, None
-        self._framing = _NONE
         if response is None:
             return
         self.resume()
-        if self._keep_alive and self.transport is not None and not self.transport.is_closing():
+        response._connection = None  # the connection is no longer the answer's
+        response._finish()
+        if keep_alive and not self._sending and self.transport is not None \
+                and not self.transport.is_closing():
             self.reusable = True
-            response._connection = None  # the connection is the pool's again
-            response._finish()
             self._pool.put_back(self)
         else:
-            response._finish()
-            response._connection = None
             self.close()
 
     def _broken(self, error: ResponseBroken) -> None:
@@ -388,6 +344,11 @@ class _Connection(asyncio.Protocol):
             response._fail(error)
         if self.transport is not None:
             self.transport.close()
+
+    def _wake_writer(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
 
 class Pool:
@@ -402,26 +363,42 @@ class Pool:
         self._open: set[_Connection] = set()
 
     async def request(self, method: str, target: str, headers: bytes,
-                      body: bytes | None = None) -> Response:
-        """Send one request (`headers`: ready CRLF-terminated lines, no Host or
-        Content-Length); its answer once its status and headers have arrived.
+                      body: bytes | AsyncIterable[bytes] | None = None, *,
+                      length: int | None = None) -> Response:
+        """Send one request (`headers`: ready CRLF-terminated lines, no Host,
+        Content-Length or Transfer-Encoding); its answer once its status and headers have
+        arrived.
+
+        `body` is bytes, or an async iterable of bytes sent as it yields, never held whole:
+        with a Content-Length when `length` is given (it must be exact), else chunked. An
+        answer that arrives before such a body is sent stops the sending at its next piece.
 
         Raises ConnectFailed when no connection opens, ResponseBroken when the answer breaks
-        off. A cancelled or timed-out call closes its connection.
+        off, ValueError when a streamed body's size is not `length`. A cancelled or
+        timed-out call closes its connection.
         """
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
             method.encode("ascii"), target.encode("ascii"), self._host, headers)
-        if body is not None:
+        stream: AsyncIterable[bytes] | None = None
+        if isinstance(body, bytes):
             head += b"Content-Length: %d\r\n" % len(body)
+        elif body is not None:
+            stream, body = body, None
+            head += b"Transfer-Encoding: chunked\r\n" if length is None else \
+                b"Content-Length: %d\r\n" % length
         if not self._keep_alive:
             head += b"Connection: close\r\n"
         head += b"\r\n"
         connection = self._take_idle()
         if connection is None:
             connection = await self._open_connection()
+        answer = connection.send(head, body, self._keep_alive)
         try:
-            return await connection.send(head, body, self._keep_alive)
+            if stream is not None:
+                await connection.send_body(stream, length, answer)
+            return await answer
         except BaseException:
+            answer.cancel()
             connection.close()
             raise
 
