@@ -12,16 +12,11 @@ connect times out), which cannot be told apart from a black hole.
 
 from __future__ import annotations
 
-import errno
 import socket
 from dataclasses import dataclass
 
 from mushishi.shared.config.router import parse_listen
-
-# cgroup BPF's verdict on a datagram is EPERM. EACCES is not counted: it is what a
-# broadcast address without SO_BROADCAST gets, confinement or not.
-_KERNEL_REFUSED = (errno.EPERM,)
-_NO_ROUTE_HERE = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL)
+from mushishi.shared.confinement_probe import classify_send_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +28,8 @@ class Confinement:
 
 
 def check_kernel_confinement(probe: str) -> Confinement:
-    """Send one datagram to `probe` (IP:PORT); the kernel must refuse it."""
+    """Send one datagram to `probe` (IP:PORT); the kernel must refuse it (the rule of what a
+    refusal means is shared with the tenants' probe: shared/confinement_probe.py)."""
     host, port = parse_listen(probe)
     family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -41,14 +37,12 @@ def check_kernel_confinement(probe: str) -> Confinement:
         try:
             sock.sendto(b"mushishi confinement probe", (str(host), int(port)))
         except OSError as error:
-            name = errno.errorcode.get(error.errno or 0, str(error.errno))
-            if error.errno in _KERNEL_REFUSED:
-                return Confinement(True, f"the kernel refused a datagram to {probe} ({name}): "
-                                         "IPAddressDeny= is in force")
-            if error.errno in _NO_ROUTE_HERE:
-                return Confinement(None, f"no route to {probe} ({name}): the kernel "
-                                         "confinement cannot be shown on this network")
-            return Confinement(False, f"sending to {probe} failed with {name}, not EPERM: the "
-                                      "kernel does not confine the router")
+            verdict = classify_send_error(error.errno, probe)
+            if verdict.confined:
+                return Confinement(True, f"{verdict.detail}: IPAddressDeny= is in force")
+            if verdict.confined is None:
+                return Confinement(None, verdict.detail)
+            return Confinement(False, f"{verdict.detail}: the kernel does not confine the "
+                                      "router")
     return Confinement(False, f"a datagram to {probe} left the router: the kernel does not "
                               "confine it (is IPAddressDeny= set, and cgroup BPF available?)")
