@@ -85,5 +85,6 @@ def test_the_check_finds_a_test_that_is_gone() -> None:
         f"{here}::test_that_was_renamed: no such test in {here}"]
     assert missing([("tests/unit/test_gone.py", "test_x")]) == [
         "tests/unit/test_gone.py::test_x: no such file"]
-    text = f"\n{HEADING}\n\n| door | how T1 text could leave | closed by | proof |\n|---|---|---|---|\n"
+    text = (f"\n{HEADING}\n\n| door | how T1 text could leave | closed by | proof |\n"
+            "|---|---|---|---|\n")
     assert door_table(text + "| reload | a | b | nothing |\n") == {"reload": []}
