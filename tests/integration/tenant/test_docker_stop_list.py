@@ -1,5 +1,5 @@
-"""The stop-list's Docker adapter, through the official `docker` SDK, against the Engine API
-stand-in on a unix socket (no Docker daemon runs on a test machine)."""
+"""The Docker Engine client's stop-list calls, through the official `docker` SDK, against the
+Engine API stand-in on a unix socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.services.tenant.stoplist import Container, DockerContainers
+from mushishi.services.tenant.docker_api import Container, DockerEngine
 from tests.paths import REPO
 
 
@@ -37,15 +37,15 @@ def engine(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]
 
 def test_running_containers_are_listed_by_name(engine: tuple[str, Path, object]) -> None:
     url, _, _ = engine
-    assert sorted(c.name for c in DockerContainers(url).running()) == ["grafana", "ollama"]
+    assert sorted(c.name for c in DockerEngine(url).running()) == ["grafana", "ollama"]
 
 
 def test_stopping_a_container_stops_only_it(engine: tuple[str, Path, subprocess.Popen[bytes]]
                                             ) -> None:
     url, log, sleeper = engine
-    docker = DockerContainers(url)
+    docker = DockerEngine(url)
     (ollama,) = [c for c in docker.running() if c.name == "ollama"]
-    docker.stop(ollama, seconds=5)
+    docker.stop([ollama.id], seconds=5)
     assert [c.name for c in docker.running()] == ["grafana"]
     assert sleeper.wait(timeout=5) == -15  # the container's process got SIGTERM
     (line,) = log.read_text().splitlines()
@@ -54,7 +54,7 @@ def test_stopping_a_container_stops_only_it(engine: tuple[str, Path, subprocess.
 
 def test_unreachable_docker_raises() -> None:
     with pytest.raises(Exception, match=r"(?i)connection|no such file"):
-        DockerContainers("unix:///nonexistent/docker.sock").running()
+        DockerEngine("unix:///nonexistent/docker.sock").running()
 
 
 def test_container_value_is_plain() -> None:
