@@ -16,13 +16,14 @@ runner replaces `confinement.json` after every probe. The layer is:
 
 from __future__ import annotations
 
-import json
+import errno
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mushishi.shared.files import replace_atomically
+from mushishi.shared.files import JsonFileError, load_json_object, write_json
 from mushishi.shared.locality import AddressError, parse_backend_url
 
 if TYPE_CHECKING:
@@ -66,12 +67,17 @@ class TenantsLayer:
 
 def write_record(directory: Path, record: TenantRecord) -> None:
     """Publish `record` in `directory` (the unit's runtime directory), atomically, 0644."""
-    replace_atomically(directory / RECORD_NAME, json.dumps(asdict(record)) + "\n", mode=0o644)
+    write_json(directory / RECORD_NAME, asdict(record), 0o644)
 
 
 def read_record(path: Path) -> TenantRecord:
     """A record written by `write_record`; ValueError or OSError when it is not one."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = load_json_object(path)
+    except JsonFileError as error:
+        raise error.cause or ValueError("not a JSON object") from None
+    if data is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     confined = data["confined"]
     if confined not in (True, False, None):
         raise ValueError(f"confined is {confined!r}")
