@@ -25,6 +25,7 @@ from mushishi.services.backup.core import Fatal
 from mushishi.services.backup.repository import Access, access, copy_access
 from mushishi.services.backup.restic import first_error_line, newest_containing, parse_snapshots
 from mushishi.shared.config.backup import BackupSettings, display_repository
+from mushishi.shared.credentials import CREDENTIALS_DIRECTORY_ENV
 
 CREDENTIALS = "/etc/mushishi/credentials"
 
@@ -66,8 +67,8 @@ def _environ(environ: Mapping[str, str]) -> dict[str, str]:
     """The caller's environment, with the credentials directory of the box when the caller
     did not name one (root reads it; a unit has its own)."""
     result = dict(environ)
-    if "CREDENTIALS_DIRECTORY" not in result and Path(CREDENTIALS).is_dir():
-        result["CREDENTIALS_DIRECTORY"] = CREDENTIALS
+    if CREDENTIALS_DIRECTORY_ENV not in result and Path(CREDENTIALS).is_dir():
+        result[CREDENTIALS_DIRECTORY_ENV] = CREDENTIALS
     return result
 
 

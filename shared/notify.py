@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import sdnotify
 
 SENT_KEPT = 256
+# sd_notify(3)'s variables: the supervisor's own readiness and watchdog.
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:

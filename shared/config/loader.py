@@ -32,13 +32,14 @@ from mushishi.shared.config.settings import (
     _file_data,
 )
 from mushishi.shared.credentials import CREDENTIAL_ENV_PREFIX
+from mushishi.shared.disabled_checks import PREFIX as TEST_ENV_PREFIX
 
 DEFAULT_CONFIG_PATH = Path("/etc/mushishi/mushishi.toml")
 CONFIG_ENV = "MUSHISHI_CONFIG"
 
 # Variables with the MUSHISHI_ prefix that are not config keys.
 NON_CONFIG_ENV = frozenset({CONFIG_ENV, PINNED_HOSTS_ENV})
-NON_CONFIG_ENV_PREFIXES = (CREDENTIAL_ENV_PREFIX, "MUSHISHI_TEST_")
+NON_CONFIG_ENV_PREFIXES = (CREDENTIAL_ENV_PREFIX, TEST_ENV_PREFIX)
 
 
 class ConfigError(Exception):
