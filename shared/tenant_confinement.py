@@ -16,8 +16,6 @@ runner replaces `confinement.json` after every probe. The layer is:
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,14 +68,12 @@ def write_record(directory: Path, record: TenantRecord) -> None:
     write_json(directory / RECORD_NAME, asdict(record), 0o644)
 
 
-def read_record(path: Path) -> TenantRecord:
-    """A record written by `write_record`; ValueError or OSError when it is not one."""
-    try:
-        data = load_json_object(path)
-    except JsonFileError as error:
-        raise error.cause or ValueError("not a JSON object") from None
+def read_record(path: Path) -> TenantRecord | None:
+    """A record written by `write_record`, None when there is none yet; JsonFileError,
+    KeyError, TypeError or ValueError when the file is not one."""
+    data = load_json_object(path)
     if data is None:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return None
     confined = data["confined"]
     if confined not in (True, False, None):
         raise ValueError(f"confined is {confined!r}")
@@ -89,12 +85,14 @@ def read_record(path: Path) -> TenantRecord:
 def _reading(directory: Path, now: float) -> tuple[bool | None, str]:
     name = directory.name
     path = directory / RECORD_NAME
-    if not path.exists():
-        return None, f"tenant {name}: not probed yet (starting)"
     try:
         record = read_record(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except JsonFileError as error:
+        return None, f"tenant {name}: unreadable {path} ({error.cause or 'not an object'})"
+    except (ValueError, KeyError, TypeError) as error:
         return None, f"tenant {name}: unreadable {path} ({error})"
+    if record is None:
+        return None, f"tenant {name}: not probed yet (starting)"
     age = now - record.checked_at
     if age > STALE_INTERVALS * record.interval_s + STALE_SLACK_S:
         return None, (f"tenant {name}: the last probe is {age:.0f} s old (every "
