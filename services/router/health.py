@@ -51,12 +51,19 @@ class HealthProber:
         self._clock = clock
         self._kicks: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Probes begun and finished per backend, and an event set when one finishes: what
+        # `rejudge` waits on.
+        self._begun: dict[str, int] = {}
+        self._finished: dict[str, int] = {}
+        self._judged: dict[str, asyncio.Event] = {}
 
     def start(self) -> None:
         """Start probing every local backend."""
         for name, backend in self._state.backends.items():
             if backend.hop.local:
                 self._kicks[name] = asyncio.Event()
+                self._begun[name] = self._finished[name] = 0
+                self._judged[name] = asyncio.Event()
                 self._tasks.append(asyncio.create_task(self._loop(name), name=f"probe-{name}"))
 
     async def close(self) -> None:
@@ -69,14 +76,31 @@ class HealthProber:
             if name is None or key == name:
                 event.set()
 
+    async def rejudge(self, name: str, wait_s: float) -> Health | None:
+        """Probe `name` afresh (a probe begun after this call, shared with every other caller
+        waiting for one) and return its verdict; None when none came within `wait_s`."""
+        if name not in self._kicks:
+            return self._state.health(name)
+        wanted = self._begun[name] + 1
+        self._kicks[name].set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(wait_s, 0.0)):
+                while self._finished[name] < wanted:
+                    await self._judged[name].wait()
+        return self._state.health(name) if self._finished[name] >= wanted else None
+
     async def _loop(self, name: str) -> None:
         kick = self._kicks[name]
         while True:
             kick.clear()
+            self._begun[name] += 1
             try:
                 await self.probe(name)
             except Exception:  # a probe bug must not stop probing
                 log.exception("probing backend %s failed", name, extra={"MUSHISHI_BACKEND": name})
+            self._finished[name] = self._begun[name]
+            judged, self._judged[name] = self._judged[name], asyncio.Event()
+            judged.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await kick.wait()

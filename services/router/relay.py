@@ -251,6 +251,8 @@ def _answer_headers(call: Call, backend: str) -> dict[str, str]:
                "X-Mushishi-Backend": backend, "X-Request-Id": call.request_id}
     if call.fallbacks:
         headers["X-Mushishi-Fallbacks"] = str(call.fallbacks)
+    if call.retries:
+        headers["X-Mushishi-Retries"] = str(call.retries)
     return headers
 
 

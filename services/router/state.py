@@ -19,9 +19,11 @@ class Slots:
     """`limit` requests in flight at once (None: unlimited) and a FIFO of at most `queue_max`
     waiters. A released slot goes straight to the oldest waiter."""
 
-    def __init__(self, limit: int | None, queue_max: int) -> None:
+    def __init__(self, limit: int | None, queue_max: int,
+                 on_free: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.queue_max = queue_max
+        self._on_free = on_free  # a slot went free with nobody in this FIFO
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -74,6 +76,7 @@ class Slots:
                 waiter.set_result(None)
                 return
         self.in_flight -= 1
+        self._on_free()
 
     def _prune(self) -> None:
         while self._waiters and self._waiters[0].done():
@@ -97,7 +100,7 @@ class RoutingState:
     def __init__(self, hops: Mapping[str, Hop], clock: Callable[[], float]) -> None:
         self._clock = clock
         self.backends: dict[str, BackendState] = {
-            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max),
+            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max, self._slot_freed),
                                Health.UP if not hop.local else Health.UNKNOWN)
             for name, hop in hops.items()
         }
@@ -138,6 +141,11 @@ class RoutingState:
     def leave_t1_queue(self, profile: str) -> None:
         """A request of `profile` stops waiting (served, refused or gone)."""
         self._t1_queued[profile] -= 1
+
+    def _slot_freed(self) -> None:
+        """A request in a T1 queue may be waiting for this slot (its FIFO was full)."""
+        if any(self._t1_queued.values()):
+            self.notify()
 
     def set_health(self, name: str, health: Health, reason: str) -> None:
         """Record a backend's health; wake waiters when it changes."""

@@ -4,9 +4,9 @@ again for the same request once the prober judges it healthy (issue 14, item 1).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import aiohttp
-from pathlib import Path
 
 from tests.integration.router.harness import PERSONAL_KEY, Box, post_chat, running_box
 from tests.standins.openai_server import Fault
