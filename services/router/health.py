@@ -4,6 +4,10 @@
 read once to check the configured model is really served, by its alias), 503 "Loading
 model" is starting, a refused connection while the GPU mode is (re)starting is starting,
 anything else is down. A backend whose GPU mode is not active is not probed at all.
+
+Busy is not wedged: a /health that times out while the backend keeps sending the router
+answers (a byte within `BUSY_WINDOW_S` to a request in flight) leaves it up; llama-server
+answers /health from the same few HTTP threads as completions, so a saturated one is slow to.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ log = logging.getLogger("mushishi.router.health")
 # After gpud reports a mode change, a backend of that mode refusing connections is taken to
 # be starting (vLLM listens only once its engine is up), not down, for this long.
 STARTING_GRACE_S = 180.0
+# A backend that sent a byte to a request in flight this recently is busy, not hung.
+BUSY_WINDOW_S = 10.0
 _PROBE_HEADERS = b"Accept: */*\r\nAccept-Encoding: identity\r\n"
 
 
@@ -132,7 +138,13 @@ class HealthProber:
             else:
                 health, reason = Health.DOWN, f"/health answered {response.status}"
         except TimeoutError:
-            health, reason = Health.DOWN, f"no answer to /health in {self._timeout:g}s (hung?)"
+            answering = self._state.answering(name, BUSY_WINDOW_S)
+            if answering:
+                health, reason = Health.UP, (f"busy: /health took over {self._timeout:g}s, "
+                                             f"answering {answering} request(s)")
+            else:
+                health, reason = Health.DOWN, (f"no answer to /health in {self._timeout:g}s "
+                                               "(hung?)")
         except ConnectFailed as error:
             layer = refused_by_policy(error)
             if layer is not None:

@@ -91,6 +91,7 @@ class BackendState:
     slots: Slots
     health: Health = Health.UNKNOWN
     reason: str = ""
+    heard_at: float = float("-inf")  # when its last answer byte reached the router
 
 
 class RoutingState:
@@ -129,6 +130,18 @@ class RoutingState:
     def slots(self, name: str) -> Slots:
         """Backend `name`'s concurrency slots (in flight, queued)."""
         return self.backends[name].slots
+
+    def heard_from(self, name: str) -> None:
+        """Backend `name` sent a byte of an answer (its first, or a stream's next)."""
+        self.backends[name].heard_at = self._clock()
+
+    def answering(self, name: str, within_s: float) -> int:
+        """Requests in flight at backend `name` if it sent the router an answer's byte within
+        `within_s` (busy, not wedged), else 0."""
+        backend = self.backends[name]
+        if self._clock() - backend.heard_at > within_s:
+            return 0
+        return backend.slots.in_flight
 
     def t1_queued(self, profile: str) -> int:
         """Requests of a T1 profile waiting in its queue for a local backend."""
