@@ -1,7 +1,10 @@
 """Active health probes of local backends: up, starting, or down — never a long cooldown.
 
 `GET <origin>/health` (vLLM and llama-server both serve it): 200 is up (then `/v1/models` is
-read once to check the configured model is really served, by its alias), 503 "Loading
+read once to check the configured model is really served, by its alias, and, when the
+config sets no `max_concurrency`, llama-server's `GET /props` `total_slots` becomes the
+backend's concurrency limit: more would only wait inside llama-server or be dropped by it;
+vLLM publishes no `max_num_seqs`), 503 "Loading
 model" is starting, a refused connection while the GPU mode is (re)starting is starting,
 anything else is down. A backend whose GPU mode is not active is not probed at all.
 
@@ -133,6 +136,8 @@ class HealthProber:
                 health, reason = Health.UP, "healthy"
                 if backend.health is not Health.UP:
                     health, reason = await self._check_model(hop)
+                    if health is Health.UP and hop.max_concurrency is None:
+                        await self._learn_slots(hop)
             elif response.status == 503 and b"loading" in body.lower():
                 health, reason = Health.STARTING, "loading model"
             else:
@@ -155,6 +160,27 @@ class HealthProber:
             health, reason = Health.DOWN, f"probe failed: {without_quoted(str(error))}"
         self._state.set_health(name, health, reason)
         return health
+
+    async def _learn_slots(self, hop: Hop) -> None:
+        """llama-server's slot count (`GET /props` `total_slots`) as the backend's limit."""
+        target = self._upstreams.endpoint(hop.name).props
+        if target is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await target.pool.request("GET", target.path, _PROBE_HEADERS)
+                body = await response.read()
+            slots = json.loads(body).get("total_slots") if response.status == 200 else None
+        except (TimeoutError, UpstreamError, OSError, ValueError, AttributeError):
+            return
+        limit = self._state.slots(hop.name)
+        if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1 \
+                and slots != limit.limit:
+            limit.set_limit(slots)
+            log.info("backend %s has %d slots (llama-server /props total_slots): at most %d "
+                     "requests in flight, the rest wait in the router (set "
+                     "backends.%s.max_concurrency to choose)", hop.name, slots, slots,
+                     hop.name, extra={"MUSHISHI_BACKEND": hop.name})
 
     async def _check_model(self, hop: Hop) -> tuple[Health, str]:
         """A healthy backend must serve the configured model name (its alias, not a path)."""

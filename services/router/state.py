@@ -68,6 +68,15 @@ class Slots:
             self._prune()
         return True
 
+    def set_limit(self, limit: int | None) -> None:
+        """A new limit (learned from the backend); waiters take the slots it frees."""
+        self.limit = limit
+        while self._waiters and not self.full:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
     def release(self) -> None:
         """Give the slot to the oldest waiter, or free it."""
         while self._waiters:
