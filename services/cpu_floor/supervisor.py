@@ -343,8 +343,9 @@ class Supervisor:
             before = await client.progress(settings.check_timeout_s)
             result = await client.smoke(settings.alias, settings.smoke_max_tokens,
                                         settings.smoke_timeout_s)
+            # /metrics starved before the smoke: do not wait for it again (CPU time tells).
             after = (await client.progress(settings.check_timeout_s)
-                     if result.timed_out else None)
+                     if result.timed_out and before is not None else None)
             verdict = core.judge_smoke(answered=result.answered, timed_out=result.timed_out,
                                        progress_before=before, progress_after=after,
                                        working=core.working(cpu_before, self._cpu_sample()))
