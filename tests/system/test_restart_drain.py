@@ -33,6 +33,7 @@ CLOUD = "203.0.113.20"
 REQUESTS = int(os.environ.get("MUSHISHI_RESTART_REQUESTS", "2000"))
 RESTARTS = int(os.environ.get("MUSHISHI_RESTARTS", "3"))
 CONCURRENCY = 32
+ANSWER_TIME = ("--tokens", "8", "--token-delay", "0.025")
 CONFIG = f"""
 [router]
 listen = ["127.0.0.1:4000", "unix:/run/mushishi/router.sock"]
@@ -83,10 +84,11 @@ url = "http://127.0.0.1:9"
 @pytest.fixture(scope="module")
 def world() -> Iterator[CloudWorld]:
     def backends(standins: HostStandins, records: Path) -> None:
+        # 8 tokens, 25 ms each: 0.2 s an answer, so that the load outlasts the restarts.
         standins.start("tests.standins.vllm", "--host", "127.0.0.1", "--port", "8001",
-                       "--model", "cpu-alias", "--name", "cpu")
+                       "--model", "cpu-alias", "--name", "cpu", *ANSWER_TIME)
         standins.start("tests.standins.cloud", "--host", CLOUD, "--port", "8443",
-                       "--model", "moonshotai/kimi-k2.6", "--key", PROVIDER_KEY)
+                       "--model", "moonshotai/kimi-k2.6", "--key", PROVIDER_KEY, *ANSWER_TIME)
 
     with cloud_world(CONFIG, {"ngc-api-key": PROVIDER_KEY}, CLOUD, backends) as world:
         world.box.systemctl("start", "mushishi-router.service", "mushishi-egress.service")
@@ -112,7 +114,8 @@ def restart_under_load(box: Sandbox, unit: str, profile: str, out: Path) -> list
     results = json.loads(out.read_text())
     assert len(results) == REQUESTS
     assert max(r["started"] for r in results) > restarted, \
-        "the load ended before the last restart: raise MUSHISHI_RESTART_REQUESTS"
+        f"the load ended before the last restart: raise MUSHISHI_RESTART_REQUESTS " \
+        f"({report(unit, results)})"
     assert box.journal("-u", unit, "-o", "cat").count("stopping: draining") >= RESTARTS
     return results
 
@@ -120,8 +123,10 @@ def restart_under_load(box: Sandbox, unit: str, profile: str, out: Path) -> list
 def report(what: str, results: list[dict]) -> str:
     seconds = max(r["started"] + r["seconds"] for r in results) - min(r["started"]
                                                                       for r in results)
+    errors = sorted({str(r["error"]) for r in results if "error" in r})
     return (f"{what}: {len(results)} requests, {CONCURRENCY} at a time, {RESTARTS} restarts, "
-            f"{seconds:.1f} s, failed: {router_load.failures(results) or 0}")
+            f"{seconds:.1f} s, failed: {router_load.failures(results) or 0}"
+            + (f" ({'; '.join(errors[:4])})" if errors else ""))
 
 
 def test_router_restarts_under_keep_alive_load_fail_no_request(world: CloudWorld) -> None:
