@@ -85,7 +85,8 @@ async def serve_until_stopped(
     try:
         await stop.wait()
     finally:
-        deadline = time.monotonic() + drain_s
+        began = time.monotonic()
+        deadline = began + drain_s
         daemon.draining = True
         connections.draining = True
         notifier.stopping(f"draining {daemon.in_flight} request(s), up to {drain_s:g}s")
@@ -107,7 +108,7 @@ async def serve_until_stopped(
         if closing is not None:
             closing()
         await daemon.close()
-        logger.info("stopped")
+        logger.info("stopped: drained in %.1fs", time.monotonic() - began)
 
 
 class Connections:
