@@ -66,16 +66,19 @@ class Injector:
     async def run(self, stop: asyncio.Event, interval: tuple[float, float]) -> None:
         """Start a random fault every `interval` seconds until `stop`, then wait for the
         faults still running to end (each undoes itself: SIGCONT, the disk freed)."""
-        kinds = list(WEIGHTS)
-        weights = [WEIGHTS[kind] for kind in kinds]
+        bag: list[str] = []
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.rng.uniform(*interval))
                 break
             except TimeoutError:
                 pass
-            kind = self.rng.choices(kinds, weights)[0]
+            if not bag:  # every kind, as often as its weight, in a random order
+                bag = [kind for kind, weight in WEIGHTS.items() for _ in range(weight)]
+                self.rng.shuffle(bag)
+            kind = bag.pop()
             if kind in self.active:
+                bag.insert(0, kind)  # later
                 continue
             self.active.add(kind)
             task = asyncio.create_task(self._one(kind))
