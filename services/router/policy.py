@@ -4,15 +4,19 @@ The chain comes from the compiled route table only. A T1-strict profile's requir
 is checked first (open, wait for a switch, ask gpud for one, or refuse). Each hop is judged
 from state, with no round trip for a backend known down or in another GPU mode; a hop at
 `max_concurrency` overflows to the next usable one or waits in its FIFO; a hop that fails
-(`relay`) moves the request on where the tier allows. When no hop of a T1 profile can answer
+(`relay`) moves the request on where the tier allows, unless it failed before its first byte
+and no later local hop can take the request: then it is tried again once the prober judges it
+healthy (`_attempt`: T1 and T1-strict until the queue deadline, T2/T3 once before the cloud).
+When no hop of a T1 profile can answer
 for a reason that can pass, the request waits in the profile's queue for any change; the
 final error of a request nothing answered is `core.final_error`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,6 +25,7 @@ from mushishi.services.router.accounting import Accounting
 from mushishi.services.router.call import Call, RequestBody
 from mushishi.services.router.core import (
     Failure,
+    Health,
     Hop,
     HopFailure,
     ModeGate,
@@ -36,6 +41,12 @@ from mushishi.services.router.state import QueueFull, RoutingState
 
 log = logging.getLogger("mushishi.router.request")
 
+# A hop that failed before its first byte is tried again after this pause (doubling up to the
+# maximum) and a fresh probe that finds it up.
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+_TRANSIENT = frozenset({Failure.BROKEN, Failure.CONNECT})
+
 
 @dataclass(frozen=True, slots=True)
 class Forwarding:
@@ -46,6 +57,8 @@ class Forwarding:
     accounting: Accounting
     switcher: ModeSwitcher | None  # None when gpud is not followed
     clock: Callable[[], float]
+    # Probe a backend afresh: its health then, or None when no probe finished in time.
+    rejudge: Callable[[str, float], Awaitable[Health | None]]
 
 
 async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
@@ -161,7 +174,8 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
                     return None
                 continue
         try:
-            answer = await forwarding.relay.attempt(call, hop, body, request)
+            answer = await _attempt(forwarding, call, hop, body, request,
+                                    _retries(forwarding, call, index, deadline))
         finally:
             slots.release()
         if not isinstance(answer, HopFailure):
@@ -171,6 +185,49 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
         if not profile.falls_back:
             return None
     return None
+
+
+async def _attempt(forwarding: Forwarding, call: Call, hop: Hop, body: RequestBody,
+                   request: web.Request, retries: tuple[int, float]
+                   ) -> web.StreamResponse | HopFailure:
+    """Relay `call` to `hop` (its slot held); a local hop that failed before its first byte
+    is tried again, up to `retries` (times, deadline), after a short backoff and a fresh
+    probe that finds it up. Judged anything else, it is unavailable (a T1 request waits)."""
+    times, until = retries
+    backoff = RETRY_BACKOFF_S
+    while True:
+        answer = await forwarding.relay.attempt(call, hop, body, request)
+        if not isinstance(answer, HopFailure) or answer.kind not in _TRANSIENT \
+                or not hop.local or times <= 0 or until - forwarding.clock() <= backoff:
+            return answer
+        with call.not_overhead():
+            await asyncio.sleep(backoff)
+            health = await forwarding.rejudge(hop.name, until - forwarding.clock())
+        if health is None:
+            return answer  # no fresh verdict before the deadline
+        if health is not Health.UP:
+            return HopFailure(hop.name, Failure.UNAVAILABLE, f"{answer.reason}; then "
+                              f"{forwarding.state.verdict(hop.name).reason}")
+        times -= 1
+        backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+        call.retried()
+        log.info("trying backend %s again for the same request: it failed before the first "
+                 "byte (%s) and a fresh probe finds it up", hop.name, answer.reason,
+                 extra={"MUSHISHI_BACKEND": hop.name})
+
+
+def _retries(forwarding: Forwarding, call: Call, index: int, deadline: float
+             ) -> tuple[int, float]:
+    """How often, and until when, hop `index` may be tried again after failing before its
+    first byte: never while a later local hop can take the request; T1 and T1-strict until
+    the profile's queue deadline; other tiers once, before falling to the cloud."""
+    state = forwarding.state
+    if any(hop.local and state.verdict(hop.name).usable and not state.slots(hop.name).full
+           for hop in call.hops[index + 1:]):
+        return 0, 0.0
+    if call.profile.sovereign:
+        return 1_000_000, deadline
+    return 1, deadline
 
 
 def _later_usable(state: RoutingState, call: Call, index: int) -> bool:
