@@ -27,7 +27,9 @@ def faults_around(faults: list[Injected], began: float, ended: float) -> list[st
 
 
 def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any],
-          ledger: dict[str, Any], provider: dict[str, Any], dropped: int, bound_s: float,
+          ledger: dict[str, Any], provider: dict[str, Any], dropped: int,
+          relay_refused: dict[str, int] | None = None,
+          restarts: dict[str, int] | None = None, bound_s: float,
           elapsed_s: float, settings: dict[str, Any]) -> dict[str, Any]:
     by_outcome = Counter(o.outcome for o in outcomes)
     failures = [o for o in outcomes if o.outcome.startswith("fail:") or o.seconds > bound_s]
@@ -67,6 +69,10 @@ def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any
         by_client.setdefault(o.client, Counter())[
             "ok" if o.outcome == "ok" else "code" if o.outcome.startswith("code:")
             else "fail"] += 1
+    timeline: dict[int, Counter[str]] = {}
+    for o in outcomes:
+        kind = "ok" if o.outcome == "ok" else "code" if o.outcome.startswith("code:") else "fail"
+        timeline.setdefault(int(o.started // 10) * 10, Counter())[f"{o.profile}:{kind}"] += 1
     return {
         "settings": settings,
         "elapsed_s": round(elapsed_s, 1),
@@ -84,6 +90,8 @@ def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any
         "faults_not_injected": dict(Counter(f.kind for f in faults if not f.ok)),
         "fault_log": [f.to_json() for f in faults],
         "connections_dropped_by_relay": dropped,
+        "relay_could_not_reach_floor": relay_refused or {},
+        "unit_restarts_by_systemd": restarts or {},
         "rss": rss_rows,
         "budget": {"ledger_requests": ledger_requests, "ledger_tokens": ledger_tokens,
                    "ledger_in_flight": ledger.get("requests_in_flight"),
@@ -92,6 +100,7 @@ def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any
                    "provider_tokens": provider["tokens"],
                    "provider_refused": provider["refused"]},
         "t1_at_cloud": provider["t1_seen"],
+        "timeline_10s": {t: dict(c) for t, c in sorted(timeline.items())},
         "failures": len(failures),
         "failure_list": [{**o.to_json(), "faults": faults_around(faults, o.started,
                                                                  o.started + o.seconds)}
@@ -127,6 +136,11 @@ def markdown(result: dict[str, Any]) -> str:
                  if kind in result["faults_not_injected"] else "") + " |"
               for kind, count in result["faults"].items()]
     lines.append(f"| connections reset by the relay | {result['connections_dropped_by_relay']} |")
+    if result["relay_could_not_reach_floor"]:
+        lines.append("| relay: llama-server not reachable | " + ", ".join(
+            f"{k} {v}" for k, v in result["relay_could_not_reach_floor"].items()) + " |")
+    lines += [f"| systemd restarts of {unit} (NRestarts) | {count} |"
+              for unit, count in result["unit_restarts_by_systemd"].items()]
     for unit, row in result["rss"].items():
         growth = f"{row['growth']:+.1%}" if row["growth"] is not None else "?"
         lines.append(f"| RSS {unit} start / end | {row['start_kib']} / {row['end_kib']} KiB "

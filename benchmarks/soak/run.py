@@ -47,6 +47,7 @@ from scripts.demo import DEMO_CLOUD, DEMO_CLOUD_KEY
 REPO = Path(__file__).resolve().parents[2]
 CLONE_NEWNET = 0x40000000
 WATCHED = ("mushishi-router.service", "mushishi-egress.service")
+FLOOR_UNIT = "mushishi-cpu-floor.service"
 # Shares of the load: profile (T1 / T2 / T3), and client kind (uniform over KINDS).
 PROFILE_WEIGHTS = {"private": 5, "personal": 3, "burst": 2}
 
@@ -142,13 +143,16 @@ async def drive(box: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
     elapsed = time.monotonic() - origin
     await asyncio.sleep(2)  # the egress settles its last requests
     ledger = await asyncio.to_thread(budgets, box)
+    restarts = {unit: int(box.systemctl("show", "-P", "NRestarts", unit, check=False)
+                          .stdout.strip() or 0) for unit in (*WATCHED, FLOOR_UNIT)}
     await proxy.stop()
     await cloud.stop()
     return report.build(
         outcomes=outcomes, faults=injector.log, rss=rss, ledger=ledger.get("kimi", {}),
         provider={"answered": cloud.answered, "tokens": cloud.answered_tokens,
                   "refused": cloud.refused, "t1_seen": cloud.sovereign[:20]},
-        dropped=proxy.dropped, bound_s=bound, elapsed_s=elapsed,
+        dropped=proxy.dropped, relay_refused=dict(proxy.refused), restarts=restarts,
+        bound_s=bound, elapsed_s=elapsed,
         settings={"seconds": args.seconds, "concurrency": args.concurrency, "seed": args.seed,
                   "fault_interval_s": [args.fault_min_s, args.fault_max_s],
                   "profiles": {p: PROFILES[p] for p in profiles}, "clients": list(KINDS)})
@@ -185,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(drive(box, args))
         result["journal_tail"] = box.journal(
             "-u", "mushishi-router.service", "-u", "mushishi-egress.service",
-            "-u", "mushishi-cpu-floor.service", "-p", "warning", "-n", "60").splitlines()
+            "-u", FLOOR_UNIT, "-p", "warning", "-n", "60").splitlines()
+        # The router's one line per failed request names every hop's reason.
+        result["journal_failed_requests"] = [
+            line for line in box.journal("-u", "mushishi-router.service", "-g", "-> none",
+                                         "-n", "400").splitlines()][-60:]
+        result["journal_cpu_floor"] = box.journal("-u", FLOOR_UNIT, "-n", "80").splitlines()
     finally:
         box.stop()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -60,6 +61,7 @@ class DropProxy:
         self.target = target
         self.pending = 0
         self.dropped = 0
+        self.refused: Counter[str] = Counter()  # why llama-server could not be reached
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -86,7 +88,8 @@ class DropProxy:
         try:
             try:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-            except OSError:
+            except OSError as error:
+                self.refused[type(error).__name__] += 1
                 writer.transport.abort()  # the floor is down: the router sees a reset
                 return
             await asyncio.gather(self._pump(reader, up_writer, writer, inbound=True),
