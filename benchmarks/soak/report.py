@@ -29,7 +29,7 @@ def faults_around(faults: list[Injected], began: float, ended: float) -> list[st
 def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any],
           ledger: dict[str, Any], provider: dict[str, Any], dropped: int,
           relay_refused: dict[str, int] | None = None,
-          restarts: dict[str, int] | None = None, bound_s: float,
+          restarts: dict[str, int] | None = None, bound_s: float, settle_s: float = 0.0,
           elapsed_s: float, settings: dict[str, Any]) -> dict[str, Any]:
     by_outcome = Counter(o.outcome for o in outcomes)
     failures = [o for o in outcomes if o.outcome.startswith("fail:") or o.seconds > bound_s]
@@ -96,6 +96,7 @@ def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any
         "budget": {"ledger_requests": ledger_requests, "ledger_tokens": ledger_tokens,
                    "ledger_in_flight": ledger.get("requests_in_flight"),
                    "ledger_estimated": ledger.get("estimated_requests"),
+                   "settle_wait_s": round(settle_s, 1),
                    "provider_answered": provider["answered"],
                    "provider_tokens": provider["tokens"],
                    "provider_refused": provider["refused"]},
@@ -147,8 +148,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"({growth}; pid {row['start_pid']} / {row['end_pid']}) |")
     b = result["budget"]
     lines.append(f"| budget: ledger / provider requests | {b['ledger_requests']} / "
-                 f"{b['provider_answered']} (in flight {b['ledger_in_flight']}, estimated "
-                 f"{b['ledger_estimated']}) |")
+                 f"{b['provider_answered']} (in flight {b['ledger_in_flight']} after "
+                 f"{b['settle_wait_s']} s, estimated {b['ledger_estimated']}) |")
     lines.append(f"| budget: ledger / provider tokens | {b['ledger_tokens']} / "
                  f"{b['provider_tokens']} |")
     lines.append(f"| T1 requests at the cloud canary | {len(result['t1_at_cloud'])} |")

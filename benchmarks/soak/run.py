@@ -49,6 +49,7 @@ CLONE_NEWNET = 0x40000000
 WATCHED = ("mushishi-router.service", "mushishi-egress.service")
 FLOOR_UNIT = "mushishi-cpu-floor.service"
 # Shares of the load: profile (T1 / T2 / T3), and client kind (uniform over KINDS).
+SETTLE_S = 30.0
 PROFILE_WEIGHTS = {"private": 5, "personal": 3, "burst": 2}
 
 
@@ -141,8 +142,17 @@ async def drive(box: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await clients.close()
     elapsed = time.monotonic() - origin
-    await asyncio.sleep(2)  # the egress settles its last requests
-    ledger = await asyncio.to_thread(budgets, box)
+    # Every client request has ended: the egress settles what it relayed. Reservations
+    # still open after SETTLE_S are requests the egress lost track of (reported, and the
+    # budget check then fails on them).
+    settle = time.monotonic()
+    while True:
+        ledger = await asyncio.to_thread(budgets, box)
+        if not ledger.get("kimi", {}).get("requests_in_flight") or \
+                time.monotonic() - settle > SETTLE_S:
+            break
+        await asyncio.sleep(1)
+    settle_s = time.monotonic() - settle
     restarts = {unit: int(box.systemctl("show", "-P", "NRestarts", unit, check=False)
                           .stdout.strip() or 0) for unit in (*WATCHED, FLOOR_UNIT)}
     await proxy.stop()
@@ -152,7 +162,7 @@ async def drive(box: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
         provider={"answered": cloud.answered, "tokens": cloud.answered_tokens,
                   "refused": cloud.refused, "t1_seen": cloud.sovereign[:20]},
         dropped=proxy.dropped, relay_refused=dict(proxy.refused), restarts=restarts,
-        bound_s=bound, elapsed_s=elapsed,
+        bound_s=bound, elapsed_s=elapsed, settle_s=settle_s,
         settings={"seconds": args.seconds, "concurrency": args.concurrency, "seed": args.seed,
                   "fault_interval_s": [args.fault_min_s, args.fault_max_s],
                   "profiles": {p: PROFILES[p] for p in profiles}, "clients": list(KINDS)})
