@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.paths import REPO
 
 SECONDS = 75
-CONCURRENCY = 4
+CONCURRENCY = 6
 
 
 def test_chaos_soak_short_form_keeps_every_invariant(
