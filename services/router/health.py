@@ -4,13 +4,13 @@
 read once to check the configured model is really served, by its alias, and, when the
 config sets no `max_concurrency`, llama-server's `GET /props` `total_slots` becomes the
 backend's concurrency limit: more would only wait inside llama-server or be dropped by it;
-vLLM publishes no `max_num_seqs`), 503 "Loading
-model" is starting, a refused connection while the GPU mode is (re)starting is starting,
-anything else is down. A backend whose GPU mode is not active is not probed at all.
+vLLM publishes no `max_num_seqs`), 503 "Loading model" is starting, a refused connection
+while the GPU mode is (re)starting is starting, anything else is down. A backend whose GPU
+mode is not active is not probed at all.
 
 Busy is not wedged: a /health that times out while the backend keeps sending the router
-answers (a byte within `BUSY_WINDOW_S` to a request in flight) leaves it up; llama-server
-answers /health from the same few HTTP threads as completions, so a saturated one is slow to.
+answers (a byte within `BUSY_WINDOW_S` to a request in flight) leaves it up; on a saturated
+box a generating server can be slow to answer /health, not hung.
 """
 
 from __future__ import annotations
