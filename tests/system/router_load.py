@@ -78,6 +78,38 @@ def start(box: Sandbox, key: str, count: int, concurrency: int, out: Path,
         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
 
 
+def restart_under_load(box: Sandbox, key: str, unit: str, profile: str, count: int,
+                       concurrency: int, restarts: int, out: Path
+                       ) -> tuple[list[dict[str, object]], float]:
+    """COUNT keep-alive requests for PROFILE, CONCURRENCY at a time, while `systemctl restart
+    UNIT` runs RESTARTS times: every result, and when (wall clock) the last restart ended."""
+    load = start(box, key, count, concurrency, out, profile, keep_alive=True)
+    try:
+        # Restart while the client's keep-alive connections are busy on the old process; after
+        # each restart, a pause lets the load settle on the new one before the next.
+        time.sleep(1.0)
+        for _ in range(restarts):
+            box.systemctl("restart", unit, timeout=90)
+            time.sleep(1.0)
+        restarted = time.time()
+        if load.wait(timeout=600) != 0:
+            raise AssertionError(f"the load generator exited {load.returncode}")
+    finally:
+        reap(load)
+    return json.loads(out.read_text()), restarted
+
+
+def summary(what: str, results: list[dict[str, object]], concurrency: int,
+            restarts: int) -> str:
+    """One line: requests, restarts, seconds, failures by kind and the distinct errors."""
+    starts = [float(r["started"]) for r in results]  # type: ignore[arg-type]
+    ends = [float(r["started"]) + float(r["seconds"]) for r in results]  # type: ignore[arg-type]
+    errors = sorted({str(r["error"]) for r in results if "error" in r})
+    return (f"{what}: {len(results)} requests, {concurrency} at a time, {restarts} restarts, "
+            f"{max(ends) - min(starts):.1f} s, failed: {failures(results) or 0}"
+            + (f" ({'; '.join(errors[:4])})" if errors else ""))
+
+
 def failures(results: list[dict[str, object]]) -> dict[str, int]:
     """How many requests failed, by error class or HTTP status ({} when none did)."""
     counts: dict[str, int] = {}

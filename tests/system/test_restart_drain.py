@@ -15,9 +15,7 @@ vLLM stand-in on 127.0.0.1:8001 for T1, and a cloud provider stand-in on a "clou
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pytest
 
 from devtools.sandbox import Sandbox
 from tests.system import router_load
-from tests.system.host_standins import CloudWorld, HostStandins, cloud_world
+from tests.system.host_standins import CloudWorld, HostStandins, cloud_world, recorded
 
 KEY = "sk-restart-system-test"
 PROVIDER_KEY = "nvapi-restart-test"
@@ -33,6 +31,7 @@ CLOUD = "203.0.113.20"
 REQUESTS = int(os.environ.get("MUSHISHI_RESTART_REQUESTS", "2000"))
 RESTARTS = int(os.environ.get("MUSHISHI_RESTARTS", "3"))
 CONCURRENCY = 32
+ANSWER_TIME = ("--tokens", "8", "--token-delay", "0.025")
 CONFIG = f"""
 [router]
 listen = ["127.0.0.1:4000", "unix:/run/mushishi/router.sock"]
@@ -83,10 +82,12 @@ url = "http://127.0.0.1:9"
 @pytest.fixture(scope="module")
 def world() -> Iterator[CloudWorld]:
     def backends(standins: HostStandins, records: Path) -> None:
+        # 8 tokens, 25 ms each: 0.2 s an answer, so that the load outlasts the restarts.
         standins.start("tests.standins.vllm", "--host", "127.0.0.1", "--port", "8001",
-                       "--model", "cpu-alias", "--name", "cpu")
+                       "--model", "cpu-alias", "--name", "cpu", *ANSWER_TIME)
         standins.start("tests.standins.cloud", "--host", CLOUD, "--port", "8443",
-                       "--model", "moonshotai/kimi-k2.6", "--key", PROVIDER_KEY)
+                       "--model", "moonshotai/kimi-k2.6", "--key", PROVIDER_KEY, *ANSWER_TIME,
+                       "--record", str(records))
 
     with cloud_world(CONFIG, {"ngc-api-key": PROVIDER_KEY}, CLOUD, backends) as world:
         world.box.systemctl("start", "mushishi-router.service", "mushishi-egress.service")
@@ -97,31 +98,18 @@ def restart_under_load(box: Sandbox, unit: str, profile: str, out: Path) -> list
     """REQUESTS keep-alive requests for `profile`, CONCURRENCY at a time, while `unit` is
     restarted RESTARTS times; every result."""
     box.wait_for(unit, "active")
-    load = router_load.start(box, KEY, REQUESTS, CONCURRENCY, out, profile, keep_alive=True)
-    try:
-        # Restart while the client's keep-alive connections are busy on the old process; after
-        # each restart, a pause lets the load settle on the new one before the next.
-        time.sleep(1.0)
-        for _ in range(RESTARTS):
-            box.systemctl("restart", unit, timeout=90)
-            time.sleep(1.0)
-        restarted = time.time()
-        assert load.wait(timeout=600) == 0
-    finally:
-        router_load.reap(load)
-    results = json.loads(out.read_text())
+    results, restarted = router_load.restart_under_load(box, KEY, unit, profile, REQUESTS,
+                                                        CONCURRENCY, RESTARTS, out)
     assert len(results) == REQUESTS
     assert max(r["started"] for r in results) > restarted, \
-        "the load ended before the last restart: raise MUSHISHI_RESTART_REQUESTS"
+        f"the load ended before the last restart: raise MUSHISHI_RESTART_REQUESTS " \
+        f"({report(unit, results)})"
     assert box.journal("-u", unit, "-o", "cat").count("stopping: draining") >= RESTARTS
     return results
 
 
 def report(what: str, results: list[dict]) -> str:
-    seconds = max(r["started"] + r["seconds"] for r in results) - min(r["started"]
-                                                                      for r in results)
-    return (f"{what}: {len(results)} requests, {CONCURRENCY} at a time, {RESTARTS} restarts, "
-            f"{seconds:.1f} s, failed: {router_load.failures(results) or 0}")
+    return router_load.summary(what, results, CONCURRENCY, RESTARTS)
 
 
 def test_router_restarts_under_keep_alive_load_fail_no_request(world: CloudWorld) -> None:
@@ -138,3 +126,6 @@ def test_egress_restarts_under_t2_and_t3_load_fail_no_request(world: CloudWorld)
     summary = report("egress restarts (T2, T3)", results)
     print(summary)
     assert router_load.failures(results) == {}, summary
+    # Each request reached the provider once, through the egress (the router's own load
+    # above was T1: none of it did).
+    assert len(recorded(world.records)) == REQUESTS
