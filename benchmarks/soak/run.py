@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         result["journal_failed_requests"] = [
             line for line in box.journal("-u", "mushishi-router.service", "-g", "-> none",
                                          "-n", "400").splitlines()][-60:]
+        result["journal_egress_ledger"] = box.journal(
+            "-u", "mushishi-egress.service", "-g", "ledger", "-n", "40").splitlines()
         result["journal_cpu_floor"] = box.journal("-u", FLOOR_UNIT, "-n", "80").splitlines()
     finally:
         box.stop()

@@ -63,6 +63,7 @@ class DropProxy:
         self.dropped = 0
         self.refused: Counter[str] = Counter()  # why llama-server could not be reached
         self._server: asyncio.Server | None = None
+        self._waiting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def drop_next(self, count: int) -> None:
@@ -72,9 +73,35 @@ class DropProxy:
     async def start(self) -> DropProxy:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port,
                                                   reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]  # port 0: kept from now on
         return self
 
+    def _follow_the_floor(self) -> None:
+        """Stop listening while llama-server does not (the router then sees connections
+        refused, not reset, as it would without the relay); listen again once it does."""
+        if self._server is None or self._waiting is not None:
+            return
+        self._server.close()
+        self._server = None
+        self._waiting = asyncio.create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(0.1)
+                try:
+                    _, probe = await asyncio.open_connection("127.0.0.1", self.target)
+                except OSError:
+                    continue
+                probe.close()
+                await self.start()
+                return
+        finally:
+            self._waiting = None
+
     async def stop(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -90,7 +117,8 @@ class DropProxy:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
             except OSError as error:
                 self.refused[type(error).__name__] += 1
-                writer.transport.abort()  # the floor is down: the router sees a reset
+                writer.transport.abort()  # the floor is down: this connection is reset,
+                self._follow_the_floor()  # and the next ones are refused, as the floor's
                 return
             await asyncio.gather(self._pump(reader, up_writer, writer, inbound=True),
                                  self._pump(up_reader, writer, up_writer, inbound=False))

@@ -5,6 +5,7 @@ on each broken invariant."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -29,8 +30,7 @@ async def test_the_relay_resets_only_the_requests_it_was_told_to() -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     proxy = await DropProxy(0, port).start()
-    assert proxy._server is not None
-    relay = proxy._server.sockets[0].getsockname()[1]
+    relay = proxy.port
     proxy.drop_next(1)
     try:
         async with aiohttp.ClientSession() as session:
@@ -42,6 +42,24 @@ async def test_the_relay_resets_only_the_requests_it_was_told_to() -> None:
                 except aiohttp.ClientError:
                     failed += 1
         assert (failed, proxy.dropped, proxy.pending) == (1, 1, 0)
+        # The upstream stops listening: one reset, then refused, then relayed again.
+        await site.stop()
+        async with aiohttp.ClientSession() as session:
+            errors = []
+            for _ in range(2):
+                try:
+                    async with session.post(f"http://127.0.0.1:{relay}/x"):
+                        pass
+                except aiohttp.ClientError as error:
+                    errors.append(error)
+                await asyncio.sleep(0.05)
+            assert isinstance(getattr(errors[-1], "os_error", None), ConnectionRefusedError)
+            site = web.TCPSite(runner, "127.0.0.1", port)
+            await site.start()
+            await asyncio.sleep(0.5)
+            async with session.post(f"http://127.0.0.1:{relay}/x") as response:
+                assert (await response.json()) == {"ok": True}
+        assert proxy.refused["ConnectionRefusedError"] >= 1
     finally:
         await proxy.stop()
         await runner.cleanup()
