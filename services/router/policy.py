@@ -213,8 +213,9 @@ async def _attempt(forwarding: Forwarding, call: Call, index: int, body: Request
         if health is None:
             return answer  # no fresh verdict before the deadline
         if health is not Health.UP:
-            return HopFailure(hop.name, Failure.UNAVAILABLE, f"{answer.reason}; then "
-                              f"{forwarding.state.verdict(hop.name).reason}")
+            now = forwarding.state.verdict(hop.name).reason
+            return HopFailure(hop.name, Failure.UNAVAILABLE, answer.reason if now == answer.reason
+                              else f"{answer.reason}; then {now}")
         left -= 1
         backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
         call.retried()

@@ -1,14 +1,22 @@
 """A failed hop is not a lost hop: a local hop that failed before its first byte is tried
-again for the same request once the prober judges it healthy (issue 14, item 1)."""
+again for the same request once the prober judges it healthy, and no request waits in the T1
+queue while a hop it may use has a free slot (issue 14, item 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import aiohttp
 
-from tests.integration.router.harness import PERSONAL_KEY, Box, post_chat, running_box
+from tests.integration.router.harness import (
+    PERSONAL_KEY,
+    Box,
+    post_chat,
+    running_box,
+    wait_for,
+)
 from tests.standins.openai_server import Fault
 
 AUTH = {"Authorization": f"Bearer {PERSONAL_KEY}"}
@@ -62,3 +70,21 @@ async def test_a_stream_broken_after_its_first_byte_is_never_retried(box: Box) -
         body = await response.read()
     assert response.status == 200 and b"[DONE]" not in body
     assert len(box.cpu.chat_requests()) == 1  # never tried again, never spliced
+
+
+async def test_t1_request_queued_behind_a_full_backend_is_woken_by_the_freed_slot(
+    tmp_path: Path,
+) -> None:
+    # cpu takes one request and queues none: the second waits in the T1 queue, and must be
+    # served when the first ends, not after queue_timeout_s (nothing else changes meanwhile).
+    async with running_box(tmp_path, cpu_extra="max_concurrency = 1\nqueue_max = 0",
+                           private_extra="queue_timeout_s = 10") as box:
+        await box.gpu.refuse()
+        box.cpu.token_delay = 0.1  # each answer takes 0.8 s
+        first = asyncio.create_task(post_chat(box, "private"))
+        await wait_for(lambda: box.router.state.slots("cpu").in_flight == 1, what="in flight")
+        started = time.monotonic()
+        second = asyncio.create_task(post_chat(box, "private"))
+        await wait_for(lambda: box.router.state.t1_queued("private") == 1, what="queued")
+        assert [r[0] for r in await asyncio.gather(first, second)] == [200, 200]
+        assert time.monotonic() - started < 3
