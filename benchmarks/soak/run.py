@@ -120,7 +120,8 @@ async def drive(box: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
         rss[when] = {unit: await asyncio.to_thread(rss_kib, box, unit) for unit in WATCHED}
 
     stop_faults = asyncio.Event()
-    injector = Injector(box, proxy, cloud, rng, origin, watchdog_stops=args.seconds >= 600)
+    injector = Injector(box, proxy, cloud, rng, origin,
+                        watchdog_stops=args.watchdog_stops or args.seconds >= 600)
     # Faults start after the warm-up (the first RSS reading) and stop 15 % before the end,
     # so that the last requests show the stack has healed.
     quiet = max(10.0, args.seconds * 0.15)
@@ -174,7 +175,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, help="how long to drive load (default 3)")
     length.add_argument("--seconds", type=float)
-    parser.add_argument("--concurrency", type=int, default=8, help="workers (default 8)")
+    parser.add_argument("--concurrency", type=int, default=12, help="workers (default 12)")
+    parser.add_argument("--watchdog-stops", action="store_true",
+                        help="let one SIGSTOP in four outlast the floor's WatchdogSec= "
+                        "(the default in runs of 10 minutes or more)")
     parser.add_argument("--fault-min-s", type=float, default=3.0)
     parser.add_argument("--fault-max-s", type=float, default=9.0)
     parser.add_argument("--seed", type=int, default=None)
