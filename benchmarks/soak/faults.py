@@ -58,6 +58,7 @@ class Injector:
         self.log: list[Injected] = []
         self.active: set[str] = set()
         self.mode = "off"
+        self.stops = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def counts(self) -> Counter[str]:
@@ -127,7 +128,8 @@ class Injector:
 
     async def floor_sigstop(self) -> str:
         pid = await self._llama_pid()
-        long = self.watchdog_stops and self.rng.random() < 0.25
+        self.stops += 1
+        long = self.watchdog_stops and self.stops % 2 == 0  # every other stop
         seconds = self.rng.uniform(35, 45) if long else self.rng.uniform(2, 8)
         await self._in_box("kill", "-STOP", str(pid))
         await asyncio.sleep(seconds)

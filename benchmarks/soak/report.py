@@ -133,7 +133,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| latency p50 / p99 (ok) | {lat['ok_p50']} / {lat['ok_p99']} s |",
     ]
     lines += [f"| fault `{kind}` | {count}"
-              + (f" ({result['faults_not_injected'][kind]} could not be injected)"
+              + (f" ({result['faults_not_injected'][kind]} whose command failed: fault_log)"
                  if kind in result["faults_not_injected"] else "") + " |"
               for kind, count in result["faults"].items()]
     lines.append(f"| connections reset by the relay | {result['connections_dropped_by_relay']} |")

@@ -177,7 +177,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     length.add_argument("--seconds", type=float)
     parser.add_argument("--concurrency", type=int, default=12, help="workers (default 12)")
     parser.add_argument("--watchdog-stops", action="store_true",
-                        help="let one SIGSTOP in four outlast the floor's WatchdogSec= "
+                        help="let every other SIGSTOP outlast the floor's WatchdogSec= "
                         "(the default in runs of 10 minutes or more)")
     parser.add_argument("--fault-min-s", type=float, default=3.0)
     parser.add_argument("--fault-max-s", type=float, default=9.0)
