@@ -156,6 +156,8 @@ class Egress:
 
     async def close(self) -> None:
         """Flush the ledger and close every session."""
+        if self._ledger_retry is not None:
+            self._ledger_retry.cancel()
         await close_providers(self.providers)
         await self.ledger.close()
 
