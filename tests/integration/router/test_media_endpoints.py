@@ -11,12 +11,13 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import openai
 import pytest
 
-from tests.integration.router.harness import Box, running_box, sha
+from tests.integration.router.harness import Box, running_box, sha, wait_for
 from tests.standins.images import ImageStandin
 from tests.standins.openai_server import Fault
 from tests.standins.speech import TtsStandin, WhisperStandin, make_wav
@@ -82,12 +83,13 @@ chain = ["images", "gpu"]
 
 
 @contextlib.asynccontextmanager
-async def media_box(tmp_path: Path, **config: str) -> AsyncIterator[MediaBox]:
+async def media_box(tmp_path: Path, *, tables: str = "", **config: Any
+                    ) -> AsyncIterator[MediaBox]:
     whisper = await WhisperStandin("whisper-large-v3", name="whisper").start()
     whisper_cpu = await WhisperStandin("whisper-base-cpu", name="whisper-cpu").start()
     tts = await TtsStandin("kokoro", name="tts").start()
     images = await ImageStandin("sdxl-turbo", name="images").start()
-    extra = media_config(whisper.url, whisper_cpu.url, tts.url, images.url)
+    extra = media_config(whisper.url, whisper_cpu.url, tts.url, images.url) + tables
     try:
         async with running_box(tmp_path, extra=config.pop("extra", "") + extra,
                                **config) as box:
@@ -123,7 +125,7 @@ async def test_transcription_with_the_sdk_streams_the_wav_to_the_speech_backend(
         assert raw.headers["x-mushishi-profile"] == "voice"
         assert raw.headers["x-mushishi-tier"] == "T2"
         assert raw.headers["x-mushishi-backend"] == "whisper"
-        sent = media.whisper.requests[-1]
+        sent = media.whisper.chat_requests()[-1]
         assert sent.path == "/v1/audio/transcriptions"
         assert sent.body["model"] == "whisper-large-v3"  # the hop's model, not the profile
         assert sent.body["file"]["sha256"] == digest
@@ -143,11 +145,11 @@ async def test_transcription_with_the_sdk_streams_the_wav_to_the_speech_backend(
             verbose = await api.audio.transcriptions.create(
                 model="voice", file=handle, response_format="verbose_json", language="en")
         assert verbose.duration == pytest.approx(1.5)
-        assert media.whisper.requests[-1].body["language"] == "en"
+        assert media.whisper.chat_requests()[-1].body["language"] == "en"
         with audio.open("rb") as handle:
             translation = await api.audio.translations.create(model="voice", file=handle)
         assert translation.text.startswith("whisper heard 1.50 seconds")
-        assert media.whisper.requests[-1].path == "/v1/audio/translations"
+        assert media.whisper.chat_requests()[-1].path == "/v1/audio/translations"
 
 
 async def test_streamed_transcription_passes_the_sse_events_through(
@@ -177,8 +179,8 @@ async def test_a_failing_speech_backend_falls_back_to_the_next_one_with_the_whol
     assert raw.headers["x-mushishi-fallbacks"] == "1"
     assert raw.parse().text.startswith("whisper-cpu heard 2.00 seconds")
     # The replay is the caller's form, byte for byte but for the model.
-    assert media.whisper_cpu.requests[-1].body["file"]["sha256"] == digest
-    assert media.whisper_cpu.requests[-1].body["model"] == "whisper-base-cpu"
+    assert media.whisper_cpu.chat_requests()[-1].body["file"]["sha256"] == digest
+    assert media.whisper_cpu.chat_requests()[-1].body["model"] == "whisper-base-cpu"
 
 
 async def test_speech_is_streamed_back_to_a_file_with_its_content_type(
@@ -194,7 +196,7 @@ async def test_speech_is_streamed_back_to_a_file_with_its_content_type(
     with wave.open(str(out)) as audio:
         assert audio.getframerate() == 8000
         assert audio.getnframes() / 8000 == pytest.approx(len(text) / 16, abs=0.01)
-    sent = media.tts.requests[-1]
+    sent = media.tts.chat_requests()[-1]
     assert sent.body["model"] == "kokoro" and sent.body["input"] == text
 
 
@@ -210,13 +212,13 @@ async def test_images_generate_and_edit_reach_the_image_backend(
         image = base64.b64decode((result.data or [])[0].b64_json or "")
         assert image.startswith(b"\x89PNG") and image[16:24] == (64).to_bytes(4, "big") + \
             (32).to_bytes(4, "big")
-        assert media.images.requests[-1].body["model"] == "sdxl-turbo"
+        assert media.images.chat_requests()[-1].body["model"] == "sdxl-turbo"
         source = tmp_path / "source.png"
         source.write_bytes(image)
         edited = await api.images.edit(model="studio", image=source.open("rb"),
                                        prompt="add a moon", size="32x32")
     assert (edited.data or [])[0].b64_json
-    sent = media.images.requests[-1]
+    sent = media.images.chat_requests()[-1]
     assert sent.path == "/v1/images/edits" and sent.body["model"] == "sdxl-turbo"
     assert sent.body["image"]["sha256"] == hashlib.sha256(image).hexdigest()
 
@@ -300,3 +302,75 @@ async def test_an_upload_over_the_body_limit_is_413(tmp_path: Path) -> None:
     assert declared.json()["error"]["code"] == "request_too_large"
     assert chunked.status_code == 413, chunked.text
     assert "router.max_body_bytes" in json.loads(chunked.text)["error"]["message"]
+
+
+VOICECLOUD = """
+[profiles.voicecloud]
+tier = "T2"
+chain = ["whisper", "whisper-cpu", "groq"]
+queue_timeout_s = 1
+"""
+GROQ_TRANSCRIBES = ('endpoints = ["chat/completions", "audio/transcriptions"]\n'
+                    "budget = { audio_seconds_per_day = 3 }")
+
+
+async def test_t1_transcription_never_reaches_the_cloud_when_the_speech_backends_are_down(
+        tmp_path: Path) -> None:
+    """T2 falls back to a cloud Whisper through the real egress, counted in audio seconds;
+    T1 with the GPU-side or CPU-side speech backend down uses the other, and with both down
+    queues, then answers sovereign_backends_unavailable: the cloud canary sees none of it."""
+    async with media_box(tmp_path, real_egress=True, groq_extra=GROQ_TRANSCRIBES,
+                         extra=f'"{sha("sk-test-voicecloud")}" = ["voicecloud"]\n',
+                         tables=VOICECLOUD) as media:
+        canary = media.box.cloud["groq"]
+        audio = wav_file(tmp_path, 2.0)
+        private = media.client(PRIVATE_VOICE_KEY)
+        cloudy = media.client("sk-test-voicecloud")
+        for down, answers in ((media.whisper, "whisper-cpu"), (media.whisper_cpu, "whisper")):
+            await down.refuse()
+            with audio.open("rb") as handle:
+                raw = await private.audio.transcriptions.with_raw_response.create(
+                    model="privatevoice", file=handle)
+            assert raw.headers["x-mushishi-backend"] == answers
+            await down.accept()
+            await wait_for_up(media, down.name)
+        await media.whisper.refuse()
+        await media.whisper_cpu.refuse()
+        with audio.open("rb") as handle, pytest.raises(openai.APIStatusError) as caught:
+            await private.audio.transcriptions.create(model="privatevoice", file=handle)
+        assert caught.value.status_code == 503
+        assert caught.value.code == "sovereign_backends_unavailable"
+        assert "after waiting 1s" in caught.value.message
+        assert canary.chat_requests() == []  # the canary saw nothing of T1
+        # T2 may leave the box: through the egress to the cloud Whisper, in audio seconds.
+        with audio.open("rb") as handle:
+            raw = await cloudy.audio.transcriptions.with_raw_response.create(
+                model="voicecloud", file=handle)
+        assert raw.headers["x-mushishi-backend"] == "groq"
+        assert raw.parse().text.startswith("groq heard 2.00 seconds")
+        sent = canary.authorized()[-1]
+        assert sent.path == "/v1/audio/transcriptions"
+        assert sent.body["file"]["sha256"] == hashlib.sha256(audio.read_bytes()).hexdigest()
+        egress = media.box.egress_daemon
+        assert egress is not None
+        totals = egress.ledger.totals("groq")
+        assert (totals.requests, totals.audio_seconds) == (1, 2.0)
+        # 2 of 3 seconds used: one more passes, then the budget is spent.
+        with audio.open("rb") as handle:
+            await cloudy.audio.transcriptions.create(model="voicecloud", file=handle)
+        with audio.open("rb") as handle, pytest.raises(openai.APIStatusError) as caught:
+            await cloudy.audio.transcriptions.create(model="voicecloud", file=handle)
+        assert caught.value.status_code == 429
+        assert caught.value.code == "budget_exhausted"
+        assert "groq: budget exhausted" in caught.value.message
+        assert len(canary.authorized()) == 2
+        assert egress.ledger.totals("groq").audio_seconds == 4.0
+        groq = egress.status()["backends"]["groq"]
+        assert (groq["audio_seconds_used"], groq["audio_seconds_limit"]) == (4.0, 3.0)
+        await private.close()
+        await cloudy.close()
+
+
+async def wait_for_up(media: MediaBox, backend: str) -> None:
+    await wait_for(lambda: media.box.router.state.verdict(backend).state == "up",
+                   what=f"{backend} up again")
