@@ -47,6 +47,15 @@ _HEADERS_LIMIT_BYTES = 16 * 1024
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{1,70}$")
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,40}$")
+
+
+def _shown(name: str) -> str:
+    """A form field's name as an error message (which is logged) may show it: a plain name,
+    never free text a caller put there."""
+    return repr(name) if _PLAIN_NAME.match(name) else "(a field with an unusual name)"
+
+
 class FormError(ValueError):
     """The body is not the multipart/form-data its Content-Type announced."""
 
@@ -150,8 +159,8 @@ class FormScanner:
         if self._state == "value" and data:
             self._value += data
             if len(self._value) > FIELD_LIMIT_BYTES:
-                raise FormError(f"form field {self._name!r} exceeds 64 KiB (send files with a "
-                                "filename)")
+                raise FormError(f"form field {_shown(self._name)} exceeds 64 KiB (send files "
+                                "with a filename)")
 
     def _part_headers(self, text: str) -> None:
         headers = HeaderParser().parsestr(text)
@@ -173,7 +182,7 @@ class FormScanner:
             try:
                 self.fields[self._name] = self._value.decode("utf-8")
             except UnicodeDecodeError:
-                raise FormError(f"form field {self._name!r} is not UTF-8") from None
+                raise FormError(f"form field {_shown(self._name)} is not UTF-8") from None
             if self._name == "model":
                 self.model_span = (self._value_start, end)
         self._value = bytearray()
