@@ -47,13 +47,20 @@ _HEADERS_LIMIT_BYTES = 16 * 1024
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{1,70}$")
 
 
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,40}$")
+# The fields of OpenAI's upload forms (transcriptions, translations, image edits): the only
+# names an error message, which is logged, shows; a caller may put any text in a name.
+_KNOWN_FIELDS = frozenset({
+    "file", "model", "prompt", "response_format", "temperature", "language", "stream",
+    "timestamp_granularities[]", "include[]", "chunking_strategy", "known_speaker_names[]",
+    "known_speaker_references[]", "image", "image[]", "mask", "n", "size", "quality",
+    "background", "output_format", "output_compression", "input_fidelity", "partial_images",
+    "moderation", "user"})
 
 
 def _shown(name: str) -> str:
-    """A form field's name as an error message (which is logged) may show it: a plain name,
-    never free text a caller put there."""
-    return repr(name) if _PLAIN_NAME.match(name) else "(a field with an unusual name)"
+    """A form field's name as an error message may show it: one of OpenAI's, never free
+    text a caller put there."""
+    return repr(name) if name in _KNOWN_FIELDS else "(a field not in OpenAI's forms)"
 
 
 class FormError(ValueError):

@@ -88,7 +88,8 @@ def test_form_boundary(header: str, ok: bool) -> None:
 def test_an_error_shows_a_plain_field_name_but_never_free_text() -> None:
     long_value = b"x" * 70000
     for name, shown in (("prompt", "'prompt'"),
-                        ("the secret plan of the client", "(a field with an unusual name)")):
+                        ("the secret plan of the client", "(a field not in OpenAI's forms)"),
+                        ("secret-plan", "(a field not in OpenAI's forms)")):
         scanner = FormScanner(BOUNDARY)
         with pytest.raises(FormError) as caught:
             scanner.feed(b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="'
