@@ -229,10 +229,14 @@ def pin_hops(profile: RouteProfile, pin: str | None) -> tuple[Hop, ...] | None:
     return kept or None
 
 
-def serving_hops(hops: tuple[Hop, ...], endpoint: str) -> tuple[Hop, ...]:
-    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"), in order: the
+def serving_hops(hops: tuple[Hop, ...], endpoint: str, *more: str) -> tuple[Hop, ...]:
+    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"), or any of
+    `more` (a request that can be translated: /v1/responses to a chat backend), in order: the
     others are skipped without a round trip, whatever the tier (a hop that does not serve an
     endpoint is not part of that endpoint's chain, so skipping it is no fallback)."""
+    if more:
+        wanted = frozenset((endpoint, *more))
+        return tuple(hop for hop in hops if not wanted.isdisjoint(hop.endpoints))
     if all(endpoint in hop.endpoints for hop in hops):
         return hops
     return tuple(hop for hop in hops if endpoint in hop.endpoints)
