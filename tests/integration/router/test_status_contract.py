@@ -36,7 +36,8 @@ async def test_the_routers_status_is_the_typed_contract(box: Box) -> None:
     assert parsed.profiles["private"].endpoints == ["chat/completions", "completions",
                                                     "embeddings"]
     # A router older than §9 sends no endpoints: still the contract.
-    status, body = await http_get("/status", unix_socket=box.unix_socket)
+    answered, body = await http_get("/status", unix_socket=box.unix_socket)
+    assert answered == 200
     older = json.loads(body)
     for entry in (*older["backends"].values(), *older["profiles"].values()):
         del entry["endpoints"]
