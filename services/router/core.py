@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from mushishi.services.router.errors import ErrorCode
-from mushishi.shared.config.router import SOVEREIGN_TIERS, unix_listen_paths
+from mushishi.shared.config.router import DEFAULT_ENDPOINTS, SOVEREIGN_TIERS, unix_listen_paths
 from mushishi.shared.locality import backend_locality
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Hop:
     max_concurrency: int | None = None
     queue_max: int = 32
     first_byte_timeout_s: float = 300.0
+    endpoints: frozenset[str] = frozenset(DEFAULT_ENDPOINTS)  # backends.<name>.endpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,11 @@ class RouteProfile:
     def falls_back(self) -> bool:
         """Every tier but T1-strict may try the next hop."""
         return self.tier != "T1-strict"
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """The endpoints at least one hop of the chain serves."""
+        return frozenset().union(*(hop.endpoints for hop in self.hops))
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
             queue_max=backend.queue_max,
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
             + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
+            endpoints=frozenset(backend.endpoints),
         )
     return backends
 
@@ -220,6 +227,15 @@ def pin_hops(profile: RouteProfile, pin: str | None) -> tuple[Hop, ...] | None:
         return profile.hops
     kept = tuple(hop for hop in profile.hops if pin in (hop.name, hop.model))
     return kept or None
+
+
+def serving_hops(hops: tuple[Hop, ...], endpoint: str) -> tuple[Hop, ...]:
+    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"), in order: the
+    others are skipped without a round trip, whatever the tier (a hop that does not serve an
+    endpoint is not part of that endpoint's chain, so skipping it is no fallback)."""
+    if all(endpoint in hop.endpoints for hop in hops):
+        return hops
+    return tuple(hop for hop in hops if endpoint in hop.endpoints)
 
 
 def split_model(model: str, profiles: Iterable[str]) -> tuple[str, str | None]:

@@ -32,6 +32,7 @@ from mushishi.services.router.core import (
     RouteProfile,
     RouteTable,
     pin_hops,
+    serving_hops,
     split_model,
 )
 from mushishi.services.router.errors import (
@@ -243,7 +244,8 @@ def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> Non
 
 def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
                     ) -> tuple[RouteProfile, tuple[Hop, ...], str]:
-    """(profile, hops, client model) for the body's `model`, or a Rejection."""
+    """(profile, hops, client model) for the body's `model`, or a Rejection; the hops are the
+    chain's, narrowed by a pin (`serving_hops` then keeps those that serve the endpoint)."""
     model = body.get("model")
     _require(isinstance(model, str) and bool(model), "`model` must name a profile "
                                                      "(or profile/model)")
@@ -269,6 +271,18 @@ def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
                         f"{pin!r} is not in profile {name!r}'s chain ({names}); a pin can only "
                         "narrow the chain")
     return profile, hops, model
+
+
+def endpoint_unsupported(profile: RouteProfile, endpoint: str, *, pinned: bool = False
+                         ) -> Rejection:
+    """`404 endpoint_unsupported`: no hop of `profile`'s chain (or of the part a pin kept)
+    serves `endpoint`; the message names the profile and what its chain serves."""
+    served = ", ".join(sorted(profile.endpoints)) or "nothing"
+    which = "the pinned part of profile" if pinned else "profile"
+    return Rejection(ErrorCode.ENDPOINT_UNSUPPORTED, (
+        f"no backend in {which} {profile.name!r}'s chain serves /v1/{endpoint} (it serves "
+        f"{served}); add a backend whose backends.<name>.endpoints lists {endpoint!r} to "
+        f"profiles.{profile.name}.chain"))
 
 
 def refuse_remote_media(api: str, path: str, profile: RouteProfile,
@@ -304,9 +318,13 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         if not ROUTING_FIELDS.isdisjoint(fields):
             for name in ROUTING_FIELDS:
                 fields.pop(name, None)  # a client may never widen routing
-        call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=hops,
+        served = serving_hops(hops, path.lstrip("/"))
+        call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=served,
                     stream=bool(fields.get("stream")), client_model=client_model,
                     started=started)
+        if not served:
+            raise endpoint_unsupported(profile, path.lstrip("/"),
+                                       pinned=len(hops) < len(profile.hops))
         if translate is not None:
             try:
                 fields = translate(fields)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 
 Tier = Literal["T1", "T1-strict", "T2", "T3"]
 SOVEREIGN_TIERS: frozenset[str] = frozenset({"T1", "T1-strict"})
+
+# The OpenAI endpoints a backend may serve (DESIGN.md §9), named by their path below /v1.
+Endpoint = Literal["chat/completions", "completions", "embeddings", "audio/transcriptions",
+                   "audio/translations", "audio/speech", "images/generations", "images/edits",
+                   "responses", "rerank"]
+ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
+# What a backend serves when `endpoints` is not set: a chat model server, as before §9.
+DEFAULT_ENDPOINTS: tuple[str, ...] = ("chat/completions", "completions", "embeddings")
 
 _LISTEN_TCP = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(?P<port>\d{1,5})$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -269,6 +277,16 @@ class BackendSettings(Section):
         description="GPU modes in which this backend is up; unset means always up "
         "(e.g. the CPU floor).",
     )
+    endpoints: list[Endpoint] = Field(
+        default=list(DEFAULT_ENDPOINTS),
+        min_length=1,
+        description="The OpenAI endpoints this backend serves, by their path below /v1: "
+        "chat/completions, completions, embeddings, audio/transcriptions, audio/translations, "
+        "audio/speech, images/generations, images/edits, responses, rerank. A request walks "
+        "its profile's chain skipping, with no round trip, every backend that does not serve "
+        "its endpoint; a profile with none answers 404 endpoint_unsupported. Anthropic "
+        "Messages use chat/completions.",
+    )
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
@@ -339,6 +357,14 @@ class BackendSettings(Section):
         "not ask for it). Turn off only for a provider that rejects stream_options: its "
         "streamed answers are then counted from estimates.",
     )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        return value
 
     @field_validator("extra_headers")
     @classmethod
