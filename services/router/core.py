@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # the failure towards the provider's cooldown) always answers first.
 EGRESS_TIMEOUT_HEADROOM_S = 2.0
 
+# An endpoint the router translates for a backend that serves only another: a Responses
+# request goes to a chat backend as chat completions (services/router/responses.py).
+TRANSLATED_ENDPOINTS: Mapping[str, str] = MappingProxyType({"responses": "chat/completions"})
+
 # Request fields other routers obey to widen routing; here they are dropped, never obeyed.
 ROUTING_FIELDS: frozenset[str] = frozenset({
     "fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "api_base",
@@ -74,8 +78,10 @@ class RouteProfile:
 
     @property
     def endpoints(self) -> frozenset[str]:
-        """The endpoints at least one hop of the chain serves."""
-        return frozenset().union(*(hop.endpoints for hop in self.hops))
+        """The endpoints at least one hop of the chain serves (natively or translated)."""
+        native = frozenset().union(*(hop.endpoints for hop in self.hops))
+        return native | {endpoint for endpoint, target in TRANSLATED_ENDPOINTS.items()
+                         if target in native}
 
 
 @dataclass(frozen=True)
@@ -229,13 +235,19 @@ def pin_hops(profile: RouteProfile, pin: str | None) -> tuple[Hop, ...] | None:
     return kept or None
 
 
+def serves(hop: Hop, endpoint: str) -> bool:
+    """Whether `hop` serves `endpoint`, itself or through the router's translation
+    (`TRANSLATED_ENDPOINTS`: Responses to a chat backend)."""
+    return endpoint in hop.endpoints or TRANSLATED_ENDPOINTS.get(endpoint) in hop.endpoints
+
+
 def serving_hops(hops: tuple[Hop, ...], endpoint: str) -> tuple[Hop, ...]:
     """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"), in order: the
     others are skipped without a round trip, whatever the tier (a hop that does not serve an
     endpoint is not part of that endpoint's chain, so skipping it is no fallback)."""
-    if all(endpoint in hop.endpoints for hop in hops):
+    if all(serves(hop, endpoint) for hop in hops):
         return hops
-    return tuple(hop for hop in hops if endpoint in hop.endpoints)
+    return tuple(hop for hop in hops if serves(hop, endpoint))
 
 
 def split_model(model: str, profiles: Iterable[str]) -> tuple[str, str | None]:

@@ -23,9 +23,9 @@ from weakref import WeakKeyDictionary
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from mushishi.services.router import anthropic
+from mushishi.services.router import anthropic, responses
 from mushishi.services.router.accounting import Accounting
-from mushishi.services.router.call import Call, JsonBody
+from mushishi.services.router.call import Call, JsonBody, RequestBody, TranslatedBody
 from mushishi.services.router.core import (
     ROUTING_FIELDS,
     Hop,
@@ -242,6 +242,24 @@ def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> Non
         _require(isinstance(body["tool_choice"], dict), "`tool_choice` must be an object")
 
 
+def validate_responses(body: dict[str, Any]) -> None:
+    """The Responses fields the router relies on, and no request that needs stored state
+    (the router keeps none): that one is refused naming its field."""
+    _require(isinstance(body.get("input"), str | list), "`input` must be a string or a list "
+                                                        "of items")
+    if "stream" in body:
+        _require(isinstance(body["stream"], bool), "`stream` must be true or false")
+    if body.get("tools") is not None:
+        _require(isinstance(body["tools"], list)
+                 and all(isinstance(t, dict) for t in body["tools"]),
+                 "`tools` must be a list of objects")
+    refused = responses.refused_field(body)
+    if refused is not None:
+        field_name, why = refused
+        raise Rejection(ErrorCode.INVALID_REQUEST, f"`{field_name}` is not supported: {why}",
+                        param=field_name)
+
+
 def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
                     ) -> tuple[RouteProfile, tuple[Hop, ...], str]:
     """(profile, hops, client model) for the body's `model`, or a Rejection; the hops are the
@@ -301,8 +319,32 @@ def refuse_remote_media(api: str, path: str, profile: RouteProfile,
         f"{allowed}"), param=where)
 
 
+def json_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of an OpenAI endpoint: the request as is (a hop's model set per hop)."""
+    return JsonBody(fields)
+
+
+def anthropic_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of a Messages request: its chat translation, for every hop."""
+    return JsonBody(anthropic.messages_to_chat(fields))
+
+
+def responses_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of a Responses request: as is for hops that serve `responses`, its chat
+    translation for the others (built only when some hop needs it)."""
+    native = any("responses" in hop.endpoints for hop in hops)
+    translated = None
+    if not all("responses" in hop.endpoints for hop in hops):
+        translated = responses.responses_to_chat(fields)
+        dropped = responses.dropped_reasoning(fields)
+        if dropped:
+            log.info("%d reasoning item(s) of the input left out for chat backends, which "
+                     "cannot take them back", dropped)
+    return TranslatedBody("responses", fields if native else None, translated)
+
+
 async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
-                      translate: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                      make_body: Callable[[dict[str, Any], tuple[Hop, ...]], RequestBody],
                       validate: Callable[[dict[str, Any]], None]) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request_id_for(request)
@@ -321,20 +363,19 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         served = serving_hops(hops, path.lstrip("/"))
         call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=served,
                     stream=bool(fields.get("stream")), client_model=client_model,
-                    started=started)
+                    started=started, original=fields if kind == "responses" else None)
         if not served:
             raise endpoint_unsupported(profile, path.lstrip("/"),
                                        pinned=len(hops) < len(profile.hops))
-        if translate is not None:
-            try:
-                fields = translate(fields)
-            except anthropic.TranslationError as error:
-                raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
         with bind_fields(MUSHISHI_PROFILE=profile.name, MUSHISHI_TIER=profile.tier,
                          MUSHISHI_REQUEST_ID=request_id):
+            try:
+                body = make_body(fields, served)
+            except anthropic.TranslationError as error:
+                raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
             api.traffic.in_flight += 1
             try:
-                response = await forward(api.forwarding, call, JsonBody(fields), request)
+                response = await forward(api.forwarding, call, body, request)
             except asyncio.CancelledError:
                 # The client went away (or the drain timed out): the backend request was
                 # cancelled with it; the record says so.
@@ -362,14 +403,22 @@ def _openai(path: str) -> Handler:
         validate_openai(path, body)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _serve_call(request.app[API_KEY], request, "openai", path, None, validate)
+        return await _serve_call(request.app[API_KEY], request, "openai", path, json_body,
+                                 validate)
     return handler
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: Anthropic Messages, translated to OpenAI chat for the backend."""
     return await _serve_call(request.app[API_KEY], request, "anthropic", "/chat/completions",
-                             anthropic.messages_to_chat, validate_anthropic)
+                             anthropic_body, validate_anthropic)
+
+
+async def responses_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses: OpenAI Responses, as is to backends that serve them, translated to
+    chat for the others; stateless."""
+    return await _serve_call(request.app[API_KEY], request, "responses", "/responses",
+                             responses_body, validate_responses)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -460,6 +509,7 @@ def build_app(api: Api) -> web.Application:
     app.router.add_post("/v1/chat/completions", _openai("/chat/completions"))
     app.router.add_post("/v1/completions", _openai("/completions"))
     app.router.add_post("/v1/embeddings", _openai("/embeddings"))
+    app.router.add_post("/v1/responses", responses_endpoint)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)

@@ -20,10 +20,17 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from mushishi.services.router import anthropic
+from mushishi.services.router import anthropic, responses
 from mushishi.services.router.accounting import Accounting
 from mushishi.services.router.call import Call, RequestBody
-from mushishi.services.router.core import Failure, Health, Hop, HopFailure, status_is_retryable
+from mushishi.services.router.core import (
+    TRANSLATED_ENDPOINTS,
+    Failure,
+    Health,
+    Hop,
+    HopFailure,
+    status_is_retryable,
+)
 from mushishi.services.router.errors import (
     ErrorCode,
     client_error_body,
@@ -67,13 +74,14 @@ class Relay:
         endpoint = self.upstreams.endpoint(hop.name)
         data = body.for_hop(hop)
         headers = self._request_headers(call, hop, body.content_type)
+        path = upstream_path(call, hop)
         sent = time.perf_counter()
         call.sending(sent)
         upstream: Response | None = None
         first = b""
         try:
             async with asyncio.timeout(hop.first_byte_timeout_s):
-                upstream = await endpoint.pool.request("POST", endpoint.prefix + call.path,
+                upstream = await endpoint.pool.request("POST", endpoint.prefix + path,
                                                        headers, data)
                 if self._streams(call, upstream):
                     first = await upstream.read_some()
@@ -156,8 +164,15 @@ class Relay:
         if upstream.status < 300:
             call.count_tokens(body[-2048:])
         content_type = upstream.headers.get("content-type", "application/json")
-        if upstream.status >= 400 and call.api == "openai":
+        if upstream.status >= 400 and call.api != "anthropic":
             body, content_type = client_error_body(body, upstream.status), "application/json"
+        elif _translated(call, hop):
+            parsed = parse_json(body)
+            if isinstance(parsed, dict):
+                body = json.dumps(responses.chat_to_response(
+                    parsed, call.original or {}, call.client_model),
+                    ensure_ascii=False).encode()
+            content_type = "application/json"
         elif call.api == "anthropic":
             parsed = parse_json(body)
             if upstream.status < 300 and isinstance(parsed, dict):
@@ -181,8 +196,13 @@ class Relay:
                             upstream: Response, first: bytes) -> web.StreamResponse:
         """Relay a stream whose first byte has arrived; past this point there is no
         fallback."""
-        translator = anthropic.StreamTranslator(call.client_model) if call.api == "anthropic" \
-            else None
+        translator: anthropic.StreamTranslator | responses.ResponsesStreamTranslator | None = \
+            None
+        if call.api == "anthropic":
+            translator = anthropic.StreamTranslator(call.client_model)
+        elif _translated(call, hop):
+            translator = responses.ResponsesStreamTranslator(call.original or {},
+                                                             call.client_model)
         headers = _answer_headers(call, hop.name)
         headers["Content-Type"] = SSE_CONTENT_TYPE
         headers["Cache-Control"] = "no-cache"
@@ -231,7 +251,11 @@ class Relay:
                         extra={"MUSHISHI_BACKEND": hop.name})
             self.kick_probe(hop.name)
             try:
-                await response.write(stream_error_event(call.api, broken.for_caller))
+                if isinstance(translator, responses.ResponsesStreamTranslator):
+                    await response.write(translator.fail(broken.for_caller,
+                                                         ErrorCode.BACKEND_FAILED.value))
+                else:
+                    await response.write(stream_error_event(call.api, broken.for_caller))
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
@@ -243,6 +267,19 @@ class Relay:
             else:
                 upstream.close()  # the backend sees the connection drop and stops generating
         return response
+
+
+def _translated(call: Call, hop: Hop) -> bool:
+    """Whether `hop` gets a Responses `call` as chat, because it does not serve Responses
+    itself (Anthropic calls are translated for every hop, and their path is chat's already)."""
+    return call.api == "responses" and call.path.lstrip("/") not in hop.endpoints
+
+
+def upstream_path(call: Call, hop: Hop) -> str:
+    """The path below the hop's base that `call` is sent to."""
+    if _translated(call, hop):
+        return "/" + TRANSLATED_ENDPOINTS[call.path.lstrip("/")]
+    return call.path
 
 
 def _answer_headers(call: Call, backend: str) -> dict[str, str]:

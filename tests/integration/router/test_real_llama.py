@@ -75,3 +75,32 @@ async def test_anthropic_messages_translated_for_llama_server(real_box: Box,
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert message.usage.output_tokens > 0 and message.usage.input_tokens > 0
     assert not real_box.cpu.chat_requests()  # the real server answered, not the fallback
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_responses_translated_for_llama_server(real_box: Box,
+                                                            stream: bool) -> None:
+    api = openai.AsyncOpenAI(base_url=f"{real_box.base_url}/v1", api_key=PERSONAL_KEY,
+                             max_retries=0)
+    async with api:
+        if stream:
+            created = await api.responses.create(
+                model="private", max_output_tokens=8, instructions="Answer briefly.",
+                input="hello", stream=True)
+            events = [event async for event in created]
+            deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            assert events[0].type == "response.created"
+            assert events[-1].type in ("response.completed", "response.incomplete")
+            response = events[-1].response
+            assert deltas == response.output_text
+        else:
+            response = await api.responses.create(
+                model="private", max_output_tokens=8, instructions="Answer briefly.",
+                input=[{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}])
+    assert response.model == "private"
+    assert response.output[0].type == "message" and response.output_text
+    # 8 tokens of random bytes end on the length limit, or earlier on an end token.
+    assert response.status in ("completed", "incomplete")
+    assert response.usage is not None
+    assert response.usage.output_tokens > 0 and response.usage.input_tokens > 0
+    assert not real_box.cpu.chat_requests()  # the real server answered, not the fallback
