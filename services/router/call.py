@@ -7,8 +7,8 @@ request is over. No other module writes its fields.
 
 `RequestBody` is what is sent to a hop; `JsonBody` is the one the OpenAI and Anthropic
 endpoints have, `TranslatedBody` the Responses endpoint's (the request as is for a hop that
-serves it, its chat translation for the others); other bodies, such as multipart uploads,
-implement the same two members.
+serves it, its chat translation for the others); `upload.Upload` is the multipart one (audio
+transcriptions, image edits), which streams.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mushishi.services.router.core import Hop, HopFailure, RouteProfile
@@ -30,14 +31,23 @@ _PROMPT_TOKENS = re.compile(rb'"(?:prompt|input)_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)')
 
 
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A body sent to a hop as it is produced (an upload): `length` bytes, or chunked when
+    None."""
+
+    chunks: AsyncIterator[bytes]
+    length: int | None
+
+
 class RequestBody(Protocol):
     """A request body as sent to a hop."""
 
     content_type: str
 
-    def for_hop(self, hop: Hop) -> bytes:
-        """The bytes to send to `hop` (its served model name substituted where the API has
-        one)."""
+    def for_hop(self, hop: Hop) -> bytes | Streamed:
+        """The body to send to `hop` (its served model name substituted where the API has
+        one): bytes, or a stream (`upload.Upload`)."""
         ...
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mushishi.services.router import anthropic, responses
 from mushishi.services.router.accounting import Accounting
-from mushishi.services.router.call import Call, RequestBody
+from mushishi.services.router.call import Call, RequestBody, Streamed
 from mushishi.services.router.core import (
     TRANSLATED_ENDPOINTS,
     Failure,
@@ -81,9 +81,14 @@ class Relay:
         first = b""
         try:
             async with asyncio.timeout(hop.first_byte_timeout_s):
-                upstream = await endpoint.pool.request("POST", endpoint.prefix + path,
-                                                       headers, data)
-                if self._streams(call, upstream):
+                if isinstance(data, Streamed):
+                    upstream = await endpoint.pool.request(
+                        "POST", endpoint.prefix + path, headers, data.chunks,
+                        length=data.length)
+                else:
+                    upstream = await endpoint.pool.request("POST", endpoint.prefix + path,
+                                                           headers, data)
+                if self._streams(call, upstream) or _raw(call, upstream):
                     first = await upstream.read_some()
                     if not first:
                         raise ResponseBroken("the upstream closed the stream before its first "
@@ -113,6 +118,8 @@ class Relay:
         call.answered(hop.name, upstream.status)
         if self._streams(call, upstream):
             return await self._relay_stream(call, hop, request, upstream, first)
+        if _raw(call, upstream):
+            return await self._relay_stream(call, hop, request, upstream, first, raw=True)
         upstream.release()  # read to the end: the connection goes back to the pool
         return await self._respond_whole(call, hop, request, upstream, first)
 
@@ -193,9 +200,12 @@ class Relay:
         return response
 
     async def _relay_stream(self, call: Call, hop: Hop, request: web.Request,
-                            upstream: Response, first: bytes) -> web.StreamResponse:
+                            upstream: Response, first: bytes, *, raw: bool = False
+                            ) -> web.StreamResponse:
         """Relay a stream whose first byte has arrived; past this point there is no
-        fallback."""
+        fallback. `raw`: a body that is not SSE (speech audio, a transcript as text), relayed
+        as it comes with its content type; if it breaks, the connection is cut (there is no
+        error event to send in audio)."""
         translator: anthropic.StreamTranslator | responses.ResponsesStreamTranslator | None = \
             None
         if call.api == "anthropic":
@@ -204,19 +214,25 @@ class Relay:
             translator = responses.ResponsesStreamTranslator(call.original or {},
                                                              call.client_model)
         headers = _answer_headers(call, hop.name)
-        headers["Content-Type"] = SSE_CONTENT_TYPE
-        headers["Cache-Control"] = "no-cache"
+        if raw:
+            headers["Content-Type"] = upstream.headers.get("content-type",
+                                                           "application/octet-stream")
+            if "content-length" in upstream.headers:
+                headers["Content-Length"] = upstream.headers["content-length"]
+        else:
+            headers["Content-Type"] = SSE_CONTENT_TYPE
+            headers["Cache-Control"] = "no-cache"
         headers["X-Accel-Buffering"] = "no"
         overhead = call.relaying(time.perf_counter())
         headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
-        response = web.StreamResponse(status=200, headers=headers)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
         idle = self.stream_idle_timeout_s
         complete = False
         try:
             await response.prepare(request)
             chunk = first
             while chunk:
-                if b'"usage"' in chunk:
+                if not raw and b'"usage"' in chunk:
                     call.count_tokens(chunk)
                 if translator is not None:
                     try:
@@ -250,6 +266,12 @@ class Relay:
                         "event, no [DONE]", hop.name, broken,
                         extra={"MUSHISHI_BACKEND": hop.name})
             self.kick_probe(hop.name)
+            if raw:
+                # Cut the connection: the caller sees a body shorter than promised (or no
+                # last chunk), never a complete-looking one.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             try:
                 if isinstance(translator, responses.ResponsesStreamTranslator):
                     await response.write(translator.fail(broken.for_caller,
@@ -280,6 +302,14 @@ def upstream_path(call: Call, hop: Hop) -> str:
     if _translated(call, hop):
         return "/" + TRANSLATED_ENDPOINTS[call.path.lstrip("/")]
     return call.path
+
+
+def _raw(call: Call, upstream: Response) -> bool:
+    """A successful OpenAI-endpoint answer that is not JSON, nor the SSE stream the caller
+    asked for: relayed as it comes, with its content type (speech audio, or speech as SSE
+    with `stream_format`; a transcript as text, srt or vtt)."""
+    return call.api == "openai" and 200 <= upstream.status < 300 and \
+        upstream.content_type != "application/json" and not Relay._streams(call, upstream)
 
 
 def _answer_headers(call: Call, backend: str) -> dict[str, str]:

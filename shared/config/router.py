@@ -246,6 +246,12 @@ class BudgetSettings(Section):
     cost_per_day: float | None = Field(
         default=None, ge=0, description="Spend per UTC day, in the currency of the prices."
     )
+    audio_seconds_per_day: float | None = Field(
+        default=None, ge=0,
+        description="Seconds of audio transcribed or translated per UTC day, as the provider "
+        "reports them (OpenAI's usage.seconds, a verbose_json duration); answers that do not "
+        "say count as requests only.",
+    )
 
 
 class PriceSettings(Section):

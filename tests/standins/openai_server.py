@@ -162,6 +162,8 @@ class OpenAIStandin:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/rerank", self._rerank)  # llama-server --reranking, Jina
+        app.router.add_post("/rerank", self._rerank)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -476,6 +478,25 @@ class OpenAIStandin:
                   f"{json.dumps({**event, 'sequence_number': number})}\n\n".encode()
                   for number, event in enumerate(events)]
         return await self._send_pieces(request, response_stream, pieces, fault)
+    async def _rerank(self, request: web.Request) -> web.StreamResponse:
+        """llama-server's /v1/rerank answer: documents scored by words shared with the
+        query."""
+        body, _, early = await self._pre(request)
+        if early is not None:
+            return early
+        query, documents = body.get("query"), body.get("documents")
+        if not isinstance(query, str) or not isinstance(documents, list):
+            return web.json_response({"error": {"message": "query and documents are required",
+                                                "type": "invalid_request_error"}}, status=400)
+        words = set(query.lower().split())
+        results = [{"index": i, "relevance_score": float(len(words & set(str(d).lower().split())))}
+                   for i, d in enumerate(documents)]
+        results.sort(key=lambda r: -r["relevance_score"])
+        top = body.get("top_n")
+        tokens = len(query.split()) + sum(len(str(d).split()) for d in documents)
+        return web.json_response({"model": body["model"], "object": "list",
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                                  "results": results[:top] if isinstance(top, int) else results})
 
     async def _models(self, request: web.Request) -> web.Response:
         if self.loading:

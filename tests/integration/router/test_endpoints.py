@@ -93,7 +93,7 @@ async def test_a_pin_that_keeps_only_hops_without_the_endpoint_names_the_pin(
                                      {"model": "private/cpu", "prompt": "x"})
         assert status == 404, body
         assert body["error"]["code"] == "endpoint_unsupported"
-        assert "pinned part of profile 'private'" in body["error"]["message"]
+        assert "pinned part of the chain of profile 'private'" in body["error"]["message"]
         status, headers, body = await post(box, "/v1/completions",
                                            {"model": "private", "prompt": "x"})
         assert status == 200, body
