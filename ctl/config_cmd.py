@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from mushishi.shared.comfyui_workflow import workflow_issues
 from mushishi.shared.config import ConfigError, LoadedConfig, load_config, resolve_config_path
 from mushishi.shared.config.backup import host_issues
 from mushishi.shared.config.loader import default_env_file
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_config(path, env_file=default_env_file())
         # Files this machine must hold (checked here and by the daemon that needs them,
         # not by every daemon at start).
-        issues = host_issues(loaded.settings)
+        issues = host_issues(loaded.settings) + workflow_issues(loaded.settings.backends)
         if issues:
             raise ConfigError(str(path), issues)
     except ConfigError as error:

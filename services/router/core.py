@@ -51,6 +51,9 @@ class Hop:
     queue_max: int = 32
     first_byte_timeout_s: float = 300.0
     endpoints: frozenset[str] = frozenset(DEFAULT_ENDPOINTS)  # backends.<name>.endpoints
+    kind: str = "openai"  # backends.<name>.kind: "openai" | "comfyui"
+    workflow: str | None = None  # comfyui: the API-format workflow template's path
+    workflow_inputs: tuple[tuple[str, str], ...] = ()  # comfyui: (request value, node path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,9 @@ def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
             + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
             endpoints=frozenset(backend.endpoints),
+            kind=backend.kind,
+            workflow=backend.workflow,
+            workflow_inputs=tuple(sorted(backend.workflow_inputs.items())),
         )
     return backends
 

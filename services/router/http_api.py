@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from mushishi.services.router import anthropic, responses
 from mushishi.services.router.accounting import Accounting
 from mushishi.services.router.call import Call, JsonBody, RequestBody, TranslatedBody
+from mushishi.services.router.comfyui import ImageStore
 from mushishi.services.router.core import (
     ROUTING_FIELDS,
     Hop,
@@ -75,6 +76,7 @@ class Api:
     registry: CollectorRegistry
     # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
     reader_unit: Callable[[PeerCredentials], str | None]
+    images: ImageStore  # images of comfyui backends answered as URLs
     # Per connection: the peer and its unit never change while it is open (SO_PEERCRED is
     # the connecting process's, and a process cannot leave its unit's cgroup).
     _peers: WeakKeyDictionary[Any, tuple[PeerCredentials | None, str | None]] = field(
@@ -549,6 +551,18 @@ async def models(request: web.Request) -> web.StreamResponse:
     return web.json_response({"object": "list", "data": data}, headers=NO_ROUTE_HEADERS)
 
 
+async def image_file(request: web.Request) -> web.StreamResponse:
+    """GET /v1/images/files/TOKEN: an image a comfyui backend made, answered as a URL
+    (`response_format = "url"`); the unguessable token is the key, for an hour."""
+    found = request.app[API_KEY].images.get(request.match_info["token"])
+    if found is None:
+        return error_response("openai", Rejection(
+            ErrorCode.NOT_FOUND, "no such image (image URLs last an hour)"))
+    content_type, data = found
+    return web.Response(body=data, content_type=content_type, headers={
+        **NO_ROUTE_HEADERS, "Cache-Control": "private, max-age=3600"})
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     """GET /health: the process answers (liveness)."""
     return web.json_response({"status": "ok"}, headers=NO_ROUTE_HEADERS)
@@ -613,6 +627,7 @@ def build_app(api: Api) -> web.Application:
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/images/files/{token}", image_file)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/status", status)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from mushishi.services.router import anthropic, responses
+from mushishi.services.router import anthropic, comfyui, responses
 from mushishi.services.router.accounting import Accounting
-from mushishi.services.router.call import Call, RequestBody, Streamed
+from mushishi.services.router.call import Call, JsonBody, RequestBody, Streamed
+from mushishi.services.router.comfyui import ImageStore
 from mushishi.services.router.core import (
     TRANSLATED_ENDPOINTS,
     Failure,
@@ -43,7 +44,8 @@ from mushishi.services.router.errors import (
 from mushishi.services.router.health import classify_refusal
 from mushishi.services.router.http1 import ConnectFailed, Response, ResponseBroken
 from mushishi.services.router.state import RoutingState
-from mushishi.services.router.upstream import Upstreams, refused_by_policy
+from mushishi.services.router.upstream import SovereigntyRefusal, Upstreams, refused_by_policy
+from mushishi.shared.comfyui_workflow import WorkflowError
 from mushishi.shared.log_safe import body_facts, error_facts, without_quoted
 
 log = logging.getLogger("mushishi.router.request")
@@ -64,6 +66,7 @@ class Relay:
     clock: Callable[[], float]
     stream_idle_timeout_s: float
     egress_socket: str  # named in the log line when the egress cannot be reached
+    images: ImageStore  # images of comfyui backends answered as URLs
     # The fixed headers of each (profile, tier, hop), as request lines: built once (a reload
     # may give a profile another tier).
     _headers: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
@@ -71,6 +74,8 @@ class Relay:
     async def attempt(self, call: Call, hop: Hop, body: RequestBody,
                       request: web.Request) -> web.StreamResponse | HopFailure:
         """Send `call` to `hop`: the caller's response, or why the hop did not answer."""
+        if hop.kind == "comfyui":
+            return await self._comfyui(call, hop, body, request)
         endpoint = self.upstreams.endpoint(hop.name)
         data = body.for_hop(hop)
         headers = self._request_headers(call, hop, body.content_type)
@@ -122,6 +127,56 @@ class Relay:
             return await self._relay_stream(call, hop, request, upstream, first, raw=True)
         upstream.release()  # read to the end: the connection goes back to the pool
         return await self._respond_whole(call, hop, request, upstream, first)
+
+    async def _comfyui(self, call: Call, hop: Hop, body: RequestBody,
+                       request: web.Request) -> web.StreamResponse | HopFailure:
+        """An images request run as the hop's ComfyUI workflow (`comfyui`), answered
+        OpenAI-shaped; a request ComfyUI cannot take is a Rejection (400)."""
+        assert isinstance(body, JsonBody), "comfyui backends serve JSON endpoints only"
+        wanted = comfyui.image_request(body.fields)
+        sent = time.perf_counter()
+        call.sending(sent)
+        try:
+            async with asyncio.timeout(hop.first_byte_timeout_s):
+                runs = comfyui.graphs(await comfyui.read_template(hop),
+                                      dict(hop.workflow_inputs), wanted)
+                websocket = await self.upstreams.websocket_url(
+                    hop.name, f"/ws?clientId={comfyui.new_client_id()}")
+                images = await comfyui.run_workflows(self.upstreams.endpoint(hop.name).pool,
+                                                     websocket, runs, hop)
+        except TimeoutError:
+            return _failed(call, hop, sent, Failure.TIMEOUT,
+                           f"no images in {hop.first_byte_timeout_s:g}s "
+                           f"(backends.{hop.name}.first_byte_timeout_s)")
+        except ConnectFailed as error:
+            return self._not_connected(call, hop, sent, error)
+        except WorkflowError as error:
+            return _failed(call, hop, sent, Failure.STATUS, str(error))
+        except comfyui.RunFailed as failure:
+            if failure.kind is Failure.BROKEN:
+                self.kick_probe(hop.name)
+            return _failed(call, hop, sent, failure.kind, failure.reason, failure.status)
+        except SovereigntyRefusal as refusal:
+            self.accounting.sovereignty_refused("connect-time")
+            return _failed(call, hop, sent, Failure.REFUSED, str(refusal))
+        except (ResponseBroken, OSError) as error:
+            self.kick_probe(hop.name)
+            return _failed(call, hop, sent, Failure.BROKEN,
+                           f"ComfyUI broke off ({without_quoted(str(error))})")
+        call.first_byte_arrived(time.perf_counter())
+        if self.state.health(hop.name) is not Health.UP:
+            self.state.set_health(hop.name, Health.UP, "healthy")
+        call.answered(hop.name, 200)
+        answer = comfyui.openai_images(images, wanted, self.images,
+                                       f"{request.scheme}://{request.host}")
+        headers = _answer_headers(call, hop.name)
+        headers["Content-Type"] = "application/json"
+        headers["X-Mushishi-Overhead-Ms"] = f"{call.relaying(time.perf_counter()) * 1000:.3f}"
+        response = web.Response(body=json.dumps(answer).encode(), status=200, headers=headers)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the caller went away
+            await response.prepare(request)
+            await response.write_eof()
+        return response
 
     @staticmethod
     def _streams(call: Call, upstream: Response) -> bool:
