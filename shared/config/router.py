@@ -279,7 +279,8 @@ class BackendSettings(Section):
 
     url: str = Field(
         description="Base URL of an OpenAI-compatible API (http://HOST:PORT/v1), "
-        "or unix:/path/to.sock for a unix-socket backend."
+        "or unix:/path/to.sock for a unix-socket backend; a comfyui backend's is ComfyUI's "
+        "own address (http://HOST:PORT)."
     )
     model: str = Field(description="Model name sent upstream in the request's `model` field.")
     modes: list[str] | None = Field(
@@ -319,7 +320,8 @@ class BackendSettings(Section):
     health_url: str | None = Field(
         default=None,
         description="Local backends: URL probed for health (default: the URL's origin + "
-        "/health, which vLLM and llama-server both serve). Must be local too.",
+        "/health, which vLLM and llama-server both serve; /system_stats for a comfyui "
+        "backend). Must be local too.",
     )
     first_byte_timeout_s: float | None = Field(
         default=None, gt=0,
