@@ -36,7 +36,7 @@ class Streamed:
     """A body sent to a hop as it is produced (an upload): `length` bytes, or chunked when
     None."""
 
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncIterator[bytes | memoryview]
     length: int | None
 
 

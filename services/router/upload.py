@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator
 from email.parser import HeaderParser
 from typing import Any
@@ -29,11 +30,16 @@ from mushishi.services.router.call import Streamed
 from mushishi.services.router.core import Hop
 
 # The most of an upload read from the caller, or from the spool for a hop, at once.
-UPLOAD_CHUNK_BYTES = 256 * 1024
-# What the router holds of one upload in memory at most: a piece read from the caller and
-# aiohttp's read buffer (≤ 128 KiB) behind it, a piece read from the spool and the socket's
-# write buffer to the hop (≤ 64 KiB) ahead of it. benchmarks/router/upload.py measures it.
+UPLOAD_CHUNK_BYTES = 64 * 1024
+# What the router holds of one upload in memory at most: the latest pieces read from the
+# caller (≤ 256 KiB, sent from memory to a hop that keeps up), aiohttp's read buffer behind
+# them (≤ 128 KiB), a piece read back from the spool for a hop that lags or replays
+# (≤ 256 KiB) and the socket's write buffer to the hop (≤ 64 KiB) ahead of it.
+# benchmarks/router/upload.py measures it.
 UPLOAD_BUFFER_BYTES = 1024 * 1024
+# The latest pieces of an upload kept in memory for a hop that keeps up (the rest is read
+# back from the spool).
+_RECENT_BYTES = 128 * 1024
 # A text field's value (model, prompt, language …) and a part's headers are kept, within
 # these; a larger one is an error (a file must carry a filename).
 FIELD_LIMIT_BYTES = 64 * 1024
@@ -92,6 +98,14 @@ class FormScanner:
     def feed(self, data: bytes) -> None:
         """Scan the next piece of the body."""
         if self._state == "epilogue":
+            return
+        keep = len(self._delimiter) + 1
+        if self._state == "file" and len(data) > 2 * keep and len(self._pending) <= keep \
+                and (self._pending + data[:keep]).find(self._delimiter) < 0 \
+                and data.find(self._delimiter) < 0:
+            # The bulk of an upload: a file's bytes with no delimiter, passed without a copy.
+            self._base += len(self._pending) + len(data) - keep
+            self._pending = data[-keep:]
             return
         pending = self._pending + data if self._pending else data
         self._pending = b""
@@ -178,6 +192,10 @@ class Upload:
         self.scanner = FormScanner(boundary)
         self._spool = tempfile.TemporaryFile(prefix="mushishi-upload-")  # noqa: SIM115
         self.size = 0  # bytes spooled so far
+        # The latest pieces, as read (offset, bytes): a hop that keeps up with the upload is
+        # sent them from memory, not from the spool. At most _RECENT_BYTES of them.
+        self._recent: deque[tuple[int, bytes]] = deque()
+        self._recent_bytes = 0
         self.done = False
         self.error: BaseException | None = None
         self._changed = asyncio.Event()
@@ -217,14 +235,16 @@ class Upload:
             length = total - (span[1] - span[0]) + len(model)
         return Streamed(self._replay(span, model), length)
 
-    async def _replay(self, span: tuple[int, int], model: bytes) -> AsyncIterator[bytes]:
+    async def _replay(self, span: tuple[int, int], model: bytes
+                      ) -> AsyncIterator[bytes | memoryview]:
         async for chunk in self._copy(0, span[0]):
             yield chunk
         yield model
         async for chunk in self._copy(span[1], None):
             yield chunk
 
-    async def _copy(self, start: int, stop: int | None) -> AsyncIterator[bytes]:
+    async def _copy(self, start: int, stop: int | None
+                    ) -> AsyncIterator[bytes | memoryview]:
         """The spool's bytes from `start` to `stop` (None: to the end of the upload), waiting
         for those that have not arrived yet."""
         position = start
@@ -232,7 +252,10 @@ class Upload:
         while stop is None or position < stop:
             available = self.size if stop is None else min(self.size, stop)
             if position < available:
-                chunk = os.pread(fd, min(UPLOAD_CHUNK_BYTES, available - position), position)
+                chunk: bytes | memoryview | None = self._from_memory(position, available)
+                if chunk is None:
+                    chunk = os.pread(fd, min(UPLOAD_CHUNK_BYTES, available - position),
+                                     position)
                 position += len(chunk)
                 yield chunk
                 continue
@@ -244,6 +267,20 @@ class Upload:
                 return
             await self._wait()
 
+    def _from_memory(self, position: int, stop: int) -> bytes | memoryview | None:
+        """The piece read from the caller that holds `position`, from there (to `stop` at
+        most, a view: no copy), if it is still among the recent ones."""
+        recent = self._recent
+        if not recent or position < recent[0][0]:
+            return None
+        for offset, piece in recent:
+            if offset <= position < offset + len(piece):
+                start = position - offset
+                end = min(len(piece), stop - offset)
+                return piece if start == 0 and end == len(piece) \
+                    else memoryview(piece)[start:end]
+        return None
+
     async def _wait(self) -> None:
         self._changed.clear()
         await self._changed.wait()
@@ -252,7 +289,8 @@ class Upload:
         fd = self._spool.fileno()
         try:
             while True:
-                chunk = await self._content.readany()
+                # One piece as it arrived: readany() would join every buffered piece.
+                chunk, _ = await self._content.readchunk()
                 if not chunk:
                     break
                 if self.size + len(chunk) > self._limit:
@@ -262,6 +300,10 @@ class Upload:
                 while written < len(chunk):
                     written += os.pwrite(fd, chunk[written:] if written else chunk,
                                          self.size + written)
+                self._recent.append((self.size, chunk))
+                self._recent_bytes += len(chunk)
+                while self._recent_bytes > _RECENT_BYTES and len(self._recent) > 1:
+                    self._recent_bytes -= len(self._recent.popleft()[1])
                 self.size += len(chunk)
                 self._changed.set()
             if not self.scanner.complete:
