@@ -80,12 +80,19 @@ def fill(workflow: Mapping[str, Any], inputs: Mapping[str, str],
     return filled
 
 
-def workflow_issues(backends: Mapping[str, Any]) -> list[Issue]:
-    """For `mushishi config check`: every comfyui backend's workflow is readable, in API
-    format, and every workflow_inputs path names one of its inputs."""
-    issues = []
+def workflow_issues(backends: Mapping[str, Any]) -> tuple[list[Issue], list[str]]:
+    """For `mushishi config check`: (problems, warnings). Every comfyui backend's workflow
+    must be in API format with every workflow_inputs path naming one of its inputs; a
+    workflow file that is not there (yet) is a warning, since the router reads it at each
+    request and fails that backend's hop, naming the file, until it is."""
+    issues: list[Issue] = []
+    warnings: list[str] = []
     for name, backend in backends.items():
         if backend.kind != "comfyui" or backend.workflow is None:
+            continue
+        if not Path(backend.workflow).exists():
+            warnings.append(f"backends.{name}.workflow: {backend.workflow} does not exist (yet): "
+                            "the router fails this backend's requests until it does")
             continue
         try:
             workflow = read_workflow(backend.workflow)
@@ -97,4 +104,4 @@ def workflow_issues(backends: Mapping[str, Any]) -> list[Issue]:
             if problem is not None:
                 issues.append(Issue(f"backends.{name}.workflow_inputs.{key}",
                                     f"{path!r}: {problem} in {backend.workflow}"))
-    return issues
+    return issues, warnings

@@ -708,6 +708,11 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
                 if not health.local:
                     issues.append(Issue(f"backends.{name}.health_url",
                                         f"must be local: {health.reason}"))
+        if not verdict.local and "responses" in backend.endpoints:
+            issues.append(Issue(f"backends.{name}.endpoints", (
+                f"cloud backend {name!r} cannot list \"responses\": mushishi-egress relays "
+                "chat completions, and the router translates Responses requests to chat for "
+                "every hop that serves chat/completions")))
         if not verdict.local and backend.kind == "comfyui":
             issues.append(Issue(f"backends.{name}.kind", (
                 f"a comfyui backend must be local (ComfyUI on this box), but {name!r} is not: "

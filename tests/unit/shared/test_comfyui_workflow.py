@@ -86,17 +86,25 @@ def test_config_check_reads_the_workflow_and_checks_each_path(tmp_path: Path) ->
     assert check(config).returncode == 0
 
 
+def test_config_check_warns_of_a_workflow_not_there_yet(tmp_path: Path) -> None:
+    config = tmp_path / "mushishi.toml"
+    config.write_text(comfy(tmp_path / "later.json"))
+    result = check(config)
+    assert result.returncode == 0, result.stderr
+    assert f"warning: backends.comfy.workflow: {tmp_path}/later.json does not exist" \
+        in result.stderr
+
+
 @pytest.mark.parametrize(("content", "found"), [
-    (None, "cannot read"),
+    ("", "is not JSON"),
     ("not json", "is not JSON"),
     (json.dumps({"nodes": [], "links": [], "version": 0.4}), "UI-format workflow"),
     (json.dumps({"6": {"inputs": {}}}), "needs class_type and inputs"),
 ])
-def test_config_check_refuses_a_workflow_it_cannot_use(tmp_path: Path, content: str | None,
+def test_config_check_refuses_a_workflow_it_cannot_use(tmp_path: Path, content: str,
                                                        found: str) -> None:
     workflow = tmp_path / "flow.json"
-    if content is not None:
-        workflow.write_text(content)
+    workflow.write_text(content)
     config = tmp_path / "mushishi.toml"
     config.write_text(comfy(workflow))
     result = check(config)
@@ -112,3 +120,4 @@ def test_fill_places_values_in_a_copy_and_refuses_a_missing_input() -> None:
     assert template["6"]["inputs"]["text"] == "a placeholder prompt"
     with pytest.raises(WorkflowError, match=r"workflow_inputs.seed = '3.inputs.sed'"):
         fill(template, {"seed": "3.inputs.sed"}, {"seed": 1})
+
