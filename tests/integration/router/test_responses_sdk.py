@@ -182,3 +182,35 @@ async def test_a_chain_translates_only_for_the_hops_that_need_it(tmp_path: Path)
         assert box.cpu.chat_requests()[-1].path == "/v1/chat/completions"
         assert box.cpu.chat_requests()[-1].body["messages"] == [
             {"role": "user", "content": "hello"}]
+
+
+async def test_a_stream_broken_after_its_first_byte_ends_with_response_failed(
+        box: Box) -> None:
+    box.gpu.fail_next(Fault.die_mid_stream(after_chunks=3))
+    async with client(box) as api:
+        stream = await api.responses.create(model="private", input="hello", stream=True)
+        events = [event async for event in stream]
+    types = [event.type for event in events]
+    assert types[0] == "response.created" and "response.output_text.delta" in types
+    assert types[-2:] == ["error", "response.failed"]
+    assert "response.completed" not in types
+    assert events[-2].code == "backend_failed"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None
+    assert box.cpu.chat_requests() == []  # no fallback once the caller has the first byte
+
+
+async def test_a_cloud_hop_gets_the_chat_translation_through_the_egress(
+        tmp_path: Path) -> None:
+    async with running_box(tmp_path, real_egress=True) as box:
+        async with client(box) as api:
+            raw = await api.responses.with_raw_response.create(
+                model="cloudy", input="hello", instructions="Be brief.", stream=False)
+            response = raw.parse()
+        assert raw.headers["x-mushishi-backend"] == "kimi"
+        assert response.output_text == " ".join(f"kimi-{i}" for i in range(8))
+        [sent] = box.cloud["kimi"].chat_requests()
+        assert sent.path == "/v1/chat/completions"
+        assert sent.body["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert box.egress_daemon is not None
+        assert box.egress_daemon.ledger.totals("kimi").requests == 1
