@@ -146,7 +146,7 @@ chain = ["cpu", "embed", "rerank"]
             assert len(vectors.data[0].embedding) == 64  # the tiny model's width
             assert vectors.usage.prompt_tokens > 0
             assert models["search"].endpoints == [  # type: ignore[attr-defined]
-                "chat/completions", "embeddings", "rerank"]
+                "chat/completions", "embeddings", "rerank", "responses"]  # chat translated
             async with httpx.AsyncClient(base_url=box.base_url, headers={
                     "Authorization": f"Bearer {search_key}"}) as client:
                 for path in ("/v1/rerank", "/rerank"):
