@@ -153,7 +153,10 @@ class Relay:
         except WorkflowError as error:
             return _failed(call, hop, sent, Failure.STATUS, str(error))
         except comfyui.RunFailed as failure:
-            if failure.kind is Failure.BROKEN:
+            if failure.kind is Failure.CONNECT:
+                health, reason = classify_refusal(hop, self.state, self.clock())
+                self.state.set_health(hop.name, health, reason)
+            if failure.kind in (Failure.CONNECT, Failure.BROKEN):
                 self.kick_probe(hop.name)
             return _failed(call, hop, sent, failure.kind, failure.reason, failure.status)
         except SovereigntyRefusal as refusal:

@@ -36,6 +36,7 @@ INPUTS = ('{ prompt = "6.inputs.text", negative_prompt = "7.inputs.text", '
 class ComfyBox:
     box: Box
     comfy: dict[str, Any]  # the stand-in's state: history, clients, files
+    runner: web.AppRunner
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.box.openai_base, api_key=KEY, max_retries=0)
@@ -100,7 +101,7 @@ async def comfy_box(tmp_path: Path) -> AsyncIterator[ComfyBox]:
                 f"http://127.0.0.1:{port}", workflow, failing)) as box:
             await wait_for(lambda: box.router.state.verdict("comfy").state == "up",
                            what="comfy probed up at /system_stats")
-            yield ComfyBox(box, app[standin.QUEUE])
+            yield ComfyBox(box, app[standin.QUEUE], runner)
     finally:
         await runner.cleanup()
 
@@ -199,3 +200,16 @@ async def test_a_bad_size_is_a_400_naming_the_field(comfy: ComfyBox) -> None:
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == "size"
     assert comfy.comfy["history"] == {}
+
+
+async def test_comfyui_down_is_a_t1_queue_then_sovereign_backends_unavailable(
+        comfy: ComfyBox) -> None:
+    await comfy.runner.cleanup()
+    await wait_for(lambda: comfy.box.router.state.verdict("comfy").state == "down",
+                   what="comfy probed down")
+    async with comfy.client() as api:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await api.images.generate(model="creative", prompt="fox")
+    error = caught.value.body
+    assert caught.value.status_code == 503 and isinstance(error, dict)
+    assert error["code"] == "sovereign_backends_unavailable" and "comfy" in error["message"]
