@@ -3,11 +3,15 @@ upload sent directly to the speech server, and the router's memory while it rela
 
 `.venv/bin/python benchmarks/router/upload.py [--rounds N] [--megabytes M]`: starts the
 Whisper stand-in (tests/standins/speech.py, which reads the upload as it streams and hashes
-it) and a real mushishi-router, then alternates direct and routed uploads of the same form
-(one keep-alive connection each, no retries), timing each from the first byte sent to the
-last byte of the answer. Memory: after a warm-up (small uploads), the router's peak RSS is
-reset (`/proc/PID/clear_refs` 5); its growth is VmHWM (the peak over every routed 20 MB
-upload) minus VmRSS before them, set against the bounded buffer (UPLOAD_BUFFER_BYTES).
+it), a real mushishi-router and, as the peer, nginx streaming the request body
+(`proxy_request_buffering off`, the floor for a relay), then rotates direct, nginx and
+routed uploads of the same form (one keep-alive connection each, no retries), timing each
+from the first byte sent to the last byte of the answer. The router also spools the upload
+(for fallback) and checks the form; nginx only copies it. Memory: after a warm-up (small
+uploads), the router's peak RSS is reset (`/proc/PID/clear_refs` 5); its growth is VmHWM
+(the peak over every routed 20 MB upload) minus VmRSS before them, set against the bounded
+buffer (UPLOAD_BUFFER_BYTES). The router's CPU time per upload is reported too: unlike the
+times, it does not depend on what else the machine runs.
 Prints one JSON object, also written to benchmarks/results/upload-<UTC time>.json.
 """
 
@@ -68,6 +72,34 @@ def post(connection: http.client.HTTPConnection, body: bytes, key: str | None) -
     return elapsed
 
 
+def nginx_streaming(directory: Path, listen: int, upstream: int) -> Path:
+    """nginx relaying request bodies as they arrive (no buffering either way)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log error;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/body;
+  proxy_temp_path {directory}/proxy;
+  client_max_body_size 0;
+  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 8; }}
+  server {{
+    listen 127.0.0.1:{listen};
+    location / {{
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_request_buffering off; proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return conf
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -88,7 +120,7 @@ def main() -> int:
     args = parser.parse_args()
     processes = Processes()
     directory = Path(tempfile.mkdtemp(prefix="mushishi-upload-bench-"))
-    whisper_port, router_port = free_port(), free_port()
+    whisper_port, router_port, nginx_port = free_port(), free_port(), free_port()
     config = directory / "mushishi.toml"
     config.write_text(f"""
 [router]
@@ -110,6 +142,7 @@ chain = ["whisper"]
 [keys]
 "{hashlib.sha256(KEY.encode()).hexdigest()}" = ["voice"]
 """)
+    load_before = os.getloadavg()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MUSHISHI_")}
     env["PYTHONPATH"] = str(REPO)
     try:
@@ -117,28 +150,33 @@ chain = ["whisper"]
                          str(whisper_port), "whisper-bench"], env=env, cwd=REPO)
         router = processes.start([str(BINDIR / "mushishi-router"), "--config", str(config)],
                                  env=env)
+        processes.start(["nginx", "-c", str(nginx_streaming(directory / "nginx", nginx_port,
+                                                            whisper_port))])
         wait_port(whisper_port)
         wait_port(router_port)
+        wait_port(nginx_port)
         time.sleep(1.5)  # the first probe
         direct_body = form(args.megabytes, "whisper-bench")
         routed_body = form(args.megabytes, "voice")
         small, small_direct = form(0.5, "voice"), form(0.5, "whisper-bench")
         direct = http.client.HTTPConnection("127.0.0.1", whisper_port, timeout=120)
         routed = http.client.HTTPConnection("127.0.0.1", router_port, timeout=120)
+        nginx = http.client.HTTPConnection("127.0.0.1", nginx_port, timeout=120)
         for _ in range(3):  # warm-up: connections, code paths, allocator
             post(routed, small, KEY)
             post(direct, small_direct, None)
+            post(nginx, small_direct, None)
         Path(f"/proc/{router.pid}/clear_refs").write_text("5")  # reset VmHWM
         rss_before = status_kib(router.pid, "VmRSS")
         cpu_before = cpu_seconds(router.pid)
-        times: dict[str, list[float]] = {"direct": [], "router": []}
+        times: dict[str, list[float]] = {"direct": [], "nginx": [], "router": []}
+        targets = {"direct": (direct, direct_body, None), "nginx": (nginx, direct_body, None),
+                   "router": (routed, routed_body, KEY)}
+        names = list(targets)
         for index in range(args.rounds):
-            order = ("direct", "router") if index % 2 == 0 else ("router", "direct")
-            for target in order:
-                if target == "direct":
-                    times[target].append(post(direct, direct_body, None))
-                else:
-                    times[target].append(post(routed, routed_body, KEY))
+            for name in names[index % 3:] + names[:index % 3]:  # rotated: drift hits all
+                connection, body, key = targets[name]
+                times[name].append(post(connection, body, key))
         router_cpu = cpu_seconds(router.pid) - cpu_before
         peak = status_kib(router.pid, "VmHWM")
         rss_after = status_kib(router.pid, "VmRSS")
@@ -147,18 +185,23 @@ chain = ["whisper"]
     median = {k: statistics.median(v) for k, v in times.items()}
     growth_kib = peak - rss_before
     result = {
-        "what": f"{args.megabytes:g} MB multipart transcription upload, direct vs through "
-                "mushishi-router (Whisper stand-in), alternated",
+        "what": f"{args.megabytes:g} MB multipart transcription upload: direct, through nginx "
+                "(streaming) and through mushishi-router, to the Whisper stand-in, rotated",
+        "load_average_before": load_before,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average": os.getloadavg(),
+        "load_average_after": os.getloadavg(),
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
         "body_bytes": len(routed_body),
         "direct_s": {"median": round(median["direct"], 4),
                      "all": [round(t, 4) for t in times["direct"]]},
+        "nginx_s": {"median": round(median["nginx"], 4),
+                    "all": [round(t, 4) for t in times["nginx"]]},
         "router_s": {"median": round(median["router"], 4),
                      "all": [round(t, 4) for t in times["router"]]},
         "router_over_direct": round(median["router"] / median["direct"], 3),
+        "nginx_over_direct": round(median["nginx"] / median["direct"], 3),
+        "router_over_nginx": round(median["router"] / median["nginx"], 3),
         # What the router's relaying costs, whatever the load: its CPU time per upload.
         "router_cpu_s_per_upload": round(router_cpu / args.rounds, 4),
         "router_rss_before_kib": rss_before,

@@ -247,13 +247,17 @@ def serves(hop: Hop, endpoint: str) -> bool:
     return endpoint in hop.endpoints or TRANSLATED_ENDPOINTS.get(endpoint) in hop.endpoints
 
 
-def serving_hops(hops: tuple[Hop, ...], endpoint: str) -> tuple[Hop, ...]:
-    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"), in order: the
-    others are skipped without a round trip, whatever the tier (a hop that does not serve an
-    endpoint is not part of that endpoint's chain, so skipping it is no fallback)."""
-    if all(serves(hop, endpoint) for hop in hops):
+def serving_hops(hops: tuple[Hop, ...], endpoint: str, *more: str) -> tuple[Hop, ...]:
+    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"; itself or
+    translated, `serves`), or any of `more`, in order: the others are skipped without a
+    round trip, whatever the tier (a hop that does not serve an endpoint is not part of that
+    endpoint's chain, so skipping it is no fallback)."""
+    def served(hop: Hop) -> bool:
+        return serves(hop, endpoint) or any(other in hop.endpoints for other in more)
+
+    if all(served(hop) for hop in hops):
         return hops
-    return tuple(hop for hop in hops if serves(hop, endpoint))
+    return tuple(hop for hop in hops if served(hop))
 
 
 def split_model(model: str, profiles: Iterable[str]) -> tuple[str, str | None]:

@@ -47,6 +47,22 @@ _HEADERS_LIMIT_BYTES = 16 * 1024
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{1,70}$")
 
 
+# The fields of OpenAI's upload forms (transcriptions, translations, image edits): the only
+# names an error message, which is logged, shows; a caller may put any text in a name.
+_KNOWN_FIELDS = frozenset({
+    "file", "model", "prompt", "response_format", "temperature", "language", "stream",
+    "timestamp_granularities[]", "include[]", "chunking_strategy", "known_speaker_names[]",
+    "known_speaker_references[]", "image", "image[]", "mask", "n", "size", "quality",
+    "background", "output_format", "output_compression", "input_fidelity", "partial_images",
+    "moderation", "user"})
+
+
+def _shown(name: str) -> str:
+    """A form field's name as an error message may show it: one of OpenAI's, never free
+    text a caller put there."""
+    return repr(name) if name in _KNOWN_FIELDS else "(a field not in OpenAI's forms)"
+
+
 class FormError(ValueError):
     """The body is not the multipart/form-data its Content-Type announced."""
 
@@ -150,8 +166,8 @@ class FormScanner:
         if self._state == "value" and data:
             self._value += data
             if len(self._value) > FIELD_LIMIT_BYTES:
-                raise FormError(f"form field {self._name!r} exceeds 64 KiB (send files with a "
-                                "filename)")
+                raise FormError(f"form field {_shown(self._name)} exceeds 64 KiB (send files "
+                                "with a filename)")
 
     def _part_headers(self, text: str) -> None:
         headers = HeaderParser().parsestr(text)
@@ -173,7 +189,7 @@ class FormScanner:
             try:
                 self.fields[self._name] = self._value.decode("utf-8")
             except UnicodeDecodeError:
-                raise FormError(f"form field {self._name!r} is not UTF-8") from None
+                raise FormError(f"form field {_shown(self._name)} is not UTF-8") from None
             if self._name == "model":
                 self.model_span = (self._value_start, end)
         self._value = bytearray()

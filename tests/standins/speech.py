@@ -105,6 +105,10 @@ class WhisperStandin(OpenAIStandin):
         fault = self._next_fault()
         if fault is not None and fault.kind == "status":
             return web.json_response(fault.body, status=fault.status)
+        if fault is not None and fault.kind == "echo":  # quoting the request, as servers do
+            return web.json_response({"error": {
+                "message": f"cannot transcribe with prompt {fields.get('prompt')!r}",
+                "type": "server_error", "code": fault.status}}, status=fault.status)
         if fault is not None and fault.kind == "close":
             assert request.transport is not None
             request.transport.close()

@@ -375,3 +375,35 @@ async def test_t1_transcription_never_reaches_the_cloud_when_the_speech_backends
 async def wait_for_up(media: MediaBox, backend: str) -> None:
     await wait_for(lambda: media.box.router.state.verdict(backend).state == "up",
                    what=f"{backend} up again")
+
+
+async def test_speech_text_and_audio_never_reach_a_log(
+        media: MediaBox, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The form's prompt, the audio and a backend error quoting the prompt stay out of the
+    router's records, whether the hop fails, the form is bad or the answer is relayed."""
+    import logging
+
+    marker = "SPEECH-MARKER-91c2-never-in-a-log"
+    caplog.set_level(logging.DEBUG)
+    audio = tmp_path / "secret.wav"
+    audio.write_bytes(make_wav(0.3) + marker.encode())
+    media.whisper.fail_next(Fault.echo(500))
+    async with media.client() as api:
+        with audio.open("rb") as handle:
+            raw = await api.audio.transcriptions.with_raw_response.create(
+                model="voice", file=handle, prompt=marker)
+        assert raw.headers["x-mushishi-backend"] == "whisper-cpu"
+        media.whisper.fail_next(Fault.echo(400))  # the caller's own fault: relayed to them
+        with audio.open("rb") as handle, pytest.raises(openai.BadRequestError) as caught:
+            await api.audio.transcriptions.create(model="voice", file=handle, prompt=marker)
+        assert marker in caught.value.message
+        await api.audio.speech.create(model="voice", voice="v", input=marker,
+                                      response_format="wav")
+    async with httpx.AsyncClient(base_url=media.box.base_url,
+                                 headers={"Authorization": f"Bearer {MEDIA_KEY}"}) as client:
+        await client.post("/v1/audio/transcriptions", data={"model": "voice",
+                                                            marker: "x" * 70000},
+                          files={"file": ("a.wav", b"RIFF")})
+    leaked = [record.getMessage() for record in caplog.records
+              if marker in record.getMessage() or marker in repr(vars(record))]
+    assert leaked == []

@@ -221,6 +221,8 @@ def test_serving_hops_keeps_the_chain_order_of_the_hops_that_serve_the_endpoint(
     assert serving_hops(chain, "embeddings") == (chat,)
     assert serving_hops(chain, "rerank") == ()
     assert serving_hops((chat, cloud), "chat/completions") == (chat, cloud)
+    assert serving_hops(chain, "responses", "chat/completions") == (chat, cloud)
+    assert serving_hops(chain, "rerank", "audio/translations") == (whisper,)
     profile = RouteProfile("p", "T2", chain)
     assert "audio/translations" in profile.endpoints and "rerank" not in profile.endpoints
 

@@ -83,3 +83,16 @@ def test_form_boundary(header: str, ok: bool) -> None:
     else:
         with pytest.raises(FormError):
             form_boundary(header)
+
+
+def test_an_error_shows_a_plain_field_name_but_never_free_text() -> None:
+    long_value = b"x" * 70000
+    for name, shown in (("prompt", "'prompt'"),
+                        ("the secret plan of the client", "(a field not in OpenAI's forms)"),
+                        ("secret-plan", "(a field not in OpenAI's forms)")):
+        scanner = FormScanner(BOUNDARY)
+        with pytest.raises(FormError) as caught:
+            scanner.feed(b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="'
+                         + name.encode() + b'"\r\n\r\n' + long_value)
+        assert str(caught.value).startswith(f"form field {shown} exceeds 64 KiB")
+        assert "secret" not in str(caught.value)
