@@ -48,8 +48,8 @@ def wait_for_alias(port: int, alias: str, process: subprocess.Popen[bytes],
 @contextlib.contextmanager
 def running_llama(binary: Path, model: Path, alias: str, *extra: str
                   ) -> Iterator[LlamaServer]:
-    """llama-server on a free port (1 thread, 512 tokens of context, like the demo); `extra`
-    arguments such as `--embeddings --pooling mean` or `--reranking`."""
+    """llama-server on a free port (1 thread, 512 tokens of context, like the demo), with
+    `extra` arguments (`--embeddings --pooling mean`, `--reranking` …)."""
     port = free_port()
     process = subprocess.Popen(
         [str(binary), "-m", str(model), "--alias", alias, "--host", "127.0.0.1", "--port",

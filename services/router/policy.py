@@ -4,15 +4,20 @@ The chain comes from the compiled route table only. A T1-strict profile's requir
 is checked first (open, wait for a switch, ask gpud for one, or refuse). Each hop is judged
 from state, with no round trip for a backend known down or in another GPU mode; a hop at
 `max_concurrency` overflows to the next usable one or waits in its FIFO; a hop that fails
-(`relay`) moves the request on where the tier allows. When no hop of a T1 profile can answer
-for a reason that can pass, the request waits in the profile's queue for any change; the
-final error of a request nothing answered is `core.final_error`'s.
+(`relay`) moves the request on where the tier allows, unless it failed before its first byte
+and no later local hop can take the request: then it is tried again once a fresh probe finds
+it up (`_attempt`: T1 and T1-strict until the queue deadline, T2/T3 once before the cloud).
+When no hop of a T1 profile can answer for a reason that can pass, the request waits in the
+profile's queue for any change; the final error of a request nothing answered is
+`core.final_error`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,6 +26,7 @@ from mushishi.services.router.accounting import Accounting
 from mushishi.services.router.call import Call, RequestBody
 from mushishi.services.router.core import (
     Failure,
+    Health,
     Hop,
     HopFailure,
     ModeGate,
@@ -36,6 +42,12 @@ from mushishi.services.router.state import QueueFull, RoutingState
 
 log = logging.getLogger("mushishi.router.request")
 
+# A hop that failed before its first byte is tried again after this pause (doubling up to the
+# maximum) and a fresh probe that finds it up.
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+_TRANSIENT = frozenset({Failure.BROKEN, Failure.CONNECT})
+
 
 @dataclass(frozen=True, slots=True)
 class Forwarding:
@@ -46,6 +58,8 @@ class Forwarding:
     accounting: Accounting
     switcher: ModeSwitcher | None  # None when gpud is not followed
     clock: Callable[[], float]
+    # Probe a backend afresh: its health then, or None when no probe finished in time.
+    rejudge: Callable[[str, float], Awaitable[Health | None]]
 
 
 async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
@@ -161,7 +175,7 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
                     return None
                 continue
         try:
-            answer = await forwarding.relay.attempt(call, hop, body, request)
+            answer = await _attempt(forwarding, call, index, body, request, deadline)
         finally:
             slots.release()
         if not isinstance(answer, HopFailure):
@@ -173,10 +187,56 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
     return None
 
 
+async def _attempt(forwarding: Forwarding, call: Call, index: int, body: RequestBody,
+                   request: web.Request, deadline: float) -> web.StreamResponse | HopFailure:
+    """Relay `call` to hop `index` (its slot held). A local hop that failed before its first
+    byte, when no later local hop can take the request, is tried again after a short backoff
+    and a fresh probe that finds it up: T1 and T1-strict until `deadline`, other tiers once
+    (before the cloud). A probe that finds it down or starting makes it unavailable (a T1
+    request then waits in its queue)."""
+    hop = call.hops[index]
+    left: float | None = None  # retries left, decided at the first failure
+    backoff = RETRY_BACKOFF_S
+    while True:
+        answer = await forwarding.relay.attempt(call, hop, body, request)
+        if not isinstance(answer, HopFailure) or answer.kind not in _TRANSIENT \
+                or not hop.local or deadline - forwarding.clock() <= backoff:
+            return answer
+        if left is None:
+            left = 0 if _later_local_free(forwarding.state, call, index) else \
+                math.inf if call.profile.sovereign else 1
+        if left <= 0:
+            return answer
+        with call.not_overhead():
+            await asyncio.sleep(backoff)
+            health = await forwarding.rejudge(hop.name, deadline - forwarding.clock())
+        if health is None:
+            return answer  # no fresh verdict before the deadline
+        if health is not Health.UP:
+            now = forwarding.state.verdict(hop.name).reason
+            return HopFailure(hop.name, Failure.UNAVAILABLE, answer.reason if now == answer.reason
+                              else f"{answer.reason}; then {now}")
+        left -= 1
+        backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+        call.retried()
+        log.info("trying backend %s again for the same request: it failed before the first "
+                 "byte (%s) and a fresh probe finds it up", hop.name, answer.reason,
+                 extra={"MUSHISHI_BACKEND": hop.name})
+
+
+def _later_local_free(state: RoutingState, call: Call, index: int) -> bool:
+    """A later local hop can take the request now (usable, not refused, a slot free)."""
+    return any(hop.local and not state.slots(hop.name).full for hop in call.hops[index + 1:]
+               if _usable(state, call, hop))
+
+
 def _later_usable(state: RoutingState, call: Call, index: int) -> bool:
-    return any(state.verdict(hop.name).usable
-               and sovereign_refusal(call.profile, hop, state.sovereign_refusals) is None
-               for hop in call.hops[index + 1:])
+    return any(_usable(state, call, hop) for hop in call.hops[index + 1:])
+
+
+def _usable(state: RoutingState, call: Call, hop: Hop) -> bool:
+    return state.verdict(hop.name).usable \
+        and sovereign_refusal(call.profile, hop, state.sovereign_refusals) is None
 
 
 def _fall_back(forwarding: Forwarding, call: Call, hop: Hop, reason: str) -> None:

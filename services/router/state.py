@@ -19,9 +19,11 @@ class Slots:
     """`limit` requests in flight at once (None: unlimited) and a FIFO of at most `queue_max`
     waiters. A released slot goes straight to the oldest waiter."""
 
-    def __init__(self, limit: int | None, queue_max: int) -> None:
+    def __init__(self, limit: int | None, queue_max: int,
+                 on_free: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.queue_max = queue_max
+        self._on_free = on_free  # a slot went free with nobody in this FIFO
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -66,6 +68,15 @@ class Slots:
             self._prune()
         return True
 
+    def set_limit(self, limit: int | None) -> None:
+        """A new limit (learned from the backend); waiters take the slots it frees."""
+        self.limit = limit
+        while self._waiters and not self.full:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
     def release(self) -> None:
         """Give the slot to the oldest waiter, or free it."""
         while self._waiters:
@@ -74,6 +85,7 @@ class Slots:
                 waiter.set_result(None)
                 return
         self.in_flight -= 1
+        self._on_free()
 
     def _prune(self) -> None:
         while self._waiters and self._waiters[0].done():
@@ -88,6 +100,7 @@ class BackendState:
     slots: Slots
     health: Health = Health.UNKNOWN
     reason: str = ""
+    heard_at: float = float("-inf")  # when its last answer byte reached the router
 
 
 class RoutingState:
@@ -97,7 +110,7 @@ class RoutingState:
     def __init__(self, hops: Mapping[str, Hop], clock: Callable[[], float]) -> None:
         self._clock = clock
         self.backends: dict[str, BackendState] = {
-            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max),
+            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max, self._slot_freed),
                                Health.UP if not hop.local else Health.UNKNOWN)
             for name, hop in hops.items()
         }
@@ -127,6 +140,18 @@ class RoutingState:
         """Backend `name`'s concurrency slots (in flight, queued)."""
         return self.backends[name].slots
 
+    def heard_from(self, name: str) -> None:
+        """Backend `name` sent a byte of an answer (its first, or a stream's next)."""
+        self.backends[name].heard_at = self._clock()
+
+    def answering(self, name: str, within_s: float) -> int:
+        """Requests in flight at backend `name` if it sent the router an answer's byte within
+        `within_s` (busy, not wedged), else 0."""
+        backend = self.backends[name]
+        if self._clock() - backend.heard_at > within_s:
+            return 0
+        return backend.slots.in_flight
+
     def t1_queued(self, profile: str) -> int:
         """Requests of a T1 profile waiting in its queue for a local backend."""
         return self._t1_queued.get(profile, 0)
@@ -138,6 +163,11 @@ class RoutingState:
     def leave_t1_queue(self, profile: str) -> None:
         """A request of `profile` stops waiting (served, refused or gone)."""
         self._t1_queued[profile] -= 1
+
+    def _slot_freed(self) -> None:
+        """A request in a T1 queue may be waiting for this slot (its FIFO was full)."""
+        if any(self._t1_queued.values()):
+            self.notify()
 
     def set_health(self, name: str, health: Health, reason: str) -> None:
         """Record a backend's health; wake waiters when it changes."""

@@ -260,6 +260,7 @@ class Endpoint:
     health: Target | None  # the health probe's GET (local backends)
     models: Target | None  # the model list's GET (local backends)
     via_egress: bool
+    props: Target | None = None  # llama-server's GET /props (local backends)
 
 
 class Upstreams:
@@ -321,9 +322,12 @@ class Upstreams:
                 path = "/health" if probed.unix_path is not None else \
                     urlsplit(str(configured)).path or "/"
                 health = Target(pool(probed), path)
-            models = None if hop.kind == "comfyui" else \
-                Target(backend, address.base_path + "/models")
-            self._endpoints[name] = Endpoint(backend, address.base_path, health, models, False)
+            # ComfyUI has no model list and no /props (llama-server's slot count).
+            comfy = hop.kind == "comfyui"
+            self._endpoints[name] = Endpoint(
+                backend, address.base_path, health,
+                None if comfy else Target(backend, address.base_path + "/models"), False,
+                None if comfy else Target(backend, "/props"))
 
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint of backend `name`."""
