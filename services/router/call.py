@@ -97,8 +97,7 @@ class Call:
     __slots__ = ("api", "backend", "client_model", "completion_tokens", "failures",
                  "fallbacks", "first_byte", "hops", "not_overhead_s", "original", "outcome",
                  "overhead_s", "path", "profile", "prompt_tokens", "request_id", "retries",
-                 "started",
-                 "status", "stream")
+                 "started", "status", "stream")
 
     def __init__(self, *, request_id: str, api: str, path: str, profile: RouteProfile,
                  hops: tuple[Hop, ...], stream: bool, client_model: str,
