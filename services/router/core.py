@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # the failure towards the provider's cooldown) always answers first.
 EGRESS_TIMEOUT_HEADROOM_S = 2.0
 
+# An endpoint the router translates for a backend that serves only another: a Responses
+# request goes to a chat backend as chat completions (services/router/responses.py).
+TRANSLATED_ENDPOINTS: Mapping[str, str] = MappingProxyType({"responses": "chat/completions"})
+
 # Request fields other routers obey to widen routing; here they are dropped, never obeyed.
 ROUTING_FIELDS: frozenset[str] = frozenset({
     "fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "api_base",
@@ -47,6 +51,9 @@ class Hop:
     queue_max: int = 32
     first_byte_timeout_s: float = 300.0
     endpoints: frozenset[str] = frozenset(DEFAULT_ENDPOINTS)  # backends.<name>.endpoints
+    kind: str = "openai"  # backends.<name>.kind: "openai" | "comfyui"
+    workflow: str | None = None  # comfyui: the API-format workflow template's path
+    workflow_inputs: tuple[tuple[str, str], ...] = ()  # comfyui: (request value, node path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +81,10 @@ class RouteProfile:
 
     @property
     def endpoints(self) -> frozenset[str]:
-        """The endpoints at least one hop of the chain serves."""
-        return frozenset().union(*(hop.endpoints for hop in self.hops))
+        """The endpoints at least one hop of the chain serves (natively or translated)."""
+        native = frozenset().union(*(hop.endpoints for hop in self.hops))
+        return native | {endpoint for endpoint, target in TRANSLATED_ENDPOINTS.items()
+                         if target in native}
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,9 @@ def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
             + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
             endpoints=frozenset(backend.endpoints),
+            kind=backend.kind,
+            workflow=backend.workflow,
+            workflow_inputs=tuple(sorted(backend.workflow_inputs.items())),
         )
     return backends
 
@@ -229,17 +241,23 @@ def pin_hops(profile: RouteProfile, pin: str | None) -> tuple[Hop, ...] | None:
     return kept or None
 
 
+def serves(hop: Hop, endpoint: str) -> bool:
+    """Whether `hop` serves `endpoint`, itself or through the router's translation
+    (`TRANSLATED_ENDPOINTS`: Responses to a chat backend)."""
+    return endpoint in hop.endpoints or TRANSLATED_ENDPOINTS.get(endpoint) in hop.endpoints
+
+
 def serving_hops(hops: tuple[Hop, ...], endpoint: str, *more: str) -> tuple[Hop, ...]:
-    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"), or any of
-    `more` (a request that can be translated: /v1/responses to a chat backend), in order: the
-    others are skipped without a round trip, whatever the tier (a hop that does not serve an
-    endpoint is not part of that endpoint's chain, so skipping it is no fallback)."""
-    if more:
-        wanted = frozenset((endpoint, *more))
-        return tuple(hop for hop in hops if not wanted.isdisjoint(hop.endpoints))
-    if all(endpoint in hop.endpoints for hop in hops):
+    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"; itself or
+    translated, `serves`), or any of `more`, in order: the others are skipped without a
+    round trip, whatever the tier (a hop that does not serve an endpoint is not part of that
+    endpoint's chain, so skipping it is no fallback)."""
+    def served(hop: Hop) -> bool:
+        return serves(hop, endpoint) or any(other in hop.endpoints for other in more)
+
+    if all(served(hop) for hop in hops):
         return hops
-    return tuple(hop for hop in hops if endpoint in hop.endpoints)
+    return tuple(hop for hop in hops if served(hop))
 
 
 def split_model(model: str, profiles: Iterable[str]) -> tuple[str, str | None]:

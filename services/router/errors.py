@@ -129,6 +129,10 @@ def stream_error_event(api: str, message: str) -> bytes:
         data = {"type": "error", "error": {"type": "api_error", "message": message,
                                            "code": code}}
         return f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    if api == "responses":  # relayed as is from a backend that serves Responses
+        data = {"type": "error", "code": code, "message": message, "param": None,
+                "sequence_number": 0}
+        return f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
     return b"data: " + json.dumps({"error": {"message": message, "type": "server_error",
                                              "code": code}}).encode() + b"\n\n"
 

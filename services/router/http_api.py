@@ -23,9 +23,10 @@ from weakref import WeakKeyDictionary
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from mushishi.services.router import anthropic
+from mushishi.services.router import anthropic, responses
 from mushishi.services.router.accounting import Accounting
-from mushishi.services.router.call import Call, JsonBody, RequestBody
+from mushishi.services.router.call import Call, JsonBody, RequestBody, TranslatedBody
+from mushishi.services.router.comfyui import ImageStore
 from mushishi.services.router.core import (
     ROUTING_FIELDS,
     Hop,
@@ -75,6 +76,7 @@ class Api:
     registry: CollectorRegistry
     # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
     reader_unit: Callable[[PeerCredentials], str | None]
+    images: ImageStore  # images of comfyui backends answered as URLs
     # Per connection: the peer and its unit never change while it is open (SO_PEERCRED is
     # the connecting process's, and a process cannot leave its unit's cgroup).
     _peers: WeakKeyDictionary[Any, tuple[PeerCredentials | None, str | None]] = field(
@@ -261,6 +263,24 @@ def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> Non
         _require(isinstance(body["tool_choice"], dict), "`tool_choice` must be an object")
 
 
+def validate_responses(body: dict[str, Any]) -> None:
+    """The Responses fields the router relies on, and no request that needs stored state
+    (the router keeps none): that one is refused naming its field."""
+    _require(isinstance(body.get("input"), str | list), "`input` must be a string or a list "
+                                                        "of items")
+    if "stream" in body:
+        _require(isinstance(body["stream"], bool), "`stream` must be true or false")
+    if body.get("tools") is not None:
+        _require(isinstance(body["tools"], list)
+                 and all(isinstance(t, dict) for t in body["tools"]),
+                 "`tools` must be a list of objects")
+    refused = responses.refused_field(body)
+    if refused is not None:
+        field_name, why = refused
+        raise Rejection(ErrorCode.INVALID_REQUEST, f"`{field_name}` is not supported: {why}",
+                        param=field_name)
+
+
 def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
                     ) -> tuple[RouteProfile, tuple[Hop, ...], str]:
     """(profile, hops, client model) for the body's `model`, or a Rejection; the hops are the
@@ -320,12 +340,37 @@ def refuse_remote_media(api: str, path: str, profile: RouteProfile,
         f"{allowed}"), param=where)
 
 
+def json_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of an OpenAI endpoint: the request as is (a hop's model set per hop)."""
+    return JsonBody(fields)
+
+
+def anthropic_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of a Messages request: its chat translation, for every hop."""
+    return JsonBody(anthropic.messages_to_chat(fields))
+
+
+def responses_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of a Responses request: as is for hops that serve `responses`, its chat
+    translation for the others (built only when some hop needs it)."""
+    native = any("responses" in hop.endpoints for hop in hops)
+    translated = None
+    if not all("responses" in hop.endpoints for hop in hops):
+        translated = responses.responses_to_chat(fields)
+        dropped = responses.dropped_reasoning(fields)
+        if dropped:
+            log.info("%d reasoning item(s) of the input left out for chat backends, which "
+                     "cannot take them back", dropped)
+    return TranslatedBody("responses", fields if native else None, translated)
+
+
 async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
-                      translate: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                      make_body: Callable[[dict[str, Any], tuple[Hop, ...]], RequestBody],
                       validate: Callable[[dict[str, Any]], None], *,
                       form: bool = False) -> web.StreamResponse:
-    """Serve one routed request: a JSON body, or with `form` a multipart upload (its text
-    fields are what `validate` and the routing see; the file is streamed, `upload`)."""
+    """Serve one routed request: a JSON body (`make_body` builds what each hop is sent), or
+    with `form` a multipart upload (its text fields are what `validate` and the routing see;
+    the file is streamed, `upload`)."""
     started = time.perf_counter()
     request_id = request_id_for(request)
     call: Call | None = None
@@ -349,18 +394,17 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         stream = fields.get("stream") in ("true", "True", "1") if form \
             else bool(fields.get("stream"))
         call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=served,
-                    stream=stream, client_model=client_model, started=started)
+                    stream=stream, client_model=client_model, started=started,
+                    original=fields if kind == "responses" else None)
         if not served:
             raise endpoint_unsupported(profile, path.lstrip("/"),
                                        pinned=len(hops) < len(profile.hops))
-        if translate is not None:
-            try:
-                fields = translate(fields)
-            except anthropic.TranslationError as error:
-                raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
-        body: RequestBody = upload if upload is not None else JsonBody(fields)
         with bind_fields(MUSHISHI_PROFILE=profile.name, MUSHISHI_TIER=profile.tier,
                          MUSHISHI_REQUEST_ID=request_id):
+            try:
+                body = upload if upload is not None else make_body(fields, served)
+            except anthropic.TranslationError as error:
+                raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
             api.traffic.in_flight += 1
             try:
                 try:
@@ -438,7 +482,8 @@ def _openai(path: str) -> Handler:
         validate_openai(path, body)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _serve_call(request.app[API_KEY], request, "openai", path, None, validate)
+        return await _serve_call(request.app[API_KEY], request, "openai", path, json_body,
+                                 validate)
     return handler
 
 
@@ -452,7 +497,7 @@ def _validate_form(fields: dict[str, Any]) -> None:
 def _openai_form(path: str) -> Handler:
     """A multipart/form-data endpoint (audio transcriptions and translations, image edits)."""
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _serve_call(request.app[API_KEY], request, "openai", path, None,
+        return await _serve_call(request.app[API_KEY], request, "openai", path, json_body,
                                  _validate_form, form=True)
     return handler
 
@@ -460,7 +505,14 @@ def _openai_form(path: str) -> Handler:
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: Anthropic Messages, translated to OpenAI chat for the backend."""
     return await _serve_call(request.app[API_KEY], request, "anthropic", "/chat/completions",
-                             anthropic.messages_to_chat, validate_anthropic)
+                             anthropic_body, validate_anthropic)
+
+
+async def responses_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses: OpenAI Responses, as is to backends that serve them, translated to
+    chat for the others; stateless."""
+    return await _serve_call(request.app[API_KEY], request, "responses", "/responses",
+                             responses_body, validate_responses)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -497,6 +549,18 @@ async def models(request: web.Request) -> web.StreamResponse:
             for name in sorted(caller.profiles)
             if name in table.profiles and caller.may_use(table.profiles[name])]
     return web.json_response({"object": "list", "data": data}, headers=NO_ROUTE_HEADERS)
+
+
+async def image_file(request: web.Request) -> web.StreamResponse:
+    """GET /v1/images/files/TOKEN: an image a comfyui backend made, answered as a URL
+    (`response_format = "url"`); the unguessable token is the key, for an hour."""
+    found = request.app[API_KEY].images.get(request.match_info["token"])
+    if found is None:
+        return error_response("openai", Rejection(
+            ErrorCode.NOT_FOUND, "no such image (image URLs last an hour)"))
+    content_type, data = found
+    return web.Response(body=data, content_type=content_type, headers={
+        **NO_ROUTE_HEADERS, "Cache-Control": "private, max-age=3600"})
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -553,6 +617,7 @@ def build_app(api: Api) -> web.Application:
     app.router.add_post("/v1/chat/completions", _openai("/chat/completions"))
     app.router.add_post("/v1/completions", _openai("/completions"))
     app.router.add_post("/v1/embeddings", _openai("/embeddings"))
+    app.router.add_post("/v1/responses", responses_endpoint)
     # DESIGN.md §9: speech, images and rerank, to the backends that declare them.
     for path in FORM_ENDPOINTS:
         app.router.add_post(f"/v1/{path}", _openai_form(f"/{path}"))
@@ -562,6 +627,7 @@ def build_app(api: Api) -> web.Application:
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/images/files/{token}", image_file)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/status", status)

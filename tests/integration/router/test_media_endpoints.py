@@ -238,12 +238,13 @@ async def test_models_list_the_endpoints_each_profile_serves(media: MediaBox) ->
     async with media.client() as api:
         listed = {model.id: model for model in (await api.models.list()).data}
     assert set(listed) == {"voice", "studio", "private", "strictcpu"}
+    # Responses are served wherever chat is (translated, services/router/responses.py).
     assert listed["voice"].endpoints == [  # type: ignore[attr-defined]
         "audio/speech", "audio/transcriptions", "audio/translations", "chat/completions",
-        "completions", "embeddings"]
+        "completions", "embeddings", "responses"]
     assert listed["studio"].endpoints == [  # type: ignore[attr-defined]
         "chat/completions", "completions", "embeddings", "images/edits",
-        "images/generations"]
+        "images/generations", "responses"]
 
 
 async def test_rerank_passes_through_on_both_paths(tmp_path: Path) -> None:

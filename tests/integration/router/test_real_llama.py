@@ -78,6 +78,35 @@ async def test_anthropic_messages_translated_for_llama_server(real_box: Box,
     assert not real_box.cpu.chat_requests()  # the real server answered, not the fallback
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_responses_translated_for_llama_server(real_box: Box,
+                                                            stream: bool) -> None:
+    api = openai.AsyncOpenAI(base_url=f"{real_box.base_url}/v1", api_key=PERSONAL_KEY,
+                             max_retries=0)
+    async with api:
+        if stream:
+            created = await api.responses.create(
+                model="private", max_output_tokens=8, instructions="Answer briefly.",
+                input="hello", stream=True)
+            events = [event async for event in created]
+            deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            assert events[0].type == "response.created"
+            assert events[-1].type in ("response.completed", "response.incomplete")
+            response = events[-1].response
+            assert deltas == response.output_text
+        else:
+            response = await api.responses.create(
+                model="private", max_output_tokens=8, instructions="Answer briefly.",
+                input=[{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}])
+    assert response.model == "private"
+    assert response.output[0].type == "message" and response.output_text
+    # 8 tokens of random bytes end on the length limit, or earlier on an end token.
+    assert response.status in ("completed", "incomplete")
+    assert response.usage is not None
+    assert response.usage.output_tokens > 0 and response.usage.input_tokens > 0
+    assert not real_box.cpu.chat_requests()  # the real server answered, not the fallback
+
+
 async def test_embeddings_and_rerank_through_the_router_to_real_llama_servers(
         tmp_path: Path, llama_server_binary: Path, tiny_model: Path) -> None:
     """llama-server --embeddings and --reranking (DESIGN.md §9 endpoints): the SDK's
@@ -117,7 +146,7 @@ chain = ["cpu", "embed", "rerank"]
             assert len(vectors.data[0].embedding) == 64  # the tiny model's width
             assert vectors.usage.prompt_tokens > 0
             assert models["search"].endpoints == [  # type: ignore[attr-defined]
-                "chat/completions", "embeddings", "rerank"]
+                "chat/completions", "embeddings", "rerank", "responses"]  # chat translated
             async with httpx.AsyncClient(base_url=box.base_url, headers={
                     "Authorization": f"Bearer {search_key}"}) as client:
                 for path in ("/v1/rerank", "/rerank"):

@@ -51,9 +51,11 @@ def test_a_model_server_port_opened_beyond_loopback_is_a_warning_naming_it(
     # The example exposes only the router and (on purpose, optional) ComfyUI's web UI.
     result = check(str(EXAMPLE_CONFIG), "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "'comfyui' exposes tcp 8188 to the tailnet: it is tenant "\
-        "comfyui (tenants.comfyui.port)" in warnings[0], result.stderr
+    warnings = [line for line in result.stderr.splitlines()
+                if line.startswith("warning: firewall.")]
+    assert len(warnings) == 1 and "'comfyui' exposes tcp 8188 to the tailnet: it is backend "\
+        "comfy (backends.comfy.url) and tenant comfyui (tenants.comfyui.port)" in warnings[0], \
+        result.stderr
     # vLLM's port opened to every interface: named by backend and tenants, still valid.
     exposed = tmp_path / "exposed.toml"
     exposed.write_text(EXAMPLE_CONFIG.read_text() + """

@@ -225,3 +225,13 @@ def test_serving_hops_keeps_the_chain_order_of_the_hops_that_serve_the_endpoint(
     assert serving_hops(chain, "rerank", "audio/translations") == (whisper,)
     profile = RouteProfile("p", "T2", chain)
     assert "audio/translations" in profile.endpoints and "rerank" not in profile.endpoints
+
+
+def test_responses_are_served_by_hops_that_serve_them_or_chat() -> None:
+    chat = Hop("cpu", "m", True, "loopback")
+    native = Hop("vllm", "v", True, "loopback", endpoints=frozenset({"responses"}))
+    whisper = Hop("whisper", "w", True, "loopback",
+                  endpoints=frozenset({"audio/transcriptions"}))
+    assert serving_hops((native, whisper, chat), "responses") == (native, chat)
+    assert "responses" in RouteProfile("p", "T2", (chat,)).endpoints
+    assert "responses" not in RouteProfile("p", "T2", (whisper,)).endpoints

@@ -26,7 +26,9 @@ def issues_of(path: Path) -> list[str]:
 def test_example_config_validates_with_the_seed_layout() -> None:
     settings = load_config(EXAMPLE_CONFIG).settings
     assert set(settings.profiles) == {"personal", "private", "client", "voice",
-                                      "private-voice"}
+                                      "private-voice", "creative"}
+    assert settings.backends["comfy"].kind == "comfyui"
+    assert settings.backends["comfy"].endpoints == ["images/generations"]
     assert settings.profiles["personal"].chain == ["gpu", "cpu", "embed", "rerank", "kimi",
                                                    "groq", "openrouter"]
     assert settings.profiles["client"].require_mode == "forensic"

@@ -314,3 +314,19 @@ def test_backend_endpoints_default_to_what_a_chat_model_server_serves(tmp_path: 
     backends = load_config(path).settings.backends
     assert backends["cpu"].endpoints == ["chat/completions", "completions", "embeddings"]
     assert backends["other"].endpoints == ["audio/transcriptions", "rerank"]
+
+
+def test_a_cloud_backend_may_not_list_responses(tmp_path: Path) -> None:
+    issues = config_issues(tmp_path, """
+[backends.cloud]
+url = "https://api.example.com/v1"
+model = "big"
+api_key_credential = "cloud-key"
+endpoints = ["chat/completions", "responses"]
+
+[profiles.cloudy]
+tier = "T3"
+chain = ["cloud"]
+""")
+    assert any(issue.startswith("backends.cloud.endpoints: cloud backend 'cloud' cannot list")
+               for issue in issues), issues
