@@ -16,9 +16,12 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mushishi.services.router.core import Hop, HopFailure, RouteProfile
+
+if TYPE_CHECKING:
+    from mushishi.services.router.feedback import WaitFeedback
 
 # One encoder for every request (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -61,13 +64,13 @@ class Call:
     """One request: what was asked (fixed), and what happened (recorded by the methods)."""
 
     __slots__ = ("api", "backend", "client_model", "completion_tokens", "failures",
-                 "fallbacks", "first_byte", "hops", "not_overhead_s", "outcome", "overhead_s",
-                 "path", "profile", "prompt_tokens", "request_id", "started", "status",
-                 "stream")
+                 "fallbacks", "feedback", "first_byte", "hops", "not_overhead_s", "outcome",
+                 "overhead_s", "path", "profile", "prompt_tokens", "request_id", "started",
+                 "status", "stream")
 
     def __init__(self, *, request_id: str, api: str, path: str, profile: RouteProfile,
                  hops: tuple[Hop, ...], stream: bool, client_model: str,
-                 started: float) -> None:
+                 started: float, feedback: WaitFeedback | None = None) -> None:
         self.request_id = request_id
         self.api = api  # "openai" | "anthropic"
         self.path = path  # upstream path below the base, e.g. "/chat/completions"
@@ -76,6 +79,8 @@ class Call:
         self.stream = stream
         self.client_model = client_model
         self.started = started  # perf_counter at arrival
+        # A streamed request's comment lines while it waits (None: not streamed, or off).
+        self.feedback = feedback
         # What happened, written only by the methods below.
         self.failures: list[HopFailure] = []
         self.fallbacks = 0

@@ -150,9 +150,16 @@ class Relay:
         return _failed(call, hop, sent, Failure.CONNECT, reason)
 
     async def _respond_whole(self, call: Call, hop: Hop, request: web.Request,
-                             upstream: Response, body: bytes) -> web.Response:
+                             upstream: Response, body: bytes) -> web.StreamResponse:
         """A complete (non-streamed) answer: relayed, or translated for Anthropic callers.
         It is written here, so that what is counted afterwards does not delay it."""
+        if call.feedback is not None and call.feedback.committed:
+            # The wait was announced as an event stream: what is not one ends it as an error.
+            message = upstream_message(parse_json(body)) if upstream.status >= 400 else ""
+            call.stream_broke(ErrorCode.BACKEND_FAILED.value)
+            return await call.feedback.end_with(stream_error_event(
+                call.api, f"backend {hop.name} answered {upstream.status} without a stream"
+                + (f": {message}" if message else "")))
         if upstream.status < 300:
             call.count_tokens(body[-2048:])
         content_type = upstream.headers.get("content-type", "application/json")
@@ -183,17 +190,24 @@ class Relay:
         fallback."""
         translator = anthropic.StreamTranslator(call.client_model) if call.api == "anthropic" \
             else None
-        headers = _answer_headers(call, hop.name)
-        headers["Content-Type"] = SSE_CONTENT_TYPE
-        headers["Cache-Control"] = "no-cache"
-        headers["X-Accel-Buffering"] = "no"
         overhead = call.relaying(time.perf_counter())
-        headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
-        response = web.StreamResponse(status=200, headers=headers)
+        if call.feedback is not None and call.feedback.committed:
+            response = call.feedback.response  # the wait's comments went out: headers too
+            assert response is not None
+        else:
+            headers = _answer_headers(call, hop.name)
+            headers["Content-Type"] = SSE_CONTENT_TYPE
+            headers["Cache-Control"] = "no-cache"
+            headers["X-Accel-Buffering"] = "no"
+            headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
+            response = web.StreamResponse(status=200, headers=headers)
         idle = self.stream_idle_timeout_s
         complete = False
         try:
-            await response.prepare(request)
+            if not response.prepared:
+                await response.prepare(request)
+            else:
+                await response.write(f": backend {hop.name}\n\n".encode())
             chunk = first
             while chunk:
                 if b'"usage"' in chunk:

@@ -103,7 +103,13 @@ class RoutingState:
         }
         self.gpu: GpuView = GPU_ABSENT
         self.gpu_changed_at = 0.0
+        # When the active mode last changed while gpud was followed (-inf: not seen since
+        # the router started): what `[modes] min_mode_dwell_s` counts from.
+        self.mode_since = float("-inf")
+        self.last_gpu_work = float("-inf")  # when a request to a backend with modes ended
+        self.probed_at: dict[str, float] = {}  # backend -> when its health was last recorded
         self._changed = asyncio.Event()
+        self._probed = asyncio.Event()  # set on every change and every recorded probe
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
         self._verdicts: dict[str, Verdict] = {}  # judged since the last change
         # backend -> why T1/T1-strict work may not go to it (its tenant is not confined)
@@ -140,9 +146,13 @@ class RoutingState:
         self._t1_queued[profile] -= 1
 
     def set_health(self, name: str, health: Health, reason: str) -> None:
-        """Record a backend's health; wake waiters when it changes."""
+        """Record a backend's health; wake waiters when it changes (and `wait_probe`
+        waiters whatever it is)."""
         state = self.backends[name]
         old = state.health
+        self.probed_at[name] = self._clock()
+        self._probed.set()
+        self._probed = asyncio.Event()
         if state.reason != reason:
             state.reason = reason
             self._verdicts.pop(name, None)
@@ -160,6 +170,8 @@ class RoutingState:
             return
         if view.active_mode != self.gpu.active_mode or view.state != self.gpu.state:
             self.gpu_changed_at = self._clock()
+        if view.present and self.gpu.present and view.active_mode != self.gpu.active_mode:
+            self.mode_since = self._clock()
         self.gpu = view
         self._verdicts.clear()
         self.notify()
@@ -175,6 +187,30 @@ class RoutingState:
         """Wake everything waiting for a change."""
         self._changed.set()
         self._changed = asyncio.Event()
+        self._probed.set()
+        self._probed = asyncio.Event()
+
+    def gpu_work_ended(self, name: str) -> None:
+        """A request to backend `name` ended: GPU work when it runs in GPU modes (what the
+        idle return counts quiet time from; the CPU floor and cloud hops are not)."""
+        if self.backends[name].hop.modes is not None:
+            self.last_gpu_work = self._clock()
+
+    def gpu_busy(self) -> bool:
+        """Requests in flight or queued on a backend with GPU modes, or queued in a T1
+        profile's queue."""
+        return any(state.hop.modes is not None and (state.slots.in_flight or state.slots.queued)
+                   for state in self.backends.values()) or any(self._t1_queued.values())
+
+    async def wait_probe(self, wait_s: float) -> bool:
+        """Wait up to `wait_s` for any change or any recorded probe; True if one came."""
+        event = self._probed
+        try:
+            async with asyncio.timeout(max(wait_s, 0.0)):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def wait_change(self, wait_s: float) -> bool:
         """Wait up to `wait_s` for any change; True if one came."""
