@@ -98,3 +98,53 @@ def test_verdicts_follow_every_health_reason_and_gpu_change() -> None:
     assert state.verdict("gpu").usable
     state.set_health("gpu", Health.DOWN, "connection refused")
     assert not state.verdict("gpu").usable
+
+
+def _state(now: list[float]) -> RoutingState:
+    hops = {"gpu": Hop("gpu", "m", True, "127.0.0.1", modes=frozenset({"agent"})),
+            "cpu": Hop("cpu", "c", True, "127.0.0.1")}
+    return RoutingState(hops, lambda: now[0])
+
+
+async def test_mode_since_counts_only_changes_seen_while_gpud_is_followed() -> None:
+    now = [10.0]
+    state = _state(now)
+    state.set_gpu(GpuView(True, "agent", "ready"))  # first sight: no dwell
+    assert state.mode_since == float("-inf")
+    now[0] = 20.0
+    state.set_gpu(GpuView(True, "agent", "switching"))  # the mode stays until it settles
+    assert state.mode_since == float("-inf")
+    now[0] = 30.0
+    state.set_gpu(GpuView(True, "creative", "ready"))
+    assert state.mode_since == 30.0
+    now[0] = 40.0
+    state.set_gpu(GpuView(True, "creative", "ready", last_switch_reason="idle"))
+    assert state.mode_since == 30.0
+
+
+async def test_gpu_work_is_work_on_backends_with_modes_only() -> None:
+    now = [5.0]
+    state = _state(now)
+    state.gpu_work_ended("cpu")
+    assert state.last_gpu_work == float("-inf")
+    state.gpu_work_ended("gpu")
+    assert state.last_gpu_work == 5.0
+    assert not state.gpu_busy()
+    assert state.slots("cpu").try_acquire()
+    assert not state.gpu_busy()  # the CPU floor is not GPU work
+    assert state.slots("gpu").try_acquire()
+    assert state.gpu_busy()
+
+
+async def test_wait_probe_wakes_on_a_probe_that_changes_nothing() -> None:
+    now = [1.0]
+    state = _state(now)
+    state.set_health("gpu", Health.UP, "healthy")
+    waiter = asyncio.create_task(state.wait_probe(5))
+    changes = asyncio.create_task(state.wait_change(0.2))
+    await asyncio.sleep(0)
+    now[0] = 2.0
+    state.set_health("gpu", Health.UP, "healthy")  # the same verdict, freshly probed
+    assert await waiter is True
+    assert await changes is False  # queued requests are not woken for nothing
+    assert state.probed_at["gpu"] == 2.0
