@@ -287,7 +287,7 @@ def mode_need(profile: RouteProfile, hops: Sequence[Hop], verdict: Callable[[str
         if found.usable:
             return MODE_OPEN
         if found.state == "switching":
-            return ModeNeed(ModeGate.WAIT, None, found.reason)
+            return ModeNeed(ModeGate.WAIT, hop.switch_mode, found.reason)
         if found.state == "mode_inactive" and hop.modes is not None \
                 and gpu.active_mode not in hop.modes and hop.switch_mode is not None:
             return ModeNeed(ModeGate.MISMATCH, hop.switch_mode, (

@@ -57,6 +57,8 @@ class ModeSwitcher:
         self._switches: dict[str, asyncio.Task[None]] = {}
         self._waiting = 0  # requests waiting for a switch they asked for
         self._idle_tried = float("-inf")
+        # The last switch gpud accepted for a request, and when: what `awaiting` reads.
+        self._accepted: tuple[str, float] | None = None
         self._idle_task: asyncio.Task[None] | None = None
 
     async def request(self, profile: str, mode: str, wait_s: float) -> None:
@@ -88,6 +90,16 @@ class ModeSwitcher:
     async def _switch(self, mode: str, why: str, wait_s: float) -> None:
         log.info("asking gpud to switch to %s (%s)", mode, why, extra={"MUSHISHI_MODE": mode})
         await self._switch_mode(mode, why, wait_s)
+        self._accepted = (mode, self._clock())
+
+    def awaiting(self, mode: str | None) -> bool:
+        """Whether the switch under way is one gpud accepted for a request, to `mode`
+        (gpud shows `switching` before it answers, so a switch that began after the answer
+        is someone else's)."""
+        state = self._state
+        return (mode is not None and self._accepted is not None
+                and self._accepted[0] == mode and state.gpu.state == "switching"
+                and state.gpu_changed_at <= self._accepted[1])
 
     # -- the idle return ---------------------------------------------------------------------
     def start(self) -> None:

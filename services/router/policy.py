@@ -147,7 +147,12 @@ async def _pass_mode_gate(forwarding: Forwarding, call: Call, deadline: float) -
                          profile.name, refused.reason)
                 return False
             continue
-        # A switch is under way (ours or another's): wait for gpud's view to follow.
+        # A switch is under way. T1-strict waits for it, whoever started it; the other
+        # tiers wait only for a switch asked for a request to their mode, and otherwise
+        # take the chain as it is.
+        if profile.falls_back and (forwarding.switcher is None
+                                   or not forwarding.switcher.awaiting(need.mode)):
+            return waited
         waited = True
         async with waiting(call, f"mode {need.mode or 'switch'}"):
             await state.wait_change(remaining)

@@ -279,3 +279,18 @@ async def test_a_refusal_after_the_wait_was_announced_ends_the_stream_with_its_c
             else:
                 raise AssertionError("the SDK did not surface the error event")
 
+
+
+async def test_t2_does_not_wait_for_a_switch_it_did_not_ask_for(
+    tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
+) -> None:
+    gpud.set_mode("creative")
+    async with followed(tmp_path, private_bus, extra=T2SWITCH) as box:
+        await until_mode(box, "creative")
+        gpud.set_state("switching")  # a person's switch, to a mode the router cannot know
+        await until_mode(box, "creative", "switching")
+        started = asyncio.get_running_loop().time()
+        status, headers, _ = await post(box, "t2switch", T2_KEY)
+        assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
+        assert asyncio.get_running_loop().time() - started < 2
+        assert gpud.switch_calls == []

@@ -234,7 +234,7 @@ def _need(profile: RouteProfile, gpu: GpuView, health: dict[str, Health] | None 
     (GpuView(True, "off", "off"), ModeGate.MISMATCH, "agent"),
     (GpuView(True, "agent", "ready"), ModeGate.OPEN, None),
     (GpuView(True, "forensic", "ready"), ModeGate.OPEN, None),  # any of its modes will do
-    (GpuView(True, "creative", "switching"), ModeGate.WAIT, None),
+    (GpuView(True, "creative", "switching"), ModeGate.WAIT, "agent"),
     (GPU_ABSENT, ModeGate.OPEN, None),  # no gpud: health alone decides
 ])
 def test_a_switching_t2_profile_needs_the_mode_of_the_first_hop(
