@@ -46,12 +46,14 @@ def wait_for_alias(port: int, alias: str, process: subprocess.Popen[bytes],
 
 
 @contextlib.contextmanager
-def running_llama(binary: Path, model: Path, alias: str) -> Iterator[LlamaServer]:
-    """llama-server on a free port (1 thread, 512 tokens of context, like the demo)."""
+def running_llama(binary: Path, model: Path, alias: str, *extra: str
+                  ) -> Iterator[LlamaServer]:
+    """llama-server on a free port (1 thread, 512 tokens of context, like the demo), with
+    `extra` arguments."""
     port = free_port()
     process = subprocess.Popen(
         [str(binary), "-m", str(model), "--alias", alias, "--host", "127.0.0.1", "--port",
-         str(port), "-c", "512", "-t", "1"],
+         str(port), "-c", "512", "-t", "1", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_alias(port, alias, process)

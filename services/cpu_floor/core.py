@@ -218,16 +218,44 @@ class SmokeVerdict(enum.Enum):
 
 
 def judge_smoke(*, answered: bool, timed_out: bool, progress_before: float | None,
-                progress_after: float | None) -> SmokeVerdict:
-    """A smoke completion's verdict; token progress during a timeout means busy, not wedged."""
+                progress_after: float | None, working: bool = False) -> SmokeVerdict:
+    """A smoke completion's verdict; token progress during a timeout means busy, not wedged,
+    and so does a running llama-server using CPU (`working`) when /metrics is starved too."""
     if answered:
         return SmokeVerdict.OK
     if not timed_out:
         return SmokeVerdict.ERROR
     if (progress_before is not None and progress_after is not None
-            and progress_after > progress_before):
+            and progress_after > progress_before) or working:
         return SmokeVerdict.BUSY
     return SmokeVerdict.TIMEOUT
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """llama-server's scheduler state and CPU time from /proc/PID/stat."""
+
+    state: str  # R running, S sleeping, T stopped (SIGSTOP), t traced, Z zombie, ...
+    ticks: int  # utime + stime, in clock ticks
+
+
+def parse_proc_stat(text: str) -> CpuSample | None:
+    """/proc/PID/stat reduced to a CpuSample (None when unreadable)."""
+    fields = text.rpartition(")")[2].split()  # the command name may hold spaces
+    try:
+        return CpuSample(fields[0], int(fields[11]) + int(fields[12]))
+    except (IndexError, ValueError):
+        return None
+
+
+def working(before: CpuSample | None, after: CpuSample | None) -> bool:
+    """Busy, not wedged: llama-server is neither stopped nor dead and used CPU between the
+    two samples. A saturated llama-server answers /health (and /metrics) late, from the same
+    few HTTP threads as its completions, while it keeps decoding; a stopped or deadlocked one
+    uses no CPU."""
+    if before is None or after is None or after.state in ("T", "t", "Z", "X"):
+        return False
+    return after.ticks > before.ticks
 
 
 def should_ping_watchdog(*, now: float, health_ok: bool, smoke_alive: bool,

@@ -31,7 +31,7 @@ class FloorMetrics:
             "Latency of llama-server's GET /health.", buckets=HEALTH_BUCKETS, registry=r)
         self.health_checks = Counter(
             "mushishi_cpu_floor_health_checks",
-            "Health checks by result (ok, unhealthy, timeout, error).", ["result"],
+            "Health checks by result (ok, busy, unhealthy, timeout, error).", ["result"],
             registry=r)
         self.smoke_latency = Histogram(
             "mushishi_cpu_floor_smoke_latency_seconds",
@@ -47,7 +47,7 @@ class FloorMetrics:
         self.load_seconds = Gauge(
             "mushishi_cpu_floor_load_seconds",
             "Seconds from starting llama-server to READY in the current run.", registry=r)
-        for result in ("ok", "unhealthy", "timeout", "error"):
+        for result in ("ok", "busy", "unhealthy", "timeout", "error"):
             self.health_checks.labels(result=result)
         for result in ("ok", "busy", "timeout", "error"):
             self.smoke_completions.labels(result=result)

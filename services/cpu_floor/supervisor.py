@@ -70,6 +70,7 @@ class Supervisor:
         self._smoke_alive = False
         self._smoke_finished_at: float | None = None
         self._unhealthy_reason: str | None = None
+        self._health_busy = False  # the latest /health timed out while llama-server worked
         self._serving_status = ""
 
     # -- public -------------------------------------------------------------------------
@@ -277,14 +278,23 @@ class Supervisor:
         settings = self.settings
         watchdog_interval = self.notifier.watchdog_interval()
         period = core.check_period(settings.check_interval_s, watchdog_interval)
+        sample = self._cpu_sample()
         while True:
             result = await client.health(settings.check_timeout_s)
             self.metrics.health_latency.observe(result.seconds)
-            outcome = ("ok" if result.ok else "timeout" if result.timed_out
+            previous, sample = sample, self._cpu_sample()
+            # /health starved by a saturated server that keeps decoding: busy, not wedged.
+            busy = result.timed_out and core.working(previous, sample)
+            outcome = ("ok" if result.ok else "busy" if busy else "timeout" if result.timed_out
                        else "unhealthy" if result.status is not None else "error")
             self.metrics.health_checks.labels(result=outcome).inc()
+            if busy and not self._health_busy:
+                log.warning("/health timed out after %g s, but llama-server is using CPU: "
+                            "busy, not wedged; the watchdog is still pinged",
+                            settings.check_timeout_s)
+            self._health_busy = busy
             ping = core.should_ping_watchdog(
-                now=self.clock(), health_ok=result.ok, smoke_alive=self._smoke_alive,
+                now=self.clock(), health_ok=result.ok or busy, smoke_alive=self._smoke_alive,
                 smoke_finished_at=self._smoke_finished_at,
                 smoke_interval_s=settings.smoke_interval_s,
                 smoke_timeout_s=settings.smoke_timeout_s, slack_s=2 * period)
@@ -307,6 +317,16 @@ class Supervisor:
                     self.notifier.status(line)
             await asyncio.sleep(period)
 
+    def _cpu_sample(self) -> core.CpuSample | None:
+        """llama-server's state and CPU time now (None when it cannot be read)."""
+        if self.child_pid is None:
+            return None
+        try:
+            text = (self.proc_root / str(self.child_pid) / "stat").read_text("ascii", "replace")
+        except OSError:
+            return None
+        return core.parse_proc_stat(text)
+
     def _why_unhealthy(self, health_ok: bool, status: int | None, error: str) -> str:
         if not health_ok:
             return (f"/health {error}" if status is None
@@ -319,13 +339,16 @@ class Supervisor:
         settings = self.settings
         while True:
             await asyncio.sleep(settings.smoke_interval_s)
+            cpu_before = self._cpu_sample()
             before = await client.progress(settings.check_timeout_s)
             result = await client.smoke(settings.alias, settings.smoke_max_tokens,
                                         settings.smoke_timeout_s)
+            # /metrics starved before the smoke: do not wait for it again (CPU time tells).
             after = (await client.progress(settings.check_timeout_s)
-                     if result.timed_out else None)
+                     if result.timed_out and before is not None else None)
             verdict = core.judge_smoke(answered=result.answered, timed_out=result.timed_out,
-                                       progress_before=before, progress_after=after)
+                                       progress_before=before, progress_after=after,
+                                       working=core.working(cpu_before, self._cpu_sample()))
             self._record_smoke(result, verdict)
             if verdict is core.SmokeVerdict.BUSY:
                 log.warning("smoke completion timed out after %g s, but llama-server is "

@@ -140,6 +140,8 @@ class Accounting:
                 f"in {duration_ms} ms")
         if call.fallbacks:
             text += f" after {call.fallbacks} fallback(s)"
+        if call.retries:
+            text += f", {call.retries} retry(ies) of a hop that failed before its first byte"
         if message:
             text += f" ({message})"
         self._records.emit(level, text, {
@@ -152,6 +154,7 @@ class Accounting:
             "MUSHISHI_DURATION_MS": duration_ms,
             "MUSHISHI_OVERHEAD_MS": f"{call.overhead_s * 1000:.3f}",
             "MUSHISHI_FALLBACKS": str(call.fallbacks),
+            "MUSHISHI_RETRIES": str(call.retries),
         })
 
     def reject(self, method: str, path: str, rejection: Rejection,

@@ -116,7 +116,8 @@ class Router:
         self.registry.register(RouterStateCollector(self.view))
         relay = Relay(self._upstreams, self.state, self.accounting, self._prober.kick, clock,
                       router.stream_idle_timeout_s, router.egress_socket)
-        self.api = Api(Forwarding(self.state, relay, self.accounting, self._switcher, clock),
+        self.api = Api(Forwarding(self.state, relay, self.accounting, self._switcher, clock,
+                                  self._prober.rejudge),
                        self.accounting, self.view, self.traffic, lambda: self.table,
                        router.max_body_bytes, self.registry, _reader_units(proc_root),
                        router.wait_feedback_s)

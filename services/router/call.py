@@ -65,7 +65,8 @@ class Call:
 
     __slots__ = ("api", "backend", "client_model", "completion_tokens", "failures",
                  "fallbacks", "feedback", "first_byte", "hops", "not_overhead_s", "outcome",
-                 "overhead_s", "path", "profile", "prompt_tokens", "request_id", "started",
+                 "overhead_s", "path", "profile", "prompt_tokens", "request_id", "retries",
+                 "started",
                  "status", "stream")
 
     def __init__(self, *, request_id: str, api: str, path: str, profile: RouteProfile,
@@ -84,6 +85,7 @@ class Call:
         # What happened, written only by the methods below.
         self.failures: list[HopFailure] = []
         self.fallbacks = 0
+        self.retries = 0  # hops tried again after failing before their first byte
         self.backend = "none"  # the backend that answered
         self.status = 0  # the HTTP status the caller got
         self.outcome = ""  # success, client_error, client_disconnected, cancelled or a code
@@ -113,6 +115,10 @@ class Call:
     def fell_back(self) -> None:
         """A hop was abandoned for the next one."""
         self.fallbacks += 1
+
+    def retried(self) -> None:
+        """A hop that failed before its first byte is tried again for this request."""
+        self.retries += 1
 
     def rejected(self, code: str, status: int) -> None:
         """The request ends with a stable error code."""

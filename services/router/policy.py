@@ -5,19 +5,24 @@ T1-strict profile's `require_mode`, or, for a profile of any tier with `on_mode_
 "switch"`, the mode of the first hop of its chain in another mode (open, wait for a switch,
 ask gpud for one, or refuse: T1-strict answers mode_mismatch, the other tiers take their
 next hop). A request that waited for a switch then waits for its backend's first probe in
-the new mode, so the verdict it routes on is not the one from before the switch. Each hop is judged
-from state, with no round trip for a backend known down or in another GPU mode; a hop at
+the new mode, so the verdict it routes on is not the one from before the switch. Each hop is
+judged from state, with no round trip for a backend known down or in another GPU mode; a hop at
 `max_concurrency` overflows to the next usable one or waits in its FIFO; a hop that fails
-(`relay`) moves the request on where the tier allows. When no hop of a T1 profile can answer
-for a reason that can pass, the request waits in the profile's queue for any change; the
-final error of a request nothing answered is `core.final_error`'s.
+(`relay`) moves the request on where the tier allows, unless it failed before its first byte
+and no later local hop can take the request: then it is tried again once a fresh probe finds
+it up (`_attempt`: T1 and T1-strict until the queue deadline, T2/T3 once before the cloud).
+When no hop of a T1 profile can answer for a reason that can pass, the request waits in the
+profile's queue for any change; the final error of a request nothing answered is
+`core.final_error`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -45,6 +50,11 @@ log = logging.getLogger("mushishi.router.request")
 # While a request waits for its backend's first healthy probe after a switch, it has the
 # backend probed this often.
 FIRST_PROBE_EVERY_S = 1.0
+# A hop that failed before its first byte is tried again after this pause (doubling up to the
+# maximum) and a fresh probe that finds it up.
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+_TRANSIENT = frozenset({Failure.BROKEN, Failure.CONNECT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,8 @@ class Forwarding:
     accounting: Accounting
     switcher: ModeSwitcher | None  # None when gpud is not followed
     clock: Callable[[], float]
+    # Probe a backend afresh: its health then, or None when no probe finished in time.
+    rejudge: Callable[[str, float], Awaitable[Health | None]]
 
 
 async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
@@ -159,26 +171,23 @@ async def _pass_mode_gate(forwarding: Forwarding, call: Call, deadline: float) -
 
 
 async def _await_first_probe(forwarding: Forwarding, call: Call, deadline: float) -> None:
-    """After a switch: wait (within the queue timeout) until the first hop of the chain that
-    runs in the new mode has been probed since the mode became ready, and is not starting;
-    the pass then routes on that verdict, not on the one from before the switch."""
+    """After a switch: wait (within the queue timeout) for a fresh probe of the first hop of
+    the chain that runs in the new mode that does not find it starting (every
+    FIRST_PROBE_EVERY_S), so that the pass routes on that verdict, not on the one from
+    before the switch."""
     state = forwarding.state
     gpu = state.gpu
     hop = next((hop for hop in call.hops if hop.modes is not None
                 and gpu.active_mode in hop.modes), None)
     if hop is None:
         return
-    since = state.gpu_changed_at
-    while True:
-        fresh = state.probed_at.get(hop.name, float("-inf")) >= since
-        if fresh and state.health(hop.name) is not Health.STARTING:
-            return
-        remaining = deadline - forwarding.clock()
-        if remaining <= 0 or state.gpu != gpu:
-            return
-        forwarding.relay.kick_probe(hop.name)  # the probe loop's interval is for idle times
-        async with waiting(call, f"{hop.name} to start in mode {gpu.active_mode}"):
-            await state.wait_probe(min(remaining, FIRST_PROBE_EVERY_S))
+    async with waiting(call, f"{hop.name} to start in mode {gpu.active_mode}"):
+        while True:
+            health = await forwarding.rejudge(hop.name, deadline - forwarding.clock())
+            pause = min(FIRST_PROBE_EVERY_S, deadline - forwarding.clock())
+            if health is not Health.STARTING or pause <= 0 or state.gpu != gpu:
+                return
+            await asyncio.sleep(pause)
 
 
 async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
@@ -227,7 +236,7 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
                     return None
                 continue
         try:
-            answer = await forwarding.relay.attempt(call, hop, body, request)
+            answer = await _attempt(forwarding, call, index, body, request, deadline)
         finally:
             slots.release()
             state.gpu_work_ended(hop.name)
@@ -240,10 +249,56 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
     return None
 
 
+async def _attempt(forwarding: Forwarding, call: Call, index: int, body: RequestBody,
+                   request: web.Request, deadline: float) -> web.StreamResponse | HopFailure:
+    """Relay `call` to hop `index` (its slot held). A local hop that failed before its first
+    byte, when no later local hop can take the request, is tried again after a short backoff
+    and a fresh probe that finds it up: T1 and T1-strict until `deadline`, other tiers once
+    (before the cloud). A probe that finds it down or starting makes it unavailable (a T1
+    request then waits in its queue)."""
+    hop = call.hops[index]
+    left: float | None = None  # retries left, decided at the first failure
+    backoff = RETRY_BACKOFF_S
+    while True:
+        answer = await forwarding.relay.attempt(call, hop, body, request)
+        if not isinstance(answer, HopFailure) or answer.kind not in _TRANSIENT \
+                or not hop.local or deadline - forwarding.clock() <= backoff:
+            return answer
+        if left is None:
+            left = 0 if _later_local_free(forwarding.state, call, index) else \
+                math.inf if call.profile.sovereign else 1
+        if left <= 0:
+            return answer
+        with call.not_overhead():
+            await asyncio.sleep(backoff)
+            health = await forwarding.rejudge(hop.name, deadline - forwarding.clock())
+        if health is None:
+            return answer  # no fresh verdict before the deadline
+        if health is not Health.UP:
+            now = forwarding.state.verdict(hop.name).reason
+            return HopFailure(hop.name, Failure.UNAVAILABLE, answer.reason if now == answer.reason
+                              else f"{answer.reason}; then {now}")
+        left -= 1
+        backoff = min(backoff * 2, RETRY_BACKOFF_MAX_S)
+        call.retried()
+        log.info("trying backend %s again for the same request: it failed before the first "
+                 "byte (%s) and a fresh probe finds it up", hop.name, answer.reason,
+                 extra={"MUSHISHI_BACKEND": hop.name})
+
+
+def _later_local_free(state: RoutingState, call: Call, index: int) -> bool:
+    """A later local hop can take the request now (usable, not refused, a slot free)."""
+    return any(hop.local and not state.slots(hop.name).full for hop in call.hops[index + 1:]
+               if _usable(state, call, hop))
+
+
 def _later_usable(state: RoutingState, call: Call, index: int) -> bool:
-    return any(state.verdict(hop.name).usable
-               and sovereign_refusal(call.profile, hop, state.sovereign_refusals) is None
-               for hop in call.hops[index + 1:])
+    return any(_usable(state, call, hop) for hop in call.hops[index + 1:])
+
+
+def _usable(state: RoutingState, call: Call, hop: Hop) -> bool:
+    return state.verdict(hop.name).usable \
+        and sovereign_refusal(call.profile, hop, state.sovereign_refusals) is None
 
 
 def _fall_back(forwarding: Forwarding, call: Call, hop: Hop, reason: str) -> None:

@@ -96,6 +96,7 @@ class Relay:
             return _failed(call, hop, sent, Failure.BROKEN,
                            f"failed before the first byte ({without_quoted(str(error))})")
         call.first_byte_arrived(time.perf_counter())
+        self.state.heard_from(hop.name)
         if status_is_retryable(upstream.status):
             upstream.close()
             kind, reason = _describe_status(upstream.status, first)
@@ -226,6 +227,7 @@ class Relay:
                 try:
                     async with asyncio.timeout(idle):
                         chunk = await upstream.read_some()
+                    self.state.heard_from(hop.name)
                 except TimeoutError:
                     raise _BrokenStream(f"backend {hop.name} sent nothing for {idle:g}s"
                                         ) from None
@@ -265,6 +267,8 @@ def _answer_headers(call: Call, backend: str) -> dict[str, str]:
                "X-Mushishi-Backend": backend, "X-Request-Id": call.request_id}
     if call.fallbacks:
         headers["X-Mushishi-Fallbacks"] = str(call.fallbacks)
+    if call.retries:
+        headers["X-Mushishi-Retries"] = str(call.retries)
     return headers
 
 

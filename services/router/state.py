@@ -19,9 +19,11 @@ class Slots:
     """`limit` requests in flight at once (None: unlimited) and a FIFO of at most `queue_max`
     waiters. A released slot goes straight to the oldest waiter."""
 
-    def __init__(self, limit: int | None, queue_max: int) -> None:
+    def __init__(self, limit: int | None, queue_max: int,
+                 on_free: Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.queue_max = queue_max
+        self._on_free = on_free  # a slot went free with nobody in this FIFO
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -66,6 +68,15 @@ class Slots:
             self._prune()
         return True
 
+    def set_limit(self, limit: int | None) -> None:
+        """A new limit (learned from the backend); waiters take the slots it frees."""
+        self.limit = limit
+        while self._waiters and not self.full:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
     def release(self) -> None:
         """Give the slot to the oldest waiter, or free it."""
         while self._waiters:
@@ -74,6 +85,7 @@ class Slots:
                 waiter.set_result(None)
                 return
         self.in_flight -= 1
+        self._on_free()
 
     def _prune(self) -> None:
         while self._waiters and self._waiters[0].done():
@@ -88,6 +100,7 @@ class BackendState:
     slots: Slots
     health: Health = Health.UNKNOWN
     reason: str = ""
+    heard_at: float = float("-inf")  # when its last answer byte reached the router
 
 
 class RoutingState:
@@ -97,7 +110,7 @@ class RoutingState:
     def __init__(self, hops: Mapping[str, Hop], clock: Callable[[], float]) -> None:
         self._clock = clock
         self.backends: dict[str, BackendState] = {
-            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max),
+            name: BackendState(hop, Slots(hop.max_concurrency, hop.queue_max, self._slot_freed),
                                Health.UP if not hop.local else Health.UNKNOWN)
             for name, hop in hops.items()
         }
@@ -107,9 +120,7 @@ class RoutingState:
         # the router started): what `[modes] min_mode_dwell_s` counts from.
         self.mode_since = float("-inf")
         self.last_gpu_work = float("-inf")  # when a request to a backend with modes ended
-        self.probed_at: dict[str, float] = {}  # backend -> when its health was last recorded
         self._changed = asyncio.Event()
-        self._probed = asyncio.Event()  # set on every change and every recorded probe
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
         self._verdicts: dict[str, Verdict] = {}  # judged since the last change
         # backend -> why T1/T1-strict work may not go to it (its tenant is not confined)
@@ -133,6 +144,18 @@ class RoutingState:
         """Backend `name`'s concurrency slots (in flight, queued)."""
         return self.backends[name].slots
 
+    def heard_from(self, name: str) -> None:
+        """Backend `name` sent a byte of an answer (its first, or a stream's next)."""
+        self.backends[name].heard_at = self._clock()
+
+    def answering(self, name: str, within_s: float) -> int:
+        """Requests in flight at backend `name` if it sent the router an answer's byte within
+        `within_s` (busy, not wedged), else 0."""
+        backend = self.backends[name]
+        if self._clock() - backend.heard_at > within_s:
+            return 0
+        return backend.slots.in_flight
+
     def t1_queued(self, profile: str) -> int:
         """Requests of a T1 profile waiting in its queue for a local backend."""
         return self._t1_queued.get(profile, 0)
@@ -145,14 +168,15 @@ class RoutingState:
         """A request of `profile` stops waiting (served, refused or gone)."""
         self._t1_queued[profile] -= 1
 
+    def _slot_freed(self) -> None:
+        """A request in a T1 queue may be waiting for this slot (its FIFO was full)."""
+        if any(self._t1_queued.values()):
+            self.notify()
+
     def set_health(self, name: str, health: Health, reason: str) -> None:
-        """Record a backend's health; wake waiters when it changes (and `wait_probe`
-        waiters whatever it is)."""
+        """Record a backend's health; wake waiters when it changes."""
         state = self.backends[name]
         old = state.health
-        self.probed_at[name] = self._clock()
-        self._probed.set()
-        self._probed = asyncio.Event()
         if state.reason != reason:
             state.reason = reason
             self._verdicts.pop(name, None)
@@ -187,8 +211,6 @@ class RoutingState:
         """Wake everything waiting for a change."""
         self._changed.set()
         self._changed = asyncio.Event()
-        self._probed.set()
-        self._probed = asyncio.Event()
 
     def gpu_work_ended(self, name: str) -> None:
         """A request to backend `name` ended: GPU work when it runs in GPU modes (what the
@@ -201,16 +223,6 @@ class RoutingState:
         profile's queue."""
         return any(state.hop.modes is not None and (state.slots.in_flight or state.slots.queued)
                    for state in self.backends.values()) or any(self._t1_queued.values())
-
-    async def wait_probe(self, wait_s: float) -> bool:
-        """Wait up to `wait_s` for any change or any recorded probe; True if one came."""
-        event = self._probed
-        try:
-            async with asyncio.timeout(max(wait_s, 0.0)):
-                await event.wait()
-        except TimeoutError:
-            return False
-        return True
 
     async def wait_change(self, wait_s: float) -> bool:
         """Wait up to `wait_s` for any change; True if one came."""

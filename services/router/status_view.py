@@ -110,7 +110,7 @@ class StatusView:
                 "locality": hop.locality,
                 "modes": sorted(hop.modes) if hop.modes is not None else None,
                 "in_flight": backend.slots.in_flight, "queued": backend.slots.queued,
-                "max_concurrency": hop.max_concurrency, "model": hop.model,
+                "max_concurrency": backend.slots.limit, "model": hop.model,
             }
         profiles = {}
         for name, profile in self.profiles.items():

@@ -260,6 +260,7 @@ class Endpoint:
     health: Target | None  # the health probe's GET (local backends)
     models: Target | None  # the model list's GET (local backends)
     via_egress: bool
+    props: Target | None = None  # llama-server's GET /props (local backends)
 
 
 class Upstreams:
@@ -317,7 +318,7 @@ class Upstreams:
                 health = Target(pool(probed), path)
             self._endpoints[name] = Endpoint(backend, address.base_path, health,
                                              Target(backend, address.base_path + "/models"),
-                                             False)
+                                             False, Target(backend, "/props"))
 
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint of backend `name`."""

@@ -279,7 +279,8 @@ class BackendSettings(Section):
         default=None,
         ge=1,
         description="Requests in flight at once; beyond it requests queue, or overflow to the "
-        "next hop where the tier allows.",
+        "next hop where the tier allows. Unset: a llama-server's slot count (GET /props "
+        "total_slots) when it publishes one, else unlimited (vLLM publishes no max_num_seqs).",
     )
     api_key_credential: CredentialName | None = Field(
         default=None,

@@ -117,6 +117,9 @@ class OpenAIStandin:
         self.running = 0
         self.waiting = 0
         self.loading = False  # llama.cpp-like: 503 "Loading model" while True
+        # llama.cpp-like: /health unanswered while True, as a saturated llama-server's is
+        # (its few HTTP threads all wait on completions) while it keeps generating.
+        self.health_stalls = False
         self._faults: deque[Fault] = deque()
         self._always: Fault | None = None
         self._runner: web.AppRunner | None = None
@@ -433,6 +436,8 @@ class OpenAIStandin:
 
     async def _health(self, request: web.Request) -> web.Response:
         self.requests.append(Recorded(request.path, dict(request.headers), None))
+        if self.health_stalls:
+            await self._hang()
         if self.loading:
             return self._loading_response()
         return web.json_response({"status": "ok"})

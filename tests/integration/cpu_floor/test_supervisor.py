@@ -190,6 +190,60 @@ async def test_busy_llama_server_keeps_the_watchdog_fed(
         assert not run.task.done()
 
 
+async def test_saturated_llama_server_whose_health_times_out_is_not_restarted_but_a_stopped_one_is(
+        notify: NotifySocket, llama_server_binary: Path, tiny_model: Path) -> None:
+    # Issue 14: under load the supervisor's /health timed out while llama-server was merely
+    # busy, and the watchdog went unfed. This llama.cpp build answers /health from its own
+    # HTTP thread even with every slot busy (a slow /health came from the whole box being
+    # loaded), so once the server is saturated check_timeout_s is set below /health's own
+    # latency: every real /health then times out, and only the busy-vs-wedged judgement
+    # (llama-server running and using CPU) decides whether the watchdog is fed.
+    async with supervised(notify, llama_server_binary, tiny_model, HistoryStore(None),
+                          ctx_size=8192, smoke_timeout_s=0.3,
+                          extra_args=["--parallel", "2"]) as run:
+        await notify.wait_for("READY=1")
+        url = f"http://127.0.0.1:{run.settings.port}/v1/chat/completions"
+        body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 8000,
+                "ignore_eos": True}
+        until = time.monotonic() + 5.0
+
+        async def generate(session: aiohttp.ClientSession) -> None:
+            while time.monotonic() < until:
+                async with session.post(url, json=body) as response:
+                    assert response.status == 200
+                    await response.read()
+
+        async with aiohttp.ClientSession() as session:
+            load = asyncio.gather(*(generate(session) for _ in range(4)))
+            await asyncio.sleep(0.5)
+            run.settings.check_timeout_s = 0.0002
+            busy_from = time.monotonic()
+            await asyncio.sleep(3.5)
+            busy_until = time.monotonic()
+            pings = notify.pings(since=busy_from)
+            gaps = [b - a for a, b in zip([busy_from, *pings], [*pings, busy_until],
+                                          strict=True)]
+            assert max(gaps) < WATCHDOG_S, f"the watchdog would have fired: gaps {gaps}"
+            assert sample(run.metrics, "mushishi_cpu_floor_health_checks_total",
+                          result="busy") >= 3
+            assert not any(s.startswith("UNHEALTHY") for s in notify.statuses())
+
+            # The same server stopped uses no CPU: wedged, the watchdog goes unfed.
+            assert run.supervisor.child_pid is not None
+            os.kill(run.supervisor.child_pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(0.5)
+                quiet_from = time.monotonic()
+                await asyncio.sleep(WATCHDOG_S)
+                assert notify.pings(since=quiet_from) == [], "no WATCHDOG=1 when stopped"
+                assert any(s.startswith("UNHEALTHY, watchdog not pinged: /health timed out")
+                           for s in notify.statuses())
+            finally:
+                os.kill(run.supervisor.child_pid, signal.SIGCONT)
+            await load
+        assert not run.task.done()
+
+
 async def test_killed_child_ends_the_run_with_the_restart_status(
         notify: NotifySocket, llama_server_binary: Path, tiny_model: Path) -> None:
     async with supervised(notify, llama_server_binary, tiny_model, HistoryStore(None)) as run:

@@ -151,13 +151,14 @@ async def running_box(tmp_path: Path, *, bus_address: str | None = None,
                       cpu_url: str | None = None,
                       real_egress: bool = False, egress_extra: str = "",
                       tenants_run_dir: Path | None = None, gpu_tenant: str | None = None,
-                      **config: str) -> AsyncIterator[Box]:
+                      cpu_slots: int | None = None, **config: str) -> AsyncIterator[Box]:
     """Stand-ins + router; everything is stopped on exit. With `real_egress`, cloud hops go
     through the real mushishi-egress to stand-in providers (kimi.test, groq.test). The
     tenants' published probes are read from `tenants_run_dir` (default: none running);
-    `gpu_tenant` names a [tenants.*] entry serving the gpu backend's port."""
+    `gpu_tenant` names a [tenants.*] entry serving the gpu backend's port; `cpu_slots` is
+    the cpu stand-in's /props total_slots (none by default)."""
     gpu = await VllmStandin("gpu-model", name="gpu").start()
-    cpu = await LlamaCppStandin("cpu-alias", name="cpu").start()
+    cpu = await LlamaCppStandin("cpu-alias", name="cpu", slots=cpu_slots).start()
     socket_path = str(tmp_path / "egress.sock")
     cloud: dict[str, CloudStandin] = {}
     if real_egress:

@@ -313,3 +313,39 @@ def test_restart_delay_doubles_from_the_second_restart_up_to_the_cap(streak, del
 def test_backoff_max_below_base_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="restart_backoff_max_s"):
         CpuFloorSettings(restart_backoff_base_s=10, restart_backoff_max_s=5)
+
+
+STAT = "4242 (llama server) {state} 1 4242 4242 0 -1 4194560 900 0 0 0 {utime} {stime} 0 0 20 0"
+
+
+def sample(state: str, utime: int, stime: int = 5) -> core.CpuSample | None:
+    return core.parse_proc_stat(STAT.format(state=state, utime=utime, stime=stime))
+
+
+def test_proc_stat_gives_the_state_and_the_cpu_time_despite_spaces_in_the_name() -> None:
+    assert sample("R", 100, 7) == core.CpuSample("R", 107)
+    assert core.parse_proc_stat("4242 (x) R 1") is None
+    assert core.parse_proc_stat("") is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "working"),
+    [
+        (sample("R", 100), sample("R", 130), True),    # saturated: decoding for others
+        (sample("S", 100), sample("S", 101), True),    # sleeping between decode steps
+        (sample("R", 100), sample("R", 100), False),   # no CPU at all: deadlocked
+        (sample("R", 100), sample("T", 130), False),   # SIGSTOP: wedged, whatever it did
+        (sample("R", 100), sample("Z", 130), False),   # exited
+        (None, sample("R", 130), False),               # unreadable: not proof of life
+        (sample("R", 100), None, False),
+    ],
+)
+def test_working_means_running_and_using_cpu(before, after, working) -> None:
+    assert core.working(before, after) is working
+
+
+def test_smoke_timeout_is_busy_when_metrics_are_starved_but_cpu_moves() -> None:
+    assert core.judge_smoke(answered=False, timed_out=True, progress_before=None,
+                            progress_after=None, working=True) is SmokeVerdict.BUSY
+    assert core.judge_smoke(answered=False, timed_out=False, progress_before=None,
+                            progress_after=None, working=True) is SmokeVerdict.ERROR

@@ -134,17 +134,3 @@ async def test_gpu_work_is_work_on_backends_with_modes_only() -> None:
     assert not state.gpu_busy()  # the CPU floor is not GPU work
     assert state.slots("gpu").try_acquire()
     assert state.gpu_busy()
-
-
-async def test_wait_probe_wakes_on_a_probe_that_changes_nothing() -> None:
-    now = [1.0]
-    state = _state(now)
-    state.set_health("gpu", Health.UP, "healthy")
-    waiter = asyncio.create_task(state.wait_probe(5))
-    changes = asyncio.create_task(state.wait_change(0.2))
-    await asyncio.sleep(0)
-    now[0] = 2.0
-    state.set_health("gpu", Health.UP, "healthy")  # the same verdict, freshly probed
-    assert await waiter is True
-    assert await changes is False  # queued requests are not woken for nothing
-    assert state.probed_at["gpu"] == 2.0
