@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-stop demo-status lint checkout system-deps llama-server venv clean
+.PHONY: test demo demo-stop demo-status soak lint checkout system-deps llama-server venv clean
 
 checkout:
 	@scripts/check-checkout.sh
@@ -32,6 +32,11 @@ test: system-deps venv llama-server
 
 demo: system-deps venv llama-server
 	$(BIN)/python -m scripts.demo up
+
+# The chaos soak (benchmarks/soak/README.md): `make soak MINUTES=20`.
+MINUTES ?= 20
+soak: system-deps venv llama-server
+	$(BIN)/python -m benchmarks.soak --minutes $(MINUTES)
 
 demo-stop: venv
 	$(BIN)/python -m scripts.demo down

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 
+from mushishi.ctl.settings import EX_CONFIG, loaded_or_report
 from mushishi.services.egress.audit import (
     AuditEntry,
     human_bytes,
@@ -22,8 +23,6 @@ from mushishi.services.egress.audit import (
     summary_line,
 )
 from mushishi.services.egress.ledger import AuditUnavailable, read_audit
-from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
-from mushishi.shared.daemon import EX_CONFIG
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -126,12 +125,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"mushishi audit: {error}", file=sys.stderr)
         return 2
-    path = resolve_config_path(args.config)
-    try:
-        settings = load_settings(path)
-    except ConfigError as error:
-        print(error.report(), file=sys.stderr)
+    loaded = loaded_or_report(args.config)
+    if loaded is None:
         return EX_CONFIG
+    settings, path = loaded.settings, loaded.path
     profiles = {name: profile.tier for name, profile in settings.profiles.items()}
     try:
         entries = read_audit(settings.egress.state_dir, since=since, profile=args.profile)

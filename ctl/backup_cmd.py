@@ -20,12 +20,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from mushishi.ctl.settings import EX_CONFIG, settings_or_report
 from mushishi.services.backup.core import Fatal
 from mushishi.services.backup.repository import Access, access, copy_access
 from mushishi.services.backup.restic import first_error_line, newest_containing, parse_snapshots
-from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
 from mushishi.shared.config.backup import BackupSettings, display_repository
-from mushishi.shared.daemon import EX_CONFIG
+from mushishi.shared.credentials import CREDENTIALS_DIRECTORY_ENV
 
 CREDENTIALS = "/etc/mushishi/credentials"
 
@@ -67,8 +67,8 @@ def _environ(environ: Mapping[str, str]) -> dict[str, str]:
     """The caller's environment, with the credentials directory of the box when the caller
     did not name one (root reads it; a unit has its own)."""
     result = dict(environ)
-    if "CREDENTIALS_DIRECTORY" not in result and Path(CREDENTIALS).is_dir():
-        result["CREDENTIALS_DIRECTORY"] = CREDENTIALS
+    if CREDENTIALS_DIRECTORY_ENV not in result and Path(CREDENTIALS).is_dir():
+        result[CREDENTIALS_DIRECTORY_ENV] = CREDENTIALS
     return result
 
 
@@ -126,11 +126,10 @@ async def _restore(repo: Access, backup: BackupSettings, paths: list[str], targe
 
 def run(args: argparse.Namespace) -> int:
     """0 when done; 1 with a line naming what failed; 78 for an invalid config."""
-    try:
-        backup = load_settings(resolve_config_path(args.config)).backup
-    except ConfigError as error:
-        print(error.report(), file=sys.stderr)
+    settings = settings_or_report(args.config)
+    if settings is None:
         return EX_CONFIG
+    backup = settings.backup
     try:
         index = choose(backup, args.source)
         repo = _reach(backup, index)

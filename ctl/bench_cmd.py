@@ -19,15 +19,13 @@ import json
 import sys
 from pathlib import Path
 
+from mushishi.ctl.settings import EX_CONFIG, settings_or_report
 from mushishi.services.bench.app import run_bench
 from mushishi.services.bench.core import Target, describe
 from mushishi.services.bench.results import ResultsError
-from mushishi.shared.config import ConfigError, load_settings, resolve_config_path
 from mushishi.shared.config.observability import bench_results, parse_target
 from mushishi.shared.credentials import find_credential
 from mushishi.shared.notify import Notifier
-
-EX_CONFIG = 78
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,11 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure, append, report."""
-    path = resolve_config_path(args.config)
-    try:
-        settings = load_settings(path)
-    except ConfigError as error:
-        print(error.report(), file=sys.stderr)
+    settings = settings_or_report(args.config)
+    if settings is None:
         return EX_CONFIG
     bench = settings.bench
     requested: list[Target] = [Target("profile", n) for n in args.profile] + [

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from mushishi.ctl.settings import EX_CONFIG, loaded_or_report
 from mushishi.firewall import host
 from mushishi.firewall.apply import Firewall, FirewallError, guard_alive, lockout_facts
 from mushishi.firewall.lockout import check_lockout
@@ -27,12 +28,7 @@ from mushishi.firewall.state import APPLIED, StateDir, iso, sha256
 from mushishi.firewall.table import Table, build_table
 from mushishi.firewall.tenant_egress import TenantEgress, render_tenant_nft
 from mushishi.firewall.verify import build_report, format_report
-from mushishi.shared.config import (
-    ConfigError,
-    MushishiSettings,
-    load_config,
-    resolve_config_path,
-)
+from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.firewall import FirewallSettings
 from mushishi.shared.config.loader import default_env_file
 from mushishi.shared.journal import JOURNAL_SOCKET, JournalHandler
@@ -41,7 +37,6 @@ EX_OK = 0
 EX_FAILED = 1
 EX_USAGE = 2
 EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -83,13 +78,8 @@ def _settings(args: argparse.Namespace) -> tuple[FirewallSettings, str] | None:
 
 
 def _full_settings(args: argparse.Namespace) -> tuple[MushishiSettings, str] | None:
-    path = resolve_config_path(args.config)
-    try:
-        loaded = load_config(path, env_file=default_env_file())
-    except ConfigError as error:
-        print(error.report(), file=sys.stderr)
-        return None
-    return loaded.settings, str(path)
+    loaded = loaded_or_report(args.config, env_file=default_env_file())
+    return None if loaded is None else (loaded.settings, str(loaded.path))
 
 
 def _tenant_egress(settings: MushishiSettings) -> TenantEgress | None:

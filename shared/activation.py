@@ -14,6 +14,8 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 SD_LISTEN_FDS_START = 3
+# sd_listen_fds(3)'s variables: for this PID only, never for its children.
+LISTEN_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
 def systemd_sockets(environ: MutableMapping[str, str] | None = None
@@ -29,7 +31,7 @@ def systemd_sockets(environ: MutableMapping[str, str] | None = None
         sock.set_inheritable(False)
         sock.setblocking(False)
         sockets.append(sock)
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+    for name in LISTEN_ENV:
         environ.pop(name, None)  # not for children
     return sockets
 

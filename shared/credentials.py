@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CREDENTIAL_ENV_PREFIX = "MUSHISHI_CREDENTIAL_"
+# Where systemd places a unit's LoadCredential= files (systemd.exec(5)).
+CREDENTIALS_DIRECTORY_ENV = "CREDENTIALS_DIRECTORY"
 
 
 def credential_env_name(name: str) -> str:
@@ -43,7 +45,7 @@ def find_credential(
 ) -> Credential | None:
     """Return credential `name`, or None when no source has it."""
     environ = os.environ if environ is None else environ
-    directory = environ.get("CREDENTIALS_DIRECTORY")
+    directory = environ.get(CREDENTIALS_DIRECTORY_ENV)
     if directory:
         path = Path(directory) / name
         if path.is_file():

@@ -14,15 +14,17 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mushishi.shared.systemd import UnitEnvironment
+if TYPE_CHECKING:
+    from mushishi.shared.systemd import UnitEnvironment
 
 PREFIX = "MUSHISHI_TEST_"
-# What each known switch turns off. The router's own name for it is
-# services/router/upstream.py's CONNECT_CHECK_TEST_ENV (tests/unit hold them equal).
+# The switches themselves, read by the daemons whose check they turn off.
+CONNECT_CHECK_TEST_ENV = PREFIX + "DISABLE_CONNECT_CHECK"
+# What each known switch turns off.
 DESCRIPTIONS = {
-    "MUSHISHI_TEST_DISABLE_CONNECT_CHECK": "turns the router's connect-time sovereignty "
-                                           "check off",
+    CONNECT_CHECK_TEST_ENV: "turns the router's connect-time sovereignty check off",
 }
 MANAGER = "systemctl set-environment"
 

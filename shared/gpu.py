@@ -7,7 +7,6 @@ milliseconds); daemons run them with `asyncio.to_thread`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mushishi.shared.config.gpu import GpuSettings
-from mushishi.shared.files import replace_atomically
+from mushishi.shared.files import JsonFileError, load_json_object, write_json
 from mushishi.shared.processes import pid_alive
 
 MIB = 1024 * 1024
@@ -113,16 +112,17 @@ class SimulatedProbe:
 
     def _load(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            data = load_json_object(self.path)
+        except JsonFileError as error:
+            if error.cause is None:
+                raise GpuProbeError(f"simulated GPU state {self.path} is not a JSON object"
+                                    ) from None
+            raise GpuProbeError(f"simulated GPU state {self.path} is unreadable: "
+                                f"{error.cause}") from None
+        if data is None:
             raise GpuProbeError(
                 f"simulated GPU state {self.path} does not exist: write it (see [gpu] "
-                "simulated_state) or set [gpu] probe = \"nvml\" on a box with a GPU") from None
-        except (OSError, ValueError) as error:
-            raise GpuProbeError(f"simulated GPU state {self.path} is unreadable: {error}"
-                                ) from None
-        if not isinstance(data, dict):
-            raise GpuProbeError(f"simulated GPU state {self.path} is not a JSON object")
+                "simulated_state) or set [gpu] probe = \"nvml\" on a box with a GPU")
         return data
 
     def read(self) -> GpuSnapshot:
@@ -151,7 +151,7 @@ class SimulatedProbe:
     def set_power_limit(self, watts: int) -> None:
         data = self._load()
         data["power_limit_w"] = watts
-        replace_atomically(self.path, json.dumps(data), 0o644)
+        write_json(self.path, data, 0o644)
 
     def close(self) -> None:
         return None

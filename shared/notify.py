@@ -13,6 +13,9 @@ from collections.abc import Mapping
 import sdnotify
 
 SENT_KEPT = 256
+# sd_notify(3)'s variables: the supervisor's own readiness and watchdog.
+NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
+NOTIFY_ENV = (NOTIFY_SOCKET_ENV, "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
@@ -22,7 +25,7 @@ class Notifier:
         # sdnotify itself connects to os.environ["NOTIFY_SOCKET"]; `environ` only decides
         # whether to use it and what the watchdog interval is.
         environ = os.environ if environ is None else environ
-        self.enabled = bool(environ.get("NOTIFY_SOCKET"))
+        self.enabled = bool(environ.get(NOTIFY_SOCKET_ENV))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
         self.watchdog_usec = _watchdog_usec(environ)
         # The latest messages sent, for `mushishi` self-checks and tests; bounded, because a

@@ -8,9 +8,13 @@ import os
 import signal
 from collections.abc import Mapping
 
+from mushishi.shared.activation import LISTEN_ENV
+from mushishi.shared.notify import NOTIFY_ENV
+
+# Set by systemd for every process of a unit (systemd.exec(5)): "we run as a unit".
+INVOCATION_ENV = "INVOCATION_ID"
 # A supervisor's sd_notify and socket-activation variables are not its child's business.
-SUPERVISOR_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                       "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID")
+SUPERVISOR_ONLY_ENV = (*NOTIFY_ENV, *LISTEN_ENV, INVOCATION_ENV)
 
 
 def pid_alive(pid: int) -> bool:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
+
+from mushishi.shared.files import JsonFileError, load_json_object
 
 T = TypeVar("T")
 
@@ -93,16 +94,12 @@ async def within(limit_s: float, reader: Awaitable[Reading[T]], hung: str) -> Re
 def read_json_object(path: Path, absent: str) -> Reading[dict[str, Any]]:
     """A JSON object in a file (a result file); `missing(absent)` when there is none."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return missing(absent)
-    except PermissionError:
-        return error(f"permission denied on {path} (run as root)")
-    except (OSError, ValueError) as caught:
-        return error(f"cannot read {path}: {caught}")
-    if not isinstance(data, dict):
-        return error(f"{path} does not hold a JSON object")
-    return ok(data)
+        data = load_json_object(path)
+    except JsonFileError as caught:
+        if isinstance(caught.cause, PermissionError):
+            return error(f"permission denied on {path} (run as root)")
+        return error(str(caught))
+    return missing(absent) if data is None else ok(data)
 
 
 def read_bench_rows(path: Path, tail_bytes: int = BENCH_TAIL_BYTES

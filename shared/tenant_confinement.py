@@ -16,13 +16,12 @@ runner replaces `confinement.json` after every probe. The layer is:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mushishi.shared.files import replace_atomically
+from mushishi.shared.files import JsonFileError, load_json_object, write_json
 from mushishi.shared.locality import AddressError, parse_backend_url
 
 if TYPE_CHECKING:
@@ -66,12 +65,15 @@ class TenantsLayer:
 
 def write_record(directory: Path, record: TenantRecord) -> None:
     """Publish `record` in `directory` (the unit's runtime directory), atomically, 0644."""
-    replace_atomically(directory / RECORD_NAME, json.dumps(asdict(record)) + "\n", mode=0o644)
+    write_json(directory / RECORD_NAME, asdict(record), 0o644)
 
 
-def read_record(path: Path) -> TenantRecord:
-    """A record written by `write_record`; ValueError or OSError when it is not one."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+def read_record(path: Path) -> TenantRecord | None:
+    """A record written by `write_record`, None when there is none yet; JsonFileError,
+    KeyError, TypeError or ValueError when the file is not one."""
+    data = load_json_object(path)
+    if data is None:
+        return None
     confined = data["confined"]
     if confined not in (True, False, None):
         raise ValueError(f"confined is {confined!r}")
@@ -83,12 +85,14 @@ def read_record(path: Path) -> TenantRecord:
 def _reading(directory: Path, now: float) -> tuple[bool | None, str]:
     name = directory.name
     path = directory / RECORD_NAME
-    if not path.exists():
-        return None, f"tenant {name}: not probed yet (starting)"
     try:
         record = read_record(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except JsonFileError as error:
+        return None, f"tenant {name}: unreadable {path} ({error.cause or 'not an object'})"
+    except (ValueError, KeyError, TypeError) as error:
         return None, f"tenant {name}: unreadable {path} ({error})"
+    if record is None:
+        return None, f"tenant {name}: not probed yet (starting)"
     age = now - record.checked_at
     if age > STALE_INTERVALS * record.interval_s + STALE_SLACK_S:
         return None, (f"tenant {name}: the last probe is {age:.0f} s old (every "

@@ -37,17 +37,14 @@ from mushishi.services.router.state import RoutingState
 from mushishi.services.router.status_view import Sovereignty, StatusView, Traffic
 from mushishi.services.router.tenants import TenantsFollower
 from mushishi.services.router.traces import RequestTracer
-from mushishi.services.router.upstream import (
-    CONNECT_CHECK_TEST_ENV,
-    SovereigntyRefusal,
-    Upstreams,
-)
+from mushishi.services.router.upstream import SovereigntyRefusal, Upstreams
 from mushishi.shared.activation import bind_unix, systemd_sockets
 from mushishi.shared.bus import BusError
 from mushishi.shared.cgroups import cgroup2_mount
 from mushishi.shared.config import LoadedConfig, MushishiSettings
 from mushishi.shared.config.router import parse_listen, resolve_peer_uid
 from mushishi.shared.daemon import EX_CONFIG, reload_on_sighup, run_fast, stop_on_signals
+from mushishi.shared.disabled_checks import CONNECT_CHECK_TEST_ENV
 from mushishi.shared.metrics import new_registry, package_version
 from mushishi.shared.notify import Notifier
 from mushishi.shared.peers import PeerCredentials

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mushishi.shared.files import replace_atomically
+from mushishi.shared.files import write_json
 
 MINUTES_PER_DAY = 1440
 
@@ -129,7 +129,7 @@ class CloudShare:
 def save_state(share: CloudShare, path: Path) -> None:
     """Write the cloud-share buckets atomically (a crash leaves the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, json.dumps({"version": 1, "cloud_share": share.dump()}))
+    write_json(path, {"version": 1, "cloud_share": share.dump()})
 
 
 def load_state(share: CloudShare, path: Path) -> int:

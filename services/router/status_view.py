@@ -14,7 +14,7 @@ from mushishi.services.router.confinement import Confinement
 from mushishi.services.router.core import Preview, RouteProfile, preview
 from mushishi.services.router.reload import ReloadStatus
 from mushishi.services.router.state import RoutingState
-from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV
+from mushishi.shared.disabled_checks import CONNECT_CHECK_TEST_ENV
 from mushishi.shared.metrics import package_version
 from mushishi.shared.tenant_confinement import TenantsLayer
 

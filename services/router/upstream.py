@@ -42,7 +42,6 @@ from mushishi.shared.t1_readers import EGRESS_UNIT
 
 log = logging.getLogger("mushishi.router.upstream")
 
-CONNECT_CHECK_TEST_ENV = "MUSHISHI_TEST_DISABLE_CONNECT_CHECK"
 EGRESS_HOST = "egress"
 
 

@@ -24,7 +24,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mushishi.services.tenant.docker_api import ContainerFacts, DockerTenantError, TenantDocker
+from mushishi.services.tenant.docker_api import ContainerFacts, DockerEngine, DockerError
 from mushishi.shared.cgroups import (
     cgroup2_mount,
     processes_by_cgroup,
@@ -187,14 +187,14 @@ class TenantConfinement:
     """Finds where a tenant runs and probes each place; one instance per runner."""
 
     def __init__(self, name: str, tenant: TenantSettings, settings: ConfinementSettings,
-                 env: dict[str, str], *, docker: TenantDocker | None = None,
+                 env: dict[str, str], *, docker: DockerEngine | None = None,
                  proc: Path = Path("/proc"),
                  in_process: Callable[[], ProbeResult] | None = None) -> None:
         self.name = name
         self.tenant = tenant
         self.settings = settings
         self.env = env
-        self.docker = docker or TenantDocker(settings.docker_host)
+        self.docker = docker or DockerEngine(settings.docker_host)
         self.proc = proc
         self._in_process = in_process or (lambda: probe(
             settings.probe_host, settings.probe_port, settings.box_networks,
@@ -214,7 +214,7 @@ class TenantConfinement:
 
     async def containers(self) -> list[ContainerFacts]:
         """The tenant's running containers (by label for `docker run`, by project for
-        compose); DockerTenantError when Docker cannot say."""
+        compose); DockerError when Docker cannot say."""
         listing = compose_command(self.tenant.command, "ps", "-q")
         if listing is None:
             label = f"{TENANT_LABEL}={self.name}"
@@ -224,7 +224,7 @@ class TenantConfinement:
             env={**os.environ, **self.env})
         out, err = await process.communicate()
         if process.returncode != 0:
-            raise DockerTenantError(f"{' '.join(listing)} failed: "
+            raise DockerError(f"{' '.join(listing)} failed: "
                                     f"{err.decode(errors='replace').strip()[:200]}")
         ids = out.decode().split()
         return await asyncio.to_thread(self.docker.containers, ids=ids)
@@ -232,7 +232,7 @@ class TenantConfinement:
     async def _check_docker(self) -> Check:
         try:
             containers = await self.containers()
-        except DockerTenantError as error:
+        except DockerError as error:
             return Check(ProbeResult(None, str(error)))
         forbidden = forbidden_attachment(self.name, containers, self.settings.docker_network)
         if forbidden is not None:

@@ -1,5 +1,6 @@
-"""Docker tenants through the Engine API (the official `docker` SDK, at `[gpu] docker_host`):
-the network they run on, and the facts about their containers that confinement needs.
+"""The one client of the Docker Engine API (the official `docker` SDK, at `[gpu] docker_host`):
+the network Docker tenants run on, the facts about their containers that confinement needs,
+and the running containers the stop-list may stop.
 
 Blocking calls: the runner runs them in a thread.
 """
@@ -14,8 +15,16 @@ MANAGED_LABEL = "io.mushishi.managed"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
-class DockerTenantError(Exception):
-    """The Docker side of a tenant is not as it must be; the message names the fix."""
+class DockerError(Exception):
+    """Docker cannot be reached, or is not as it must be; the message names the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """A running Docker container, as the Engine API lists it."""
+
+    id: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +56,7 @@ def facts(inspected: dict[str, Any]) -> ContainerFacts:
         variables=variables)
 
 
-class TenantDocker:
+class DockerEngine:
     """The Engine API at `base_url` (`unix:///var/run/docker.sock`)."""
 
     def __init__(self, base_url: str, timeout: float = 10.0) -> None:
@@ -55,19 +64,19 @@ class TenantDocker:
         self.timeout = timeout
 
     def _client(self) -> Any:
-        import docker  # imported here: the SDK pulls in requests, only Docker tenants need it
+        import docker  # imported here: the SDK pulls in requests, only Docker users need it
 
         try:
             return docker.DockerClient(base_url=self.base_url, version="auto",
                                        timeout=int(self.timeout))
         except docker.errors.DockerException as error:
-            raise DockerTenantError(f"cannot reach Docker at {self.base_url} ({error}); is "
+            raise DockerError(f"cannot reach Docker at {self.base_url} ({error}); is "
                                     "docker.service running? ([gpu] docker_host)") from None
 
     def ensure_network(self, name: str, subnet: IPv4Network, bridge: str) -> str:
         """Create the tenants' network, or check that the existing one is ours as configured.
 
-        Returns what happened ("created" / "exists"); DockerTenantError when a network of
+        Returns what happened ("created" / "exists"); DockerError when a network of
         that name differs (subnet, bridge, driver, internal) and must be removed by hand.
         """
         import docker
@@ -88,13 +97,13 @@ class TenantDocker:
                     return "created"
                 except docker.errors.APIError as error:
                     if attempt or getattr(error, "status_code", None) != 409:
-                        raise DockerTenantError(
+                        raise DockerError(
                             f"cannot create Docker network {name} ({subnet}, bridge "
                             f"{bridge}): {error.explanation or error}") from None
                     # Another tenant created it a moment ago: check that one.
-            raise DockerTenantError(f"Docker network {name} could not be created")
+            raise DockerError(f"Docker network {name} could not be created")
         except docker.errors.DockerException as error:
-            raise DockerTenantError(f"Docker at {self.base_url}: {error}") from None
+            raise DockerError(f"Docker at {self.base_url}: {error}") from None
         finally:
             client.close()
 
@@ -112,7 +121,7 @@ class TenantDocker:
         if attrs.get("Driver") != "bridge" or attrs.get("Internal"):
             wrong.append("not a plain bridge network")
         if wrong:
-            raise DockerTenantError(
+            raise DockerError(
                 f"Docker network {name} exists with {'; '.join(wrong)}: remove it "
                 f"(docker network rm {name}) and start the tenant again; mushishi recreates it")
 
@@ -134,7 +143,20 @@ class TenantDocker:
                     continue
             return [c for c in found if c.running]
         except docker.errors.DockerException as error:
-            raise DockerTenantError(f"Docker at {self.base_url}: {error}") from None
+            raise DockerError(f"Docker at {self.base_url}: {error}") from None
+        finally:
+            client.close()
+
+    def running(self) -> list[Container]:
+        """Every running container, by id and name."""
+        import docker
+
+        client = self._client()
+        try:
+            return [Container(str(row["Id"]), str(row["Names"][0]).lstrip("/"))
+                    for row in client.api.containers()]
+        except docker.errors.DockerException as error:
+            raise DockerError(f"Docker at {self.base_url}: {error}") from None
         finally:
             client.close()
 
@@ -149,5 +171,7 @@ class TenantDocker:
                     client.api.stop(container_id, timeout=seconds)
                 except docker.errors.NotFound:
                     continue
+        except docker.errors.DockerException as error:
+            raise DockerError(f"Docker at {self.base_url}: {error}") from None
         finally:
             client.close()

@@ -15,13 +15,8 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from mushishi.services.tenant.stoplist import (
-    Container,
-    DockerContainers,
-    plan_freeing,
-    process_matches,
-    signal_process,
-)
+from mushishi.services.tenant.docker_api import Container, DockerEngine
+from mushishi.services.tenant.stoplist import plan_freeing, process_matches, signal_process
 from mushishi.shared.bus import connect
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.gpu import tenant_unit
@@ -48,7 +43,7 @@ async def running_tenants(tenants: Sequence[str]) -> set[str]:
 
 
 def prepare(settings: MushishiSettings, mode: str, probe_factory: Callable[[], GpuProbe],
-            notifier: Notifier, *, docker: DockerContainers | None = None,
+            notifier: Notifier, *, docker: DockerEngine | None = None,
             running: set[str] | None = None,
             clock: Callable[[], float] = time.monotonic,
             sleep: Callable[[float], None] = time.sleep) -> int:
@@ -79,7 +74,7 @@ def prepare(settings: MushishiSettings, mode: str, probe_factory: Callable[[], G
         need = sum(settings.tenants[t].vram_mib for t in starting)
         if need:
             free_memory(settings, mode, need, probe,
-                        docker or DockerContainers(settings.gpu.docker_host), clock, sleep)
+                        docker or DockerEngine(settings.gpu.docker_host), clock, sleep)
         return 1 if failed else 0
     except GpuProbeError as error:
         log.error("mode %s: cannot read the GPU: %s", mode, error, extra=extra)
@@ -90,7 +85,7 @@ def prepare(settings: MushishiSettings, mode: str, probe_factory: Callable[[], G
 
 
 def free_memory(settings: MushishiSettings, mode: str, need: int, probe: GpuProbe,
-                docker: DockerContainers, clock: Callable[[], float],
+                docker: DockerEngine, clock: Callable[[], float],
                 sleep: Callable[[float], None]) -> None:
     """Stop stop-list holders when free VRAM is short of `need`, then wait for it."""
     extra = log_extra(mode=mode)
@@ -115,7 +110,7 @@ def free_memory(settings: MushishiSettings, mode: str, need: int, probe: GpuProb
         return
     for container in plan.containers:
         try:
-            docker.stop(container)
+            docker.stop([container.id])
             log.warning("mode %s: stopped container %s (%s) from the stop-list", mode,
                         container.name, container.id[:12], extra=extra)
         except Exception as error:

@@ -26,7 +26,7 @@ from mushishi.services.tenant.confinement import (
     TenantConfinement,
     env_warnings,
 )
-from mushishi.services.tenant.docker_api import DockerTenantError, TenantDocker
+from mushishi.services.tenant.docker_api import DockerEngine, DockerError
 from mushishi.services.tenant.launch import plan_launch
 from mushishi.shared.config.gpu import DOCKER_BRIDGE, TenantSettings
 from mushishi.shared.confinement_probe import ProbeResult
@@ -132,12 +132,12 @@ async def run_tenant(name: str, tenant: TenantSettings, settings: ConfinementSet
         log.warning("%s", warning, extra=extra)
     if launch.refusal is not None:
         return _refused(launch.refusal, notifier, extra)
-    docker = TenantDocker(settings.docker_host)
+    docker = DockerEngine(settings.docker_host)
     if tenant.runtime == "docker":
         try:
             await asyncio.to_thread(docker.ensure_network, settings.docker_network,
                                     settings.docker_subnet, DOCKER_BRIDGE)
-        except DockerTenantError as error:
+        except DockerError as error:
             return _refused(f"tenant {name}: {error}", notifier, extra)
     publisher = publisher or Publisher(name, tenant.runtime, settings,
                                        record_directory(name, os.environ), notifier)
@@ -160,7 +160,7 @@ async def run_tenant(name: str, tenant: TenantSettings, settings: ConfinementSet
 async def _supervise(name: str, tenant: TenantSettings, settings: ConfinementSettings,
                      notifier: Notifier, child: asyncio.subprocess.Process,
                      confinement: TenantConfinement, publisher: Publisher,
-                     docker: TenantDocker, clock: Callable[[], float]) -> int:
+                     docker: DockerEngine, clock: Callable[[], float]) -> int:
     extra = log_extra(backend=name)
     stop = stop_on_signals()
     exited = asyncio.create_task(child.wait())
@@ -177,7 +177,7 @@ async def _supervise(name: str, tenant: TenantSettings, settings: ConfinementSet
         log.error("%s", line, extra=extra)
         notifier.status(line)
         if check.containers:
-            with contextlib.suppress(DockerTenantError):
+            with contextlib.suppress(DockerError):
                 await asyncio.to_thread(docker.stop, [c.id for c in check.containers],
                                         int(tenant.stop_timeout_s))
         await terminate(child, tenant.stop_timeout_s)
@@ -240,7 +240,7 @@ async def _supervise(name: str, tenant: TenantSettings, settings: ConfinementSet
     status = await terminate(child, tenant.stop_timeout_s)
     if tenant.runtime == "docker":
         # Containers run under dockerd, not in this unit: none may outlive the tenant.
-        with contextlib.suppress(DockerTenantError):
+        with contextlib.suppress(DockerError):
             left = await confinement.containers()
             await asyncio.to_thread(docker.stop, [c.id for c in left],
                                     int(tenant.stop_timeout_s))

@@ -14,20 +14,12 @@ import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from mushishi.services.tenant.docker_api import Container
 from mushishi.shared.gpu import GpuProcess, GpuSnapshot
 
 _CONTAINER_IN_CGROUP = re.compile(r"(?:docker[-/]|/docker/)([0-9a-f]{64})")
 TENANT_CGROUP_MARK = "mushishi-tenant@"
-
-
-@dataclass(frozen=True, slots=True)
-class Container:
-    """A running Docker container, as the Engine API lists it."""
-
-    id: str
-    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,34 +98,3 @@ def signal_process(pid: int, signum: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-class DockerContainers:
-    """The Docker Engine API through the official SDK, at `[gpu] docker_host`."""
-
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
-        self.base_url = base_url
-        self.timeout = timeout
-
-    def _client(self) -> Any:
-        import docker  # imported here: the SDK pulls in requests, only prepare needs it
-
-        return docker.DockerClient(base_url=self.base_url, version="auto",
-                                   timeout=int(self.timeout))
-
-    def running(self) -> list[Container]:
-        """Running containers; raises OSError-like errors when the daemon is unreachable."""
-        client = self._client()
-        try:
-            return [Container(str(row["Id"]), str(row["Names"][0]).lstrip("/"))
-                    for row in client.api.containers()]
-        finally:
-            client.close()
-
-    def stop(self, container: Container, seconds: int = 10) -> None:
-        """Stop one container (SIGTERM, then SIGKILL after `seconds`)."""
-        client = self._client()
-        try:
-            client.api.stop(container.id, timeout=seconds)
-        finally:
-            client.close()

@@ -188,26 +188,3 @@ def find_journalctl() -> str:
         if Path(candidate).is_file():
             return candidate
     return JOURNALCTL_PATHS[0]
-
-
-async def journal_tail(journalctl: str, unit: str, lines: int, limit_s: float) -> list[str]:
-    """The last `lines` journal lines of `unit` (systemd's own lines about it included)."""
-    argv = [journalctl, "--no-pager", "--quiet", "--output=short-iso", f"--lines={lines}",
-            f"--unit={unit}"]
-    try:
-        child = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={"LC_ALL": "C.UTF-8", "SYSTEMD_COLORS": "0"})
-    except OSError as error:
-        return [f"(cannot run {journalctl}: {error.strerror or error})"]
-    try:
-        stdout, stderr = await asyncio.wait_for(child.communicate(), timeout=limit_s)
-    except TimeoutError:
-        child.kill()
-        await child.wait()
-        return [f"(journalctl did not answer within {limit_s:.0f}s)"]
-    text = stdout.decode("utf-8", "replace").splitlines()
-    if child.returncode != 0 and not text:
-        return [f"(journalctl exited {child.returncode}: "
-                f"{stderr.decode('utf-8', 'replace').strip()[:200]})"]
-    return text[-lines:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from mushishi.services.watchdog.messages import Message
 from mushishi.services.watchdog.ntfy import Attempt, Delivery
-from mushishi.shared.files import write_json
+from mushishi.shared.files import JsonFileError, load_json_object, write_json
 from mushishi.shared.locks import exclusive_lock
 
 log = logging.getLogger("mushishi.watchdog.outbox")
@@ -73,11 +72,13 @@ class Outbox:
             return items
         for path in sorted(self.directory.glob("*.json")):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = load_json_object(path)
+                if data is None:  # gone since the listing
+                    continue
                 items.append(Item(path, datetime.fromisoformat(data["created"]),
                                   Message.from_dict(data["message"]),
                                   int(data.get("attempts", 0)), data.get("last_error")))
-            except (OSError, ValueError, KeyError, TypeError) as error:
+            except (JsonFileError, ValueError, KeyError, TypeError) as error:
                 log.error("outbox file %s is unreadable (%s); moved aside as .bad", path, error)
                 with contextlib.suppress(OSError):
                     path.rename(path.with_suffix(".bad"))

@@ -33,13 +33,15 @@ from mushishi.shared.config.settings import (
     toml_parts,
 )
 from mushishi.shared.credentials import CREDENTIAL_ENV_PREFIX
+from mushishi.shared.disabled_checks import PREFIX as TEST_ENV_PREFIX
+from mushishi.shared.processes import INVOCATION_ENV
 
 DEFAULT_CONFIG_PATH = Path("/etc/mushishi/mushishi.toml")
 CONFIG_ENV = "MUSHISHI_CONFIG"
 
 # Variables with the MUSHISHI_ prefix that are not config keys.
 NON_CONFIG_ENV = frozenset({CONFIG_ENV, PINNED_HOSTS_ENV})
-NON_CONFIG_ENV_PREFIXES = (CREDENTIAL_ENV_PREFIX, "MUSHISHI_TEST_")
+NON_CONFIG_ENV_PREFIXES = (CREDENTIAL_ENV_PREFIX, TEST_ENV_PREFIX)
 
 
 class ConfigError(Exception):
@@ -82,7 +84,7 @@ def resolve_config_path(cli_value: str | os.PathLike[str] | None = None,
 def default_env_file(environ: Mapping[str, str] | None = None) -> Path | None:
     """The development `.env` in the working directory; never used under systemd."""
     environ = os.environ if environ is None else environ
-    if environ.get("INVOCATION_ID"):
+    if environ.get(INVOCATION_ENV):
         return None
     candidate = Path(".env")
     return candidate.resolve() if candidate.is_file() else None

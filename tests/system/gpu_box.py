@@ -2,7 +2,8 @@
 
 Tenants are the stand-ins under tests/standins/ run by the real mushishi-tenant@.service
 (guard, runner, drain), gpud is the real mushishi-gpud.service on the sandbox's system
-bus, and the test process talks to that bus directly through /proc/<pid>/root.
+bus, and the test process talks to that bus directly through /proc/<pid>/root. Containers
+for the stop-list run under Debian's own dockerd.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,17 @@ from tests.paths import BINDIR, REPO
 
 PYTHON = str(Path(sys.executable))
 STANDINS = REPO / "tests" / "standins"
-DOCKER_SOCKET = "/run/standin-docker.sock"
+# Debian's own CLI and a busybox image built locally (no registry).
+DOCKER = "/usr/bin/docker"
+DOCKER_IMAGE = "mushishi-busybox:test"
+BUSYBOX_IMAGE = f"""
+set -e
+root=$(mktemp -d)
+mkdir -p "$root/bin"
+cp /bin/busybox "$root/bin/busybox"
+ln -s busybox "$root/bin/sleep"
+tar -C "$root" -c . | {DOCKER} import - {DOCKER_IMAGE} >/dev/null
+"""
 GPU_STATE = "/run/mushishi/gpu-sim.json"
 MODES = ("forensic", "agent", "creative", "audio", "off")
 # The tenants of each mode, as configured below.
@@ -47,7 +58,6 @@ def gpu_modes_config(*, drain_timeout_s: float = 60.0, extra_gpu: str = "") -> s
 probe = "simulated"
 simulated_state = "{GPU_STATE}"
 stop_list = ["ollama", "ollama-box"]
-docker_host = "unix://{DOCKER_SOCKET}"
 poll_interval_s = 1.0
 util_sample_s = 0.4
 free_wait_s = 10
@@ -135,7 +145,7 @@ class GpuBox:
         state = {**IDLE_GPU, **fields}
         self.box.write(GPU_STATE, json.dumps(state))
 
-    def setup(self, config: str | None = None, containers: list[Mapping[str, Any]] = ()) -> None:
+    def setup(self, config: str | None = None) -> None:
         """Install, stand in for the other issues' always-on daemons, start gpud in off."""
         box = self.box
         self.set_gpu()
@@ -145,7 +155,7 @@ class GpuBox:
                       "[Service]\nType=simple\nWatchdogSec=0\nExecStartPre=\nExecStartPost=\n"
                       "ExecStart=\nExecStart=/bin/sleep infinity\n")
         box.systemctl("daemon-reload")
-        self.start_docker(containers)
+        self.start_docker()
         box.systemctl("start", "mushishi.target")
         box.wait_for("mushishi-gpud.service", "active", timeout=60)
         self.isolate("off")
@@ -169,17 +179,30 @@ class GpuBox:
                                      f"{self.gpud_state()}")
             time.sleep(0.05)
 
-    def start_docker(self, containers: list[Mapping[str, Any]]) -> None:
-        """(Re)start the Docker Engine stand-in with these containers."""
+    def start_docker(self, containers: Sequence[str] = ()) -> dict[str, int]:
+        """The real dockerd (vfs storage, kept through mode isolation, as on a box where it
+        is enabled) with a busybox image, and a container running `sleep` for each name;
+        {name: the host pid of its process}."""
         box = self.box
-        box.systemctl("stop", "standin-docker.service", check=False)
-        box.systemctl("reset-failed", "standin-docker.service", check=False)
-        box.run(["systemd-run", "--unit=standin-docker", "--property=IgnoreOnIsolate=yes",
-                 "--property=Type=exec", PYTHON, str(STANDINS / "docker_engine.py"),
-                 "--socket", DOCKER_SOCKET, "--containers", json.dumps(list(containers)),
-                 "--log", str(box.shared / "docker-stops.jsonl")])
-        box.run(f"for i in $(seq 100); do test -S {DOCKER_SOCKET} && exit 0; sleep 0.1; done;"
-                " exit 1")
+        if box.is_active("docker.service") != "active":
+            box.write("/etc/docker/daemon.json", '{"storage-driver": "vfs"}\n')
+            for unit in ("docker.socket", "docker.service", "containerd.service"):
+                box.write(f"/etc/systemd/system/{unit}.d/zz-isolate.conf",
+                          "[Unit]\nIgnoreOnIsolate=yes\n")
+            box.systemctl("daemon-reload")
+            box.systemctl("start", "docker.service", timeout=120)
+            box.run(BUSYBOX_IMAGE, timeout=300)
+        pids = {}
+        for name in containers:
+            box.run([DOCKER, "run", "-d", "--init", "--name", name, DOCKER_IMAGE, "sleep",
+                     "3600"])
+            pids[name] = int(box.run([DOCKER, "inspect", "-f", "{{.State.Pid}}", name]).stdout)
+        return pids
+
+    def container_running(self, name: str) -> bool:
+        """Whether dockerd says the container runs."""
+        state = self.box.run([DOCKER, "inspect", "-f", "{{.State.Running}}", name]).stdout
+        return state.strip() == "true"
 
     def mushishi(self, *args: str, user: str | None = None, check: bool = False):
         """Run the mushishi CLI inside the sandbox."""

@@ -106,7 +106,7 @@ def stack(llama_server_binary: Path, tiny_model: Path) -> Iterator[GpuBox]:
         (models / "tiny.gguf").chmod(0o644)
         gpu.set_gpu()
         box.install(stack_config(llama_server_binary))
-        gpu.start_docker([])
+        gpu.start_docker()
         box.systemctl("start", "mushishi.target")
         for unit in ("mushishi-gpud.service", "mushishi-cpu-floor.service",
                      "mushishi-router.service"):

@@ -212,6 +212,32 @@ def test_a_container_outside_mushishi_reaches_the_cloud_host(box: Sandbox) -> No
     assert [line for line in cloud_requests(box)[before:] if "GET /control" in line]
 
 
+def test_the_docker_client_lists_and_stops_a_container_outside_mushishi(box: Sandbox) -> None:
+    """The one Docker Engine client (services/tenant/docker_api.py) as gpu-prepare's
+    stop-list uses it, against the real dockerd: every running container is listed by
+    name; stopping one stops it and nothing else, and stopping it again is no error."""
+    for name in ("ollama-box", "keep-me"):
+        box.run([DOCKER, "run", "-d", "--init", "--name", name, IMAGE, "sleep", "600"])
+    code = ("import json, sys\n"
+            "from mushishi.services.tenant.docker_api import DockerEngine\n"
+            "docker = DockerEngine('unix:///var/run/docker.sock')\n"
+            "before = sorted(c.name for c in docker.running())\n"
+            "[target] = [c for c in docker.running() if c.name == 'ollama-box']\n"
+            "docker.stop([target.id], seconds=5)\n"
+            "docker.stop([target.id, 'f' * 64], seconds=5)\n"
+            "print(json.dumps([before, sorted(c.name for c in docker.running())]))\n")
+    try:
+        before, after = json.loads(box.run([PYTHON, "-c", code]).stdout.splitlines()[-1])
+        assert {"ollama-box", "keep-me"} <= set(before)
+        assert "ollama-box" not in after and "keep-me" in after
+        assert box.run([DOCKER, "inspect", "-f", "{{.State.Running}}", "ollama-box"]
+                       ).stdout.strip() == "false"
+        assert box.run([DOCKER, "inspect", "-f", "{{.State.Running}}", "keep-me"]
+                       ).stdout.strip() == "true"
+    finally:
+        box.run([DOCKER, "rm", "-f", "ollama-box", "keep-me"], check=False)
+
+
 def test_a_docker_tenant_on_the_default_bridge_never_reaches_the_cloud_host(
         box: Sandbox) -> None:
     """The seed deployment's tenant (`docker run` on the default bridge, nothing else

@@ -29,16 +29,44 @@ def package_files() -> list[Path]:
     return sorted(p for d in PACKAGE_DIRS for p in (REPO / d).rglob("*.py"))
 
 
+def _string(node: ast.expr, known: dict[str, str]) -> str | None:
+    """A string literal, a known constant, or `+` of those (`PREFIX + "NAME"`)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return known.get(node.id)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _string(node.left, known), _string(node.right, known)
+        return None if left is None or right is None else left + right
+    return None
+
+
 def constants(files: list[Path]) -> dict[str, str]:
-    """Module-level `NAME = "string"` assignments across the package."""
+    """Module-level `NAME = "string"` (or `PREFIX + "string"`) assignments in the package."""
     found: dict[str, str] = {}
+    trees = [ast.parse(path.read_text()) for path in files]
+    for _ in range(2):  # a second pass resolves constants built from another module's
+        for tree in trees:
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and \
+                        (value := _string(node.value, found)) is not None:
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            found[target.id] = value
+    return found
+
+
+def string_tuples(files: list[Path]) -> dict[str, list[str]]:
+    """Module-level `NAMES = ("A", "B")` tuples of literal strings in the package."""
+    found: dict[str, list[str]] = {}
     for path in files:
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and \
-                    isinstance(node.value.value, str):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple) and \
+                    all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                        for e in node.value.elts):
                 for target in node.targets:
                     if isinstance(target, ast.Name):
-                        found[target.id] = node.value.value
+                        found[target.id] = [e.value for e in node.value.elts]  # type: ignore[attr-defined]
     return found
 
 
@@ -48,11 +76,14 @@ def _is_environment(node: ast.expr) -> bool:
     return bool(ENV_NAMES.search(name))
 
 
-def _loop_values(tree: ast.AST) -> dict[str, list[str]]:
-    """Loop variables over tuples/lists of literal strings."""
+def _loop_values(tree: ast.AST, tuples: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Loop variables over tuples/lists of literal strings, or a package constant of them."""
     values: dict[str, list[str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and \
+                isinstance(node.iter, ast.Name) and node.iter.id in tuples:
+            values.setdefault(node.target.id, []).extend(tuples[node.iter.id])
+        elif isinstance(node, ast.For) and isinstance(node.target, ast.Name) and \
                 isinstance(node.iter, ast.Tuple | ast.List):
             items = [e.value for e in node.iter.elts
                      if isinstance(e, ast.Constant) and isinstance(e.value, str)]
@@ -61,10 +92,11 @@ def _loop_values(tree: ast.AST) -> dict[str, list[str]]:
     return values
 
 
-def reads(path: Path, known: dict[str, str]) -> Iterator[tuple[str | None, str, int]]:
+def reads(path: Path, known: dict[str, str], tuples: dict[str, list[str]] | None = None,
+          ) -> Iterator[tuple[str | None, str, int]]:
     """(variable or None, the unresolved expression, line) for each read in `path`."""
     tree = ast.parse(path.read_text())
-    loops = _loop_values(tree)
+    loops = _loop_values(tree, tuples or {})
     for node in ast.walk(tree):
         argument: ast.expr | None = None
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -96,6 +128,7 @@ def reads(path: Path, known: dict[str, str]) -> Iterator[tuple[str | None, str, 
 def test_env_example_lists_every_variable_the_code_reads() -> None:
     files = package_files()
     known = constants(files)
+    tuples = string_tuples(files)
     listed = set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", (REPO / ".env.example").read_text()))
     example = (REPO / ".env.example").read_text()
     missing: list[str] = []
@@ -103,7 +136,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     seen: set[str] = set()
     for path in files:
         relative = str(path.relative_to(REPO))
-        for variable, expression, line in reads(path, known):
+        for variable, expression, line in reads(path, known, tuples):
             if variable is not None:
                 seen.add(variable)
                 if variable not in listed:

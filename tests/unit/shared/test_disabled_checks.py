@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mushishi.services.router.upstream import CONNECT_CHECK_TEST_ENV
-from mushishi.shared.disabled_checks import DESCRIPTIONS, locate, switches
+from mushishi.shared.disabled_checks import (
+    CONNECT_CHECK_TEST_ENV,
+    DESCRIPTIONS,
+    locate,
+    switches,
+)
 from mushishi.shared.systemd import UnitEnvironment
+from tests.paths import REPO
 
 NAME = "MUSHISHI_TEST_DISABLE_CONNECT_CHECK"
 
@@ -20,7 +25,11 @@ def read(path: str) -> str | None:
 
 
 def test_every_switch_a_daemon_reads_is_described() -> None:
-    assert CONNECT_CHECK_TEST_ENV in DESCRIPTIONS
+    assert CONNECT_CHECK_TEST_ENV == NAME and NAME in DESCRIPTIONS
+    # No daemon spells a switch itself: each reads its name from shared/disabled_checks.py.
+    spelled = [str(path.relative_to(REPO)) for path in sorted((REPO / "services").rglob("*.py"))
+               if "MUSHISHI_TEST_" in path.read_text(encoding="utf-8")]
+    assert spelled == []
 
 
 def test_only_the_test_prefix_counts_and_the_last_assignment_wins() -> None:
