@@ -8,8 +8,10 @@ import json
 import sys
 from typing import Any
 
+from mushishi.shared.comfyui_workflow import workflow_issues
 from mushishi.shared.config import ConfigError, LoadedConfig, load_config, resolve_config_path
 from mushishi.shared.config.backup import host_issues
+from mushishi.shared.config.firewall import exposure_warnings
 from mushishi.shared.config.loader import default_env_file
 from mushishi.shared.credentials import credential_env_name, find_credential
 
@@ -24,13 +26,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when valid, 1 when not (every problem printed to stderr)."""
+    """Exit 0 when valid, 1 when not (every problem printed to stderr); warnings (a model
+    server's port the firewall opens beyond loopback, a ComfyUI workflow file not there yet)
+    go to stderr and keep it valid."""
     path = resolve_config_path(args.file)
     try:
         loaded = load_config(path, env_file=default_env_file())
         # Files this machine must hold (checked here and by the daemon that needs them,
         # not by every daemon at start).
-        issues = host_issues(loaded.settings)
+        workflow_problems, workflow_warnings = workflow_issues(loaded.settings.backends)
+        issues = host_issues(loaded.settings) + workflow_problems
         if issues:
             raise ConfigError(str(path), issues)
     except ConfigError as error:
@@ -38,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         count = len(error.issues)
         print(f"{path}: {count} problem{'s' if count != 1 else ''}; not valid", file=sys.stderr)
         return 1
+    for warning in [*workflow_warnings, *exposure_warnings(loaded.settings)]:
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(explain(loaded))
     return 0

@@ -47,6 +47,12 @@ def _get(data: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], wher
     return value
 
 
+def _endpoints(data: Mapping[str, Any], where: str) -> list[str] | None:
+    """The optional `endpoints` list (absent from a router older than DESIGN.md §9's)."""
+    value = data.get("endpoints")
+    return None if value is None else _strings(value, f"{where}.endpoints")
+
+
 def _object(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return _get(data, key, dict, where)  # type: ignore[no-any-return]
 
@@ -150,6 +156,9 @@ class BackendStatus:
     queued: int
     max_concurrency: int | None
     model: str
+    # The endpoints it serves (backends.<name>.endpoints); None from a router older than
+    # DESIGN.md §9's.
+    endpoints: list[str] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> BackendStatus:
@@ -160,14 +169,14 @@ class BackendStatus:
                    None if modes is None else _strings(modes, f"{where}.modes"),
                    _get(data, "in_flight", int, where), _get(data, "queued", int, where),
                    _get(data, "max_concurrency", int, where, optional=True),
-                   _get(data, "model", str, where))
+                   _get(data, "model", str, where), _endpoints(data, where))
 
     def to_json(self) -> dict[str, Any]:
         """As the router sends it."""
         return {"state": self.state, "reason": self.reason, "local": self.local,
                 "locality": self.locality, "modes": self.modes, "in_flight": self.in_flight,
                 "queued": self.queued, "max_concurrency": self.max_concurrency,
-                "model": self.model}
+                "model": self.model, "endpoints": self.endpoints}
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +189,8 @@ class ProfileStatus:
     reason: str
     queued: int
     require_mode: str | None
+    # The endpoints its chain serves (as /v1/models lists them); None from an older router.
+    endpoints: list[str] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> ProfileStatus:
@@ -188,13 +199,14 @@ class ProfileStatus:
                    _strings(_get(data, "chain", list, where), f"{where}.chain"),
                    _get(data, "would_use", str, where, optional=True),
                    _get(data, "reason", str, where), _get(data, "queued", int, where),
-                   _get(data, "require_mode", str, where, optional=True))
+                   _get(data, "require_mode", str, where, optional=True),
+                   _endpoints(data, where))
 
     def to_json(self) -> dict[str, Any]:
         """As the router sends it."""
         return {"tier": self.tier, "chain": self.chain, "would_use": self.would_use,
                 "reason": self.reason, "queued": self.queued,
-                "require_mode": self.require_mode}
+                "require_mode": self.require_mode, "endpoints": self.endpoints}
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ def wait_for_alias(port: int, alias: str, process: subprocess.Popen[bytes],
 def running_llama(binary: Path, model: Path, alias: str, *extra: str
                   ) -> Iterator[LlamaServer]:
     """llama-server on a free port (1 thread, 512 tokens of context, like the demo), with
-    `extra` arguments."""
+    `extra` arguments (`--embeddings --pooling mean`, `--reranking` …)."""
     port = free_port()
     process = subprocess.Popen(
         [str(binary), "-m", str(model), "--alias", alias, "--host", "127.0.0.1", "--port",

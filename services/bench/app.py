@@ -38,10 +38,13 @@ class Outcome:
 
 
 def local_backends(settings: MushishiSettings) -> dict[str, tuple[str, ...] | None]:
-    """Local backends (by address, as the router decides) and the GPU modes they run in."""
+    """Local backends that serve chat completions (what the bench times), by address as the
+    router decides, and the GPU modes they run in."""
     router = settings.router
     found: dict[str, tuple[str, ...] | None] = {}
     for name, backend in settings.backends.items():
+        if "chat/completions" not in backend.endpoints:
+            continue  # speech, images, embeddings, rerank: nothing to time with a chat
         if backend_locality(backend.url, router.local_networks, router.local_hosts).local:
             found[name] = tuple(backend.modes) if backend.modes is not None else None
     return found

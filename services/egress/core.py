@@ -26,7 +26,10 @@ from mushishi.shared.locality import AddressError, backend_locality, parse_backe
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
 
-API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# Multipart uploads, sent to the provider as the router sent them (DESIGN.md §9).
+FORM_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/edits")
+API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/audio/speech",
+             "/v1/images/generations", "/v1/rerank", *FORM_PATHS)
 STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
@@ -57,6 +60,7 @@ class Limits:
     requests: int | None = None
     tokens: int | None = None
     cost: float | None = None
+    audio_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,8 @@ def compile_policy(settings: MushishiSettings) -> Policy:
             base=address.origin + address.base_path,
             model=backend.model,
             credential=backend.api_key_credential,
-            limits=Limits(budget.requests_per_day, budget.tokens_per_day, budget.cost_per_day)
+            limits=Limits(budget.requests_per_day, budget.tokens_per_day, budget.cost_per_day,
+                          budget.audio_seconds_per_day)
             if budget is not None else Limits(),
             price=Price(price.prompt_per_million, price.completion_per_million)
             if price is not None else None,
@@ -191,11 +196,13 @@ def admit(policy: Policy, profile: str | None, tier: str | None,
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens of one answer; `estimated` when the provider did not say."""
+    """Tokens of one answer; `estimated` when the provider did not say. `audio_seconds`:
+    the audio a transcription or translation covered, where the provider reports it."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    audio_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +214,7 @@ class DayTotals:
     completion_tokens: int = 0
     cost: float = 0.0
     estimated: int = 0  # requests counted from estimates (no usage: a crash, a cut stream)
+    audio_seconds: float = 0.0  # of transcriptions and translations, as the providers said
 
     @property
     def tokens(self) -> int:
@@ -217,7 +225,8 @@ class DayTotals:
         """These totals with one more settled request."""
         return DayTotals(self.requests + 1, self.prompt_tokens + usage.prompt_tokens,
                          self.completion_tokens + usage.completion_tokens, self.cost + cost,
-                         self.estimated + (1 if usage.estimated else 0))
+                         self.estimated + (1 if usage.estimated else 0),
+                         self.audio_seconds + usage.audio_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +252,9 @@ def budget_refusal(limits: Limits, used: DayTotals, in_flight: InFlight) -> str 
                 "(budget.tokens_per_day)")
     if limits.cost is not None and used.cost >= limits.cost:
         return f"{used.cost:.4f} of {limits.cost:g} spent today (budget.cost_per_day)"
+    if limits.audio_seconds is not None and used.audio_seconds >= limits.audio_seconds:
+        return (f"{used.audio_seconds:.0f} of {limits.audio_seconds:g} seconds of audio "
+                "transcribed today (budget.audio_seconds_per_day)")
     return None
 
 
@@ -369,6 +381,23 @@ def prepare_body(path: str, body: dict[str, Any], backend: CloudBackend) -> Prep
     encoded = json.dumps(out, ensure_ascii=False, separators=(",", ":"),
                          allow_nan=False).encode()
     return Prepared(encoded, stream, strip_usage, estimate_tokens(prompt_bytes))
+
+
+def audio_seconds_from(obj: Any) -> float | None:
+    """The seconds of audio a transcription or translation answer covered, where the
+    provider reports them: OpenAI's `usage: {"type": "duration", "seconds": N}`, or the
+    `duration` of a verbose_json answer (Groq's, whisper servers')."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if isinstance(usage, dict) and usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+    else:
+        seconds = obj.get("duration")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) \
+            and math.isfinite(seconds) and seconds >= 0:
+        return float(seconds)
+    return None
 
 
 def usage_from(obj: Any) -> Usage | None:

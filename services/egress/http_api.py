@@ -25,6 +25,7 @@ from aiohttp import web
 from mushishi.services.egress.audit import REFUSED, AuditEntry, Finish, plain, sent_outcome
 from mushishi.services.egress.core import (
     API_PATHS,
+    FORM_PATHS,
     Admission,
     Prepared,
     Refused,
@@ -32,6 +33,7 @@ from mushishi.services.egress.core import (
     StreamTally,
     Usage,
     admit,
+    audio_seconds_from,
     budget_refusal,
     completion_text_bytes,
     estimate_tokens,
@@ -195,6 +197,23 @@ async def _read_body(request: web.Request, limit: int) -> dict[str, Any] | web.R
     return body
 
 
+def _check_form(request: web.Request, limit: int) -> dict[str, Any] | web.Response:
+    """A multipart upload is not read here (it streams to the provider): its size and type
+    are checked; {} when they pass."""
+    if request.content_length is not None and request.content_length > limit:
+        return error_response(413, "request_too_large", f"body over {limit} bytes "
+                                                        "(router.max_body_bytes)")
+    if request.content_type != "multipart/form-data":
+        return error_response(400, "invalid_request", f"{request.path} takes "
+                                                      "multipart/form-data")
+    return {}
+
+
+def _bytes_out(request: web.Request, prepared: Prepared) -> int:
+    """The size of the request sent to the provider (a form's, as the router announced)."""
+    return request.content_length or 0 if request.path in FORM_PATHS else len(prepared.body)
+
+
 async def _refuse(egress: Egress, entry: AuditEntry, outcome: Outcome, kind: str,
                   reason: str, response: web.Response) -> web.Response:
     """A request refused before anything was sent: its outcome, and its audit row on disk."""
@@ -207,7 +226,9 @@ async def _serve(egress: Egress, request: web.Request, admission: Admission,
                  entry: AuditEntry, outcome: Outcome) -> web.StreamResponse:
     backend = admission.backend
     name = backend.name
-    body = await _read_body(request, egress.settings.router.max_body_bytes)
+    form = request.path in FORM_PATHS
+    body = _check_form(request, egress.settings.router.max_body_bytes) if form \
+        else await _read_body(request, egress.settings.router.max_body_bytes)
     if isinstance(body, web.Response):
         reason = "request_too_large" if body.status == 413 else "invalid_request"
         return await _refuse(egress, entry, outcome, "client_error", reason, body)
@@ -234,12 +255,15 @@ async def _serve(egress: Egress, request: web.Request, admission: Admission,
                              error_response(429, "budget_exhausted",
                                             f"daily budget of cloud backend {name} is "
                                             f"exhausted: {refusal}"))
-    prepared = prepare_body(request.path, body, backend)
+    # A form goes to the provider as the router sent it (its model is the backend's
+    # already), streamed; an SSE answer is relayed as a stream.
+    prepared = Prepared(b"", True, False, 0) if form \
+        else prepare_body(request.path, body, backend)
     outcome.stream = prepared.stream
     try:
         reservation = await egress.ledger.reserve(
             name, entry.request_id, prepared.prompt_estimate,
-            replace(entry, bytes_out=len(prepared.body)))
+            replace(entry, bytes_out=_bytes_out(request, prepared)))
     except LedgerError as error:
         log.error("not sending to %s: %s", name, error)
         return await _refuse(egress, entry, outcome, "ledger_error", "ledger_error",
@@ -341,10 +365,16 @@ class _Relay:
         try:
             async with asyncio.timeout(backend.first_byte_timeout_s):
                 self.sent = True
-                self.outcome.bytes_out = len(self.prepared.body)
+                self.outcome.bytes_out = _bytes_out(self.request, self.prepared)
+                headers = self.provider.headers()
+                data: Any = self.prepared.body
+                if self.request.path in FORM_PATHS:
+                    data = self.request.content  # streamed, never held whole
+                    headers["Content-Type"] = self.request.headers["Content-Type"]
+                    if self.request.content_length is not None:
+                        headers["Content-Length"] = str(self.request.content_length)
                 upstream = await self.provider.session.post(
-                    url, data=self.prepared.body, headers=self.provider.headers(),
-                    allow_redirects=False)
+                    url, data=data, headers=headers, allow_redirects=False)
                 if self._is_stream(upstream):
                     first = await upstream.content.readany()
                     if not first:
@@ -421,10 +451,16 @@ class _Relay:
         except (ValueError, UnicodeDecodeError):
             parsed = None
         usage = usage_from(parsed)
-        if usage is None:
+        form = self.request.path in FORM_PATHS
+        if usage is None and form:
+            usage = Usage()  # an upload: counted as a request (and in audio seconds)
+        elif usage is None:
             usage = Usage(self.prepared.prompt_estimate,
                           estimate_tokens(completion_text_bytes(parsed)) if parsed else 0,
                           estimated=True)
+        seconds = audio_seconds_from(parsed) if form else None
+        if seconds is not None:
+            usage = replace(usage, audio_seconds=seconds)
         self.outcome.outcome, self.outcome.status = "success", upstream.status
         await self._settle(usage)
         self._observe()

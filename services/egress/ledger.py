@@ -64,7 +64,7 @@ log = logging.getLogger("mushishi.egress.ledger")
 
 LEDGER_FILE = "ledger.sqlite3"
 LOCK_FILE = "ledger.lock"
-SCHEMA_VERSION = 2  # 2: the audit table
+SCHEMA_VERSION = 3  # 2: the audit table; 3: usage.audio_seconds
 BATCH_MAX = 512
 PRUNE_BATCH = 1000  # audit rows deleted per transaction: a prune never holds requests long
 
@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     cost REAL NOT NULL DEFAULT 0,
     estimated INTEGER NOT NULL DEFAULT 0,
+    audio_seconds REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (day, backend)
 );
 CREATE TABLE IF NOT EXISTS reservations (
@@ -99,14 +100,16 @@ CREATE TABLE IF NOT EXISTS cooldowns (
 """ + audit.SCHEMA
 
 _ADD_USAGE = """
-INSERT INTO usage (day, backend, requests, prompt_tokens, completion_tokens, cost, estimated)
-VALUES (?, ?, 1, ?, ?, ?, ?)
+INSERT INTO usage (day, backend, requests, prompt_tokens, completion_tokens, cost, estimated,
+                   audio_seconds)
+VALUES (?, ?, 1, ?, ?, ?, ?, ?)
 ON CONFLICT (day, backend) DO UPDATE SET
     requests = requests + 1,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
     completion_tokens = completion_tokens + excluded.completion_tokens,
     cost = cost + excluded.cost,
-    estimated = estimated + excluded.estimated
+    estimated = estimated + excluded.estimated,
+    audio_seconds = audio_seconds + excluded.audio_seconds
 """
 
 
@@ -204,6 +207,19 @@ class _Writer(threading.Thread):
                                                                      f"{value}"))
 
 
+_TOTALS_QUERY = ("SELECT backend, requests, prompt_tokens, completion_tokens, cost, estimated, "
+                 "audio_seconds FROM usage WHERE day = ?")
+# A ledger the running egress has not upgraded yet (schema 2) has no audio seconds.
+_TOTALS_QUERY_2 = ("SELECT backend, requests, prompt_tokens, completion_tokens, cost, "
+                   "estimated, 0 FROM usage WHERE day = ?")
+
+
+def _has_audio_seconds(connection: sqlite3.Connection) -> bool:
+    """Whether the usage table has schema 3's audio_seconds column."""
+    return any(column[1] == "audio_seconds"
+               for column in connection.execute("PRAGMA table_info(usage)"))
+
+
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
@@ -271,6 +287,9 @@ class Ledger:
             columns = {c[1] for c in connection.execute("PRAGMA table_info(reservations)")}
             if "audit_row" not in columns:  # schema 1; the script added the audit table
                 connection.execute("ALTER TABLE reservations ADD COLUMN audit_row INTEGER")
+            if not _has_audio_seconds(connection):  # schema 2
+                connection.execute("ALTER TABLE usage ADD COLUMN audio_seconds REAL NOT NULL "
+                                   "DEFAULT 0")
             if row is None or int(row[0]) < SCHEMA_VERSION:
                 connection.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (key) "
                                    "DO UPDATE SET value = excluded.value",
@@ -298,7 +317,7 @@ class Ledger:
             cost = cost_of(usage, self.prices.get(backend))
             connection.execute("DELETE FROM reservations WHERE id = ?", (ident,))
             connection.execute(_ADD_USAGE, (day, backend, usage.prompt_tokens,
-                                            usage.completion_tokens, cost, 1))
+                                            usage.completion_tokens, cost, 1, 0.0))
             if audit_row is not None:
                 audit.interrupt_row(connection, audit_row, usage.prompt_tokens,
                                     usage.completion_tokens)
@@ -308,11 +327,12 @@ class Ledger:
 
     def _load(self, connection: sqlite3.Connection) -> None:
         today = utc_day(self.clock())
-        for backend, requests, prompt, completion, cost, estimated in connection.execute(
-                "SELECT backend, requests, prompt_tokens, completion_tokens, cost, estimated "
-                "FROM usage WHERE day = ?", (today,)):
+        for backend, requests, prompt, completion, cost, estimated, audio in \
+                connection.execute(
+                    "SELECT backend, requests, prompt_tokens, completion_tokens, cost, "
+                    "estimated, audio_seconds FROM usage WHERE day = ?", (today,)):
             self._totals[(today, backend)] = DayTotals(requests, prompt, completion, cost,
-                                                       estimated)
+                                                       estimated, audio)
         now = self.clock()
         for backend, until, reason in connection.execute(
                 "SELECT backend, until, reason FROM cooldowns"):
@@ -427,7 +447,8 @@ class Ledger:
             if deleted:
                 connection.execute(_ADD_USAGE, (
                     reservation.day, reservation.backend, usage.prompt_tokens,
-                    usage.completion_tokens, cost, 1 if usage.estimated else 0))
+                    usage.completion_tokens, cost, 1 if usage.estimated else 0,
+                    usage.audio_seconds))
         return cost, self._submit(op, wait=False)
 
     def record(self, entry: AuditEntry) -> asyncio.Future[Any]:
@@ -530,6 +551,8 @@ def budget_view(backend: CloudBackend, totals: DayTotals, in_flight: InFlight, d
         "cost_used": round(totals.cost, 6) if backend.price is not None else None,
         "cost_limit": limits.cost,
         "estimated_requests": totals.estimated,
+        "audio_seconds_used": round(totals.audio_seconds, 3),
+        "audio_seconds_limit": limits.audio_seconds,
         "cooldown_until": until.astimezone(UTC).isoformat() if until is not None else None,
         "cooldown_reason": cooldown[1] if until is not None and cooldown is not None else None,
     }
@@ -551,11 +574,10 @@ def read_budgets(settings: MushishiSettings, now: datetime | None = None
     connection = _open_read_only(path, f"no budget ledger at {path} yet (mushishi-egress "
                                        "creates it at its first start)")
     try:
-        totals = {backend: DayTotals(requests, prompt, completion, cost, estimated)
-                  for backend, requests, prompt, completion, cost, estimated in
-                  connection.execute(
-                      "SELECT backend, requests, prompt_tokens, completion_tokens, cost, "
-                      "estimated FROM usage WHERE day = ?", (day,))}
+        query = _TOTALS_QUERY if _has_audio_seconds(connection) else _TOTALS_QUERY_2
+        totals = {backend: DayTotals(requests, prompt, completion, cost, estimated, seconds)
+                  for backend, requests, prompt, completion, cost, estimated, seconds in
+                  connection.execute(query, (day,))}
         in_flight = {backend: InFlight(count, prompt or 0) for backend, count, prompt in
                      connection.execute(
                          "SELECT backend, count(*), sum(prompt_estimate) FROM reservations "

@@ -81,7 +81,8 @@ class EgressStateCollector(Collector):
                 f"Today's (UTC) {kind} {what} per cloud backend"
                 + (" (only where a limit is configured)." if what != "used" else "."),
                 labels=["backend"])
-            for what in ("used", "limit", "remaining") for kind in ("requests", "tokens", "cost")
+            for what in ("used", "limit", "remaining")
+            for kind in ("requests", "tokens", "cost", "audio_seconds")
         }
         cooling = GaugeMetricFamily(
             "mushishi_egress_cooldown_remaining_seconds",
@@ -94,7 +95,7 @@ class EgressStateCollector(Collector):
             "mushishi_egress_credential_present",
             "1 when the backend's API key credential was found.", labels=["backend"])
         for name, view in egress.budgets(now).items():
-            for kind in ("requests", "tokens", "cost"):
+            for kind in ("requests", "tokens", "cost", "audio_seconds"):
                 used = view[f"{kind}_used"]
                 limit = view[f"{kind}_limit"]
                 if used is not None:

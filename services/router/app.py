@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mushishi.services.router.accounting import Accounting
 from mushishi.services.router.cloud_share import CloudShare, load_state, save_state
+from mushishi.services.router.comfyui import ImageStore
 from mushishi.services.router.confinement import check_kernel_confinement
 from mushishi.services.router.core import GpuView, Health, compile_table
 from mushishi.services.router.gpu_mode import GpuModeFollower
@@ -111,13 +112,14 @@ class Router:
         self.view = StatusView(self.table.profiles, self.state, self.cloud_share,
                                self.sovereignty, self.traffic, self.reload_status)
         self.registry.register(RouterStateCollector(self.view))
+        images = ImageStore(clock)
         relay = Relay(self._upstreams, self.state, self.accounting, self._prober.kick, clock,
-                      router.stream_idle_timeout_s, router.egress_socket)
+                      router.stream_idle_timeout_s, router.egress_socket, images)
         self.api = Api(Forwarding(self.state, relay, self.accounting, self._switcher, clock,
                                   self._prober.rejudge),
                        self.accounting, self.view, self.traffic, lambda: self.table,
                        router.max_body_bytes, self.registry, _reader_units(proc_root),
-                       router.wait_feedback_s)
+                       images, router.wait_feedback_s)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, *, check_confinement: bool = True) -> None:

@@ -6,7 +6,9 @@ answer, its tokens, time that is not router overhead — and `accounting` reads 
 request is over. No other module writes its fields.
 
 `RequestBody` is what is sent to a hop; `JsonBody` is the one the OpenAI and Anthropic
-endpoints have (other bodies, such as multipart uploads, implement the same two members).
+endpoints have, `TranslatedBody` the Responses endpoint's (the request as is for a hop that
+serves it, its chat translation for the others); `upload.Upload` is the multipart one (audio
+transcriptions, image edits), which streams.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mushishi.services.router.core import Hop, HopFailure, RouteProfile
@@ -25,8 +28,19 @@ if TYPE_CHECKING:
 
 # One encoder for every request (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+# OpenAI chat's usage names, and the Responses API's (relayed as is from a backend that
+# serves it).
+_PROMPT_TOKENS = re.compile(rb'"(?:prompt|input)_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)')
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A body sent to a hop as it is produced (an upload): `length` bytes, or chunked when
+    None."""
+
+    chunks: AsyncIterator[bytes | memoryview]
+    length: int | None
 
 
 class RequestBody(Protocol):
@@ -34,9 +48,9 @@ class RequestBody(Protocol):
 
     content_type: str
 
-    def for_hop(self, hop: Hop) -> bytes:
-        """The bytes to send to `hop` (its served model name substituted where the API has
-        one)."""
+    def for_hop(self, hop: Hop) -> bytes | Streamed:
+        """The body to send to `hop` (its served model name substituted where the API has
+        one): bytes, or a stream (`upload.Upload`)."""
         ...
 
 
@@ -60,21 +74,46 @@ class JsonBody:
         return found
 
 
+class TranslatedBody:
+    """A JSON body in the caller's API (`native`, for hops that serve `endpoint`) and its
+    translation (for the others); either may be None when no hop of the chain needs it."""
+
+    __slots__ = ("endpoint", "native", "translated")
+    content_type = "application/json"
+
+    def __init__(self, endpoint: str, native: dict[str, Any] | None,
+                 translated: dict[str, Any] | None) -> None:
+        self.endpoint = endpoint
+        self.native = JsonBody(native) if native is not None else None
+        self.translated = JsonBody(translated) if translated is not None else None
+
+    def for_hop(self, hop: Hop) -> bytes:
+        """The native body for a hop that serves the endpoint, else the translated one."""
+        body = self.native if self.endpoint in hop.endpoints else self.translated
+        assert body is not None, f"no body built for {hop.name}"
+        return body.for_hop(hop)
+
+
 class Call:
     """One request: what was asked (fixed), and what happened (recorded by the methods)."""
 
     __slots__ = ("api", "backend", "client_model", "completion_tokens", "failures",
-                 "fallbacks", "feedback", "first_byte", "hops", "not_overhead_s", "outcome",
-                 "overhead_s", "path", "profile", "prompt_tokens", "request_id", "retries",
-                 "started",
-                 "status", "stream")
+                 "fallbacks", "feedback", "first_byte", "hops", "not_overhead_s", "original",
+                 "outcome", "overhead_s", "path", "profile", "prompt_tokens", "request_id",
+                 "retries", "started", "status", "stream")
 
     def __init__(self, *, request_id: str, api: str, path: str, profile: RouteProfile,
                  hops: tuple[Hop, ...], stream: bool, client_model: str,
-                 started: float, feedback: WaitFeedback | None = None) -> None:
+                 started: float, original: dict[str, Any] | None = None,
+                 feedback: WaitFeedback | None = None) -> None:
         self.request_id = request_id
-        self.api = api  # "openai" | "anthropic"
-        self.path = path  # upstream path below the base, e.g. "/chat/completions"
+        self.api = api  # "openai" | "anthropic" | "responses"
+        # The endpoint below the base, e.g. "/chat/completions"; a hop that serves only chat
+        # gets "/chat/completions" for a Responses call (`relay`).
+        self.path = path
+        # The caller's own request where an answer translated for it echoes its settings
+        # (Responses), else None.
+        self.original = original
         self.profile = profile
         self.hops = hops
         self.stream = stream

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from mushishi.services.router.errors import ErrorCode
-from mushishi.shared.config.router import SOVEREIGN_TIERS, unix_listen_paths
+from mushishi.shared.config.router import DEFAULT_ENDPOINTS, SOVEREIGN_TIERS, unix_listen_paths
 from mushishi.shared.locality import backend_locality
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 # 504 when it expires; the router waits this much longer, so that the egress (which counts
 # the failure towards the provider's cooldown) always answers first.
 EGRESS_TIMEOUT_HEADROOM_S = 2.0
+
+# An endpoint the router translates for a backend that serves only another: a Responses
+# request goes to a chat backend as chat completions (services/router/responses.py).
+TRANSLATED_ENDPOINTS: Mapping[str, str] = MappingProxyType({"responses": "chat/completions"})
 
 # Request fields other routers obey to widen routing; here they are dropped, never obeyed.
 ROUTING_FIELDS: frozenset[str] = frozenset({
@@ -47,6 +51,10 @@ class Hop:
     max_concurrency: int | None = None
     queue_max: int = 32
     first_byte_timeout_s: float = 300.0
+    endpoints: frozenset[str] = frozenset(DEFAULT_ENDPOINTS)  # backends.<name>.endpoints
+    kind: str = "openai"  # backends.<name>.kind: "openai" | "comfyui"
+    workflow: str | None = None  # comfyui: the API-format workflow template's path
+    workflow_inputs: tuple[tuple[str, str], ...] = ()  # comfyui: (request value, node path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,13 @@ class RouteProfile:
     def falls_back(self) -> bool:
         """Every tier but T1-strict may try the next hop."""
         return self.tier != "T1-strict"
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """The endpoints at least one hop of the chain serves (natively or translated)."""
+        native = frozenset().union(*(hop.endpoints for hop in self.hops))
+        return native | {endpoint for endpoint, target in TRANSLATED_ENDPOINTS.items()
+                         if target in native}
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,10 @@ def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
             queue_max=backend.queue_max,
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
             + (0.0 if verdict.local else EGRESS_TIMEOUT_HEADROOM_S),
+            endpoints=frozenset(backend.endpoints),
+            kind=backend.kind,
+            workflow=backend.workflow,
+            workflow_inputs=tuple(sorted(backend.workflow_inputs.items())),
         )
     return backends
 
@@ -223,6 +242,25 @@ def pin_hops(profile: RouteProfile, pin: str | None) -> tuple[Hop, ...] | None:
         return profile.hops
     kept = tuple(hop for hop in profile.hops if pin in (hop.name, hop.model))
     return kept or None
+
+
+def serves(hop: Hop, endpoint: str) -> bool:
+    """Whether `hop` serves `endpoint`, itself or through the router's translation
+    (`TRANSLATED_ENDPOINTS`: Responses to a chat backend)."""
+    return endpoint in hop.endpoints or TRANSLATED_ENDPOINTS.get(endpoint) in hop.endpoints
+
+
+def serving_hops(hops: tuple[Hop, ...], endpoint: str, *more: str) -> tuple[Hop, ...]:
+    """The hops of a chain that serve `endpoint` (e.g. "audio/transcriptions"; itself or
+    translated, `serves`), or any of `more`, in order: the others are skipped without a
+    round trip, whatever the tier (a hop that does not serve an endpoint is not part of that
+    endpoint's chain, so skipping it is no fallback)."""
+    def served(hop: Hop) -> bool:
+        return serves(hop, endpoint) or any(other in hop.endpoints for other in more)
+
+    if all(served(hop) for hop in hops):
+        return hops
+    return tuple(hop for hop in hops if served(hop))
 
 
 def split_model(model: str, profiles: Iterable[str]) -> tuple[str, str | None]:

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     ALL_BACKENDS_FAILED = "all_backends_failed"
     REMOTE_MEDIA_REFUSED = "remote_media_refused"  # DESIGN.md §9
+    ENDPOINT_UNSUPPORTED = "endpoint_unsupported"  # DESIGN.md §9
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
 
@@ -50,6 +51,7 @@ ERROR_HTTP: Mapping[ErrorCode, tuple[int, str]] = MappingProxyType({
     ErrorCode.BUDGET_EXHAUSTED: (429, "rate_limit_error"),
     ErrorCode.ALL_BACKENDS_FAILED: (502, "server_error"),
     ErrorCode.REMOTE_MEDIA_REFUSED: (400, "invalid_request_error"),
+    ErrorCode.ENDPOINT_UNSUPPORTED: (404, "invalid_request_error"),
     ErrorCode.NOT_FOUND: (404, "invalid_request_error"),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
 })
@@ -127,6 +129,10 @@ def stream_error_event(api: str, message: str,
     if api == "anthropic":
         data = {"type": "error", "error": {"type": "api_error", "message": message,
                                            "code": code}}
+        return f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    if api == "responses":  # relayed as is from a backend that serves Responses
+        data = {"type": "error", "code": code, "message": message, "param": None,
+                "sequence_number": 0}
         return f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
     return b"data: " + json.dumps({"error": {"message": message, "type": "server_error",
                                              "code": code}}).encode() + b"\n\n"

@@ -269,7 +269,7 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((head, body))
         return self._waiter
 
-    async def send_body(self, body: AsyncIterable[bytes], length: int | None,
+    async def send_body(self, body: AsyncIterable[bytes | memoryview], length: int | None,
                         answer: asyncio.Future[Response]) -> None:
         """Write a request body as it comes: as is when `length` is known, else in chunks,
         waiting while the socket's buffer is full. Stops early, leaving the connection
@@ -363,7 +363,7 @@ class Pool:
         self._open: set[_Connection] = set()
 
     async def request(self, method: str, target: str, headers: bytes,
-                      body: bytes | AsyncIterable[bytes] | None = None, *,
+                      body: bytes | AsyncIterable[bytes | memoryview] | None = None, *,
                       length: int | None = None) -> Response:
         """Send one request (`headers`: ready CRLF-terminated lines, no Host,
         Content-Length or Transfer-Encoding); its answer once its status and headers have
@@ -379,7 +379,7 @@ class Pool:
         """
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
             method.encode("ascii"), target.encode("ascii"), self._host, headers)
-        stream: AsyncIterable[bytes] | None = None
+        stream: AsyncIterable[bytes | memoryview] | None = None
         if isinstance(body, bytes):
             head += b"Content-Length: %d\r\n" % len(body)
         elif body is not None:

@@ -23,15 +23,17 @@ from weakref import WeakKeyDictionary
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from mushishi.services.router import anthropic
+from mushishi.services.router import anthropic, responses
 from mushishi.services.router.accounting import Accounting
-from mushishi.services.router.call import Call, JsonBody
+from mushishi.services.router.call import Call, JsonBody, RequestBody, TranslatedBody
+from mushishi.services.router.comfyui import ImageStore
 from mushishi.services.router.core import (
     ROUTING_FIELDS,
     Hop,
     RouteProfile,
     RouteTable,
     pin_hops,
+    serving_hops,
     split_model,
 )
 from mushishi.services.router.errors import (
@@ -46,6 +48,13 @@ from mushishi.services.router.feedback import WaitFeedback
 from mushishi.services.router.media import remote_media
 from mushishi.services.router.policy import Forwarding, forward
 from mushishi.services.router.status_view import StatusView, Traffic
+from mushishi.services.router.upload import (
+    FormError,
+    Upload,
+    UploadAborted,
+    UploadTooLarge,
+    form_boundary,
+)
 from mushishi.shared.http_request import request_id_for, request_peer
 from mushishi.shared.journal import bind_fields
 from mushishi.shared.metrics import add_metrics_route
@@ -54,6 +63,10 @@ from mushishi.shared.peers import PeerCredentials
 log = logging.getLogger("mushishi.router.request")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Endpoints whose streamed answers are event streams: a streamed request to one of them gets
+# SSE comment lines while it waits (`feedback`). Images, speech and transcripts do not.
+FEEDBACK_PATHS = frozenset({"/chat/completions", "/completions", "/responses"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,7 @@ class Api:
     registry: CollectorRegistry
     # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
     reader_unit: Callable[[PeerCredentials], str | None]
+    images: ImageStore  # images of comfyui backends answered as URLs
     # A streamed request that waits gets an SSE comment this often (router.wait_feedback_s;
     # 0: never).
     wait_feedback_s: float = 5.0
@@ -90,6 +104,9 @@ class Api:
 
 
 API_KEY = web.AppKey("mushishi_router_api", Api)
+
+# The endpoints whose body is a multipart/form-data upload, streamed to the hop (upload.py).
+FORM_ENDPOINTS = ("audio/transcriptions", "audio/translations", "images/edits")
 
 
 def _reject_constant(name: str) -> Any:
@@ -211,6 +228,15 @@ def validate_openai(path: str, body: dict[str, Any]) -> None:
         _require(isinstance(body.get("prompt"), str | list), "`prompt` must be a string or list")
     elif path == "/embeddings":
         _require(isinstance(body.get("input"), str | list), "`input` must be a string or list")
+    elif path == "/audio/speech":
+        _require(isinstance(body.get("input"), str) and bool(body["input"]),
+                 "`input` must be a non-empty string")
+    elif path == "/images/generations":
+        _require(isinstance(body.get("prompt"), str) and bool(body["prompt"]),
+                 "`prompt` must be a non-empty string")
+    elif path == "/rerank":
+        _require(isinstance(body.get("query"), str), "`query` must be a string")
+        _require(isinstance(body.get("documents"), list), "`documents` must be a list")
     if "stream" in body:
         _require(isinstance(body["stream"], bool), "`stream` must be true or false")
     if body.get("tools") is not None:
@@ -246,9 +272,28 @@ def validate_anthropic(body: dict[str, Any], *, count_only: bool = False) -> Non
         _require(isinstance(body["tool_choice"], dict), "`tool_choice` must be an object")
 
 
+def validate_responses(body: dict[str, Any]) -> None:
+    """The Responses fields the router relies on, and no request that needs stored state
+    (the router keeps none): that one is refused naming its field."""
+    _require(isinstance(body.get("input"), str | list), "`input` must be a string or a list "
+                                                        "of items")
+    if "stream" in body:
+        _require(isinstance(body["stream"], bool), "`stream` must be true or false")
+    if body.get("tools") is not None:
+        _require(isinstance(body["tools"], list)
+                 and all(isinstance(t, dict) for t in body["tools"]),
+                 "`tools` must be a list of objects")
+    refused = responses.refused_field(body)
+    if refused is not None:
+        field_name, why = refused
+        raise Rejection(ErrorCode.INVALID_REQUEST, f"`{field_name}` is not supported: {why}",
+                        param=field_name)
+
+
 def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
                     ) -> tuple[RouteProfile, tuple[Hop, ...], str]:
-    """(profile, hops, client model) for the body's `model`, or a Rejection."""
+    """(profile, hops, client model) for the body's `model`, or a Rejection; the hops are the
+    chain's, narrowed by a pin (`serving_hops` then keeps those that serve the endpoint)."""
     model = body.get("model")
     _require(isinstance(model, str) and bool(model), "`model` must name a profile "
                                                      "(or profile/model)")
@@ -276,6 +321,18 @@ def resolve_profile(table: RouteTable, caller: Caller, body: dict[str, Any]
     return profile, hops, model
 
 
+def endpoint_unsupported(profile: RouteProfile, endpoint: str, *, pinned: bool = False
+                         ) -> Rejection:
+    """`404 endpoint_unsupported`: no hop of `profile`'s chain (or of the part a pin kept)
+    serves `endpoint`; the message names the profile and what its chain serves."""
+    served = ", ".join(sorted(profile.endpoints)) or "nothing"
+    which = "the pinned part of the chain" if pinned else "the chain"
+    return Rejection(ErrorCode.ENDPOINT_UNSUPPORTED, (
+        f"no backend in {which} of profile {profile.name!r} serves /v1/{endpoint} (it serves "
+        f"{served}); add a backend whose backends.<name>.endpoints lists {endpoint!r} to "
+        f"profiles.{profile.name}.chain"))
+
+
 def refuse_remote_media(api: str, path: str, profile: RouteProfile,
                         body: dict[str, Any]) -> None:
     """A T1/T1-strict request may not reference media the model server would fetch from
@@ -292,41 +349,82 @@ def refuse_remote_media(api: str, path: str, profile: RouteProfile,
         f"{allowed}"), param=where)
 
 
+def json_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of an OpenAI endpoint: the request as is (a hop's model set per hop)."""
+    return JsonBody(fields)
+
+
+def anthropic_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of a Messages request: its chat translation, for every hop."""
+    return JsonBody(anthropic.messages_to_chat(fields))
+
+
+def responses_body(fields: dict[str, Any], hops: tuple[Hop, ...]) -> RequestBody:
+    """The body of a Responses request: as is for hops that serve `responses`, its chat
+    translation for the others (built only when some hop needs it)."""
+    native = any("responses" in hop.endpoints for hop in hops)
+    translated = None
+    if not all("responses" in hop.endpoints for hop in hops):
+        translated = responses.responses_to_chat(fields)
+        dropped = responses.dropped_reasoning(fields)
+        if dropped:
+            log.info("%d reasoning item(s) of the input left out for chat backends, which "
+                     "cannot take them back", dropped)
+    return TranslatedBody("responses", fields if native else None, translated)
+
+
 async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
-                      translate: Callable[[dict[str, Any]], dict[str, Any]] | None,
-                      validate: Callable[[dict[str, Any]], None]) -> web.StreamResponse:
+                      make_body: Callable[[dict[str, Any], tuple[Hop, ...]], RequestBody],
+                      validate: Callable[[dict[str, Any]], None], *,
+                      form: bool = False) -> web.StreamResponse:
+    """Serve one routed request: a JSON body (`make_body` builds what each hop is sent), or
+    with `form` a multipart upload (its text fields are what `validate` and the routing see;
+    the file is streamed, `upload`)."""
     started = time.perf_counter()
     request_id = request_id_for(request)
     call: Call | None = None
+    upload: Upload | None = None
     try:
         table = api.routes()
         caller = authenticate(table, request, api.peer_of)
-        fields = await read_json(api.max_body_bytes, request)
+        if form:
+            upload = open_upload(api.max_body_bytes, request)
+            fields = await upload_fields(upload)
+        else:
+            fields = await read_json(api.max_body_bytes, request)
         validate(fields)
         profile, hops, client_model = resolve_profile(table, caller, fields)
-        if profile.sovereign:
+        if profile.sovereign and not form:
             refuse_remote_media(kind, path, profile, fields)
-        if not ROUTING_FIELDS.isdisjoint(fields):
+        if not form and not ROUTING_FIELDS.isdisjoint(fields):
             for name in ROUTING_FIELDS:
                 fields.pop(name, None)  # a client may never widen routing
-        stream = bool(fields.get("stream"))
+        served = serving_hops(hops, path.lstrip("/"))
+        stream = fields.get("stream") in ("true", "True", "1") if form \
+            else bool(fields.get("stream"))
         feedback = WaitFeedback(request, {
             "X-Mushishi-Profile": profile.name, "X-Mushishi-Tier": profile.tier,
             "X-Request-Id": request_id}, api.wait_feedback_s, started) \
-            if stream and api.wait_feedback_s > 0 else None
-        call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=hops,
+            if stream and api.wait_feedback_s > 0 and path in FEEDBACK_PATHS else None
+        call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=served,
                     stream=stream, client_model=client_model, started=started,
-                    feedback=feedback)
-        if translate is not None:
-            try:
-                fields = translate(fields)
-            except anthropic.TranslationError as error:
-                raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
+                    original=fields if kind == "responses" else None, feedback=feedback)
+        if not served:
+            raise endpoint_unsupported(profile, path.lstrip("/"),
+                                       pinned=len(hops) < len(profile.hops))
         with bind_fields(MUSHISHI_PROFILE=profile.name, MUSHISHI_TIER=profile.tier,
                          MUSHISHI_REQUEST_ID=request_id):
+            try:
+                body = upload if upload is not None else make_body(fields, served)
+            except anthropic.TranslationError as error:
+                raise Rejection(ErrorCode.INVALID_REQUEST, str(error)) from None
             api.traffic.in_flight += 1
             try:
-                response = await forward(api.forwarding, call, JsonBody(fields), request)
+                try:
+                    response = await forward(api.forwarding, call, body, request)
+                except UploadAborted:
+                    assert upload is not None
+                    raise upload_rejection(upload) from None
             except asyncio.CancelledError:
                 # The client went away (or the drain timed out): the backend request was
                 # cancelled with it; the record says so.
@@ -351,6 +449,49 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
                 kind, rejection.message, rejection.code.value))
         return error_response(kind, rejection, profile=call.profile.name,
                               tier=call.profile.tier, request_id=request_id)
+    finally:
+        if upload is not None:
+            await upload.close()
+
+
+def open_upload(limit: int, request: web.Request) -> Upload:
+    """Start reading a multipart/form-data body into its spool, or a Rejection (too large,
+    not a form)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise Rejection(ErrorCode.REQUEST_TOO_LARGE,
+                        f"body of {request.content_length} bytes exceeds router.max_body_bytes "
+                        f"({limit})")
+    header = request.headers.get("Content-Type", "")
+    try:
+        boundary = form_boundary(header)
+    except FormError as error:
+        raise Rejection(ErrorCode.INVALID_REQUEST, str(error), status=415) from None
+    upload = Upload(request.content, header, boundary, request.content_length, limit)
+    upload.start()
+    return upload
+
+
+async def upload_fields(upload: Upload) -> dict[str, Any]:
+    """The form's text fields once routing can begin, or the Rejection of a bad upload."""
+    try:
+        fields: dict[str, Any] = await upload.fields()
+    except (FormError, UploadTooLarge, UploadAborted):
+        raise upload_rejection(upload) from None
+    if not upload.scanner.file_parts:
+        raise Rejection(ErrorCode.INVALID_REQUEST, "the form carries no file (a part with a "
+                                                   "filename)")
+    return fields
+
+
+def upload_rejection(upload: Upload) -> Rejection:
+    """What a caller whose upload failed is told (a too large or malformed form)."""
+    error = upload.error
+    if isinstance(error, UploadTooLarge):
+        return Rejection(ErrorCode.REQUEST_TOO_LARGE, str(error))
+    if isinstance(error, FormError):
+        return Rejection(ErrorCode.INVALID_REQUEST, f"body is not a valid multipart form: "
+                                                    f"{error}")
+    return Rejection(ErrorCode.INVALID_REQUEST, str(error or "the upload broke off"))
 
 
 def _openai(path: str) -> Handler:
@@ -358,14 +499,37 @@ def _openai(path: str) -> Handler:
         validate_openai(path, body)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _serve_call(request.app[API_KEY], request, "openai", path, None, validate)
+        return await _serve_call(request.app[API_KEY], request, "openai", path, json_body,
+                                 validate)
+    return handler
+
+
+def _validate_form(fields: dict[str, Any]) -> None:
+    """A form's text fields: the routing needs `model`; the backend validates the rest."""
+    if "stream" in fields:
+        _require(fields["stream"] in ("true", "false", "True", "False", "1", "0"),
+                 "`stream` must be true or false")
+
+
+def _openai_form(path: str) -> Handler:
+    """A multipart/form-data endpoint (audio transcriptions and translations, image edits)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _serve_call(request.app[API_KEY], request, "openai", path, json_body,
+                                 _validate_form, form=True)
     return handler
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages: Anthropic Messages, translated to OpenAI chat for the backend."""
     return await _serve_call(request.app[API_KEY], request, "anthropic", "/chat/completions",
-                             anthropic.messages_to_chat, validate_anthropic)
+                             anthropic_body, validate_anthropic)
+
+
+async def responses_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses: OpenAI Responses, as is to backends that serve them, translated to
+    chat for the others; stateless."""
+    return await _serve_call(request.app[API_KEY], request, "responses", "/responses",
+                             responses_body, validate_responses)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -387,7 +551,8 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.StreamResponse:
-    """GET /v1/models: the profiles the caller may use, as models."""
+    """GET /v1/models: the profiles the caller may use, as models, each with its tier and
+    the endpoints its chain serves (`/v1/<endpoint>`)."""
     api = request.app[API_KEY]
     table = api.routes()
     try:
@@ -396,10 +561,23 @@ async def models(request: web.Request) -> web.StreamResponse:
         api.accounting.reject(request.method, request.path, rejection, None)
         return error_response("openai", rejection)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "mushishi",
-             "tier": table.profiles[name].tier}
+             "tier": table.profiles[name].tier,
+             "endpoints": sorted(table.profiles[name].endpoints)}
             for name in sorted(caller.profiles)
             if name in table.profiles and caller.may_use(table.profiles[name])]
     return web.json_response({"object": "list", "data": data}, headers=NO_ROUTE_HEADERS)
+
+
+async def image_file(request: web.Request) -> web.StreamResponse:
+    """GET /v1/images/files/TOKEN: an image a comfyui backend made, answered as a URL
+    (`response_format = "url"`); the unguessable token is the key, for an hour."""
+    found = request.app[API_KEY].images.get(request.match_info["token"])
+    if found is None:
+        return error_response("openai", Rejection(
+            ErrorCode.NOT_FOUND, "no such image (image URLs last an hour)"))
+    content_type, data = found
+    return web.Response(body=data, content_type=content_type, headers={
+        **NO_ROUTE_HEADERS, "Cache-Control": "private, max-age=3600"})
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -456,9 +634,17 @@ def build_app(api: Api) -> web.Application:
     app.router.add_post("/v1/chat/completions", _openai("/chat/completions"))
     app.router.add_post("/v1/completions", _openai("/completions"))
     app.router.add_post("/v1/embeddings", _openai("/embeddings"))
+    app.router.add_post("/v1/responses", responses_endpoint)
+    # DESIGN.md §9: speech, images and rerank, to the backends that declare them.
+    for path in FORM_ENDPOINTS:
+        app.router.add_post(f"/v1/{path}", _openai_form(f"/{path}"))
+    for path in ("audio/speech", "images/generations", "rerank"):
+        app.router.add_post(f"/v1/{path}", _openai(f"/{path}"))
+    app.router.add_post("/rerank", _openai("/rerank"))  # as llama-server and Jina serve it
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/images/files/{token}", image_file)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/status", status)

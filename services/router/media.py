@@ -7,7 +7,8 @@ reference must be inline (`data:` URIs, base64) or start with one of the profile
 `local_media_prefixes` (local servers, checked like backends by `config check`).
 
 What counts as a media reference, at any depth of a message (and of an Anthropic
-`system`), whatever block or part type encloses it:
+`system`, and of a Responses `input` or `instructions` item), whatever block or part type
+encloses it:
 
 * a URL field: `image_url`, `video_url`, `audio_url`, `file_url` or `url` holding a string
   (OpenAI's `{"image_url": {"url": …}}`, the Responses-style `{"image_url": "…"}`,
@@ -34,6 +35,7 @@ _SCHEME = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:")
 # Which top-level fields hold messages, per API and path.
 _SCANNED: dict[str, tuple[str, ...]] = {
     "/chat/completions": ("messages",),
+    "/responses": ("input", "instructions"),
     "anthropic": ("messages", "system"),
 }
 
@@ -58,8 +60,9 @@ def _remote_data(value: str, allowed: Sequence[str]) -> bool:
 def remote_media(api: str, path: str, body: dict[str, Any],
                  allowed: Sequence[str] = ()) -> str | None:
     """The JSON path (`messages[0].content[1].image_url.url`) of the first remote media
-    reference in a request body, or None. `api` is "openai" or "anthropic", `path` the
-    OpenAI endpoint (`/chat/completions`; completions and embeddings carry no media)."""
+    reference in a request body, or None. `api` is "openai", "responses" or "anthropic",
+    `path` the OpenAI endpoint (`/chat/completions`, `/responses`; completions and
+    embeddings carry no media)."""
     roots = [body[field] for field in _SCANNED.get("anthropic" if api == "anthropic" else path,
                                                     ()) if isinstance(body.get(field), list)]
     # The hot path: one walk without paths, and paths only for a request it refuses.

@@ -20,10 +20,18 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from mushishi.services.router import anthropic
+from mushishi.services.router import anthropic, comfyui, responses
 from mushishi.services.router.accounting import Accounting
-from mushishi.services.router.call import Call, RequestBody
-from mushishi.services.router.core import Failure, Health, Hop, HopFailure, status_is_retryable
+from mushishi.services.router.call import Call, JsonBody, RequestBody, Streamed
+from mushishi.services.router.comfyui import ImageStore
+from mushishi.services.router.core import (
+    TRANSLATED_ENDPOINTS,
+    Failure,
+    Health,
+    Hop,
+    HopFailure,
+    status_is_retryable,
+)
 from mushishi.services.router.errors import (
     ErrorCode,
     client_error_body,
@@ -36,7 +44,8 @@ from mushishi.services.router.errors import (
 from mushishi.services.router.health import classify_refusal
 from mushishi.services.router.http1 import ConnectFailed, Response, ResponseBroken
 from mushishi.services.router.state import RoutingState
-from mushishi.services.router.upstream import Upstreams, refused_by_policy
+from mushishi.services.router.upstream import SovereigntyRefusal, Upstreams, refused_by_policy
+from mushishi.shared.comfyui_workflow import WorkflowError
 from mushishi.shared.log_safe import body_facts, error_facts, without_quoted
 
 log = logging.getLogger("mushishi.router.request")
@@ -57,6 +66,7 @@ class Relay:
     clock: Callable[[], float]
     stream_idle_timeout_s: float
     egress_socket: str  # named in the log line when the egress cannot be reached
+    images: ImageStore  # images of comfyui backends answered as URLs
     # The fixed headers of each (profile, tier, hop), as request lines: built once (a reload
     # may give a profile another tier).
     _headers: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
@@ -64,18 +74,26 @@ class Relay:
     async def attempt(self, call: Call, hop: Hop, body: RequestBody,
                       request: web.Request) -> web.StreamResponse | HopFailure:
         """Send `call` to `hop`: the caller's response, or why the hop did not answer."""
+        if hop.kind == "comfyui":
+            return await self._comfyui(call, hop, body, request)
         endpoint = self.upstreams.endpoint(hop.name)
         data = body.for_hop(hop)
         headers = self._request_headers(call, hop, body.content_type)
+        path = upstream_path(call, hop)
         sent = time.perf_counter()
         call.sending(sent)
         upstream: Response | None = None
         first = b""
         try:
             async with asyncio.timeout(hop.first_byte_timeout_s):
-                upstream = await endpoint.pool.request("POST", endpoint.prefix + call.path,
-                                                       headers, data)
-                if self._streams(call, upstream):
+                if isinstance(data, Streamed):
+                    upstream = await endpoint.pool.request(
+                        "POST", endpoint.prefix + path, headers, data.chunks,
+                        length=data.length)
+                else:
+                    upstream = await endpoint.pool.request("POST", endpoint.prefix + path,
+                                                           headers, data)
+                if self._streams(call, upstream) or _raw(call, upstream):
                     first = await upstream.read_some()
                     if not first:
                         raise ResponseBroken("the upstream closed the stream before its first "
@@ -106,8 +124,63 @@ class Relay:
         call.answered(hop.name, upstream.status)
         if self._streams(call, upstream):
             return await self._relay_stream(call, hop, request, upstream, first)
+        if _raw(call, upstream):
+            return await self._relay_stream(call, hop, request, upstream, first, raw=True)
         upstream.release()  # read to the end: the connection goes back to the pool
         return await self._respond_whole(call, hop, request, upstream, first)
+
+    async def _comfyui(self, call: Call, hop: Hop, body: RequestBody,
+                       request: web.Request) -> web.StreamResponse | HopFailure:
+        """An images request run as the hop's ComfyUI workflow (`comfyui`), answered
+        OpenAI-shaped; a request ComfyUI cannot take is a Rejection (400)."""
+        assert isinstance(body, JsonBody), "comfyui backends serve JSON endpoints only"
+        wanted = comfyui.image_request(body.fields)
+        sent = time.perf_counter()
+        call.sending(sent)
+        try:
+            async with asyncio.timeout(hop.first_byte_timeout_s):
+                runs = comfyui.graphs(await comfyui.read_template(hop),
+                                      dict(hop.workflow_inputs), wanted)
+                websocket = await self.upstreams.websocket_url(
+                    hop.name, f"/ws?clientId={comfyui.new_client_id()}")
+                images = await comfyui.run_workflows(self.upstreams.endpoint(hop.name).pool,
+                                                     websocket, runs, hop)
+        except TimeoutError:
+            return _failed(call, hop, sent, Failure.TIMEOUT,
+                           f"no images in {hop.first_byte_timeout_s:g}s "
+                           f"(backends.{hop.name}.first_byte_timeout_s)")
+        except ConnectFailed as error:
+            return self._not_connected(call, hop, sent, error)
+        except WorkflowError as error:
+            return _failed(call, hop, sent, Failure.STATUS, str(error))
+        except comfyui.RunFailed as failure:
+            if failure.kind is Failure.CONNECT:
+                health, reason = classify_refusal(hop, self.state, self.clock())
+                self.state.set_health(hop.name, health, reason)
+            if failure.kind in (Failure.CONNECT, Failure.BROKEN):
+                self.kick_probe(hop.name)
+            return _failed(call, hop, sent, failure.kind, failure.reason, failure.status)
+        except SovereigntyRefusal as refusal:
+            self.accounting.sovereignty_refused("connect-time")
+            return _failed(call, hop, sent, Failure.REFUSED, str(refusal))
+        except (ResponseBroken, OSError) as error:
+            self.kick_probe(hop.name)
+            return _failed(call, hop, sent, Failure.BROKEN,
+                           f"ComfyUI broke off ({without_quoted(str(error))})")
+        call.first_byte_arrived(time.perf_counter())
+        if self.state.health(hop.name) is not Health.UP:
+            self.state.set_health(hop.name, Health.UP, "healthy")
+        call.answered(hop.name, 200)
+        answer = comfyui.openai_images(images, wanted, self.images,
+                                       f"{request.scheme}://{request.host}")
+        headers = _answer_headers(call, hop.name)
+        headers["Content-Type"] = "application/json"
+        headers["X-Mushishi-Overhead-Ms"] = f"{call.relaying(time.perf_counter()) * 1000:.3f}"
+        response = web.Response(body=json.dumps(answer).encode(), status=200, headers=headers)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the caller went away
+            await response.prepare(request)
+            await response.write_eof()
+        return response
 
     @staticmethod
     def _streams(call: Call, upstream: Response) -> bool:
@@ -164,8 +237,15 @@ class Relay:
         if upstream.status < 300:
             call.count_tokens(body[-2048:])
         content_type = upstream.headers.get("content-type", "application/json")
-        if upstream.status >= 400 and call.api == "openai":
+        if upstream.status >= 400 and call.api != "anthropic":
             body, content_type = client_error_body(body, upstream.status), "application/json"
+        elif _translated(call, hop):
+            parsed = parse_json(body)
+            if isinstance(parsed, dict):
+                body = json.dumps(responses.chat_to_response(
+                    parsed, call.original or {}, call.client_model),
+                    ensure_ascii=False).encode()
+            content_type = "application/json"
         elif call.api == "anthropic":
             parsed = parse_json(body)
             if upstream.status < 300 and isinstance(parsed, dict):
@@ -186,22 +266,43 @@ class Relay:
         return response
 
     async def _relay_stream(self, call: Call, hop: Hop, request: web.Request,
-                            upstream: Response, first: bytes) -> web.StreamResponse:
+                            upstream: Response, first: bytes, *, raw: bool = False
+                            ) -> web.StreamResponse:
         """Relay a stream whose first byte has arrived; past this point there is no
-        fallback."""
-        translator = anthropic.StreamTranslator(call.client_model) if call.api == "anthropic" \
-            else None
+        fallback. `raw`: a body that is not SSE (speech audio, a transcript as text), relayed
+        as it comes with its content type; if it breaks, the connection is cut (there is no
+        error event to send in audio)."""
+        translator: anthropic.StreamTranslator | responses.ResponsesStreamTranslator | None = \
+            None
+        if call.api == "anthropic":
+            translator = anthropic.StreamTranslator(call.client_model)
+        elif _translated(call, hop):
+            translator = responses.ResponsesStreamTranslator(call.original or {},
+                                                             call.client_model)
         overhead = call.relaying(time.perf_counter())
         if call.feedback is not None and call.feedback.committed:
-            response = call.feedback.response  # the wait's comments went out: headers too
+            # The wait's comments went out, and with them an event stream's headers.
+            if raw:
+                upstream.close()
+                call.stream_broke(ErrorCode.BACKEND_FAILED.value)
+                kind = upstream.content_type or "a body"
+                return await call.feedback.end_with(stream_error_event(
+                    call.api, f"backend {hop.name} answered {kind} instead of an event stream"))
+            response = call.feedback.response
             assert response is not None
         else:
             headers = _answer_headers(call, hop.name)
-            headers["Content-Type"] = SSE_CONTENT_TYPE
-            headers["Cache-Control"] = "no-cache"
+            if raw:
+                headers["Content-Type"] = upstream.headers.get("content-type",
+                                                               "application/octet-stream")
+                if "content-length" in upstream.headers:
+                    headers["Content-Length"] = upstream.headers["content-length"]
+            else:
+                headers["Content-Type"] = SSE_CONTENT_TYPE
+                headers["Cache-Control"] = "no-cache"
             headers["X-Accel-Buffering"] = "no"
             headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
-            response = web.StreamResponse(status=200, headers=headers)
+            response = web.StreamResponse(status=upstream.status, headers=headers)
         idle = self.stream_idle_timeout_s
         complete = False
         try:
@@ -211,7 +312,7 @@ class Relay:
                 await response.write(f": backend {hop.name}\n\n".encode())
             chunk = first
             while chunk:
-                if b'"usage"' in chunk:
+                if not raw and b'"usage"' in chunk:
                     call.count_tokens(chunk)
                 if translator is not None:
                     try:
@@ -246,8 +347,18 @@ class Relay:
                         "event, no [DONE]", hop.name, broken,
                         extra={"MUSHISHI_BACKEND": hop.name})
             self.kick_probe(hop.name)
+            if raw:
+                # Cut the connection: the caller sees a body shorter than promised (or no
+                # last chunk), never a complete-looking one.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             try:
-                await response.write(stream_error_event(call.api, broken.for_caller))
+                if isinstance(translator, responses.ResponsesStreamTranslator):
+                    await response.write(translator.fail(broken.for_caller,
+                                                         ErrorCode.BACKEND_FAILED.value))
+                else:
+                    await response.write(stream_error_event(call.api, broken.for_caller))
                 await response.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
@@ -259,6 +370,27 @@ class Relay:
             else:
                 upstream.close()  # the backend sees the connection drop and stops generating
         return response
+
+
+def _translated(call: Call, hop: Hop) -> bool:
+    """Whether `hop` gets a Responses `call` as chat, because it does not serve Responses
+    itself (Anthropic calls are translated for every hop, and their path is chat's already)."""
+    return call.api == "responses" and call.path.lstrip("/") not in hop.endpoints
+
+
+def upstream_path(call: Call, hop: Hop) -> str:
+    """The path below the hop's base that `call` is sent to."""
+    if _translated(call, hop):
+        return "/" + TRANSLATED_ENDPOINTS[call.path.lstrip("/")]
+    return call.path
+
+
+def _raw(call: Call, upstream: Response) -> bool:
+    """A successful OpenAI-endpoint answer that is not JSON, nor the SSE stream the caller
+    asked for: relayed as it comes, with its content type (speech audio, or speech as SSE
+    with `stream_format`; a transcript as text, srt or vtt)."""
+    return call.api == "openai" and 200 <= upstream.status < 300 and \
+        upstream.content_type != "application/json" and not Relay._streams(call, upstream)
 
 
 def _answer_headers(call: Call, backend: str) -> dict[str, str]:

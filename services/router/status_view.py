@@ -111,6 +111,7 @@ class StatusView:
                 "modes": sorted(hop.modes) if hop.modes is not None else None,
                 "in_flight": backend.slots.in_flight, "queued": backend.slots.queued,
                 "max_concurrency": backend.slots.limit, "model": hop.model,
+                "endpoints": sorted(hop.endpoints),
             }
         profiles = {}
         for name, profile in self.profiles.items():
@@ -120,6 +121,7 @@ class StatusView:
                 "would_use": view.would_use, "reason": view.reason,
                 "queued": state.t1_queued(name),
                 "require_mode": profile.require_mode,
+                "endpoints": sorted(profile.endpoints),
             }
         gpu = state.gpu
         return {

@@ -276,6 +276,9 @@ class Upstreams:
         on_refusal: OnRefusal,
     ) -> None:
         self.connect_check = connect_check
+        self._networks = list(router.local_networks)
+        self._on_refusal = on_refusal
+        self._addresses: dict[str, BackendAddress] = {}  # local TCP backends
         self._endpoints: dict[str, Endpoint] = {}
         self._pools: list[Pool] = []
         timeout = router.connect_timeout_s
@@ -306,8 +309,11 @@ class Upstreams:
                 self._endpoints[name] = Endpoint(self.egress, "/v1", None, None, True)
                 continue
             address = parse_backend_url(urls[name])
+            if address.unix_path is None:
+                self._addresses[name] = address
             backend = pool(address)
-            health = Target(backend, "/health")
+            # ComfyUI has no /health: /system_stats answers 200 once it serves.
+            health = Target(backend, "/system_stats" if hop.kind == "comfyui" else "/health")
             # A unix-socket backend is probed at /health on its own socket.
             configured = health_urls.get(name)
             if address.unix_path is None and configured:
@@ -315,13 +321,36 @@ class Upstreams:
                 path = "/health" if probed.unix_path is not None else \
                     urlsplit(str(configured)).path or "/"
                 health = Target(pool(probed), path)
-            self._endpoints[name] = Endpoint(backend, address.base_path, health,
-                                             Target(backend, address.base_path + "/models"),
-                                             False, Target(backend, "/props"))
+            # ComfyUI has no model list and no /props (llama-server's slot count).
+            comfy = hop.kind == "comfyui"
+            self._endpoints[name] = Endpoint(
+                backend, address.base_path, health,
+                None if comfy else Target(backend, address.base_path + "/models"), False,
+                None if comfy else Target(backend, "/props"))
 
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint of backend `name`."""
         return self._endpoints[name]
+
+    async def websocket_url(self, name: str, path: str) -> tuple[str, str]:
+        """(ws://ADDRESS:PORT`path`, Host header) for local TCP backend `name`: its host
+        resolved now and each address passed through the connect-time check, as for its
+        pool (a websocket client dials the address itself, never the name)."""
+        address = self._addresses[name]
+        assert address.host is not None and address.port is not None
+        infos = await _addresses(address.host, address.port, address.ip is not None)
+        for info in infos:
+            host = str(info[4][0])
+            if self.connect_check and not address_is_local(host, self._networks):
+                refusal = SovereigntyRefusal(host)
+                self._on_refusal(refusal)
+                raise refusal
+        if not infos:
+            raise OSError(errno.EHOSTUNREACH, f"{address.host} has no address")
+        host = str(infos[0][4][0])
+        literal = f"[{host}]" if ":" in host else host
+        scheme = "wss" if address.scheme == "https" else "ws"
+        return f"{scheme}://{literal}:{address.port}{path}", host_header(address)
 
     def refuse_own_socket(self, path: str) -> None:
         """A unix socket the router serves on: no unix backend may be it."""

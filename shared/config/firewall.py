@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator
 
 from mushishi.shared.config._base import AbsolutePath, Issue, Section
+from mushishi.shared.locality import AddressError, parse_backend_url, parse_ip
 
 if TYPE_CHECKING:
     from mushishi.shared.config.settings import MushishiSettings
@@ -145,6 +146,48 @@ class FirewallSettings(Section):
                     f"{name!r} is not a bridge interface name (1-15 characters: letters, "
                     "digits, '_', '.', '-', optionally ending in '+' as a wildcard)")
         return value
+
+
+def _on_this_box(host: str | None) -> bool:
+    """A backend host that is this machine's loopback (what tenants and the CPU floor bind)."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    address = parse_ip(host)
+    return address is not None and (address.is_loopback or address.is_unspecified)
+
+
+def exposure_warnings(settings: MushishiSettings) -> list[Issue]:
+    """Ports of this box's model servers that the firewall table opens beyond loopback:
+    requests sent there skip the router (its tiers, keys, journal, metrics and sovereignty
+    checks). Warnings, not errors: exposing ComfyUI's web UI on purpose exposes its API too."""
+    servers: dict[int, list[str]] = {}
+    for name, backend in settings.backends.items():
+        try:
+            address = parse_backend_url(backend.url)
+        except AddressError:
+            continue  # reported by the router's checks
+        if address.port is not None and _on_this_box(address.host):
+            servers.setdefault(address.port, []).append(f"backend {name} (backends.{name}.url)")
+    for name, tenant in settings.tenants.items():
+        if tenant.port is not None:
+            servers.setdefault(tenant.port, []).append(f"tenant {name} (tenants.{name}.port)")
+    floor = settings.cpu_floor
+    servers.setdefault(floor.port, []).append("the CPU floor (cpu_floor.port)")
+    warnings = []
+    for index, service in enumerate(settings.firewall.services):
+        owners = servers.get(service.port)
+        if service.proto != "tcp" or service.exposure == "local" or not owners:
+            continue
+        reach = "the tailnet" if service.exposure == "tailnet" else "every interface"
+        owners = list(dict.fromkeys(owners))
+        warnings.append(Issue(f"firewall.services[{index}]", (
+            f"{service.name!r} exposes tcp {service.port} to {reach}: it is "
+            f"{' and '.join(owners)}, so requests there skip the router (tiers, keys, "
+            f"journal, sovereignty checks); drop it from firewall.services (or set exposure = "
+            f"\"local\") and send clients to the router")))
+    return warnings
 
 
 def check(settings: MushishiSettings) -> list[Issue]:

@@ -44,7 +44,7 @@ class BenchSettings(Section):
         default=[],
         description="What the timer benchmarks: `profile:NAME` (through the router's unix "
         "socket, as a client would) or `backend:NAME` (a local backend directly). Empty: "
-        "every local backend that runs in the current GPU mode.",
+        "every local backend that serves chat/completions and runs in the current GPU mode.",
     )
     max_tokens: int = Field(
         default=128, gt=0, le=4096,
@@ -152,6 +152,10 @@ def check(settings: MushishiSettings, resolve: Resolver | None = system_resolver
                 issues.append(Issue(key, f"backend {name!r} is not local ({locality.reason}): "
                                          "bench a cloud backend through a T2/T3 profile, so "
                                          "the egress and its budgets apply"))
+            elif "chat/completions" not in backend.endpoints:
+                issues.append(Issue(key, f"backend {name!r} does not serve chat/completions "
+                                         f"(backends.{name}.endpoints): the bench times chat "
+                                         "completions"))
     if settings.bench.results is not None and \
             settings.bench.results != settings.watchdog.bench_results:
         issues.append(Issue("bench.results",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mushishi.shared.config._base import AbsolutePath, CredentialName, Issue, Section
 from mushishi.shared.locality import (
@@ -25,6 +25,18 @@ if TYPE_CHECKING:
 
 Tier = Literal["T1", "T1-strict", "T2", "T3"]
 SOVEREIGN_TIERS: frozenset[str] = frozenset({"T1", "T1-strict"})
+
+# The OpenAI endpoints a backend may serve (DESIGN.md §9), named by their path below /v1.
+Endpoint = Literal["chat/completions", "completions", "embeddings", "audio/transcriptions",
+                   "audio/translations", "audio/speech", "images/generations", "images/edits",
+                   "responses", "rerank"]
+ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
+# What a backend serves when `endpoints` is not set: a chat model server, as before §9.
+DEFAULT_ENDPOINTS: tuple[str, ...] = ("chat/completions", "completions", "embeddings")
+
+# The request values a ComfyUI workflow template takes, and where (NODE.inputs.NAME).
+WorkflowInput = Literal["prompt", "negative_prompt", "seed", "width", "height", "n"]
+WORKFLOW_PATH = re.compile(r"[^.\s]+\.inputs\.[^.\s]+")
 
 _LISTEN_TCP = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(?P<port>\d{1,5})$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -244,6 +256,12 @@ class BudgetSettings(Section):
     cost_per_day: float | None = Field(
         default=None, ge=0, description="Spend per UTC day, in the currency of the prices."
     )
+    audio_seconds_per_day: float | None = Field(
+        default=None, ge=0,
+        description="Seconds of audio transcribed or translated per UTC day, as the provider "
+        "reports them (OpenAI's usage.seconds, a verbose_json duration); answers that do not "
+        "say count as requests only.",
+    )
 
 
 class PriceSettings(Section):
@@ -267,13 +285,24 @@ class BackendSettings(Section):
 
     url: str = Field(
         description="Base URL of an OpenAI-compatible API (http://HOST:PORT/v1), "
-        "or unix:/path/to.sock for a unix-socket backend."
+        "or unix:/path/to.sock for a unix-socket backend; a comfyui backend's is ComfyUI's "
+        "own address (http://HOST:PORT)."
     )
     model: str = Field(description="Model name sent upstream in the request's `model` field.")
     modes: list[str] | None = Field(
         default=None,
         description="GPU modes in which this backend is up; unset means always up "
         "(e.g. the CPU floor).",
+    )
+    endpoints: list[Endpoint] = Field(
+        default=list(DEFAULT_ENDPOINTS),
+        min_length=1,
+        description="The OpenAI endpoints this backend serves, by their path below /v1: "
+        "chat/completions, completions, embeddings, audio/transcriptions, audio/translations, "
+        "audio/speech, images/generations, images/edits, responses, rerank. A request walks "
+        "its profile's chain skipping, with no round trip, every backend that does not serve "
+        "its endpoint; a profile with none answers 404 endpoint_unsupported. Anthropic "
+        "Messages use chat/completions.",
     )
     max_concurrency: int | None = Field(
         default=None,
@@ -298,7 +327,8 @@ class BackendSettings(Section):
     health_url: str | None = Field(
         default=None,
         description="Local backends: URL probed for health (default: the URL's origin + "
-        "/health, which vLLM and llama-server both serve). Must be local too.",
+        "/health, which vLLM and llama-server both serve; /system_stats for a comfyui "
+        "backend). Must be local too.",
     )
     first_byte_timeout_s: float | None = Field(
         default=None, gt=0,
@@ -339,6 +369,27 @@ class BackendSettings(Section):
         description="Cloud backends: HTTP headers sent to the provider (e.g. OpenRouter's "
         "X-Title); never Authorization, which comes from api_key_credential.",
     )
+    kind: Literal["openai", "comfyui"] = Field(
+        default="openai",
+        description="The API the backend speaks: `openai` (an OpenAI-compatible server), or "
+        "`comfyui` (ComfyUI's own API at the URL's origin, http://HOST:PORT: an "
+        "images/generations request runs the `workflow` template, followed on ComfyUI's "
+        "websocket, and is answered OpenAI-shaped). A comfyui backend serves "
+        "images/generations only (its default endpoints) and must be local.",
+    )
+    workflow: str | None = Field(
+        default=None,
+        description="kind = \"comfyui\": absolute path of the API-format workflow template "
+        "(ComfyUI's \"Export (API)\"), read at each request; `mushishi config check` reads it "
+        "and checks every workflow_inputs path against it.",
+    )
+    workflow_inputs: dict[WorkflowInput, str] = Field(
+        default={},
+        description="kind = \"comfyui\": where each request value goes in the workflow, as "
+        "NODE.inputs.NAME paths: prompt (required), negative_prompt, seed, width and height "
+        "(from `size`, WIDTHxHEIGHT), n (the batch size; without it, n runs with seeds seed, "
+        "seed+1, …).",
+    )
     stream_usage: bool = Field(
         default=True,
         description="Cloud backends: ask for token usage in streamed answers "
@@ -346,6 +397,53 @@ class BackendSettings(Section):
         "not ask for it). Turn off only for a provider that rejects stream_options: its "
         "streamed answers are then counted from estimates.",
     )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        return value
+
+    @field_validator("workflow_inputs")
+    @classmethod
+    def _workflow_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not WORKFLOW_PATH.fullmatch(path):
+                raise ValueError(f"{name} = {path!r} is not a NODE.inputs.NAME path (e.g. "
+                                 "\"6.inputs.text\")")
+        return value
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow_absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _comfyui_keys(self) -> BackendSettings:
+        if self.kind != "comfyui":
+            if self.workflow is not None or self.workflow_inputs:
+                raise ValueError("workflow and workflow_inputs are for kind = \"comfyui\" "
+                                 "backends only")
+            return self
+        if "endpoints" not in self.model_fields_set:
+            self.endpoints = ["images/generations"]
+        if self.endpoints != ["images/generations"]:
+            raise ValueError("a kind = \"comfyui\" backend serves images/generations only: "
+                             "endpoints = [\"images/generations\"]")
+        if self.workflow is None:
+            raise ValueError("kind = \"comfyui\" needs workflow (the API-format workflow "
+                             "template's path)")
+        if "prompt" not in self.workflow_inputs:
+            raise ValueError("kind = \"comfyui\" needs workflow_inputs.prompt (where the "
+                             "prompt goes, e.g. \"6.inputs.text\")")
+        if self.url.startswith("unix:"):
+            raise ValueError("a kind = \"comfyui\" backend is reached over TCP "
+                             "(http://HOST:PORT, ComfyUI's own address)")
+        return self
 
     @field_validator("extra_headers")
     @classmethod
@@ -621,6 +719,15 @@ def _locality_issues(settings: MushishiSettings, resolve: Resolver | None) -> li
                 if not health.local:
                     issues.append(Issue(f"backends.{name}.health_url",
                                         f"must be local: {health.reason}"))
+        if not verdict.local and "responses" in backend.endpoints:
+            issues.append(Issue(f"backends.{name}.endpoints", (
+                f"cloud backend {name!r} cannot list \"responses\": mushishi-egress relays "
+                "chat completions, and the router translates Responses requests to chat for "
+                "every hop that serves chat/completions")))
+        if not verdict.local and backend.kind == "comfyui":
+            issues.append(Issue(f"backends.{name}.kind", (
+                f"a comfyui backend must be local (ComfyUI on this box), but {name!r} is not: "
+                f"{verdict.reason}")))
         if verdict.local and backend.api_key_credential is not None:
             issues.append(Issue(
                 f"backends.{name}.api_key_credential",

@@ -1,6 +1,8 @@
 """A stand-in cloud provider (Kimi on NVIDIA's endpoint, Groq, OpenRouter): the OpenAI wire
 format with a bearer key, streamed `usage` when `stream_options.include_usage` is asked for,
-and scriptable 429 with Retry-After and 5xx (openai_server.Fault).
+and scriptable 429 with Retry-After and 5xx (openai_server.Fault). Like Groq, it also
+transcribes (the Whisper stand-in's /v1/audio/transcriptions and translations, which report
+`usage: {"type": "duration", "seconds": N}` as OpenAI does).
 
 It records every request it receives, headers and body: it is the cloud canary of the tests
 (a T1 request must never appear here). Run alone, e.g. inside a sandbox's network namespace:
@@ -15,12 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.standins.openai_server import Fault, OpenAIStandin, serve_forever
+from tests.standins.openai_server import Fault, Recorded, serve_forever
+from tests.standins.speech import WhisperStandin
 
 __all__ = ["CloudStandin", "Fault", "main"]
 
 
-class CloudStandin(OpenAIStandin):
+class CloudStandin(WhisperStandin):
     """An OpenAI-compatible cloud API: 401 without the right bearer key, 404 for another
     model, and the faults a real provider shows (429 + Retry-After, 5xx, hangs, cut streams)."""
 
@@ -39,6 +42,14 @@ class CloudStandin(OpenAIStandin):
         """Recorded inference requests that carried the right key."""
         return [r for r in self.chat_requests()
                 if r.headers.get("Authorization") == f"Bearer {self.key}"]
+
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            self.requests.append(Recorded(request.path, dict(request.headers), None))
+            return web.json_response({"error": {
+                "message": "Incorrect API key provided", "type": "invalid_request_error",
+                "code": "invalid_api_key"}}, status=401)
+        return await super()._transcribe(request)
 
     async def _pre(self, request: web.Request) -> tuple[Any, Fault | None, web.Response | None]:
         if request.headers.get("Authorization") != f"Bearer {self.key}":

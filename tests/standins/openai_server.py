@@ -86,8 +86,9 @@ class Recorded:
 
 
 class OpenAIStandin:
-    """An OpenAI-compatible server: chat/completions, completions, embeddings, models, health,
-    and vLLM's /metrics (vllm:num_requests_running, vllm:num_requests_waiting)."""
+    """An OpenAI-compatible server: chat/completions, completions, embeddings, responses
+    (text only, as vLLM's), models, health, and vLLM's /metrics (vllm:num_requests_running,
+    vllm:num_requests_waiting)."""
 
     def __init__(
         self,
@@ -163,6 +164,9 @@ class OpenAIStandin:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/rerank", self._rerank)  # llama-server --reranking, Jina
+        app.router.add_post("/rerank", self._rerank)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -287,7 +291,8 @@ class OpenAIStandin:
         if path.endswith("/completions") and not path.endswith("/chat/completions") and \
                 not isinstance(body.get("prompt"), str | list):
             return "prompt: a string or a list is required"
-        if path.endswith("/embeddings") and not isinstance(body.get("input"), str | list):
+        if path.endswith(("/embeddings", "/responses")) and \
+                not isinstance(body.get("input"), str | list):
             return "input: a string or a list is required"
         return ""
 
@@ -427,6 +432,74 @@ class OpenAIStandin:
                       "embedding": [round(0.1 * (i + 1) * k, 3) for k in range(8)]}
                      for i in range(len(items))],
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/responses: the words as one output_text message, or streamed as the
+        Responses API's events (`event:` + `data:`, no [DONE])."""
+        body, fault, early = await self._pre(request)
+        if early is not None:
+            return early
+        words = self._words()
+        text = " ".join(words)
+        prompt = self._prompt_tokens(body)
+        created = int(time.time())
+
+        def response(status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"id": "resp_standin", "object": "response", "created_at": created,
+                    "status": status, "model": body["model"], "output": output,
+                    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                    "error": None, "incomplete_details": None,
+                    "usage": None if status != "completed" else {
+                        "input_tokens": prompt, "output_tokens": len(words),
+                        "total_tokens": prompt + len(words),
+                        "input_tokens_details": {"cached_tokens": 0},
+                        "output_tokens_details": {"reasoning_tokens": 0}}}
+
+        part = {"type": "output_text", "text": text, "annotations": []}
+        message = {"id": "msg_standin", "type": "message", "role": "assistant",
+                   "status": "completed", "content": [part]}
+        if not body.get("stream"):
+            return web.json_response(response("completed", [message]))
+        response_stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response_stream.prepare(request)
+        where = {"item_id": "msg_standin", "output_index": 0}
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": response("in_progress", [])},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": {**message, "status": "in_progress", "content": []}},
+            {"type": "response.content_part.added", **where, "content_index": 0,
+             "part": {**part, "text": ""}}]
+        events += [{"type": "response.output_text.delta", **where, "content_index": 0,
+                    "delta": (" " if i else "") + word} for i, word in enumerate(words)]
+        events += [{"type": "response.output_text.done", **where, "content_index": 0,
+                    "text": text},
+                   {"type": "response.content_part.done", **where, "content_index": 0,
+                    "part": part},
+                   {"type": "response.output_item.done", "output_index": 0, "item": message},
+                   {"type": "response.completed", "response": response("completed", [message])}]
+        pieces = [f"event: {event['type']}\ndata: "
+                  f"{json.dumps({**event, 'sequence_number': number})}\n\n".encode()
+                  for number, event in enumerate(events)]
+        return await self._send_pieces(request, response_stream, pieces, fault)
+    async def _rerank(self, request: web.Request) -> web.StreamResponse:
+        """llama-server's /v1/rerank answer: documents scored by words shared with the
+        query."""
+        body, _, early = await self._pre(request)
+        if early is not None:
+            return early
+        query, documents = body.get("query"), body.get("documents")
+        if not isinstance(query, str) or not isinstance(documents, list):
+            return web.json_response({"error": {"message": "query and documents are required",
+                                                "type": "invalid_request_error"}}, status=400)
+        words = set(query.lower().split())
+        results = [{"index": i, "relevance_score": float(len(words & set(str(d).lower().split())))}
+                   for i, d in enumerate(documents)]
+        results.sort(key=lambda r: -r["relevance_score"])
+        top = body.get("top_n")
+        tokens = len(query.split()) + sum(len(str(d).split()) for d in documents)
+        return web.json_response({"model": body["model"], "object": "list",
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                                  "results": results[:top] if isinstance(top, int) else results})
 
     async def _models(self, request: web.Request) -> web.Response:
         if self.loading:

@@ -42,7 +42,8 @@ async def test_comfyui_probe_counts_running_and_pending(started: list[web.AppRun
     async with aiohttp.ClientSession() as session:
         assert (await read_probe(session, "comfyui", probe, 5)).in_flight == 0  # type: ignore[union-attr]
         for _ in range(3):
-            await session.post(f"{base}/prompt", json={"prompt": {"3": {}}})
+            await session.post(f"{base}/prompt", json={"prompt": {"3": {
+                "class_type": "KSampler", "inputs": {"seed": 1, "steps": 4}}}})
         await asyncio.sleep(0.05)
         reading = await read_probe(session, "comfyui", probe, 5)
     assert reading is not None and reading.in_flight == 3

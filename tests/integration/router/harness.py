@@ -48,6 +48,7 @@ def sha(key: str) -> str:
 def config_text(*, gpu_url: str, cpu_url: str, egress_socket: str, extra: str = "",
                 kimi_url: str = "https://integrate.api.nvidia.com/v1",
                 groq_url: str = "https://api.groq.com/openai/v1", kimi_extra: str = "",
+                groq_extra: str = "",
                 router_extra: str = "", gpu_extra: str = "max_concurrency = 2",
                 cpu_extra: str = "", strict_extra: str = "queue_timeout_s = 1",
                 private_extra: str = "queue_timeout_s = 1",
@@ -90,6 +91,7 @@ api_key_credential = "ngc-api-key"
 url = "{groq_url}"
 model = "groq-model"
 api_key_credential = "groq-api-key"
+{groq_extra}
 
 [profiles.personal]
 tier = "T2"

@@ -77,7 +77,9 @@ CASES = [
      {"x-api-key": PRIVATE_KEY, **JSON},
      json.dumps({**GOOD, "model": "personal", "max_tokens": 5}).encode(), 403,
      "profile_forbidden"),
-    ("unknown-path", "POST", "/v1/responses", {**KEY, **JSON}, b"{}", 404, "not_found"),
+    ("unknown-path", "POST", "/v1/assistants", {**KEY, **JSON}, b"{}", 404, "not_found"),
+    ("responses-without-input", "POST", "/v1/responses", {**KEY, **JSON},
+     b'{"model": "private"}', 400, "invalid_request"),
     ("wrong-method", "GET", "/v1/chat/completions", KEY, b"", 405, "method_not_allowed"),
     ("models-without-key", "GET", "/v1/models", {}, b"", 401, "invalid_api_key"),
 ]

@@ -30,6 +30,18 @@ async def test_the_routers_status_is_the_typed_contract(box: Box) -> None:
     reading = await read_status(box.unix_socket)
     assert reading.status == "ok"
     assert reading.value().profiles == parsed.profiles
+    # DESIGN.md §9: what each backend and each profile's chain serve.
+    assert parsed.backends["gpu"].endpoints == ["chat/completions", "completions",
+                                                "embeddings"]
+    assert parsed.profiles["private"].endpoints == ["chat/completions", "completions",
+                                                    "embeddings"]
+    # A router older than §9 sends no endpoints: still the contract.
+    answered, body = await http_get("/status", unix_socket=box.unix_socket)
+    assert answered == 200
+    older = json.loads(body)
+    for entry in (*older["backends"].values(), *older["profiles"].values()):
+        del entry["endpoints"]
+    assert RouterStatus.from_json(older).profiles["private"].endpoints is None
 
 
 async def test_the_contract_holds_while_following_gpud(

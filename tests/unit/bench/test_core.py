@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mushishi.services.bench.app import local_backends
 from mushishi.services.bench.core import (
     COLUMNS,
     PROMPTS,
@@ -18,6 +19,8 @@ from mushishi.services.bench.core import (
     request_body,
     trailing_average,
 )
+from mushishi.shared.config import load_config
+from tests.paths import EXAMPLE_CONFIG
 
 NOW = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)
 LOCAL = {"gpu": ("agent", "forensic"), "cpu": None}
@@ -107,3 +110,9 @@ def test_request_body_is_greedy_seeded_and_not_streamed() -> None:
     assert body["temperature"] == 0 and body["stream"] is False and body["max_tokens"] == 64
     assert body["seed"] == request_body("x", PROMPTS[1], 1)["seed"]
     assert len(PROMPTS) == 4 and all(len(p) < 200 for p in PROMPTS)
+
+
+def test_the_default_targets_are_the_local_backends_that_serve_chat() -> None:
+    # The example's speech, embedding and rerank servers have nothing to time with a chat.
+    assert local_backends(load_config(EXAMPLE_CONFIG).settings) == {
+        "gpu": ("forensic", "agent"), "cpu": None}

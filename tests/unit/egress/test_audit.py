@@ -231,7 +231,9 @@ async def test_a_ledger_from_before_the_audit_is_upgraded_at_start(tmp_path: Pat
     assert [(e.request_id, e.finish) for e in read_audit(tmp_path)] == [("req-1", SERVED)]
     with sqlite3.connect(tmp_path / LEDGER_FILE) as connection:
         assert connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() \
-            == ("2",)
+            == ("3",)
+        assert connection.execute("SELECT requests, audio_seconds FROM usage WHERE backend = "
+                                  "'kimi' AND day = '2026-11-28'").fetchone() == (2, 0.0)
 
 
 SCHEMA_1 = """

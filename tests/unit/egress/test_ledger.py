@@ -184,6 +184,7 @@ async def test_read_budgets_reads_the_ledger_while_it_is_open_and_after(
         "day": "2026-11-28", "requests_used": 2, "requests_limit": 100,
         "requests_in_flight": 1, "tokens_used": 1500, "tokens_limit": 5000,
         "cost_used": pytest.approx(0.002), "cost_limit": 1.0, "estimated_requests": 0,
+        "audio_seconds_used": 0.0, "audio_seconds_limit": None,
         "cooldown_until": None, "cooldown_reason": None}
     assert running["groq"]["requests_limit"] is None and running["groq"]["cost_used"] is None
     assert running["groq"]["cooldown_until"] == "2026-11-28T12:01:30+00:00"

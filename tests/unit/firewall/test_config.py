@@ -27,10 +27,10 @@ def test_example_config_carries_the_seed_box_table() -> None:
     firewall = load_config(EXAMPLE_CONFIG).settings.firewall
     ports = {(s.port, s.proto): s.exposure for s in firewall.services}
     assert ports == {
-        (8000, "tcp"): "tailnet", (8001, "tcp"): "tailnet", (4000, "tcp"): "tailnet",
+        (4000, "tcp"): "tailnet",
         (8642, "tcp"): "tailnet", (9119, "tcp"): "tailnet", (6006, "tcp"): "tailnet",
         (19999, "tcp"): "tailnet", (2026, "tcp"): "tailnet", (8188, "tcp"): "tailnet",
-        (9000, "tcp"): "tailnet", (9010, "tcp"): "tailnet", (41641, "udp"): "lan",
+        (9010, "tcp"): "tailnet", (41641, "udp"): "lan",
     }
     assert (firewall.ssh.port, firewall.ssh.exposure) == (22, "tailnet")
     assert firewall.tailnet_interface == "tailscale0"

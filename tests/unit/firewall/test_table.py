@@ -66,8 +66,8 @@ def test_build_table_puts_ssh_first_from_its_own_section() -> None:
     table = build_table(load_settings(EXAMPLE_CONFIG).firewall)
     assert table.services[0] == Service("ssh", 22, "tcp", "tailnet",
                                         description="OpenSSH ([firewall.ssh])")
-    assert table.ports("tailnet", "tcp") == [22, 2026, 4000, 6006, 8000, 8001, 8188, 8642,
-                                            9000, 9010, 9119, 19999]
+    assert table.ports("tailnet", "tcp") == [22, 2026, 4000, 6006, 8188, 8642, 9010, 9119,
+                                            19999]
     assert table.ports("lan", "udp") == [41641]
     assert table.service("comfyui").port == 8188
 

@@ -22,6 +22,7 @@ from mushishi.services.router.core import (
     mode_need,
     pin_hops,
     preview,
+    serving_hops,
     sovereign_refusal,
     split_model,
     status_is_retryable,
@@ -210,6 +211,33 @@ def test_preview_skips_a_backend_refused_for_t1_and_names_why() -> None:
     assert view.would_use is None
     assert view.reason == f"would answer backend_failed: gpu: refused for T1-strict: " \
                           f"{REFUSED['gpu']}"
+
+
+def test_serving_hops_keeps_the_chain_order_of_the_hops_that_serve_the_endpoint() -> None:
+    chat = Hop("cpu", "m", True, "loopback")
+    whisper = Hop("whisper", "w", True, "loopback",
+                  endpoints=frozenset({"audio/transcriptions", "audio/translations"}))
+    cloud = Hop("groq", "g", False, "cloud",
+                endpoints=frozenset({"chat/completions", "audio/transcriptions"}))
+    chain = (chat, whisper, cloud)
+    assert serving_hops(chain, "audio/transcriptions") == (whisper, cloud)
+    assert serving_hops(chain, "embeddings") == (chat,)
+    assert serving_hops(chain, "rerank") == ()
+    assert serving_hops((chat, cloud), "chat/completions") == (chat, cloud)
+    assert serving_hops(chain, "responses", "chat/completions") == (chat, cloud)
+    assert serving_hops(chain, "rerank", "audio/translations") == (whisper,)
+    profile = RouteProfile("p", "T2", chain)
+    assert "audio/translations" in profile.endpoints and "rerank" not in profile.endpoints
+
+
+def test_responses_are_served_by_hops_that_serve_them_or_chat() -> None:
+    chat = Hop("cpu", "m", True, "loopback")
+    native = Hop("vllm", "v", True, "loopback", endpoints=frozenset({"responses"}))
+    whisper = Hop("whisper", "w", True, "loopback",
+                  endpoints=frozenset({"audio/transcriptions"}))
+    assert serving_hops((native, whisper, chat), "responses") == (native, chat)
+    assert "responses" in RouteProfile("p", "T2", (chat,)).endpoints
+    assert "responses" not in RouteProfile("p", "T2", (whisper,)).endpoints
 
 
 # -- modes that follow the work (issue 15 item 6) ------------------------------------------

@@ -60,6 +60,20 @@ def user(*parts: Any) -> dict[str, Any]:
      "messages[0].content[0].content[0].source.url"),
     ("anthropic", "/chat/completions", {"system": [{"type": "image", "source": {
         "type": "url", "url": REMOTE}}], "messages": []}, "system[0].source.url"),
+    # Responses input items and instructions
+    ("openai", "/responses", {"input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "x"}, {"type": "input_image", "image_url": REMOTE}]}]},
+     "input[0].content[1].image_url"),
+    ("responses", "/responses", {"input": [{"type": "function_call_output", "call_id": "c",
+                                            "output": [{"type": "input_file",
+                                                        "file_url": REMOTE}]}]},
+     "input[0].output[0].file_url"),
+    ("responses", "/responses", {"input": "hi", "instructions": [
+        {"role": "developer", "content": [{"type": "input_image", "image_url": REMOTE}]}]},
+     "instructions[0].content[0].image_url"),
+    ("responses", "/responses", {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": INLINE}]}]}, None),
+    ("responses", "/responses", {"input": REMOTE}, None),
     # what passes
     ("openai", "/chat/completions", user({"type": "image_url", "image_url": {"url": INLINE}}),
      None),

@@ -25,8 +25,12 @@ def issues_of(path: Path) -> list[str]:
 
 def test_example_config_validates_with_the_seed_layout() -> None:
     settings = load_config(EXAMPLE_CONFIG).settings
-    assert set(settings.profiles) == {"personal", "private", "client"}
-    assert settings.profiles["personal"].chain == ["gpu", "cpu", "kimi", "groq", "openrouter"]
+    assert set(settings.profiles) == {"personal", "private", "client", "voice",
+                                      "private-voice", "creative"}
+    assert settings.backends["comfy"].kind == "comfyui"
+    assert settings.backends["comfy"].endpoints == ["images/generations"]
+    assert settings.profiles["personal"].chain == ["gpu", "cpu", "embed", "rerank", "kimi",
+                                                   "groq", "openrouter"]
     assert settings.profiles["client"].require_mode == "forensic"
     assert set(settings.modes) == {"forensic", "agent", "creative", "audio", "off"}
     assert settings.backends["gpu"].url.endswith(":8000/v1")

@@ -64,3 +64,21 @@ def test_a_listed_traces_hostname_is_resolved_like_a_local_backend(tmp_path: Pat
     found = config_issues(tmp_path, text)
     assert any(issue.startswith("traces.endpoint:") and "resolves to" in issue
                and "outside router.local_networks" in issue for issue in found), found
+
+
+def test_a_bench_target_backend_must_serve_chat_completions(tmp_path: Path) -> None:
+    found = config_issues(tmp_path, """
+[backends.whisper]
+url = "http://127.0.0.1:9000/v1"
+model = "whisper"
+endpoints = ["audio/transcriptions"]
+
+[profiles.voice]
+tier = "T1"
+chain = ["whisper"]
+
+[bench]
+targets = ["backend:whisper"]
+""")
+    assert found == ["bench.targets[0]: backend 'whisper' does not serve chat/completions "
+                     "(backends.whisper.endpoints): the bench times chat completions"]

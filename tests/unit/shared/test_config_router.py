@@ -290,3 +290,43 @@ def test_local_media_prefixes_are_checked_like_backends(
     else:
         assert len(found) == 1 and found[0].startswith(
             "profiles.private.local_media_prefixes[0]: ") and issue in found[0], found
+
+
+@pytest.mark.parametrize(("endpoints", "expected"), [
+    ('["audio/x"]', "backends.other.endpoints[0]: Input should be 'chat/completions'"),
+    ('["rerank", "rerank"]', "backends.other.endpoints: Value error, rerank listed more than "
+                             "once"),
+    ("[]", "backends.other.endpoints: List should have at least 1 item"),
+])
+def test_backend_endpoints_must_be_known_names_each_once(tmp_path: Path, endpoints: str,
+                                                         expected: str) -> None:
+    text = BASE.format(url="http://127.0.0.1:9000/v1", tier="T1", chain='["cpu", "other"]')
+    found = config_issues(tmp_path, text.replace('model = "m"\n',
+                                                 f'model = "m"\nendpoints = {endpoints}\n'))
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_backend_endpoints_default_to_what_a_chat_model_server_serves(tmp_path: Path) -> None:
+    path = tmp_path / "mushishi.toml"
+    path.write_text(BASE.format(url="http://127.0.0.1:9000/v1", tier="T1",
+                                chain='["cpu", "other"]').replace(
+        'model = "m"\n', 'model = "m"\nendpoints = ["audio/transcriptions", "rerank"]\n'))
+    backends = load_config(path).settings.backends
+    assert backends["cpu"].endpoints == ["chat/completions", "completions", "embeddings"]
+    assert backends["other"].endpoints == ["audio/transcriptions", "rerank"]
+
+
+def test_a_cloud_backend_may_not_list_responses(tmp_path: Path) -> None:
+    issues = config_issues(tmp_path, """
+[backends.cloud]
+url = "https://api.example.com/v1"
+model = "big"
+api_key_credential = "cloud-key"
+endpoints = ["chat/completions", "responses"]
+
+[profiles.cloudy]
+tier = "T3"
+chain = ["cloud"]
+""")
+    assert any(issue.startswith("backends.cloud.endpoints: cloud backend 'cloud' cannot list")
+               for issue in issues), issues

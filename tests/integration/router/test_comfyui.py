@@ -1,0 +1,215 @@
+"""ComfyUI behind the router (`kind = "comfyui"`, DESIGN.md §9): the official openai SDK's
+images.generate runs the configured API-format workflow on a ComfyUI stand-in that speaks
+ComfyUI's real API (/prompt, /ws progress, /history, /view), with the prompt, negative
+prompt, seed, size and count placed into the named nodes, answered as b64_json or as a URL
+the router serves."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+from aiohttp import web
+
+from tests.integration.router.harness import Box, running_box, sha, wait_for
+from tests.paths import REPO
+from tests.standins import comfyui as standin
+
+KEY = "sk-test-creative"
+WORKFLOW = REPO / "tests" / "assets" / "comfyui" / "txt2img.json"
+INPUTS = ('{ prompt = "6.inputs.text", negative_prompt = "7.inputs.text", '
+          'seed = "3.inputs.seed", width = "5.inputs.width", height = "5.inputs.height"')
+
+
+@dataclass
+class ComfyBox:
+    box: Box
+    comfy: dict[str, Any]  # the stand-in's state: history, clients, files
+    runner: web.AppRunner
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.box.openai_base, api_key=KEY, max_retries=0)
+
+
+def comfy_config(origin: str, workflow: Path, failing: Path) -> str:
+    return f"""
+"{sha(KEY)}" = ["creative", "creativeruns", "creativefail"]
+
+[backends.comfy]
+url = "{origin}"
+kind = "comfyui"
+model = "sd15"
+workflow = "{workflow}"
+workflow_inputs = {INPUTS}, n = "5.inputs.batch_size" }}
+
+[backends.comfyruns]
+url = "{origin}"
+kind = "comfyui"
+model = "sd15"
+workflow = "{workflow}"
+workflow_inputs = {INPUTS} }}
+
+[backends.comfyfail]
+url = "{origin}"
+kind = "comfyui"
+model = "sd15"
+workflow = "{failing}"
+workflow_inputs = {{ prompt = "6.inputs.text" }}
+
+[profiles.creative]
+tier = "T1"
+chain = ["comfy"]
+queue_timeout_s = 1
+
+[profiles.creativeruns]
+tier = "T2"
+chain = ["comfyruns"]
+
+[profiles.creativefail]
+tier = "T1-strict"
+chain = ["comfyfail"]
+"""
+
+
+@contextlib.asynccontextmanager
+async def comfy_box(tmp_path: Path) -> AsyncIterator[ComfyBox]:
+    app = standin.build_app(seconds=0.05)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    workflow = tmp_path / "txt2img.json"
+    shutil.copy(WORKFLOW, workflow)
+    failing = tmp_path / "failing.json"
+    graph = json.loads(WORKFLOW.read_text())
+    graph["10"] = {"class_type": "StandinFail", "inputs": {"images": ["8", 0]}}
+    failing.write_text(json.dumps(graph))
+    try:
+        async with running_box(tmp_path, extra=comfy_config(
+                f"http://127.0.0.1:{port}", workflow, failing)) as box:
+            await wait_for(lambda: box.router.state.verdict("comfy").state == "up",
+                           what="comfy probed up at /system_stats")
+            yield ComfyBox(box, app[standin.QUEUE], runner)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path) -> AsyncIterator[ComfyBox]:
+    async with comfy_box(tmp_path) as running:
+        yield running
+
+
+def png_size_and_colour(data: bytes) -> tuple[int, int, bytes]:
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", data[16:24])
+    start = data.index(b"IDAT") + 4
+    length = struct.unpack(">I", data[start - 8:start - 4])[0]
+    pixels = zlib.decompress(data[start:start + length])
+    return width, height, pixels[1:4]
+
+
+async def test_images_generate_runs_the_workflow_with_the_request_in_its_nodes(
+        comfy: ComfyBox) -> None:
+    async with comfy.client() as api:
+        raw = await api.images.with_raw_response.generate(
+            model="creative", prompt="a red fox in snow", size="256x128",
+            extra_body={"seed": 42, "negative_prompt": "blurry"})
+        result = raw.parse()
+    assert raw.headers["x-mushishi-backend"] == "comfy"
+    assert raw.headers["x-mushishi-tier"] == "T1"
+    assert result.data is not None and len(result.data) == 1
+    width, height, rgb = png_size_and_colour(base64.b64decode(result.data[0].b64_json or ""))
+    assert (width, height) == (256, 128)
+    assert rgb == bytes(standin.colour(["a red fox in snow", "blurry"], 42))
+    (entry,) = comfy.comfy["history"].values()
+    graph = entry["prompt"][2]
+    assert graph["6"]["inputs"]["text"] == "a red fox in snow"
+    assert graph["7"]["inputs"]["text"] == "blurry"
+    assert graph["3"]["inputs"]["seed"] == 42
+    assert (graph["5"]["inputs"]["width"], graph["5"]["inputs"]["height"]) == (256, 128)
+    assert graph["4"]["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly.safetensors"  # untouched
+    # The router followed the run on /ws under the client id it queued the prompt with.
+    assert entry["prompt"][3]["client_id"] in comfy.comfy["clients"]
+
+
+async def test_n_goes_into_the_batch_size_node_or_becomes_n_runs_with_seeds(
+        comfy: ComfyBox) -> None:
+    async with comfy.client() as api:
+        batch = await api.images.generate(model="creative", prompt="fox", n=2, size="64x64",
+                                          extra_body={"seed": 7})
+        runs = await api.images.generate(model="creativeruns", prompt="fox", n=2,
+                                         size="64x64", extra_body={"seed": 7})
+    assert batch.data is not None and runs.data is not None
+    colours = [png_size_and_colour(base64.b64decode(image.b64_json or ""))[2]
+               for image in batch.data]
+    assert colours == [bytes(standin.colour(["fox", "text, watermark"], 7))] * 2
+    colours = [png_size_and_colour(base64.b64decode(image.b64_json or ""))[2]
+               for image in runs.data]
+    assert colours == [bytes(standin.colour(["fox", "text, watermark"], seed))
+                       for seed in (7, 8)]
+    sizes = [entry["prompt"][2]["5"]["inputs"]["batch_size"]
+             for entry in comfy.comfy["history"].values()]
+    assert sizes == [2, 1, 1]
+
+
+async def test_response_format_url_is_served_by_the_router(comfy: ComfyBox) -> None:
+    async with comfy.client() as api:
+        result = await api.images.generate(model="creative", prompt="fox", size="32x32",
+                                           response_format="url")
+    assert result.data is not None and result.data[0].url
+    url = result.data[0].url
+    assert url.startswith(comfy.box.base_url + "/v1/images/files/")
+    async with httpx.AsyncClient() as client:
+        fetched = await client.get(url)
+        missing = await client.get(comfy.box.base_url + "/v1/images/files/not-a-token")
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert png_size_and_colour(fetched.content)[:2] == (32, 32)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_a_failed_run_is_a_backend_failure_without_comfyui_words(
+        comfy: ComfyBox) -> None:
+    async with comfy.client() as api:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await api.images.generate(model="creativefail", prompt="secret fox plans")
+    error = caught.value.body
+    assert isinstance(error, dict) and caught.value.status_code == 502
+    assert error["code"] == "backend_failed"
+    assert "execution_error in node 10 (StandinFail: RuntimeError)" in error["message"]
+    assert "secret" not in error["message"]
+
+
+async def test_a_bad_size_is_a_400_naming_the_field(comfy: ComfyBox) -> None:
+    async with comfy.client() as api:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await api.images.generate(model="creative", prompt="fox",
+                                      size="big")  # type: ignore[arg-type]
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == "size"
+    assert comfy.comfy["history"] == {}
+
+
+async def test_comfyui_down_is_a_t1_queue_then_sovereign_backends_unavailable(
+        comfy: ComfyBox) -> None:
+    await comfy.runner.cleanup()
+    await wait_for(lambda: comfy.box.router.state.verdict("comfy").state == "down",
+                   what="comfy probed down")
+    async with comfy.client() as api:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await api.images.generate(model="creative", prompt="fox")
+    error = caught.value.body
+    assert caught.value.status_code == 503 and isinstance(error, dict)
+    assert error["code"] == "sovereign_backends_unavailable" and "comfy" in error["message"]
