@@ -26,8 +26,10 @@ from tests.integration.router.harness import (
 )
 from tests.standins.bus import PrivateBus
 from tests.standins.gpumode import GpuModeStandin
+from tests.standins.images import ImageStandin
 
 AGENT_KEY = "sk-test-agentic"
+ART_KEY = "sk-test-art"
 # A second T1-strict profile on the same backend, in the other mode it runs in; its key is
 # added to [keys] (the harness's table ends the file, so its line comes first).
 AGENTIC = f'''"{sha(AGENT_KEY)}" = ["agentic"]
@@ -294,3 +296,37 @@ async def test_t2_does_not_wait_for_a_switch_it_did_not_ask_for(
         assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
         assert asyncio.get_running_loop().time() - started < 2
         assert gpud.switch_calls == []
+
+
+async def test_an_images_request_switches_to_the_mode_of_its_image_backend(
+    tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
+) -> None:
+    images = await ImageStandin("sdxl-turbo").start()
+    try:
+        gpud.set_mode("agent")
+        async with followed(tmp_path, private_bus, extra=f'''"{sha(ART_KEY)}" = ["art"]
+[backends.imagegen]
+url = "{images.url}"
+model = "sdxl-turbo"
+modes = ["creative"]
+endpoints = ["images/generations"]
+
+[profiles.art]
+tier = "T1"
+chain = ["imagegen"]
+on_mode_mismatch = "switch"
+queue_timeout_s = 10
+''', modes="min_mode_dwell_s = 0") as box:
+            await until_mode(box, "agent")
+            gpud.switch_delay = 0.5
+            async with openai.AsyncOpenAI(base_url=box.openai_base, api_key=ART_KEY,
+                                          max_retries=0) as api:
+                raw = await api.images.with_raw_response.generate(
+                    model="art", prompt="a lighthouse at dusk", size="64x32",
+                    response_format="b64_json")
+            assert raw.headers["x-mushishi-backend"] == "imagegen"
+            assert raw.parse().data[0].b64_json
+            assert gpud.switch_calls == [("creative", False)]
+            assert gpud.switch_reasons == ["request:profile=art"]
+    finally:
+        await images.stop()
