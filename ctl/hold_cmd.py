@@ -44,10 +44,12 @@ def _say(text: str) -> None:
 
 
 async def _switch_and_wait(client: GpuModeClient, mode: str, cookie_for: str | None = None,
-                           reason: str = "") -> tuple[bool, int | None]:
-    """Switch to `mode` (holding it from the start when `cookie_for` names the holder)."""
+                           reason: str = "", why: str | None = None
+                           ) -> tuple[bool, int | None]:
+    """Switch to `mode` (holding it from the start when `cookie_for` names the holder; `why`
+    is gpud's LastSwitchReason, `manual` when None)."""
     await client.watch()
-    await client.switch(mode, False)
+    await client.switch(mode, False, reason=why)
     cookie = await client.hold(mode, cookie_for, reason) if cookie_for else None
     outcome = await client.wait_switch(
         mode, (lambda text: _say(text)) if sys.stderr.isatty() else None)
@@ -96,7 +98,7 @@ async def _hold(args: argparse.Namespace, argv: list[str]) -> int:
             _say(f"the hold had already ended: {error.text}")
         if args.then:
             _say(f"job exited with {status}; switching to {args.then}")
-            ok, _ = await _switch_and_wait(client, args.then)
+            ok, _ = await _switch_and_wait(client, args.then, why="hold-then")
             if not ok and status == 0:
                 return 1
         return status

@@ -18,6 +18,7 @@ ERROR_UNKNOWN_HOLD = ERROR_PREFIX + "UnknownHold"
 ERROR_SWITCHING = ERROR_PREFIX + "Switching"      # a switch is already in progress
 ERROR_NOT_ACTIVE = ERROR_PREFIX + "NotActive"     # HoldMode on a mode that is not active
 ERROR_NOT_HOLDER = ERROR_PREFIX + "NotHolder"     # ReleaseHold by someone else's connection
+ERROR_BAD_REASON = ERROR_PREFIX + "BadReason"     # SwitchModeWithReason with an unknown reason
 
 # The bus daemon (org.freedesktop.DBus) and the standard interfaces every object has.
 DBUS_BUS_NAME = "org.freedesktop.DBus"

@@ -52,6 +52,7 @@ class GpuModeProperties:
     progress: str = ""
     modes: tuple[str, ...] = ()
     holds: tuple[Hold, ...] = ()
+    last_switch_reason: str | None = None  # None: a gpud from before LastSwitchReason
     vram_total_mib: int | None = None
     vram_used_mib: int | None = None
     temperature_c: int | None = None
@@ -96,6 +97,7 @@ _FIELDS = {
     "Progress": "progress",
     "Modes": "modes",
     "Holds": "holds",
+    "LastSwitchReason": "last_switch_reason",
     "VramTotalMiB": "vram_total_mib",
     "VramUsedMiB": "vram_used_mib",
     "GpuTemperatureC": "temperature_c",
@@ -196,12 +198,17 @@ class GpuModeClient:
                                        dbus_names.INTERFACE, name, timeout_s=self.timeout_s)
 
     # -- methods ---------------------------------------------------------------------------
-    async def switch(self, mode: str, force: bool = False, *,
+    async def switch(self, mode: str, force: bool = False, *, reason: str | None = None,
                      timeout_s: float | None = None) -> None:
-        """SwitchMode: returns once the switch is under way (or raises the refusal)."""
+        """SwitchMode, or SwitchModeWithReason when `reason` says why (LastSwitchReason:
+        `hold-then`, `idle`, `request:profile=P`; plain SwitchMode is `manual`): returns once
+        the switch is under way (or raises the refusal)."""
         while not self.events.empty():  # what came before this switch is not about it
             self.events.get_nowait()
-        await self._call("SwitchMode", "sb", [mode, force], timeout_s)
+        if reason is None:
+            await self._call("SwitchMode", "sb", [mode, force], timeout_s)
+        else:
+            await self._call("SwitchModeWithReason", "sbs", [mode, force, reason], timeout_s)
 
     async def busy(self) -> list[str]:
         """Busy(): one line per finding."""

@@ -125,17 +125,21 @@ class GpuFollowed:
     present: bool
     active_mode: str | None
     state: str | None
+    last_switch_reason: str | None = None  # gpud's LastSwitchReason
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> GpuFollowed:
         """Parse; ContractError naming the key."""
         return cls(_get(data, "present", bool, where),
                    _get(data, "active_mode", str, where, optional=True),
-                   _get(data, "state", str, where, optional=True))
+                   _get(data, "state", str, where, optional=True),
+                   _get(data, "last_switch_reason", str, where, optional=True)
+                   if "last_switch_reason" in data else None)  # a router from before it
 
     def to_json(self) -> dict[str, Any]:
         """As the router sends it."""
-        return {"present": self.present, "active_mode": self.active_mode, "state": self.state}
+        return {"present": self.present, "active_mode": self.active_mode, "state": self.state,
+                "last_switch_reason": self.last_switch_reason}
 
 
 @dataclass(frozen=True, slots=True)

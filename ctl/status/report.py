@@ -178,6 +178,7 @@ def _gpu(props: GpuModeProperties | None) -> dict[str, Any] | None:
     return {
         "active_mode": props.active_mode, "state": props.state,
         "state_reason": props.state_reason, "progress": props.progress,
+        "last_switch_reason": props.last_switch_reason,
         "modes": list(props.modes),
         "holds": [{"mode": h.mode, "holder": h.holder, "reason": h.reason}
                   for h in props.holds],

@@ -79,6 +79,8 @@ def render(report: Report, *, colour: bool = False) -> str:
             text += f" — {paint('bad', gpu['state_reason'])}"
         if gpu["progress"]:
             text += f" — {gpu['progress']}"
+        if gpu.get("last_switch_reason"):
+            text += paint("dim", f" · last switch: {gpu['last_switch_reason']}")
         row("mode", text)
         holds = "; ".join(f"{h['mode']} by {h['holder']}" + (f" ({h['reason']})"
                                                               if h["reason"] else "")

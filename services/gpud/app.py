@@ -141,8 +141,8 @@ class GpuModeManager:
         self.metrics.show_mode(new.active_mode, new.state)
         self.metrics.holds.set(len(new.holds))
         self._publish()
-        if (old.active_mode, old.state, old.reason, old.holds) != (
-                new.active_mode, new.state, new.reason, new.holds):
+        if (old.active_mode, old.state, old.reason, old.holds, old.last_switch_reason) != (
+                new.active_mode, new.state, new.reason, new.holds, new.last_switch_reason):
             self._show_status()
 
     def _set_progress(self, text: str) -> None:
@@ -159,6 +159,8 @@ class GpuModeManager:
             text += f" ({state.reason})"
         if state.holds:
             text += f", {len(state.holds)} hold(s)"
+        if state.last_switch_reason:
+            text += f"; last switch: {state.last_switch_reason}"
         self.notifier.status(text)
 
     # -- systemd signals -------------------------------------------------------------------
@@ -250,8 +252,10 @@ class GpuModeManager:
             self._switch_started = None
 
     # -- SwitchMode and Busy -----------------------------------------------------------------
-    async def switch(self, mode: str, force: bool) -> core.Refusal | None:
-        """Refuse, or start a switch and return once systemd has queued the isolate job."""
+    async def switch(self, mode: str, force: bool, why: str = core.MANUAL
+                     ) -> core.Refusal | None:
+        """Refuse, or start a switch (for `why`: LastSwitchReason) and return once systemd
+        has queued the isolate job."""
         assert self.systemd is not None
         started = self.clock()
         async with self._lock:
@@ -269,10 +273,10 @@ class GpuModeManager:
                 return refusal
             self._switch_started = started
             self._target_results.clear()
-            self._set_state(core.begin_switch(self.mode_state, mode, "api"))
+            self._set_state(core.begin_switch(self.mode_state, mode, "api", why))
             target = mode_target(mode)
-            log.info("switching %s -> %s%s", self.mode_state.active_mode or "none", mode,
-                     " (forced: in-flight work drains first)" if force else "",
+            log.info("switching %s -> %s (%s)%s", self.mode_state.active_mode or "none", mode,
+                     why, " (forced: in-flight work drains first)" if force else "",
                      extra=log_extra(mode=mode))
             try:
                 await self.systemd.isolate(target)
@@ -280,7 +284,7 @@ class GpuModeManager:
                 reason = f"systemd refused to isolate {target}: {error.text}"
                 self._set_state(core.ModeState(
                     self.mode_state.active_mode, core.FAILED, reason,
-                    holds=self.mode_state.holds))
+                    holds=self.mode_state.holds, last_switch_reason=why))
                 self.metrics.switches.labels(result="failed", origin="api").inc()
                 log.error("%s", reason, extra=log_extra(mode=mode))
                 raise SwitchError(reason) from None

@@ -8,6 +8,7 @@ release a hold. No I/O here; `app` feeds in what systemd and the probes report.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,8 +23,17 @@ OFF = "off"
 OFF_MODE = "off"
 
 RefusalKind = Literal["unknown_mode", "switching", "held", "busy", "not_active",
-                      "unknown_hold", "not_holder"]
+                      "unknown_hold", "not_holder", "bad_reason"]
 Origin = Literal["api", "systemd"]
+
+# Why a switch happened (the LastSwitchReason property): a person (`mushishi mode`, a bare
+# SwitchMode or `systemctl isolate`), a hold's `--then`, the router's idle return, or a
+# request of profile P (`request:profile=P`).
+MANUAL = "manual"
+HOLD_THEN = "hold-then"
+IDLE = "idle"
+REQUEST_PREFIX = "request:profile="
+_REASON_PROFILE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,7 @@ class ModeState:
     target: str | None = None       # the mode being switched to
     origin: Origin | None = None    # who started the switch in progress
     holds: tuple[Hold, ...] = ()
+    last_switch_reason: str = ""    # why the last switch started ("" before the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +151,22 @@ def busy_refusal(lines: Sequence[str]) -> Refusal | None:
                    + " (wait, or switch with force to drain it first)")
 
 
-def begin_switch(state: ModeState, mode: str, origin: Origin) -> ModeState:
-    """State=switching towards `mode`."""
-    return dataclasses.replace(state, state=SWITCHING, target=mode, origin=origin, reason="")
+def check_reason(reason: str) -> Refusal | None:
+    """A switch's reason must be one gpud knows (LastSwitchReason is read by tools)."""
+    if reason in (MANUAL, HOLD_THEN, IDLE):
+        return None
+    if reason.startswith(REQUEST_PREFIX) and _REASON_PROFILE.fullmatch(
+            reason[len(REQUEST_PREFIX):]):
+        return None
+    return Refusal("bad_reason", f"unknown switch reason {reason[:80]!r} (one of {MANUAL}, "
+                   f"{HOLD_THEN}, {IDLE}, {REQUEST_PREFIX}<profile>)")
+
+
+def begin_switch(state: ModeState, mode: str, origin: Origin,
+                 why: str = MANUAL) -> ModeState:
+    """State=switching towards `mode`, started for `why` (LastSwitchReason)."""
+    return dataclasses.replace(state, state=SWITCHING, target=mode, origin=origin, reason="",
+                               last_switch_reason=why)
 
 
 def watched_units(modes: Mapping[str, Sequence[str]]) -> list[str]:

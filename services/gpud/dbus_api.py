@@ -22,7 +22,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from mushishi.services.gpud.core import ModeState, Refusal, SwitchError
+from mushishi.services.gpud.core import ModeState, Refusal, SwitchError, check_reason
 from mushishi.shared import dbus_names
 from mushishi.shared.gpu import GpuSnapshot
 
@@ -37,6 +37,7 @@ ERRORS = {
     "not_active": dbus_names.ERROR_NOT_ACTIVE,
     "unknown_hold": dbus_names.ERROR_UNKNOWN_HOLD,
     "not_holder": dbus_names.ERROR_NOT_HOLDER,
+    "bad_reason": dbus_names.ERROR_BAD_REASON,
     SwitchError.kind: dbus_names.ERROR_SWITCH_FAILED,
 }
 
@@ -56,7 +57,7 @@ class Manager(Protocol):
     @property
     def mode_names(self) -> list[str]: ...
 
-    async def switch(self, mode: str, force: bool) -> Refusal | None: ...
+    async def switch(self, mode: str, force: bool, why: str = ...) -> Refusal | None: ...
 
     async def busy(self) -> list[str]: ...
 
@@ -86,6 +87,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("Progress", "s", lambda m: m.progress),
     Property("Modes", "as", lambda m: m.mode_names),
     Property("Holds", "a(sss)", lambda m: holds_value(m.mode_state)),
+    Property("LastSwitchReason", "s", lambda m: m.mode_state.last_switch_reason),
     Property("VramTotalMiB", "u", lambda m: m.snapshot.total_mib),
     Property("VramUsedMiB", "u", lambda m: m.snapshot.used_mib),
     Property("GpuTemperatureC", "u", lambda m: max(0, m.snapshot.temperature_c)),
@@ -140,6 +142,17 @@ class GpuModeInterface(ServiceInterface):
     async def switch_mode(self, mode: DBusStr, force: DBusBool) -> None:
         """Start a switch; returns once the isolate job is queued (ModeChanged follows)."""
         return await self.manager.switch(mode, force)
+
+    @dbus_method(name="SwitchModeWithReason")
+    @domain_errors
+    async def switch_mode_with_reason(self, mode: DBusStr, force: DBusBool,
+                                      reason: DBusStr) -> None:
+        """SwitchMode, recording why (LastSwitchReason): `manual`, `hold-then`, `idle` or
+        `request:profile=P`."""
+        refusal = check_reason(reason)
+        if refusal is not None:
+            return refusal
+        return await self.manager.switch(mode, force, reason)
 
     @dbus_method(name="Busy")
     async def busy(self) -> DBusStrList:

@@ -5,8 +5,9 @@ A request, in the order it meets the modules:
 * `http_api` — the routes: authenticates the caller (API key or unix peer), reads and checks
   the body, resolves the profile, creates the request's record (`call.Call`) and hands it to
   the chain policy; `/status`, `/ready`, `/health`, `/metrics` too.
-* `policy` — the chain policy: the T1-strict mode gate, each hop judged from state, slots
-  and overflow, fallbacks, the T1 queue, the final error. `forward()` gets one frozen
+* `policy` — the chain policy: the GPU mode the chain needs (wait for a switch, ask for
+  one, then the backend's first probe), each hop judged from state, slots and overflow,
+  fallbacks, the T1 queue, the final error. `forward()` gets one frozen
   bundle (`policy.Forwarding`) of what it needs.
 * `relay` — one attempt on one hop: send, wait for the first byte, relay the whole answer
   or the stream (no splice after the first byte), translate for Anthropic callers.
@@ -25,8 +26,9 @@ What they read and decide with:
   sovereignty check, and the small HTTP/1.1 client that speaks to them (httptools parses
   the answers).
 * `health` — active health probes of local backends.
-* `gpu_mode` — the io.mushishi.GpuMode1 client that follows gpud; `mode_switch` — asking
-  gpud for a profile's mode, one SwitchMode call per mode.
+* `gpu_mode` — the io.mushishi.GpuMode1 client that follows gpud; `mode_switch` — switches
+  nobody typed: a request's mode (one call per mode, the dwell time) and the idle return.
+* `feedback` — SSE comment lines for a streamed request while it waits.
 * `status_view` — what the router says about itself: `/status`, `/ready`, the sovereignty
   layers, the STATUS= line; `metrics` — the Prometheus metrics and the scrape-time gauges.
 * `tenants` — follows the tenants' published confinement (the fourth sovereignty layer) and

@@ -3,9 +3,9 @@
 Start: compile the route table, open the backend pools, follow gpud on the bus, start the
 health probes, check the kernel confinement, then serve on the sockets systemd passed
 (LISTEN_FDS) or on `router.listen`, and send READY=1. SIGTERM drains requests in flight
-(up to `router.drain_timeout_s`); SIGHUP reloads keys, unix peers and profiles as one new route
-table, or refuses the whole reload (`reload`). What each part does is in the package's
-docstring (services/router/__init__.py).
+(up to `router.drain_timeout_s`); SIGHUP reloads keys, unix peers and profiles as one new
+route table (and `[modes]` switching), or refuses the whole reload (`reload`). What each
+part does is in the package's docstring (services/router/__init__.py).
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class Router:
         # gpud on the bus: the GPU mode routing follows, and switches asked for on request.
         self.gpu = GpuModeFollower(self._gpu_changed, bus_address=bus_address) \
             if follow_gpu else None
-        self._switcher = ModeSwitcher(self._ask_gpud) if self.gpu is not None else None
+        self._switcher = ModeSwitcher(self._ask_gpud, self.state, settings.mode_switching,
+                                      clock) if self.gpu is not None else None
         self.tracer = RequestTracer.from_settings(settings.traces, package_version(),
                                                   router.local_networks)
         self.accounting = Accounting(RouterMetrics(self.registry), self.cloud_share,
@@ -118,7 +119,7 @@ class Router:
                                   self._prober.rejudge),
                        self.accounting, self.view, self.traffic, lambda: self.table,
                        router.max_body_bytes, self.registry, _reader_units(proc_root),
-                       images)
+                       images, router.wait_feedback_s)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, *, check_confinement: bool = True) -> None:
@@ -133,6 +134,8 @@ class Router:
                 async with asyncio.timeout(2.0):
                     await self.gpu.connected.wait()
         self._prober.start()
+        if self._switcher is not None:
+            self._switcher.start()
         await self.tenants.refresh()
         self.tenants.start()
         try:
@@ -192,6 +195,8 @@ class Router:
         self.table = table
         self.view.profiles = table.profiles
         self.settings = settings
+        if self._switcher is not None:
+            self._switcher.reconfigure(settings.mode_switching)
         self.reload_status.applied(now)
         log.info("reloaded API keys, unix peers and profiles from %s", path)
         return True
@@ -234,13 +239,17 @@ class Router:
         self.state.set_gpu(view)
         self._prober.kick()
 
-    async def _ask_gpud(self, mode: str, wait_s: float) -> None:
-        """SwitchMode on gpud; its refusal (busy, held, unknown mode …) as SwitchRefused."""
+    async def _ask_gpud(self, mode: str, reason: str, wait_s: float) -> None:
+        """SwitchModeWithReason on gpud; its refusal (busy, held, unknown mode …) as
+        SwitchRefused."""
         assert self.gpu is not None
         try:
-            await self.gpu.switch_mode(mode, wait_s)
+            await self.gpu.switch_mode(mode, reason, wait_s)
         except BusError as error:
-            raise SwitchRefused(error.text or error.name) from None
+            if error.no_owner:
+                raise SwitchRefused("mushishi-gpud is not on the bus") from None
+            raise SwitchRefused("gpud refused to switch: " + (error.text or error.name)
+                                ) from None
 
 
 def _reader_units(proc: Path) -> Callable[[PeerCredentials], str | None]:

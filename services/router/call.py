@@ -19,9 +19,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mushishi.services.router.core import Hop, HopFailure, RouteProfile
+
+if TYPE_CHECKING:
+    from mushishi.services.router.feedback import WaitFeedback
 
 # One encoder for every request (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -95,13 +98,14 @@ class Call:
     """One request: what was asked (fixed), and what happened (recorded by the methods)."""
 
     __slots__ = ("api", "backend", "client_model", "completion_tokens", "failures",
-                 "fallbacks", "first_byte", "hops", "not_overhead_s", "original", "outcome",
-                 "overhead_s", "path", "profile", "prompt_tokens", "request_id", "retries",
-                 "started", "status", "stream")
+                 "fallbacks", "feedback", "first_byte", "hops", "not_overhead_s", "original",
+                 "outcome", "overhead_s", "path", "profile", "prompt_tokens", "request_id",
+                 "retries", "started", "status", "stream")
 
     def __init__(self, *, request_id: str, api: str, path: str, profile: RouteProfile,
                  hops: tuple[Hop, ...], stream: bool, client_model: str,
-                 started: float, original: dict[str, Any] | None = None) -> None:
+                 started: float, original: dict[str, Any] | None = None,
+                 feedback: WaitFeedback | None = None) -> None:
         self.request_id = request_id
         self.api = api  # "openai" | "anthropic" | "responses"
         # The endpoint below the base, e.g. "/chat/completions"; a hop that serves only chat
@@ -115,6 +119,8 @@ class Call:
         self.stream = stream
         self.client_model = client_model
         self.started = started  # perf_counter at arrival
+        # A streamed request's comment lines while it waits (None: not streamed, or off).
+        self.feedback = feedback
         # What happened, written only by the methods below.
         self.failures: list[HopFailure] = []
         self.fallbacks = 0

@@ -47,6 +47,7 @@ class Hop:
     local: bool
     locality: str  # why it is (not) local
     modes: frozenset[str] | None = None
+    switch_mode: str | None = None  # the mode to ask gpud for: the first of its `modes`
     max_concurrency: int | None = None
     queue_max: int = 32
     first_byte_timeout_s: float = 300.0
@@ -126,6 +127,7 @@ def compile_hops(settings: MushishiSettings) -> dict[str, Hop]:
             local=verdict.local,
             locality=verdict.reason,
             modes=frozenset(backend.modes) if backend.modes is not None else None,
+            switch_mode=backend.modes[0] if backend.modes else None,
             max_concurrency=backend.max_concurrency,
             queue_max=backend.queue_max,
             first_byte_timeout_s=(backend.first_byte_timeout_s or router.first_byte_timeout_s)
@@ -195,6 +197,7 @@ class GpuView:
     present: bool = False
     active_mode: str | None = None
     state: str | None = None  # ready | switching | failed | off
+    last_switch_reason: str | None = None  # manual | hold-then | idle | request:profile=P
 
 
 GPU_ABSENT = GpuView()
@@ -292,6 +295,56 @@ def mode_gate(profile: RouteProfile, gpu: GpuView) -> tuple[ModeGate, str]:
         return ModeGate.OPEN, ""
     return ModeGate.MISMATCH, (f"profile {profile.name!r} requires GPU mode {required!r}; the "
                                f"GPU is in {gpu.active_mode or 'no mode'} ({gpu.state})")
+
+
+@dataclass(frozen=True, slots=True)
+class ModeNeed:
+    """Whether a request must wait for, or ask for, another GPU mode before its chain."""
+
+    gate: ModeGate
+    mode: str | None = None  # the mode to ask gpud for (MISMATCH)
+    why: str = ""
+
+
+MODE_OPEN = ModeNeed(ModeGate.OPEN)
+
+
+def mode_need(profile: RouteProfile, hops: Sequence[Hop], verdict: Callable[[str], Verdict],
+              gpu: GpuView) -> ModeNeed:
+    """A T1-strict `require_mode` as `mode_gate` says; for a profile that may switch
+    (`on_mode_mismatch = "switch"`, any tier), the mode of the first hop of its chain that
+    is in another mode, unless an earlier hop can answer now. A switch in progress is
+    waited for; hops down for another reason are the chain's business, not a mode's."""
+    if profile.require_mode is not None:
+        gate, why = mode_gate(profile, gpu)
+        return ModeNeed(gate, profile.require_mode, why)
+    if profile.on_mode_mismatch != "switch" or not gpu.present:
+        return MODE_OPEN
+    for hop in hops:
+        found = verdict(hop.name)
+        if found.usable:
+            return MODE_OPEN
+        if found.state == "switching":
+            return ModeNeed(ModeGate.WAIT, hop.switch_mode, found.reason)
+        if found.state == "mode_inactive" and hop.modes is not None \
+                and gpu.active_mode not in hop.modes and hop.switch_mode is not None:
+            return ModeNeed(ModeGate.MISMATCH, hop.switch_mode, (
+                f"profile {profile.name!r} needs GPU mode {hop.switch_mode!r} for {hop.name}; "
+                f"the GPU is in {gpu.active_mode or 'no mode'} ({gpu.state})"))
+    return MODE_OPEN
+
+
+def dwell_left(mode_since: float, now: float, min_dwell_s: float) -> float:
+    """Seconds before a request may ask for another mode (`[modes] min_mode_dwell_s`)."""
+    return max(0.0, mode_since + min_dwell_s - now)
+
+
+def idle_return_due(gpu: GpuView, idle_mode: str | None, quiet_since: float, now: float,
+                    idle_after_s: float) -> bool:
+    """Whether to ask gpud for `[modes] idle_mode`: a ready GPU in another mode (never from
+    `off` or `failed`: a person's or a fault's), quiet for `idle_after_s`."""
+    return (idle_mode is not None and gpu.present and gpu.state == "ready"
+            and gpu.active_mode != idle_mode and now - quiet_since >= idle_after_s)
 
 
 # -- attempts and their outcomes ---------------------------------------------------------
@@ -402,13 +455,14 @@ def preview(profile: RouteProfile, verdicts: Mapping[str, Verdict], gpu: GpuView
     """The first usable hop of `profile` now, with the reasons the earlier ones are skipped
     (`refused`: backends T1 work may not go to now, and why)."""
     chain = tuple(verdicts[hop.name] for hop in profile.hops)
-    gate, why = mode_gate(profile, gpu)
-    if gate is not ModeGate.OPEN:
-        action = ("would ask gpud to switch" if profile.on_mode_mismatch == "switch"
-                  and gate is ModeGate.MISMATCH else "would answer mode_mismatch")
-        if gate is ModeGate.WAIT:
+    need = mode_need(profile, profile.hops, verdicts.__getitem__, gpu)
+    if need.gate is not ModeGate.OPEN:
+        action = (f"would ask gpud to switch to {need.mode}"
+                  if profile.on_mode_mismatch == "switch" and need.gate is ModeGate.MISMATCH
+                  else "would answer mode_mismatch")
+        if need.gate is ModeGate.WAIT:
             action = "would wait for the switch"
-        return Preview(None, f"{why}; {action}", chain)
+        return Preview(None, f"{need.why}; {action}", chain)
     skipped = []
     for verdict in chain:
         refusal = sovereign_refusal(profile, verdict.hop, refused)

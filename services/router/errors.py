@@ -122,9 +122,10 @@ def error_response(api: str, rejection: Rejection, *, profile: str = "none",
                                         rejection.status, rejection.param))
 
 
-def stream_error_event(api: str, message: str) -> bytes:
-    """The SSE event that ends a stream broken after its first byte (no `[DONE]` follows)."""
-    code = ErrorCode.BACKEND_FAILED.value
+def stream_error_event(api: str, message: str,
+                       code: str = ErrorCode.BACKEND_FAILED.value) -> bytes:
+    """The SSE event that ends a stream broken after its first byte, or refused after its
+    wait was announced with comment lines (`code`); no `[DONE]` follows."""
     if api == "anthropic":
         data = {"type": "error", "error": {"type": "api_error", "message": message,
                                            "code": code}}

@@ -67,7 +67,8 @@ class GpuModeFollower:
             self._publish(GPU_ABSENT)
         else:
             self._publish(GpuView(present=True, active_mode=properties.active_mode or None,
-                                  state=properties.state or None))
+                                  state=properties.state or None,
+                                  last_switch_reason=properties.last_switch_reason or None))
 
     async def _run(self) -> None:
         warned = False
@@ -150,7 +151,7 @@ class GpuModeFollower:
         return self._client
 
     # -- calls the router makes -----------------------------------------------------------
-    async def switch_mode(self, mode: str, wait_s: float, force: bool = False) -> None:
-        """Ask gpud to switch to `mode` (a switch can take minutes); raise BusError if it
+    async def switch_mode(self, mode: str, reason: str, wait_s: float) -> None:
+        """Ask gpud to switch to `mode` for `reason` (LastSwitchReason); raise BusError if it
         refuses, TimeoutError if it does not answer within `wait_s`."""
-        await self._connected().switch(mode, force, timeout_s=wait_s)
+        await self._connected().switch(mode, False, reason=reason, timeout_s=wait_s)

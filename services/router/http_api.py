@@ -42,7 +42,9 @@ from mushishi.services.router.errors import (
     Rejection,
     error_response,
     http_error_rejection,
+    stream_error_event,
 )
+from mushishi.services.router.feedback import WaitFeedback
 from mushishi.services.router.media import remote_media
 from mushishi.services.router.policy import Forwarding, forward
 from mushishi.services.router.status_view import StatusView, Traffic
@@ -62,6 +64,10 @@ log = logging.getLogger("mushishi.router.request")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Endpoints whose streamed answers are event streams: a streamed request to one of them gets
+# SSE comment lines while it waits (`feedback`). Images, speech and transcripts do not.
+FEEDBACK_PATHS = frozenset({"/chat/completions", "/completions", "/responses"})
+
 
 @dataclass(frozen=True, slots=True)
 class Api:
@@ -77,6 +83,9 @@ class Api:
     # The unit reading T1 prompts a unix peer runs in, or None (shared.t1_readers).
     reader_unit: Callable[[PeerCredentials], str | None]
     images: ImageStore  # images of comfyui backends answered as URLs
+    # A streamed request that waits gets an SSE comment this often (router.wait_feedback_s;
+    # 0: never).
+    wait_feedback_s: float = 5.0
     # Per connection: the peer and its unit never change while it is open (SO_PEERCRED is
     # the connecting process's, and a process cannot leave its unit's cgroup).
     _peers: WeakKeyDictionary[Any, tuple[PeerCredentials | None, str | None]] = field(
@@ -393,9 +402,13 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         served = serving_hops(hops, path.lstrip("/"))
         stream = fields.get("stream") in ("true", "True", "1") if form \
             else bool(fields.get("stream"))
+        feedback = WaitFeedback(request, {
+            "X-Mushishi-Profile": profile.name, "X-Mushishi-Tier": profile.tier,
+            "X-Request-Id": request_id}, api.wait_feedback_s, started) \
+            if stream and api.wait_feedback_s > 0 and path in FEEDBACK_PATHS else None
         call = Call(request_id=request_id, api=kind, path=path, profile=profile, hops=served,
                     stream=stream, client_model=client_model, started=started,
-                    original=fields if kind == "responses" else None)
+                    original=fields if kind == "responses" else None, feedback=feedback)
         if not served:
             raise endpoint_unsupported(profile, path.lstrip("/"),
                                        pinned=len(hops) < len(profile.hops))
@@ -430,6 +443,10 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         with bind_fields(MUSHISHI_PROFILE=call.profile.name, MUSHISHI_TIER=call.profile.tier,
                          MUSHISHI_REQUEST_ID=request_id):
             api.accounting.finish(call, rejection.message)
+        if call.feedback is not None and call.feedback.committed:
+            # The wait was announced with comment lines: the answer is an event stream now.
+            return await call.feedback.end_with(stream_error_event(
+                kind, rejection.message, rejection.code.value))
         return error_response(kind, rejection, profile=call.profile.name,
                               tier=call.profile.tier, request_id=request_id)
     finally:

@@ -1,8 +1,12 @@
 """The chain policy: which hop a request tries next, and when it waits or gives up.
 
-The chain comes from the compiled route table only. A T1-strict profile's required GPU mode
-is checked first (open, wait for a switch, ask gpud for one, or refuse). Each hop is judged
-from state, with no round trip for a backend known down or in another GPU mode; a hop at
+The chain comes from the compiled route table only. The GPU mode is checked first: a
+T1-strict profile's `require_mode`, or, for a profile of any tier with `on_mode_mismatch =
+"switch"`, the mode of the first hop of its chain in another mode (open, wait for a switch,
+ask gpud for one, or refuse: T1-strict answers mode_mismatch, the other tiers take their
+next hop). A request that waited for a switch then waits for its backend's first probe in
+the new mode, so the verdict it routes on is not the one from before the switch. Each hop is
+judged from state, with no round trip for a backend known down or in another GPU mode; a hop at
 `max_concurrency` overflows to the next usable one or waits in its FIFO; a hop that fails
 (`relay`) moves the request on where the tier allows, unless it failed before its first byte
 and no later local hop can take the request: then it is tried again once a fresh probe finds
@@ -17,9 +21,10 @@ profile's queue for any change; the final error of a request nothing answered is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -33,17 +38,20 @@ from mushishi.services.router.core import (
     HopFailure,
     ModeGate,
     final_error,
-    mode_gate,
+    mode_need,
     sovereign_refusal,
     t1_should_wait,
 )
 from mushishi.services.router.errors import ErrorCode, Rejection
-from mushishi.services.router.mode_switch import ModeSwitcher
+from mushishi.services.router.mode_switch import ModeSwitcher, SwitchRefused
 from mushishi.services.router.relay import Relay
 from mushishi.services.router.state import QueueFull, RoutingState
 
 log = logging.getLogger("mushishi.router.request")
 
+# While a request waits for its backend's first healthy probe after a switch, it has the
+# backend probed this often.
+FIRST_PROBE_EVERY_S = 1.0
 # A hop that failed before its first byte is tried again after this pause (doubling up to the
 # maximum) and a fresh probe that finds it up.
 RETRY_BACKOFF_S = 0.05
@@ -72,8 +80,9 @@ async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
     profile = call.profile
     state = forwarding.state
     deadline = forwarding.clock() + profile.queue_timeout_s
-    if profile.require_mode is not None:
-        await _pass_mode_gate(forwarding, call, deadline)
+    if (profile.require_mode is not None or profile.on_mode_mismatch == "switch") \
+            and await _pass_mode_gate(forwarding, call, deadline):
+        await _await_first_probe(forwarding, call, deadline)
     queued = False
     try:
         while True:
@@ -103,37 +112,89 @@ async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
                 queued = True
                 log.info("queued: no local backend of %s can answer now (%s)", profile.name,
                          "; ".join(f.describe() for f in this_pass))
-            with call.not_overhead():
+            async with waiting(call, "a local backend"):
                 await state.wait_change(remaining)
     finally:
         if queued:
             state.leave_t1_queue(profile.name)
 
 
-async def _pass_mode_gate(forwarding: Forwarding, call: Call, deadline: float) -> None:
-    """A T1-strict profile's required mode: open, wait for a switch, ask for one, or refuse."""
+@contextlib.asynccontextmanager
+async def waiting(call: Call, what: str) -> AsyncIterator[None]:
+    """Time the request waits (a switch, a queue): not router overhead, and, for a stream,
+    SSE comment lines saying what it waits for (`feedback.WaitFeedback`)."""
+    with call.not_overhead():
+        if call.feedback is None:
+            yield
+        else:
+            async with call.feedback.waiting(what):
+                yield
+
+
+async def _pass_mode_gate(forwarding: Forwarding, call: Call, deadline: float) -> bool:
+    """The GPU mode the request needs: open, wait for a switch, ask for one, or (T1-strict)
+    refuse. True when the request waited for a switch."""
     profile = call.profile
     state = forwarding.state
-    asked = False
+    asked = waited = False
     while True:
-        gate, why = mode_gate(profile, state.gpu)
-        if gate is ModeGate.OPEN:
-            return
+        need = mode_need(profile, call.hops, state.verdict, state.gpu)
+        if need.gate is ModeGate.OPEN:
+            return waited
         remaining = deadline - forwarding.clock()
         if remaining <= 0:
-            raise Rejection(ErrorCode.MODE_MISMATCH, f"{why} (waited {profile.queue_timeout_s:g}"
-                                                     "s)")
-        if gate is ModeGate.MISMATCH and not asked:
-            if profile.on_mode_mismatch != "switch" or not state.gpu.present \
+            if not profile.falls_back:
+                raise Rejection(ErrorCode.MODE_MISMATCH,
+                                f"{need.why} (waited {profile.queue_timeout_s:g}s)")
+            return waited
+        if need.gate is ModeGate.MISMATCH:
+            if asked or profile.on_mode_mismatch != "switch" or not state.gpu.present \
                     or forwarding.switcher is None:
-                raise Rejection(ErrorCode.MODE_MISMATCH, why)
-            asked = True
-            with call.not_overhead():
-                await forwarding.switcher.request(profile, remaining)
+                if not profile.falls_back:
+                    raise Rejection(ErrorCode.MODE_MISMATCH, need.why)
+                return waited  # the other tiers take the chain as it is
+            asked = waited = True
+            assert need.mode is not None
+            try:
+                async with waiting(call, f"mode {need.mode}"):
+                    await forwarding.switcher.request(profile.name, need.mode, remaining)
+            except SwitchRefused as refused:
+                if not profile.falls_back:
+                    raise Rejection(ErrorCode.MODE_MISMATCH, (
+                        f"{need.why}; no switch to {need.mode}: {refused.reason}")) from None
+                log.info("no switch to %s for %s (%s): taking the chain as it is", need.mode,
+                         profile.name, refused.reason)
+                return False
             continue
-        # A switch is under way (ours or another's): wait for gpud's view to follow.
-        with call.not_overhead():
+        # A switch is under way. T1-strict waits for it, whoever started it; the other
+        # tiers wait only for a switch asked for a request to their mode, and otherwise
+        # take the chain as it is.
+        if profile.falls_back and (forwarding.switcher is None
+                                   or not forwarding.switcher.awaiting(need.mode)):
+            return waited
+        waited = True
+        async with waiting(call, f"mode {need.mode or 'switch'}"):
             await state.wait_change(remaining)
+
+
+async def _await_first_probe(forwarding: Forwarding, call: Call, deadline: float) -> None:
+    """After a switch: wait (within the queue timeout) for a fresh probe of the first hop of
+    the chain that runs in the new mode that does not find it starting (every
+    FIRST_PROBE_EVERY_S), so that the pass routes on that verdict, not on the one from
+    before the switch."""
+    state = forwarding.state
+    gpu = state.gpu
+    hop = next((hop for hop in call.hops if hop.modes is not None
+                and gpu.active_mode in hop.modes), None)
+    if hop is None:
+        return
+    async with waiting(call, f"{hop.name} to start in mode {gpu.active_mode}"):
+        while True:
+            health = await forwarding.rejudge(hop.name, deadline - forwarding.clock())
+            pause = min(FIRST_PROBE_EVERY_S, deadline - forwarding.clock())
+            if health is not Health.STARTING or pause <= 0 or state.gpu != gpu:
+                return
+            await asyncio.sleep(pause)
 
 
 async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
@@ -204,7 +265,7 @@ async def _back_to_overflowed(forwarding: Forwarding, call: Call, body: RequestB
 async def _wait_for_slot(forwarding: Forwarding, call: Call, hop: Hop, deadline: float) -> bool:
     """Wait in `hop`'s FIFO until `deadline`; False (the failure recorded) when no slot came."""
     try:
-        with call.not_overhead():
+        async with waiting(call, f"a free slot on {hop.name}"):
             got = await forwarding.state.slots(hop.name).acquire(deadline - forwarding.clock())
     except QueueFull:
         got = False
@@ -225,6 +286,7 @@ async def _attempt_holding(forwarding: Forwarding, call: Call, index: int, body:
         answer = await _attempt(forwarding, call, index, body, request, deadline)
     finally:
         forwarding.state.slots(hop.name).release()
+        forwarding.state.gpu_work_ended(hop.name)
     if isinstance(answer, HopFailure):
         call.hop_failed(answer)
         _fall_back(forwarding, call, hop, answer.kind.value)

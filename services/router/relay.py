@@ -224,9 +224,16 @@ class Relay:
         return _failed(call, hop, sent, Failure.CONNECT, reason)
 
     async def _respond_whole(self, call: Call, hop: Hop, request: web.Request,
-                             upstream: Response, body: bytes) -> web.Response:
+                             upstream: Response, body: bytes) -> web.StreamResponse:
         """A complete (non-streamed) answer: relayed, or translated for Anthropic callers.
         It is written here, so that what is counted afterwards does not delay it."""
+        if call.feedback is not None and call.feedback.committed:
+            # The wait was announced as an event stream: what is not one ends it as an error.
+            message = upstream_message(parse_json(body)) if upstream.status >= 400 else ""
+            call.stream_broke(ErrorCode.BACKEND_FAILED.value)
+            return await call.feedback.end_with(stream_error_event(
+                call.api, f"backend {hop.name} answered {upstream.status} without a stream"
+                + (f": {message}" if message else "")))
         if upstream.status < 300:
             call.count_tokens(body[-2048:])
         content_type = upstream.headers.get("content-type", "application/json")
@@ -272,23 +279,37 @@ class Relay:
         elif _translated(call, hop):
             translator = responses.ResponsesStreamTranslator(call.original or {},
                                                              call.client_model)
-        headers = _answer_headers(call, hop.name)
-        if raw:
-            headers["Content-Type"] = upstream.headers.get("content-type",
-                                                           "application/octet-stream")
-            if "content-length" in upstream.headers:
-                headers["Content-Length"] = upstream.headers["content-length"]
-        else:
-            headers["Content-Type"] = SSE_CONTENT_TYPE
-            headers["Cache-Control"] = "no-cache"
-        headers["X-Accel-Buffering"] = "no"
         overhead = call.relaying(time.perf_counter())
-        headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        if call.feedback is not None and call.feedback.committed:
+            # The wait's comments went out, and with them an event stream's headers.
+            if raw:
+                upstream.close()
+                call.stream_broke(ErrorCode.BACKEND_FAILED.value)
+                kind = upstream.content_type or "a body"
+                return await call.feedback.end_with(stream_error_event(
+                    call.api, f"backend {hop.name} answered {kind} instead of an event stream"))
+            response = call.feedback.response
+            assert response is not None
+        else:
+            headers = _answer_headers(call, hop.name)
+            if raw:
+                headers["Content-Type"] = upstream.headers.get("content-type",
+                                                               "application/octet-stream")
+                if "content-length" in upstream.headers:
+                    headers["Content-Length"] = upstream.headers["content-length"]
+            else:
+                headers["Content-Type"] = SSE_CONTENT_TYPE
+                headers["Cache-Control"] = "no-cache"
+            headers["X-Accel-Buffering"] = "no"
+            headers["X-Mushishi-Overhead-Ms"] = f"{overhead * 1000:.3f}"
+            response = web.StreamResponse(status=upstream.status, headers=headers)
         idle = self.stream_idle_timeout_s
         complete = False
         try:
-            await response.prepare(request)
+            if not response.prepared:
+                await response.prepare(request)
+            else:
+                await response.write(f": backend {hop.name}\n\n".encode())
             chunk = first
             while chunk:
                 if not raw and b'"usage"' in chunk:

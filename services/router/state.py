@@ -116,6 +116,10 @@ class RoutingState:
         }
         self.gpu: GpuView = GPU_ABSENT
         self.gpu_changed_at = 0.0
+        # When the active mode last changed while gpud was followed (-inf: not seen since
+        # the router started): what `[modes] min_mode_dwell_s` counts from.
+        self.mode_since = float("-inf")
+        self.last_gpu_work = float("-inf")  # when a request to a backend with modes ended
         self._changed = asyncio.Event()
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
         self._verdicts: dict[str, Verdict] = {}  # judged since the last change
@@ -190,6 +194,8 @@ class RoutingState:
             return
         if view.active_mode != self.gpu.active_mode or view.state != self.gpu.state:
             self.gpu_changed_at = self._clock()
+        if view.present and self.gpu.present and view.active_mode != self.gpu.active_mode:
+            self.mode_since = self._clock()
         self.gpu = view
         self._verdicts.clear()
         self.notify()
@@ -205,6 +211,18 @@ class RoutingState:
         """Wake everything waiting for a change."""
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def gpu_work_ended(self, name: str) -> None:
+        """A request to backend `name` ended: GPU work when it runs in GPU modes (what the
+        idle return counts quiet time from; the CPU floor and cloud hops are not)."""
+        if self.backends[name].hop.modes is not None:
+            self.last_gpu_work = self._clock()
+
+    def gpu_busy(self) -> bool:
+        """Requests in flight or queued on a backend with GPU modes, or queued in a T1
+        profile's queue."""
+        return any(state.hop.modes is not None and (state.slots.in_flight or state.slots.queued)
+                   for state in self.backends.values()) or any(self._t1_queued.values())
 
     async def wait_change(self, wait_s: float) -> bool:
         """Wait up to `wait_s` for any change; True if one came."""

@@ -129,7 +129,8 @@ class StatusView:
             "draining": self.traffic.draining,
             "in_flight": self.traffic.in_flight,
             "sovereignty": self.sovereignty.as_json(),
-            "gpu": {"present": gpu.present, "active_mode": gpu.active_mode, "state": gpu.state},
+            "gpu": {"present": gpu.present, "active_mode": gpu.active_mode, "state": gpu.state,
+                    "last_switch_reason": gpu.last_switch_reason},
             "backends": backends,
             "profiles": profiles,
             "cloud_share": {name: self.cloud_share.share(name).as_json()

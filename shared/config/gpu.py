@@ -146,6 +146,33 @@ class BusyProbeSettings(Section):
     )
 
 
+class ModeSwitchingSettings(Section):
+    """Switches nobody typed: keys of `[modes]` itself, beside the `[modes.<name>]` tables."""
+
+    idle_mode: str | None = Field(
+        default=None,
+        description="The mode the router returns the box to after `idle_after_s` without GPU "
+        "work (requests to backends with `modes`; the CPU floor and cloud hops do not count); "
+        "unset: no idle return. gpud still refuses while a hold exists or a tenant is busy.",
+    )
+    idle_after_s: float = Field(
+        default=1800.0, gt=0,
+        description="Seconds without GPU work (and since the last switch) before the idle "
+        "return to `idle_mode`.",
+    )
+    min_mode_dwell_s: float = Field(
+        default=120.0, ge=0,
+        description="A mode stays at least this long before the router asks for another on a "
+        "request's behalf (`on_mode_mismatch = \"switch\"`), so that two profiles cannot "
+        "thrash the GPU; a person's switch (`mushishi mode`) is never held back. Counted from "
+        "when the router saw the mode become active.",
+    )
+
+
+# Keys of [modes] that are settings, not mode names (mode_switching in the model).
+MODE_SWITCHING_KEYS = tuple(ModeSwitchingSettings.model_fields)
+
+
 class ModeSettings(Section):
     """One GPU mode, realised as mushishi-<name>.target."""
 
@@ -262,6 +289,10 @@ def check(settings: MushishiSettings) -> list[Issue]:
     for name in settings.modes:
         if (issue := _check_unit_name("modes", name)) is not None:
             issues.append(issue)
+    idle = settings.mode_switching.idle_mode
+    if idle is not None and idle not in settings.modes:
+        issues.append(Issue("modes.idle_mode", f"unknown mode {idle!r} (modes: "
+                            f"{', '.join(sorted(settings.modes))})"))
     for name in settings.tenants:
         if (issue := _check_unit_name("tenants", name)) is not None:
             issues.append(issue)

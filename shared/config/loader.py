@@ -30,6 +30,7 @@ from mushishi.shared.config.settings import (
     ENV_PREFIX,
     MushishiSettings,
     _file_data,
+    toml_parts,
 )
 from mushishi.shared.credentials import CREDENTIAL_ENV_PREFIX
 from mushishi.shared.disabled_checks import PREFIX as TEST_ENV_PREFIX
@@ -125,8 +126,9 @@ def load_config(path: str | os.PathLike[str], *, env_file: Path | None = None) -
     if issues:
         raise ConfigError(shown, issues)
     sources = {
-        key: _source_of(key_parts, file_data, dotenv_data, env_data)
-        for key, key_parts in _leaves(settings.model_dump(mode="json"))
+        format_path(toml_parts(key_parts)): _source_of(toml_parts(key_parts), file_data,
+                                                       dotenv_data, env_data)
+        for _, key_parts in _leaves(settings.model_dump(mode="json"))
     }
     return LoadedConfig(settings, path, env_file, dotenv, sources)
 
@@ -167,7 +169,7 @@ def _unknown_variables(variables: Mapping[str, str], where: str) -> Iterator[Iss
 
 def _describe(entry: Mapping[str, Any], env_data: dict[str, Any],
               dotenv_data: dict[str, Any]) -> Issue:
-    loc = tuple(entry["loc"])
+    loc = toml_parts(tuple(entry["loc"]))
     path = format_path(loc)
     origin = ""
     if _lookup(env_data, loc) is not _MISSING:

@@ -17,7 +17,12 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from mushishi.shared.config.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, MushishiSettings
+from mushishi.shared.config.settings import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    TOML_HOME,
+    MushishiSettings,
+)
 
 HEADER = """# Configuration reference
 
@@ -134,7 +139,7 @@ def render() -> str:
             parts.append(f"A table mapping names to {type_name(info.annotation)}; "
                          f"environment: `{ENV_PREFIX}{name.upper()}` (JSON).")
             continue
-        parts.extend(sections(inner, name + suffix))
+        parts.extend(sections(inner, TOML_HOME.get(name, name) + suffix))
     return "\n".join(parts) + "\n"
 
 

@@ -164,6 +164,12 @@ class RouterSettings(Section):
         default=300.0, gt=0,
         description="Longest silence inside a streamed answer before it is ended with an error.",
     )
+    wait_feedback_s: float = Field(
+        default=5.0, ge=0,
+        description="A streamed request that waits (for a GPU mode switch, a queue, a free "
+        "slot) gets an SSE comment line `: waiting for mode creative, 14 s` this often; "
+        "SDKs ignore them. The first one commits the answer (200, event stream). 0: never.",
+    )
     probe_interval_s: float = Field(
         default=2.0, gt=0,
         description="How often each local backend's health is probed (GET /health).",
@@ -499,9 +505,13 @@ class ProfileSettings(Section):
     )
     on_mode_mismatch: Literal["error", "switch"] = Field(
         default="error",
-        description="With require_mode: `error` answers mode_mismatch; `switch` asks gpud for "
-        "the required mode (gpud refuses while a hold exists or a tenant the switch would "
-        "stop is busy: mode_mismatch), then waits.",
+        description="When the chain needs another GPU mode (require_mode, or the first hop "
+        "of the chain that runs in another mode, unless an earlier hop can answer): `error` "
+        "answers mode_mismatch (T1-strict) or skips those hops (other tiers); `switch` asks "
+        "gpud for that mode (once per mode for all waiting requests; refused while a hold "
+        "exists, a tenant the switch would stop is busy, or within modes.min_mode_dwell_s), "
+        "then waits within queue_timeout_s, also for the backend's first healthy probe. "
+        "Refused: T1-strict answers mode_mismatch, the other tiers take their next hop.",
     )
 
 

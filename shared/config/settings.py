@@ -24,7 +24,13 @@ from mushishi.shared.config.alerts import NtfySettings, WatchdogSettings
 from mushishi.shared.config.backup import BackupSettings
 from mushishi.shared.config.cpu_floor import CpuFloorSettings
 from mushishi.shared.config.firewall import FirewallSettings
-from mushishi.shared.config.gpu import GpuSettings, ModeSettings, TenantSettings
+from mushishi.shared.config.gpu import (
+    MODE_SWITCHING_KEYS,
+    GpuSettings,
+    ModeSettings,
+    ModeSwitchingSettings,
+    TenantSettings,
+)
 from mushishi.shared.config.observability import BenchSettings, TracesSettings
 from mushishi.shared.config.router import (
     BackendSettings,
@@ -71,6 +77,10 @@ class MushishiSettings(BaseSettings):
     modes: dict[str, ModeSettings] = Field(
         default={}, description="GPU modes, by name; the five defaults always exist."
     )
+    mode_switching: ModeSwitchingSettings = Field(
+        default_factory=ModeSwitchingSettings,
+        description="Written as keys of [modes] (idle_mode, idle_after_s, min_mode_dwell_s).",
+    )
     tenants: dict[str, TenantSettings] = Field(
         default={}, description="GPU workloads, by name."
     )
@@ -97,6 +107,19 @@ class MushishiSettings(BaseSettings):
         default_factory=TracesSettings, description="OTLP traces of routed requests."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_switching_keys(cls, data: Any) -> Any:
+        """`[modes] idle_mode = …` and its siblings are settings, not modes: move them."""
+        if isinstance(data, dict) and isinstance(data.get("modes"), dict):
+            modes = dict(data["modes"])
+            moved = {key: modes.pop(key) for key in MODE_SWITCHING_KEYS if key in modes}
+            if moved:
+                switching = data.get("mode_switching")
+                data = {**data, "modes": modes, "mode_switching": {
+                    **(switching if isinstance(switching, dict) else {}), **moved}}
+        return data
+
     @model_validator(mode="after")
     def _default_modes_exist(self) -> MushishiSettings:
         for name in gpu_section.DEFAULT_MODES:
@@ -115,6 +138,17 @@ class MushishiSettings(BaseSettings):
         """Precedence, highest first: init arguments, environment, .env, the TOML file."""
         file_source = InitSettingsSource(settings_cls, init_kwargs=_file_data.get() or {})
         return (init_settings, env_settings, dotenv_settings, file_source)
+
+
+# Fields of the model written elsewhere in the TOML file (and its environment variables).
+TOML_HOME = {"mode_switching": "modes"}
+
+
+def toml_parts(parts: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A key path of the model as the TOML file writes it: mode_switching.x -> modes.x."""
+    if parts and parts[0] in TOML_HOME:
+        return (TOML_HOME[parts[0]], *parts[1:])
+    return parts
 
 
 # Cross-section checks, run after the models validate; each returns the issues it finds.

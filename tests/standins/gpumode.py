@@ -2,9 +2,11 @@
 
 It exports the §6 interface on a real bus: the properties (with gpud's read-only GPU ones:
 GpuTemperatureC, GpuPowerW, GpuUtilPercent, GpuThrottled, StateReason), SwitchMode/Busy/
-HoldMode/ReleaseHold, ModeChanged and PropertiesChanged. Tests drive it with `set_mode()`,
-script SwitchMode with `busy_reasons`, `tenants` + `busy_tenants`, `refuse_switch` and
-`switch_delay`, and set the GPU readings in the constructor.
+HoldMode/ReleaseHold, SwitchModeWithReason and LastSwitchReason, ModeChanged and
+PropertiesChanged. Tests drive it with `set_mode()`, script SwitchMode with `busy_reasons`,
+`tenants` + `busy_tenants`, `refuse_switch`, `switch_delay` and `before_ready` (awaited
+just before a switch ends, as gpud waits for the tenants' READY), and set the GPU readings
+in the constructor.
 
 Like gpud, SwitchMode (without force) refuses with `Error.Busy` only for work that the
 switch would stop: every line of `busy_reasons`, and the lines of `busy_tenants` whose
@@ -15,6 +17,7 @@ reports all of them.
 # No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from the
 # evaluated annotations.
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from dbus_fast import BusType, DBusError
@@ -59,6 +62,10 @@ class GpuModeStandin(ServiceInterface):
         self.refuse_switch: str | None = None  # a D-Bus error name to answer SwitchMode with
         self.switch_delay = 0.05
         self.switch_calls: list[tuple[str, bool]] = []
+        self.switch_reasons: list[str] = []  # LastSwitchReason of each switch asked for
+        self.last_switch_reason = ""
+        self.before_ready: Callable[[], Awaitable[None]] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
         self.bus: MessageBus | None = None
         self._cookie = 0
 
@@ -133,6 +140,10 @@ class GpuModeStandin(ServiceInterface):
     def StateReason(self) -> DBusStr:
         return self.state_reason
 
+    @dbus_property(access=PropertyAccess.READ)
+    def LastSwitchReason(self) -> DBusStr:
+        return self.last_switch_reason
+
     def busy_lines(self, switching_to: str | None = None) -> list[str]:
         """What the busy probes find: on every running tenant (Busy()), or on the ones a
         switch to `switching_to` would stop (SwitchMode)."""
@@ -143,7 +154,16 @@ class GpuModeStandin(ServiceInterface):
 
     @dbus_method()
     async def SwitchMode(self, mode: DBusStr, force: DBusBool) -> None:
+        await self._switch(mode, force, "manual")
+
+    @dbus_method()
+    async def SwitchModeWithReason(self, mode: DBusStr, force: DBusBool,
+                                   reason: DBusStr) -> None:
+        await self._switch(mode, force, reason)
+
+    async def _switch(self, mode: str, force: bool, reason: str) -> None:
         self.switch_calls.append((mode, force))
+        self.switch_reasons.append(reason)
         if self.refuse_switch:
             raise DBusError(self.refuse_switch, "stand-in refuses the switch")
         if mode not in self.modes:
@@ -151,8 +171,18 @@ class GpuModeStandin(ServiceInterface):
         refusal = None if force else busy_refusal(self.busy_lines(switching_to=mode))
         if refusal is not None:
             raise DBusError(dbus_names.ERROR_BUSY, refusal.message)
+        self.last_switch_reason = reason
+        self.emit_properties_changed({"LastSwitchReason": reason})
         self.set_state("switching")
+        task = asyncio.get_running_loop().create_task(self._finish(mode))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, mode: str) -> None:
+        """Like gpud: SwitchMode has returned once the switch is under way."""
         await asyncio.sleep(self.switch_delay)
+        if self.before_ready is not None:
+            await self.before_ready()
         self.set_mode(mode, "ready")
 
     @dbus_method()

@@ -322,6 +322,8 @@ async def test_hold_then_switches_after_the_job(settled: GpuBox) -> None:
         assert changes == [("off", "forensic"), ("forensic", "creative")]
         props = await client.properties()
         assert props.active_mode == "creative" and props.holds == ()
+        assert props.last_switch_reason == "hold-then"  # the first switch was `manual`
+        assert "last switch: hold-then" in settled.mushishi("status").stdout
     finally:
         client.close()
 

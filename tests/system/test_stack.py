@@ -152,7 +152,8 @@ def test_private_work_gets_a_real_completion_from_the_cpu_floor_in_mode_off(
     assert answer["completion_tokens"] > 0 and isinstance(answer["content"], str)
     # The GPU backend is out of mode: skipped on gpud's word, not probed and found "down".
     status = router_status(stack)
-    assert status["gpu"] == {"present": True, "active_mode": "off", "state": "off"}
+    assert status["gpu"] == {"present": True, "active_mode": "off", "state": "off",
+                             "last_switch_reason": "manual"}  # systemctl isolate
     assert "skipped gpu" in status["profiles"]["private"]["reason"]
     assert "off" in status["profiles"]["private"]["reason"], status["profiles"]["private"]
 

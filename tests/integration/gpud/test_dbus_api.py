@@ -187,3 +187,27 @@ async def test_second_gpud_cannot_take_the_name(gpud: GpuModeManager, private_bu
             await export(bus, GpuModeInterface(gpud))
     finally:
         bus.disconnect()
+
+
+async def test_switch_with_a_reason_shows_it_as_last_switch_reason(
+        gpud: GpuModeManager, private_bus: str) -> None:
+    # No systemd on this bus: the isolate fails, after the switch started for its reason
+    # (forced, so that no busy probe asks systemd which tenants run).
+    client = await GpuModeClient.connect(private_bus)
+    try:
+        assert await client.get("LastSwitchReason") == ""
+        with pytest.raises(BusError) as bad:
+            await client.switch("creative", True, reason="because")
+        assert bad.value.name == dbus_names.ERROR_BAD_REASON
+        assert "request:profile=<profile>" in bad.value.text
+        assert gpud.mode_state.state == core.READY  # refused before anything started
+        with pytest.raises(BusError) as failed:
+            await client.switch("creative", True, reason="request:profile=artist")
+        assert failed.value.name == dbus_names.ERROR_SWITCH_FAILED
+        props = await client.properties()
+        assert props.last_switch_reason == "request:profile=artist"
+        with pytest.raises(BusError):
+            await client.switch("creative", True)  # plain SwitchMode: a person
+        assert await client.get("LastSwitchReason") == "manual"
+    finally:
+        client.close()

@@ -173,3 +173,28 @@ async def test_refused_connection_right_after_a_mode_change_is_starting_not_down
         assert box.router.status()["backends"]["gpu"]["reason"] == \
             "refusing connections while its GPU mode starts"
         assert refusing
+
+
+async def test_the_request_that_asked_for_a_switch_waits_for_its_backends_first_probe(
+    tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
+) -> None:
+    # Issue 15 item 6: gpud announced the new mode once its tenant was READY, and in the
+    # same millisecond the request that asked for it was answered 503 backend_failed
+    # ("refusing connections while its GPU mode starts"): the router's board still held
+    # the verdict of a probe made while the mode was starting.
+    gpud.set_mode("off", "off")
+    async with followed(tmp_path, private_bus,
+                        client_extra='queue_timeout_s = 10\non_mode_mismatch = "switch"') as box:
+        await until_mode(box, "off", "off")
+        await box.gpu.refuse()  # the forensic tenant is not running yet
+        gpud.switch_delay = 1.0
+        gpud.before_ready = box.gpu.accept  # the tenant is READY when the switch ends
+        asking = asyncio.create_task(post_chat(box, "client"))
+        await wait_for(lambda: box.router.state.health("gpu").value == "starting",
+                       what="gpu probed while its mode starts")
+        status, headers, body = await asking
+        assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu"), body
+        assert gpud.switch_reasons == ["request:profile=client"]
+        await wait_for(lambda: box.router.state.gpu.last_switch_reason
+                       == "request:profile=client", what="LastSwitchReason followed")
+        assert box.router.status()["gpu"]["last_switch_reason"] == "request:profile=client"

@@ -33,8 +33,9 @@ async def test_the_routers_status_is_the_typed_contract(box: Box) -> None:
     # DESIGN.md §9: what each backend and each profile's chain serve.
     assert parsed.backends["gpu"].endpoints == ["chat/completions", "completions",
                                                 "embeddings"]
+    # A chat chain serves Responses too: the router translates it to chat.
     assert parsed.profiles["private"].endpoints == ["chat/completions", "completions",
-                                                    "embeddings"]
+                                                    "embeddings", "responses"]
     # A router older than §9 sends no endpoints: still the contract.
     answered, body = await http_get("/status", unix_socket=box.unix_socket)
     assert answered == 200

@@ -91,10 +91,31 @@ def test_busy_refusal_only_with_findings() -> None:
 
 
 def test_settle_after_successful_switch_announces_mode_changed() -> None:
-    switching = core.begin_switch(state(), "agent", "api")
+    switching = core.begin_switch(state(), "agent", "api", "request:profile=coder")
     new, events = core.settle(switching, Observation(units("agent")), MODES)
-    assert new == ModeState(active_mode="agent", state=READY)
+    assert new == ModeState(active_mode="agent", state=READY,
+                            last_switch_reason="request:profile=coder")
     assert events == [ModeChanged("forensic", "agent")]
+
+
+def test_a_switch_records_why_it_started() -> None:
+    assert core.begin_switch(state(), "agent", "api").last_switch_reason == core.MANUAL
+    assert core.begin_switch(state(), "agent", "systemd").last_switch_reason == "manual"
+    assert core.begin_switch(state(), "agent", "api", "idle").last_switch_reason == "idle"
+
+
+@pytest.mark.parametrize("reason", ["manual", "hold-then", "idle", "request:profile=creative",
+                                    "request:profile=a.b-c_1"])
+def test_known_switch_reasons_pass(reason: str) -> None:
+    assert core.check_reason(reason) is None
+
+
+@pytest.mark.parametrize("reason", ["", "because", "request:profile=", "request:profile=a b",
+                                    "request:profile=" + "x" * 65, "idle\n"])
+def test_unknown_switch_reasons_are_refused(reason: str) -> None:
+    refusal = core.check_reason(reason)
+    assert refusal is not None and refusal.kind == "bad_reason"
+    assert "request:profile=<profile>" in refusal.message
 
 
 def test_settle_to_off_mode_is_state_off() -> None:

@@ -14,9 +14,12 @@ from mushishi.services.router.core import (
     HopFailure,
     ModeGate,
     RouteProfile,
+    dwell_left,
     final_error,
+    idle_return_due,
     judge_hop,
     mode_gate,
+    mode_need,
     pin_hops,
     preview,
     serving_hops,
@@ -235,3 +238,97 @@ def test_responses_are_served_by_hops_that_serve_them_or_chat() -> None:
     assert serving_hops((native, whisper, chat), "responses") == (native, chat)
     assert "responses" in RouteProfile("p", "T2", (chat,)).endpoints
     assert "responses" not in RouteProfile("p", "T2", (whisper,)).endpoints
+
+
+# -- modes that follow the work (issue 15 item 6) ------------------------------------------
+
+SWITCHING_GPU = Hop("gpu", "gpu-model", True, "127.0.0.1",
+                    modes=frozenset({"forensic", "agent"}), switch_mode="agent")
+CREATIVE_HOP = Hop("comfy", "flux", True, "127.0.0.1", modes=frozenset({"creative"}),
+                   switch_mode="creative")
+
+
+def _need(profile: RouteProfile, gpu: GpuView, health: dict[str, Health] | None = None):
+    healths = health or {}
+
+    def verdict(name: str):
+        hop = next(h for h in profile.hops if h.name == name)
+        return judge_hop(hop, healths.get(name, Health.UP), "", gpu)
+    return mode_need(profile, profile.hops, verdict, gpu)
+
+
+@pytest.mark.parametrize(("gpu", "gate", "mode"), [
+    (GpuView(True, "creative", "ready"), ModeGate.MISMATCH, "agent"),  # first listed mode
+    (GpuView(True, "off", "off"), ModeGate.MISMATCH, "agent"),
+    (GpuView(True, "agent", "ready"), ModeGate.OPEN, None),
+    (GpuView(True, "forensic", "ready"), ModeGate.OPEN, None),  # any of its modes will do
+    (GpuView(True, "creative", "switching"), ModeGate.WAIT, "agent"),
+    (GPU_ABSENT, ModeGate.OPEN, None),  # no gpud: health alone decides
+])
+def test_a_switching_t2_profile_needs_the_mode_of_the_first_hop(
+        gpu: GpuView, gate: ModeGate, mode: str | None) -> None:
+    profile = RouteProfile("coder", "T2", (SWITCHING_GPU, CPU, KIMI),
+                           on_mode_mismatch="switch")
+    need = _need(profile, gpu)
+    assert (need.gate, need.mode) == (gate, mode)
+    if gate is ModeGate.MISMATCH:
+        assert need.why == (f"profile 'coder' needs GPU mode 'agent' for gpu; the GPU is in "
+                            f"{gpu.active_mode} ({gpu.state})")
+
+
+def test_without_switch_a_profile_never_needs_a_mode() -> None:
+    profile = RouteProfile("coder", "T2", (SWITCHING_GPU, CPU))
+    assert _need(profile, GpuView(True, "creative", "ready")).gate is ModeGate.OPEN
+
+
+def test_an_earlier_hop_that_can_answer_needs_no_switch() -> None:
+    profile = RouteProfile("cheap", "T1", (CPU, CREATIVE_HOP), on_mode_mismatch="switch")
+    assert _need(profile, GpuView(True, "agent", "ready")).gate is ModeGate.OPEN
+    # The CPU floor down: the creative hop is the one that can answer, after a switch.
+    need = _need(profile, GpuView(True, "agent", "ready"), {"cpu": Health.DOWN})
+    assert (need.gate, need.mode) == (ModeGate.MISMATCH, "creative")
+
+
+def test_a_failed_mode_of_the_hop_is_not_a_reason_to_switch() -> None:
+    profile = RouteProfile("coder", "T2", (SWITCHING_GPU, CPU), on_mode_mismatch="switch")
+    # gpu runs in agent, which failed: asking gpud for agent again would loop on a fault.
+    assert _need(profile, GpuView(True, "agent", "failed")).gate is ModeGate.OPEN
+
+
+def test_require_mode_keeps_its_gate() -> None:
+    need = _need(CLIENT, GpuView(True, "agent", "ready"))
+    assert (need.gate, need.mode) == (ModeGate.MISMATCH, "forensic")
+
+
+@pytest.mark.parametrize(("since", "now", "dwell", "left"), [
+    (float("-inf"), 10.0, 120.0, 0.0),  # no switch seen since the router started
+    (100.0, 130.0, 120.0, 90.0),
+    (100.0, 220.0, 120.0, 0.0),
+    (100.0, 101.0, 0.0, 0.0),
+])
+def test_dwell_left(since: float, now: float, dwell: float, left: float) -> None:
+    assert dwell_left(since, now, dwell) == left
+
+
+@pytest.mark.parametrize(("gpu", "idle_mode", "quiet_since", "due"), [
+    (GpuView(True, "creative", "ready"), "agent", 0.0, True),
+    (GpuView(True, "creative", "ready"), "agent", 50.0, False),  # quiet for 50 s only
+    (GpuView(True, "agent", "ready"), "agent", 0.0, False),  # there already
+    (GpuView(True, "off", "off"), "agent", 0.0, False),  # a person's off is kept
+    (GpuView(True, "creative", "failed"), "agent", 0.0, False),  # a fault is not idleness
+    (GpuView(True, "creative", "switching"), "agent", 0.0, False),
+    (GPU_ABSENT, "agent", 0.0, False),
+    (GpuView(True, "creative", "ready"), None, 0.0, False),  # no idle_mode configured
+])
+def test_idle_return_due(gpu: GpuView, idle_mode: str | None, quiet_since: float,
+                         due: bool) -> None:
+    assert idle_return_due(gpu, idle_mode, quiet_since, 100.0, 60.0) is due
+
+
+def test_preview_of_a_switching_profile_says_it_would_ask_gpud() -> None:
+    profile = RouteProfile("coder", "T2", (SWITCHING_GPU, CPU), on_mode_mismatch="switch")
+    gpu = GpuView(True, "creative", "ready")
+    verdicts = {hop.name: judge_hop(hop, Health.UP, "", gpu) for hop in profile.hops}
+    shown = preview(profile, verdicts, gpu)
+    assert shown.would_use is None
+    assert shown.reason.endswith("would ask gpud to switch to agent")

@@ -98,3 +98,39 @@ def test_verdicts_follow_every_health_reason_and_gpu_change() -> None:
     assert state.verdict("gpu").usable
     state.set_health("gpu", Health.DOWN, "connection refused")
     assert not state.verdict("gpu").usable
+
+
+def _state(now: list[float]) -> RoutingState:
+    hops = {"gpu": Hop("gpu", "m", True, "127.0.0.1", modes=frozenset({"agent"})),
+            "cpu": Hop("cpu", "c", True, "127.0.0.1")}
+    return RoutingState(hops, lambda: now[0])
+
+
+async def test_mode_since_counts_only_changes_seen_while_gpud_is_followed() -> None:
+    now = [10.0]
+    state = _state(now)
+    state.set_gpu(GpuView(True, "agent", "ready"))  # first sight: no dwell
+    assert state.mode_since == float("-inf")
+    now[0] = 20.0
+    state.set_gpu(GpuView(True, "agent", "switching"))  # the mode stays until it settles
+    assert state.mode_since == float("-inf")
+    now[0] = 30.0
+    state.set_gpu(GpuView(True, "creative", "ready"))
+    assert state.mode_since == 30.0
+    now[0] = 40.0
+    state.set_gpu(GpuView(True, "creative", "ready", last_switch_reason="idle"))
+    assert state.mode_since == 30.0
+
+
+async def test_gpu_work_is_work_on_backends_with_modes_only() -> None:
+    now = [5.0]
+    state = _state(now)
+    state.gpu_work_ended("cpu")
+    assert state.last_gpu_work == float("-inf")
+    state.gpu_work_ended("gpu")
+    assert state.last_gpu_work == 5.0
+    assert not state.gpu_busy()
+    assert state.slots("cpu").try_acquire()
+    assert not state.gpu_busy()  # the CPU floor is not GPU work
+    assert state.slots("gpu").try_acquire()
+    assert state.gpu_busy()

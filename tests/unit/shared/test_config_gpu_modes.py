@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mushishi.shared.config import ConfigError, load_settings
+from mushishi.shared.config import ConfigError, load_config, load_settings
 from tests.paths import EXAMPLE_CONFIG
 
 
@@ -127,3 +127,43 @@ def test_example_tenants_run_in_docker_with_the_phone_home_defaults() -> None:
     assert {t.runtime for t in settings.tenants.values()} == {"docker"}
     assert settings.gpu.docker_network == "mushishi-tenants"
     assert settings.tenants["vllm-forensic"].env == {"VLLM_LOGGING_LEVEL": "WARNING"}
+
+
+def test_mode_switching_keys_live_in_modes_beside_the_mode_tables(tmp_path: Path) -> None:
+    path = tmp_path / "mushishi.toml"
+    path.write_text('[modes]\nidle_mode = "agent"\nidle_after_s = 60\n\n'
+                    '[modes.forensic]\ntenants = []\n')
+    loaded = load_config(path)
+    switching = loaded.settings.mode_switching
+    assert (switching.idle_mode, switching.idle_after_s, switching.min_mode_dwell_s) == (
+        "agent", 60.0, 120.0)
+    assert set(loaded.settings.modes) == {"forensic", "agent", "creative", "audio", "off"}
+    # `mushishi config check` shows where each came from, under the key the file uses.
+    assert loaded.sources["modes.idle_mode"] == "file"
+    assert loaded.sources["modes.min_mode_dwell_s"] == "default"
+
+
+def test_mode_switching_keys_from_the_environment(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mushishi.toml"
+    path.write_text("[modes.forensic]\ntenants = []\n")
+    monkeypatch.setenv("MUSHISHI_MODES__MIN_MODE_DWELL_S", "5")
+    loaded = load_config(path)
+    assert loaded.settings.mode_switching.min_mode_dwell_s == 5.0
+    assert loaded.sources["modes.min_mode_dwell_s"] == "env MUSHISHI_MODES__MIN_MODE_DWELL_S"
+
+
+@pytest.mark.parametrize(("text", "issue"), [
+    ('[modes]\nidle_mode = "gaming"\n',
+     "modes.idle_mode: unknown mode 'gaming' (modes: agent, audio, creative, forensic, off)"),
+    ("[modes]\nidle_after_s = 0\n", "modes.idle_after_s: Input should be greater than 0"),
+    ("[modes]\nmin_mode_dwell_s = -1\n",
+     "modes.min_mode_dwell_s: Input should be greater than or equal to 0"),
+])
+def test_mode_switching_errors_name_the_key_in_the_file(tmp_path: Path, text: str,
+                                                        issue: str) -> None:
+    path = tmp_path / "mushishi.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert issue in [str(i) for i in error.value.issues]
