@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +26,13 @@ from aiohttp.abc import AbstractResolver
 from mushishi.services.egress.audit import AuditEntry, Finish, retention_cutoff
 from mushishi.services.egress.core import Admission, Policy, Usage, compile_policy, utc_day
 from mushishi.services.egress.http_api import Outcome, build_app
-from mushishi.services.egress.ledger import PRUNE_BATCH, Ledger, LedgerError, budget_view
+from mushishi.services.egress.ledger import (
+    PRUNE_BATCH,
+    Ledger,
+    LedgerError,
+    Reconciled,
+    budget_view,
+)
 from mushishi.services.egress.metrics import EgressMetrics, EgressStateCollector
 from mushishi.services.egress.providers import (
     Provider,
@@ -44,6 +51,7 @@ from mushishi.shared.serving import serve_until_stopped
 
 log = logging.getLogger("mushishi.egress")
 
+LEDGER_RETRY_S = 1.0  # between tries to open a ledger whose disk was full at start
 PRUNE_EVERY = timedelta(hours=1)  # between prunes of the audit, unless a batch was full
 
 
@@ -90,6 +98,9 @@ class Egress:
         self._day = utc_day(self.now())
         self._next_prune: datetime | None = None  # None: at the first tick
         self._pruning = False
+        self._ledger_opening = asyncio.Lock()
+        self._ledger_tried = 0.0  # time.monotonic() of the last try to open the ledger
+        self._ledger_retry: asyncio.Task[bool] | None = None
         self.registry.register(EgressStateCollector(lambda: self))
 
     def _prices(self) -> dict[str, Any]:
@@ -99,6 +110,16 @@ class Egress:
     async def start(self) -> None:
         """Open the ledger (settling a crashed run's reservations) and the providers."""
         reconciled = await asyncio.to_thread(self.ledger.open)
+        self.providers = build_providers(self.policy.cloud, self.resolver,
+                                         self.credential_reader)
+        if self.ledger.unavailable is not None:
+            log.error("%s (tried again every %gs)", self.ledger.unavailable, LEDGER_RETRY_S)
+            self._ledger_tried = time.monotonic()
+            return
+        self._ledger_opened(reconciled)
+
+    def _ledger_opened(self, reconciled: list[Reconciled]) -> None:
+        """Count what a crashed run left in flight; restore the stored cooldowns."""
         for item in reconciled:
             log.warning("request %s to %s was in flight when mushishi-egress stopped without "
                         "settling it: counted as 1 request, %d+%d tokens (estimated) on %s",
@@ -106,8 +127,6 @@ class Egress:
                         item.usage.completion_tokens, item.day,
                         extra={"MUSHISHI_BACKEND": item.backend})
             self.count_usage(item.backend, item.usage, None)
-        self.providers = build_providers(self.policy.cloud, self.resolver,
-                                         self.credential_reader)
         for name, provider in self.providers.items():
             stored = self.ledger.cooldown(name)
             if stored is not None:
@@ -116,8 +135,29 @@ class Egress:
                          "restart", name, stored[0].isoformat(timespec="seconds"), stored[1],
                          extra={"MUSHISHI_BACKEND": name})
 
+    async def ledger_ready(self) -> bool:
+        """Whether the ledger can record a request; one that could not be opened (its disk
+        full) is tried again, at most every LEDGER_RETRY_S."""
+        if self.ledger.unavailable is None:
+            return True
+        async with self._ledger_opening:
+            if self.ledger.unavailable is None:
+                return True
+            if time.monotonic() - self._ledger_tried < LEDGER_RETRY_S:
+                return False
+            reconciled = await asyncio.to_thread(self.ledger.retry_open)
+            self._ledger_tried = time.monotonic()
+            if self.ledger.unavailable is not None:
+                return False
+        log.warning("the budget ledger %s can be written again: cloud requests are sent again",
+                    self.ledger.path)
+        self._ledger_opened(reconciled)
+        return True
+
     async def close(self) -> None:
         """Flush the ledger and close every session."""
+        if self._ledger_retry is not None:
+            self._ledger_retry.cancel()
         await close_providers(self.providers)
         await self.ledger.close()
 
@@ -257,6 +297,9 @@ class Egress:
                 parts.append(f"{name} {view['requests_used']}/{view['requests_limit']} req")
             else:
                 parts.append(f"{name} {view['requests_used']} req")
+        if self.ledger.unavailable is not None:
+            parts.insert(0, f"budget ledger {self.ledger.path} cannot be written: cloud "
+                            "requests refused")
         state = "draining" if self.draining else "serving"
         return (f"{state} {len(self.policy.cloud)} cloud backend(s): "
                 f"{', '.join(parts) or 'none configured'}; {self.in_flight} in flight")
@@ -270,8 +313,17 @@ class Egress:
             self._day = day
             self.ledger.forget_day(day)
             log.info("a new UTC day (%s): cloud budgets start again", day)
+        if self.ledger.unavailable is not None and self._ledger_retry is None:
+            self._ledger_retry = asyncio.create_task(self.ledger_ready())
+            self._ledger_retry.add_done_callback(self._ledger_retried)
         if self._next_prune is None or now >= self._next_prune:
             self.prune_audit()
+
+    def _ledger_retried(self, task: asyncio.Task[bool]) -> None:
+        self._ledger_retry = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the budget ledger %s could not be opened: %s", self.ledger.path,
+                      task.exception())
 
     def reload(self, settings: MushishiSettings) -> list[str]:
         """Apply a new config: profiles, budgets, prices, cooldowns, keys and the audit's

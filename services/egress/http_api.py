@@ -261,6 +261,7 @@ async def _serve(egress: Egress, request: web.Request, admission: Admission,
         else prepare_body(request.path, body, backend)
     outcome.stream = prepared.stream
     try:
+        await egress.ledger_ready()
         reservation = await egress.ledger.reserve(
             name, entry.request_id, prepared.prompt_estimate,
             replace(entry, bytes_out=_bytes_out(request, prepared)))
@@ -268,8 +269,8 @@ async def _serve(egress: Egress, request: web.Request, admission: Admission,
         log.error("not sending to %s: %s", name, error)
         return await _refuse(egress, entry, outcome, "ledger_error", "ledger_error",
                              error_response(503, "backend_unavailable",
-                                            f"the budget ledger cannot record the request "
-                                            f"({error})"))
+                                            f"cloud backend {name} not asked: the budget "
+                                            f"ledger cannot record the request: {error}"))
     relay = _Relay(egress, provider, request, prepared, reservation, outcome)
     return await relay.run()
 

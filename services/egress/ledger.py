@@ -138,27 +138,39 @@ class Reconciled:
 
 
 Op = Callable[[sqlite3.Connection], Any]
+Job = tuple[Op, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None, bool]
+
+# A kept write (a settle or a release the disk refused) is tried again this often, and with
+# every commit in between.
+RETRY_S = 1.0
 
 
 class _Writer(threading.Thread):
-    """Runs every write on one connection; whatever is queued commits together."""
+    """Runs every write on one connection; whatever is queued commits together. A kept write
+    (`keep`: a settle or release) that fails for the disk (full, I/O error, locked) stays
+    here and is tried again with the next commit or after RETRY_S, until it lands; its
+    future fails at the first try, so no answer waits for the disk."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         super().__init__(name="mushishi-egress-ledger", daemon=True)
         self.connection = connection
+        self.path = path
         self.commits = 0  # transactions committed (each one fsync): tests count them
-        self.jobs: queue.SimpleQueue[tuple[Op, asyncio.Future[Any] | None,
-                                           asyncio.AbstractEventLoop | None] | None] = \
-            queue.SimpleQueue()
+        self.kept: list[Op] = []  # writes the disk refused, in order, tried again
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
 
     def submit(self, op: Op, future: asyncio.Future[Any] | None,
-               loop: asyncio.AbstractEventLoop | None) -> None:
-        self.jobs.put((op, future, loop))
+               loop: asyncio.AbstractEventLoop | None, keep: bool = False) -> None:
+        self.jobs.put((op, future, loop, keep))
 
     def run(self) -> None:
         stopping = False
         while not stopping:
-            first = self.jobs.get()
+            try:
+                first = self.jobs.get(timeout=RETRY_S if self.kept else None)
+            except queue.Empty:
+                self._commit([])  # the kept writes alone
+                continue
             if first is None:
                 break
             batch = [first]
@@ -172,15 +184,23 @@ class _Writer(threading.Thread):
                     break
                 batch.append(job)
             self._commit(batch)
+        if self.kept:
+            self._commit([])
+        if self.kept:
+            log.error("mushishi-egress stops with %d settle(s) or release(s) the budget ledger "
+                      "%s could not write (its disk is full or failing): their requests stay "
+                      "in flight on disk and are counted from their estimates at the next "
+                      "start", len(self.kept), self.path)
         self.connection.close()
 
-    def _commit(self, batch: list[tuple[Op, asyncio.Future[Any] | None,
-                                        asyncio.AbstractEventLoop | None]]) -> None:
+    def _commit(self, batch: list[Job]) -> None:
+        kept, self.kept = self.kept, []
+        jobs: list[Job] = [(op, None, None, True) for op in kept] + batch
         results: list[tuple[bool, Any]] = []
         connection = self.connection
         try:
             connection.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
+            for op, _, _, _ in jobs:
                 connection.execute("SAVEPOINT op")
                 try:
                     results.append((True, op(connection)))
@@ -194,17 +214,28 @@ class _Writer(threading.Thread):
         except sqlite3.Error as error:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
-            log.error("the budget ledger could not commit (%s); usage of %d request(s) is "
-                      "not on disk", error, len(batch))
-            results = [(False, error)] * len(batch)
-        for (_, future, loop), (ok, value) in zip(batch, results, strict=True):
+            results = [(False, error)] * len(jobs)
+        for (op, _, _, keep), (ok, value) in zip(jobs, results, strict=True):
+            if not ok and keep and isinstance(value, sqlite3.OperationalError):
+                self.kept.append(op)
+        failed = [value for ok, value in results[len(kept):] if not ok]
+        if failed:
+            log.error("the budget ledger %s could not commit (%s); usage of %d request(s) is "
+                      "not on disk yet%s", self.path, failed[0], len(failed),
+                      f" ({len(self.kept)} settle(s) or release(s) kept, tried again every "
+                      f"{RETRY_S:g}s)" if self.kept else "")
+        landed = len(kept) - sum(1 for ok, _ in results[:len(kept)] if not ok)
+        if kept and landed:
+            log.warning("the budget ledger %s wrote %d kept settle(s) or release(s) (%d still "
+                        "kept)", self.path, landed, len(self.kept))
+        for (_, future, loop, _), (ok, value) in zip(batch, results[len(kept):], strict=True):
             if future is None or loop is None:
                 continue
             if ok:
                 loop.call_soon_threadsafe(_resolve, future, value)
             else:
-                loop.call_soon_threadsafe(_fail, future, LedgerError(f"ledger write failed: "
-                                                                     f"{value}"))
+                loop.call_soon_threadsafe(_fail, future, LedgerError(
+                    f"the budget ledger {self.path} could not write ({value})"))
 
 
 _TOTALS_QUERY = ("SELECT backend, requests, prompt_tokens, completion_tokens, cost, estimated, "
@@ -260,11 +291,15 @@ class Ledger:
         self._writer: _Writer | None = None
         self._lock_fd: int | None = None
         self._pending: set[asyncio.Future[Any]] = set()
+        # Why the ledger cannot be written (its disk full at start), or None.
+        self.unavailable: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> list[Reconciled]:
         """Create or open the ledger, take the single-writer lock, load today's totals and
-        the cooldowns, and settle reservations a crashed process left behind."""
+        the cooldowns, and settle reservations a crashed process left behind. A disk that is
+        full or failing does not stop the start: the ledger is then `unavailable` (every
+        write, so every cloud request, refused with the reason) until `retry_open` works."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.directory / LOCK_FILE,
@@ -277,6 +312,26 @@ class Ledger:
             self._lock_fd = None
             raise LedgerError(f"another mushishi-egress is using {self.path} (its lock "
                               f"{self.directory / LOCK_FILE} is held)") from None
+        try:
+            return self._open_file()
+        except LedgerError:
+            self._unlock()
+            raise
+
+    def retry_open(self) -> list[Reconciled]:
+        """Try again to open a ledger that was `unavailable` (its disk full); what `open`
+        returns, once it works."""
+        if self.unavailable is None or self._lock_fd is None:
+            return []
+        return self._open_file()
+
+    @property
+    def writable(self) -> bool:
+        """Open, with its writer running (False while `unavailable` or closed)."""
+        return self._writer is not None
+
+    def _open_file(self) -> list[Reconciled]:
+        connection: sqlite3.Connection | None = None
         try:
             connection = _connect(self.path)
             connection.executescript(_SCHEMA)
@@ -295,14 +350,25 @@ class Ledger:
                                    "DO UPDATE SET value = excluded.value",
                                    (str(SCHEMA_VERSION),))
             reconciled = self._reconcile(connection)
+            self._totals.clear()
             self._load(connection)
         except sqlite3.Error as error:
-            self._unlock()
-            raise LedgerError(f"cannot open the budget ledger {self.path}: {error}") from None
+            if connection is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+            if not _disk_error(error):
+                raise LedgerError(f"cannot open the budget ledger {self.path}: "
+                                  f"{error}") from None
+            self.unavailable = (f"the budget ledger {self.path} cannot be written ({error}): "
+                                "free space on its filesystem (egress.state_dir); cloud "
+                                "requests are refused until it can")
+            return []
         except LedgerError:
-            self._unlock()
+            if connection is not None:
+                connection.close()
             raise
-        self._writer = _Writer(connection)
+        self.unavailable = None
+        self._writer = _Writer(connection, self.path)
         self._writer.start()
         return reconciled
 
@@ -377,18 +443,25 @@ class Ledger:
         return self._cooldowns.get(backend)
 
     # -- writing ------------------------------------------------------------------------
-    def _submit(self, op: Op, *, wait: bool) -> asyncio.Future[Any]:
+    def _submit(self, op: Op, *, wait: bool, keep: bool = False) -> asyncio.Future[Any]:
+        """Queue `op` for the writer; `keep`: should the disk refuse it, it is kept and tried
+        again until it lands (settles and releases: what the provider counted, or not)."""
         writer = self._writer
         if writer is None:
-            raise LedgerError("the budget ledger is closed")
+            raise LedgerError(self.unavailable or "the budget ledger is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
         if not wait:
             future.add_done_callback(_log_failure)
-        writer.submit(op, future, loop)
+        writer.submit(op, future, loop, keep)
         return future
+
+    @property
+    def kept_writes(self) -> int:
+        """Settles and releases the disk refused, waiting to be written again."""
+        return len(self._writer.kept) if self._writer is not None else 0
 
     async def reserve(self, backend: str, request_id: str, prompt_estimate: int,
                       entry: AuditEntry | None = None) -> Reservation:
@@ -413,7 +486,7 @@ class Ledger:
             # Not on disk (or the wait was cancelled): the request is not sent; drop it.
             self._in_flight.get(backend, {}).pop(reservation.id, None)
             self._submit(_delete(reservation.id, Finish(audit.FAILED, "cancelled")
-                                 if row is not None else None), wait=False)
+                                 if row is not None else None), wait=False, keep=True)
             raise
         return reservation
 
@@ -430,7 +503,7 @@ class Ledger:
         audit row with `finish` in the same transaction."""
         if self._in_flight.get(reservation.backend, {}).pop(reservation.id, None) is None:
             return _done()
-        return self._submit(_delete(reservation.id, finish), wait=False)
+        return self._submit(_delete(reservation.id, finish), wait=False, keep=True)
 
     def settle(self, reservation: Reservation, usage: Usage, finish: Finish | None = None
                ) -> tuple[float, asyncio.Future[Any]]:
@@ -449,7 +522,7 @@ class Ledger:
                     reservation.day, reservation.backend, usage.prompt_tokens,
                     usage.completion_tokens, cost, 1 if usage.estimated else 0,
                     usage.audio_seconds))
-        return cost, self._submit(op, wait=False)
+        return cost, self._submit(op, wait=False, keep=True)
 
     def record(self, entry: AuditEntry) -> asyncio.Future[Any]:
         """Write the audit row of a request that never got a reservation (refused)."""
@@ -485,6 +558,12 @@ class Ledger:
         """Drop in-memory totals of days before `day` (the file keeps them)."""
         for key in [k for k in self._totals if k[0] < day]:
             del self._totals[key]
+
+
+def _disk_error(error: sqlite3.Error) -> bool:
+    """The disk is full or failing (it may pass), not a bad or foreign file."""
+    name = getattr(error, "sqlite_errorname", "")
+    return name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR")
 
 
 def _delete_reservation(connection: sqlite3.Connection, ident: str,

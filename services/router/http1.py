@@ -8,7 +8,10 @@ does not do: the pools, the end of a body framed by the connection's end (httpto
 `finish()`), a cap on the header block (llhttp has none), pausing reads while too much body
 is buffered, streaming a request body with the socket's flow control, and closing the
 connection when a caller gives up. A body is read whole (`read`) or as it arrives
-(`read_some`). Nothing is followed, retried, decompressed or proxied: no redirects, no proxy
+(`read_some`). An origin that closed a connection right after a chunked answer although it
+allowed keep-alive (llama-server does after every stream) gets such connections closed, not
+pooled: reused before its close is seen, one would fail the next request before its first
+byte. Nothing is followed, retried, decompressed or proxied: no redirects, no proxy
 variables, no cookies, no `User-Agent`.
 
 Why its own pools and not aiohttp's client: on a routed request that client cost about as
@@ -162,6 +165,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.idle_since = 0.0
         self._keep_alive = True  # the request allows reusing the connection
+        self._last_chunked = False  # the last complete answer was chunked
         self._waiter: asyncio.Future[Response] | None = None  # until status and headers
         self._response: Response | None = None  # while its body arrives
         self._headers: dict[str, str] = {}
@@ -192,6 +196,9 @@ class _Connection(asyncio.Protocol):
             self._broken(ResponseBroken(_TOO_LONG))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self._last_chunked and self._response is None:
+            # Closed after a chunked answer while idle, or before the next answer began.
+            self._pool.closes_after_chunked = True
         self.reusable = False
         self._pool.forget(self)
         self._wake_writer()
@@ -327,6 +334,10 @@ class _Connection(asyncio.Protocol):
         self.resume()
         response._connection = None  # the connection is no longer the answer's
         response._finish()
+        self._last_chunked = self._headers.get("transfer-encoding", "").rpartition(",")[2] \
+            .strip().lower() == "chunked"
+        if self._last_chunked and self._pool.closes_after_chunked:
+            keep_alive = False
         if keep_alive and not self._sending and self.transport is not None \
                 and not self.transport.is_closing():
             self.reusable = True
@@ -361,6 +372,8 @@ class Pool:
         self._keep_alive = keep_alive
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        # The origin closed a connection right after a chunked answer: close, never pool them.
+        self.closes_after_chunked = False
 
     async def request(self, method: str, target: str, headers: bytes,
                       body: bytes | AsyncIterable[bytes | memoryview] | None = None, *,

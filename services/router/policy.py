@@ -11,6 +11,8 @@ judged from state, with no round trip for a backend known down or in another GPU
 (`relay`) moves the request on where the tier allows, unless it failed before its first byte
 and no later local hop can take the request: then it is tried again once a fresh probe finds
 it up (`_attempt`: T1 and T1-strict until the queue deadline, T2/T3 once before the cloud).
+A T2/T3 request that overflowed past a busy local hop and that every later hop failed goes
+back to wait for that hop's next free slot until the queue deadline (`_back_to_overflowed`).
 When no hop of a T1 profile can answer for a reason that can pass, the request waits in the
 profile's queue for any change; the final error of a request nothing answered is
 `core.final_error`'s.
@@ -55,6 +57,8 @@ FIRST_PROBE_EVERY_S = 1.0
 RETRY_BACKOFF_S = 0.05
 RETRY_BACKOFF_MAX_S = 1.0
 _TRANSIENT = frozenset({Failure.BROKEN, Failure.CONNECT})
+# The reason of a busy hop a falling-back request passed over for a later one.
+OVERFLOWED = "at max_concurrency"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,9 @@ async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
         while True:
             failures_before = len(call.failures)
             response = await _one_pass(forwarding, call, body, request, deadline)
+            if response is None and not profile.sovereign:
+                response = await _back_to_overflowed(forwarding, call, body, request, deadline,
+                                                     call.failures[failures_before:])
             if response is not None:
                 return response
             this_pass = call.failures[failures_before:]
@@ -219,34 +226,71 @@ async def _one_pass(forwarding: Forwarding, call: Call, body: RequestBody,
         slots = state.slots(hop.name)
         if not slots.try_acquire():
             if profile.falls_back and _later_usable(state, call, index):
-                call.hop_failed(HopFailure(hop.name, Failure.FULL, "at max_concurrency"))
+                call.hop_failed(HopFailure(hop.name, Failure.FULL, OVERFLOWED))
                 _fall_back(forwarding, call, hop, Failure.FULL.value)
                 continue
-            try:
-                async with waiting(call, f"a free slot on {hop.name}"):
-                    got = await slots.acquire(deadline - forwarding.clock())
-            except QueueFull:
-                got = False
-                reason = f"at max_concurrency with a full queue (backends.{hop.name}.queue_max)"
-            else:
-                reason = "no free slot in time"
-            if not got:
-                call.hop_failed(HopFailure(hop.name, Failure.FULL, reason))
+            if not await _wait_for_slot(forwarding, call, hop, deadline):
                 if not profile.falls_back:
                     return None
                 continue
-        try:
-            answer = await _attempt(forwarding, call, index, body, request, deadline)
-        finally:
-            slots.release()
-            state.gpu_work_ended(hop.name)
+        answer = await _attempt_holding(forwarding, call, index, body, request, deadline)
         if not isinstance(answer, HopFailure):
             return answer
-        call.hop_failed(answer)
-        _fall_back(forwarding, call, hop, answer.kind.value)
         if not profile.falls_back:
             return None
     return None
+
+
+async def _back_to_overflowed(forwarding: Forwarding, call: Call, body: RequestBody,
+                              request: web.Request, deadline: float,
+                              this_pass: list[HopFailure]) -> web.StreamResponse | None:
+    """A T2/T3 request that overflowed past a busy local hop, and that every later hop then
+    failed (a provider cooling down, out of budget, erroring), waits in that hop's FIFO for
+    its next free slot until `deadline` rather than fail; the first such hop still usable."""
+    overflowed = {f.backend for f in this_pass if f.kind is Failure.FULL
+                  and f.reason == OVERFLOWED}
+    state = forwarding.state
+    for index, hop in enumerate(call.hops):
+        if hop.name not in overflowed or not hop.local or not _usable(state, call, hop):
+            continue
+        log.info("waiting for a free slot of backend %s: the request overflowed past it and "
+                 "every later hop failed", hop.name, extra={"MUSHISHI_BACKEND": hop.name})
+        if not await _wait_for_slot(forwarding, call, hop, deadline):
+            return None
+        answer = await _attempt_holding(forwarding, call, index, body, request, deadline)
+        return None if isinstance(answer, HopFailure) else answer
+    return None
+
+
+async def _wait_for_slot(forwarding: Forwarding, call: Call, hop: Hop, deadline: float) -> bool:
+    """Wait in `hop`'s FIFO until `deadline`; False (the failure recorded) when no slot came."""
+    try:
+        async with waiting(call, f"a free slot on {hop.name}"):
+            got = await forwarding.state.slots(hop.name).acquire(deadline - forwarding.clock())
+    except QueueFull:
+        got = False
+        reason = f"at max_concurrency with a full queue (backends.{hop.name}.queue_max)"
+    else:
+        reason = "no free slot in time"
+    if not got:
+        call.hop_failed(HopFailure(hop.name, Failure.FULL, reason))
+    return got
+
+
+async def _attempt_holding(forwarding: Forwarding, call: Call, index: int, body: RequestBody,
+                           request: web.Request, deadline: float
+                           ) -> web.StreamResponse | HopFailure:
+    """`_attempt` with hop `index`'s slot held (released after); a failure is recorded."""
+    hop = call.hops[index]
+    try:
+        answer = await _attempt(forwarding, call, index, body, request, deadline)
+    finally:
+        forwarding.state.slots(hop.name).release()
+        forwarding.state.gpu_work_ended(hop.name)
+    if isinstance(answer, HopFailure):
+        call.hop_failed(answer)
+        _fall_back(forwarding, call, hop, answer.kind.value)
+    return answer
 
 
 async def _attempt(forwarding: Forwarding, call: Call, index: int, body: RequestBody,

@@ -50,7 +50,8 @@ def config_text(*, gpu_url: str, cpu_url: str, egress_socket: str, extra: str = 
                 groq_url: str = "https://api.groq.com/openai/v1", kimi_extra: str = "",
                 groq_extra: str = "",
                 router_extra: str = "", gpu_extra: str = "max_concurrency = 2",
-                cpu_extra: str = "", strict_extra: str = "queue_timeout_s = 1",
+                cpu_extra: str = "", personal_extra: str = "",
+                strict_extra: str = "queue_timeout_s = 1",
                 private_extra: str = "queue_timeout_s = 1",
                 client_extra: str = 'queue_timeout_s = 1\non_mode_mismatch = "error"') -> str:
     """The test box: gpu (modes forensic, agent) and cpu local, kimi and groq cloud."""
@@ -96,6 +97,7 @@ api_key_credential = "groq-api-key"
 [profiles.personal]
 tier = "T2"
 chain = ["gpu", "cpu", "kimi", "groq"]
+{personal_extra}
 
 [profiles.private]
 tier = "T1"

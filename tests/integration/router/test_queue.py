@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from tests.integration.router.harness import Box, post_chat, running_box, wait_for
+from tests.standins.openai_server import Fault
 
 
 async def one_in_the_t1_queue(box: Box) -> asyncio.Task[tuple[int, dict[str, str], dict]]:
@@ -95,3 +96,51 @@ async def test_loading_model_is_starting_not_down_and_t1_waits_for_it(tmp_path: 
         box.cpu.set_loading(False)
         status, headers, _ = await waiting
         assert (status, headers["X-Mushishi-Backend"]) == (200, "cpu")
+
+
+COOLING = Fault.status_code(503, "provider cooling down", code="backend_cooling_down")
+
+
+async def overflowing_t2(box: Box) -> asyncio.Task[tuple[int, dict[str, str], dict]]:
+    """cpu down, every cloud hop cooling down, gpu's one slot taken by a slow request."""
+    await box.cpu.refuse()
+    await wait_for(lambda: box.router.state.health("cpu").value == "down", what="cpu down")
+    box.egress.fail_always(COOLING)
+    box.gpu.token_delay = 0.1  # the first answer takes about 0.8 s
+    first = asyncio.create_task(post_chat(box, "personal"))
+    await wait_for(lambda: box.router.state.slots("gpu").in_flight == 1, what="gpu busy")
+    return first
+
+
+async def test_a_t2_request_whose_cloud_hops_failed_waits_for_the_local_slot(
+    tmp_path: Path,
+) -> None:
+    # The soak's 3,116 T2 requests that ended all_backends_failed in milliseconds: the local
+    # hop was busy, so they overflowed to a provider the egress was cooling down.
+    async with running_box(tmp_path, gpu_extra="max_concurrency = 1") as box:
+        first = await overflowing_t2(box)
+        started = time.monotonic()
+        status, headers, body = await post_chat(box, "personal")
+        assert (status, headers["X-Mushishi-Backend"]) == (200, "gpu"), body
+        assert time.monotonic() - started < 5
+        assert [r.headers["X-Mushishi-Backend"] for r in box.egress.requests] == [
+            "kimi", "groq"]  # overflowed, both failed, then waited for gpu's slot
+        assert (await first)[0] == 200
+        assert box.router.state.slots("gpu").in_flight == 0
+
+
+async def test_the_wait_for_the_local_slot_is_bounded_by_the_queue_timeout(
+    tmp_path: Path,
+) -> None:
+    async with running_box(tmp_path, gpu_extra="max_concurrency = 1",
+                           personal_extra="queue_timeout_s = 0.3") as box:
+        first = await overflowing_t2(box)
+        box.gpu.token_delay = 0.5  # the first answer takes 4 s
+        started = time.monotonic()
+        status, _, body = await post_chat(box, "personal")
+        elapsed = time.monotonic() - started
+        assert (status, body["error"]["code"]) == (502, "all_backends_failed"), body
+        assert "gpu: no free slot in time" in body["error"]["message"]
+        assert "kimi: answered 503" in body["error"]["message"]
+        assert 0.25 <= elapsed < 2
+        first.cancel()

@@ -290,6 +290,25 @@ async def test_a_pooled_connection_the_server_closed_while_idle_is_not_used() ->
     assert len(connections) == 2
 
 
+async def test_an_origin_that_closes_after_chunked_answers_gets_them_closed_not_pooled(
+) -> None:
+    # llama-server: keep-alive advertised, yet the connection closed right after every
+    # streamed (chunked) answer. Reused before that close is seen, the next request broke
+    # before its first byte (ResponseBroken on the third request here, before the fix).
+    stream = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n"
+              b"\r\n", b"5\r\ndata:\r\n0\r\n\r\n"]
+    async with raw_server(lambda _: stream, close_after=True) as (port, connections):
+        pool = pool_for(port)
+        assert await (await pool.request("POST", "/", HEADERS, b"{}")).read() == b"data:"
+        await asyncio.sleep(0.2)  # the close after the first stream is seen while idle
+        for _ in range(2):  # back to back: each on a connection of its own
+            async with asyncio.timeout(5):
+                answer = await pool.request("POST", "/", HEADERS, b"{}")
+                assert await answer.read() == b"data:"
+        await pool.close()
+    assert len(connections) == 3
+
+
 async def test_refused_connection_is_connect_failed_carrying_the_os_error() -> None:
     async with raw_server(lambda _: []) as (port, _):
         pass  # the port is closed again
