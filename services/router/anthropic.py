@@ -17,10 +17,11 @@ from mushishi.services.router.chat_stream import (
     ChatStreamTranslator,
     TranslationError,
     UpstreamStreamError,
+    chat_request,
     first_choice,
+    text_or_list,
     usage_counts,
 )
-from mushishi.services.router.core import ROUTING_FIELDS
 
 __all__ = ["StreamTranslator", "TranslationError", "UpstreamStreamError", "chat_to_message",
            "estimate_tokens", "messages_to_chat"]
@@ -47,10 +48,9 @@ def _blocks(content: list[Any], where: str) -> Iterator[tuple[str, dict[str, Any
 
 
 def _text_of(content: Any, where: str) -> str:
+    content = text_or_list(content, where, "content blocks")
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or a list of content blocks")
     texts = []
     for here, block, kind in _blocks(content, where):
         if kind == "text":
@@ -191,12 +191,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         chat["user"] = metadata["user_id"]
-    if body.get("stream"):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    for name in ROUTING_FIELDS:
-        chat.pop(name, None)
-    return chat
+    return chat_request(chat, bool(body.get("stream")))
 
 
 def _tool_input(arguments: str) -> Any:

@@ -1,14 +1,17 @@
 """The OpenAI chat side that the Anthropic and Responses translations share (pure, no I/O).
 
-Both turn a chat completion, or a chat SSE byte stream, into another API's shape: this module
-holds what does not depend on that shape (reading the first choice, the usage counts and the
-chat SSE stream itself); anthropic.py and responses.py say what each piece becomes.
+Both turn a client's request into a chat request, and a chat completion or a chat SSE byte
+stream into the client API's shape: this module holds what does not depend on that shape
+(the error types, reading the first choice, the usage counts and the chat SSE stream
+itself); anthropic.py and responses.py say what each piece becomes.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from mushishi.services.router.core import ROUTING_FIELDS
 
 
 class TranslationError(ValueError):
@@ -22,6 +25,24 @@ class UpstreamStreamError(Exception):
     def __init__(self, error: object) -> None:
         super().__init__("the upstream stream carried an error event")
         self.error = error
+
+
+def text_or_list(value: Any, where: str, items: str) -> str | list[Any]:
+    """A client's `value` that must be a string or a list (of `items`), as it is."""
+    if not isinstance(value, str | list):
+        raise TranslationError(f"{where} must be a string or a list of {items}")
+    return value
+
+
+def chat_request(chat: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """A translated chat request made ready to send: streaming with usage when the client
+    streams, and without the routing fields other routers obey (dropped, never obeyed)."""
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    for name in ROUTING_FIELDS:
+        chat.pop(name, None)
+    return chat
 
 
 def first_choice(response: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

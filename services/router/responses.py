@@ -18,14 +18,8 @@ import time
 import uuid
 from typing import Any
 
-from mushishi.services.router.chat_stream import (
-    ChatStreamTranslator,
-    TranslationError,
-    UpstreamStreamError,
-    first_choice,
-    usage_counts,
-)
-from mushishi.services.router.core import ROUTING_FIELDS
+from mushishi.services.router import chat_stream
+from mushishi.services.router.chat_stream import TranslationError, UpstreamStreamError
 
 __all__ = ["ResponsesStreamTranslator", "TranslationError", "UpstreamStreamError",
            "chat_to_response", "refused_field", "responses_to_chat"]
@@ -97,10 +91,9 @@ def _part(part: Any, where: str) -> dict[str, Any]:
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
     """A message's content: a string stays one; text-only parts join into one string."""
+    content = chat_stream.text_or_list(content, where, "content parts")
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or a list of content parts")
     parts = [_part(part, f"{where}[{index}]") for index, part in enumerate(content)]
     if all(part["type"] == "text" for part in parts):
         return "".join(part["text"] for part in parts)
@@ -109,10 +102,9 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
 
 def _output_text(output: Any, where: str) -> str:
     """A function_call_output's output as the tool message's text."""
+    output = chat_stream.text_or_list(output, where, "content parts")
     if isinstance(output, str):
         return output
-    if not isinstance(output, list):
-        raise TranslationError(f"{where} must be a string or a list of content parts")
     texts = []
     for index, part in enumerate(output):
         converted = _part(part, f"{where}[{index}]")
@@ -264,12 +256,7 @@ def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     response_format = _response_format(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
-    if body.get("stream"):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    for name in ROUTING_FIELDS:
-        chat.pop(name, None)
-    return chat
+    return chat_stream.chat_request(chat, bool(body.get("stream")))
 
 
 def dropped_reasoning(body: dict[str, Any]) -> int:
@@ -344,7 +331,7 @@ def chat_to_response(response: dict[str, Any], request: dict[str, Any],
                      model: str) -> dict[str, Any]:
     """An OpenAI chat completion as a Response; `request` is the client's Responses request
     and `model` what it asked for."""
-    choice, message = first_choice(response)
+    choice, message = chat_stream.first_choice(response)
     output: list[dict[str, Any]] = []
     reasoning = _reasoning_of(message)
     if reasoning is not None:
@@ -361,7 +348,7 @@ def chat_to_response(response: dict[str, Any], request: dict[str, Any],
     return _response(request, model, new_id("resp"),
                      created if isinstance(created, int) else int(time.time()),
                      "incomplete" if incomplete else "completed", output,
-                     _usage(*usage_counts(response.get("usage") or {})), incomplete)
+                     _usage(*chat_stream.usage_counts(response.get("usage") or {})), incomplete)
 
 
 def sse_event(data: dict[str, Any]) -> bytes:
@@ -392,7 +379,7 @@ class _Item:
         return _call_item(self.id, self.call_id, self.name, self.arguments, "completed")
 
 
-class ResponsesStreamTranslator(ChatStreamTranslator):
+class ResponsesStreamTranslator(chat_stream.ChatStreamTranslator):
     """Turns an OpenAI chat SSE byte stream into Responses SSE events, incrementally."""
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
