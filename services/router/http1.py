@@ -154,6 +154,9 @@ class Response:
             connection.close()
 
 
+_IDEMPOTENT = frozenset(("GET", "HEAD"))
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: writes a request, feeds its answer to the parser, whose
     callbacks (the `on_*` methods) build the `Response`."""
@@ -259,6 +262,11 @@ class _Connection(asyncio.Protocol):
             self._complete(self._keep_alive and self._parser.should_keep_alive())
 
     # -- requests ---------------------------------------------------------------------------
+    @property
+    def received_any(self) -> bool:
+        """Some byte of the answer to the last request sent has arrived."""
+        return self._bodiless > 0 or self._response is not None
+
     def send(self, head: bytes, body: bytes | None,
              keep_alive: bool) -> asyncio.Future[Response]:
         """Write one request; the future resolves with its answer's status and headers."""
@@ -403,6 +411,22 @@ class Pool:
             head += b"Connection: close\r\n"
         head += b"\r\n"
         connection = self._take_idle()
+        if connection is not None and stream is None and method in _IDEMPOTENT:
+            # A kept-alive connection the origin closed as we reused it: nothing of the answer
+            # came back, so a GET is sent again on a new connection (what browsers, urllib3
+            # and Go do); anything else is for the caller's retry rules to decide.
+            answer = connection.send(head, body, self._keep_alive)
+            try:
+                return await answer
+            except ResponseBroken:
+                connection.close()
+                if connection.received_any:
+                    raise
+            except BaseException:
+                answer.cancel()
+                connection.close()
+                raise
+            connection = None
         if connection is None:
             connection = await self._open_connection()
         answer = connection.send(head, body, self._keep_alive)

@@ -494,3 +494,53 @@ async def test_an_answer_before_the_body_is_sent_stops_the_sending() -> None:
     assert stopped_at < 100
     assert yielded == stopped_at  # nothing more was asked of the body
     assert len(connections) == 2  # the half-sent request's connection was not reused
+
+
+@contextlib.asynccontextmanager
+async def closes_second_request_unanswered() -> AsyncIterator[tuple[int, list[int]]]:
+    """Answers the first request of each connection and closes it on reading the second,
+    unanswered: a keep-alive origin that gave up on the connection as it was reused."""
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connections
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_get_on_a_reused_connection_closed_unanswered_is_sent_again_on_a_new_one(
+        ) -> None:
+    # The router's prober reported "the upstream closed the connection" for a backend whose
+    # kept-alive connection had just been dropped (a restarted stand-in): a GET is safe to
+    # send again when nothing of its answer came back.
+    async with closes_second_request_unanswered() as (port, connections):
+        pool = pool_for(port)
+        first = await pool.request("GET", "/health", b"")
+        assert await first.read() == b"ok"
+        second = await pool.request("GET", "/health", b"")
+        assert second.status == 200 and await second.read() == b"ok"
+        assert len(connections) == 2
+
+
+async def test_a_post_on_a_reused_connection_closed_unanswered_is_not_sent_again() -> None:
+    async with closes_second_request_unanswered() as (port, connections):
+        pool = pool_for(port)
+        first = await pool.request("POST", "/v1/chat/completions", b"", b"{}")
+        assert await first.read() == b"ok"
+        with pytest.raises(ResponseBroken, match="closed the connection"):
+            await pool.request("POST", "/v1/chat/completions", b"", b"{}")
+        assert len(connections) == 1
