@@ -24,7 +24,6 @@ LiteLLM is expected in benchmarks/.venvs/litellm (see benchmarks/router/README.m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -48,6 +47,7 @@ from benchmarks.router.run import (  # noqa: E402  (the repository is put on the
     missing_tool,
     nginx_conf,
     post_script,
+    router_toml,
     rss_mb,
     wait_port,
     wait_unix,
@@ -61,15 +61,7 @@ INSIDE = "MUSHISHI_BENCH_NETNS"
 
 
 def mushishi_config(directory: Path, port: int, cloud_port: int, local_port: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "mushishi.toml"
-    config.write_text(f"""
-[router]
-listen = ["127.0.0.1:{port}"]
-egress_socket = "{directory}/egress.sock"
-state_dir = "{directory}/router-state"
-probe_interval_s = 1
-
+    return router_toml(directory, port, "probe_interval_s = 1", f"""
 [backends.local]
 url = "http://127.0.0.1:{local_port}/v1"
 model = "bench-model"
@@ -92,11 +84,7 @@ chain = ["cloud"]
 state_dir = "{directory}/egress-state"
 allowed_peers = ["{os.getuid()}"]
 metrics_listen = "127.0.0.1:{free_port()}"
-
-[keys]
-"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["local", "cloudy"]
-""")
-    return config
+""", ["local", "cloudy"], state="router-state")
 
 
 def litellm_config(directory: Path, cloud_port: int, budget: bool) -> Path:

@@ -104,13 +104,19 @@ class Processes:
 
 
 def nginx_conf(directory: Path, listen: int, body: str | None = None,
-               upstream: int | None = None, host: str = "127.0.0.1") -> Path:
-    """An nginx that returns `body`, or proxies to `upstream` (keep-alive, no buffering)."""
+               upstream: int | None = None, host: str = "127.0.0.1", *,
+               connections: int = 4096, keepalive: int = 64,
+               stream_requests: bool = False) -> Path:
+    """An nginx that returns `body`, or proxies to `upstream` (keep-alive, no buffering;
+    `stream_requests`: request bodies relayed as they arrive, of any size)."""
     directory.mkdir(parents=True, exist_ok=True)
     if upstream is not None:
         location = ("proxy_pass http://backend; proxy_http_version 1.1; "
                     "proxy_set_header Connection \"\"; proxy_buffering off;")
-        upstream_block = f"upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; }}"
+        if stream_requests:
+            location += " proxy_request_buffering off;"
+        upstream_block = (f"upstream backend {{ server 127.0.0.1:{upstream}; "
+                          f"keepalive {keepalive}; }}")
     else:
         escaped = (body or "").replace("'", "\\'")
         location = f"default_type application/json; return 200 '{escaped}';"
@@ -121,9 +127,10 @@ worker_processes 1;
 daemon off;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log error;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
+  {"client_max_body_size 0;" if stream_requests else ""}
   client_body_temp_path {directory}/body;
   proxy_temp_path {directory}/proxy;
   fastcgi_temp_path {directory}/fastcgi;
@@ -223,20 +230,32 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def mushishi_config(directory: Path, port: int, primary: str, secondary: str,
-                    extra: str = "", tier: str = "T2") -> Path:
+def router_toml(directory: Path, port: int, router: str, rest: str, profiles: list[str], *,
+                state: str = "state", key: str = KEY) -> Path:
+    """A router config written to `directory`, listening on `port`: `router` adds [router]
+    settings, `rest` the other sections, and `key` may use `profiles`."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "mushishi.toml"
+    allowed = ", ".join(f'"{profile}"' for profile in profiles)
     config.write_text(f"""
 [router]
 listen = ["127.0.0.1:{port}"]
 egress_socket = "{directory}/egress.sock"
-state_dir = "{directory}/state"
-probe_interval_s = 0.1
+state_dir = "{directory}/{state}"
+{router}
+{rest}
+[keys]
+"{hashlib.sha256(key.encode()).hexdigest()}" = [{allowed}]
+""")
+    return config
+
+
+def mushishi_config(directory: Path, port: int, primary: str, secondary: str,
+                    extra: str = "", tier: str = "T2") -> Path:
+    return router_toml(directory, port, f"""probe_interval_s = 0.1
 connect_timeout_s = 1
 first_byte_timeout_s = 1
-{extra}
-
+{extra}""", f"""
 [backends.primary]
 url = "{primary}"
 model = "bench-model"
@@ -248,11 +267,7 @@ model = "bench-model"
 [profiles.bench]
 tier = "{tier}"
 chain = ["primary", "secondary"]
-
-[keys]
-"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["bench"]
-""")
-    return config
+""", ["bench"])
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.router.run import Processes, wait_port  # noqa: E402
+from benchmarks.router.run import Processes, nginx_conf, router_toml, wait_port  # noqa: E402
 from mushishi.services.router.upload import UPLOAD_BUFFER_BYTES  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 from tests.standins.speech import make_wav  # noqa: E402
@@ -72,34 +72,6 @@ def post(connection: http.client.HTTPConnection, body: bytes, key: str | None) -
     return elapsed
 
 
-def nginx_streaming(directory: Path, listen: int, upstream: int) -> Path:
-    """nginx relaying request bodies as they arrive (no buffering either way)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    conf = directory / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log error;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {directory}/body;
-  proxy_temp_path {directory}/proxy;
-  client_max_body_size 0;
-  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 8; }}
-  server {{
-    listen 127.0.0.1:{listen};
-    location / {{
-      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_request_buffering off; proxy_buffering off;
-    }}
-  }}
-}}
-""")
-    return conf
-
-
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -121,15 +93,8 @@ def main() -> int:
     processes = Processes()
     directory = Path(tempfile.mkdtemp(prefix="mushishi-upload-bench-"))
     whisper_port, router_port, nginx_port = free_port(), free_port(), free_port()
-    config = directory / "mushishi.toml"
-    config.write_text(f"""
-[router]
-listen = ["127.0.0.1:{router_port}"]
-egress_socket = "{directory}/egress.sock"
-state_dir = "{directory}/state"
-probe_interval_s = 1
-max_body_bytes = {int(args.megabytes * 1024 * 1024) + 1024 * 1024}
-
+    config = router_toml(directory, router_port, f"""probe_interval_s = 1
+max_body_bytes = {int(args.megabytes * 1024 * 1024) + 1024 * 1024}""", f"""
 [backends.whisper]
 url = "http://127.0.0.1:{whisper_port}/v1"
 model = "whisper-bench"
@@ -138,10 +103,7 @@ endpoints = ["audio/transcriptions"]
 [profiles.voice]
 tier = "T1"
 chain = ["whisper"]
-
-[keys]
-"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["voice"]
-""")
+""", ["voice"], key=KEY)
     load_before = os.getloadavg()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MUSHISHI_")}
     env["PYTHONPATH"] = str(REPO)
@@ -150,8 +112,9 @@ chain = ["whisper"]
                          str(whisper_port), "whisper-bench"], env=env, cwd=REPO)
         router = processes.start([str(BINDIR / "mushishi-router"), "--config", str(config)],
                                  env=env)
-        processes.start(["nginx", "-c", str(nginx_streaming(directory / "nginx", nginx_port,
-                                                            whisper_port))])
+        processes.start(["nginx", "-c", str(nginx_conf(
+            directory / "nginx", nginx_port, upstream=whisper_port, connections=64, keepalive=8,
+            stream_requests=True))])
         wait_port(whisper_port)
         wait_port(router_port)
         wait_port(nginx_port)

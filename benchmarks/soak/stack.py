@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,10 @@ from devtools.sandbox import Sandbox
 from scripts.demo import (
     DEMO_CLOUD,
     DEMO_CLOUD_KEY,
-    GPU_STATE,
-    SIMULATED_GPU,
-    TINY_MODEL,
     adapt_for_sandbox,
 )
 from tests.paths import BINDIR, EXAMPLE_CONFIG
-from tests.system.stack import ALWAYS_ON, wait_serving
+from tests.system.stack import ALWAYS_ON, place_model, wait_serving
 
 KEY = "sk-soak-harness"
 CLOUD_PORT = 8443
@@ -93,12 +89,7 @@ def boot(llama_server: Path, tiny_model: Path) -> Sandbox:
     try:
         box.add_default_route()
         box.run(["ip", "addr", "add", f"{DEMO_CLOUD}/32", "dev", "lo"])
-        box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
-        models = box.path(Path(TINY_MODEL).parent)
-        models.mkdir(parents=True, exist_ok=True)
-        models.chmod(0o755)
-        shutil.copyfile(tiny_model, models / "tiny.gguf")
-        (models / "tiny.gguf").chmod(0o644)
+        place_model(box, tiny_model)
         box.install(soak_config(str(llama_server)), credentials=CREDENTIALS)
         box.run(f"mkdir -p {EGRESS_STATE} && mount -t tmpfs -o size={LEDGER_FS_SIZE},"
                 f"mode=0750 soak-ledger {EGRESS_STATE} && chown mushishi:mushishi {EGRESS_STATE}")

@@ -13,7 +13,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from mushishi.services.router.core import ROUTING_FIELDS
+from mushishi.services.router.chat_stream import (
+    ChatStreamTranslator,
+    TranslationError,
+    UpstreamStreamError,
+    chat_request,
+    first_choice,
+    text_or_list,
+    usage_counts,
+)
+
+__all__ = ["StreamTranslator", "TranslationError", "UpstreamStreamError", "chat_to_message",
+           "estimate_tokens", "messages_to_chat"]
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -24,10 +35,6 @@ _STOP_REASONS = {
 }
 
 # Anthropic error `type` for each HTTP status the router answers with.
-class TranslationError(ValueError):
-    """The Messages request cannot be expressed as an OpenAI chat request; names the field."""
-
-
 def _blocks(content: list[Any], where: str) -> Iterator[tuple[str, dict[str, Any], Any]]:
     """Each content block as (where it is, for errors; the block; its type), thinking blocks
     left out; a block that is not an object is an error."""
@@ -41,10 +48,9 @@ def _blocks(content: list[Any], where: str) -> Iterator[tuple[str, dict[str, Any
 
 
 def _text_of(content: Any, where: str) -> str:
+    content = text_or_list(content, where, "content blocks")
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or a list of content blocks")
     texts = []
     for here, block, kind in _blocks(content, where):
         if kind == "text":
@@ -185,12 +191,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         chat["user"] = metadata["user_id"]
-    if body.get("stream"):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    for name in ROUTING_FIELDS:
-        chat.pop(name, None)
-    return chat
+    return chat_request(chat, bool(body.get("stream")))
 
 
 def _tool_input(arguments: str) -> Any:
@@ -207,9 +208,7 @@ def new_message_id() -> str:
 
 def chat_to_message(response: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion as an Anthropic message; `model` is what the client asked."""
-    choices = response.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    choice, message = first_choice(response)
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
@@ -223,7 +222,7 @@ def chat_to_message(response: dict[str, Any], model: str) -> dict[str, Any]:
     stop_sequence = None
     if finish == "stop" and isinstance(choice.get("stop_reason"), str):
         stop_reason, stop_sequence = "stop_sequence", choice["stop_reason"]  # vLLM tells which
-    usage = response.get("usage") or {}
+    prompt, completion = usage_counts(response.get("usage") or {})
     return {
         "id": new_message_id(),
         "type": "message",
@@ -232,8 +231,7 @@ def chat_to_message(response: dict[str, Any], model: str) -> dict[str, Any]:
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": {"input_tokens": int(usage.get("prompt_tokens") or 0),
-                  "output_tokens": int(usage.get("completion_tokens") or 0)},
+        "usage": {"input_tokens": prompt, "output_tokens": completion},
     }
 
 
@@ -242,20 +240,16 @@ def sse_event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-class StreamTranslator:
+class StreamTranslator(ChatStreamTranslator):
     """Turns an OpenAI chat SSE byte stream into Anthropic Messages SSE events, incrementally."""
 
     def __init__(self, model: str) -> None:
+        super().__init__()
         self.model = model
-        self._buffer = b""
-        self._started = False
         self._block: tuple[str, int] | None = None  # ("text"|"tool", openai tool index)
         self._index = -1
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
-        self._input_tokens = 0
-        self._output_tokens = 0
-        self.finished = False
         self.usage: dict[str, int] = {}
 
     def _start(self) -> bytes:
@@ -280,89 +274,46 @@ class StreamTranslator:
         return out + sse_event("content_block_start", {
             "type": "content_block_start", "index": self._index, "content_block": block})
 
-    def _chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b"" if self._started else self._start()
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._input_tokens = int(usage.get("prompt_tokens") or 0)
-            self._output_tokens = int(usage.get("completion_tokens") or 0)
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self._block is None or self._block[0] != "text":
-                    out += self._open(("text", 0), {"type": "text", "text": ""})
+    def _choice(self, choice: dict[str, Any]) -> bytes:
+        out = b""
+        delta = choice.get("delta") or {}
+        text = delta.get("content")
+        if text:
+            if self._block is None or self._block[0] != "text":
+                out += self._open(("text", 0), {"type": "text", "text": ""})
+            out += sse_event("content_block_delta", {
+                "type": "content_block_delta", "index": self._index,
+                "delta": {"type": "text_delta", "text": text}})
+        for call in delta.get("tool_calls") or []:
+            position = int(call.get("index", 0))
+            function = call.get("function") or {}
+            if self._block != ("tool", position):
+                out += self._open(("tool", position), {
+                    "type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex}",
+                    "name": function.get("name", ""), "input": {}})
+            if function.get("arguments"):
                 out += sse_event("content_block_delta", {
                     "type": "content_block_delta", "index": self._index,
-                    "delta": {"type": "text_delta", "text": text}})
-            for call in delta.get("tool_calls") or []:
-                position = int(call.get("index", 0))
-                function = call.get("function") or {}
-                if self._block != ("tool", position):
-                    out += self._open(("tool", position), {
-                        "type": "tool_use", "id": call.get("id") or f"toolu_{uuid.uuid4().hex}",
-                        "name": function.get("name", ""), "input": {}})
-                if function.get("arguments"):
-                    out += sse_event("content_block_delta", {
-                        "type": "content_block_delta", "index": self._index,
-                        "delta": {"type": "input_json_delta",
-                                  "partial_json": function["arguments"]}})
-            finish = choice.get("finish_reason")
-            if finish:
-                self._stop_reason = _STOP_REASONS.get(finish, "end_turn")
-                if finish == "stop" and isinstance(choice.get("stop_reason"), str):
-                    self._stop_reason = "stop_sequence"
-                    self._stop_sequence = choice["stop_reason"]
+                    "delta": {"type": "input_json_delta",
+                              "partial_json": function["arguments"]}})
+        finish = choice.get("finish_reason")
+        if finish:
+            self._stop_reason = _STOP_REASONS.get(finish, "end_turn")
+            if finish == "stop" and isinstance(choice.get("stop_reason"), str):
+                self._stop_reason = "stop_sequence"
+                self._stop_sequence = choice["stop_reason"]
         return out
 
-    def feed(self, data: bytes) -> bytes:
-        """Translate the next bytes of the upstream stream; returns the events to send."""
-        self._buffer += data
-        out = b""
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue  # comments (pings), event names, blank separators
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                out += self.finish()
-                continue
-            try:
-                chunk = json.loads(payload)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and "error" in chunk:
-                raise UpstreamStreamError(chunk["error"])
-            if isinstance(chunk, dict):
-                out += self._chunk(chunk)
-        return out
-
-    def finish(self) -> bytes:
-        """Close the message (on [DONE] or a clean end of the upstream stream)."""
-        if self.finished:
-            return b""
-        self.finished = True
-        out = b"" if self._started else self._start()
-        out += self._close_block()
-        self.usage = {"prompt_tokens": self._input_tokens,
-                      "completion_tokens": self._output_tokens}
+    def _closing(self) -> bytes:
+        out = self._close_block()
+        prompt, completion = self._usage
+        self.usage = {"prompt_tokens": prompt, "completion_tokens": completion}
         out += sse_event("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason or "end_turn",
                       "stop_sequence": self._stop_sequence},
-            "usage": {"input_tokens": self._input_tokens,
-                      "output_tokens": self._output_tokens}})
+            "usage": {"input_tokens": prompt, "output_tokens": completion}})
         return out + sse_event("message_stop", {"type": "message_stop"})
-
-
-class UpstreamStreamError(Exception):
-    """The upstream stream carried an error event (`error`: its error object, which may
-    quote the prompt: for the caller, never for a log)."""
-
-    def __init__(self, error: object) -> None:
-        super().__init__("the upstream stream carried an error event")
-        self.error = error
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:

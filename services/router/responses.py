@@ -18,8 +18,8 @@ import time
 import uuid
 from typing import Any
 
-from mushishi.services.router.anthropic import TranslationError, UpstreamStreamError
-from mushishi.services.router.core import ROUTING_FIELDS
+from mushishi.services.router import chat_stream
+from mushishi.services.router.chat_stream import TranslationError, UpstreamStreamError
 
 __all__ = ["ResponsesStreamTranslator", "TranslationError", "UpstreamStreamError",
            "chat_to_response", "refused_field", "responses_to_chat"]
@@ -91,10 +91,9 @@ def _part(part: Any, where: str) -> dict[str, Any]:
 
 def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
     """A message's content: a string stays one; text-only parts join into one string."""
+    content = chat_stream.text_or_list(content, where, "content parts")
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise TranslationError(f"{where} must be a string or a list of content parts")
     parts = [_part(part, f"{where}[{index}]") for index, part in enumerate(content)]
     if all(part["type"] == "text" for part in parts):
         return "".join(part["text"] for part in parts)
@@ -103,10 +102,9 @@ def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
 
 def _output_text(output: Any, where: str) -> str:
     """A function_call_output's output as the tool message's text."""
+    output = chat_stream.text_or_list(output, where, "content parts")
     if isinstance(output, str):
         return output
-    if not isinstance(output, list):
-        raise TranslationError(f"{where} must be a string or a list of content parts")
     texts = []
     for index, part in enumerate(output):
         converted = _part(part, f"{where}[{index}]")
@@ -258,12 +256,7 @@ def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     response_format = _response_format(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
-    if body.get("stream"):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
-    for name in ROUTING_FIELDS:
-        chat.pop(name, None)
-    return chat
+    return chat_stream.chat_request(chat, bool(body.get("stream")))
 
 
 def dropped_reasoning(body: dict[str, Any]) -> int:
@@ -338,9 +331,7 @@ def chat_to_response(response: dict[str, Any], request: dict[str, Any],
                      model: str) -> dict[str, Any]:
     """An OpenAI chat completion as a Response; `request` is the client's Responses request
     and `model` what it asked for."""
-    choices = response.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    choice, message = chat_stream.first_choice(response)
     output: list[dict[str, Any]] = []
     reasoning = _reasoning_of(message)
     if reasoning is not None:
@@ -353,13 +344,11 @@ def chat_to_response(response: dict[str, Any], request: dict[str, Any],
                                  function.get("name", ""), function.get("arguments") or "",
                                  "completed"))
     incomplete = _INCOMPLETE.get(choice.get("finish_reason") or "")
-    usage = response.get("usage") or {}
     created = response.get("created")
     return _response(request, model, new_id("resp"),
                      created if isinstance(created, int) else int(time.time()),
                      "incomplete" if incomplete else "completed", output,
-                     _usage(int(usage.get("prompt_tokens") or 0),
-                            int(usage.get("completion_tokens") or 0)), incomplete)
+                     _usage(*chat_stream.usage_counts(response.get("usage") or {})), incomplete)
 
 
 def sse_event(data: dict[str, Any]) -> bytes:
@@ -390,23 +379,20 @@ class _Item:
         return _call_item(self.id, self.call_id, self.name, self.arguments, "completed")
 
 
-class ResponsesStreamTranslator:
+class ResponsesStreamTranslator(chat_stream.ChatStreamTranslator):
     """Turns an OpenAI chat SSE byte stream into Responses SSE events, incrementally."""
 
     def __init__(self, request: dict[str, Any], model: str) -> None:
+        super().__init__()
         self.request = request
         self.model = model
         self._id = new_id("resp")
         self._created = int(time.time())
-        self._buffer = b""
         self._sequence = 0
-        self._started = False
         self._open: _Item | None = None
         self._calls: dict[int, _Item] = {}  # chat tool-call index → its item
         self._items: list[_Item] = []
         self._finish: str | None = None
-        self._usage = (0, 0)
-        self.finished = False
 
     def _event(self, data: dict[str, Any]) -> bytes:
         data["sequence_number"] = self._sequence
@@ -508,55 +494,22 @@ class ResponsesStreamTranslator:
                                 "delta": arguments})
         return out
 
-    def _chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = b"" if self._started else self._start()
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._usage = (int(usage.get("prompt_tokens") or 0),
-                           int(usage.get("completion_tokens") or 0))
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            reasoning = _reasoning_of(delta)
-            if reasoning:
-                out += self._text("reasoning", reasoning)
-            if delta.get("content"):
-                out += self._text("message", str(delta["content"]))
-            for call in delta.get("tool_calls") or []:
-                out += self._call(call)
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-        return out
-
-    def feed(self, data: bytes) -> bytes:
-        """Translate the next bytes of the upstream stream; returns the events to send."""
-        self._buffer += data
+    def _choice(self, choice: dict[str, Any]) -> bytes:
         out = b""
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue  # comments, event names, blank separators
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                out += self.finish()
-                continue
-            try:
-                chunk = json.loads(payload)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and "error" in chunk:
-                raise UpstreamStreamError(chunk["error"])
-            if isinstance(chunk, dict):
-                out += self._chunk(chunk)
+        delta = choice.get("delta") or {}
+        reasoning = _reasoning_of(delta)
+        if reasoning:
+            out += self._text("reasoning", reasoning)
+        if delta.get("content"):
+            out += self._text("message", str(delta["content"]))
+        for call in delta.get("tool_calls") or []:
+            out += self._call(call)
+        if choice.get("finish_reason"):
+            self._finish = choice["finish_reason"]
         return out
 
-    def finish(self) -> bytes:
-        """Close the response (on [DONE] or a clean end of the upstream stream)."""
-        if self.finished:
-            return b""
-        self.finished = True
-        out = b"" if self._started else self._start()
-        out += self._close()
+    def _closing(self) -> bytes:
+        out = self._close()
         snapshot = self._snapshot("completed")
         kind = "response.incomplete" if snapshot["status"] == "incomplete" \
             else "response.completed"
@@ -568,7 +521,7 @@ class ResponsesStreamTranslator:
         if self.finished:
             return b""
         self.finished = True
-        out = b"" if self._started else self._start()
+        out = self._opening()
         out += self._event({"type": "error", "code": code, "message": message,
                             "param": None})
         return out + self._event({"type": "response.failed", "response": self._snapshot(

@@ -13,27 +13,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import struct
 import time
-import zlib
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from tests.standins.comfyui import png
 from tests.standins.openai_server import Fault, OpenAIStandin, Recorded
 
 __all__ = ["Fault", "ImageStandin", "png"]
-
-
-def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A real PNG of one colour."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    row = b"\x00" + bytes(rgb) * width
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
 
 
 class ImageStandin(OpenAIStandin):

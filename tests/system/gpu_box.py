@@ -9,7 +9,9 @@ for the stop-list run under Debian's own dockerd.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from typing import Any
 from devtools.sandbox import Sandbox
 from mushishi.shared.gpumode import GpuModeClient
 from tests.paths import BINDIR, REPO
+from tests.system.stack import TINY_MODEL, copy_tiny_model
 
 PYTHON = str(Path(sys.executable))
 STANDINS = REPO / "tests" / "standins"
@@ -125,11 +128,66 @@ stop_timeout_s = 10
 """
 
 
+def floor_config(llama_server: Path | str, alias: str) -> str:
+    """A [cpu_floor] table: the real llama-server on the tiny model, as small as it runs."""
+    return f"""
+[cpu_floor]
+llama_server = "{llama_server}"
+model = "{TINY_MODEL}"
+alias = "{alias}"
+threads = 1
+ctx_size = 512
+mlock = false
+"""
+
+
 class GpuBox:
     """A sandbox with mushishi installed from `gpu_modes_config()` and gpud running."""
 
     def __init__(self, box: Sandbox) -> None:
         self.box = box
+
+    @classmethod
+    def boot_with_floor(cls, config: str, tiny_model: Path, mode: str,
+                        containers: Sequence[str] = ()) -> GpuBox:
+        """A booted sandbox with `config` installed (tenants, the real CPU floor on the tiny
+        model, the router), dockerd with `containers`, gpud, the floor and the router active
+        and the box isolated to `mode`."""
+        box = Sandbox()
+        box.boot()
+        gpu = cls(box)
+        try:
+            box.add_default_route()
+            copy_tiny_model(box, tiny_model)
+            gpu.set_gpu()
+            box.install(config)
+            gpu.start_docker(containers)
+            box.systemctl("start", "mushishi.target")
+            for unit in ("mushishi-gpud.service", "mushishi-cpu-floor.service",
+                         "mushishi-router.service"):
+                box.wait_for(unit, "active", timeout=120)
+            gpu.isolate(mode)
+        except BaseException:
+            box.stop()
+            raise
+        return gpu
+
+    def router_status(self) -> dict[str, Any]:
+        """The router's /status, over its unix socket."""
+        return json.loads(self.box.run(
+            ["curl", "-sS", "--fail", "--unix-socket", "/run/mushishi/router.sock",
+             "http://router/status"]).stdout)
+
+    def run_client(self, script: str, *args: str, timeout: float) -> dict[str, Any]:
+        """A Python client `script` (with `args`) run on the host in the sandbox's network
+        namespace; the JSON object it prints last."""
+        argv = self.box.net_command([sys.executable, "-c", script, *args])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        return answer
 
     @property
     def bus_address(self) -> str:

@@ -5,12 +5,13 @@ and stopped together (SIGTERM, then SIGKILL after 10 s)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,56 @@ def recorded(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def cloud_config(cloud: str, key: str, profiles: Sequence[str], *, router: str = "",
+                 kimi: str = "", backends: str = "", private_queue_s: float = 1,
+                 more_profiles: str = "", drain_timeout_s: float | None = None,
+                 rest: str = "") -> str:
+    """A config for a cloud world: the router on 127.0.0.1:4000 and its unix socket, a local
+    backend `cpu` (127.0.0.1:8001) and the provider `kimi` on `cloud`:8443, profiles
+    `private` (T1, cpu) and `cloudy` (T3, kimi), ntfy unreachable and `key` allowed
+    `profiles`. The other arguments add to their sections; `drain_timeout_s` sets the
+    router's and the egress's drain (and the egress's cooldown out of the way)."""
+    drain = f"drain_timeout_s = {drain_timeout_s:g}" if drain_timeout_s is not None else ""
+    egress = (f"\n[egress]\ncooldown_after_failures = 1000\n{drain}\n"
+              if drain_timeout_s is not None else "")
+    allowed = ", ".join(f'"{profile}"' for profile in profiles)
+    return f"""
+[router]
+listen = ["127.0.0.1:4000", "unix:/run/mushishi/router.sock"]
+connect_timeout_s = 1
+probe_interval_s = 0.5
+{drain}
+{router}
+
+[backends.cpu]
+url = "http://127.0.0.1:8001/v1"
+model = "cpu-alias"
+
+[backends.kimi]
+url = "http://{cloud}:8443/v1"
+model = "moonshotai/kimi-k2.6"
+api_key_credential = "ngc-api-key"
+{kimi}
+{backends}
+
+[profiles.private]
+tier = "T1"
+chain = ["cpu"]
+queue_timeout_s = {private_queue_s:g}
+
+[profiles.cloudy]
+tier = "T3"
+chain = ["kimi"]
+{more_profiles}
+{egress}
+[ntfy]
+url = "http://127.0.0.1:9"
+{rest}
+[keys]
+"{hashlib.sha256(key.encode()).hexdigest()}" = [{allowed}]
+"""
 
 
 @dataclass

@@ -56,18 +56,28 @@ def stack_config(llama_server: str) -> str:
     return tomlkit.dumps(doc)
 
 
+def place_model(box: Sandbox, tiny_model: Path) -> None:
+    """The simulated GPU's state, and the tiny model where the stack's config expects it."""
+    box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
+    copy_tiny_model(box, tiny_model)
+
+
+def copy_tiny_model(box: Sandbox, tiny_model: Path) -> None:
+    """The tiny model at TINY_MODEL in the sandbox, readable by the CPU floor."""
+    models = box.path(Path(TINY_MODEL).parent)
+    models.mkdir(parents=True, exist_ok=True)
+    models.chmod(0o755)
+    shutil.copyfile(tiny_model, models / "tiny.gguf")
+    (models / "tiny.gguf").chmod(0o644)
+
+
 def boot_stack(llama_server: Path, tiny_model: Path) -> Sandbox:
     """A booted sandbox with the stack installed and mushishi.target started in mode off."""
     box = Sandbox()
     box.boot()
     try:
         box.add_default_route()
-        box.write(GPU_STATE, json.dumps(SIMULATED_GPU))
-        models = box.path(Path(TINY_MODEL).parent)
-        models.mkdir(parents=True, exist_ok=True)
-        models.chmod(0o755)
-        shutil.copyfile(tiny_model, models / "tiny.gguf")
-        (models / "tiny.gguf").chmod(0o644)
+        place_model(box, tiny_model)
         box.install(stack_config(str(llama_server)), credentials=CREDENTIALS)
         box.systemctl("start", "--no-block", "mushishi.target")
         box.systemctl("isolate", "mushishi-off.target")

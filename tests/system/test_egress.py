@@ -9,7 +9,6 @@ inside, outside router.local_networks); the providers are host processes inside 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -22,57 +21,29 @@ from devtools.sandbox import Sandbox
 from mushishi.ctl.install import shipped_unit_names
 from tests.paths import BINDIR
 from tests.system import router_load
-from tests.system.host_standins import CloudWorld, HostStandins, cloud_world, recorded
+from tests.system.host_standins import (
+    CloudWorld,
+    HostStandins,
+    cloud_config,
+    cloud_world,
+    recorded,
+)
 
 KEY = "sk-egress-system-test"
 PROVIDER_KEY = "nvapi-system-test"
 CLOUD = "203.0.113.10"
 EGRESS_SOCKET = "/run/mushishi/egress.sock"
-CONFIG = f"""
-[router]
-listen = ["127.0.0.1:4000", "unix:/run/mushishi/router.sock"]
-connect_timeout_s = 1
-probe_interval_s = 0.5
-drain_timeout_s = 20
-
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "cpu-alias"
-
-[backends.kimi]
-url = "http://{CLOUD}:8443/v1"
-model = "moonshotai/kimi-k2.6"
-api_key_credential = "ngc-api-key"
-budget = {{ requests_per_day = 100000 }}
-
+CONFIG = cloud_config(CLOUD, KEY, ["private", "cloudy", "slow"], drain_timeout_s=20,
+                      kimi="budget = { requests_per_day = 100000 }", backends=f"""
 [backends.slow]
 url = "http://{CLOUD}:8444/v1"
 model = "slow-model"
 api_key_credential = "ngc-api-key"
-
-[profiles.private]
-tier = "T1"
-chain = ["cpu"]
-queue_timeout_s = 1
-
-[profiles.cloudy]
-tier = "T3"
-chain = ["kimi"]
-
+""", more_profiles="""
 [profiles.slow]
 tier = "T3"
 chain = ["slow"]
-
-[egress]
-cooldown_after_failures = 1000
-drain_timeout_s = 20
-
-[ntfy]
-url = "http://127.0.0.1:9"
-
-[keys]
-"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "cloudy", "slow"]
-"""
+""")
 BUDGETS = ("import json; from mushishi.shared.config import load_settings; "
            "from mushishi.services.egress.ledger import read_budgets; "
            "print(json.dumps(read_budgets(load_settings('/etc/mushishi/mushishi.toml'))))")

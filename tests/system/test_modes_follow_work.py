@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,12 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.sandbox import Sandbox
-from tests.paths import REPO
-from tests.system.gpu_box import STANDINS, GpuBox, gpu_modes_config
+from tests.system.gpu_box import STANDINS, GpuBox, floor_config, gpu_modes_config
 
 KEY = "sk-modes-test"
-MODEL = "/var/lib/mushishi/models/tiny.gguf"
 ALIAS = "nemotron-cpu-prism"
 IDLE_AFTER_S = 20
 LOAD_SECONDS = 7
@@ -142,58 +136,24 @@ queue_timeout_s = 20
 
 [keys]
 "{hashlib.sha256(KEY.encode()).hexdigest()}" = ["artist", "coder", "private"]
-
-[cpu_floor]
-llama_server = "{llama_server}"
-model = "{MODEL}"
-alias = "{ALIAS}"
-threads = 1
-ctx_size = 512
-mlock = false
-"""
+""" + floor_config(llama_server, ALIAS)
 
 
 @pytest.fixture(scope="module")
 def stack(llama_server_binary: Path, tiny_model: Path) -> Iterator[GpuBox]:
-    box = Sandbox()
-    box.boot()
-    gpu = GpuBox(box)
+    gpu = GpuBox.boot_with_floor(stack_config(llama_server_binary), tiny_model, "agent")
     try:
-        box.add_default_route()
-        models = box.path("/var/lib/mushishi/models")
-        models.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tiny_model, models / "tiny.gguf")
-        models.chmod(0o755)
-        (models / "tiny.gguf").chmod(0o644)
-        gpu.set_gpu()
-        box.install(stack_config(llama_server_binary))
-        gpu.start_docker([])
-        box.systemctl("start", "mushishi.target")
-        for unit in ("mushishi-gpud.service", "mushishi-cpu-floor.service",
-                     "mushishi-router.service"):
-            box.wait_for(unit, "active", timeout=120)
-        gpu.isolate("agent")
         # A router that starts in agent has seen no switch: no dwell time holds it yet.
-        box.systemctl("restart", "mushishi-router.service", timeout=120)
-        box.wait_for("mushishi-router.service", "active", timeout=120)
+        gpu.box.systemctl("restart", "mushishi-router.service", timeout=120)
+        gpu.box.wait_for("mushishi-router.service", "active", timeout=120)
         yield gpu
     finally:
-        box.stop()
+        gpu.box.stop()
 
 
 def ask(gpu: GpuBox, profile: str) -> dict:
     """One streamed chat completion through the router with the official openai client."""
-    argv = gpu.box.net_command([sys.executable, "-c", CLIENT, KEY, profile])
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def router_status(gpu: GpuBox) -> dict:
-    answer = gpu.box.run(["curl", "-sS", "--fail", "--unix-socket", "/run/mushishi/router.sock",
-                          "http://router/status"]).stdout
-    return json.loads(answer)
+    return gpu.run_client(CLIENT, KEY, profile, timeout=180)
 
 
 def last_switch_reason(gpu: GpuBox) -> str:
@@ -214,7 +174,7 @@ def wait_until(condition, what: str, timeout: float) -> None:
 def test_a_request_switches_the_mode_streams_waiting_comments_and_is_answered(
     stack: GpuBox,
 ) -> None:
-    status = router_status(stack)
+    status = stack.router_status()
     assert status["gpu"]["active_mode"] == "agent", status["gpu"]
     assert "would ask gpud to switch" in status["profiles"]["artist"]["reason"]
     answer = ask(stack, "artist")
@@ -230,7 +190,7 @@ def test_a_request_switches_the_mode_streams_waiting_comments_and_is_answered(
     assert answer["backend"] == "pending"  # the headers went out with the first comment
     assert stack.gpud_state() == ("creative", "ready")
     assert last_switch_reason(stack) == "request:profile=artist"
-    assert router_status(stack)["gpu"]["last_switch_reason"] == "request:profile=artist"
+    assert stack.router_status()["gpu"]["last_switch_reason"] == "request:profile=artist"
     report = json.loads(stack.mushishi("status", "--json").stdout)
     assert report["gpu"]["last_switch_reason"] == "request:profile=artist"
     screen = stack.mushishi("status").stdout
@@ -257,10 +217,10 @@ def test_idle_mode_returns_the_box_after_idle_after_s(stack: GpuBox) -> None:
     except AssertionError:
         journal = stack.box.journal("-u", "mushishi-router.service", "-u",
                                     "mushishi-gpud.service", "-n", "60")
-        raise AssertionError(f"no idle return: {router_status(stack)['gpu']}\n{journal}"
+        raise AssertionError(f"no idle return: {stack.router_status()['gpu']}\n{journal}"
                              ) from None
     assert last_switch_reason(stack) == "idle"
     journal = stack.box.journal("-u", "mushishi-router.service", "-n", "200")
     assert f"no GPU work for {IDLE_AFTER_S}s: returning to idle mode agent" in journal
-    wait_until(lambda: router_status(stack)["gpu"]["last_switch_reason"] == "idle",
+    wait_until(lambda: stack.router_status()["gpu"]["last_switch_reason"] == "idle",
                "the router following LastSwitchReason", timeout=10)

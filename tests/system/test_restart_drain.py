@@ -14,7 +14,6 @@ vLLM stand-in on 127.0.0.1:8001 for T1, and a cloud provider stand-in on a "clou
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,13 @@ import pytest
 
 from devtools.sandbox import Sandbox
 from tests.system import router_load
-from tests.system.host_standins import CloudWorld, HostStandins, cloud_world, recorded
+from tests.system.host_standins import (
+    CloudWorld,
+    HostStandins,
+    cloud_config,
+    cloud_world,
+    recorded,
+)
 
 KEY = "sk-restart-system-test"
 PROVIDER_KEY = "nvapi-restart-test"
@@ -32,51 +37,17 @@ REQUESTS = int(os.environ.get("MUSHISHI_RESTART_REQUESTS", "2000"))
 RESTARTS = int(os.environ.get("MUSHISHI_RESTARTS", "3"))
 CONCURRENCY = 32
 ANSWER_TIME = ("--tokens", "8", "--token-delay", "0.025")
-CONFIG = f"""
-[router]
-listen = ["127.0.0.1:4000", "unix:/run/mushishi/router.sock"]
-connect_timeout_s = 1
-probe_interval_s = 0.5
-drain_timeout_s = 20
-
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "cpu-alias"
-
+CONFIG = cloud_config(CLOUD, KEY, ["private", "personal", "cloudy"], drain_timeout_s=20,
+                      kimi="budget = { requests_per_day = 1000000 }", backends="""
 # Nothing listens here: T2 finds its local hop down and goes to the cloud.
 [backends.gone]
 url = "http://127.0.0.1:8009/v1"
 model = "gone-model"
-
-[backends.kimi]
-url = "http://{CLOUD}:8443/v1"
-model = "moonshotai/kimi-k2.6"
-api_key_credential = "ngc-api-key"
-budget = {{ requests_per_day = 1000000 }}
-
-[profiles.private]
-tier = "T1"
-chain = ["cpu"]
-queue_timeout_s = 30
-
+""", private_queue_s=30, more_profiles="""
 [profiles.personal]
 tier = "T2"
 chain = ["gone", "kimi"]
-
-[profiles.cloudy]
-tier = "T3"
-chain = ["kimi"]
-
-[egress]
-cooldown_after_failures = 1000
-drain_timeout_s = 20
-
-[ntfy]
-url = "http://127.0.0.1:9"
-
-[keys]
-"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "personal", "cloudy"]
-"""
+""")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ their units.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,49 +17,26 @@ from pathlib import Path
 import pytest
 
 from devtools.sandbox import Sandbox
-from tests.system.host_standins import CloudWorld, HostStandins, cloud_world, recorded
+from tests.system.host_standins import (
+    CloudWorld,
+    HostStandins,
+    cloud_config,
+    cloud_world,
+    recorded,
+)
 
 KEY = "sk-callers-system-test"
 PROVIDER_KEY = "nvapi-callers-system-test"
 CLOUD = "203.0.113.10"
 SOCKET = "/run/mushishi/router.sock"
 MARKER = "T1-PROMPT-MARKER-laundered-through-the-router"
-CONFIG = f"""
-[router]
-listen = ["127.0.0.1:4000", "unix:{SOCKET}"]
-connect_timeout_s = 1
-probe_interval_s = 0.5
-unix_peers = {{ mushishi = ["private"], mushishi-bench = ["private", "cloudy"] }}
-
-[backends.cpu]
-url = "http://127.0.0.1:8001/v1"
-model = "cpu-alias"
-
-[backends.kimi]
-url = "http://{CLOUD}:8443/v1"
-model = "moonshotai/kimi-k2.6"
-api_key_credential = "ngc-api-key"
-
-[profiles.private]
-tier = "T1"
-chain = ["cpu"]
-queue_timeout_s = 1
-
-[profiles.cloudy]
-tier = "T3"
-chain = ["kimi"]
-
-[ntfy]
-url = "http://127.0.0.1:9"
-
+CONFIG = cloud_config(CLOUD, KEY, ["private", "cloudy"], router="""\
+unix_peers = { mushishi = ["private"], mushishi-bench = ["private", "cloudy"] }""", rest="""
 [bench]
 targets = ["profile:private", "profile:cloudy"]
 max_tokens = 8
 repeats = 1
-
-[keys]
-"{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "cloudy"]
-"""
+""")
 # The tenant template (User=mushishi, IPAddressDeny=any, no egress group) running curl.
 TENANT_DROPIN = """[Service]
 Type=oneshot

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devtools.sandbox import Sandbox
-from tests.paths import REPO
-from tests.system.gpu_box import GpuBox, gpu_modes_config
+from tests.system.gpu_box import GpuBox, floor_config, gpu_modes_config
 
 KEY = "sk-stack-test"
-MODEL = "/var/lib/mushishi/models/tiny.gguf"
 ALIAS = "nemotron-cpu-prism"
 
 CLIENT = """
@@ -81,62 +74,28 @@ require_mode = "forensic"
 
 [keys]
 "{hashlib.sha256(KEY.encode()).hexdigest()}" = ["private", "client"]
-
-[cpu_floor]
-llama_server = "{llama_server}"
-model = "{MODEL}"
-alias = "{ALIAS}"
-threads = 1
-ctx_size = 512
-mlock = false
-"""
+""" + floor_config(llama_server, ALIAS)
 
 
 @pytest.fixture(scope="module")
 def stack(llama_server_binary: Path, tiny_model: Path) -> Iterator[GpuBox]:
-    box = Sandbox()
-    box.boot()
-    gpu = GpuBox(box)
+    gpu = GpuBox.boot_with_floor(stack_config(llama_server_binary), tiny_model, "off")
     try:
-        box.add_default_route()
-        models = box.path("/var/lib/mushishi/models")
-        models.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tiny_model, models / "tiny.gguf")
-        models.chmod(0o755)
-        (models / "tiny.gguf").chmod(0o644)
-        gpu.set_gpu()
-        box.install(stack_config(llama_server_binary))
-        gpu.start_docker()
-        box.systemctl("start", "mushishi.target")
-        for unit in ("mushishi-gpud.service", "mushishi-cpu-floor.service",
-                     "mushishi-router.service"):
-            box.wait_for(unit, "active", timeout=120)
-        gpu.isolate("off")
         yield gpu
     finally:
-        box.stop()
+        gpu.box.stop()
 
 
 def ask(gpu: GpuBox, profile: str) -> dict:
     """One chat completion through the router with the official openai client."""
-    argv = gpu.box.net_command([sys.executable, "-c", CLIENT, KEY, profile])
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def router_status(gpu: GpuBox) -> dict:
-    answer = gpu.box.run(["curl", "-sS", "--fail", "--unix-socket", "/run/mushishi/router.sock",
-                          "http://router/status"]).stdout
-    return json.loads(answer)
+    return gpu.run_client(CLIENT, KEY, profile, timeout=120)
 
 
 def wait_router_mode(gpu: GpuBox, mode: str) -> dict:
     deadline = time.monotonic() + 10
-    status = router_status(gpu)
+    status = gpu.router_status()
     while time.monotonic() < deadline:
-        status = router_status(gpu)
+        status = gpu.router_status()
         if status["gpu"]["active_mode"] == mode and status["backends"]["gpu"]["state"] == "up":
             return status
         time.sleep(0.2)
@@ -151,7 +110,7 @@ def test_private_work_gets_a_real_completion_from_the_cpu_floor_in_mode_off(
     assert answer["backend"] == "cpu" and answer["tier"] == "T1"
     assert answer["completion_tokens"] > 0 and isinstance(answer["content"], str)
     # The GPU backend is out of mode: skipped on gpud's word, not probed and found "down".
-    status = router_status(stack)
+    status = stack.router_status()
     assert status["gpu"] == {"present": True, "active_mode": "off", "state": "off",
                              "last_switch_reason": "manual"}  # systemctl isolate
     assert "skipped gpu" in status["profiles"]["private"]["reason"]

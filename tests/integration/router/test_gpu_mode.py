@@ -31,13 +31,18 @@ async def until_mode(box: Box, mode: str, state: str = "ready") -> None:
     await wait_for(lambda: mode_is(box, mode, state), what=f"{mode} ({state}) followed")
 
 
+async def switched(box: Box, gpud: GpuModeStandin, mode: str) -> None:
+    """Once the router follows gpud's first mode, gpud moves to `mode`; until followed."""
+    await until_mode(box, "forensic")
+    gpud.set_mode(mode)
+    await until_mode(box, mode)
+
+
 async def test_backend_of_another_mode_is_skipped_with_no_round_trip(
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
-        await until_mode(box, "forensic")
-        gpud.set_mode("creative")
-        await until_mode(box, "creative")
+        await switched(box, gpud, "creative")
         await asyncio.sleep(0.5)  # give a wrongful probe every chance to happen
         seen = len(box.gpu.requests)
         for _ in range(3):
@@ -145,9 +150,7 @@ async def test_without_gpud_on_the_bus_routing_falls_back_to_health_probes(
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
     async with followed(tmp_path, private_bus) as box:
-        await until_mode(box, "forensic")
-        gpud.set_mode("creative")
-        await until_mode(box, "creative")
+        await switched(box, gpud, "creative")
         gpud.disconnect()
         await wait_for(lambda: not box.router.state.gpu.present, what="gpud gone")
         await wait_for(lambda: box.router.state.verdict("gpu").usable, what="gpu probed")

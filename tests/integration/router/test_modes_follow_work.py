@@ -198,15 +198,24 @@ async def test_idle_return_refused_by_a_hold_is_retried_later(
         await wait_for(lambda: gpud.active == "agent", what="idle return retried")
 
 
-async def test_a_streamed_request_waiting_for_its_mode_gets_comments_the_sdk_ignores(
-    tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
-) -> None:
+@contextlib.asynccontextmanager
+async def waiting_for_a_switch(tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin,
+                               switch_delay: float) -> AsyncIterator[Box]:
+    """A router following gpud in creative mode, whose `client` profile switches to forensic
+    (a switch takes `switch_delay` s) and tells a waiting caller every 0.4 s."""
     gpud.set_mode("creative")
     async with followed(tmp_path, private_bus, client_extra=switching_client(),
                         modes="min_mode_dwell_s = 0", router_extra="wait_feedback_s = 0.4"
                         ) as box:
         await until_mode(box, "creative")
-        gpud.switch_delay = 1.5
+        gpud.switch_delay = switch_delay
+        yield box
+
+
+async def test_a_streamed_request_waiting_for_its_mode_gets_comments_the_sdk_ignores(
+    tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
+) -> None:
+    async with waiting_for_a_switch(tmp_path, private_bus, gpud, 1.5) as box:
         async with openai.AsyncOpenAI(base_url=box.openai_base, api_key=PERSONAL_KEY,
                                       max_retries=0) as api:
             stream = await api.chat.completions.create(
@@ -236,12 +245,7 @@ async def test_a_streamed_request_waiting_for_its_mode_gets_comments_the_sdk_ign
 async def test_anthropic_stream_waiting_for_its_mode_gets_comments_the_sdk_ignores(
     tmp_path: Path, private_bus: PrivateBus, gpud: GpuModeStandin
 ) -> None:
-    gpud.set_mode("creative")
-    async with followed(tmp_path, private_bus, client_extra=switching_client(),
-                        modes="min_mode_dwell_s = 0", router_extra="wait_feedback_s = 0.4"
-                        ) as box:
-        await until_mode(box, "creative")
-        gpud.switch_delay = 1.2
+    async with waiting_for_a_switch(tmp_path, private_bus, gpud, 1.2) as box:
         async with anthropic.AsyncAnthropic(base_url=box.base_url, api_key=PERSONAL_KEY,
                                             max_retries=0) as api, api.messages.stream(
                 model="client", max_tokens=64,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -20,28 +20,17 @@ from mushishi.shared.locality import parse_backend_url
 
 
 @contextlib.asynccontextmanager
-async def raw_server(answer: Callable[[bytes], list[bytes]],
-                     close_after: bool = False) -> AsyncIterator[tuple[int, list[int]]]:
-    """A TCP server answering each request (read up to its blank line and body) with the
-    pieces `answer` returns, written one by one; yields (port, connections seen)."""
+async def listening(talk: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                   Awaitable[None]]) -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP server on 127.0.0.1 running `talk` for each connection (a reset or an early
+    close ends it quietly, and the connection is closed after); yields (port, connections
+    seen)."""
     connections: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(1)
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
-                for piece in answer(head + body):
-                    writer.write(piece)
-                    await writer.drain()
-                    await asyncio.sleep(0.01)
-                if close_after:
-                    break
+            await talk(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -53,6 +42,31 @@ async def raw_server(answer: Callable[[bytes], list[bytes]],
     finally:
         server.close()
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: Callable[[bytes], list[bytes]],
+                     close_after: bool = False) -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP server answering each request (read up to its blank line and body) with the
+    pieces `answer` returns, written one by one; yields (port, connections seen)."""
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = await reader.readexactly(length)
+            for piece in answer(head + body):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            if close_after:
+                break
+
+    async with listening(talk) as served:
+        yield served
 
 
 def pool_for(port: int, **kwargs: bool) -> Pool:
@@ -500,26 +514,15 @@ async def test_an_answer_before_the_body_is_sent_stops_the_sending() -> None:
 async def closes_second_request_unanswered() -> AsyncIterator[tuple[int, list[int]]]:
     """Answers the first request of each connection and closes it on reading the second,
     unanswered: a keep-alive origin that gave up on the connection as it was reused."""
-    connections: list[int] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-            await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], connections
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with listening(talk) as served:
+        yield served
 
 
 async def test_a_get_on_a_reused_connection_closed_unanswered_is_sent_again_on_a_new_one(
