@@ -210,6 +210,8 @@ class Router:
     @draining.setter
     def draining(self, value: bool) -> None:
         self.traffic.draining = value
+        if value:
+            self.state.stop_waiting()
 
     @property
     def in_flight(self) -> int:

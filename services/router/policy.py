@@ -95,9 +95,11 @@ async def forward(forwarding: Forwarding, call: Call, body: RequestBody,
                 return response
             this_pass = call.failures[failures_before:]
             remaining = deadline - forwarding.clock()
-            if not t1_should_wait(profile, this_pass) or remaining <= 0:
+            if not t1_should_wait(profile, this_pass) or remaining <= 0 or state.stopping:
                 failures = this_pass or call.failures
                 code, message = final_error(profile, failures, waited=queued)
+                if state.stopping:  # answered now rather than cut when the drain times out
+                    message = f"the router is restarting or stopping, retry: {message}"
                 # Nothing was tried (all down, busy or in another mode): unavailable, not bad.
                 untried = all(f.kind in (Failure.UNAVAILABLE, Failure.FULL) for f in failures)
                 raise Rejection(code, message, status=503 if untried and code in (

@@ -121,6 +121,8 @@ class RoutingState:
         self.mode_since = float("-inf")
         self.last_gpu_work = float("-inf")  # when a request to a backend with modes ended
         self._changed = asyncio.Event()
+        # The router drains (SIGTERM): nothing waits for a backend any more, it is answered.
+        self.stopping = False
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
         self._verdicts: dict[str, Verdict] = {}  # judged since the last change
         # backend -> why T1/T1-strict work may not go to it (its tenant is not confined)
@@ -205,6 +207,12 @@ class RoutingState:
         if refused == self.sovereign_refusals:
             return
         self.sovereign_refusals = dict(refused)
+        self.notify()
+
+    def stop_waiting(self) -> None:
+        """The router stops: wake every request waiting in a T1 queue, to be answered now
+        (their clients retry against the next process) instead of cut at the drain timeout."""
+        self.stopping = True
         self.notify()
 
     def notify(self) -> None:

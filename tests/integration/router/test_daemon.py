@@ -338,3 +338,45 @@ async def test_sighup_that_changes_a_backend_is_refused_whole_and_named_in_statu
     finally:
         log = stop_router(daemon)
     assert "reload refused, keeping the running config" in log and "backends.cpu" in log
+
+
+async def test_sigterm_answers_requests_waiting_in_a_t1_queue_instead_of_cutting_them(
+    tmp_path: Path, servers: tuple[VllmStandin, LlamaCppStandin, Path],
+) -> None:
+    # The chaos soak (issue 14) lost T1 requests parked in the queue (the CPU floor stopped)
+    # when `systemctl restart` came: the drain waited drain_timeout_s on them, then cut their
+    # connections (ServerDisconnectedError; a stream with waiting comments: a broken chunked
+    # body). They are answered at once with their stable code, streams with an error event.
+    gpu, cpu, config = servers
+    await gpu.refuse()
+    await cpu.refuse()
+    text = config_text(gpu_url=gpu.url, cpu_url=cpu.url,
+                       egress_socket=str(tmp_path / "egress.sock"),
+                       private_extra="queue_timeout_s = 60")
+    text = text.replace("[router]\n", "[router]\nwait_feedback_s = 0.2\n", 1)
+    daemon, notify, port, _ = start_router(config, text, tmp_path)
+    try:
+        await notify.wait("READY=1")
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        headers = {"Authorization": f"Bearer {PERSONAL_KEY}"}
+        plain = {"model": "private", "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as session:
+            waiting = asyncio.create_task(session.post(url, headers=headers, json=plain))
+            async with session.post(url, headers=headers, json={**plain, "stream": True}
+                                    ) as stream:
+                assert stream.status == 200
+                assert (await stream.content.readline()).startswith(b": waiting for")
+                await asyncio.sleep(0.5)  # both are in the T1 queue now
+                began = time.monotonic()
+                daemon.send_signal(signal.SIGTERM)
+                rest = (await stream.content.read()).decode()
+            answered = await waiting
+            body = await answered.json()
+            assert answered.status == 503, body
+            assert body["error"]["code"] == "sovereign_backends_unavailable"
+            assert "restarting or stopping" in body["error"]["message"]
+            assert '"code": "sovereign_backends_unavailable"' in rest.replace('":"', '": "'), rest
+        assert time.monotonic() - began < 5  # not drain_timeout_s (30 s)
+    finally:
+        log = stop_router(daemon) if daemon.poll() is None else ""
+    assert "drain timeout" not in log, log
