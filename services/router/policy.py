@@ -144,7 +144,7 @@ async def _pass_mode_gate(forwarding: Forwarding, call: Call, deadline: float) -
         if need.gate is ModeGate.OPEN:
             return waited
         remaining = deadline - forwarding.clock()
-        if remaining <= 0:
+        if remaining <= 0 or state.stopping:  # the router drains: no more waiting
             if not profile.falls_back:
                 raise Rejection(ErrorCode.MODE_MISMATCH,
                                 f"{need.why} (waited {profile.queue_timeout_s:g}s)")
