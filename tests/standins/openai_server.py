@@ -211,7 +211,11 @@ class OpenAIStandin:
     # -- handlers -----------------------------------------------------------------------
     @web.middleware
     async def _closing(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:  # a 404 (the router asks /props) closes too
+            response = web.Response(status=error.status, reason=error.reason,
+                                    text=error.text, content_type=error.content_type)
         response.force_close()
         return response
 
