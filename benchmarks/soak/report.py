@@ -26,6 +26,18 @@ def faults_around(faults: list[Injected], began: float, ended: float) -> list[st
             if f.began - 2 <= ended and f.ended + 2 >= began]
 
 
+def progress(outcomes: list[Outcome], faults: list[Injected], elapsed_s: float,
+             total_s: float, bound_s: float) -> str:
+    """One line for a run in progress: how far, how many requests and how they ended so far,
+    how many faults. `lost` counts what the verdict would fail: a `fail:` or an answer past
+    its bound."""
+    lost = [o.outcome.startswith("fail:") or o.seconds > bound_s for o in outcomes]
+    ok = sum(o.outcome == "ok" and not gone for o, gone in zip(outcomes, lost, strict=True))
+    coded = len(outcomes) - ok - sum(lost)
+    return (f"soak: {elapsed_s / 60:.0f} of {total_s / 60:.0f} min, {len(outcomes):,} requests "
+            f"({ok:,} ok, {coded:,} stable codes, {sum(lost):,} lost), {len(faults)} faults")
+
+
 def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any],
           ledger: dict[str, Any], provider: dict[str, Any], dropped: int,
           relay_refused: dict[str, int] | None = None,

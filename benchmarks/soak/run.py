@@ -119,6 +119,12 @@ async def drive(box: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         rss[when] = {unit: await asyncio.to_thread(rss_kib, box, unit) for unit in WATCHED}
 
+    async def progress() -> None:  # a line a minute: a 40-minute run is not silent
+        while time.monotonic() + 60 < deadline:
+            await asyncio.sleep(60)
+            print(report.progress(outcomes, injector.log, time.monotonic() - origin,
+                                  args.seconds, bound), flush=True)
+
     stop_faults = asyncio.Event()
     injector = Injector(box, proxy, cloud, rng, origin,
                         watchdog_stops=args.watchdog_stops or args.seconds >= 600)
@@ -139,7 +145,7 @@ async def drive(box: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
     try:
         await asyncio.gather(*(worker() for _ in range(args.concurrency)),
                              measure("start", origin + warmup),
-                             measure("end", deadline - 1.0), faults())
+                             measure("end", deadline - 1.0), faults(), progress())
     finally:
         await clients.close()
     elapsed = time.monotonic() - origin

@@ -121,3 +121,13 @@ def test_the_verdict_fails_on_each_broken_invariant() -> None:
         "seed": 1, "concurrency": 1, "clients": ["openai"], "profiles": {"private": "T1"},
         "fault_interval_s": [1, 2]}})
     json.dumps(failed)  # the JSON file
+
+
+def test_the_progress_line_counts_what_ended_so_far_and_what_the_verdict_would_call_lost() -> None:
+    outcomes = [Outcome("openai", "private", "ok", 200, 1.0, 0.5),
+                Outcome("aiohttp", "personal", "code:all_backends_failed", 503, 2.0, 0.1),
+                Outcome("anthropic", "burst", "fail:timeout", None, 3.0, 90.0),
+                Outcome("openai", "private", "ok", 200, 4.0, 61.0)]
+    faults = [Injected("router_restart", 1.0, 2.0, "")]
+    assert report.progress(outcomes, faults, 125.0, 2280.0, 60.0) == (
+        "soak: 2 of 38 min, 4 requests (1 ok, 1 stable codes, 2 lost), 1 faults")
