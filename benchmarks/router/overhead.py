@@ -12,13 +12,19 @@ the p50 mushishi adds over the backend at c1.
 
 `--tier T1` routes through a T1 profile, which adds the T1 checks (the remote media scan).
 
+`--baseline CHECKOUT` also runs the router of another checkout (its `.venv/bin/
+mushishi-router`, e.g. a `git worktree` of an earlier commit) on the same config and
+backends, measured in the same rounds: "not slower than before" as a ratio of one run.
+
 For the whole comparison (nginx, LiteLLM, streaming, RSS, failover) use `run.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -48,6 +54,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--tier", default="T2", choices=["T1", "T1-strict", "T2", "T3"],
                         help="the tier of the profile measured (both backends are local)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout whose router is measured in the same rounds")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the results as JSON here (default: print only)")
     args = parser.parse_args()
@@ -56,6 +64,16 @@ def main() -> int:
         return 1
     results: dict[str, object] = {"machine": machine(), "seconds_per_run": args.seconds,
                                   "tier": args.tier}
+    baseline_bin = None
+    if args.baseline is not None:
+        baseline_bin = args.baseline.resolve() / ".venv" / "bin"
+        if not (baseline_bin / "mushishi-router").exists():
+            print(f"{baseline_bin / 'mushishi-router'} does not exist: make the baseline "
+                  f"checkout's virtualenv first (make venv there)", file=sys.stderr)
+            return 1
+        results["baseline"] = {"checkout": str(args.baseline), "commit": subprocess.run(
+            ["git", "-C", str(args.baseline), "rev-parse", "HEAD"], capture_output=True,
+            text=True, check=False).stdout.strip()}
     processes = Processes()
     work = Path(tempfile.mkdtemp(prefix="mushishi-overhead-"))
     script = post_script(work)
@@ -77,13 +95,25 @@ def main() -> int:
         targets = {"direct": direct,
                    "passthrough": f"http://127.0.0.1:{bare}/v1/chat/completions",
                    "mushishi": f"http://127.0.0.1:{port}/v1/chat/completions"}
-        with router(processes, config, port):
+        with contextlib.ExitStack() as routers:
+            routers.enter_context(router(processes, config, port))
+            if baseline_bin is not None:
+                old = free_port()
+                routers.enter_context(router(processes, mushishi_config(
+                    work / "baseline", old, f"http://127.0.0.1:{backend}/v1",
+                    f"http://127.0.0.1:{backend2}/v1", tier=args.tier), old,
+                    bindir=baseline_bin))
+                targets["baseline"] = f"http://127.0.0.1:{old}/v1/chat/completions"
             for number in range(args.rounds):
                 row = {}
                 for name, url in targets.items():
                     row[f"{name}_c16_rps"] = wrk(url, 16, args.seconds, script)["rps"]
                     row[f"{name}_c1_p50_ms"] = wrk(url, 1, args.seconds, script)["p50_ms"]
                 row["ratio_c16"] = row["mushishi_c16_rps"] / row["passthrough_c16_rps"]
+                if "baseline" in targets:
+                    row["vs_baseline_c16"] = row["mushishi_c16_rps"] / row["baseline_c16_rps"]
+                    row["baseline_added_p50_c1_ms"] = (row["baseline_c1_p50_ms"]
+                                                       - row["direct_c1_p50_ms"])
                 row["added_p50_c1_ms"] = row["mushishi_c1_p50_ms"] - row["direct_c1_p50_ms"]
                 row["passthrough_added_p50_c1_ms"] = (row["passthrough_c1_p50_ms"]
                                                       - row["direct_c1_p50_ms"])
@@ -91,7 +121,11 @@ def main() -> int:
                       f"{row['ratio_c16']:.2f} ({row['mushishi_c16_rps']:.0f} / "
                       f"{row['passthrough_c16_rps']:.0f} req/s); added p50 at c1 "
                       f"{row['added_p50_c1_ms']:.3f} ms (pass-through "
-                      f"{row['passthrough_added_p50_c1_ms']:.3f} ms)", flush=True)
+                      f"{row['passthrough_added_p50_c1_ms']:.3f} ms)"
+                      + (f"; against the baseline at c16 {row['vs_baseline_c16']:.2f} "
+                         f"({row['baseline_c16_rps']:.0f} req/s, added p50 at c1 "
+                         f"{row['baseline_added_p50_c1_ms']:.3f} ms)"
+                         if "vs_baseline_c16" in row else ""), flush=True)
                 rounds.append(row)
     finally:
         processes.stop_all()
@@ -100,6 +134,14 @@ def main() -> int:
     results["median_added_p50_c1_ms"] = statistics.median(r["added_p50_c1_ms"] for r in rounds)
     print(f"median: {results['median_ratio_c16']:.2f} of the pass-through at c16, "
           f"{results['median_added_p50_c1_ms']:.3f} ms added p50 at c1")
+    if baseline_bin is not None:
+        results["median_vs_baseline_c16"] = statistics.median(
+            r["vs_baseline_c16"] for r in rounds)
+        results["median_baseline_added_p50_c1_ms"] = statistics.median(
+            r["baseline_added_p50_c1_ms"] for r in rounds)
+        print(f"median against the baseline: {results['median_vs_baseline_c16']:.2f} of its "
+              f"req/s at c16; it adds {results['median_baseline_added_p50_c1_ms']:.3f} ms "
+              f"p50 at c1")
     if args.out is not None:
         write_results(results, args.out, "router-overhead")
     return 0

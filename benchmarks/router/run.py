@@ -272,10 +272,12 @@ chain = ["primary", "secondary"]
 
 @contextlib.contextmanager
 def router(processes: Processes, config: Path, port: int,
-           env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+           env: dict[str, str] | None = None, bindir: Path = BINDIR
+           ) -> Iterator[subprocess.Popen[bytes]]:
+    """mushishi-router from `bindir` (default: this checkout's virtualenv) on `config`."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MUSHISHI_")}
     environment.update(env or {})
-    process = processes.start([str(BINDIR / "mushishi-router"), "--config", str(config)],
+    process = processes.start([str(bindir / "mushishi-router"), "--config", str(config)],
                               env=environment)
     wait_port(port)
     time.sleep(0.5)  # first probes
