@@ -106,7 +106,10 @@ def main() -> int:
                 targets["baseline"] = f"http://127.0.0.1:{old}/v1/chat/completions"
             for number in range(args.rounds):
                 row = {}
-                for name, url in targets.items():
+                # Every other round in reverse order: the machine's load drifts within a
+                # round, and whichever is measured first would otherwise always gain by it.
+                order = list(targets.items())
+                for name, url in (order if number % 2 == 0 else order[::-1]):
                     row[f"{name}_c16_rps"] = wrk(url, 16, args.seconds, script)["rps"]
                     row[f"{name}_c1_p50_ms"] = wrk(url, 1, args.seconds, script)["p50_ms"]
                 row["ratio_c16"] = row["mushishi_c16_rps"] / row["passthrough_c16_rps"]
