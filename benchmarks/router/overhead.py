@@ -113,7 +113,7 @@ def main() -> int:
                     row[f"{name}_c16_rps"] = wrk(url, 16, args.seconds, script)["rps"]
                     row[f"{name}_c1_p50_ms"] = wrk(url, 1, args.seconds, script)["p50_ms"]
                 row["ratio_c16"] = row["mushishi_c16_rps"] / row["passthrough_c16_rps"]
-                if "baseline" in targets:
+                if baseline_bin is not None:
                     row["vs_baseline_c16"] = row["mushishi_c16_rps"] / row["baseline_c16_rps"]
                     row["baseline_added_p50_c1_ms"] = (row["baseline_c1_p50_ms"]
                                                        - row["direct_c1_p50_ms"])
@@ -128,7 +128,7 @@ def main() -> int:
                       + (f"; against the baseline at c16 {row['vs_baseline_c16']:.2f} "
                          f"({row['baseline_c16_rps']:.0f} req/s, added p50 at c1 "
                          f"{row['baseline_added_p50_c1_ms']:.3f} ms)"
-                         if "vs_baseline_c16" in row else ""), flush=True)
+                         if baseline_bin is not None else ""), flush=True)
                 rounds.append(row)
     finally:
         processes.stop_all()

@@ -26,16 +26,20 @@ def faults_around(faults: list[Injected], began: float, ended: float) -> list[st
             if f.began - 2 <= ended and f.ended + 2 >= began]
 
 
+def is_lost(outcome: Outcome, bound_s: float) -> bool:
+    """What the verdict fails a request for: a `fail:` outcome, or any end past its bound."""
+    return outcome.outcome.startswith("fail:") or outcome.seconds > bound_s
+
+
 def progress(outcomes: list[Outcome], faults: list[Injected], elapsed_s: float,
              total_s: float, bound_s: float) -> str:
-    """One line for a run in progress: how far, how many requests and how they ended so far,
-    how many faults. `lost` counts what the verdict would fail: a `fail:` or an answer past
-    its bound."""
-    lost = [o.outcome.startswith("fail:") or o.seconds > bound_s for o in outcomes]
-    ok = sum(o.outcome == "ok" and not gone for o, gone in zip(outcomes, lost, strict=True))
-    coded = len(outcomes) - ok - sum(lost)
+    """One line for a run in progress: how far, how many requests and how they ended so far
+    (`ok`, a stable code, lost), how many faults."""
+    lost = [o for o in outcomes if is_lost(o, bound_s)]
+    ok = sum(o.outcome == "ok" for o in outcomes) - sum(o.outcome == "ok" for o in lost)
+    coded = len(outcomes) - ok - len(lost)
     return (f"soak: {elapsed_s / 60:.0f} of {total_s / 60:.0f} min, {len(outcomes):,} requests "
-            f"({ok:,} ok, {coded:,} stable codes, {sum(lost):,} lost), {len(faults)} faults")
+            f"({ok:,} ok, {coded:,} stable codes, {len(lost):,} lost), {len(faults)} faults")
 
 
 def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any],
@@ -44,7 +48,7 @@ def build(*, outcomes: list[Outcome], faults: list[Injected], rss: dict[str, Any
           restarts: dict[str, int] | None = None, bound_s: float, settle_s: float = 0.0,
           elapsed_s: float, settings: dict[str, Any]) -> dict[str, Any]:
     by_outcome = Counter(o.outcome for o in outcomes)
-    failures = [o for o in outcomes if o.outcome.startswith("fail:") or o.seconds > bound_s]
+    failures = [o for o in outcomes if is_lost(o, bound_s)]
     connection_errors = [o for o in outcomes if o.outcome.startswith("fail:connection_error")]
     seconds = [o.seconds for o in outcomes]
     ok_seconds = [o.seconds for o in outcomes if o.outcome == "ok"]
