@@ -31,7 +31,7 @@ class LlamaCppStandin(OpenAIStandin):
         return app
 
     async def _props(self, request: web.Request) -> web.Response:
-        if self.slots is None:  # answered, not raised: close_connections applies to it too
+        if self.slots is None:  # no /props here: a 404 in llama-server's error format
             return web.json_response({"error": {"code": 404, "message": "File Not Found",
                                                 "type": "not_found_error"}}, status=404)
         props: dict[str, Any] = {"total_slots": self.slots, "model_alias": self.model}

@@ -213,9 +213,9 @@ class OpenAIStandin:
     async def _closing(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except web.HTTPException as error:  # a 404 (the router asks /props) closes too
-            response = web.Response(status=error.status, reason=error.reason,
-                                    text=error.text, content_type=error.content_type)
+        except web.HTTPException as error:  # aiohttp answers with it: a 404 closes too
+            error.force_close()
+            raise
         response.force_close()
         return response
 
