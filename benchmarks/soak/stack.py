@@ -63,8 +63,9 @@ def soak_config(llama_server: str) -> str:
     # The soak kills or stops the floor every half minute or so, for the whole run: with the
     # shipped backoff (doubling to 300 s, reset after 300 s ready) a 38-minute attempt had
     # the floor waiting 160 s to start again after 13 minutes, T1 work answered only by the
-    # queue's timeout and the machine idle. The backoff itself is tested in tests/integration/cpu_floor; here the floor
-    # comes back as a box's would after one crash, and the faults keep coming.
+    # queue's timeout and the machine idle. The backoff itself is tested in
+    # tests/integration/cpu_floor; here the floor comes back as a box's would after one
+    # crash, and the faults keep coming.
     floor = doc["cpu_floor"]
     floor["restart_backoff_max_s"] = 20.0
     floor["stable_after_s"] = 60.0
