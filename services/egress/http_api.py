@@ -380,6 +380,8 @@ class _Relay:
                     first = await upstream.content.readany()
                     if not first:
                         raise aiohttp.ServerDisconnectedError("closed before the first byte")
+                elif _is_raw(upstream):
+                    first = await upstream.content.readany()  # may be all there is, or b""
                 else:
                     first = await upstream.read()
                 self.outcome.bytes_in = len(first)
@@ -411,6 +413,8 @@ class _Relay:
         self.egress.recovered(backend.name)
         if self._is_stream(upstream):
             return await self._relay_stream(upstream, first)
+        if _is_raw(upstream):
+            return await self._relay_raw(upstream, first)
         upstream.release()
         return await self._answer_whole(upstream, first)
 
@@ -451,6 +455,16 @@ class _Relay:
             parsed = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             parsed = None
+        usage = self._usage(parsed)
+        self.outcome.outcome, self.outcome.status = "success", upstream.status
+        await self._settle(usage)
+        self._observe()
+        return web.Response(status=upstream.status, body=body, headers={
+            "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+
+    def _usage(self, parsed: Any) -> Usage:
+        """What an answer used: the provider's usage, or for an upload one request (and
+        its audio seconds), or else an estimate."""
         usage = usage_from(parsed)
         form = self.request.path in FORM_PATHS
         if usage is None and form:
@@ -462,11 +476,65 @@ class _Relay:
         seconds = audio_seconds_from(parsed) if form else None
         if seconds is not None:
             usage = replace(usage, audio_seconds=seconds)
-        self.outcome.outcome, self.outcome.status = "success", upstream.status
+        return usage
+
+    async def _relay_raw(self, upstream: aiohttp.ClientResponse,
+                         first: bytes) -> web.StreamResponse:
+        """A 200 answer that is neither JSON nor an event stream (speech audio, a text
+        transcript), relayed as it arrives with its content type; counted as one request
+        with the prompt's estimate. A provider that falls silent for the backend's
+        stream_idle_timeout_s, or breaks off, has the answer cut (the router then ends its
+        own answer with an error, as for a stream)."""
+        headers = {"Content-Type": upstream.headers.get("Content-Type",
+                                                        "application/octet-stream")}
+        if upstream.content_length is not None:
+            headers["Content-Length"] = str(upstream.content_length)
+        response = web.StreamResponse(status=200, headers=headers)
+        idle = self.backend.stream_idle_timeout_s
+        usage = self._usage(None)
+        self.outcome.status = 200
+        complete = False
+        try:
+            await response.prepare(self.request)
+            data = first
+            while data:
+                await response.write(data)
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await upstream.content.readany()
+                    self.outcome.bytes_in += len(data)
+                except TimeoutError:
+                    raise _Broken(f"sent nothing for {idle:g}s") from None
+                except (aiohttp.ClientError, OSError) as error:
+                    raise _Broken(f"broke off the answer ({error.__class__.__name__})") \
+                        from None
+            complete = True
+        except _Broken as broken:
+            message = f"{self.backend.name} {broken} after {self.outcome.bytes_in} bytes"
+            self._count_failure(message)
+            log.warning("answer from cloud backend %s failed after its first byte: %s; "
+                        "cutting it to the router", self.backend.name, broken)
+            self.outcome.outcome, self.outcome.message = "broken_stream", message
+            await self._settle(usage)
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            return response
+        except (ConnectionError, RuntimeError):
+            self.outcome.outcome = "cancelled"
+            await self._settle(usage)
+            return response
+        finally:
+            if not complete:
+                _close(upstream)
+        upstream.release()
+        self.outcome.outcome = "success"
         await self._settle(usage)
         self._observe()
-        return web.Response(status=upstream.status, body=body, headers={
-            "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+        try:
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            self.outcome.outcome = "cancelled"
+        return response
 
     async def _relay_stream(self, upstream: aiohttp.ClientResponse,
                             first: bytes) -> web.StreamResponse:
@@ -544,6 +612,13 @@ class _Relay:
 
 class _Broken(Exception):
     """The provider's stream failed after its first byte."""
+
+
+def _is_raw(upstream: aiohttp.ClientResponse) -> bool:
+    """A 200 answer relayed as it arrives: neither JSON (read whole, for its usage) nor an
+    event stream."""
+    return upstream.status == 200 and upstream.content_type not in (
+        "application/json", SSE)
 
 
 def _close(upstream: aiohttp.ClientResponse | None) -> None:

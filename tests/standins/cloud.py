@@ -2,7 +2,8 @@
 format with a bearer key, streamed `usage` when `stream_options.include_usage` is asked for,
 and scriptable 429 with Retry-After and 5xx (openai_server.Fault). Like Groq, it also
 transcribes (the Whisper stand-in's /v1/audio/transcriptions and translations, which report
-`usage: {"type": "duration", "seconds": N}` as OpenAI does).
+`usage: {"type": "duration", "seconds": N}` as OpenAI does) and speaks (the TTS stand-in's
+/v1/audio/speech: audio streamed in pieces, `token_delay` seconds apart).
 
 It records every request it receives, headers and body: it is the cloud canary of the tests
 (a T1 request must never appear here). Run alone, e.g. inside a sandbox's network namespace:
@@ -18,12 +19,12 @@ from typing import Any
 from aiohttp import web
 
 from tests.standins.openai_server import Fault, Recorded, serve_forever
-from tests.standins.speech import WhisperStandin
+from tests.standins.speech import TtsStandin, WhisperStandin
 
 __all__ = ["CloudStandin", "Fault", "main"]
 
 
-class CloudStandin(WhisperStandin):
+class CloudStandin(WhisperStandin, TtsStandin):
     """An OpenAI-compatible cloud API: 401 without the right bearer key, 404 for another
     model, and the faults a real provider shows (429 + Retry-After, 5xx, hangs, cut streams)."""
 

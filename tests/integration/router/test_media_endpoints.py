@@ -4,6 +4,7 @@ image servers that speak the real wire formats (tests/standins/speech.py, images
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -375,6 +376,59 @@ async def test_t1_transcription_never_reaches_the_cloud_when_the_speech_backends
 async def wait_for_up(media: MediaBox, backend: str) -> None:
     await wait_for(lambda: media.box.router.state.verdict(backend).state == "up",
                    what=f"{backend} up again")
+
+
+SPEAKCLOUD = """
+[profiles.speakcloud]
+tier = "T2"
+chain = ["tts", "groq"]
+"""
+
+
+async def test_speech_from_a_cloud_fallback_streams_through_the_egress(tmp_path: Path) -> None:
+    """T2 speech that falls to a cloud TTS comes back through the real egress piece by piece
+    as the provider sends it: the first audio arrives at once, though the whole answer
+    takes longer than the first-byte timeout (2 s here), and the request is counted."""
+    async with media_box(tmp_path, real_egress=True,
+                         groq_extra='endpoints = ["chat/completions", "audio/speech"]',
+                         extra=f'"{sha("sk-test-speakcloud")}" = ["speakcloud"]\n',
+                         tables=SPEAKCLOUD) as media:
+        await media.tts.refuse()
+        groq = media.box.cloud["groq"]
+        groq.token_delay = 0.3  # between 8 KiB pieces: 8 pieces, about 2.4 s in all
+        text = "x" * 64  # four seconds of tone: 64,044 bytes of WAV
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pieces: list[tuple[float, int]] = []
+        async with media.client("sk-test-speakcloud") as api, \
+                api.audio.speech.with_streaming_response.create(
+                    model="speakcloud", voice="v", input=text,
+                    response_format="wav") as response:
+            assert response.headers["x-mushishi-backend"] == "groq"
+            assert response.headers["content-type"] == "audio/wav"
+            audio = b""
+            async for piece in response.iter_bytes():
+                pieces.append((loop.time() - started, len(piece)))
+                audio += piece
+        assert audio == make_wav(4.0, rate=8000)
+        first, last = pieces[0][0], pieces[-1][0]
+        assert first < 1.0, pieces  # not held until the provider finished
+        assert last - first > 1.5, pieces
+        assert groq.authorized()[-1].path == "/v1/audio/speech"
+        egress = media.box.egress_daemon
+        assert egress is not None
+        assert egress.ledger.totals("groq").requests == 1
+        # A provider that falls silent mid-answer for longer than stream_idle_timeout_s (2 s)
+        # has its answer cut: the caller sees it end broken, not a short file as if whole.
+        groq.token_delay = 3.0
+        with pytest.raises((httpx.HTTPError, openai.APIError)):
+            async with media.client("sk-test-speakcloud") as api, \
+                    api.audio.speech.with_streaming_response.create(
+                        model="speakcloud", voice="v", input=text,
+                        response_format="wav") as response:
+                await response.read()
+        assert egress.ledger.totals("groq").requests == 2
+        assert egress.status()["backends"]["groq"]["consecutive_failures"] == 1
 
 
 async def test_speech_text_and_audio_never_reach_a_log(
