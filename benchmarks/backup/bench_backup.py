@@ -124,21 +124,20 @@ def bare_same(restic: Restic, source: Path, first: bool, work: Path,
     """The runner's restic commands, from the same builders, with a same-sized sample (and,
     with `copy`, its copy steps in the runner's order: before the primary's retention)."""
     started = time.perf_counter()
+    # The runner opens each repository by listing its locks (and creates it when that fails).
     if first:
-        subprocess.run(restic.cat_config(), capture_output=True, env=env())
+        subprocess.run(restic.list_locks(), capture_output=True, env=env())
         subprocess.run(restic.init(), check=True, capture_output=True, env=env())
     else:
-        subprocess.run(restic.cat_config(), check=True, capture_output=True, env=env())
-    subprocess.run(restic.list_locks(), check=True, capture_output=True, env=env())
+        subprocess.run(restic.list_locks(), check=True, capture_output=True, env=env())
     backup = subprocess.run(restic.backup([str(source)], tags=["mushishi"]), check=True,
                             capture_output=True, text=True, env=env())
     snapshot = json.loads(backup.stdout.splitlines()[-1])["snapshot_id"]
     if copy is not None:
-        probe = subprocess.run(copy.cat_config(), capture_output=True, env=env())
+        probe = subprocess.run(copy.list_locks(), capture_output=True, env=env())
         if probe.returncode != 0:
             subprocess.run(copy.init_copy_of(restic), check=True, capture_output=True,
                            env=env())
-        subprocess.run(copy.list_locks(), check=True, capture_output=True, env=env())
         subprocess.run(copy.copy_from(restic, tags=["mushishi"]), check=True,
                        capture_output=True, env=env())
         subprocess.run(copy.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=12,

@@ -166,7 +166,7 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
                           stopping=deps.stopping, grace_s=deps.grace_s,
                           monotonic=deps.monotonic)
             deps.notifier.status(f"opening repository {display_repository(config.repository)}")
-            created = await open_repository(config, repo, create=True)
+            opened = await open_repository(config, repo, create=True)
             path = local_repository_path(config.repository)
             try:
                 if path and share_with_group(Path(path), os.getegid()):
@@ -175,10 +175,10 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             except OSError as error:
                 warnings.append(f"cannot make {path} readable by the watchdog's group: "
                                 f"{error}; its snapshot-age check will fail")
-            if created:
+            if opened.created:
                 log.info("created restic repository %s", config.repository)
-            stale = await clear_stale_locks(repo, now=deps.now, hostname=deps.hostname,
-                                            pid_alive=deps.pid_alive)
+            stale = await clear_stale_locks(repo, opened, now=deps.now,
+                                            hostname=deps.hostname, pid_alive=deps.pid_alive)
             warnings += [f"cleared stale {line}: a previous run was killed" for line in stale]
             if not config.sets:
                 raise Fatal("no [[backup.sets]] declared: nothing is backed up")
@@ -304,9 +304,9 @@ async def run_check(settings: MushishiSettings, deps: Deps) -> int:
                 repo = access(config, environ=deps.environ, dotenv=deps.dotenv,
                               stopping=deps.stopping, grace_s=deps.grace_s,
                               monotonic=deps.monotonic)
-                await open_repository(config, repo, create=False)
-                stale = await clear_stale_locks(repo, now=deps.now, hostname=deps.hostname,
-                                                pid_alive=deps.pid_alive)
+                opened = await open_repository(config, repo, create=False)
+                stale = await clear_stale_locks(repo, opened, now=deps.now,
+                                                hostname=deps.hostname, pid_alive=deps.pid_alive)
                 error = await _check(repo.processes, repo.restic.check(
                     config.check_read_data_subset), config, deps)
             except Fatal as failure:

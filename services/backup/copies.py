@@ -75,8 +75,8 @@ async def reach(settings: BackupSettings, index: int, context: CopyContext, *,
                                dotenv=context.dotenv, stopping=context.stopping,
                                grace_s=context.grace_s, monotonic=context.monotonic)
     context.status(f"opening copy {display_repository(copy.repository)}")
-    await open_copy(settings, index, repo, source, create=create)
-    stale = await clear_stale_locks(repo, now=context.now, hostname=context.hostname,
+    opened = await open_copy(settings, index, repo, source, create=create)
+    stale = await clear_stale_locks(repo, opened, now=context.now, hostname=context.hostname,
                                     pid_alive=context.pid_alive)
     return repo, source, stale
 

@@ -234,16 +234,25 @@ def _is_dir(path: Path) -> bool:
     return path.is_dir()
 
 
-async def open_repository(settings: BackupSettings, repo: Access, *, create: bool) -> bool:
-    """Make sure the repository exists and the password opens it; True when just created."""
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A repository opened: whether this run created it, and its lock files' IDs then
+    (listing them is the probe that opens it: one restic invocation, not two)."""
+
+    created: bool
+    locks: tuple[str, ...]
+
+
+async def open_repository(settings: BackupSettings, repo: Access, *, create: bool) -> Opened:
+    """Make sure the repository exists and the password opens it."""
     return await _open(repo, settings.repository, "backup.repository",
                        settings.password_credential, repo.restic.init() if create else None)
 
 
 async def open_copy(settings: BackupSettings, index: int, repo: Access, source: Restic,
-                    *, create: bool) -> bool:
+                    *, create: bool) -> Opened:
     """Make sure copy `index` exists (created with the primary's chunker parameters, so its
-    copied snapshots deduplicate) and its password opens it; True when just created."""
+    copied snapshots deduplicate) and its password opens it."""
     name, _ = copy_password_credential(settings, index)
     return await _open(repo, settings.copies[index].repository,
                        f"{copy_key(index)}.repository", name,
@@ -251,16 +260,16 @@ async def open_copy(settings: BackupSettings, index: int, repo: Access, source: 
 
 
 async def _open(repo: Access, repository: str, key: str, credential: str,
-                init: list[str] | None) -> bool:
+                init: list[str] | None) -> Opened:
     shown = display_repository(repository)
     local = local_repository_path(repository)
     if local and not _is_dir(Path(local).parent):
         raise Fatal(f"the parent of the repository {local} ({key}) does not "
                     f"exist: is its disk mounted?")
-    probe = await repo.processes.run(repo.restic.cat_config())
+    probe = await repo.processes.run(repo.restic.list_locks())
     kind = classify(probe.returncode, probe.stderr)
     if kind is ExitClass.OK:
-        return False
+        return Opened(False, tuple(probe.stdout.split()))
     if kind is ExitClass.REPO_MISSING and init is not None:
         log.info("no restic repository at %s yet: initialising it", shown)
         created = await repo.processes.run(init)
@@ -269,7 +278,7 @@ async def _open(repo: Access, repository: str, key: str, credential: str,
                     if local and not _is_dir(Path(local)) else "")
             raise Fatal(f"restic init {shown} failed: "
                         f"{first_error_line(created.stderr)}{repo.ssh_said()}{hint}")
-        return True
+        return Opened(True, ())
     if kind is ExitClass.REPO_MISSING:
         raise Fatal(f"no restic repository at {shown} ({key}); "
                     f"`mushishi-backup run` creates it")
@@ -282,20 +291,17 @@ async def _open(repo: Access, repository: str, key: str, credential: str,
                 f"{first_error_line(probe.stderr)}{repo.ssh_said()}")
 
 
-async def clear_stale_locks(repo: Access, *, now: Callable[[], datetime], hostname: str,
-                            pid_alive: Callable[[int], bool]) -> list[str]:
-    """Find locks left by killed runs and remove them with `restic unlock`.
+async def clear_stale_locks(repo: Access, opened: Opened, *, now: Callable[[], datetime],
+                            hostname: str, pid_alive: Callable[[int], bool]) -> list[str]:
+    """Find, among the locks listed when the repository was opened, those left by killed
+    runs, and remove them with `restic unlock`.
 
     `unlock` without --remove-all deletes only what restic itself calls stale (this host's
     process is gone, or 30 minutes without a refresh), so a live run's lock is never touched.
     """
-    listed = await repo.processes.run(repo.restic.list_locks())
-    if listed.returncode != 0:
-        log.warning("cannot list locks: %s", first_error_line(listed.stderr))
-        return []
     stale: list[str] = []
     checked_at = now()
-    for lock_id in listed.stdout.split():
+    for lock_id in opened.locks:
         shown = await repo.processes.run(repo.restic.cat_lock(lock_id))
         if shown.returncode != 0:
             continue  # the lock went away while we looked

@@ -105,16 +105,13 @@ class Restic:
             argv += ["--tag", ",".join(tags)]
         return argv
 
-    def cat_config(self) -> list[str]:
-        """Does the repository exist, and does the password open it?"""
-        return [*self.base(cache=False), "--no-lock", "cat", "config"]
-
     def init(self) -> list[str]:
         """Create the repository (non-interactive: the password comes from the credential)."""
         return [*self.base(cache=False), "init"]
 
     def list_locks(self) -> list[str]:
-        """IDs of the lock files in the repository."""
+        """IDs of the lock files in the repository; also the probe of whether it exists and
+        the password opens it."""
         return [*self.base(cache=False), "--no-lock", "list", "locks"]
 
     def cat_lock(self, lock_id: str) -> list[str]:

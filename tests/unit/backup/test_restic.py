@@ -26,7 +26,7 @@ RESTIC = Restic("/usr/bin/restic", "/srv/repo", "/run/credentials/x/restic-passw
 
 
 def test_every_command_starts_with_the_absolute_binary_and_explicit_repository() -> None:
-    commands = [RESTIC.cat_config(), RESTIC.init(), RESTIC.list_locks(), RESTIC.cat_lock("ab"),
+    commands = [RESTIC.init(), RESTIC.list_locks(), RESTIC.cat_lock("ab"),
                 RESTIC.unlock(), RESTIC.backup(["/a"]), RESTIC.snapshots(), RESTIC.ls("id"),
                 RESTIC.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=3),
                 RESTIC.restore("id", "/tmp/x", ["/a"]), RESTIC.check("5%")]
@@ -61,7 +61,7 @@ def test_forget_applies_7_4_3_with_prune_to_tagged_snapshots_only() -> None:
 
 def test_reads_never_lock_and_restore_reads_the_repository_not_the_cache() -> None:
     assert "--no-lock" in RESTIC.snapshots() and "--no-cache" in RESTIC.snapshots()
-    assert "--no-lock" in RESTIC.cat_config()
+    assert "--no-lock" in RESTIC.list_locks()
     restore = RESTIC.restore("abc", "/tmp/t", ["/a/b[1]*.txt"])
     assert "--no-cache" in restore
     assert restore[-2:] == ["--include", r"/a/b\[1\]\*.txt"]
