@@ -27,17 +27,17 @@ _ANSWERED = frozenset({"success", "client_error"})
 
 
 class _Route:
-    """The label children of one (profile, backend), bound once."""
+    """The label children of one (profile, backend, endpoint), bound once."""
 
     __slots__ = ("cloud", "completion_tokens", "duration", "first_byte", "outcomes",
                  "prompt_tokens")
 
-    def __init__(self, metrics: RouterMetrics, profile: str, backend: str,
+    def __init__(self, metrics: RouterMetrics, profile: str, backend: str, endpoint: str,
                  cloud: bool) -> None:
         self.outcomes: dict[str, Any] = {}
         self.cloud = cloud
-        self.duration = metrics.duration.labels(profile, backend)
-        self.first_byte = metrics.first_byte.labels(profile, backend)
+        self.duration = metrics.duration.labels(profile, backend, endpoint)
+        self.first_byte = metrics.first_byte.labels(profile, backend, endpoint)
         self.prompt_tokens = metrics.tokens.labels(profile, backend, "prompt")
         self.completion_tokens = metrics.tokens.labels(profile, backend, "completion")
 
@@ -96,15 +96,16 @@ class Accounting:
         self._tracer = tracer
         self._cloud = {name: not hop.local for name, hop in backends.items()}
         self._gpu_mode = gpu_mode
-        self._routes: dict[tuple[str, str], _Route] = {}
+        self._routes: dict[tuple[str, str, str], _Route] = {}
         self._unrouted: dict[tuple[str, str], Any] = {}
         self._records = _Records(log, Accounting.finish)
 
-    def _route(self, profile: str, backend: str) -> _Route:
-        route = self._routes.get((profile, backend))
+    def _route(self, profile: str, backend: str, path: str) -> _Route:
+        route = self._routes.get((profile, backend, path))
         if route is None:
-            route = self._routes[(profile, backend)] = _Route(
-                self.metrics, profile, backend, self._cloud.get(backend, False))
+            route = self._routes[(profile, backend, path)] = _Route(
+                self.metrics, profile, backend, path.lstrip("/"),
+                self._cloud.get(backend, False))
         return route
 
     def finish(self, call: Call, message: str | None = None) -> None:
@@ -113,11 +114,11 @@ class Accounting:
         outcome = call.outcome or "unknown"
         profile = call.profile.name
         backend = call.backend
-        route = self._route(profile, backend)
+        route = self._route(profile, backend, call.path)
         counter = route.outcomes.get(outcome)
         if counter is None:
-            counter = route.outcomes[outcome] = metrics.requests.labels(profile, backend,
-                                                                        outcome)
+            counter = route.outcomes[outcome] = metrics.requests.labels(
+                profile, backend, call.path.lstrip("/"), outcome)
         counter.inc()
         elapsed = time.perf_counter() - call.started
         if backend != "none":
@@ -164,7 +165,7 @@ class Accounting:
         counter = self._unrouted.get(("none", code))
         if counter is None:
             counter = self._unrouted[("none", code)] = self.metrics.requests.labels(
-                "none", "none", code)
+                "none", "none", "none", code)
         counter.inc()
         log.info("%s %s refused: %s (%s)", method, path, code, rejection.message,
                  extra={"MUSHISHI_OUTCOME": code, "MUSHISHI_REQUEST_ID": request_id or ""})

@@ -125,9 +125,10 @@ class RouterMetrics(LabelChildren, Collector):
         super().__init__()
         self.requests = LoopCounter(
             "mushishi_router_requests_total",
-            "Requests answered, by profile, backend that answered (none) and outcome "
-            "(success, client_error or a stable error code).",
-            ["profile", "backend", "outcome"])
+            "Requests answered, by profile, backend that answered (none), endpoint "
+            "(chat/completions, audio/transcriptions …; none when refused before routing) and "
+            "outcome (success, client_error or a stable error code).",
+            ["profile", "backend", "endpoint", "outcome"])
         self.fallbacks = LoopCounter(
             "mushishi_router_fallbacks_total",
             "Hops abandoned for the next one, by profile, backend and reason.",
@@ -141,11 +142,11 @@ class RouterMetrics(LabelChildren, Collector):
         self.first_byte = LoopHistogram(
             "mushishi_router_time_to_first_byte_seconds",
             "From the request's arrival to the first byte of the answering backend.",
-            ["profile", "backend"], LATENCY_BUCKETS)
+            ["profile", "backend", "endpoint"], LATENCY_BUCKETS)
         self.duration = LoopHistogram(
             "mushishi_router_request_duration_seconds",
             "From the request's arrival to the end of its answer.",
-            ["profile", "backend"], LATENCY_BUCKETS)
+            ["profile", "backend", "endpoint"], LATENCY_BUCKETS)
         self.overhead = LoopHistogram(
             "mushishi_router_overhead_seconds",
             "Time the router itself added to a request (auth, parsing, routing, relaying), "

@@ -151,6 +151,13 @@ async def test_transcription_with_the_sdk_streams_the_wav_to_the_speech_backend(
             translation = await api.audio.translations.create(model="voice", file=handle)
         assert translation.text.startswith("whisper heard 1.50 seconds")
         assert media.whisper.chat_requests()[-1].path == "/v1/audio/translations"
+    # Metrics tell the endpoints apart: a transcription's latency is not a chat's.
+    async with httpx.AsyncClient(base_url=media.box.base_url) as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'mushishi_router_requests_total{backend="whisper",endpoint="audio/transcriptions",' \
+        'outcome="success",profile="voice"} 5.0' in metrics
+    assert 'mushishi_router_request_duration_seconds_count{backend="whisper",' \
+        'endpoint="audio/translations",profile="voice"} 1.0' in metrics
 
 
 async def test_streamed_transcription_passes_the_sse_events_through(

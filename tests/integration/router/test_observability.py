@@ -89,14 +89,14 @@ async def test_metrics_count_requests_fallbacks_latency_tokens_and_states(box: B
     text = raw.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert headers["X-Mushishi-Profile"] == "none"  # every response carries the headers
-    assert 'mushishi_router_requests_total{backend="cpu",outcome="success",profile="private"}' \
-        " 1.0" in text
+    assert 'mushishi_router_requests_total{backend="cpu",endpoint="chat/completions",' \
+        'outcome="success",profile="private"} 1.0' in text
     assert 'mushishi_router_fallbacks_total{backend="gpu",profile="private",reason="status"}' \
         " 1.0" in text
-    assert 'mushishi_router_time_to_first_byte_seconds_count{backend="cpu",profile="private"}' \
-        in text
-    assert 'mushishi_router_request_duration_seconds_count{backend="gpu",profile="private"}' \
-        " 1.0" in text
+    assert 'mushishi_router_time_to_first_byte_seconds_count{backend="cpu",' \
+        'endpoint="chat/completions",profile="private"}' in text
+    assert 'mushishi_router_request_duration_seconds_count{backend="gpu",' \
+        'endpoint="chat/completions",profile="private"} 1.0' in text
     assert 'mushishi_router_tokens_total{backend="cpu",kind="completion",profile="private"}' \
         " 8.0" in text
     assert 'mushishi_router_backend_state{backend="gpu",state="up"} 1.0' in text
