@@ -482,67 +482,48 @@ class _Relay:
                          first: bytes) -> web.StreamResponse:
         """A 200 answer that is neither JSON nor an event stream (speech audio, a text
         transcript), relayed as it arrives with its content type; counted as one request
-        with the prompt's estimate. A provider that falls silent for the backend's
-        stream_idle_timeout_s, or breaks off, has the answer cut (the router then ends its
-        own answer with an error, as for a stream)."""
+        with the prompt's estimate."""
         headers = {"Content-Type": upstream.headers.get("Content-Type",
                                                         "application/octet-stream")}
         if upstream.content_length is not None:
             headers["Content-Length"] = str(upstream.content_length)
-        response = web.StreamResponse(status=200, headers=headers)
-        idle = self.backend.stream_idle_timeout_s
         usage = self._usage(None)
-        self.outcome.status = 200
-        complete = False
-        try:
-            await response.prepare(self.request)
-            data = first
-            while data:
-                await response.write(data)
-                try:
-                    async with asyncio.timeout(idle):
-                        data = await upstream.content.readany()
-                    self.outcome.bytes_in += len(data)
-                except TimeoutError:
-                    raise _Broken(f"sent nothing for {idle:g}s") from None
-                except (aiohttp.ClientError, OSError) as error:
-                    raise _Broken(f"broke off the answer ({error.__class__.__name__})") \
-                        from None
-            complete = True
-        except _Broken as broken:
-            message = f"{self.backend.name} {broken} after {self.outcome.bytes_in} bytes"
-            self._count_failure(message)
-            log.warning("answer from cloud backend %s failed after its first byte: %s; "
-                        "cutting it to the router", self.backend.name, broken)
-            self.outcome.outcome, self.outcome.message = "broken_stream", message
-            await self._settle(usage)
-            if self.request.transport is not None:
-                self.request.transport.abort()
-            return response
-        except (ConnectionError, RuntimeError):
-            self.outcome.outcome = "cancelled"
-            await self._settle(usage)
-            return response
-        finally:
-            if not complete:
-                _close(upstream)
-        upstream.release()
-        self.outcome.outcome = "success"
-        await self._settle(usage)
-        self._observe()
-        try:
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            self.outcome.outcome = "cancelled"
-        return response
+        return await self._relay(upstream, first, web.StreamResponse(status=200,
+                                                                     headers=headers),
+                                 convert=lambda data: data, rest=lambda: b"",
+                                 usage=lambda: usage, noun="answer",
+                                 progress=lambda: f"{self.outcome.bytes_in} bytes")
 
     async def _relay_stream(self, upstream: aiohttp.ClientResponse,
                             first: bytes) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={
-            "Content-Type": SSE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        """An event stream, relayed event by event: usage counted from the events (and the
+        usage-only event dropped when the caller did not ask for it)."""
         splitter = SseSplitter()
         tally = self.tally
         strip = self.prepared.strip_usage
+
+        def convert(data: bytes) -> bytes:
+            out = []
+            for event in splitter.feed(data):
+                meaning = read_event(event)
+                tally.take(meaning)
+                if not (strip and meaning.usage_only):
+                    out.append(event)
+            return b"".join(out)
+
+        return await self._relay(upstream, first, web.StreamResponse(status=200, headers={
+            "Content-Type": SSE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}),
+            convert=convert, rest=splitter.rest,
+            usage=lambda: tally.settled_usage(self.prepared.prompt_estimate), noun="stream",
+            progress=lambda: f"{tally.chunks} chunk(s)")
+
+    async def _relay(self, upstream: aiohttp.ClientResponse, first: bytes,
+                     response: web.StreamResponse, *, convert: Callable[[bytes], bytes],
+                     rest: Callable[[], bytes], usage: Callable[[], Usage], noun: str,
+                     progress: Callable[[], str]) -> web.StreamResponse:
+        """Relay a 200 answer as it arrives (`convert` each piece, `rest` at the end). A
+        provider silent for the backend's stream_idle_timeout_s, or one that breaks off, has
+        the answer cut: the router then ends its own with an error."""
         idle = self.backend.stream_idle_timeout_s
         checkpointed = time.monotonic()
         complete = False
@@ -551,17 +532,12 @@ class _Relay:
             await response.prepare(self.request)
             data = first
             while data:
-                out = []
-                for event in splitter.feed(data):
-                    meaning = read_event(event)
-                    tally.take(meaning)
-                    if not (strip and meaning.usage_only):
-                        out.append(event)
+                out = convert(data)
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(out)
                 if time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
                     checkpointed = time.monotonic()
-                    self.egress.ledger.checkpoint(self.reservation, tally.chunks)
+                    self.egress.ledger.checkpoint(self.reservation, self.tally.chunks)
                 try:
                     async with asyncio.timeout(idle):
                         data = await upstream.content.readany()
@@ -569,34 +545,34 @@ class _Relay:
                 except TimeoutError:
                     raise _Broken(f"sent nothing for {idle:g}s") from None
                 except (aiohttp.ClientError, OSError) as error:
-                    raise _Broken(f"broke off the stream ({error.__class__.__name__})") \
+                    raise _Broken(f"broke off the {noun} ({error.__class__.__name__})") \
                         from None
-            rest = splitter.rest()
-            if rest:
-                await response.write(rest)
+            tail = rest()
+            if tail:
+                await response.write(tail)
             complete = True
         except _Broken as broken:
-            message = f"{self.backend.name} {broken} after {tally.chunks} chunk(s)"
+            message = f"{self.backend.name} {broken} after {progress()}"
             self._count_failure(message)
-            log.warning("stream from cloud backend %s failed after its first byte: %s; "
-                        "cutting the stream to the router", self.backend.name, broken)
+            log.warning("%s from cloud backend %s failed after its first byte: %s; "
+                        "cutting it to the router", noun, self.backend.name, broken)
             self.outcome.outcome, self.outcome.message = "broken_stream", message
-            await self._settle(tally.settled_usage(self.prepared.prompt_estimate))
+            await self._settle(usage())
             _close(upstream)
             if self.request.transport is not None:
-                self.request.transport.abort()  # the router ends its stream with an error
+                self.request.transport.abort()  # the router ends its answer with an error
             return response
         except (ConnectionError, RuntimeError):
             self.outcome.outcome = "cancelled"
             _close(upstream)
-            await self._settle(tally.settled_usage(self.prepared.prompt_estimate))
+            await self._settle(usage())
             return response
         finally:
             if not complete:
                 _close(upstream)
         upstream.release()
         self.outcome.outcome = "success"
-        await self._settle(tally.settled_usage(self.prepared.prompt_estimate))
+        await self._settle(usage())
         self._observe()
         try:
             await response.write_eof()
