@@ -16,6 +16,12 @@ the p50 mushishi adds over the backend at c1.
 mushishi-router`, e.g. a `git worktree` of an earlier commit) on the same config and
 backends, measured in the same rounds: "not slower than before" as a ratio of one run.
 
+Throughput at c16 on a small shared machine swings by a third from one 3-second run to the
+next (wrk, nginx and the router share the cores); so each Python server's CPU time per
+request during its c16 runs (user + system, from /proc) is reported too: what a request
+costs it, whatever else ran. `cpu_vs_baseline` is mushishi's CPU per request over the
+baseline's (below 1: cheaper).
+
 For the whole comparison (nginx, LiteLLM, streaming, RSS, failover) use `run.py`.
 """
 
@@ -35,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.router.run import (  # noqa: E402  (the repository is put on the path first)
     COMPLETION,
     Processes,
+    cpu_seconds,
     free_port,
     machine,
     missing_tool,
@@ -86,8 +93,9 @@ def main() -> int:
             wait_port(port)
         direct = f"http://127.0.0.1:{backend}/v1/chat/completions"
         bare = free_port()
-        processes.start([sys.executable, str(REPO / "benchmarks" / "router" / "passthrough.py"),
-                         str(bare), direct])
+        pids = {"passthrough": processes.start(
+            [sys.executable, str(REPO / "benchmarks" / "router" / "passthrough.py"), str(bare),
+             direct]).pid}
         wait_port(bare)
         port = free_port()
         config = mushishi_config(work / "mushishi", port, f"http://127.0.0.1:{backend}/v1",
@@ -96,13 +104,13 @@ def main() -> int:
                    "passthrough": f"http://127.0.0.1:{bare}/v1/chat/completions",
                    "mushishi": f"http://127.0.0.1:{port}/v1/chat/completions"}
         with contextlib.ExitStack() as routers:
-            routers.enter_context(router(processes, config, port))
+            pids["mushishi"] = routers.enter_context(router(processes, config, port)).pid
             if baseline_bin is not None:
                 old = free_port()
-                routers.enter_context(router(processes, mushishi_config(
+                pids["baseline"] = routers.enter_context(router(processes, mushishi_config(
                     work / "baseline", old, f"http://127.0.0.1:{backend}/v1",
                     f"http://127.0.0.1:{backend2}/v1", tier=args.tier), old,
-                    bindir=baseline_bin))
+                    bindir=baseline_bin)).pid
                 targets["baseline"] = f"http://127.0.0.1:{old}/v1/chat/completions"
             for number in range(args.rounds):
                 row = {}
@@ -110,11 +118,19 @@ def main() -> int:
                 # round, and whichever is measured first would otherwise always gain by it.
                 order = list(targets.items())
                 for name, url in (order if number % 2 == 0 else order[::-1]):
-                    row[f"{name}_c16_rps"] = wrk(url, 16, args.seconds, script)["rps"]
+                    pid = pids.get(name)
+                    before = cpu_seconds(pid) if pid is not None else 0.0
+                    run = wrk(url, 16, args.seconds, script)
+                    row[f"{name}_c16_rps"] = run["rps"]
+                    if pid is not None and run["requests"]:
+                        row[f"{name}_cpu_us_per_request"] = \
+                            (cpu_seconds(pid) - before) / run["requests"] * 1e6
                     row[f"{name}_c1_p50_ms"] = wrk(url, 1, args.seconds, script)["p50_ms"]
                 row["ratio_c16"] = row["mushishi_c16_rps"] / row["passthrough_c16_rps"]
                 if baseline_bin is not None:
                     row["vs_baseline_c16"] = row["mushishi_c16_rps"] / row["baseline_c16_rps"]
+                    row["cpu_vs_baseline"] = (row["mushishi_cpu_us_per_request"]
+                                              / row["baseline_cpu_us_per_request"])
                     row["baseline_added_p50_c1_ms"] = (row["baseline_c1_p50_ms"]
                                                        - row["direct_c1_p50_ms"])
                 row["added_p50_c1_ms"] = row["mushishi_c1_p50_ms"] - row["direct_c1_p50_ms"]
@@ -124,10 +140,14 @@ def main() -> int:
                       f"{row['ratio_c16']:.2f} ({row['mushishi_c16_rps']:.0f} / "
                       f"{row['passthrough_c16_rps']:.0f} req/s); added p50 at c1 "
                       f"{row['added_p50_c1_ms']:.3f} ms (pass-through "
-                      f"{row['passthrough_added_p50_c1_ms']:.3f} ms)"
+                      f"{row['passthrough_added_p50_c1_ms']:.3f} ms); CPU per request "
+                      f"{row['mushishi_cpu_us_per_request']:.0f} µs (pass-through "
+                      f"{row['passthrough_cpu_us_per_request']:.0f} µs)"
                       + (f"; against the baseline at c16 {row['vs_baseline_c16']:.2f} "
                          f"({row['baseline_c16_rps']:.0f} req/s, added p50 at c1 "
-                         f"{row['baseline_added_p50_c1_ms']:.3f} ms)"
+                         f"{row['baseline_added_p50_c1_ms']:.3f} ms, CPU per request "
+                         f"{row['baseline_cpu_us_per_request']:.0f} µs: "
+                         f"{row['cpu_vs_baseline']:.2f})"
                          if baseline_bin is not None else ""), flush=True)
                 rounds.append(row)
     finally:
@@ -135,16 +155,24 @@ def main() -> int:
     results["rounds"] = rounds
     results["median_ratio_c16"] = statistics.median(r["ratio_c16"] for r in rounds)
     results["median_added_p50_c1_ms"] = statistics.median(r["added_p50_c1_ms"] for r in rounds)
+    for name in pids:
+        results[f"median_{name}_cpu_us_per_request"] = statistics.median(
+            r[f"{name}_cpu_us_per_request"] for r in rounds)
     print(f"median: {results['median_ratio_c16']:.2f} of the pass-through at c16, "
-          f"{results['median_added_p50_c1_ms']:.3f} ms added p50 at c1")
+          f"{results['median_added_p50_c1_ms']:.3f} ms added p50 at c1; CPU per request "
+          f"{results['median_mushishi_cpu_us_per_request']:.0f} µs (pass-through "
+          f"{results['median_passthrough_cpu_us_per_request']:.0f} µs)")
     if baseline_bin is not None:
         results["median_vs_baseline_c16"] = statistics.median(
             r["vs_baseline_c16"] for r in rounds)
         results["median_baseline_added_p50_c1_ms"] = statistics.median(
             r["baseline_added_p50_c1_ms"] for r in rounds)
+        results["median_cpu_vs_baseline"] = statistics.median(
+            r["cpu_vs_baseline"] for r in rounds)
         print(f"median against the baseline: {results['median_vs_baseline_c16']:.2f} of its "
               f"req/s at c16; it adds {results['median_baseline_added_p50_c1_ms']:.3f} ms "
-              f"p50 at c1")
+              f"p50 at c1; CPU per request {results['median_cpu_vs_baseline']:.2f} of the "
+              f"baseline's ({results['median_baseline_cpu_us_per_request']:.0f} µs)")
     if args.out is not None:
         write_results(results, args.out, "router-overhead")
     return 0

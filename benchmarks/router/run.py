@@ -161,6 +161,12 @@ def wrk_levels(name: str, url: str, seconds: int, script: Path) -> dict[str, dic
             for connections in (1, 16, 64)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
     threads = 1 if connections < 16 else 2
     result = subprocess.run(

@@ -32,7 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.router.run import Processes, nginx_conf, router_toml, wait_port  # noqa: E402
+from benchmarks.router.run import (  # noqa: E402
+    Processes,
+    cpu_seconds,
+    nginx_conf,
+    router_toml,
+    wait_port,
+)
 from mushishi.services.router.upload import UPLOAD_BUFFER_BYTES  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 from tests.standins.speech import make_wav  # noqa: E402
@@ -70,12 +76,6 @@ def post(connection: http.client.HTTPConnection, body: bytes, key: str | None) -
     if response.status != 200 or b"heard" not in answer:
         raise RuntimeError(f"upload failed: {response.status} {answer[:300]!r}")
     return elapsed
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def status_kib(pid: int, field: str) -> int:
