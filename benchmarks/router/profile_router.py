@@ -106,6 +106,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="keep the raw profile here (cProfile's stats or py-spy's folded "
+                             "stacks), e.g. to compare two routers' calls per request")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mushishi-profile-"))
     processes = Processes()
@@ -158,6 +161,8 @@ def main() -> int:
     print(header + body)
     if args.out is not None:
         args.out.write_text(header + body + "\n")
+    if args.raw is not None:
+        shutil.copyfile(raw, args.raw)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
