@@ -69,6 +69,17 @@ class RouteProfile:
     require_mode: str | None = None
     on_mode_mismatch: str = "error"
     media_prefixes: tuple[str, ...] = ()  # local media a sovereign request may reference
+    # `serving_hops` of the whole chain, per endpoint, made on first use (per request it
+    # would walk the chain every time).
+    _serving: dict[str, tuple[Hop, ...]] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+
+    def serving(self, endpoint: str) -> tuple[Hop, ...]:
+        """The hops of the whole chain that serve `endpoint` (`serving_hops`)."""
+        hops = self._serving.get(endpoint)
+        if hops is None:
+            hops = self._serving[endpoint] = serving_hops(self.hops, endpoint)
+        return hops
 
     @property
     def sovereign(self) -> bool:

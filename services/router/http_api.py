@@ -399,7 +399,9 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
         if not form and not ROUTING_FIELDS.isdisjoint(fields):
             for name in ROUTING_FIELDS:
                 fields.pop(name, None)  # a client may never widen routing
-        served = serving_hops(hops, path.lstrip("/"))
+        endpoint = path.lstrip("/")
+        served = profile.serving(endpoint) if hops is profile.hops \
+            else serving_hops(hops, endpoint)
         stream = fields.get("stream") in ("true", "True", "1") if form \
             else bool(fields.get("stream"))
         feedback = WaitFeedback(request, {
@@ -410,7 +412,7 @@ async def _serve_call(api: Api, request: web.Request, kind: str, path: str,
                     stream=stream, client_model=client_model, started=started,
                     original=fields if kind == "responses" else None, feedback=feedback)
         if not served:
-            raise endpoint_unsupported(profile, path.lstrip("/"),
+            raise endpoint_unsupported(profile, endpoint,
                                        pinned=len(hops) < len(profile.hops))
         with bind_fields(MUSHISHI_PROFILE=profile.name, MUSHISHI_TIER=profile.tier,
                          MUSHISHI_REQUEST_ID=request_id):

@@ -10,7 +10,7 @@ judged from state, with no round trip for a backend known down or in another GPU
 `max_concurrency` overflows to the next usable one or waits in its FIFO; a hop that fails
 (`relay`) moves the request on where the tier allows, unless it failed before its first byte
 and no later local hop can take the request: then it is tried again once a fresh probe finds
-it up (`_attempt`: T1 and T1-strict until the queue deadline, T2/T3 once before the cloud).
+it up (`_retried`: T1 and T1-strict until the queue deadline, T2/T3 once before the cloud).
 A T2/T3 request that overflowed past a busy local hop and that every later hop failed goes
 back to wait for that hop's next free slot until the queue deadline (`_back_to_overflowed`).
 When no hop of a T1 profile can answer for a reason that can pass, the request waits in the
@@ -282,10 +282,13 @@ async def _wait_for_slot(forwarding: Forwarding, call: Call, hop: Hop, deadline:
 async def _attempt_holding(forwarding: Forwarding, call: Call, index: int, body: RequestBody,
                            request: web.Request, deadline: float
                            ) -> web.StreamResponse | HopFailure:
-    """`_attempt` with hop `index`'s slot held (released after); a failure is recorded."""
+    """Relay `call` to hop `index` with its slot held (released after), tried again when it
+    fails in a way `_retried` may mend; a failure is recorded."""
     hop = call.hops[index]
     try:
-        answer = await _attempt(forwarding, call, index, body, request, deadline)
+        answer = await forwarding.relay.attempt(call, hop, body, request)
+        if isinstance(answer, HopFailure) and answer.kind in _TRANSIENT and hop.local:
+            answer = await _retried(forwarding, call, index, body, request, deadline, answer)
     finally:
         forwarding.state.slots(hop.name).release()
         forwarding.state.gpu_work_ended(hop.name)
@@ -295,25 +298,22 @@ async def _attempt_holding(forwarding: Forwarding, call: Call, index: int, body:
     return answer
 
 
-async def _attempt(forwarding: Forwarding, call: Call, index: int, body: RequestBody,
-                   request: web.Request, deadline: float) -> web.StreamResponse | HopFailure:
-    """Relay `call` to hop `index` (its slot held). A local hop that failed before its first
-    byte, when no later local hop can take the request, is tried again after a short backoff
-    and a fresh probe that finds it up: T1 and T1-strict until `deadline`, other tiers once
-    (before the cloud). A probe that finds it down or starting makes it unavailable (a T1
-    request then waits in its queue)."""
+async def _retried(forwarding: Forwarding, call: Call, index: int, body: RequestBody,
+                   request: web.Request, deadline: float, failure: HopFailure
+                   ) -> web.StreamResponse | HopFailure:
+    """Local hop `index` failed before its first byte (`failure`; its slot held). When no
+    later local hop can take the request, it is tried again after a short backoff and a
+    fresh probe that finds it up: T1 and T1-strict until `deadline`, other tiers once (before
+    the cloud). A probe that finds it down or starting makes it unavailable (a T1 request
+    then waits in its queue). The common path, an answer at the first try, never comes here."""
     hop = call.hops[index]
-    left: float | None = None  # retries left, decided at the first failure
+    left = 0 if _later_local_free(forwarding.state, call, index) else \
+        math.inf if call.profile.sovereign else 1
     backoff = RETRY_BACKOFF_S
+    answer: web.StreamResponse | HopFailure = failure
     while True:
-        answer = await forwarding.relay.attempt(call, hop, body, request)
-        if not isinstance(answer, HopFailure) or answer.kind not in _TRANSIENT \
-                or not hop.local or deadline - forwarding.clock() <= backoff:
-            return answer
-        if left is None:
-            left = 0 if _later_local_free(forwarding.state, call, index) else \
-                math.inf if call.profile.sovereign else 1
-        if left <= 0:
+        assert isinstance(answer, HopFailure)
+        if left <= 0 or deadline - forwarding.clock() <= backoff:
             return answer
         with call.not_overhead():
             await asyncio.sleep(backoff)
@@ -330,6 +330,9 @@ async def _attempt(forwarding: Forwarding, call: Call, index: int, body: Request
         log.info("trying backend %s again for the same request: it failed before the first "
                  "byte (%s) and a fresh probe finds it up", hop.name, answer.reason,
                  extra={"MUSHISHI_BACKEND": hop.name})
+        answer = await forwarding.relay.attempt(call, hop, body, request)
+        if not isinstance(answer, HopFailure) or answer.kind not in _TRANSIENT:
+            return answer
 
 
 def _later_local_free(state: RoutingState, call: Call, index: int) -> bool:
