@@ -124,6 +124,7 @@ class RoutingState:
         # The router drains (SIGTERM): nothing waits for a backend any more, it is answered.
         self.stopping = False
         self._t1_queued: dict[str, int] = {}  # profile -> requests waiting for a local backend
+        self._t1_waiting = 0  # their sum: read on every released slot
         self._verdicts: dict[str, Verdict] = {}  # judged since the last change
         # backend -> why T1/T1-strict work may not go to it (its tenant is not confined)
         self.sovereign_refusals: Mapping[str, str] = {}
@@ -165,14 +166,16 @@ class RoutingState:
     def join_t1_queue(self, profile: str) -> None:
         """A request of `profile` starts waiting for a local backend."""
         self._t1_queued[profile] = self._t1_queued.get(profile, 0) + 1
+        self._t1_waiting += 1
 
     def leave_t1_queue(self, profile: str) -> None:
         """A request of `profile` stops waiting (served, refused or gone)."""
         self._t1_queued[profile] -= 1
+        self._t1_waiting -= 1
 
     def _slot_freed(self) -> None:
         """A request in a T1 queue may be waiting for this slot (its FIFO was full)."""
-        if any(self._t1_queued.values()):
+        if self._t1_waiting:
             self.notify()
 
     def set_health(self, name: str, health: Health, reason: str) -> None:
@@ -230,7 +233,7 @@ class RoutingState:
         """Requests in flight or queued on a backend with GPU modes, or queued in a T1
         profile's queue."""
         return any(state.hop.modes is not None and (state.slots.in_flight or state.slots.queued)
-                   for state in self.backends.values()) or any(self._t1_queued.values())
+                   for state in self.backends.values()) or self._t1_waiting > 0
 
     async def wait_change(self, wait_s: float) -> bool:
         """Wait up to `wait_s` for any change; True if one came."""
