@@ -111,6 +111,46 @@ def test_stateless_requests_are_not_refused() -> None:
                           "previous_response_id": None}) is None
 
 
+def test_codex_clis_request_shape_translates() -> None:
+    """The body Codex CLI sends (`ResponsesApiRequest` in openai/codex's codex-api crate):
+    string instructions, developer and user messages of input_text parts, encrypted reasoning
+    items, function calls and their outputs, hosted tools (local_shell, web_search) beside
+    function ones, `reasoning: null`, `store: false`, `include`, `prompt_cache_key` and
+    `text.verbosity`. None of it is refused; what chat cannot carry is dropped."""
+    body = {
+        "model": "coder", "instructions": "You are Codex.",
+        "input": [
+            {"type": "message", "role": "developer",
+             "content": [{"type": "input_text", "text": "<permissions>"}]},
+            {"type": "message", "role": "user",
+             "content": [{"type": "input_text", "text": "list files"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "content": None,
+             "encrypted_content": "gAAAA"},
+            {"type": "function_call", "name": "shell", "arguments": '{"command":["ls"]}',
+             "call_id": "call_1"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
+            {"type": "message", "role": "assistant",
+             "content": [{"type": "output_text", "text": "One file."}]},
+        ],
+        "tools": [{"type": "function", "name": "shell", "description": "Runs a command.",
+                   "strict": False, "parameters": {"type": "object", "properties": {
+                       "command": {"type": "array", "items": {"type": "string"}}}}},
+                  {"type": "local_shell"}, {"type": "web_search"}],
+        "tool_choice": "auto", "parallel_tool_calls": False, "reasoning": None,
+        "store": False, "stream": True, "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0f3c", "text": {"verbosity": "low"}}
+    assert refused_field(body) is None
+    chat = responses_to_chat(body)
+    assert [m["role"] for m in chat["messages"]] == ["system", "system", "user", "assistant",
+                                                     "tool", "assistant"]
+    assert chat["messages"][1]["content"] == "<permissions>"
+    assert chat["messages"][3]["tool_calls"][0]["function"]["name"] == "shell"
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["shell"]
+    assert chat["tool_choice"] == "auto" and chat["parallel_tool_calls"] is False
+    assert "response_format" not in chat and chat["stream"] is True
+    assert dropped_reasoning(body) == 1
+
+
 @pytest.mark.parametrize(("item", "where"), [
     ({"type": "item_reference", "id": "msg_1"}, "input[0]"),
     ({"type": "web_search_call", "id": "ws_1"}, "input[0].type"),
