@@ -31,6 +31,9 @@ FORM_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/audio/speech",
              "/v1/images/generations", "/v1/rerank", *FORM_PATHS)
 STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Endpoints whose answers may be other than JSON (speech audio or SSE, text/srt/vtt
+# transcripts): relayed as they arrive rather than read whole.
+RAW_ANSWER_PATHS = ("/v1/audio/speech", *FORM_PATHS)
 
 
 class Refusal(StrEnum):

@@ -26,6 +26,7 @@ from mushishi.services.egress.audit import REFUSED, AuditEntry, Finish, plain, s
 from mushishi.services.egress.core import (
     API_PATHS,
     FORM_PATHS,
+    RAW_ANSWER_PATHS,
     Admission,
     Prepared,
     Refused,
@@ -290,6 +291,7 @@ class _Relay:
         self.sent = False  # the request may have reached the provider
         self.closed = False  # settled or released
         self.tally = StreamTally()
+        self.raw_usage: Usage | None = None  # what a raw answer counts, once it is relayed
         self.upstream_started = 0.0
         self.write: asyncio.Future[Any] | None = None
 
@@ -304,8 +306,8 @@ class _Relay:
             if not self.closed:
                 # Cancelled (the router went away, or the drain timed out) or an unexpected
                 # error: a request that may have reached the provider is counted, estimated.
-                self._finish_ledger(self.tally.settled_usage(self.prepared.prompt_estimate)
-                                    if self.sent else None)
+                usage = self.raw_usage or self.tally.settled_usage(self.prepared.prompt_estimate)
+                self._finish_ledger(usage if self.sent else None)
 
     def _finish_ledger(self, usage: Usage | None) -> asyncio.Future[Any]:
         """Settle with `usage`, or release when None; exactly once. The audit row is
@@ -380,7 +382,7 @@ class _Relay:
                     first = await upstream.content.readany()
                     if not first:
                         raise aiohttp.ServerDisconnectedError("closed before the first byte")
-                elif _is_raw(upstream):
+                elif self._is_raw(upstream):
                     first = await upstream.content.readany()  # may be all there is, or b""
                 else:
                     first = await upstream.read()
@@ -413,7 +415,7 @@ class _Relay:
         self.egress.recovered(backend.name)
         if self._is_stream(upstream):
             return await self._relay_stream(upstream, first)
-        if _is_raw(upstream):
+        if self._is_raw(upstream):
             return await self._relay_raw(upstream, first)
         upstream.release()
         return await self._answer_whole(upstream, first)
@@ -421,6 +423,13 @@ class _Relay:
     def _is_stream(self, upstream: aiohttp.ClientResponse) -> bool:
         return self.prepared.stream and upstream.status == 200 and \
             upstream.content_type == SSE
+
+    def _is_raw(self, upstream: aiohttp.ClientResponse) -> bool:
+        """A 200 answer relayed as it arrives: on an endpoint that answers other than JSON
+        (speech audio, speech as SSE, a text/srt/vtt transcript), anything but JSON. Chat,
+        completions and embeddings are read whole for their usage, whatever their type."""
+        return self.request.path in RAW_ANSWER_PATHS and upstream.status == 200 and \
+            upstream.content_type != "application/json" and not self._is_stream(upstream)
 
     def _provider_error(self, upstream: aiohttp.ClientResponse, body: bytes) -> web.Response:
         status = upstream.status
@@ -480,14 +489,13 @@ class _Relay:
 
     async def _relay_raw(self, upstream: aiohttp.ClientResponse,
                          first: bytes) -> web.StreamResponse:
-        """A 200 answer that is neither JSON nor an event stream (speech audio, a text
-        transcript), relayed as it arrives with its content type; counted as one request
-        with the prompt's estimate."""
+        """A raw answer (`_is_raw`), relayed as it arrives with its content type; counted
+        as its endpoint's answers without usage are (`_usage`)."""
         headers = {"Content-Type": upstream.headers.get("Content-Type",
                                                         "application/octet-stream")}
         if upstream.content_length is not None:
             headers["Content-Length"] = str(upstream.content_length)
-        usage = self._usage(None)
+        usage = self.raw_usage = self._usage(None)
         return await self._relay(upstream, first, web.StreamResponse(status=200,
                                                                      headers=headers),
                                  convert=lambda data: data, rest=lambda: b"",
@@ -588,13 +596,6 @@ class _Relay:
 
 class _Broken(Exception):
     """The provider's stream failed after its first byte."""
-
-
-def _is_raw(upstream: aiohttp.ClientResponse) -> bool:
-    """A 200 answer relayed as it arrives: neither JSON (read whole, for its usage) nor an
-    event stream."""
-    return upstream.status == 200 and upstream.content_type not in (
-        "application/json", SSE)
 
 
 def _close(upstream: aiohttp.ClientResponse | None) -> None:

@@ -71,8 +71,8 @@ class RouteProfile:
     media_prefixes: tuple[str, ...] = ()  # local media a sovereign request may reference
     # `serving_hops` of the whole chain, per endpoint, made on first use (per request it
     # would walk the chain every time).
-    _serving: dict[str, tuple[Hop, ...]] = field(default_factory=dict, compare=False,
-                                                 repr=False)
+    _serving: dict[str, tuple[Hop, ...]] = field(default_factory=dict, init=False,
+                                                 compare=False, repr=False)
 
     def serving(self, endpoint: str) -> tuple[Hop, ...]:
         """The hops of the whole chain that serve `endpoint` (`serving_hops`)."""

@@ -9,7 +9,8 @@ file reached the server whole; the "speech" is a generated sine tone.
         temperature, stream); stream=true answers SSE transcript.text.delta /
         transcript.text.done events, as OpenAI does.
     TtsStandin: POST /v1/audio/speech, JSON (model, input, voice, response_format wav|pcm,
-        speed); the audio is streamed in pieces with its content type.
+        speed, stream_format audio|sse); the audio is streamed in pieces with its content
+        type, or as SSE speech.audio.delta events (base64) and a speech.audio.done.
 
 Both inherit the OpenAI stand-in's lifecycle, /health, /v1/models, recorded requests and
 scripted faults (`fail_next(Fault.status_code(503))` …). `python -m tests.standins.speech
@@ -19,6 +20,7 @@ whisper|tts PORT MODEL` runs one until SIGTERM (benchmarks).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
@@ -201,6 +203,20 @@ class TtsStandin(OpenAIStandin):
         audio = make_wav(max(0.25, len(body["input"]) / 16), rate=8000)
         if kind == "pcm":
             audio = audio[44:]
+        if body.get("stream_format") == "sse":  # OpenAI's speech events, audio in base64
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for start in range(0, len(audio), self.piece_bytes):
+                piece = base64.b64encode(audio[start:start + self.piece_bytes]).decode()
+                await response.write(b"data: " + json.dumps(
+                    {"type": "speech.audio.delta", "audio": piece}).encode() + b"\n\n")
+                await asyncio.sleep(self.token_delay)
+            await response.write(b"data: " + json.dumps({"type": "speech.audio.done", "usage": {
+                "input_tokens": len(body["input"]) // 4, "output_tokens": len(audio) // 320,
+                "total_tokens": len(body["input"]) // 4 + len(audio) // 320}}).encode()
+                + b"\n\n")
+            await response.write_eof()
+            return response
         response = web.StreamResponse(headers={
             "Content-Type": "audio/wav" if kind == "wav" else "audio/pcm"})
         await response.prepare(request)

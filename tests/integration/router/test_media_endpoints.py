@@ -425,6 +425,27 @@ async def test_speech_from_a_cloud_fallback_streams_through_the_egress(tmp_path:
         egress = media.box.egress_daemon
         assert egress is not None
         assert egress.ledger.totals("groq").requests == 1
+        # Speech as SSE (`stream_format: "sse"`) is not a chat stream either: relayed as
+        # it arrives, the events intact.
+        async with httpx.AsyncClient(base_url=media.box.base_url, timeout=30, headers={
+                "Authorization": "Bearer sk-test-speakcloud"}) as client:
+            started = loop.time()
+            async with client.stream("POST", "/v1/audio/speech", json={
+                    "model": "speakcloud", "voice": "v", "input": text,
+                    "response_format": "wav", "stream_format": "sse"}) as answer:
+                assert answer.status_code == 200
+                assert answer.headers["content-type"].startswith("text/event-stream")
+                arrivals, events = [], b""
+                async for chunk in answer.aiter_bytes():
+                    arrivals.append(loop.time() - started)
+                    events += chunk
+        deltas = [json.loads(line[6:]) for line in events.decode().splitlines()
+                  if line.startswith("data: ")]
+        assert deltas[-1]["type"] == "speech.audio.done"
+        assert b"".join(base64.b64decode(d["audio"]) for d in deltas[:-1]) == \
+            make_wav(4.0, rate=8000)
+        assert arrivals[0] < 1.0 and arrivals[-1] - arrivals[0] > 1.5, arrivals
+        assert egress.ledger.totals("groq").requests == 2
         # A provider that falls silent mid-answer for longer than stream_idle_timeout_s (2 s)
         # has its answer cut: the caller sees it end broken, not a short file as if whole.
         groq.token_delay = 3.0
@@ -434,7 +455,7 @@ async def test_speech_from_a_cloud_fallback_streams_through_the_egress(tmp_path:
                         model="speakcloud", voice="v", input=text,
                         response_format="wav") as response:
                 await response.read()
-        assert egress.ledger.totals("groq").requests == 2
+        assert egress.ledger.totals("groq").requests == 3
         assert egress.status()["backends"]["groq"]["consecutive_failures"] == 1
 
 
