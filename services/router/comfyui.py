@@ -13,6 +13,13 @@ images shape: `b64_json`, or with `response_format = "url"` a URL the router ser
 for an hour (`ImageStore`, in memory). Without an `n` path, n images are n runs with seeds
 seed, seed+1, …
 
+A run the router stops waiting for (the caller hung up, the backend's first_byte_timeout_s
+passed, the websocket broke) is taken back from ComfyUI, so the GPU does not go on
+rendering an image nobody will receive: `POST /queue {"delete": [id]}` drops it if it
+still waits, and if `GET /queue` shows it running, `POST /interrupt {"prompt_id": id}`
+stops it (ComfyUI before the targeted interrupt stops whatever runs, which /queue just
+said is this run). That happens in the background, within ABANDON_TIMEOUT_S.
+
 Nothing ComfyUI says is logged as is (its error messages may quote the prompt): a failed run
 is described by node id, node type and exception type only.
 """
@@ -35,7 +42,7 @@ import aiohttp
 
 from mushishi.services.router.core import Failure, Hop
 from mushishi.services.router.errors import ErrorCode, Rejection
-from mushishi.services.router.http1 import Pool
+from mushishi.services.router.http1 import Pool, UpstreamError
 from mushishi.shared.comfyui_workflow import WorkflowError, fill, parse_workflow
 
 log = logging.getLogger("mushishi.router.comfyui")
@@ -43,6 +50,9 @@ log = logging.getLogger("mushishi.router.comfyui")
 _JSON_HEADERS = b"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
 _GET_HEADERS = b"Accept: */*\r\nAccept-Encoding: identity\r\n"
 MAX_IMAGES = 10  # OpenAI's own limit on n
+ABANDON_TIMEOUT_S = 10.0  # taking an abandoned run back from ComfyUI, at most
+# Abandoned runs being taken back (a reference, so that no task is collected mid-way).
+_abandoning: set[asyncio.Task[None]] = set()
 SEED_LIMIT = 2**32
 
 
@@ -188,13 +198,16 @@ class ImageStore:
 
 
 class RunFailed(Exception):
-    """A ComfyUI run did not produce images: why (facts only), and how it counts."""
+    """A ComfyUI run did not produce images: why (facts only), how it counts, and whether
+    ComfyUI said the run ended (else it may still be queued or running)."""
 
-    def __init__(self, kind: Failure, reason: str, status: int | None = None) -> None:
+    def __init__(self, kind: Failure, reason: str, status: int | None = None, *,
+                 ended: bool = False) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.status = status
+        self.ended = ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +255,12 @@ async def run_workflows(pool: Pool, websocket: tuple[str, str], runs: list[dict[
         async with socket:
             for graph in runs:
                 prompt_id = await _queue(pool, graph, client_id, hop)
-                await _follow(socket, prompt_id, hop)
+                try:
+                    await _follow(socket, prompt_id, hop)
+                except BaseException as error:
+                    if not (isinstance(error, RunFailed) and error.ended):
+                        abandon(pool, prompt_id, hop)
+                    raise
                 for reference in output_images(await _history(pool, prompt_id), prompt_id):
                     images.append(await _view(pool, reference))
     if not images:
@@ -287,12 +305,45 @@ async def _follow(socket: aiohttp.ClientWebSocketResponse, prompt_id: str, hop: 
         if state == "done":
             return
         if state is not None:
-            raise RunFailed(Failure.STATUS, f"ComfyUI run failed: {state}")
+            raise RunFailed(Failure.STATUS, f"ComfyUI run failed: {state}", ended=True)
         if parsed.get("type") == "progress":
             data = parsed.get("data") or {}
             log.debug("backend %s: step %s of %s", hop.name, _token(data.get("value")),
                       _token(data.get("max")), extra={"MUSHISHI_BACKEND": hop.name})
     raise RunFailed(Failure.BROKEN, "the websocket closed before the run ended")
+
+
+def abandon(pool: Pool, prompt_id: str, hop: Hop) -> None:
+    """Take run `prompt_id` back from ComfyUI in the background: nobody waits for it."""
+    task = asyncio.get_running_loop().create_task(_take_back(pool, prompt_id, hop))
+    _abandoning.add(task)
+    task.add_done_callback(_abandoning.discard)
+
+
+async def _take_back(pool: Pool, prompt_id: str, hop: Hop) -> None:
+    extra = {"MUSHISHI_BACKEND": hop.name}
+    try:
+        async with asyncio.timeout(ABANDON_TIMEOUT_S):
+            dropped = await pool.request("POST", "/queue", _JSON_HEADERS,
+                                         json.dumps({"delete": [prompt_id]}).encode())
+            await dropped.read()
+            listed = await pool.request("GET", "/queue", _GET_HEADERS)
+            queue = json.loads(await listed.read())
+            running = queue.get("queue_running") if isinstance(queue, dict) else None
+            if not any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
+                       for item in running or ()):
+                log.info("backend %s: an abandoned run was taken off ComfyUI's queue",
+                         hop.name, extra=extra)
+                return
+            stopped = await pool.request("POST", "/interrupt", _JSON_HEADERS,
+                                         json.dumps({"prompt_id": prompt_id}).encode())
+            await stopped.read()
+            log.info("backend %s: an abandoned run was interrupted (POST /interrupt "
+                     "answered %d)", hop.name, stopped.status, extra=extra)
+    except (TimeoutError, OSError, ValueError, UpstreamError) as error:
+        log.warning("backend %s: an abandoned run could not be taken back from ComfyUI "
+                    "(%s); it may go on using the GPU", hop.name, type(error).__name__,
+                    extra=extra)
 
 
 async def _history(pool: Pool, prompt_id: str) -> Any:

@@ -1,6 +1,6 @@
 """A STAND-IN for ComfyUI (no model runs here) speaking its real API: POST /prompt, GET /queue,
-GET /history and /history/{prompt_id}, GET /view, GET /system_stats, and the /ws websocket
-with ComfyUI's progress messages.
+POST /queue (`delete`, `clear`), POST /interrupt, GET /history and /history/{prompt_id},
+GET /view, GET /system_stats, and the /ws websocket with ComfyUI's progress messages.
 
 Run as a script (a tenant's `command`): `python comfyui.py --port 8188`, or in-process with
 `build_app()` on port 0. A queued prompt runs for `--prompt-seconds` (or its
@@ -11,7 +11,12 @@ outputs_to_execute] shape. While it runs, the client that queued it (`client_id`
 `execution_start`, `execution_cached`, `executing` per node, `progress` (value/max, for a
 KSampler's `steps`), `executed` (a SaveImage's images), `executing` with `node: null` and
 `execution_success`; a node of class_type `StandinFail` ends the run with
-`execution_error` instead. /prompt refuses (400, `node_errors`) a node whose inputs are
+`execution_error` instead. POST /interrupt with `{"prompt_id": id}` stops that prompt
+if it is the one running (current ComfyUI; without a body, whatever runs): the run ends
+with `execution_interrupted` and an "error" history entry; every interrupt is recorded
+(`interrupts`: the prompt id asked for, or None). POST /queue `{"delete": [ids]}` drops
+pending prompts (never the running one; `deleted` records those dropped), `{"clear":
+true}` every pending one. /prompt refuses (400, `node_errors`) a node whose inputs are
 not an object or which names an unknown node. Each "image" is a real PNG of the
 EmptyLatentImage's width x height, one per batch_size, in one colour derived from the
 CLIPTextEncode texts and the KSampler seed (`colour()`), so a test can tell what the
@@ -130,8 +135,17 @@ async def _execute(queue: dict[str, Any], item: list[Any]) -> None:
             break
         if node["class_type"] == "KSampler":
             for step in range(1, steps + 1):
-                await asyncio.sleep(seconds / steps)
+                step_ends = time.monotonic() + seconds / steps
+                while queue["interrupting"] is not item and time.monotonic() < step_ends:
+                    await asyncio.sleep(min(0.05, max(0.0, step_ends - time.monotonic())))
+                if queue["interrupting"] is item:
+                    await say("execution_interrupted", {
+                        "node_id": node_id, "node_type": "KSampler", "executed": []})
+                    failed = True
+                    break
                 await say("progress", {"value": step, "max": steps, "node": node_id})
+            if failed:
+                break
         if node["class_type"] in ("SaveImage", "PreviewImage"):
             kind = "output" if node["class_type"] == "SaveImage" else "temp"
             images = []
@@ -160,6 +174,8 @@ async def _worker(app: web.Application) -> None:
     queue = app[QUEUE]
     while True:
         item = await queue["incoming"].get()
+        if item not in queue["pending"]:
+            continue  # deleted while it waited
         queue["pending"].remove(item)
         queue["running"].append(item)
         await _status(queue)
@@ -167,6 +183,7 @@ async def _worker(app: web.Application) -> None:
             await _execute(queue, item)
         finally:
             queue["running"].remove(item)
+            queue["interrupting"] = None
             queue["done"] += 1
             await _status(queue)
 
@@ -175,6 +192,36 @@ async def queue_view(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
     return web.json_response({"queue_running": queue["running"],
                               "queue_pending": queue["pending"]})
+
+
+async def queue_change(request: web.Request) -> web.Response:
+    """ComfyUI's POST /queue: `delete` pending prompts by id, or `clear` every pending one."""
+    queue = request.app[QUEUE]
+    payload = await request.json()
+    if payload.get("clear"):
+        queue["pending"].clear()
+    for prompt_id in payload.get("delete", []):
+        kept = [item for item in queue["pending"] if item[1] != prompt_id]
+        if len(kept) < len(queue["pending"]):
+            queue["deleted"].append(prompt_id)  # only what was dropped
+        queue["pending"][:] = kept
+    return web.Response(status=200)
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    """ComfyUI's POST /interrupt: the running prompt, or only `prompt_id` if it is the one
+    running."""
+    queue = request.app[QUEUE]
+    try:
+        payload = await request.json()
+    except ValueError:
+        payload = {}
+    prompt_id = payload.get("prompt_id") if isinstance(payload, dict) else None
+    queue["interrupts"].append(prompt_id)
+    for item in queue["running"]:
+        if prompt_id is None or item[1] == prompt_id:
+            queue["interrupting"] = item
+    return web.Response(status=200)
 
 
 async def prompt(request: web.Request) -> web.Response:
@@ -247,7 +294,8 @@ def build_app(seconds: float = 1.0) -> web.Application:
     app = web.Application()
     app[QUEUE] = {"running": [], "pending": [], "incoming": asyncio.Queue(), "number": 0,
                   "done": 0, "seconds": seconds, "history": {}, "files": {}, "counter": 0,
-                  "sockets": {}, "clients": []}
+                  "sockets": {}, "clients": [], "interrupting": None,
+                  "interrupts": [], "deleted": []}
 
     async def worker_ctx(app: web.Application):
         task = asyncio.create_task(_worker(app))
@@ -258,6 +306,8 @@ def build_app(seconds: float = 1.0) -> web.Application:
 
     app.cleanup_ctx.append(worker_ctx)
     app.router.add_get("/queue", queue_view)
+    app.router.add_post("/queue", queue_change)
+    app.router.add_post("/interrupt", interrupt)
     app.router.add_post("/prompt", prompt)
     app.router.add_get("/history", history)
     app.router.add_get("/history/{prompt_id}", history)

@@ -6,6 +6,7 @@ the router serves."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -213,3 +214,48 @@ async def test_comfyui_down_is_a_t1_queue_then_sovereign_backends_unavailable(
     error = caught.value.body
     assert caught.value.status_code == 503 and isinstance(error, dict)
     assert error["code"] == "sovereign_backends_unavailable" and "comfy" in error["message"]
+
+
+def _queued(comfy: ComfyBox) -> list[str]:
+    """The prompt ids ComfyUI is running or holding."""
+    return [item[1] for item in comfy.comfy["running"] + comfy.comfy["pending"]]
+
+
+async def test_a_run_past_the_backends_timeout_is_interrupted_not_left_on_the_gpu(
+        comfy: ComfyBox) -> None:
+    """The router gives up on a run after first_byte_timeout_s (2 s here): ComfyUI must not go
+    on rendering an image nobody waits for, holding the GPU (and gpud's busy probe) for
+    minutes. The running prompt is interrupted by its id (never whatever else runs)."""
+    comfy.comfy["seconds"] = 60.0
+    async with comfy.client() as api:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await api.images.generate(model="creativeruns", prompt="fox", size="64x64")
+    assert caught.value.status_code == 502 and "no images in 2s" in caught.value.message
+    await wait_for(lambda: not _queued(comfy), within=5,
+                   what="the abandoned run gone from ComfyUI's queue")
+    (prompt_id,) = comfy.comfy["history"]
+    assert comfy.comfy["interrupts"] == [prompt_id] and comfy.comfy["deleted"] == []
+    status = comfy.comfy["history"][prompt_id]["status"]
+    assert status["status_str"] == "error"
+    assert [kind for kind, _ in status["messages"]][-1] == "execution_interrupted"
+
+
+async def test_a_caller_that_hangs_up_leaves_no_run_behind_in_comfyui(
+        comfy: ComfyBox) -> None:
+    """Two callers give up (client timeout) while one run renders and the other waits in
+    ComfyUI's queue: the waiting prompt is deleted from the queue, the running one is
+    interrupted, and nothing of either is left for the GPU."""
+    comfy.comfy["seconds"] = 60.0
+    api = openai.AsyncOpenAI(base_url=comfy.box.openai_base, api_key=KEY, max_retries=0,
+                             timeout=1.0)
+    async with api:
+        outcomes = await asyncio.gather(
+            *(api.images.generate(model="creativeruns", prompt=f"fox {n}", size="64x64")
+              for n in range(2)), return_exceptions=True)
+    assert all(isinstance(o, openai.APITimeoutError) for o in outcomes), outcomes
+    await wait_for(lambda: not _queued(comfy), within=5,
+                   what="both abandoned runs gone from ComfyUI's queue")
+    assert len(comfy.comfy["interrupts"]) == 1 and comfy.comfy["interrupts"][0] is not None
+    assert len(comfy.comfy["deleted"]) == 1
+    # The deleted one never ran; the interrupted one ended as ComfyUI ends an interrupt.
+    assert list(comfy.comfy["history"]) == comfy.comfy["interrupts"]
