@@ -1,5 +1,5 @@
-"""mushishi-backup's orchestration: `run` (backup, retention, restore verification, then
-the off-box copies) and `check`, step by step.
+"""mushishi-backup's orchestration: `run` (backup, then the off-box copies side by side with
+the primary's retention and restore verification) and `check`, step by step.
 
 Facts come in through `Deps` (clock, hostname, randomness, file checks, credentials, the
 resolver); the repository is reached through `repository` (every process through
@@ -36,6 +36,7 @@ from mushishi.services.backup.core import (
 from mushishi.services.backup.network import check_host, parse_pins
 from mushishi.services.backup.process import Processes
 from mushishi.services.backup.repository import (
+    Access,
     access,
     backup_set,
     clear_stale_locks,
@@ -204,24 +205,10 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
                                              interrupted=deps.stopping.is_set())
             snapshots = [r.snapshot_id for r in ordered
                          if r.snapshot_id and r.status in ("ok", "partial")]
-            # Copies first: a copy that failed before still receives what the box's own
-            # retention is about to forget.
-            if config.copies:
-                await _run_copies(config, deps, snapshots, skip, copies)
-            if skip is None and not deps.stopping.is_set():
-                deps.notifier.status("applying retention (forget --prune)")
-                kept = await retention(config, repo, tags=config.tags)
-                if kept.error:
-                    warnings.append(kept.error)
-            else:
-                kept.skipped_reason = skip or "the run was interrupted"
-            if snapshots and not deps.stopping.is_set():
-                deps.notifier.status(f"verifying a restore of {config.verify_sample_files} "
-                                     f"sample files")
-                verified = await verify_snapshots(
-                    repo.processes, repo.restic, snapshots,
-                    sample_files=config.verify_sample_files,
-                    max_bytes=config.verify_max_bytes, rng=deps.rng)
+            kept, verified = await _copies_and_checks(config, deps, repo, snapshots, skip,
+                                                      copies)
+            if kept.error:
+                warnings.append(kept.error)
     except Fatal as error:
         fatal = str(error)
         errors.append(fatal)
@@ -265,19 +252,61 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
     return status
 
 
+async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
+                             snapshots: list[str], skip: str | None,
+                             copies: list[CopyResult]) -> tuple[RetentionResult, VerifyResult]:
+    """The copies, and the primary's retention then restore sample, side by side (each
+    restic start pays its own key derivation; run one after another they were most of a
+    run's time). The primary's `forget --prune` (an exclusive lock) waits until every copy
+    has read what it copies from the primary: a copy that failed before still receives what
+    the box's own retention is about to forget."""
+    reading = [asyncio.Event() for _ in copies]  # set: copy i no longer reads the primary
+    kept = RetentionResult()
+    verified = VerifyResult()
+
+    async def primary() -> None:
+        nonlocal kept, verified
+        for event in reading:
+            await event.wait()
+        if skip is None and not deps.stopping.is_set():
+            deps.notifier.status("applying retention (forget --prune)")
+            kept = await retention(config, repo, tags=config.tags)
+        else:
+            kept.skipped_reason = skip or "the run was interrupted"
+        if snapshots and not deps.stopping.is_set():
+            deps.notifier.status(f"verifying a restore of {config.verify_sample_files} "
+                                 f"sample files")
+            verified = await verify_snapshots(
+                repo.processes, repo.restic, snapshots,
+                sample_files=config.verify_sample_files,
+                max_bytes=config.verify_max_bytes, rng=deps.rng)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_run_copies(config, deps, snapshots, skip, copies, reading))
+        group.create_task(primary())
+    return kept, verified
+
+
 async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
-                      skip: str | None, copies: list[CopyResult]) -> None:
-    """Each copy in turn, when this run wrote snapshots; otherwise say why not."""
+                      skip: str | None, copies: list[CopyResult],
+                      reading: list[asyncio.Event]) -> None:
+    """Every copy at once (each to its own repository), when this run wrote snapshots;
+    otherwise say why not. `reading[i]` is set once copy i no longer reads the primary."""
     if not snapshots or skip is not None:
-        for result in copies:
+        for index, result in enumerate(copies):
             result.skipped_reason = skip or "no snapshot was written in this run"
+            reading[index].set()
         return
     context = _copy_context(deps)
-    for index in range(len(copies)):
-        if deps.stopping.is_set():
-            copies[index].skipped_reason = "the run was interrupted"
-            continue
-        result = await copy_one(config, index, snapshots, context)
+
+    async def one(index: int) -> None:
+        try:
+            if deps.stopping.is_set():
+                copies[index].skipped_reason = "the run was interrupted"
+                return
+            result = await copy_one(config, index, snapshots, context, reading[index].set)
+        finally:
+            reading[index].set()
         result.outcome = core.copy_outcome(result, interrupted=deps.stopping.is_set())
         copies[index] = result
         log.log(logging.INFO if result.outcome in ("ok", "warning") else logging.ERROR,
@@ -285,6 +314,10 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                 f" ({result.error})" if result.error else
                 f" ({len(result.copied_from)} snapshot(s) copied, verify "
                 f"{result.verify.outcome})")
+
+    async with asyncio.TaskGroup() as group:
+        for index in range(len(copies)):
+            group.create_task(one(index))
 
 
 async def run_check(settings: MushishiSettings, deps: Deps) -> int:

@@ -82,8 +82,9 @@ async def reach(settings: BackupSettings, index: int, context: CopyContext, *,
 
 
 async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
-                   context: CopyContext) -> CopyResult:
-    """Copy this run's snapshots (and any an earlier run missed) to copy `index`."""
+                   context: CopyContext, done_reading: Callable[[], None]) -> CopyResult:
+    """Copy this run's snapshots (and any an earlier run missed) to copy `index`;
+    `done_reading` is called once `restic copy` no longer reads the primary."""
     shown = display_repository(settings.copies[index].repository)
     result = CopyResult(shown)
     try:
@@ -95,7 +96,10 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
     result.warnings += [f"cleared stale {line}: a previous copy was killed"
                         for line in result.stale_locks_cleared]
     context.status(f"copying to {shown}")
-    copied = await repo.processes.run(repo.restic.copy_from(source, tags=settings.tags))
+    try:
+        copied = await repo.processes.run(repo.restic.copy_from(source, tags=settings.tags))
+    finally:
+        done_reading()
     result.copied_from = parse_copy(copied.stdout)
     if copied.returncode != 0:
         result.error = (f"restic copy to {shown} exited {copied.returncode}: "

@@ -35,6 +35,10 @@ def test_a_copy_gets_the_new_snapshots_and_a_restore_sample_verified_from_it(
     assert result.returncode == 0, result.stderr
     last = box.last()
     assert last["outcome"] == "ok" and last["exit_status"] == 0
+    # The primary's own retention (an exclusive lock) ran after the copy had read from the
+    # primary, while the copy went on with its own retention and restore sample.
+    assert last["retention"]["ran"] and last["retention"]["error"] is None, last["retention"]
+    assert last["warnings"] == [] and last["verify"]["outcome"] == "ok"
     [record] = last["copies"]
     assert record["repository"] == str(copy)
     assert record["outcome"] == "ok", record
@@ -59,6 +63,56 @@ def test_a_copy_gets_the_new_snapshots_and_a_restore_sample_verified_from_it(
     assert 'mushishi_backup_outcome{outcome="ok"} 1.0' in metrics
     for text in (result.stdout, result.stderr, (box.state / "last.json").read_text(), metrics):
         assert box.password not in text and box.copy_password not in text
+
+
+def timed_restic(box: BackupBox) -> Path:
+    """A restic that notes when each invocation started and ended, and what it was."""
+    log = box.root / "restic-times.log"
+    shim = box.root / "restic-timed"
+    shim.write_text(f"""#!/bin/sh
+start=$(date +%s.%N)
+{box.restic_binary} "$@"
+status=$?
+echo "$start $(date +%s.%N) $*" >> {log}
+exit $status
+""")
+    shim.chmod(0o755)
+    box.restic_binary = str(shim)
+    return log
+
+
+def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
+        box: BackupBox) -> None:
+    """`restic copy` holds a lock on the primary while it reads, and `forget --prune` needs
+    the primary to itself: the primary's retention starts only once the copy has read. The
+    primary's retention and restore sample run while the copy applies its own retention and
+    restores its sample (each restic start pays its key derivation: one after another, they
+    were most of a run's time)."""
+    populated(box)
+    copy = box.add_copy()
+    log = timed_restic(box)
+    result = box.run()
+    assert result.returncode == 0, result.stderr
+    assert box.last()["outcome"] == "ok", box.last()
+    spans = []
+    for line in log.read_text().splitlines():
+        start, end, args = line.split(" ", 2)
+        words = args.split()
+        repository = words[words.index("--repo") + 1]
+        command = next(w for w in words if w in (
+            "backup", "copy", "forget", "snapshots", "ls", "restore", "list", "init", "cat"))
+        spans.append((float(start), float(end), "copy" if repository == str(copy)
+                      else "primary", command))
+    [copying] = [s for s in spans if s[3] == "copy"]
+    [pruning] = [s for s in spans if s[2] == "primary" and s[3] == "forget"]
+    assert pruning[0] >= copying[1], spans
+    after = [s for s in spans if s[0] >= copying[1]]
+    primary_side = [s for s in after if s[2] == "primary"]
+    copy_side = [s for s in after if s[2] == "copy"]
+    assert {s[3] for s in primary_side} == {"forget", "ls", "restore"}, spans
+    assert {s[3] for s in copy_side} == {"forget", "snapshots", "ls", "restore"}, spans
+    # Side by side: restic processes of the two chains ran at the same time.
+    assert any(a[0] < b[1] and b[0] < a[1] for a in primary_side for b in copy_side), spans
 
 
 def test_the_copy_applies_its_own_retention(box: BackupBox) -> None:
