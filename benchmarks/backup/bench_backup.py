@@ -14,10 +14,12 @@ With one copy (`[[backup.copies]]`, a second repository on another directory: re
 copy, forget and restore are the same for every backend, and the network is not what is
 measured):
 
-* runner+copy: `mushishi-backup run` with the copy (the above, then for the copy: open or
+* runner+copy: `mushishi-backup run` with the copy (the above, and for the copy: open or
   create with the primary's chunker, lock check, `restic copy`, its retention, its
-  snapshots read back, a 20-file restore sample from it);
-* same+copy: those restic commands, from the same builders, back to back;
+  snapshots read back, a 20-file restore sample from it; since 12-03 the copy's steps after
+  `restic copy` run side by side with the primary's retention and restore sample);
+* same+copy: those restic commands, from the same builders, back to back (one after
+  another, as the runner issued them before 12-03);
 * backup+copy: `restic backup` + `restic copy` by hand, nothing else.
 
 Each is measured on a first (full) backup and on an incremental one after 5% of the files
