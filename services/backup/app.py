@@ -261,6 +261,8 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
     has read what it copies from the primary: a copy that failed before still receives what
     the box's own retention is about to forget."""
     reading = [asyncio.Event() for _ in copies]  # set: copy i no longer reads the primary
+    # Read before any task starts: a malformed pin list is the run's Fatal, not a task's.
+    context = _copy_context(deps) if copies and snapshots and skip is None else None
     kept = RetentionResult()
     verified = VerifyResult()
 
@@ -282,22 +284,23 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
                 max_bytes=config.verify_max_bytes, rng=deps.rng)
 
     async with asyncio.TaskGroup() as group:
-        group.create_task(_run_copies(config, deps, snapshots, skip, copies, reading))
+        group.create_task(_run_copies(config, deps, snapshots, skip, copies, reading,
+                                      context))
         group.create_task(primary())
     return kept, verified
 
 
 async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                       skip: str | None, copies: list[CopyResult],
-                      reading: list[asyncio.Event]) -> None:
+                      reading: list[asyncio.Event], context: CopyContext | None) -> None:
     """Every copy at once (each to its own repository), when this run wrote snapshots;
-    otherwise say why not. `reading[i]` is set once copy i no longer reads the primary."""
-    if not snapshots or skip is not None:
+    otherwise say why not. `reading[i]` is set once copy i no longer reads the primary.
+    A copy that fails, even by a bug here, is that copy's error: never the others'."""
+    if context is None:
         for index, result in enumerate(copies):
             result.skipped_reason = skip or "no snapshot was written in this run"
             reading[index].set()
         return
-    context = _copy_context(deps)
 
     async def one(index: int) -> None:
         try:
@@ -305,6 +308,11 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                 copies[index].skipped_reason = "the run was interrupted"
                 return
             result = await copy_one(config, index, snapshots, context, reading[index].set)
+        except Exception as error:  # a bug: this copy failed, the others go on
+            log.exception("copy to %s failed unexpectedly", copies[index].repository)
+            result = CopyResult(copies[index].repository,
+                                error=f"{copy_key(index)}: failed unexpectedly "
+                                      f"({type(error).__name__}); see the journal")
         finally:
             reading[index].set()
         result.outcome = core.copy_outcome(result, interrupted=deps.stopping.is_set())

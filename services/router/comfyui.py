@@ -15,8 +15,9 @@ seed, seed+1, …
 
 A run the router stops waiting for (the caller hung up, the backend's first_byte_timeout_s
 passed, the websocket broke) is taken back from ComfyUI, so the GPU does not go on
-rendering an image nobody will receive: `POST /queue {"delete": [id]}` drops it if it
-still waits, and if `GET /queue` shows it running, `POST /interrupt {"prompt_id": id}`
+rendering an image nobody will receive. The router names each run (`prompt_id`), so even
+one whose /prompt answer never came is known. If `GET /queue` lists it waiting,
+`POST /queue {"delete": [id]}` drops it; if running, `POST /interrupt {"prompt_id": id}`
 stops it (ComfyUI before the targeted interrupt stops whatever runs, which /queue just
 said is this run). That happens in the background, within ABANDON_TIMEOUT_S.
 
@@ -32,6 +33,7 @@ import json
 import logging
 import secrets
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ import aiohttp
 
 from mushishi.services.router.core import Failure, Hop
 from mushishi.services.router.errors import ErrorCode, Rejection
-from mushishi.services.router.http1 import Pool, UpstreamError
+from mushishi.services.router.http1 import ConnectFailed, Pool, UpstreamError
 from mushishi.shared.comfyui_workflow import WorkflowError, fill, parse_workflow
 
 log = logging.getLogger("mushishi.router.comfyui")
@@ -254,11 +256,15 @@ async def run_workflows(pool: Pool, websocket: tuple[str, str], runs: list[dict[
             raise RunFailed(Failure.CONNECT, f"websocket /ws did not open ({name})") from None
         async with socket:
             for graph in runs:
-                prompt_id = await _queue(pool, graph, client_id, hop)
+                # The id is the router's (ComfyUI takes a `prompt_id` in /prompt), so a run
+                # can be taken back even when its /prompt answer never arrived.
+                prompt_id = str(uuid.uuid4())
                 try:
+                    prompt_id = await _queue(pool, graph, client_id, prompt_id, hop)
                     await _follow(socket, prompt_id, hop)
                 except BaseException as error:
-                    if not (isinstance(error, RunFailed) and error.ended):
+                    if not (isinstance(error, ConnectFailed)  # nothing was sent
+                            or (isinstance(error, RunFailed) and error.ended)):
                         abandon(pool, prompt_id, hop)
                     raise
                 for reference in output_images(await _history(pool, prompt_id), prompt_id):
@@ -269,8 +275,12 @@ async def run_workflows(pool: Pool, websocket: tuple[str, str], runs: list[dict[
     return images
 
 
-async def _queue(pool: Pool, graph: dict[str, Any], client_id: str, hop: Hop) -> str:
-    body = json.dumps({"prompt": graph, "client_id": client_id}).encode()
+async def _queue(pool: Pool, graph: dict[str, Any], client_id: str, prompt_id: str,
+                 hop: Hop) -> str:
+    """Queue one run: its prompt id (ComfyUI's answer; one without the targeted id keeps
+    its own). A refused prompt is a RunFailed that ended (nothing was queued)."""
+    body = json.dumps({"prompt": graph, "client_id": client_id,
+                       "prompt_id": prompt_id}).encode()
     response = await pool.request("POST", "/prompt", _JSON_HEADERS, body)
     answer = await response.read()
     try:
@@ -285,7 +295,8 @@ async def _queue(pool: Pool, graph: dict[str, Any], client_id: str, hop: Hop) ->
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) else "?"
     where = f" in nodes {', '.join(_token(node) for node in nodes)}" if nodes else ""
     raise RunFailed(Failure.STATUS, f"POST /prompt answered {response.status} ({kind}"
-                    f"{where}); check backends.{hop.name}.workflow", response.status)
+                    f"{where}); check backends.{hop.name}.workflow", response.status,
+                    ended=response.status != 200)
 
 
 async def _follow(socket: aiohttp.ClientWebSocketResponse, prompt_id: str, hop: Hop) -> None:
@@ -324,26 +335,53 @@ async def _take_back(pool: Pool, prompt_id: str, hop: Hop) -> None:
     extra = {"MUSHISHI_BACKEND": hop.name}
     try:
         async with asyncio.timeout(ABANDON_TIMEOUT_S):
-            dropped = await pool.request("POST", "/queue", _JSON_HEADERS,
-                                         json.dumps({"delete": [prompt_id]}).encode())
-            await dropped.read()
-            listed = await pool.request("GET", "/queue", _GET_HEADERS)
-            queue = json.loads(await listed.read())
-            running = queue.get("queue_running") if isinstance(queue, dict) else None
-            if not any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
-                       for item in running or ()):
-                log.info("backend %s: an abandoned run was taken off ComfyUI's queue",
-                         hop.name, extra=extra)
-                return
-            stopped = await pool.request("POST", "/interrupt", _JSON_HEADERS,
-                                         json.dumps({"prompt_id": prompt_id}).encode())
-            await stopped.read()
-            log.info("backend %s: an abandoned run was interrupted (POST /interrupt "
-                     "answered %d)", hop.name, stopped.status, extra=extra)
+            where = await _where(pool, prompt_id)
+            if where == "pending":
+                await _post_json(pool, "/queue", {"delete": [prompt_id]})
+                where = await _where(pool, prompt_id)  # it may have started meanwhile
+                if where is None:
+                    log.info("backend %s: an abandoned run was taken off ComfyUI's queue "
+                             "before it ran", hop.name, extra=extra)
+                    return
+            if where == "running":
+                status = await _post_json(pool, "/interrupt", {"prompt_id": prompt_id})
+                log.info("backend %s: an abandoned run was interrupted (POST /interrupt "
+                         "answered %d)", hop.name, status, extra=extra)
+            elif where == "pending":
+                log.warning("backend %s: an abandoned run is still in ComfyUI's queue after "
+                            "POST /queue deleted it; it will use the GPU for nobody",
+                            hop.name, extra=extra)
+            else:
+                log.debug("backend %s: an abandoned run had already ended", hop.name,
+                          extra=extra)
     except (TimeoutError, OSError, ValueError, UpstreamError) as error:
         log.warning("backend %s: an abandoned run could not be taken back from ComfyUI "
                     "(%s); it may go on using the GPU", hop.name, type(error).__name__,
                     extra=extra)
+
+
+async def _where(pool: Pool, prompt_id: str) -> str | None:
+    """Where ComfyUI's GET /queue lists `prompt_id`: "running", "pending", or None (not
+    there); ValueError when /queue answers something else."""
+    response = await pool.request("GET", "/queue", _GET_HEADERS)
+    body = await response.read()
+    queue = json.loads(body) if response.status == 200 else None
+    if not isinstance(queue, dict):
+        raise ValueError(f"GET /queue answered {response.status}")
+    for where in ("running", "pending"):
+        items = queue.get(f"queue_{where}")
+        if not isinstance(items, list):
+            raise ValueError(f"GET /queue has no list queue_{where}")
+        if any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
+               for item in items):
+            return where
+    return None
+
+
+async def _post_json(pool: Pool, path: str, payload: dict[str, Any]) -> int:
+    response = await pool.request("POST", path, _JSON_HEADERS, json.dumps(payload).encode())
+    await response.read()
+    return response.status
 
 
 async def _history(pool: Pool, prompt_id: str) -> Any:

@@ -16,11 +16,12 @@ if it is the one running (current ComfyUI; without a body, whatever runs): the r
 with `execution_interrupted` and an "error" history entry; every interrupt is recorded
 (`interrupts`: the prompt id asked for, or None). POST /queue `{"delete": [ids]}` drops
 pending prompts (never the running one; `deleted` records those dropped), `{"clear":
-true}` every pending one. /prompt refuses (400, `node_errors`) a node whose inputs are
-not an object or which names an unknown node. Each "image" is a real PNG of the
-EmptyLatentImage's width x height, one per batch_size, in one colour derived from the
-CLIPTextEncode texts and the KSampler seed (`colour()`), so a test can tell what the
-workflow was filled with.
+true}` every pending one. /prompt takes the caller's `prompt_id`, as ComfyUI does, and
+answers `answer_delay` seconds after queueing (0; a test sets it). /prompt refuses (400,
+`node_errors`) a node whose inputs are not an object or which names an unknown node.
+Each "image" is a real PNG of the EmptyLatentImage's width x height, one per batch_size,
+in one colour derived from the CLIPTextEncode texts and the KSampler seed (`colour()`),
+so a test can tell what the workflow was filled with.
 """
 
 from __future__ import annotations
@@ -235,13 +236,14 @@ async def prompt(request: web.Request) -> web.Response:
             "message": "Prompt outputs failed validation", "details": "",
             "extra_info": {}}, "node_errors": errors}, status=400)
     queue["number"] += 1
-    prompt_id = str(uuid.uuid4())
+    prompt_id = str(payload.get("prompt_id") or uuid.uuid4())  # ComfyUI takes the caller's
     extra_data = dict(payload.get("extra_data", {}))
     if "client_id" in payload:
         extra_data["client_id"] = payload["client_id"]
     item = [queue["number"], prompt_id, graph, extra_data, []]
     queue["pending"].append(item)
     queue["incoming"].put_nowait(item)
+    await asyncio.sleep(queue["answer_delay"])  # queued; the answer is late (tests set it)
     return web.json_response({"prompt_id": prompt_id, "number": queue["number"],
                               "node_errors": {}})
 
@@ -295,7 +297,7 @@ def build_app(seconds: float = 1.0) -> web.Application:
     app[QUEUE] = {"running": [], "pending": [], "incoming": asyncio.Queue(), "number": 0,
                   "done": 0, "seconds": seconds, "history": {}, "files": {}, "counter": 0,
                   "sockets": {}, "clients": [], "interrupting": None,
-                  "interrupts": [], "deleted": []}
+                  "interrupts": [], "deleted": [], "answer_delay": 0.0}
 
     async def worker_ctx(app: web.Application):
         task = asyncio.create_task(_worker(app))

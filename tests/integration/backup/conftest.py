@@ -33,6 +33,7 @@ class BackupBox:
     restic_binary: str = RESTIC
     copies: list[dict[str, Any]] = field(default_factory=list)
     copy_password: str = "a different password for the off-box copy 7"
+    extra_env: dict[str, str] = field(default_factory=dict)  # the unit's other variables
 
     @property
     def repo(self) -> Path:
@@ -83,7 +84,8 @@ class BackupBox:
     def env(self, password: str | None = None) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
                 "MUSHISHI_CREDENTIAL_RESTIC_PASSWORD": password or self.password,
-                "MUSHISHI_CREDENTIAL_RESTIC_COPY_PASSWORD": self.copy_password}
+                "MUSHISHI_CREDENTIAL_RESTIC_COPY_PASSWORD": self.copy_password,
+                **self.extra_env}
 
     def argv(self, action: str) -> list[str]:
         return [f"{BINDIR}/mushishi-backup", "--config", str(self.write_config()), action]

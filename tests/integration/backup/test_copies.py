@@ -115,6 +115,24 @@ def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
     assert any(a[0] < b[1] and b[0] < a[1] for a in primary_side for b in copy_side), spans
 
 
+def test_a_malformed_pin_list_is_a_recorded_failure_not_a_crash(box: BackupBox) -> None:
+    """The unit's pinned hosts are read when the copies start (a local primary never reads
+    them): malformed, the run fails with a line saying what to do, and still leaves its
+    result and metrics (once, inside the copies' task group, it was a traceback and no
+    last.json)."""
+    populated(box)
+    box.add_copy()
+    box.extra_env["MUSHISHI_PINNED_HOSTS"] = "garbage"
+    result = box.run()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    last = box.last()
+    assert last["outcome"] == "failed", last
+    assert any("MUSHISHI_PINNED_HOSTS" in e and "mushishi install" in e
+               for e in last["errors"]), last["errors"]
+    assert (box.textfile_dir / "mushishi_backup.prom").exists()
+
+
 def test_the_copy_applies_its_own_retention(box: BackupBox) -> None:
     source = populated(box)
     copy = box.add_copy(keep_daily=7, keep_weekly=4, keep_monthly=12)

@@ -45,7 +45,7 @@ class ComfyBox:
 
 def comfy_config(origin: str, workflow: Path, failing: Path) -> str:
     return f"""
-"{sha(KEY)}" = ["creative", "creativeruns", "creativefail"]
+"{sha(KEY)}" = ["creative", "creativeruns", "creativefail", "creativelong"]
 
 [backends.comfy]
 url = "{origin}"
@@ -76,6 +76,18 @@ queue_timeout_s = 1
 [profiles.creativeruns]
 tier = "T2"
 chain = ["comfyruns"]
+
+[backends.comfylong]
+url = "{origin}"
+kind = "comfyui"
+model = "sd15"
+workflow = "{workflow}"
+workflow_inputs = {INPUTS} }}
+first_byte_timeout_s = 60
+
+[profiles.creativelong]
+tier = "T2"
+chain = ["comfylong"]
 
 [profiles.creativefail]
 tier = "T1-strict"
@@ -242,15 +254,15 @@ async def test_a_run_past_the_backends_timeout_is_interrupted_not_left_on_the_gp
 
 async def test_a_caller_that_hangs_up_leaves_no_run_behind_in_comfyui(
         comfy: ComfyBox) -> None:
-    """Two callers give up (client timeout) while one run renders and the other waits in
-    ComfyUI's queue: the waiting prompt is deleted from the queue, the running one is
-    interrupted, and nothing of either is left for the GPU."""
+    """Two callers give up (client timeout, 1 s; the backend would wait 60 s) while one run
+    renders and the other waits in ComfyUI's queue: the waiting prompt is deleted from the
+    queue, the running one is interrupted, and nothing of either is left for the GPU."""
     comfy.comfy["seconds"] = 60.0
     api = openai.AsyncOpenAI(base_url=comfy.box.openai_base, api_key=KEY, max_retries=0,
                              timeout=1.0)
     async with api:
         outcomes = await asyncio.gather(
-            *(api.images.generate(model="creativeruns", prompt=f"fox {n}", size="64x64")
+            *(api.images.generate(model="creativelong", prompt=f"fox {n}", size="64x64")
               for n in range(2)), return_exceptions=True)
     assert all(isinstance(o, openai.APITimeoutError) for o in outcomes), outcomes
     await wait_for(lambda: not _queued(comfy), within=5,
@@ -259,3 +271,19 @@ async def test_a_caller_that_hangs_up_leaves_no_run_behind_in_comfyui(
     assert len(comfy.comfy["deleted"]) == 1
     # The deleted one never ran; the interrupted one ended as ComfyUI ends an interrupt.
     assert list(comfy.comfy["history"]) == comfy.comfy["interrupts"]
+
+
+async def test_a_run_queued_whose_answer_never_came_back_is_taken_back_too(
+        comfy: ComfyBox) -> None:
+    """The caller hangs up after ComfyUI queued the run but before /prompt answered: the
+    router named the run itself (`prompt_id`), so it still takes it back."""
+    comfy.comfy["seconds"] = 60.0
+    comfy.comfy["answer_delay"] = 3.0
+    api = openai.AsyncOpenAI(base_url=comfy.box.openai_base, api_key=KEY, max_retries=0,
+                             timeout=1.0)
+    async with api:
+        with pytest.raises(openai.APITimeoutError):
+            await api.images.generate(model="creativelong", prompt="fox", size="64x64")
+    await wait_for(lambda: not _queued(comfy), within=5,
+                   what="the run whose /prompt answer was late gone from ComfyUI's queue")
+    assert len(comfy.comfy["interrupts"]) == 1 and comfy.comfy["interrupts"][0] is not None
