@@ -43,31 +43,27 @@ class ComfyBox:
         return openai.AsyncOpenAI(base_url=self.box.openai_base, api_key=KEY, max_retries=0)
 
 
+def comfy_backend(name: str, origin: str, workflow: Path, inputs: str, extra: str = "") -> str:
+    """One `kind = "comfyui"` backend on the stand-in."""
+    return f"""
+[backends.{name}]
+url = "{origin}"
+kind = "comfyui"
+model = "sd15"
+workflow = "{workflow}"
+workflow_inputs = {inputs}
+{extra}
+"""
+
+
 def comfy_config(origin: str, workflow: Path, failing: Path) -> str:
+    runs = INPUTS + " }"
     return f"""
 "{sha(KEY)}" = ["creative", "creativeruns", "creativefail", "creativelong"]
-
-[backends.comfy]
-url = "{origin}"
-kind = "comfyui"
-model = "sd15"
-workflow = "{workflow}"
-workflow_inputs = {INPUTS}, n = "5.inputs.batch_size" }}
-
-[backends.comfyruns]
-url = "{origin}"
-kind = "comfyui"
-model = "sd15"
-workflow = "{workflow}"
-workflow_inputs = {INPUTS} }}
-
-[backends.comfyfail]
-url = "{origin}"
-kind = "comfyui"
-model = "sd15"
-workflow = "{failing}"
-workflow_inputs = {{ prompt = "6.inputs.text" }}
-
+""" + comfy_backend("comfy", origin, workflow, INPUTS + ', n = "5.inputs.batch_size" }') \
+        + comfy_backend("comfyruns", origin, workflow, runs) \
+        + comfy_backend("comfylong", origin, workflow, runs, "first_byte_timeout_s = 60") \
+        + comfy_backend("comfyfail", origin, failing, '{ prompt = "6.inputs.text" }') + """
 [profiles.creative]
 tier = "T1"
 chain = ["comfy"]
@@ -76,14 +72,6 @@ queue_timeout_s = 1
 [profiles.creativeruns]
 tier = "T2"
 chain = ["comfyruns"]
-
-[backends.comfylong]
-url = "{origin}"
-kind = "comfyui"
-model = "sd15"
-workflow = "{workflow}"
-workflow_inputs = {INPUTS} }}
-first_byte_timeout_s = 60
 
 [profiles.creativelong]
 tier = "T2"
