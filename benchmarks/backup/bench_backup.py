@@ -17,7 +17,8 @@ measured):
 * runner+copy: `mushishi-backup run` with the copy (the above, and for the copy: open or
   create with the primary's chunker, lock check, `restic copy`, its retention, its
   snapshots read back, a 20-file restore sample from it; since 12-03 the copy's steps after
-  `restic copy` run side by side with the primary's retention and restore sample);
+  `restic copy` run side by side with the primary's retention and restore sample, and the
+  snapshots are read back by the retention's own `forget --json`);
 * same+copy: those restic commands, from the same builders, back to back (one after
   another, as the runner issued them before 12-03);
 * backup+copy: `restic backup` + `restic copy` by hand, nothing else.
@@ -40,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mushishi.services.backup.restic import Restic, parse_snapshots
+from mushishi.services.backup.restic import Restic, parse_forget_kept
 
 BINDIR = Path(sys.executable).parent
 RESTIC = "/usr/bin/restic"
@@ -142,12 +143,11 @@ def bare_same(restic: Restic, source: Path, first: bool, work: Path,
                            env=env())
         subprocess.run(copy.copy_from(restic, tags=["mushishi"]), check=True,
                        capture_output=True, env=env())
-        subprocess.run(copy.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=12,
-                                         tags=["mushishi"]),
-                       check=True, capture_output=True, env=env())
-        listed = subprocess.run(copy.snapshots(tags=["mushishi"]), check=True,
-                                capture_output=True, text=True, env=env()).stdout
-        copied = next(s.short_id for s in parse_snapshots(listed)
+        # The copy's snapshots are read back from its forget's JSON, as the runner does.
+        kept = subprocess.run(copy.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=12,
+                                                tags=["mushishi"]),
+                              check=True, capture_output=True, text=True, env=env()).stdout
+        copied = next(s.short_id for s in parse_forget_kept(kept)
                       if s.original and s.original.startswith(snapshot))
         restore_sample(copy, copied, work)
     subprocess.run(restic.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=3,

@@ -272,7 +272,7 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
             await event.wait()
         if skip is None and not deps.stopping.is_set():
             deps.notifier.status("applying retention (forget --prune)")
-            kept = await retention(config, repo, tags=config.tags)
+            kept, _ = await retention(config, repo, tags=config.tags)
         else:
             kept.skipped_reason = skip or "the run was interrupted"
         if snapshots and not deps.stopping.is_set():

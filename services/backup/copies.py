@@ -1,7 +1,8 @@
 """Off-box copies, step by step: after a backup that wrote snapshots, for each
 `[[backup.copies]]` entry: is its host still where `mushishi install` pinned it, open (or
 create) it, clear stale locks, `restic copy` what it lacks, apply its own retention, read
-its snapshots back, and restore-verify a sample of this run's snapshots from it.
+its snapshots back (the snapshots its `forget --json` kept: forget reads each one from
+the copy), and restore-verify a sample of this run's snapshots from it.
 
 A copy that fails is its own `CopyResult`; it never stops the other copies and never
 touches the primary. Every decision is in `core`; every process runs through `process`.
@@ -106,18 +107,21 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
                         f"{first_error_line(copied.stderr)}{repo.ssh_said()}")
         return result
     context.status(f"applying retention in {shown}")
-    result.retention = await retention(settings.copies[index], repo, tags=settings.tags)
+    result.retention, snapshots = await retention(settings.copies[index], repo,
+                                                  tags=settings.tags)
     if result.retention.error:
         result.warnings.append(result.retention.error)
-    listed = await repo.processes.run(repo.restic.snapshots(tags=settings.tags))
-    try:
-        snapshots = parse_snapshots(listed.stdout) if listed.returncode == 0 else None
-    except (ValueError, KeyError, TypeError):
-        snapshots = None
     if snapshots is None:
-        result.error = (f"restic snapshots on {shown} exited {listed.returncode}: "
-                        f"{first_error_line(listed.stderr)}{repo.ssh_said()}")
-        return result
+        # Retention failed, so nothing has read the copy's snapshots back yet: list them.
+        listed = await repo.processes.run(repo.restic.snapshots(tags=settings.tags))
+        try:
+            snapshots = parse_snapshots(listed.stdout) if listed.returncode == 0 else None
+        except (ValueError, KeyError, TypeError):
+            snapshots = None
+        if snapshots is None:
+            result.error = (f"restic snapshots on {shown} exited {listed.returncode}: "
+                            f"{first_error_line(listed.stderr)}{repo.ssh_said()}")
+            return result
     if snapshots:
         result.newest_snapshot_time = max(s.time for s in snapshots).isoformat()
     behind = core.missing_from_copy(snapshot_ids, (s.original for s in snapshots))

@@ -24,12 +24,14 @@ from mushishi.services.backup.process import Processes
 from mushishi.services.backup.restic import (
     ExitClass,
     Restic,
+    SnapshotInfo,
     classify,
     first_error_line,
     is_stale,
     local_repository_path,
     parse_backup,
     parse_forget,
+    parse_forget_kept,
     parse_lock,
     parse_progress,
     sftp_command,
@@ -360,9 +362,10 @@ async def backup_set(settings: BackupSettings, repo: Access, backup_set: BackupS
 
 
 async def retention(keep: BackupSettings | BackupCopy, repo: Access, *,
-                    tags: Sequence[str]) -> RetentionResult:
+                    tags: Sequence[str]) -> tuple[RetentionResult, list[SnapshotInfo] | None]:
     """keep daily/weekly/monthly (the primary's or a copy's own), then prune what no
-    snapshot needs any more."""
+    snapshot needs any more: the outcome, and the snapshots of `tags` left in the repository
+    as forget read them (None when it failed or printed something else)."""
     outcome = RetentionResult(ran=True)
     result = await repo.processes.run(repo.restic.forget_prune(
         keep_daily=keep.keep_daily, keep_weekly=keep.keep_weekly,
@@ -370,7 +373,9 @@ async def retention(keep: BackupSettings | BackupCopy, repo: Access, *,
     if result.returncode != 0:
         outcome.error = (f"restic forget --prune exited {result.returncode}: "
                          f"{first_error_line(result.stderr)}")
-        return outcome
-    with contextlib.suppress(ValueError, IndexError, AttributeError):
+        return outcome, None
+    left: list[SnapshotInfo] | None = None
+    with contextlib.suppress(ValueError, IndexError, AttributeError, KeyError, TypeError):
         outcome.kept, outcome.removed = parse_forget(result.stdout)
-    return outcome
+        left = parse_forget_kept(result.stdout)
+    return outcome, left

@@ -309,10 +309,13 @@ class SnapshotInfo:
 def parse_snapshots(stdout: str) -> list[SnapshotInfo]:
     """`restic snapshots --json`."""
     data = json.loads(stdout or "[]")
-    return [SnapshotInfo(str(item.get("id", "")), str(item.get("short_id", "")),
-                         datetime.fromisoformat(item["time"]), item.get("original"),
-                         tuple(item.get("paths") or ()))
-            for item in data or []]
+    return [_snapshot_info(item) for item in data or []]
+
+
+def _snapshot_info(item: dict[str, Any]) -> SnapshotInfo:
+    return SnapshotInfo(str(item.get("id", "")), str(item.get("short_id", "")),
+                        datetime.fromisoformat(item["time"]), item.get("original"),
+                        tuple(item.get("paths") or ()))
 
 
 def newest_containing(snapshots: Iterable[SnapshotInfo], path: str) -> SnapshotInfo | None:
@@ -342,11 +345,26 @@ def parse_ls_node(line: str) -> FileNode | None:
 
 def parse_forget(stdout: str) -> tuple[int, int]:
     """(snapshots kept, snapshots removed) from `forget --json` (its first line)."""
-    first = stdout.lstrip().splitlines()[0] if stdout.strip() else "[]"
-    groups = json.loads(first) or []
+    groups = _forget_groups(stdout)
     kept = sum(len(group.get("keep") or []) for group in groups)
     removed = sum(len(group.get("remove") or []) for group in groups)
     return kept, removed
+
+
+def parse_forget_kept(stdout: str) -> list[SnapshotInfo]:
+    """The snapshots `forget --json` kept: every snapshot of its tags left in the
+    repository, read from the repository itself (what `snapshots --tag` would list next).
+    ValueError, KeyError or TypeError when the output is not restic's."""
+    return [_snapshot_info(item) for group in _forget_groups(stdout)
+            for item in group.get("keep") or []]
+
+
+def _forget_groups(stdout: str) -> list[dict[str, Any]]:
+    first = stdout.lstrip().splitlines()[0] if stdout.strip() else "[]"
+    groups = json.loads(first) or []
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise ValueError("forget --json did not print a list of groups")
+    return groups
 
 
 _COPY_SOURCE = re.compile(r"^snapshot ([0-9a-f]+) of \[")

@@ -110,9 +110,35 @@ def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
     primary_side = [s for s in after if s[2] == "primary"]
     copy_side = [s for s in after if s[2] == "copy"]
     assert {s[3] for s in primary_side} == {"forget", "ls", "restore"}, spans
-    assert {s[3] for s in copy_side} == {"forget", "snapshots", "ls", "restore"}, spans
+    # The copy's snapshots are read back by its own forget (--json lists what it kept).
+    assert {s[3] for s in copy_side} == {"forget", "ls", "restore"}, spans
     # Side by side: restic processes of the two chains ran at the same time.
     assert any(a[0] < b[1] and b[0] < a[1] for a in primary_side for b in copy_side), spans
+
+
+def test_a_copy_whose_retention_fails_still_has_its_snapshots_read_back(
+        box: BackupBox) -> None:
+    """The copy's snapshots are normally read back through its own `forget --json`; when
+    that fails (here a restic that refuses `forget` on the copy), they are listed with
+    `restic snapshots` instead, so the copy is still proven to hold this run's snapshot and
+    its sample is still verified: a warning, not a silent gap."""
+    populated(box)
+    copy = box.add_copy()
+    shim = box.root / "restic-no-copy-forget"
+    shim.write_text(f"""#!/bin/sh
+case " $* " in *" {copy} "*" forget "*) echo "Fatal: refused by the test" >&2; exit 1;; esac
+exec {box.restic_binary} "$@"
+""")
+    shim.chmod(0o755)
+    box.restic_binary = str(shim)
+    result = box.run()
+    record = copy_record(box)
+    assert record["outcome"] == "warning", record
+    assert "refused by the test" in (record["retention"]["error"] or ""), record
+    [copied] = box.snapshots(copy)
+    assert record["snapshot_ids"] == [copied["short_id"]]
+    assert record["verify"]["outcome"] == "ok" and record["verified"] is True
+    assert result.returncode == 0 or box.last()["outcome"] == "warning", result.stderr
 
 
 def test_a_malformed_pin_list_is_a_recorded_failure_not_a_crash(box: BackupBox) -> None:

@@ -17,6 +17,7 @@ from mushishi.services.backup.restic import (
     local_repository_path,
     parse_backup,
     parse_forget,
+    parse_forget_kept,
     parse_ls_node,
     parse_progress,
 )
@@ -133,6 +134,24 @@ def test_forget_json_counts_kept_and_removed_and_ignores_prune_text() -> None:
     stdout = ('[{"keep":[{"id":"a"},{"id":"b"}],"remove":[{"id":"c"}]},'
               '{"keep":[{"id":"d"}],"remove":null}]\nloading indexes...\ndone\n')
     assert parse_forget(stdout) == (3, 1)
+
+
+def test_forget_json_lists_the_snapshots_left_with_where_a_copy_came_from() -> None:
+    # restic 0.14's `--json forget --prune` on a copy repository (first line), then prune.
+    stdout = (
+        '[{"tags":["mushishi"],"host":"vm","paths":["/data"],"keep":[{"time":'
+        '"2026-12-03T12:36:39.096329991Z","tree":"569e3c38","paths":["/data"],"hostname":'
+        '"vm","username":"root","tags":["mushishi"],"original":"e5745778327fc961","id":'
+        '"4e5649f76d5639cf","short_id":"4e5649f7"}],"remove":[{"time":'
+        '"2026-11-01T00:00:00Z","tree":"aa","paths":["/data"],"hostname":"vm","id":"0b","short_id":'
+        '"0b"}],"reasons":[]}]\n1 snapshots have been removed, running prune\n')
+    [left] = parse_forget_kept(stdout)
+    assert (left.short_id, left.original, left.paths) == ("4e5649f7", "e5745778327fc961",
+                                                          ("/data",))
+    assert left.time == datetime(2026, 12, 3, 12, 36, 39, 96329, tzinfo=UTC)
+    assert parse_forget_kept("") == []  # no snapshot of these tags at all
+    with pytest.raises(ValueError):
+        parse_forget_kept('{"message":"something else"}\n')
 
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
