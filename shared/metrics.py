@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,7 +21,8 @@ from prometheus_client import (
 
 from mushishi.shared.files import replace_atomically
 
-REGISTRY_KEY = web.AppKey("mushishi_metrics_registry", CollectorRegistry)
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def package_version() -> str:
@@ -69,21 +69,22 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    """GET /metrics for the registry stored in the app under REGISTRY_KEY."""
-    body = render(request.app[REGISTRY_KEY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
     """Serve `registry` on GET /metrics of `app`."""
-    app[REGISTRY_KEY] = registry
-    app.router.add_get("/metrics", metrics_handler)
+    from aiohttp import web  # here: one-shot programs (backup, watchdog) never serve
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=render(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", metrics)
 
 
 async def start_metrics_server(registry: CollectorRegistry, host: str, port: int
                                ) -> web.AppRunner:
     """A standalone /metrics endpoint for daemons without an HTTP API of their own."""
+    from aiohttp import web
+
     app = web.Application()
     add_metrics_route(app, registry)
     runner = web.AppRunner(app, access_log=None)
