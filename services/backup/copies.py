@@ -1,8 +1,9 @@
 """Off-box copies, step by step: after a backup that wrote snapshots, for each
 `[[backup.copies]]` entry: is its host still where `mushishi install` pinned it, open (or
 create) it, clear stale locks, `restic copy` what it lacks, apply its own retention, read
-its snapshots back (the snapshots its `forget --json` kept: forget reads each one from
-the copy), and restore-verify a sample of this run's snapshots from it.
+its snapshots back (the snapshots its `forget --json` kept: the ids listed from the copy,
+their contents through restic's cache; else `restic snapshots`), and restore-verify a
+sample of this run's snapshots from it (the restore reads them from the copy itself).
 
 A copy that fails is its own `CopyResult`; it never stops the other copies and never
 touches the primary. Every decision is in `core`; every process runs through `process`.
@@ -112,7 +113,7 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
     if result.retention.error:
         result.warnings.append(result.retention.error)
     if snapshots is None:
-        # Retention failed, so nothing has read the copy's snapshots back yet: list them.
+        # Retention failed or listed nothing (no keep policy): list the copy's snapshots.
         listed = await repo.processes.run(repo.restic.snapshots(tags=settings.tags))
         try:
             snapshots = parse_snapshots(listed.stdout) if listed.returncode == 0 else None

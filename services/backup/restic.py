@@ -353,8 +353,13 @@ def parse_forget(stdout: str) -> tuple[int, int]:
 
 def parse_forget_kept(stdout: str) -> list[SnapshotInfo]:
     """The snapshots `forget --json` kept: every snapshot of its tags left in the
-    repository, read from the repository itself (what `snapshots --tag` would list next).
-    ValueError, KeyError or TypeError when the output is not restic's."""
+    repository (what `snapshots --tag` would list next; the ids from the repository, their
+    contents through restic's cache). ValueError when forget printed no groups: restic
+    prints nothing at all with no keep policy or no snapshot of those tags, which says
+    nothing of what is there. ValueError, KeyError or TypeError when the output is not
+    restic's."""
+    if not stdout.strip():
+        raise ValueError("forget --json printed no groups")
     return [_snapshot_info(item) for group in _forget_groups(stdout)
             for item in group.get("keep") or []]
 

@@ -116,6 +116,22 @@ def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
     assert any(a[0] < b[1] and b[0] < a[1] for a in primary_side for b in copy_side), spans
 
 
+def test_without_a_retention_policy_the_copys_snapshots_are_still_read_back(
+        box: BackupBox) -> None:
+    """Every keep_* 0 (allowed: keep everything): restic's forget then prints nothing at
+    all, so the copy's snapshots are listed with `restic snapshots`, not taken as none."""
+    populated(box)
+    box.extra.update(keep_daily="0", keep_weekly="0", keep_monthly="0")
+    copy = box.add_copy(keep_daily=0, keep_weekly=0, keep_monthly=0)
+    result = box.run()
+    assert result.returncode == 0, result.stderr
+    record = copy_record(box)
+    assert record["outcome"] == "ok", record
+    [copied] = box.snapshots(copy)
+    assert record["snapshot_ids"] == [copied["short_id"]]
+    assert record["verify"]["outcome"] == "ok"
+
+
 def test_a_copy_whose_retention_fails_still_has_its_snapshots_read_back(
         box: BackupBox) -> None:
     """The copy's snapshots are normally read back through its own `forget --json`; when

@@ -149,9 +149,10 @@ def test_forget_json_lists_the_snapshots_left_with_where_a_copy_came_from() -> N
     assert (left.short_id, left.original, left.paths) == ("4e5649f7", "e5745778327fc961",
                                                           ("/data",))
     assert left.time == datetime(2026, 12, 3, 12, 36, 39, 96329, tzinfo=UTC)
-    assert parse_forget_kept("") == []  # no snapshot of these tags at all
-    with pytest.raises(ValueError):
-        parse_forget_kept('{"message":"something else"}\n')
+    # restic prints nothing with no keep policy (or no snapshot of the tags): no listing.
+    for unknown in ("", "\n", '{"message":"something else"}\n'):
+        with pytest.raises(ValueError):
+            parse_forget_kept(unknown)
 
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
