@@ -66,13 +66,21 @@ def parse_vllm_metrics(text: str) -> tuple[int, int]:
     return running, waiting
 
 
+def comfyui_queue(document: Any) -> tuple[list[Any], list[Any]]:
+    """(running, pending) items of ComfyUI's GET /queue, each [number, prompt_id, prompt,
+    extra_data, outputs_to_execute]; ProbeFormatError when they are not lists."""
+    running = document.get("queue_running") if isinstance(document, dict) else None
+    pending = document.get("queue_pending") if isinstance(document, dict) else None
+    if not isinstance(running, list) or not isinstance(pending, list):
+        raise ProbeFormatError("no queue_running/queue_pending lists; is this ComfyUI's "
+                               "/queue?")
+    return running, pending
+
+
 def parse_comfyui_queue(document: Any) -> tuple[int, int]:
     """(running, pending) from ComfyUI's GET /queue."""
-    try:
-        return len(document["queue_running"]), len(document["queue_pending"])
-    except (KeyError, TypeError) as error:
-        raise ProbeFormatError(f"no queue_running/queue_pending lists ({error!r}); is this "
-                               "ComfyUI's /queue?") from None
+    running, pending = comfyui_queue(document)
+    return len(running), len(pending)
 
 
 def value_at(document: Any, path: str) -> int:

@@ -45,6 +45,7 @@ import aiohttp
 from mushishi.services.router.core import Failure, Hop
 from mushishi.services.router.errors import ErrorCode, Rejection
 from mushishi.services.router.http1 import ConnectFailed, Pool, UpstreamError
+from mushishi.shared.busy_probes import comfyui_queue
 from mushishi.shared.comfyui_workflow import WorkflowError, fill, parse_workflow
 
 log = logging.getLogger("mushishi.router.comfyui")
@@ -365,13 +366,10 @@ async def _where(pool: Pool, prompt_id: str) -> str | None:
     there); ValueError when /queue answers something else."""
     response = await pool.request("GET", "/queue", _GET_HEADERS)
     body = await response.read()
-    queue = json.loads(body) if response.status == 200 else None
-    if not isinstance(queue, dict):
+    if response.status != 200:
         raise ValueError(f"GET /queue answered {response.status}")
-    for where in ("running", "pending"):
-        items = queue.get(f"queue_{where}")
-        if not isinstance(items, list):
-            raise ValueError(f"GET /queue has no list queue_{where}")
+    running, pending = comfyui_queue(json.loads(body))
+    for where, items in (("running", running), ("pending", pending)):
         if any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
                for item in items):
             return where
