@@ -65,19 +65,23 @@ def test_a_copy_gets_the_new_snapshots_and_a_restore_sample_verified_from_it(
         assert box.password not in text and box.copy_password not in text
 
 
+def restic_shim(box: BackupBox, name: str, body: str) -> None:
+    """Put a shell script in front of the real restic (`$RESTIC` in `body`) for the runner."""
+    shim = box.root / name
+    shim.write_text(f"#!/bin/sh\nRESTIC={box.restic_binary}\n{body}")
+    shim.chmod(0o755)
+    box.restic_binary = str(shim)
+
+
 def timed_restic(box: BackupBox) -> Path:
     """A restic that notes when each invocation started and ended, and what it was."""
     log = box.root / "restic-times.log"
-    shim = box.root / "restic-timed"
-    shim.write_text(f"""#!/bin/sh
-start=$(date +%s.%N)
-{box.restic_binary} "$@"
+    restic_shim(box, "restic-timed", f"""start=$(date +%s.%N)
+"$RESTIC" "$@"
 status=$?
 echo "$start $(date +%s.%N) $*" >> {log}
 exit $status
 """)
-    shim.chmod(0o755)
-    box.restic_binary = str(shim)
     return log
 
 
@@ -140,13 +144,11 @@ def test_a_copy_whose_retention_fails_still_has_its_snapshots_read_back(
     its sample is still verified: a warning, not a silent gap."""
     populated(box)
     copy = box.add_copy()
-    shim = box.root / "restic-no-copy-forget"
-    shim.write_text(f"""#!/bin/sh
-case " $* " in *" {copy} "*" forget "*) echo "Fatal: refused by the test" >&2; exit 1;; esac
-exec {box.restic_binary} "$@"
+    restic_shim(box, "restic-no-copy-forget", f"""case " $* " in
+*" {copy} "*" forget "*) echo "Fatal: refused by the test" >&2; exit 1;;
+esac
+exec "$RESTIC" "$@"
 """)
-    shim.chmod(0o755)
-    box.restic_binary = str(shim)
     result = box.run()
     record = copy_record(box)
     assert record["outcome"] == "warning", record
