@@ -29,6 +29,7 @@ from mushishi.services.backup.repository import (
 )
 from mushishi.services.backup.restic import (
     Restic,
+    SnapshotInfo,
     first_error_line,
     parse_copy,
     parse_snapshots,
@@ -114,14 +115,9 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
         result.warnings.append(result.retention.error)
     if snapshots is None:
         # Retention failed or listed nothing (no keep policy): list the copy's snapshots.
-        listed = await repo.processes.run(repo.restic.snapshots(tags=settings.tags))
-        try:
-            snapshots = parse_snapshots(listed.stdout) if listed.returncode == 0 else None
-        except (ValueError, KeyError, TypeError):
-            snapshots = None
+        snapshots, failure = await _list_snapshots(repo, settings.tags, shown)
         if snapshots is None:
-            result.error = (f"restic snapshots on {shown} exited {listed.returncode}: "
-                            f"{first_error_line(listed.stderr)}{repo.ssh_said()}")
+            result.error = failure
             return result
     if snapshots:
         result.newest_snapshot_time = max(s.time for s in snapshots).isoformat()
@@ -139,3 +135,16 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
         repo.processes, repo.restic, ours, sample_files=settings.verify_sample_files,
         max_bytes=settings.verify_max_bytes, rng=context.rng)
     return result
+
+
+async def _list_snapshots(repo: Access, tags: Sequence[str], shown: str
+                          ) -> tuple[list[SnapshotInfo] | None, str]:
+    """`restic snapshots` of the copy: its snapshots, or None and one line saying why."""
+    listed = await repo.processes.run(repo.restic.snapshots(tags=tags))
+    try:
+        if listed.returncode == 0:
+            return parse_snapshots(listed.stdout), ""
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None, (f"restic snapshots on {shown} exited {listed.returncode}: "
+                  f"{first_error_line(listed.stderr)}{repo.ssh_said()}")
