@@ -38,6 +38,7 @@ from mushishi.services.router.state import RoutingState
 from mushishi.services.router.status_view import Sovereignty, StatusView, Traffic
 from mushishi.services.router.tenants import TenantsFollower
 from mushishi.services.router.traces import RequestTracer
+from mushishi.services.router.upload import keep_chunks_on_the_heap
 from mushishi.services.router.upstream import SovereigntyRefusal, Upstreams
 from mushishi.shared.activation import bind_unix, systemd_sockets
 from mushishi.shared.bus import BusError
@@ -368,6 +369,8 @@ async def run_router(loaded: LoadedConfig, notifier: Notifier) -> int:
     # What start-up built lives as long as the process: keep it out of the cyclic garbage
     # collector's full passes, which otherwise walk it all (50 ms under load, measured).
     gc.freeze()
+    if keep_chunks_on_the_heap():
+        log.debug("malloc keeps upload-sized pieces on its heap")
     await serve(router, sockets, notifier, stop)
     return 0
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from mushishi.services.router.upload import FormError, FormScanner, form_boundary
+from mushishi.services.router.upload import (
+    FormError,
+    FormScanner,
+    form_boundary,
+    keep_chunks_on_the_heap,
+)
 
 BOUNDARY = b"----formdata-mushishi-0123"
 
@@ -96,3 +105,46 @@ def test_an_error_shows_a_plain_field_name_but_never_free_text() -> None:
                          + name.encode() + b'"\r\n\r\n' + long_value)
         assert str(caught.value).startswith(f"form field {shown} exceeds 64 KiB")
         assert "secret" not in str(caught.value)
+
+
+# An upload's life on the heap: pieces of 256,000 bytes read one after another with a few
+# alive at once, then all dropped; page faults counted over the second set of uploads.
+_PIECES = """
+import resource, sys
+from collections import deque
+from mushishi.services.router.upload import keep_chunks_on_the_heap
+if sys.argv[1] == "tuned":
+    assert keep_chunks_on_the_heap({})
+def uploads():
+    for _ in range(20):
+        window = deque()
+        for _ in range(80):
+            window.append(b"x" * 256000)
+            if len(window) > 3:
+                window.popleft()
+        window.clear()
+uploads()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+uploads()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _page_faults(mode: str) -> int:
+    environ = {k: v for k, v in os.environ.items()
+               if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", _PIECES, mode], env=environ, check=True,
+                          capture_output=True, text=True, timeout=60)
+    return int(done.stdout.strip())
+
+
+def test_upload_pieces_stay_on_the_heap_instead_of_faulting_in_again() -> None:
+    # glibc's defaults hand freed pieces back to the kernel and fault them in again: about
+    # 4,000 faults for these 1,600 pieces on this machine; kept on the heap, none.
+    assert _page_faults("default") > 1000
+    assert _page_faults("tuned") < 50
+
+
+def test_an_operators_malloc_settings_are_left_alone() -> None:
+    assert not keep_chunks_on_the_heap({"MALLOC_TRIM_THRESHOLD_": "0"})
+    assert not keep_chunks_on_the_heap({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"})
