@@ -76,9 +76,10 @@ def keep_chunks_on_the_heap(environ: dict[str, str] | None = None) -> bool:
     keep up to 4 MiB it freed there instead of handing it back to the kernel at once.
 
     With glibc's defaults a 20 MB upload made the heap shrink and grow again for most of its
-    80 pieces: a page fault for every 4 KiB, a fifth of the router's CPU time per upload
-    (perf; benchmarks/router/README.md). False where it does not apply: not glibc, or the
-    operator chose malloc's settings (MALLOC_*_ or GLIBC_TUNABLES in the environment)."""
+    80 pieces: a page fault for every 4 KiB, 16-20% of the router's CPU time per upload
+    (perf, and the upload benchmark with and without: benchmarks/router/README.md).
+    False where it does not apply: not glibc, or the operator chose malloc's settings
+    (MALLOC_*_ or GLIBC_TUNABLES in the environment)."""
     environ = dict(os.environ) if environ is None else environ
     if "GLIBC_TUNABLES" in environ or any(
             name.startswith("MALLOC_") and name.endswith("_") for name in environ):
