@@ -25,7 +25,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mushishi.services.backup import core, metrics, state
-from mushishi.services.backup.copies import CopyContext, copy_one, reach
+from mushishi.services.backup.copies import (
+    CopyContext,
+    Reached,
+    copy_one,
+    open_early,
+    reach,
+)
 from mushishi.services.backup.core import (
     CopyResult,
     Fatal,
@@ -45,7 +51,7 @@ from mushishi.services.backup.repository import (
     share_with_group,
 )
 from mushishi.services.backup.restic import first_error_line, local_repository_path
-from mushishi.services.backup.verify import verify_snapshots
+from mushishi.services.backup.verify import restore_sample, sample_snapshots
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import (
     PINNED_HOSTS_ENV,
@@ -183,30 +189,16 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             warnings += [f"cleared stale {line}: a previous run was killed" for line in stale]
             if not config.sets:
                 raise Fatal("no [[backup.sets]] declared: nothing is backed up")
-            present, missing = core.plan_sets(config.sets, deps.path_exists)
-            for item in missing:
-                results[item.path] = item
-                warnings.append(item.error or f"{item.path} is missing")
-                log.warning("%s", item.error)
-            for item in present:
-                outcome = await backup_set(config, repo, item, status=deps.notifier.status,
-                                           monotonic=deps.monotonic)
-                results[item.path] = outcome
-                if outcome.error:
-                    (errors if outcome.status == "failed" else warnings).append(
-                        f"{item.path}: {outcome.error}")
-                log.info("backup of %s: %s (snapshot %s, %d new files, %s added)", item.path,
-                         outcome.status, outcome.snapshot_id, outcome.files_new,
-                         human_bytes(outcome.bytes_added))
-                if deps.stopping.is_set():
-                    break
-            ordered = [results[s.path] for s in config.sets if s.path in results]
-            skip = core.should_run_retention(ordered, fatal=None,
-                                             interrupted=deps.stopping.is_set())
-            snapshots = [r.snapshot_id for r in ordered
-                         if r.snapshot_id and r.status in ("ok", "partial")]
-            kept, verified = await _copies_and_checks(config, deps, repo, snapshots, skip,
-                                                      copies)
+            # Each copy is opened (a restic start, its key derivation) while the sets are
+            # backed up, not after; always awaited to its end (a restic init cut short would
+            # leave a repository no later run can open).
+            opening = _open_copies_early(config, deps)
+            try:
+                kept, verified = await _backup_and_copy(config, deps, repo, results, warnings,
+                                                        errors, copies, opening)
+            finally:
+                if opening:
+                    await asyncio.gather(*opening)
             if kept.error:
                 warnings.append(kept.error)
     except Fatal as error:
@@ -252,14 +244,62 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
     return status
 
 
+def _open_copies_early(config: BackupSettings, deps: Deps
+                       ) -> list[asyncio.Task[Reached | str]]:
+    """A task opening each copy (`copies.open_early`), started before the sets' backups;
+    none when there is no copy, or when the unit's pinned hosts are malformed (the copies'
+    own start then fails the run with the line saying so)."""
+    if not config.copies:
+        return []
+    try:
+        context = _copy_context(deps)
+    except Fatal:
+        return []
+    return [asyncio.create_task(open_early(config, index, context))
+            for index in range(len(config.copies))]
+
+
+async def _backup_and_copy(config: BackupSettings, deps: Deps, repo: Access,
+                           results: dict[str, SetResult], warnings: list[str],
+                           errors: list[str], copies: list[CopyResult],
+                           opening: list[asyncio.Task[Reached | str]]
+                           ) -> tuple[RetentionResult, VerifyResult]:
+    """Back up every set (filling `results`), then the copies and the primary's checks."""
+    present, missing = core.plan_sets(config.sets, deps.path_exists)
+    for item in missing:
+        results[item.path] = item
+        warnings.append(item.error or f"{item.path} is missing")
+        log.warning("%s", item.error)
+    for item in present:
+        outcome = await backup_set(config, repo, item, status=deps.notifier.status,
+                                   monotonic=deps.monotonic)
+        results[item.path] = outcome
+        if outcome.error:
+            (errors if outcome.status == "failed" else warnings).append(
+                f"{item.path}: {outcome.error}")
+        log.info("backup of %s: %s (snapshot %s, %d new files, %s added)", item.path,
+                 outcome.status, outcome.snapshot_id, outcome.files_new,
+                 human_bytes(outcome.bytes_added))
+        if deps.stopping.is_set():
+            break
+    ordered = [results[s.path] for s in config.sets if s.path in results]
+    skip = core.should_run_retention(ordered, fatal=None, interrupted=deps.stopping.is_set())
+    snapshots = [r.snapshot_id for r in ordered
+                 if r.snapshot_id and r.status in ("ok", "partial")]
+    return await _copies_and_checks(config, deps, repo, snapshots, skip, copies, opening)
+
+
 async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
                              snapshots: list[str], skip: str | None,
-                             copies: list[CopyResult]) -> tuple[RetentionResult, VerifyResult]:
-    """The copies, and the primary's retention then restore sample, side by side (each
+                             copies: list[CopyResult],
+                             opening: list[asyncio.Task[Reached | str]]
+                             ) -> tuple[RetentionResult, VerifyResult]:
+    """The copies, and the primary's retention and restore sample, side by side (each
     restic start pays its own key derivation; run one after another they were most of a
-    run's time). The primary's `forget --prune` (an exclusive lock) waits until every copy
-    has read what it copies from the primary: a copy that failed before still receives what
-    the box's own retention is about to forget."""
+    run's time). The primary's sample is picked (`restic ls`) while the copies read the
+    primary; its `forget --prune` (an exclusive lock) waits until every copy has read what
+    it copies from the primary (a copy that failed before still receives what the box's own
+    retention is about to forget); the sample is restored after the prune."""
     reading = [asyncio.Event() for _ in copies]  # set: copy i no longer reads the primary
     # Read before any task starts: a malformed pin list is the run's Fatal, not a task's.
     context = _copy_context(deps) if copies and snapshots and skip is None else None
@@ -268,6 +308,12 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
 
     async def primary() -> None:
         nonlocal kept, verified
+        sample = None
+        if snapshots and not deps.stopping.is_set():
+            # Picking the files only reads the primary: beside `restic copy`, which reads too.
+            sample = await sample_snapshots(repo.processes, repo.restic, snapshots,
+                                            sample_files=config.verify_sample_files,
+                                            max_bytes=config.verify_max_bytes, rng=deps.rng)
         for event in reading:
             await event.wait()
         if skip is None and not deps.stopping.is_set():
@@ -275,31 +321,38 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
             kept, _ = await retention(config, repo, tags=config.tags)
         else:
             kept.skipped_reason = skip or "the run was interrupted"
-        if snapshots and not deps.stopping.is_set():
+        if sample is not None and not deps.stopping.is_set():
+            # Restored after the prune: the sample's data survived it.
             deps.notifier.status(f"verifying a restore of {config.verify_sample_files} "
                                  f"sample files")
-            verified = await verify_snapshots(
-                repo.processes, repo.restic, snapshots,
-                sample_files=config.verify_sample_files,
-                max_bytes=config.verify_max_bytes, rng=deps.rng)
+            verified = await restore_sample(repo.processes, repo.restic, sample)
 
     async with asyncio.TaskGroup() as group:
         group.create_task(_run_copies(config, deps, snapshots, skip, copies, reading,
-                                      context))
+                                      context, opening))
         group.create_task(primary())
     return kept, verified
 
 
 async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                       skip: str | None, copies: list[CopyResult],
-                      reading: list[asyncio.Event], context: CopyContext | None) -> None:
-    """Every copy at once (each to its own repository), when this run wrote snapshots;
-    otherwise say why not. `reading[i]` is set once copy i no longer reads the primary.
-    A copy that fails, even by a bug here, is that copy's error: never the others'."""
+                      reading: list[asyncio.Event], context: CopyContext | None,
+                      opening: list[asyncio.Task[Reached | str]]) -> None:
+    """Every copy at once (each to its own repository, opened by `opening[i]`, or here when
+    it was not opened early), when this run wrote snapshots; otherwise say why not.
+    `reading[i]` is set once copy i no longer reads the primary. A copy that fails, even by
+    a bug here, is that copy's error: never the others'."""
     if context is None:
         for index, result in enumerate(copies):
             result.skipped_reason = skip or "no snapshot was written in this run"
             reading[index].set()
+            reached = await opening[index] if opening else None
+            if isinstance(reached, str):
+                log.warning("%s", reached)
+            elif reached is not None and reached[2]:
+                result.stale_locks_cleared = reached[2]
+                result.warnings += [f"cleared stale {line}: a previous copy was killed"
+                                    for line in reached[2]]
         return
 
     async def one(index: int) -> None:
@@ -307,7 +360,9 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
             if deps.stopping.is_set():
                 copies[index].skipped_reason = "the run was interrupted"
                 return
-            result = await copy_one(config, index, snapshots, context, reading[index].set)
+            opened = opening[index] if opening else open_early(config, index, context)
+            result = await copy_one(config, index, snapshots, context, reading[index].set,
+                                    opened)
         except Exception as error:  # a bug: this copy failed, the others go on
             log.exception("copy to %s failed unexpectedly", copies[index].repository)
             result = CopyResult(copies[index].repository,

@@ -1,9 +1,10 @@
-"""Off-box copies, step by step: after a backup that wrote snapshots, for each
-`[[backup.copies]]` entry: is its host still where `mushishi install` pinned it, open (or
-create) it, clear stale locks, `restic copy` what it lacks, apply its own retention, read
-its snapshots back (the snapshots its `forget --json` kept: the ids listed from the copy,
-their contents through restic's cache; else `restic snapshots`), and restore-verify a
-sample of this run's snapshots from it (the restore reads them from the copy itself).
+"""Off-box copies, step by step, for each `[[backup.copies]]` entry: while the primary's
+backup runs, is its host still where `mushishi install` pinned it, open (or create) it,
+clear stale locks (`open_early`); then, after a backup that wrote snapshots, `restic copy`
+what it lacks, apply its own retention, read its snapshots back (the snapshots its
+`forget --json` kept: the ids listed from the copy, their contents through restic's cache;
+else `restic snapshots`), and restore-verify a sample of this run's snapshots from it (the
+restore reads them from the copy itself).
 
 A copy that fails is its own `CopyResult`; it never stops the other copies and never
 touches the primary. Every decision is in `core`; every process runs through `process`.
@@ -12,8 +13,9 @@ touches the primary. Every decision is in `core`; every process runs through `pr
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,6 +44,8 @@ from mushishi.shared.config.backup import (
     repository_host,
 )
 from mushishi.shared.locality import Resolver
+
+log = logging.getLogger("mushishi.backup")
 
 
 @dataclass
@@ -84,18 +88,37 @@ async def reach(settings: BackupSettings, index: int, context: CopyContext, *,
     return repo, source, stale
 
 
+Reached = tuple[Access, Restic, list[str]]
+
+
+async def open_early(settings: BackupSettings, index: int, context: CopyContext
+                     ) -> Reached | str:
+    """`reach` copy `index` (creating it) while the primary's backup runs: what it returns,
+    or one line saying why not (a bug here too is this copy's error, never the run's)."""
+    try:
+        return await reach(settings, index, context, create=True)
+    except Fatal as error:
+        return str(error)
+    except Exception as error:
+        log.exception("opening copy %s failed unexpectedly",
+                      display_repository(settings.copies[index].repository))
+        return (f"{copy_key(index)}: failed unexpectedly ({type(error).__name__}); see the "
+                f"journal")
+
+
 async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
-                   context: CopyContext, done_reading: Callable[[], None]) -> CopyResult:
-    """Copy this run's snapshots (and any an earlier run missed) to copy `index`;
-    `done_reading` is called once `restic copy` no longer reads the primary."""
+                   context: CopyContext, done_reading: Callable[[], None],
+                   opened: Awaitable[Reached | str]) -> CopyResult:
+    """Copy this run's snapshots (and any an earlier run missed) to copy `index`, once
+    `opened` (`open_early`) has reached it; `done_reading` is called once `restic copy` no
+    longer reads the primary."""
     shown = display_repository(settings.copies[index].repository)
     result = CopyResult(shown)
-    try:
-        repo, source, result.stale_locks_cleared = await reach(settings, index, context,
-                                                               create=True)
-    except Fatal as error:
-        result.error = str(error)
+    reached = await opened
+    if isinstance(reached, str):
+        result.error = reached
         return result
+    repo, source, result.stale_locks_cleared = reached
     result.warnings += [f"cleared stale {line}: a previous copy was killed"
                         for line in result.stale_locks_cleared]
     context.status(f"copying to {shown}")

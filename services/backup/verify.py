@@ -14,6 +14,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,41 +78,61 @@ async def sample_snapshot(processes: Processes, restic: Restic, snapshot_id: str
     return reservoir.sample(), None
 
 
-async def verify_snapshots(processes: Processes, restic: Restic, snapshot_ids: Sequence[str], *,
-                           sample_files: int, max_bytes: int, rng: random.Random,
-                           temp_parent: str | None = None) -> VerifyResult:
-    """Restore a sample from each snapshot into a private temp dir and compare hashes."""
-    result = VerifyResult()
+@dataclass
+class Sample:
+    """The files picked from each snapshot (`sample_snapshots`), to restore and compare; or
+    what went wrong picking them."""
+
+    files: list[tuple[str, list[FileNode]]] = field(default_factory=list)  # (snapshot, nodes)
+    error: str | None = None  # restic ls failed: nothing is restored
+    off: str | None = None  # nothing to verify, and why (sampling off, no snapshot)
+
+
+async def sample_snapshots(processes: Processes, restic: Restic, snapshot_ids: Sequence[str],
+                           *, sample_files: int, max_bytes: int, rng: random.Random) -> Sample:
+    """Pick the files to verify from each snapshot (`restic ls`): a share of `sample_files`
+    each, within `max_bytes` in all. Picking only reads, so it may run while another
+    process reads the repository (a `restic copy`); the restore comes later."""
     if sample_files <= 0:
-        result.error = "backup.verify_sample_files is 0: restore verification is off"
-        return result
+        return Sample(off="backup.verify_sample_files is 0: restore verification is off")
     if not snapshot_ids:
-        result.error = "no snapshot to verify"
-        return result
-    restore_failed = False
-    per_snapshot = split_sample(sample_files, len(snapshot_ids))
+        return Sample(off="no snapshot to verify")
+    picked = Sample()
     budget = max_bytes
-    for snapshot_id, count in zip(snapshot_ids, per_snapshot, strict=True):
+    for snapshot_id, count in zip(snapshot_ids, split_sample(sample_files, len(snapshot_ids)),
+                                  strict=True):
         if count == 0:
             continue
-        sample, error = await sample_snapshot(processes, restic, snapshot_id, count, budget, rng)
+        nodes, error = await sample_snapshot(processes, restic, snapshot_id, count, budget, rng)
         if error:
-            restore_failed, result.error = True, error
+            picked.error = error
             break
-        if not sample:
-            continue
-        budget -= sum(node.size for node in sample)
+        if nodes:
+            budget -= sum(node.size for node in nodes)
+            picked.files.append((snapshot_id, nodes))
+    return picked
+
+
+async def restore_sample(processes: Processes, restic: Restic, sample: Sample, *,
+                         temp_parent: str | None = None) -> VerifyResult:
+    """Restore `sample` into a private temp dir, snapshot by snapshot, and compare hashes."""
+    result = VerifyResult()
+    if sample.off is not None:
+        result.error = sample.off
+        return result
+    restore_failed = sample.error is not None
+    result.error = sample.error
+    for snapshot_id, nodes in sample.files:
         workdir = Path(tempfile.mkdtemp(prefix="mushishi-verify-", dir=temp_parent))
         try:
             restored = await processes.run(
-                restic.restore(snapshot_id, str(workdir), [n.path for n in sample]))
+                restic.restore(snapshot_id, str(workdir), [n.path for n in nodes]))
             if restored.returncode != 0:
                 restore_failed = True
                 result.error = (f"restic restore {snapshot_id} exited {restored.returncode}: "
                                 f"{first_error_line(restored.stderr)}")
-            for node in sample:
-                verdict = compare(node, Path(node.path),
-                                  workdir / node.path.lstrip("/"))
+            for node in nodes:
+                verdict = compare(node, Path(node.path), workdir / node.path.lstrip("/"))
                 result.files_checked += 1
                 if verdict == "matched":
                     result.files_matched += 1
@@ -127,3 +148,12 @@ async def verify_snapshots(processes: Processes, restic: Restic, snapshot_ids: S
         result.error = ("every sampled file changed after the snapshot was taken; nothing "
                         "could be compared")
     return result
+
+
+async def verify_snapshots(processes: Processes, restic: Restic, snapshot_ids: Sequence[str], *,
+                           sample_files: int, max_bytes: int, rng: random.Random,
+                           temp_parent: str | None = None) -> VerifyResult:
+    """Restore a sample from each snapshot into a private temp dir and compare hashes."""
+    sample = await sample_snapshots(processes, restic, snapshot_ids, sample_files=sample_files,
+                                    max_bytes=max_bytes, rng=rng)
+    return await restore_sample(processes, restic, sample, temp_parent=temp_parent)

@@ -85,19 +85,8 @@ exit $status
     return log
 
 
-def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
-        box: BackupBox) -> None:
-    """`restic copy` holds a lock on the primary while it reads, and `forget --prune` needs
-    the primary to itself: the primary's retention starts only once the copy has read. The
-    primary's retention and restore sample run while the copy applies its own retention and
-    restores its sample (each restic start pays its key derivation: one after another, they
-    were most of a run's time)."""
-    populated(box)
-    copy = box.add_copy()
-    log = timed_restic(box)
-    result = box.run()
-    assert result.returncode == 0, result.stderr
-    assert box.last()["outcome"] == "ok", box.last()
+def restic_spans(log: Path, copy: Path) -> list[tuple[float, float, str, str]]:
+    """(start, end, "copy" or "primary", command) of each restic invocation in `log`."""
     spans = []
     for line in log.read_text().splitlines():
         start, end, args = line.split(" ", 2)
@@ -107,13 +96,54 @@ def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
             "backup", "copy", "forget", "snapshots", "ls", "restore", "list", "init", "cat"))
         spans.append((float(start), float(end), "copy" if repository == str(copy)
                       else "primary", command))
+    return spans
+
+
+def test_the_copy_is_opened_while_the_primary_backs_up(box: BackupBox) -> None:
+    """Opening a copy (creating it the first time) is a restic start of its own, key
+    derivation included: it runs beside the sets' backup, not after it. The second run
+    opens the copy that exists."""
+    populated(box)
+    copy = box.add_copy()
+    log = timed_restic(box)
+    for run in range(2):
+        log.write_text("")
+        result = box.run()
+        assert result.returncode == 0, result.stderr
+        assert copy_record(box)["outcome"] == "ok", copy_record(box)
+        spans = restic_spans(log, copy)
+        [backing_up] = [s for s in spans if s[3] == "backup"]
+        [copying] = [s for s in spans if s[3] == "copy"]
+        opening = [s for s in spans if s[2] == "copy" and s[1] <= copying[0]]
+        assert {s[3] for s in opening} == ({"list", "init"} if run == 0 else {"list"}), spans
+        assert min(s[0] for s in opening) < backing_up[1], spans
+
+
+def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
+        box: BackupBox) -> None:
+    """`restic copy` holds a lock on the primary while it reads, and `forget --prune` needs
+    the primary to itself: the primary's retention starts only once the copy has read. The
+    primary's sample is picked while the copy reads; its retention and restore run while
+    the copy applies its own retention and restores its sample (each restic start pays its
+    key derivation: one after another, they were most of a run's time)."""
+    populated(box)
+    copy = box.add_copy()
+    log = timed_restic(box)
+    result = box.run()
+    assert result.returncode == 0, result.stderr
+    assert box.last()["outcome"] == "ok", box.last()
+    spans = restic_spans(log, copy)
     [copying] = [s for s in spans if s[3] == "copy"]
     [pruning] = [s for s in spans if s[2] == "primary" and s[3] == "forget"]
     assert pruning[0] >= copying[1], spans
     after = [s for s in spans if s[0] >= copying[1]]
     primary_side = [s for s in after if s[2] == "primary"]
     copy_side = [s for s in after if s[2] == "copy"]
-    assert {s[3] for s in primary_side} == {"forget", "ls", "restore"}, spans
+    # The primary's sample was picked (ls) while the copy read the primary, and is
+    # restored after its prune.
+    [listing] = [s for s in spans if s[2] == "primary" and s[3] == "ls"]
+    assert listing[0] < copying[1], spans
+    assert {s[3] for s in primary_side} == {"forget", "restore"}, spans
     # The copy's snapshots are read back by its own forget (--json lists what it kept).
     assert {s[3] for s in copy_side} == {"forget", "ls", "restore"}, spans
     # Side by side: restic processes of the two chains ran at the same time.
