@@ -190,15 +190,16 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             if not config.sets:
                 raise Fatal("no [[backup.sets]] declared: nothing is backed up")
             # Each copy is opened (a restic start, its key derivation) while the sets are
-            # backed up, not after; always awaited to its end (a restic init cut short would
-            # leave a repository no later run can open).
+            # backed up, not after. Never left running, nor cancelled by whatever awaits it
+            # (a restic init cut short leaves a repository no later run can open): only a
+            # stop request ends it early, as it ends every restic.
             opening = _open_copies_early(config, deps)
             try:
                 kept, verified = await _backup_and_copy(config, deps, repo, results, warnings,
                                                         errors, copies, opening)
             finally:
                 if opening:
-                    await asyncio.gather(*opening)
+                    await asyncio.shield(asyncio.gather(*opening, return_exceptions=True))
             if kept.error:
                 warnings.append(kept.error)
     except Fatal as error:
@@ -338,31 +339,27 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                       skip: str | None, copies: list[CopyResult],
                       reading: list[asyncio.Event], context: CopyContext | None,
                       opening: list[asyncio.Task[Reached | str]]) -> None:
-    """Every copy at once (each to its own repository, opened by `opening[i]`, or here when
-    it was not opened early), when this run wrote snapshots; otherwise say why not.
-    `reading[i]` is set once copy i no longer reads the primary. A copy that fails, even by
-    a bug here, is that copy's error: never the others'."""
+    """Every copy at once (each to its own repository, opened by `opening[i]`), when this
+    run wrote snapshots; otherwise say why not, and what opening it found. `reading[i]` is
+    set once copy i no longer reads the primary. A copy that fails, even by a bug here, is
+    that copy's error: never the others'."""
     if context is None:
         for index, result in enumerate(copies):
             result.skipped_reason = skip or "no snapshot was written in this run"
             reading[index].set()
-            reached = await opening[index] if opening else None
-            if isinstance(reached, str):
-                log.warning("%s", reached)
-            elif reached is not None and reached[2]:
-                result.stale_locks_cleared = reached[2]
-                result.warnings += [f"cleared stale {line}: a previous copy was killed"
-                                    for line in reached[2]]
+            if opening:
+                await _skipped_but_opened(result, opening[index],
+                                          interrupted=deps.stopping.is_set())
         return
 
     async def one(index: int) -> None:
         try:
             if deps.stopping.is_set():
                 copies[index].skipped_reason = "the run was interrupted"
+                await _skipped_but_opened(copies[index], opening[index], interrupted=True)
                 return
-            opened = opening[index] if opening else open_early(config, index, context)
             result = await copy_one(config, index, snapshots, context, reading[index].set,
-                                    opened)
+                                    opening[index])
         except Exception as error:  # a bug: this copy failed, the others go on
             log.exception("copy to %s failed unexpectedly", copies[index].repository)
             result = CopyResult(copies[index].repository,
@@ -381,6 +378,24 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
     async with asyncio.TaskGroup() as group:
         for index in range(len(copies)):
             group.create_task(one(index))
+
+
+async def _skipped_but_opened(result: CopyResult, opened: asyncio.Task[Reached | str], *,
+                              interrupted: bool) -> None:
+    """A copy that copies nothing in this run (no snapshot, or a stop) was still opened
+    beside the backup: its stale locks cleared are recorded, and a copy that could not be
+    opened fails (unless the stop is why), so a broken copy shows on every run."""
+    reached = await asyncio.shield(opened)
+    if isinstance(reached, str):
+        if interrupted:
+            log.warning("%s", reached)
+        else:
+            result.error = reached
+            result.outcome = "failed"
+        return
+    result.stale_locks_cleared = reached[2]
+    result.warnings += [f"cleared stale {line}: a previous copy was killed"
+                        for line in reached[2]]
 
 
 async def run_check(settings: MushishiSettings, deps: Deps) -> int:

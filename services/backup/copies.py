@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -108,13 +108,13 @@ async def open_early(settings: BackupSettings, index: int, context: CopyContext
 
 async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
                    context: CopyContext, done_reading: Callable[[], None],
-                   opened: Awaitable[Reached | str]) -> CopyResult:
+                   opened: asyncio.Future[Reached | str]) -> CopyResult:
     """Copy this run's snapshots (and any an earlier run missed) to copy `index`, once
     `opened` (`open_early`) has reached it; `done_reading` is called once `restic copy` no
     longer reads the primary."""
     shown = display_repository(settings.copies[index].repository)
     result = CopyResult(shown)
-    reached = await opened
+    reached = await asyncio.shield(opened)  # never cancelled mid-init by this copy's end
     if isinstance(reached, str):
         result.error = reached
         return result

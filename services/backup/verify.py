@@ -143,6 +143,8 @@ async def restore_sample(processes: Processes, restic: Restic, sample: Sample, *
                     result.mismatches.append(f"{node.path}: {verdict} (snapshot {snapshot_id})")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+    if sample.error is not None:
+        result.error = sample.error  # the listing that failed came after every restore here
     result.outcome = verify_outcome(result, restore_failed=restore_failed)
     if result.outcome == "inconclusive" and not result.error:
         result.error = ("every sampled file changed after the snapshot was taken; nothing "

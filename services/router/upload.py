@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from email.parser import HeaderParser
 from typing import Any
 
@@ -70,7 +70,7 @@ def _shown(name: str) -> str:
     return repr(name) if name in _KNOWN_FIELDS else "(a field not in OpenAI's forms)"
 
 
-def keep_chunks_on_the_heap(environ: dict[str, str] | None = None) -> bool:
+def keep_chunks_on_the_heap(environ: Mapping[str, str] | None = None) -> bool:
     """Have glibc's malloc keep the relay's pieces (up to 256 KiB each, several alive at once:
     the event loop's read, aiohttp's copy of the body, the recent window) on its heap, and
     keep up to 4 MiB it freed there instead of handing it back to the kernel at once.
@@ -79,8 +79,10 @@ def keep_chunks_on_the_heap(environ: dict[str, str] | None = None) -> bool:
     80 pieces: a page fault for every 4 KiB, 16-20% of the router's CPU time per upload
     (perf, and the upload benchmark with and without: benchmarks/router/README.md).
     False where it does not apply: not glibc, or the operator chose malloc's settings
-    (MALLOC_*_ or GLIBC_TUNABLES in the environment)."""
-    environ = dict(os.environ) if environ is None else environ
+    (MALLOC_*_ or GLIBC_TUNABLES in the environment). Setting them ends glibc's own moving
+    threshold: a block over 1 MiB (a large JSON body) is mapped afresh each time, as it was
+    before its first free with the defaults."""
+    environ = os.environ if environ is None else environ
     if "GLIBC_TUNABLES" in environ or any(
             name.startswith("MALLOC_") and name.endswith("_") for name in environ):
         return False

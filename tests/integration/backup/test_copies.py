@@ -291,6 +291,24 @@ def test_a_backup_that_wrote_nothing_copies_nothing_and_keeps_the_copys_history(
     assert record["last_verified_time"] == first["last_verified_time"]
 
 
+def test_a_copy_that_cannot_be_opened_fails_even_on_a_run_that_wrote_nothing(
+        box: BackupBox) -> None:
+    """Copies are opened beside the backup, so a broken copy shows on every run, not only on
+    the runs that had something to copy."""
+    populated(box)
+    offsite = box.root / "offsite"          # its "disk" is not there
+    box.add_copy("offsite/repo")
+    box.sets[0]["path"] = str(box.root / "not-mounted")
+    assert box.run().returncode == 1
+    last = box.last()
+    assert last["outcome"] == "failed", last
+    record = copy_record(box)
+    assert record["outcome"] == "failed", record
+    assert str(offsite) in record["error"]
+    assert record["skipped_reason"] == "no snapshot was written in this run"
+    assert any("backup.copies[0]" in e and str(offsite) in e for e in last["errors"]), last
+
+
 def test_copy_verification_catches_a_corrupted_pack_in_the_copy(box: BackupBox) -> None:
     populated(box)
     copy = box.add_copy()
