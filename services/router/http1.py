@@ -382,6 +382,7 @@ class Pool:
         self._open: set[_Connection] = set()
         # The origin closed a connection right after a chunked answer: close, never pool them.
         self.closes_after_chunked = False
+        self._closed = False  # `close` was called: no connection is opened any more
 
     async def request(self, method: str, target: str, headers: bytes,
                       body: bytes | AsyncIterable[bytes | memoryview] | None = None, *,
@@ -453,6 +454,9 @@ class Pool:
         return None
 
     async def _open_connection(self) -> _Connection:
+        if self._closed:
+            raise ConnectFailed(ConnectionAbortedError(
+                "the router closed its connections to this backend (reload or stop)"))
         try:
             _, protocol = await self._connect(lambda: _Connection(self))
         except OSError as error:
@@ -463,6 +467,9 @@ class Pool:
 
     def put_back(self, connection: _Connection) -> None:
         """An answer ended and `connection` may carry the next request."""
+        if self._closed:
+            connection.close()
+            return
         connection.idle_since = asyncio.get_running_loop().time()
         self._idle.append(connection)
 
@@ -473,7 +480,8 @@ class Pool:
             self._idle.remove(connection)
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection; later requests are refused (ConnectFailed)."""
+        self._closed = True
         for connection in list(self._open):
             connection.close()
         self._idle.clear()

@@ -547,3 +547,21 @@ async def test_a_post_on_a_reused_connection_closed_unanswered_is_not_sent_again
         with pytest.raises(ResponseBroken, match="closed the connection"):
             await pool.request("POST", "/v1/chat/completions", b"", b"{}")
         assert len(connections) == 1
+
+
+async def test_a_closed_pool_opens_no_connection_and_keeps_none() -> None:
+    """A request that starts after `close` (a ComfyUI take-back still running when the router
+    reloads or stops) is refused instead of opening a connection nothing would ever close."""
+    def answer(_: bytes) -> list[bytes]:
+        return [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+
+    async with raw_server(answer) as (port, connections):
+        pool = pool_for(port)
+        response = await pool.request("GET", "/queue", b"")
+        await pool.close()
+        assert await response.read() == b"ok"
+        response.release()
+        with pytest.raises(ConnectFailed, match="closed"):
+            await pool.request("GET", "/queue", b"")
+        await asyncio.sleep(0.05)
+    assert len(connections) == 1
