@@ -31,6 +31,7 @@ from mushishi.services.backup.copies import (
     copy_one,
     open_early,
     reach,
+    skipped_but_opened,
 )
 from mushishi.services.backup.core import (
     CopyResult,
@@ -348,7 +349,7 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
             result.skipped_reason = skip or "no snapshot was written in this run"
             reading[index].set()
             if opening:
-                await _skipped_but_opened(result, opening[index],
+                await skipped_but_opened(result, opening[index],
                                           interrupted=deps.stopping.is_set())
         return
 
@@ -356,7 +357,7 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
         try:
             if deps.stopping.is_set():
                 copies[index].skipped_reason = "the run was interrupted"
-                await _skipped_but_opened(copies[index], opening[index], interrupted=True)
+                await skipped_but_opened(copies[index], opening[index], interrupted=True)
                 return
             result = await copy_one(config, index, snapshots, context, reading[index].set,
                                     opening[index])
@@ -378,24 +379,6 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
     async with asyncio.TaskGroup() as group:
         for index in range(len(copies)):
             group.create_task(one(index))
-
-
-async def _skipped_but_opened(result: CopyResult, opened: asyncio.Task[Reached | str], *,
-                              interrupted: bool) -> None:
-    """A copy that copies nothing in this run (no snapshot, or a stop) was still opened
-    beside the backup: its stale locks cleared are recorded, and a copy that could not be
-    opened fails (unless the stop is why), so a broken copy shows on every run."""
-    reached = await asyncio.shield(opened)
-    if isinstance(reached, str):
-        if interrupted:
-            log.warning("%s", reached)
-        else:
-            result.error = reached
-            result.outcome = "failed"
-        return
-    result.stale_locks_cleared = reached[2]
-    result.warnings += [f"cleared stale {line}: a previous copy was killed"
-                        for line in reached[2]]
 
 
 async def run_check(settings: MushishiSettings, deps: Deps) -> int:

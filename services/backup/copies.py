@@ -118,9 +118,8 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
     if isinstance(reached, str):
         result.error = reached
         return result
-    repo, source, result.stale_locks_cleared = reached
-    result.warnings += [f"cleared stale {line}: a previous copy was killed"
-                        for line in result.stale_locks_cleared]
+    repo, source, stale = reached
+    _cleared(result, stale)
     context.status(f"copying to {shown}")
     try:
         copied = await repo.processes.run(repo.restic.copy_from(source, tags=settings.tags))
@@ -158,6 +157,28 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
         repo.processes, repo.restic, ours, sample_files=settings.verify_sample_files,
         max_bytes=settings.verify_max_bytes, rng=context.rng)
     return result
+
+
+async def skipped_but_opened(result: CopyResult, opened: asyncio.Future[Reached | str], *,
+                             interrupted: bool) -> None:
+    """A copy that copies nothing in this run (no snapshot, or a stop) was still opened
+    beside the backup: its stale locks cleared are recorded, and a copy that could not be
+    opened fails (unless the stop is why), so a broken copy shows on every run."""
+    reached = await asyncio.shield(opened)
+    if isinstance(reached, str):
+        if interrupted:
+            log.warning("%s", reached)
+        else:
+            result.error = reached
+            result.outcome = "failed"
+        return
+    _cleared(result, reached[2])
+
+
+def _cleared(result: CopyResult, stale: list[str]) -> None:
+    """Record the stale locks that opening the copy cleared, each a warning."""
+    result.stale_locks_cleared = stale
+    result.warnings += [f"cleared stale {line}: a previous copy was killed" for line in stale]
 
 
 async def _list_snapshots(repo: Access, tags: Sequence[str], shown: str

@@ -121,7 +121,6 @@ async def restore_sample(processes: Processes, restic: Restic, sample: Sample, *
         result.error = sample.off
         return result
     restore_failed = sample.error is not None
-    result.error = sample.error
     for snapshot_id, nodes in sample.files:
         workdir = Path(tempfile.mkdtemp(prefix="mushishi-verify-", dir=temp_parent))
         try:

@@ -456,7 +456,7 @@ class Pool:
     async def _open_connection(self) -> _Connection:
         if self._closed:
             raise ConnectFailed(ConnectionAbortedError(
-                "the router closed its connections to this backend (reload or stop)"))
+                "the router closed its connections to this backend: it is stopping"))
         try:
             _, protocol = await self._connect(lambda: _Connection(self))
         except OSError as error:

@@ -549,9 +549,9 @@ async def test_a_post_on_a_reused_connection_closed_unanswered_is_not_sent_again
         assert len(connections) == 1
 
 
-async def test_a_closed_pool_opens_no_connection_and_keeps_none() -> None:
+async def test_a_closed_pool_opens_no_new_connection() -> None:
     """A request that starts after `close` (a ComfyUI take-back still running when the router
-    reloads or stops) is refused instead of opening a connection nothing would ever close."""
+    stops) is refused instead of opening a connection nothing would ever close."""
     def answer(_: bytes) -> list[bytes]:
         return [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
 
