@@ -18,7 +18,8 @@ measured):
   create with the primary's chunker, lock check, `restic copy`, its retention, its
   snapshots read back, a 20-file restore sample from it; since 12-03 the copy's steps after
   `restic copy` run side by side with the primary's retention and restore sample, and the
-  snapshots are read back by the retention's own `forget --json`);
+  snapshots are read back by the retention's own `forget --json`; since 12-03 evening the
+  copy's sample is picked from the primary's `restic ls`, the copy is not listed);
 * same+copy: those restic commands, from the same builders, back to back (one after
   another, as the runner issued them before 12-03);
 * backup+copy: `restic backup` + `restic copy` by hand, nothing else.
@@ -109,13 +110,21 @@ def runner(config: Path) -> float:
     return elapsed
 
 
-def restore_sample(restic: Restic, snapshot: str, work: Path) -> None:
-    """`restic ls` of the snapshot and a restore of a same-sized sample, as verification."""
+def list_files(restic: Restic, snapshot: str) -> list[str]:
+    """`restic ls` of the snapshot: its regular files."""
     listing = subprocess.run(restic.ls(snapshot), check=True, capture_output=True, text=True,
                              env=env()).stdout
-    files = [json.loads(line)["path"] for line in listing.splitlines()
-             if '"type":"file"' in line]
-    sample = random.Random(1).sample(files, SAMPLE)
+    return [json.loads(line)["path"] for line in listing.splitlines()
+            if '"type":"file"' in line]
+
+
+def restore_sample(restic: Restic, snapshot: str, work: Path, seed: int,
+                   files: list[str] | None = None) -> None:
+    """A restore of a same-sized sample of `files` (else `restic ls` of the snapshot), as
+    verification."""
+    if files is None:
+        files = list_files(restic, snapshot)
+    sample = random.Random(seed).sample(files, SAMPLE)
     target = Path(tempfile.mkdtemp(dir=work))
     subprocess.run(restic.restore(snapshot, str(target), sample), check=True,
                    capture_output=True, env=env())
@@ -136,7 +145,11 @@ def bare_same(restic: Restic, source: Path, first: bool, work: Path,
     backup = subprocess.run(restic.backup([str(source)], tags=["mushishi"]), check=True,
                             capture_output=True, text=True, env=env())
     snapshot = json.loads(backup.stdout.splitlines()[-1])["snapshot_id"]
+    listed = None
     if copy is not None:
+        # The runner picks both samples from one listing of the primary (the copy holds the
+        # same tree), since 12-03 evening.
+        listed = list_files(restic, snapshot)
         probe = subprocess.run(copy.list_locks(), capture_output=True, env=env())
         if probe.returncode != 0:
             subprocess.run(copy.init_copy_of(restic), check=True, capture_output=True,
@@ -149,11 +162,11 @@ def bare_same(restic: Restic, source: Path, first: bool, work: Path,
                               check=True, capture_output=True, text=True, env=env()).stdout
         copied = next(s.short_id for s in parse_forget_kept(kept)
                       if s.original and s.original.startswith(snapshot))
-        restore_sample(copy, copied, work)
+        restore_sample(copy, copied, work, 2, listed)
     subprocess.run(restic.forget_prune(keep_daily=7, keep_weekly=4, keep_monthly=3,
                                        tags=["mushishi"]),
                    check=True, capture_output=True, env=env())
-    restore_sample(restic, snapshot, work)
+    restore_sample(restic, snapshot, work, 1, listed)
     return time.perf_counter() - started
 
 

@@ -11,12 +11,13 @@ leaves a result in <state_dir>/last.json (check: check.json) and a line in histo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +53,7 @@ from mushishi.services.backup.repository import (
     share_with_group,
 )
 from mushishi.services.backup.restic import first_error_line, local_repository_path
-from mushishi.services.backup.verify import restore_sample, sample_snapshots
+from mushishi.services.backup.verify import Sample, restore_sample, sample_snapshots
 from mushishi.shared.config import MushishiSettings
 from mushishi.shared.config.backup import (
     PINNED_HOSTS_ENV,
@@ -308,14 +309,22 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
     kept = RetentionResult()
     verified = VerifyResult()
 
+    picking: asyncio.Task[list[Sample]] | None = None
+    if snapshots and not deps.stopping.is_set():
+        # One `restic ls` of each snapshot picks the files the primary and every copy
+        # restore (a copy holds the same trees). It only reads the primary: beside
+        # `restic copy`, which reads too.
+        picking = asyncio.create_task(sample_snapshots(
+            repo.processes, repo.restic, snapshots, sample_files=config.verify_sample_files,
+            max_bytes=config.verify_max_bytes, rng=deps.rng, repositories=1 + len(copies)))
+
+    async def picked(index: int) -> Sample | None:
+        """The sample for repository `index` (0: the primary, i + 1: copy i), if picked."""
+        return None if picking is None else (await asyncio.shield(picking))[index]
+
     async def primary() -> None:
         nonlocal kept, verified
-        sample = None
-        if snapshots and not deps.stopping.is_set():
-            # Picking the files only reads the primary: beside `restic copy`, which reads too.
-            sample = await sample_snapshots(repo.processes, repo.restic, snapshots,
-                                            sample_files=config.verify_sample_files,
-                                            max_bytes=config.verify_max_bytes, rng=deps.rng)
+        sample = await picked(0)
         for event in reading:
             await event.wait()
         if skip is None and not deps.stopping.is_set():
@@ -329,21 +338,27 @@ async def _copies_and_checks(config: BackupSettings, deps: Deps, repo: Access,
                                  f"sample files")
             verified = await restore_sample(repo.processes, repo.restic, sample)
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(_run_copies(config, deps, snapshots, skip, copies, reading,
-                                      context, opening))
-        group.create_task(primary())
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_run_copies(config, deps, snapshots, skip, copies, reading,
+                                          context, opening, picked))
+            group.create_task(primary())
+    finally:
+        if picking is not None and not picking.done():
+            picking.cancel()  # only when the run itself crashed
     return kept, verified
 
 
 async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                       skip: str | None, copies: list[CopyResult],
                       reading: list[asyncio.Event], context: CopyContext | None,
-                      opening: list[asyncio.Task[Reached | str]]) -> None:
-    """Every copy at once (each to its own repository, opened by `opening[i]`), when this
-    run wrote snapshots; otherwise say why not, and what opening it found. `reading[i]` is
-    set once copy i no longer reads the primary. A copy that fails, even by a bug here, is
-    that copy's error: never the others'."""
+                      opening: list[asyncio.Task[Reached | str]],
+                      picked: Callable[[int], Awaitable[Sample | None]]) -> None:
+    """Every copy at once (each to its own repository, opened by `opening[i]`, its sample
+    `picked(i + 1)` from the primary's listing), when this run wrote snapshots; otherwise
+    say why not, and what opening it found. `reading[i]` is set once copy i no longer reads
+    the primary. A copy that fails, even by a bug here, is that copy's error: never the
+    others'."""
     if context is None:
         for index, result in enumerate(copies):
             result.skipped_reason = skip or "no snapshot was written in this run"
@@ -360,7 +375,7 @@ async def _run_copies(config: BackupSettings, deps: Deps, snapshots: list[str],
                 await skipped_but_opened(copies[index], opening[index], interrupted=True)
                 return
             result = await copy_one(config, index, snapshots, context, reading[index].set,
-                                    opening[index])
+                                    opening[index], functools.partial(picked, index + 1))
         except Exception as error:  # a bug: this copy failed, the others go on
             log.exception("copy to %s failed unexpectedly", copies[index].repository)
             result = CopyResult(copies[index].repository,

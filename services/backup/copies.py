@@ -4,7 +4,8 @@ clear stale locks (`open_early`); then, after a backup that wrote snapshots, `re
 what it lacks, apply its own retention, read its snapshots back (the snapshots its
 `forget --json` kept: the ids listed from the copy, their contents through restic's cache;
 else `restic snapshots`), and restore-verify a sample of this run's snapshots from it (the
-restore reads them from the copy itself).
+files picked from the primary's `restic ls` of the same snapshots, which the copy holds
+tree for tree; the restore reads them from the copy itself).
 
 A copy that fails is its own `CopyResult`; it never stops the other copies and never
 touches the primary. Every decision is in `core`; every process runs through `process`.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,7 +37,7 @@ from mushishi.services.backup.restic import (
     parse_copy,
     parse_snapshots,
 )
-from mushishi.services.backup.verify import verify_snapshots
+from mushishi.services.backup.verify import Sample, restore_sample, verify_snapshots
 from mushishi.shared.config.backup import (
     BackupSettings,
     copy_key,
@@ -108,10 +109,13 @@ async def open_early(settings: BackupSettings, index: int, context: CopyContext
 
 async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[str],
                    context: CopyContext, done_reading: Callable[[], None],
-                   opened: asyncio.Future[Reached | str]) -> CopyResult:
+                   opened: asyncio.Future[Reached | str],
+                   pick: Callable[[], Awaitable[Sample | None]]) -> CopyResult:
     """Copy this run's snapshots (and any an earlier run missed) to copy `index`, once
     `opened` (`open_early`) has reached it; `done_reading` is called once `restic copy` no
-    longer reads the primary."""
+    longer reads the primary. The files to verify are those `pick` returns, picked from the
+    primary's listing of the same snapshots (no `restic ls` of the copy; its own when there
+    is none)."""
     shown = display_repository(settings.copies[index].repository)
     result = CopyResult(shown)
     reached = await asyncio.shield(opened)  # never cancelled mid-init by this copy's end
@@ -148,14 +152,22 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
         result.error = (f"{shown} lacks this run's snapshot(s) {', '.join(behind)} after "
                         f"restic copy succeeded")
         return result
-    ours = [s.short_id for s in snapshots
-            if s.original and any(s.original.startswith(sid) for sid in snapshot_ids)]
-    result.snapshot_ids = ours
+    copied = {sid: s.short_id for s in snapshots for sid in snapshot_ids
+              if s.original and s.original.startswith(sid)}
+    result.snapshot_ids = [s.short_id for s in snapshots if s.short_id in copied.values()]
     context.status(f"verifying a restore of {settings.verify_sample_files} sample files "
                    f"from {shown}")
-    result.verify = await verify_snapshots(
-        repo.processes, repo.restic, ours, sample_files=settings.verify_sample_files,
-        max_bytes=settings.verify_max_bytes, rng=context.rng)
+    sample = await pick()
+    if sample is None or sample.error is not None:
+        # No files picked from the primary's listing (a stop, or the listing failed): the
+        # copy lists its own snapshots.
+        result.verify = await verify_snapshots(
+            repo.processes, repo.restic, result.snapshot_ids,
+            sample_files=settings.verify_sample_files, max_bytes=settings.verify_max_bytes,
+            rng=context.rng)
+    else:
+        result.verify = await restore_sample(repo.processes, repo.restic,
+                                             sample.in_copy(copied))
     return result
 
 

@@ -13,7 +13,7 @@ import logging
 import random
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,20 +62,20 @@ def compare(node: FileNode, source: Path, restored: Path) -> str:
     return "matched"
 
 
-async def sample_snapshot(processes: Processes, restic: Restic, snapshot_id: str, count: int,
-                          max_bytes: int, rng: random.Random) -> tuple[list[FileNode], str | None]:
-    """A random sample of the snapshot's regular files, streamed from `restic ls --json`."""
-    reservoir = Reservoir(count, max_bytes, rng)
-
+async def sample_snapshot(processes: Processes, restic: Restic, snapshot_id: str,
+                          reservoirs: Sequence[Reservoir]) -> str | None:
+    """Offer every regular file of the snapshot, streamed from `restic ls --json`, to each
+    reservoir: None, or one line saying why the listing failed."""
     def offer(line: str) -> None:
         node = parse_ls_node(line)
         if node is not None:
-            reservoir.offer(node)
+            for reservoir in reservoirs:
+                reservoir.offer(node)
 
     result = await processes.run(restic.ls(snapshot_id), on_line=offer, keep_stdout=False)
     if result.returncode != 0:
-        return [], f"restic ls {snapshot_id}: {first_error_line(result.stderr)}"
-    return reservoir.sample(), None
+        return f"restic ls {snapshot_id}: {first_error_line(result.stderr)}"
+    return None
 
 
 @dataclass
@@ -87,29 +87,44 @@ class Sample:
     error: str | None = None  # restic ls failed: nothing is restored
     off: str | None = None  # nothing to verify, and why (sampling off, no snapshot)
 
+    def in_copy(self, copied: Mapping[str, str]) -> Sample:
+        """This sample, picked from the primary's snapshots, to restore from their copies
+        (`copied`: a primary snapshot id to its copy's): `restic copy` writes the very same
+        trees, so every path picked is in the copy's snapshot too."""
+        return Sample([(copied[snapshot], nodes) for snapshot, nodes in self.files],
+                      self.error, self.off)
+
 
 async def sample_snapshots(processes: Processes, restic: Restic, snapshot_ids: Sequence[str],
-                           *, sample_files: int, max_bytes: int, rng: random.Random) -> Sample:
-    """Pick the files to verify from each snapshot (`restic ls`): a share of `sample_files`
-    each, within `max_bytes` in all. Picking only reads, so it may run while another
-    process reads the repository (a `restic copy`); the restore comes later."""
+                           *, sample_files: int, max_bytes: int, rng: random.Random,
+                           repositories: int = 1) -> list[Sample]:
+    """Pick the files to verify from each snapshot with one `restic ls` of it: a share of
+    `sample_files` each, within `max_bytes` in all, picked apart for each of `repositories`
+    (the primary, and each copy holding the same snapshots). Picking only reads, so it may
+    run while another process reads the repository (a `restic copy`); the restore comes
+    later."""
     if sample_files <= 0:
-        return Sample(off="backup.verify_sample_files is 0: restore verification is off")
+        return [Sample(off="backup.verify_sample_files is 0: restore verification is off")
+                for _ in range(repositories)]
     if not snapshot_ids:
-        return Sample(off="no snapshot to verify")
-    picked = Sample()
-    budget = max_bytes
+        return [Sample(off="no snapshot to verify") for _ in range(repositories)]
+    picked = [Sample() for _ in range(repositories)]
+    budgets = [max_bytes] * repositories
     for snapshot_id, count in zip(snapshot_ids, split_sample(sample_files, len(snapshot_ids)),
                                   strict=True):
         if count == 0:
             continue
-        nodes, error = await sample_snapshot(processes, restic, snapshot_id, count, budget, rng)
+        reservoirs = [Reservoir(count, budget, rng) for budget in budgets]
+        error = await sample_snapshot(processes, restic, snapshot_id, reservoirs)
         if error:
-            picked.error = error
+            for sample in picked:
+                sample.error = error
             break
-        if nodes:
-            budget -= sum(node.size for node in nodes)
-            picked.files.append((snapshot_id, nodes))
+        for index, reservoir in enumerate(reservoirs):
+            nodes = reservoir.sample()
+            if nodes:
+                budgets[index] -= sum(node.size for node in nodes)
+                picked[index].files.append((snapshot_id, nodes))
     return picked
 
 
@@ -155,6 +170,6 @@ async def verify_snapshots(processes: Processes, restic: Restic, snapshot_ids: S
                            sample_files: int, max_bytes: int, rng: random.Random,
                            temp_parent: str | None = None) -> VerifyResult:
     """Restore a sample from each snapshot into a private temp dir and compare hashes."""
-    sample = await sample_snapshots(processes, restic, snapshot_ids, sample_files=sample_files,
-                                    max_bytes=max_bytes, rng=rng)
+    [sample] = await sample_snapshots(processes, restic, snapshot_ids,
+                                      sample_files=sample_files, max_bytes=max_bytes, rng=rng)
     return await restore_sample(processes, restic, sample, temp_parent=temp_parent)

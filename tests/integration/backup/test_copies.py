@@ -144,10 +144,37 @@ def test_the_primarys_prune_waits_for_the_copy_and_the_rest_runs_side_by_side(
     [listing] = [s for s in spans if s[2] == "primary" and s[3] == "ls"]
     assert listing[0] < copying[1], spans
     assert {s[3] for s in primary_side} == {"forget", "restore"}, spans
-    # The copy's snapshots are read back by its own forget (--json lists what it kept).
-    assert {s[3] for s in copy_side} == {"forget", "ls", "restore"}, spans
+    # The copy's snapshots are read back by its own forget (--json lists what it kept), and
+    # its sample comes from the primary's listing (the copy's snapshot holds the same tree):
+    # no listing of its own, only the restore, which reads the copy.
+    assert {s[3] for s in copy_side} == {"forget", "restore"}, spans
+    assert not [s for s in spans if s[2] == "copy" and s[3] == "ls"], spans
     # Side by side: restic processes of the two chains ran at the same time.
     assert any(a[0] < b[1] and b[0] < a[1] for a in primary_side for b in copy_side), spans
+
+
+def test_when_the_primarys_listing_fails_the_copy_lists_its_own_sample(
+        box: BackupBox) -> None:
+    """The copy's sample is picked from the primary's `restic ls`; when that listing fails
+    (here a restic that refuses `ls` on the primary), the primary's verification fails and
+    says so, and the copy lists its own snapshot instead: still verified from the copy."""
+    populated(box)
+    copy = box.add_copy()
+    restic_shim(box, "restic-no-primary-ls", f"""case " $* " in
+*" {box.repo} "*" ls "*) echo "Fatal: refused by the test" >&2; exit 1;;
+esac
+exec "$RESTIC" "$@"
+""")
+    result = box.run()
+    assert result.returncode != 0, result.stderr
+    last = box.last()
+    assert last["verify"]["outcome"] == "failed", last["verify"]
+    assert "refused by the test" in (last["verify"]["error"] or ""), last["verify"]
+    record = copy_record(box)
+    assert record["outcome"] == "ok", record
+    assert record["verify"]["outcome"] == "ok" and record["verify"]["files_matched"] > 0, record
+    [copied] = box.snapshots(copy)
+    assert record["snapshot_ids"] == [copied["short_id"]]
 
 
 def test_without_a_retention_policy_the_copys_snapshots_are_still_read_back(
