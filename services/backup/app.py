@@ -175,7 +175,9 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
                           stopping=deps.stopping, grace_s=deps.grace_s,
                           monotonic=deps.monotonic)
             deps.notifier.status(f"opening repository {display_repository(config.repository)}")
-            opened = await open_repository(config, repo, create=True)
+            # Not probed when local and holding no lock (nothing to clear): one restic start
+            # less; a backup that fails then has the probe explain why (`_backup_and_copy`).
+            opened = await open_repository(config, repo, create=True, unless_unlocked=True)
             path = local_repository_path(config.repository)
             try:
                 if path and share_with_group(Path(path), os.getegid()):
@@ -198,7 +200,8 @@ async def run_backup(settings: MushishiSettings, deps: Deps) -> int:
             opening = _open_copies_early(config, deps)
             try:
                 kept, verified = await _backup_and_copy(config, deps, repo, results, warnings,
-                                                        errors, copies, opening)
+                                                        errors, copies, opening,
+                                                        probed=opened.probed)
             finally:
                 if opening:
                     await asyncio.shield(asyncio.gather(*opening, return_exceptions=True))
@@ -265,9 +268,12 @@ def _open_copies_early(config: BackupSettings, deps: Deps
 async def _backup_and_copy(config: BackupSettings, deps: Deps, repo: Access,
                            results: dict[str, SetResult], warnings: list[str],
                            errors: list[str], copies: list[CopyResult],
-                           opening: list[asyncio.Task[Reached | str]]
+                           opening: list[asyncio.Task[Reached | str]], *, probed: bool
                            ) -> tuple[RetentionResult, VerifyResult]:
-    """Back up every set (filling `results`), then the copies and the primary's checks."""
+    """Back up every set (filling `results`), then the copies and the primary's checks.
+    Unless the repository was `probed` when opened, the first backup that fails has it
+    opened now, so that a wrong password or a repository gone fails the run with the line
+    the probe gives."""
     present, missing = core.plan_sets(config.sets, deps.path_exists)
     for item in missing:
         results[item.path] = item
@@ -277,6 +283,9 @@ async def _backup_and_copy(config: BackupSettings, deps: Deps, repo: Access,
         outcome = await backup_set(config, repo, item, status=deps.notifier.status,
                                    monotonic=deps.monotonic)
         results[item.path] = outcome
+        if outcome.status == "failed" and not probed and not deps.stopping.is_set():
+            probed = True
+            await open_repository(config, repo, create=False)  # raises Fatal saying why
         if outcome.error:
             (errors if outcome.status == "failed" else warnings).append(
                 f"{item.path}: {outcome.error}")

@@ -239,14 +239,39 @@ def _is_dir(path: Path) -> bool:
 @dataclass(frozen=True, slots=True)
 class Opened:
     """A repository opened: whether this run created it, and its lock files' IDs then
-    (listing them is the probe that opens it: one restic invocation, not two)."""
+    (listing them is the probe that opens it: one restic invocation, not two); `probed`
+    False when no probe ran (`unlocked_local`)."""
 
     created: bool
     locks: tuple[str, ...]
+    probed: bool = True
 
 
-async def open_repository(settings: BackupSettings, repo: Access, *, create: bool) -> Opened:
-    """Make sure the repository exists and the password opens it."""
+def unlocked_local(repository: str) -> bool:
+    """A local repository that exists (its `config` file is there) and holds no lock file:
+    no restic is using it and none was killed using it, so the probe that opens it (listing
+    its locks: a restic start and its key derivation) would find nothing to clear."""
+    local = local_repository_path(repository)
+    if not local:
+        return False
+    root = Path(local)
+    try:
+        with os.scandir(root / "locks") as entries:
+            if next(entries, None) is not None:
+                return False
+        return (root / "config").is_file()
+    except OSError:
+        return False
+
+
+async def open_repository(settings: BackupSettings, repo: Access, *, create: bool,
+                          unless_unlocked: bool = False) -> Opened:
+    """Make sure the repository exists and the password opens it; with `unless_unlocked`,
+    not for a local repository that holds no lock (`unlocked_local`): the first restic
+    to open it then tries the password, and its failure is for `open_repository` again to
+    explain."""
+    if unless_unlocked and unlocked_local(settings.repository):
+        return Opened(False, (), probed=False)
     return await _open(repo, settings.repository, "backup.repository",
                        settings.password_credential, repo.restic.init() if create else None)
 

@@ -169,3 +169,23 @@ def random_file(path: Path, size: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(os.urandom(size))
     return path
+
+
+def restic_shim(box: BackupBox, name: str, body: str) -> None:
+    """Put a shell script in front of the real restic (`$RESTIC` in `body`) for the runner."""
+    shim = box.root / name
+    shim.write_text(f"#!/bin/sh\nRESTIC={box.restic_binary}\n{body}")
+    shim.chmod(0o755)
+    box.restic_binary = str(shim)
+
+
+def timed_restic(box: BackupBox) -> Path:
+    """A restic that notes when each invocation started and ended, and what it was."""
+    log = box.root / "restic-times.log"
+    restic_shim(box, "restic-timed", f"""start=$(date +%s.%N)
+"$RESTIC" "$@"
+status=$?
+echo "$start $(date +%s.%N) $*" >> {log}
+exit $status
+""")
+    return log

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.integration.backup.conftest import BackupBox, random_file
+from tests.integration.backup.conftest import BackupBox, random_file, restic_shim, timed_restic
 from tests.integration.backup.test_restic_e2e import corrupt_largest_pack, populated
 
 
@@ -63,26 +63,6 @@ def test_a_copy_gets_the_new_snapshots_and_a_restore_sample_verified_from_it(
     assert 'mushishi_backup_outcome{outcome="ok"} 1.0' in metrics
     for text in (result.stdout, result.stderr, (box.state / "last.json").read_text(), metrics):
         assert box.password not in text and box.copy_password not in text
-
-
-def restic_shim(box: BackupBox, name: str, body: str) -> None:
-    """Put a shell script in front of the real restic (`$RESTIC` in `body`) for the runner."""
-    shim = box.root / name
-    shim.write_text(f"#!/bin/sh\nRESTIC={box.restic_binary}\n{body}")
-    shim.chmod(0o755)
-    box.restic_binary = str(shim)
-
-
-def timed_restic(box: BackupBox) -> Path:
-    """A restic that notes when each invocation started and ended, and what it was."""
-    log = box.root / "restic-times.log"
-    restic_shim(box, "restic-timed", f"""start=$(date +%s.%N)
-"$RESTIC" "$@"
-status=$?
-echo "$start $(date +%s.%N) $*" >> {log}
-exit $status
-""")
-    return log
 
 
 def restic_spans(log: Path, copy: Path) -> list[tuple[float, float, str, str]]:

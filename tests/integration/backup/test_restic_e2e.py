@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tests.integration.backup.conftest import BackupBox, random_file
+from tests.integration.backup.conftest import BackupBox, random_file, timed_restic
 
 
 def populated(box: BackupBox) -> Path:
@@ -205,6 +205,48 @@ def test_stale_lock_of_a_killed_restic_is_cleared_and_the_run_succeeds(box: Back
     assert last["sets"][0]["status"] == "ok" and last["verify"]["outcome"] == "ok"
     assert box.locks() == []
     box.restic("check")
+
+
+def test_an_unlocked_local_repository_is_backed_up_without_a_probe_first(
+        box: BackupBox) -> None:
+    """Listing a repository's locks opens it (a restic start, its key derivation) to find
+    stale ones to clear. A local repository whose `locks/` holds no file has none, so the
+    run starts with the backup itself; the first run (no repository) still probes and
+    creates it, and a repository holding a lock file is still probed (tests above)."""
+    populated(box)
+    log = timed_restic(box)
+    for run in range(2):
+        log.write_text("")
+        result = box.run()
+        assert result.returncode == 0, result.stderr
+        assert box.last()["outcome"] == "ok", box.last()
+        commands = [line.split(" ", 2)[2].split() for line in log.read_text().splitlines()]
+        first = min(log.read_text().splitlines(), key=lambda line: float(line.split()[0]))
+        if run == 0:
+            assert "list" in first.split() and [
+                c for words in commands for c in words if c == "init"] == ["init"], commands
+        else:
+            assert "backup" in first.split(), commands
+            assert not [words for words in commands if "list" in words], commands
+
+
+def test_wrong_password_on_an_unlocked_repository_still_names_the_credential(
+        box: BackupBox) -> None:
+    """Without the probe, the backup is the first to try the password: its failure is
+    diagnosed by opening the repository, and the run fails with the same line as when the
+    probe finds it (`test_wrong_password_fails_clearly_and_never_reinitialises`)."""
+    populated(box)
+    assert box.run().returncode == 0
+    snapshots = box.snapshots()
+    result = box.run(password="not the password")
+    assert result.returncode == 1
+    last = box.last()
+    assert last["outcome"] == "failed"
+    assert ("the password in credential 'restic-password' does not open the repository"
+            in last["errors"][0]), last["errors"]
+    assert len(last["errors"]) == 1, last["errors"]
+    assert box.snapshots() == snapshots
+    assert "not the password" not in result.stderr + (box.state / "last.json").read_text()
 
 
 def test_live_lock_is_left_alone(box: BackupBox) -> None:
