@@ -179,6 +179,19 @@ def restic_shim(box: BackupBox, name: str, body: str) -> None:
     box.restic_binary = str(shim)
 
 
+REFUSED = "refused by the test"
+
+
+def refusing_restic(box: BackupBox, repository: Path, command: str) -> None:
+    """A restic that refuses `command` on `repository` (exit 1, "Fatal: refused by the
+    test"), and runs everything else."""
+    restic_shim(box, f"restic-no-{command}", f"""case " $* " in
+*" {repository} "*" {command} "*) echo "Fatal: {REFUSED}" >&2; exit 1;;
+esac
+exec "$RESTIC" "$@"
+""")
+
+
 def timed_restic(box: BackupBox) -> Path:
     """A restic that notes when each invocation started and ended, and what it was."""
     log = box.root / "restic-times.log"

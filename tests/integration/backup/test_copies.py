@@ -15,7 +15,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.integration.backup.conftest import BackupBox, random_file, restic_shim, timed_restic
+from tests.integration.backup.conftest import (
+    REFUSED,
+    BackupBox,
+    random_file,
+    refusing_restic,
+    timed_restic,
+)
 from tests.integration.backup.test_restic_e2e import corrupt_largest_pack, populated
 
 
@@ -140,16 +146,12 @@ def test_when_the_primarys_listing_fails_the_copy_lists_its_own_sample(
     says so, and the copy lists its own snapshot instead: still verified from the copy."""
     populated(box)
     copy = box.add_copy()
-    restic_shim(box, "restic-no-primary-ls", f"""case " $* " in
-*" {box.repo} "*" ls "*) echo "Fatal: refused by the test" >&2; exit 1;;
-esac
-exec "$RESTIC" "$@"
-""")
+    refusing_restic(box, box.repo, "ls")
     result = box.run()
     assert result.returncode != 0, result.stderr
     last = box.last()
     assert last["verify"]["outcome"] == "failed", last["verify"]
-    assert "refused by the test" in (last["verify"]["error"] or ""), last["verify"]
+    assert REFUSED in (last["verify"]["error"] or ""), last["verify"]
     record = copy_record(box)
     assert record["outcome"] == "ok", record
     assert record["verify"]["outcome"] == "ok" and record["verify"]["files_matched"] > 0, record
@@ -181,15 +183,11 @@ def test_a_copy_whose_retention_fails_still_has_its_snapshots_read_back(
     its sample is still verified: a warning, not a silent gap."""
     populated(box)
     copy = box.add_copy()
-    restic_shim(box, "restic-no-copy-forget", f"""case " $* " in
-*" {copy} "*" forget "*) echo "Fatal: refused by the test" >&2; exit 1;;
-esac
-exec "$RESTIC" "$@"
-""")
+    refusing_restic(box, copy, "forget")
     result = box.run()
     record = copy_record(box)
     assert record["outcome"] == "warning", record
-    assert "refused by the test" in (record["retention"]["error"] or ""), record
+    assert REFUSED in (record["retention"]["error"] or ""), record
     [copied] = box.snapshots(copy)
     assert record["snapshot_ids"] == [copied["short_id"]]
     assert record["verify"]["outcome"] == "ok" and record["verified"] is True
