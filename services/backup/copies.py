@@ -154,7 +154,7 @@ async def copy_one(settings: BackupSettings, index: int, snapshot_ids: Sequence[
         return result
     copied = {sid: s.short_id for s in snapshots for sid in snapshot_ids
               if s.original and s.original.startswith(sid)}
-    result.snapshot_ids = [s.short_id for s in snapshots if s.short_id in copied.values()]
+    result.snapshot_ids = list(copied.values())
     context.status(f"verifying a restore of {settings.verify_sample_files} sample files "
                    f"from {shown}")
     sample = await pick()
@@ -184,7 +184,8 @@ async def skipped_but_opened(result: CopyResult, opened: asyncio.Future[Reached 
             result.error = reached
             result.outcome = "failed"
         return
-    _cleared(result, reached[2])
+    _, _, stale = reached
+    _cleared(result, stale)
 
 
 def _cleared(result: CopyResult, stale: list[str]) -> None:

@@ -202,3 +202,18 @@ echo "$start $(date +%s.%N) $*" >> {log}
 exit $status
 """)
     return log
+
+
+def restic_spans(log: Path, copy: Path | None = None) -> list[tuple[float, float, str, str]]:
+    """(start, end, "copy" or "primary", command) of each restic invocation in `log`
+    (`timed_restic`), in the order they started."""
+    spans = []
+    for line in log.read_text().splitlines():
+        start, end, args = line.split(" ", 2)
+        words = args.split()
+        repository = words[words.index("--repo") + 1]
+        command = next(w for w in words if w in (
+            "backup", "copy", "forget", "snapshots", "ls", "restore", "list", "init", "cat"))
+        spans.append((float(start), float(end), "copy" if repository == str(copy)
+                      else "primary", command))
+    return sorted(spans)

@@ -20,6 +20,7 @@ from tests.integration.backup.conftest import (
     BackupBox,
     random_file,
     refusing_restic,
+    restic_spans,
     timed_restic,
 )
 from tests.integration.backup.test_restic_e2e import corrupt_largest_pack, populated
@@ -69,20 +70,6 @@ def test_a_copy_gets_the_new_snapshots_and_a_restore_sample_verified_from_it(
     assert 'mushishi_backup_outcome{outcome="ok"} 1.0' in metrics
     for text in (result.stdout, result.stderr, (box.state / "last.json").read_text(), metrics):
         assert box.password not in text and box.copy_password not in text
-
-
-def restic_spans(log: Path, copy: Path) -> list[tuple[float, float, str, str]]:
-    """(start, end, "copy" or "primary", command) of each restic invocation in `log`."""
-    spans = []
-    for line in log.read_text().splitlines():
-        start, end, args = line.split(" ", 2)
-        words = args.split()
-        repository = words[words.index("--repo") + 1]
-        command = next(w for w in words if w in (
-            "backup", "copy", "forget", "snapshots", "ls", "restore", "list", "init", "cat"))
-        spans.append((float(start), float(end), "copy" if repository == str(copy)
-                      else "primary", command))
-    return spans
 
 
 def test_the_copy_is_opened_while_the_primary_backs_up(box: BackupBox) -> None:

@@ -13,7 +13,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tests.integration.backup.conftest import BackupBox, random_file, timed_restic
+from tests.integration.backup.conftest import (
+    BackupBox,
+    random_file,
+    restic_spans,
+    timed_restic,
+)
 
 
 def populated(box: BackupBox) -> Path:
@@ -220,14 +225,12 @@ def test_an_unlocked_local_repository_is_backed_up_without_a_probe_first(
         result = box.run()
         assert result.returncode == 0, result.stderr
         assert box.last()["outcome"] == "ok", box.last()
-        commands = [line.split(" ", 2)[2].split() for line in log.read_text().splitlines()]
-        first = min(log.read_text().splitlines(), key=lambda line: float(line.split()[0]))
+        commands = [span[3] for span in restic_spans(log)]
         if run == 0:
-            assert "list" in first.split() and [
-                c for words in commands for c in words if c == "init"] == ["init"], commands
+            assert commands[0] == "list" and commands.count("init") == 1, commands
         else:
-            assert "backup" in first.split(), commands
-            assert not [words for words in commands if "list" in words], commands
+            assert commands[0] == "backup", commands
+            assert "list" not in commands, commands
 
 
 def test_wrong_password_on_an_unlocked_repository_still_names_the_credential(
