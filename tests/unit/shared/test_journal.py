@@ -16,6 +16,7 @@ from mushishi.shared.journal import (
     StderrFormatter,
     bind_fields,
     encode_field,
+    encode_fields,
     log_extra,
     redacted_message,
     setup_logging,
@@ -116,6 +117,27 @@ def test_oversized_entry_is_sent_as_memfd(journal_socket) -> None:
 def test_binary_safe_encoding_for_newlines() -> None:
     assert encode_field("A", "b") == b"A=b\n"
     assert encode_field("A", "b\nc") == b"A\n" + (3).to_bytes(8, "little") + b"b\nc\n"
+
+
+def test_fields_encoded_at_once_match_field_by_field() -> None:
+    """A record's fields are encoded in one go unless a value spans lines; the bytes are the
+    same either way."""
+    one_line = {"MESSAGE": "chat p -> b: 200 success", "MUSHISHI_PROFILE": "privé"}
+    assert encode_fields(one_line) == b"".join(encode_field(k, v) for k, v in one_line.items())
+    mixed = {**one_line, "MESSAGE": "line one\nline two"}
+    assert encode_fields(mixed) == b"".join(encode_field(k, v) for k, v in mixed.items())
+    assert parse_native(encode_fields(mixed)) == mixed
+    with pytest.raises(UnicodeEncodeError):  # a field name journald would refuse
+        encode_fields({"PROFILÉ": "x"})
+
+
+def test_a_callers_field_cannot_replace_the_redacted_form(journal_socket) -> None:
+    server, path = journal_socket
+    logger = make_logger(path)
+    logger.info("prompt was %s", "secret text", extra={"MUSHISHI_REDACTED": "secret text"})
+    fields = receive(server)
+    assert fields["MUSHISHI_REDACTED"] == "prompt was …"
+    assert fields["MESSAGE"] == "prompt was secret text"
 
 
 def test_without_journal_socket_logs_go_to_stderr(tmp_path: Path, capsys) -> None:
