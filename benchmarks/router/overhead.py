@@ -43,6 +43,7 @@ from benchmarks.router.run import (  # noqa: E402  (the repository is put on the
     Processes,
     cpu_seconds,
     free_port,
+    journal_drain,
     machine,
     missing_tool,
     mushishi_config,
@@ -65,12 +66,15 @@ def main() -> int:
                         help="a checkout whose router is measured in the same rounds")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the results as JSON here (default: print only)")
+    parser.add_argument("--journal", action="store_true",
+                        help="the routers log to a journald stand-in as under systemd, not "
+                             "to stderr (needs root: a mount namespace each)")
     args = parser.parse_args()
     if (missing := missing_tool(with_litellm=False)) is not None:
         print(missing, file=sys.stderr)
         return 1
     results: dict[str, object] = {"machine": machine(), "seconds_per_run": args.seconds,
-                                  "tier": args.tier}
+                                  "tier": args.tier, "journal": args.journal}
     baseline_bin = None
     if args.baseline is not None:
         baseline_bin = args.baseline.resolve() / ".venv" / "bin"
@@ -85,7 +89,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mushishi-overhead-"))
     script = post_script(work)
     rounds: list[dict[str, float]] = []
+    journal = work / "journal.sock" if args.journal else None
     try:
+        if journal is not None:
+            journal_drain(processes, journal)
         backend, backend2 = free_port(), free_port()
         for port, name in ((backend, "backend"), (backend2, "backend2")):
             processes.start(["nginx", "-c", str(nginx_conf(work / name, port, body=COMPLETION)),
@@ -104,13 +111,14 @@ def main() -> int:
                    "passthrough": f"http://127.0.0.1:{bare}/v1/chat/completions",
                    "mushishi": f"http://127.0.0.1:{port}/v1/chat/completions"}
         with contextlib.ExitStack() as routers:
-            pids["mushishi"] = routers.enter_context(router(processes, config, port)).pid
+            pids["mushishi"] = routers.enter_context(
+                router(processes, config, port, journal=journal)).pid
             if baseline_bin is not None:
                 old = free_port()
                 pids["baseline"] = routers.enter_context(router(processes, mushishi_config(
                     work / "baseline", old, f"http://127.0.0.1:{backend}/v1",
                     f"http://127.0.0.1:{backend2}/v1", tier=args.tier), old,
-                    bindir=baseline_bin)).pid
+                    bindir=baseline_bin, journal=journal)).pid
                 targets["baseline"] = f"http://127.0.0.1:{old}/v1/chat/completions"
             for number in range(args.rounds):
                 row = {}

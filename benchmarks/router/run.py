@@ -278,12 +278,14 @@ chain = ["primary", "secondary"]
 
 @contextlib.contextmanager
 def router(processes: Processes, config: Path, port: int,
-           env: dict[str, str] | None = None, bindir: Path = BINDIR
-           ) -> Iterator[subprocess.Popen[bytes]]:
-    """mushishi-router from `bindir` (default: this checkout's virtualenv) on `config`."""
+           env: dict[str, str] | None = None, bindir: Path = BINDIR,
+           journal: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """mushishi-router from `bindir` (default: this checkout's virtualenv) on `config`; with
+    `journal`, logging to that datagram socket as journald's (`with_journal`)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MUSHISHI_")}
     environment.update(env or {})
-    process = processes.start([str(bindir / "mushishi-router"), "--config", str(config)],
+    argv = [str(bindir / "mushishi-router"), "--config", str(config)]
+    process = processes.start(with_journal(journal, argv) if journal else argv,
                               env=environment)
     wait_port(port)
     time.sleep(0.5)  # first probes
@@ -291,6 +293,35 @@ def router(processes: Processes, config: Path, port: int,
         yield process
     finally:
         processes.stop(process)
+
+
+def with_journal(socket_path: Path, argv: list[str]) -> list[str]:
+    """`argv` in a mount namespace of its own whose /run/systemd/journal/socket is
+    `socket_path` (a tmpfs on /run there; the host's /run is not touched), so a daemon logs
+    through its JournalHandler as under systemd. Needs root, like `unshare --mount`."""
+    script = ('mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && '
+              'ln -s "$0" /run/systemd/journal/socket && exec "$@"')
+    return ["unshare", "--mount", "sh", "-c", script, str(socket_path), *argv]
+
+
+# Stands in for journald: receives every datagram sent to argv[1], and throws it away.
+JOURNAL_DRAIN = r"""
+import socket, sys
+server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+server.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    server.recv(1 << 17)
+"""
+
+
+def journal_drain(processes: Processes, socket_path: Path) -> None:
+    """A process that takes journald's place on `socket_path` (`JOURNAL_DRAIN`)."""
+    process = processes.start([sys.executable, "-c", JOURNAL_DRAIN, str(socket_path)],
+                              stdout=subprocess.PIPE, text=True)
+    if process.stdout is None or process.stdout.readline().strip() != "ready":
+        raise RuntimeError("the journal stand-in did not start")
 
 
 def litellm_config(directory: Path, primary: int, secondary: int, production: bool) -> Path:
