@@ -22,6 +22,11 @@ request during its c16 runs (user + system, from /proc) is reported too: what a 
 costs it, whatever else ran. `cpu_vs_baseline` is mushishi's CPU per request over the
 baseline's (below 1: cheaper).
 
+`--paired` (with `--baseline`) loads both routers at the same time in each round instead,
+wrk at c16 on each, and compares their CPU per request in that one window. `--journal` has
+the routers log to a journald stand-in (a drained datagram socket, through a mount namespace
+of their own: needs root) as under systemd, instead of stderr to /dev/null.
+
 For the whole comparison (nginx, LiteLLM, streaming, RSS, failover) use `run.py`.
 """
 
@@ -33,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,10 +72,15 @@ def main() -> int:
                         help="a checkout whose router is measured in the same rounds")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the results as JSON here (default: print only)")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --baseline: load both routers at once in each round (wrk "
+                             "at c16 on each), so the machine's drift hits both alike")
     parser.add_argument("--journal", action="store_true",
                         help="the routers log to a journald stand-in as under systemd, not "
                              "to stderr (needs root: a mount namespace each)")
     args = parser.parse_args()
+    if args.paired and args.baseline is None:
+        parser.error("--paired compares against --baseline: name the checkout")
     if (missing := missing_tool(with_litellm=False)) is not None:
         print(missing, file=sys.stderr)
         return 1
@@ -120,6 +131,8 @@ def main() -> int:
                     f"http://127.0.0.1:{backend2}/v1", tier=args.tier), old,
                     bindir=baseline_bin, journal=journal)).pid
                 targets["baseline"] = f"http://127.0.0.1:{old}/v1/chat/completions"
+            if args.paired:
+                return paired(args, results, targets, pids, script)
             for number in range(args.rounds):
                 row = {}
                 # Every other round in reverse order: the machine's load drifts within a
@@ -183,6 +196,46 @@ def main() -> int:
               f"baseline's ({results['median_baseline_cpu_us_per_request']:.0f} µs)")
     if args.out is not None:
         write_results(results, args.out, "router-overhead")
+    return 0
+
+
+def paired(args: argparse.Namespace, results: dict[str, object], targets: dict[str, str],
+           pids: dict[str, int], script: Path) -> int:
+    """`--paired`: each round loads both routers at the same time, wrk at 16 connections on
+    each, and compares what a request cost each in that same window."""
+    rounds = []
+    for number in range(args.rounds):
+        names = ("mushishi", "baseline")
+        before = {name: cpu_seconds(pids[name]) for name in names}
+        with ThreadPoolExecutor(len(names)) as pool:
+            runs = dict(zip(names, pool.map(
+                lambda name: wrk(targets[name], 16, args.seconds, script), names),
+                strict=True))
+        row = {}
+        for name in names:
+            row[f"{name}_c16_rps"] = runs[name]["rps"]
+            row[f"{name}_cpu_us_per_request"] = \
+                (cpu_seconds(pids[name]) - before[name]) / runs[name]["requests"] * 1e6
+        row["vs_baseline_c16"] = row["mushishi_c16_rps"] / row["baseline_c16_rps"]
+        row["cpu_vs_baseline"] = (row["mushishi_cpu_us_per_request"]
+                                  / row["baseline_cpu_us_per_request"])
+        print(f"round {number + 1}, both loaded at once: mushishi {row['mushishi_c16_rps']:.0f} "
+              f"req/s, {row['mushishi_cpu_us_per_request']:.0f} µs CPU per request; baseline "
+              f"{row['baseline_c16_rps']:.0f} req/s, {row['baseline_cpu_us_per_request']:.0f} "
+              f"µs; req/s {row['vs_baseline_c16']:.3f}, CPU per request "
+              f"{row['cpu_vs_baseline']:.3f} of the baseline's", flush=True)
+        rounds.append(row)
+    results["paired"] = True
+    results["rounds"] = rounds
+    for key in ("vs_baseline_c16", "cpu_vs_baseline", "mushishi_cpu_us_per_request",
+                "baseline_cpu_us_per_request"):
+        results[f"median_{key}"] = statistics.median(r[key] for r in rounds)
+    print(f"median, both loaded at once: {results['median_vs_baseline_c16']:.3f} of the "
+          f"baseline's req/s at c16; CPU per request {results['median_cpu_vs_baseline']:.3f} "
+          f"of the baseline's ({results['median_mushishi_cpu_us_per_request']:.0f} against "
+          f"{results['median_baseline_cpu_us_per_request']:.0f} µs)")
+    if args.out is not None:
+        write_results(results, args.out, "router-overhead", "-paired")
     return 0
 
 
