@@ -62,6 +62,7 @@ with bind_fields(MUSHISHI_PROFILE="private", MUSHISHI_TIER="T1",
     print(time.process_time() - started)
 """
 
+
 def per_record_us(python: Path, socket_path: str, records: int) -> float:
     """Microseconds of the sender's CPU per record, in a fresh process of `python`."""
     result = subprocess.run([str(python), "-c", SENDER, socket_path, str(records)],
