@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.paired and args.baseline is None:
         parser.error("--paired compares against --baseline: name the checkout")
+    if args.journal and os.geteuid() != 0:
+        parser.error("--journal runs each router in a mount namespace of its own: run as root")
     if (missing := missing_tool(with_litellm=False)) is not None:
         print(missing, file=sys.stderr)
         return 1
